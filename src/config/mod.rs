@@ -1,0 +1,604 @@
+//! Configuration: one TOML file → a validated [`Config`].
+//!
+//! Parsing happens in two steps: serde reads the file into the `raw` structs (unknown keys are
+//! refused, so a typo can never silently weaken a policy), then [`validate`] checks every value
+//! that serde cannot (addresses, domains, durations, paths, policy sanity) and builds [`Config`].
+//! Every error names the file, the key and the reason (non-negotiable 5: config errors are caught
+//! at start).
+
+mod raw;
+
+use crate::domain::Domain;
+use crate::policy::TlsLevel;
+use ipnet::IpNet;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The development default (design.md, "Configuration"), embedded in the binary.
+pub const DEV_DEFAULT_TOML: &str = include_str!("../../config/tlsgate.dev.toml");
+
+/// Where a configuration came from, for error messages.
+pub const EMBEDDED_DEFAULT_NAME: &str = "<embedded development default>";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: cannot read: {source}")]
+    Read {
+        file: String,
+        source: std::io::Error,
+    },
+    #[error("{file}: {message}")]
+    Syntax { file: String, message: String },
+    #[error("{file}: key `{key}`: {reason}")]
+    Invalid {
+        file: String,
+        key: String,
+        reason: String,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file this was read from (or [`EMBEDDED_DEFAULT_NAME`]).
+    pub source: String,
+    pub server: ServerSection,
+    pub limits: Limits,
+    pub tls: TlsSection,
+    pub listeners: Vec<ListenerConfig>,
+    pub inbound: InboundSection,
+    pub outbound: OutboundSection,
+    pub dns: DnsSection,
+    pub domain_list: DomainListSection,
+    pub policies: Vec<PolicyEntry>,
+    pub metrics: Option<SocketAddr>,
+    pub admin: Option<SocketAddr>,
+    pub log: LogSection,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerSection {
+    pub hostname: String,
+    pub data_dir: PathBuf,
+    pub max_message_size: u64,
+    pub admin_contact: Option<String>,
+    pub min_free_space: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_connections: usize,
+    pub max_connections_per_ip: usize,
+    pub max_recipients: usize,
+    pub max_line_length: usize,
+    pub max_errors: u32,
+    pub command_timeout: Duration,
+    pub data_timeout: Duration,
+    pub data_total_timeout: Duration,
+    pub tls_handshake_timeout: Duration,
+}
+
+/// Server certificate for STARTTLS. `None` means: generate a self-signed one into
+/// `data_dir/certs` on first start (development only).
+#[derive(Debug, Clone)]
+pub struct TlsSection {
+    pub cert_and_key: Option<(PathBuf, PathBuf)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// MX front: mail for `inbound.local_domains` from anyone.
+    Inbound,
+    /// Smarthost: mail from `outbound.relay_networks` to anywhere.
+    Outbound,
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Role::Inbound => "inbound",
+            Role::Outbound => "outbound",
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ListenerConfig {
+    pub bind: SocketAddr,
+    pub role: Role,
+    pub require_tls: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct InboundSection {
+    pub local_domains: Vec<Domain>,
+    pub next_hop: Option<String>,
+    pub next_hop_tls: TlsLevel,
+}
+
+#[derive(Debug, Clone)]
+pub struct OutboundSection {
+    pub relay_networks: Vec<IpNet>,
+    pub smtp_port: u16,
+    pub extra_trust_roots: Vec<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+pub struct DnsSection {
+    pub nameservers: Vec<SocketAddr>,
+}
+
+#[derive(Debug, Clone)]
+pub struct DomainListSection {
+    pub path: Option<PathBuf>,
+    pub max_age_days: u32,
+}
+
+/// What a `[[policy]]` entry applies to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PolicyTarget {
+    /// Exactly this domain.
+    Exact(Domain),
+    /// Every subdomain of this domain (written `.partner.no`), not the domain itself.
+    Suffix(Domain),
+}
+
+#[derive(Debug, Clone)]
+pub struct PolicyEntry {
+    pub target: PolicyTarget,
+    pub tls: TlsLevel,
+    /// Extra names the peer's certificate may carry (exact, or `.suffix`).
+    pub match_names: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogSection {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+impl Config {
+    /// Reads and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { file, source })?;
+        Self::from_toml(&text, &path.display().to_string())
+    }
+
+    /// The embedded development default.
+    pub fn dev_default() -> Result<Config, ConfigError> {
+        Self::from_toml(DEV_DEFAULT_TOML, EMBEDDED_DEFAULT_NAME)
+    }
+
+    /// Parses and validates TOML text; `source` names it in error messages.
+    pub fn from_toml(text: &str, source: &str) -> Result<Config, ConfigError> {
+        let raw: raw::RawConfig = toml::from_str(text).map_err(|e| ConfigError::Syntax {
+            file: source.to_string(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        validate(raw, source)
+    }
+
+    /// Is `ip` allowed to relay through an outbound listener?
+    pub fn is_relay_client(&self, ip: IpAddr) -> bool {
+        let ip = canonical_ip(ip);
+        self.outbound.relay_networks.iter().any(|n| n.contains(&ip))
+    }
+
+    /// Is `domain` one of the domains this gateway receives mail for?
+    pub fn is_local_domain(&self, domain: &Domain) -> bool {
+        self.inbound.local_domains.iter().any(|d| d == domain)
+    }
+
+    /// Directory of the queue store.
+    pub fn queue_dir(&self) -> PathBuf {
+        self.server.data_dir.join("queue")
+    }
+
+    /// Directory where a self-signed development certificate is generated.
+    pub fn generated_cert_dir(&self) -> PathBuf {
+        self.server.data_dir.join("certs")
+    }
+}
+
+/// IPv4-mapped IPv6 addresses (`::ffff:10.0.0.1`, seen on dual-stack sockets) are matched as
+/// the IPv4 address they carry, so `10.0.0.0/8` means what the administrator wrote.
+pub fn canonical_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map(IpAddr::V4)
+            .unwrap_or(IpAddr::V6(v6)),
+        v4 => v4,
+    }
+}
+
+struct Checker<'a> {
+    file: &'a str,
+}
+
+impl Checker<'_> {
+    fn err(&self, key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            file: self.file.to_string(),
+            key: key.into(),
+            reason: reason.into(),
+        }
+    }
+
+    fn duration(&self, key: &str, value: &str) -> Result<Duration, ConfigError> {
+        let d = humantime::parse_duration(value).map_err(|e| {
+            self.err(
+                key,
+                format!("not a duration ({e}); write e.g. \"30s\", \"5m\""),
+            )
+        })?;
+        if d.is_zero() {
+            return Err(self.err(key, "must be greater than zero"));
+        }
+        Ok(d)
+    }
+
+    fn socket_addr(&self, key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
+        value.parse().map_err(|_| {
+            self.err(
+                key,
+                format!("{value:?} is not an address:port (e.g. \"127.0.0.1:25\" or \"[::1]:25\")"),
+            )
+        })
+    }
+
+    fn domain(&self, key: &str, value: &str) -> Result<Domain, ConfigError> {
+        Domain::parse(value).map_err(|e| self.err(key, format!("{value:?} is not a domain: {e}")))
+    }
+}
+
+fn validate(raw: raw::RawConfig, file: &str) -> Result<Config, ConfigError> {
+    let c = Checker { file };
+    let base_dir = Path::new(file)
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    // Relative paths in a config file are relative to the file, as in most daemons; the embedded
+    // default's are relative to the working directory.
+    let resolve = |p: PathBuf| -> PathBuf {
+        if p.is_absolute() || file == EMBEDDED_DEFAULT_NAME {
+            p
+        } else {
+            base_dir.join(p)
+        }
+    };
+
+    let server = raw.server.unwrap_or_default();
+    let hostname = server.hostname.unwrap_or_else(|| "localhost".to_string());
+    let hostname = c.domain("server.hostname", &hostname)?.to_string();
+    let data_dir = resolve(
+        server
+            .data_dir
+            .ok_or_else(|| c.err("server.data_dir", "missing: the queue must live somewhere"))?,
+    );
+    let max_message_size = server.max_message_size.unwrap_or(50 * 1024 * 1024);
+    if !(1024..=(1u64 << 32)).contains(&max_message_size) {
+        return Err(c.err(
+            "server.max_message_size",
+            "must be between 1024 and 4294967296",
+        ));
+    }
+    if let Some(contact) = &server.admin_contact {
+        if !contact.contains('@') || contact.contains(char::is_whitespace) {
+            return Err(c.err("server.admin_contact", "must be an e-mail address"));
+        }
+    }
+
+    let l = raw.limits.unwrap_or_default();
+    let limits = Limits {
+        max_connections: l.max_connections.unwrap_or(1000),
+        max_connections_per_ip: l.max_connections_per_ip.unwrap_or(50),
+        max_recipients: l.max_recipients.unwrap_or(100),
+        max_line_length: l.max_line_length.unwrap_or(2048),
+        max_errors: l.max_errors.unwrap_or(10),
+        command_timeout: c.duration(
+            "limits.command_timeout",
+            l.command_timeout.as_deref().unwrap_or("5m"),
+        )?,
+        data_timeout: c.duration(
+            "limits.data_timeout",
+            l.data_timeout.as_deref().unwrap_or("3m"),
+        )?,
+        data_total_timeout: c.duration(
+            "limits.data_total_timeout",
+            l.data_total_timeout.as_deref().unwrap_or("15m"),
+        )?,
+        tls_handshake_timeout: c.duration(
+            "limits.tls_handshake_timeout",
+            l.tls_handshake_timeout.as_deref().unwrap_or("30s"),
+        )?,
+    };
+    for (key, value) in [
+        ("limits.max_connections", limits.max_connections),
+        (
+            "limits.max_connections_per_ip",
+            limits.max_connections_per_ip,
+        ),
+        ("limits.max_recipients", limits.max_recipients),
+    ] {
+        if value == 0 {
+            return Err(c.err(key, "must be at least 1"));
+        }
+    }
+    // RFC 5321 4.5.3.1.4: a command line is at most 512 octets; SMTPUTF8 and long ESMTP
+    // parameters need more, but a limit below 512 would break conforming clients.
+    if !(512..=65536).contains(&limits.max_line_length) {
+        return Err(c.err("limits.max_line_length", "must be between 512 and 65536"));
+    }
+
+    let tls = raw.tls.unwrap_or_default();
+    let cert_and_key = match (tls.cert, tls.key) {
+        (Some(cert), Some(key)) => Some((resolve(cert), resolve(key))),
+        (None, None) => None,
+        (Some(_), None) => return Err(c.err("tls.key", "missing: tls.cert needs its private key")),
+        (None, Some(_)) => return Err(c.err("tls.cert", "missing: tls.key needs its certificate")),
+    };
+
+    let mut listeners = Vec::new();
+    for (i, l) in raw.listener.into_iter().enumerate() {
+        let key = format!("listener[{i}].bind");
+        let bind = c.socket_addr(&key, &l.bind)?;
+        if listeners
+            .iter()
+            .any(|x: &ListenerConfig| x.bind == bind && bind.port() != 0)
+        {
+            return Err(c.err(key, format!("{bind} is bound twice")));
+        }
+        listeners.push(ListenerConfig {
+            bind,
+            role: l.role,
+            require_tls: l.require_tls.unwrap_or(false),
+        });
+    }
+    if listeners.is_empty() {
+        return Err(c.err(
+            "listener",
+            "no [[listener]] configured: nothing would accept mail",
+        ));
+    }
+
+    let inbound = raw.inbound.unwrap_or_default();
+    let local_domains = inbound
+        .local_domains
+        .unwrap_or_default()
+        .iter()
+        .map(|d| c.domain("inbound.local_domains", d))
+        .collect::<Result<Vec<_>, _>>()?;
+    if listeners.iter().any(|l| l.role == Role::Inbound) && local_domains.is_empty() {
+        return Err(c.err(
+            "inbound.local_domains",
+            "an inbound listener is configured but no local domain: it would refuse all mail",
+        ));
+    }
+    if let Some(hop) = &inbound.next_hop {
+        if hop
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.parse::<u16>().ok())
+            .is_none()
+        {
+            return Err(c.err("inbound.next_hop", format!("{hop:?} is not host:port")));
+        }
+    }
+    let inbound = InboundSection {
+        local_domains,
+        next_hop: inbound.next_hop,
+        next_hop_tls: inbound.next_hop_tls.unwrap_or(TlsLevel::Verify),
+    };
+
+    let outbound = raw.outbound.unwrap_or_default();
+    let mut relay_networks = Vec::new();
+    for net in outbound.relay_networks.unwrap_or_default() {
+        // A bare address means just that host.
+        let parsed = net
+            .parse::<IpNet>()
+            .or_else(|_| net.parse::<IpAddr>().map(IpNet::from))
+            .map_err(|_| {
+                c.err(
+                    "outbound.relay_networks",
+                    format!("{net:?} is not a network in CIDR notation (e.g. \"10.0.0.0/8\")"),
+                )
+            })?;
+        if parsed.prefix_len() == 0 {
+            return Err(c.err(
+                "outbound.relay_networks",
+                format!("{net:?} would let the whole internet relay (open relay)"),
+            ));
+        }
+        relay_networks.push(parsed.trunc());
+    }
+    let smtp_port = outbound.smtp_port.unwrap_or(25);
+    if smtp_port == 0 {
+        return Err(c.err("outbound.smtp_port", "must not be 0"));
+    }
+    let extra_trust_roots: Vec<PathBuf> = outbound
+        .extra_trust_roots
+        .unwrap_or_default()
+        .into_iter()
+        .map(resolve)
+        .collect();
+    for root in &extra_trust_roots {
+        if !root.is_file() {
+            return Err(c.err(
+                "outbound.extra_trust_roots",
+                format!("{} does not exist or is not a file", root.display()),
+            ));
+        }
+    }
+    let outbound = OutboundSection {
+        relay_networks,
+        smtp_port,
+        extra_trust_roots,
+    };
+
+    let dns = DnsSection {
+        nameservers: raw
+            .dns
+            .unwrap_or_default()
+            .nameservers
+            .unwrap_or_default()
+            .iter()
+            .map(|ns| c.socket_addr("dns.nameservers", ns))
+            .collect::<Result<_, _>>()?,
+    };
+
+    let dl = raw.domain_list.unwrap_or_default();
+    let domain_list = DomainListSection {
+        path: dl.path.map(resolve),
+        max_age_days: dl.max_age_days.unwrap_or(92),
+    };
+    if domain_list.max_age_days == 0 {
+        return Err(c.err("domain_list.max_age_days", "must be at least 1"));
+    }
+
+    let mut policies = Vec::new();
+    for (i, p) in raw.policy.into_iter().enumerate() {
+        let key = format!("policy[{i}].domain");
+        let target = match p.domain.strip_prefix('.') {
+            Some(suffix) => PolicyTarget::Suffix(c.domain(&key, suffix)?),
+            None => PolicyTarget::Exact(c.domain(&key, &p.domain)?),
+        };
+        if policies.iter().any(|x: &PolicyEntry| x.target == target) {
+            return Err(c.err(key, format!("{:?} has two [[policy]] entries", p.domain)));
+        }
+        policies.push(PolicyEntry {
+            target,
+            tls: p.tls,
+            match_names: p.r#match.unwrap_or_default(),
+        });
+    }
+
+    let metrics = raw
+        .metrics
+        .and_then(|m| m.bind)
+        .map(|b| c.socket_addr("metrics.bind", &b))
+        .transpose()?;
+    let admin = raw
+        .admin
+        .and_then(|a| a.bind)
+        .map(|b| c.socket_addr("admin.bind", &b))
+        .transpose()?;
+
+    let log = raw.log.unwrap_or_default();
+    let log = LogSection {
+        format: match log.format.as_deref().unwrap_or("text") {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            other => {
+                return Err(c.err("log.format", format!("{other:?}: use \"text\" or \"json\"")))
+            }
+        },
+        level: log.level.unwrap_or_else(|| "info".to_string()),
+    };
+    if tracing_subscriber::EnvFilter::try_new(&log.level).is_err() {
+        return Err(c.err("log.level", format!("{:?} is not a log filter", log.level)));
+    }
+
+    Ok(Config {
+        source: file.to_string(),
+        server: ServerSection {
+            hostname,
+            data_dir,
+            max_message_size,
+            admin_contact: server.admin_contact,
+            min_free_space: server.min_free_space.unwrap_or(256 * 1024 * 1024),
+        },
+        limits,
+        tls: TlsSection { cert_and_key },
+        listeners,
+        inbound,
+        outbound,
+        dns,
+        domain_list,
+        policies,
+        metrics,
+        admin,
+        log,
+    })
+}
+
+#[cfg(test)]
+mod tests;
+
+/// A human-readable summary of what a configuration does, for `tlsgate check-config`.
+pub fn summary(config: &Config) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let _ = writeln!(out, "config:            {}", config.source);
+    let _ = writeln!(out, "hostname:          {}", config.server.hostname);
+    let _ = writeln!(
+        out,
+        "data_dir:          {}",
+        config.server.data_dir.display()
+    );
+    let _ = writeln!(
+        out,
+        "max_message_size:  {} bytes",
+        config.server.max_message_size
+    );
+    match &config.tls.cert_and_key {
+        Some((cert, key)) => {
+            let _ = writeln!(
+                out,
+                "tls:               {} / {}",
+                cert.display(),
+                key.display()
+            );
+        }
+        None => {
+            let _ = writeln!(
+                out,
+                "tls:               self-signed (generated into {})",
+                config.generated_cert_dir().display()
+            );
+        }
+    }
+    for l in &config.listeners {
+        let what = match l.role {
+            Role::Inbound => "mail for local domains from anyone",
+            Role::Outbound => "mail to anywhere from relay networks",
+        };
+        let tls = if l.require_tls { ", TLS required" } else { "" };
+        let _ = writeln!(
+            out,
+            "listener:          {} {} ({what}{tls})",
+            l.bind, l.role
+        );
+    }
+    let domains: Vec<&str> = config
+        .inbound
+        .local_domains
+        .iter()
+        .map(Domain::as_str)
+        .collect();
+    let _ = writeln!(out, "local_domains:     {}", domains.join(", "));
+    let nets: Vec<String> = config
+        .outbound
+        .relay_networks
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    let _ = writeln!(out, "relay_networks:    {}", nets.join(", "));
+    for p in &config.policies {
+        let target = match &p.target {
+            PolicyTarget::Exact(d) => d.to_string(),
+            PolicyTarget::Suffix(d) => format!(".{d}"),
+        };
+        let _ = writeln!(out, "policy:            {target} → {}", p.tls);
+    }
+    out
+}

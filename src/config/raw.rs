@@ -1,0 +1,115 @@
+//! The TOML file as serde sees it. Every struct refuses unknown keys; every field is optional
+//! here so that defaults and errors with key names live in one place, `validate`.
+
+use crate::config::Role;
+use crate::policy::TlsLevel;
+use serde::Deserialize;
+use std::path::PathBuf;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawConfig {
+    pub server: Option<RawServer>,
+    pub limits: Option<RawLimits>,
+    pub tls: Option<RawTls>,
+    #[serde(default)]
+    pub listener: Vec<RawListener>,
+    pub inbound: Option<RawInbound>,
+    pub outbound: Option<RawOutbound>,
+    pub dns: Option<RawDns>,
+    pub domain_list: Option<RawDomainList>,
+    #[serde(default)]
+    pub policy: Vec<RawPolicy>,
+    pub metrics: Option<RawBind>,
+    pub admin: Option<RawBind>,
+    pub log: Option<RawLog>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawServer {
+    pub hostname: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub max_message_size: Option<u64>,
+    pub admin_contact: Option<String>,
+    pub min_free_space: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawLimits {
+    pub max_connections: Option<usize>,
+    pub max_connections_per_ip: Option<usize>,
+    pub max_recipients: Option<usize>,
+    pub max_line_length: Option<usize>,
+    pub max_errors: Option<u32>,
+    pub command_timeout: Option<String>,
+    pub data_timeout: Option<String>,
+    pub data_total_timeout: Option<String>,
+    pub tls_handshake_timeout: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTls {
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawListener {
+    pub bind: String,
+    pub role: Role,
+    pub require_tls: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawInbound {
+    pub local_domains: Option<Vec<String>>,
+    pub next_hop: Option<String>,
+    pub next_hop_tls: Option<TlsLevel>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawOutbound {
+    pub relay_networks: Option<Vec<String>>,
+    pub smtp_port: Option<u16>,
+    pub extra_trust_roots: Option<Vec<PathBuf>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawDns {
+    pub nameservers: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawDomainList {
+    pub path: Option<PathBuf>,
+    pub max_age_days: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawPolicy {
+    pub domain: String,
+    pub tls: TlsLevel,
+    pub r#match: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawBind {
+    pub bind: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawLog {
+    pub format: Option<String>,
+    pub level: Option<String>,
+}

@@ -1,0 +1,121 @@
+use super::*;
+
+const MINIMAL: &str = r#"
+[server]
+data_dir = "/var/lib/tlsgate"
+[[listener]]
+bind = "127.0.0.1:2525"
+role = "inbound"
+[inbound]
+local_domains = ["Example.NO."]
+"#;
+
+fn invalid(text: &str) -> (String, String) {
+    match Config::from_toml(text, "/etc/tlsgate/t.toml") {
+        Err(ConfigError::Invalid { file, key, reason }) => {
+            assert_eq!(file, "/etc/tlsgate/t.toml");
+            (key, reason)
+        }
+        other => panic!("expected an Invalid error, got {other:?}"),
+    }
+}
+
+#[test]
+fn minimal_config_gets_defaults() {
+    let c = Config::from_toml(MINIMAL, "t.toml").unwrap();
+    assert_eq!(c.server.max_message_size, 50 * 1024 * 1024);
+    assert_eq!(c.inbound.local_domains[0].as_str(), "example.no");
+    assert_eq!(c.limits.command_timeout, Duration::from_secs(300));
+    assert_eq!(c.outbound.smtp_port, 25);
+    assert_eq!(c.domain_list.max_age_days, 92);
+    assert!(c.tls.cert_and_key.is_none());
+}
+
+#[test]
+fn embedded_default_and_example_parse() {
+    let dev = Config::dev_default().unwrap();
+    assert_eq!(dev.listeners.len(), 2);
+    assert_eq!(dev.listeners[0].bind.port(), 2525);
+    assert_eq!(dev.listeners[1].bind.port(), 2587);
+    assert_eq!(dev.server.data_dir, PathBuf::from("./data"));
+    // The example documents every key; parsing it proves no key there is unknown.
+    let example = include_str!("../../config/tlsgate.example.toml");
+    let raw: raw::RawConfig = toml::from_str(example).unwrap();
+    assert!(raw.server.is_some() && raw.limits.is_some() && raw.log.is_some());
+}
+
+#[test]
+fn unknown_key_is_refused_with_its_name() {
+    let text = MINIMAL.replace("[server]", "[server]\nhostnmae = \"x\"");
+    match Config::from_toml(&text, "t.toml") {
+        Err(ConfigError::Syntax { file, message }) => {
+            assert_eq!(file, "t.toml");
+            assert!(message.contains("hostnmae"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn bad_values_name_key_and_reason() {
+    let (key, reason) = invalid(&MINIMAL.replace("127.0.0.1:2525", "localhost"));
+    assert_eq!(key, "listener[0].bind");
+    assert!(reason.contains("address"));
+
+    let (key, _) = invalid(&format!(
+        "{MINIMAL}\n[outbound]\nrelay_networks = [\"10.0.0.0/33\"]"
+    ));
+    assert_eq!(key, "outbound.relay_networks");
+
+    let (key, reason) = invalid(&format!(
+        "{MINIMAL}\n[outbound]\nrelay_networks = [\"0.0.0.0/0\"]"
+    ));
+    assert_eq!(key, "outbound.relay_networks");
+    assert!(reason.contains("open relay"));
+
+    let (key, _) = invalid(&format!("{MINIMAL}\n[limits]\ncommand_timeout = \"soon\""));
+    assert_eq!(key, "limits.command_timeout");
+
+    let (key, _) = invalid(&MINIMAL.replace("Example.NO.", "bad..domain"));
+    assert_eq!(key, "inbound.local_domains");
+
+    let (key, _) = invalid(&format!("{MINIMAL}\n[tls]\ncert = \"/x.pem\""));
+    assert_eq!(key, "tls.key");
+
+    let (key, _) = invalid(&format!(
+        "{MINIMAL}\n[[policy]]\ndomain = \".p.no\"\ntls = \"verify\"\n[[policy]]\ndomain = \".P.no\"\ntls = \"secure\""
+    ));
+    assert_eq!(key, "policy[1].domain");
+
+    let (key, _) = invalid(&format!(
+        "{MINIMAL}\n[outbound]\nextra_trust_roots = [\"/nonexistent/ca.pem\"]"
+    ));
+    assert_eq!(key, "outbound.extra_trust_roots");
+}
+
+#[test]
+fn inbound_listener_needs_local_domains() {
+    let text = MINIMAL.replace("local_domains = [\"Example.NO.\"]", "");
+    let (key, _) = invalid(&text);
+    assert_eq!(key, "inbound.local_domains");
+}
+
+#[test]
+fn relative_paths_are_relative_to_the_file() {
+    let text = MINIMAL.replace("/var/lib/tlsgate", "data");
+    let c = Config::from_toml(&text, "/etc/tlsgate/t.toml").unwrap();
+    assert_eq!(c.server.data_dir, PathBuf::from("/etc/tlsgate/data"));
+}
+
+#[test]
+fn relay_networks_match_mapped_ipv4() {
+    let c = Config::from_toml(
+        &format!("{MINIMAL}\n[outbound]\nrelay_networks = [\"10.0.0.0/8\", \"192.0.2.5\"]"),
+        "t.toml",
+    )
+    .unwrap();
+    assert!(c.is_relay_client("10.2.3.4".parse().unwrap()));
+    assert!(c.is_relay_client("::ffff:10.2.3.4".parse().unwrap()));
+    assert!(c.is_relay_client("192.0.2.5".parse().unwrap()));
+    assert!(!c.is_relay_client("192.0.2.6".parse().unwrap()));
+}

@@ -1,0 +1,16 @@
+//! tlsgate: an SMTP relay / gateway that enforces the Norwegian *tvungen TLS* scheme.
+//!
+//! The crate is wired as design.md draws it:
+//! `inbound` (listener → session) → `queue` (durable store) and, later, the scheduler and
+//! `outbound` delivery. `smtp` is the pure protocol code shared by both directions, `config`
+//! turns TOML into a validated [`config::Config`], `tls` builds rustls configurations and loads
+//! key material, `policy` holds the TLS levels, and `server` starts and stops the whole.
+
+pub mod config;
+pub mod domain;
+pub mod inbound;
+pub mod policy;
+pub mod queue;
+pub mod server;
+pub mod smtp;
+pub mod tls;
