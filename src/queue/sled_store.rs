@@ -1,0 +1,233 @@
+//! The sled implementation of [`Store`].
+//!
+//! Layout: one tree, keys prefixed by record kind so that a message is written with a single
+//! atomic `apply_batch`:
+//! * `m\0<id>` → [`MessageMeta`] (postcard)
+//! * `b\0<id>\0<n:u32be>` → body chunk n (bodies are split into [`BODY_CHUNK`] pieces so that
+//!   no value is large enough to become a sled "blob" file)
+//! * `r\0<id>\0<n:u32be>` → [`RecipientState`] of recipient n
+//!
+//! Durability (design.md, "sled caveat"): sled 0.34's `flush` ends in `sync_file_range`, which
+//! neither flushes the drive's write cache nor the file size, and its blob files are never
+//! fsynced at all. [`SledStore::sync`] therefore calls `flush` and then `fsync`s the data file
+//! and any blob file it has not synced before.
+
+use super::message::{MessageMeta, NewMessage, QueueId, RecipientState};
+use super::store::{Store, StoreError};
+use serde::de::DeserializeOwned;
+use std::collections::HashSet;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+/// Body chunk size: far below sled's blob threshold (segment size / 4 with the defaults).
+pub const BODY_CHUNK: usize = 32 * 1024;
+
+const META: &[u8] = b"m\0";
+const BODY: &[u8] = b"b\0";
+const RCPT: &[u8] = b"r\0";
+
+pub struct SledStore {
+    dir: PathBuf,
+    db: sled::Db,
+    tree: sled::Tree,
+    /// sled's main data file, kept open so `sync` costs one fsync and no open.
+    data_file: File,
+    /// Blob files already fsynced (sled creates them for very large pages).
+    synced_blobs: Mutex<HashSet<PathBuf>>,
+}
+
+fn engine(e: sled::Error) -> StoreError {
+    match e {
+        sled::Error::Io(io) => StoreError::Io(io),
+        other => StoreError::Engine(other.to_string()),
+    }
+}
+
+fn key(prefix: &[u8], id: &QueueId, index: Option<u32>) -> Vec<u8> {
+    let mut k = Vec::with_capacity(prefix.len() + id.as_str().len() + 5);
+    k.extend_from_slice(prefix);
+    k.extend_from_slice(id.as_str().as_bytes());
+    if let Some(n) = index {
+        k.push(0);
+        k.extend_from_slice(&n.to_be_bytes());
+    }
+    k
+}
+
+/// Prefix of all chunk / recipient keys of one message.
+fn children(prefix: &[u8], id: &QueueId) -> Vec<u8> {
+    let mut k = key(prefix, id, None);
+    k.push(0);
+    k
+}
+
+fn decode<T: DeserializeOwned>(k: &[u8], v: &[u8]) -> Result<T, StoreError> {
+    postcard::from_bytes(v).map_err(|e| StoreError::Corrupt {
+        key: String::from_utf8_lossy(k).replace('\0', "/"),
+        reason: e.to_string(),
+    })
+}
+
+fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
+    postcard::to_stdvec(value).map_err(|e| StoreError::Engine(format!("encode: {e}")))
+}
+
+impl SledStore {
+    pub fn open(dir: &Path) -> Result<SledStore, StoreError> {
+        std::fs::create_dir_all(dir)?;
+        let db = sled::Config::new().path(dir).open().map_err(engine)?;
+        let tree = db.open_tree("queue").map_err(engine)?;
+        let data_file = File::open(dir.join("db"))?;
+        // The directory entries of sled's files must be durable too (first start).
+        File::open(dir)?.sync_all()?;
+        Ok(SledStore {
+            dir: dir.to_path_buf(),
+            db,
+            tree,
+            data_file,
+            synced_blobs: Mutex::new(HashSet::new()),
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn sync_new_blobs(&self) -> Result<(), StoreError> {
+        let blob_dir = self.dir.join("blobs");
+        let entries = match std::fs::read_dir(&blob_dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
+        let mut synced = self
+            .synced_blobs
+            .lock()
+            .map_err(|_| StoreError::Engine("blob set lock poisoned".into()))?;
+        let mut any_new = false;
+        for entry in entries {
+            let path = entry?.path();
+            if synced.contains(&path) {
+                continue;
+            }
+            match File::open(&path) {
+                Ok(f) => f.sync_all()?,
+                // sled garbage-collects blobs; one gone since read_dir needs no sync.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e.into()),
+            }
+            synced.insert(path);
+            any_new = true;
+        }
+        if any_new {
+            File::open(&blob_dir)?.sync_all()?;
+            synced.retain(|p| p.exists());
+        }
+        Ok(())
+    }
+}
+
+impl Store for SledStore {
+    fn write_message(&self, msg: &NewMessage, states: &[RecipientState]) -> Result<(), StoreError> {
+        let id = &msg.meta.id;
+        let mut batch = sled::Batch::default();
+        batch.insert(key(META, id, None), encode(&msg.meta)?);
+        for (n, chunk) in msg.body.chunks(BODY_CHUNK).enumerate() {
+            batch.insert(key(BODY, id, Some(n as u32)), chunk);
+        }
+        for (n, state) in states.iter().enumerate() {
+            batch.insert(key(RCPT, id, Some(n as u32)), encode(state)?);
+        }
+        self.tree.apply_batch(batch).map_err(engine)
+    }
+
+    fn sync(&self) -> Result<(), StoreError> {
+        self.db.flush().map_err(engine)?;
+        self.data_file.sync_all()?;
+        self.sync_new_blobs()
+    }
+
+    fn message(&self, id: &QueueId) -> Result<Option<MessageMeta>, StoreError> {
+        let k = key(META, id, None);
+        match self.tree.get(&k).map_err(engine)? {
+            Some(v) => decode(&k, &v).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn body(&self, id: &QueueId) -> Result<Option<Vec<u8>>, StoreError> {
+        let Some(meta) = self.message(id)? else {
+            return Ok(None);
+        };
+        let mut body = Vec::with_capacity(usize::try_from(meta.size).unwrap_or(0));
+        for item in self.tree.scan_prefix(children(BODY, id)) {
+            let (_, chunk) = item.map_err(engine)?;
+            body.extend_from_slice(&chunk);
+        }
+        if body.len() as u64 != meta.size {
+            return Err(StoreError::Corrupt {
+                key: format!("b/{id}"),
+                reason: format!("body has {} octets, expected {}", body.len(), meta.size),
+            });
+        }
+        Ok(Some(body))
+    }
+
+    fn recipient_states(&self, id: &QueueId) -> Result<Vec<RecipientState>, StoreError> {
+        self.tree
+            .scan_prefix(children(RCPT, id))
+            .map(|item| {
+                let (k, v) = item.map_err(engine)?;
+                decode(&k, &v)
+            })
+            .collect()
+    }
+
+    fn set_recipient_state(
+        &self,
+        id: &QueueId,
+        index: usize,
+        state: &RecipientState,
+    ) -> Result<(), StoreError> {
+        let index =
+            u32::try_from(index).map_err(|_| StoreError::Engine("recipient index".into()))?;
+        self.tree
+            .insert(key(RCPT, id, Some(index)), encode(state)?)
+            .map_err(engine)?;
+        Ok(())
+    }
+
+    fn message_ids(&self) -> Result<Vec<QueueId>, StoreError> {
+        let mut ids = Vec::new();
+        for item in self.tree.scan_prefix(META) {
+            let (k, _) = item.map_err(engine)?;
+            let raw = String::from_utf8_lossy(&k[META.len()..]).into_owned();
+            match QueueId::parse(&raw) {
+                Some(id) => ids.push(id),
+                None => {
+                    return Err(StoreError::Corrupt {
+                        key: format!("m/{raw}"),
+                        reason: "not a queue id".into(),
+                    })
+                }
+            }
+        }
+        Ok(ids)
+    }
+
+    fn remove_message(&self, id: &QueueId) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        batch.remove(key(META, id, None));
+        for prefix in [BODY, RCPT] {
+            for item in self.tree.scan_prefix(children(prefix, id)) {
+                let (k, _) = item.map_err(engine)?;
+                batch.remove(k);
+            }
+        }
+        self.tree.apply_batch(batch).map_err(engine)
+    }
+}
+
+#[cfg(test)]
+mod tests;

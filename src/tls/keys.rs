@@ -1,0 +1,185 @@
+//! Certificate and private-key files.
+//!
+//! S4 (Skatteverket K5.4, Sambi C.3): key material must not be readable by anyone but the
+//! service. A private key file that group or others can read or write is refused at start,
+//! with the file name, its mode and the fix, rather than used.
+
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("{path}: cannot read: {source}")]
+    Unreadable {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}: private key is accessible by group or others (mode {mode:04o}); run `chmod 600 {path}`")]
+    InsecurePermissions { path: String, mode: u32 },
+    #[error("{path}: no PEM certificate found")]
+    NoCertificate { path: String },
+    #[error("{path}: no PEM private key found (PKCS#8, PKCS#1 or SEC1 expected)")]
+    NoPrivateKey { path: String },
+    #[error("{path}: {reason}")]
+    Rejected { path: String, reason: String },
+    #[error("cannot generate certificate: {0}")]
+    Generate(String),
+    #[error("{path}: cannot write: {source}")]
+    Write {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+fn unreadable(path: &Path, source: std::io::Error) -> KeyError {
+    KeyError::Unreadable {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+/// Reads every certificate of a PEM chain (leaf first).
+pub fn load_cert_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, KeyError> {
+    let pem = std::fs::read(path).map_err(|e| unreadable(path, e))?;
+    let chain = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| KeyError::Rejected {
+            path: path.display().to_string(),
+            reason: format!("bad PEM: {e}"),
+        })?;
+    if chain.is_empty() {
+        return Err(KeyError::NoCertificate {
+            path: path.display().to_string(),
+        });
+    }
+    Ok(chain)
+}
+
+/// Refuses a key file that group or others may read or write (S4).
+pub fn check_key_permissions(path: &Path) -> Result<(), KeyError> {
+    let meta = std::fs::metadata(path).map_err(|e| unreadable(path, e))?;
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        return Err(KeyError::InsecurePermissions {
+            path: path.display().to_string(),
+            mode,
+        });
+    }
+    Ok(())
+}
+
+/// Reads a private key after checking the file's permissions.
+pub fn load_private_key(path: &Path) -> Result<PrivateKeyDer<'static>, KeyError> {
+    check_key_permissions(path)?;
+    let pem = std::fs::read(path).map_err(|e| unreadable(path, e))?;
+    PrivateKeyDer::from_pem_slice(&pem).map_err(|_| KeyError::NoPrivateKey {
+        path: path.display().to_string(),
+    })
+}
+
+/// A freshly generated self-signed certificate and its key, both PEM.
+pub struct GeneratedCert {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+/// Generates a self-signed certificate for `hosts` (the first is the subject CN), valid for one
+/// year, with an ECDSA P-256 key. For tests and first start; production uses a CA-issued chain.
+pub fn generate_self_signed(hosts: &[String]) -> Result<GeneratedCert, KeyError> {
+    let cert = rcgen::generate_simple_self_signed(hosts.to_vec())
+        .map_err(|e| KeyError::Generate(e.to_string()))?;
+    Ok(GeneratedCert {
+        cert_pem: cert.cert.pem(),
+        key_pem: cert.key_pair.serialize_pem(),
+    })
+}
+
+/// Writes a certificate (mode 0644) and key (mode 0600, created with that mode so it is never
+/// readable by others even for a moment) into `dir`. Returns (cert path, key path).
+pub fn write_cert_files(
+    dir: &Path,
+    generated: &GeneratedCert,
+) -> Result<(PathBuf, PathBuf), KeyError> {
+    let write_err = |path: &Path, source| KeyError::Write {
+        path: path.display().to_string(),
+        source,
+    };
+    std::fs::create_dir_all(dir).map_err(|e| write_err(dir, e))?;
+    let cert_path = dir.join("server.pem");
+    let key_path = dir.join("server.key");
+    let mut key_file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&key_path)
+        .map_err(|e| write_err(&key_path, e))?;
+    key_file
+        .write_all(generated.key_pem.as_bytes())
+        .and_then(|_| key_file.sync_all())
+        .map_err(|e| write_err(&key_path, e))?;
+    std::fs::write(&cert_path, generated.cert_pem.as_bytes())
+        .map_err(|e| write_err(&cert_path, e))?;
+    Ok((cert_path, key_path))
+}
+
+/// The certificate files of the development default: generated into `dir` on first start,
+/// reused afterwards.
+pub fn ensure_self_signed(dir: &Path, hostname: &str) -> Result<(PathBuf, PathBuf), KeyError> {
+    let cert_path = dir.join("server.pem");
+    let key_path = dir.join("server.key");
+    if cert_path.exists() && key_path.exists() {
+        return Ok((cert_path, key_path));
+    }
+    let generated = generate_self_signed(&[hostname.to_string()])?;
+    // A half-written pair from an interrupted first start is replaced.
+    let _ = std::fs::remove_file(&key_path);
+    let _ = std::fs::remove_file(&cert_path);
+    write_cert_files(dir, &generated)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn world_readable_key_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let generated = generate_self_signed(&["mx.test".to_string()]).unwrap();
+        let (_cert, key) = write_cert_files(dir.path(), &generated).unwrap();
+        assert!(load_private_key(&key).is_ok());
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let err = load_private_key(&key).unwrap_err();
+        assert!(matches!(
+            err,
+            KeyError::InsecurePermissions { mode: 0o644, .. }
+        ));
+        assert!(err.to_string().contains("chmod 600"));
+    }
+
+    #[test]
+    fn generated_pair_builds_a_server_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = ensure_self_signed(dir.path(), "mx.test").unwrap();
+        crate::tls::server_config(&cert, &key).unwrap();
+        // Second call reuses the files.
+        let again = ensure_self_signed(dir.path(), "mx.test").unwrap();
+        assert_eq!(again, (cert, key));
+    }
+
+    #[test]
+    fn missing_and_empty_files_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("nope.pem");
+        let err = load_cert_chain(&missing).unwrap_err();
+        assert!(err.to_string().contains("nope.pem"));
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "").unwrap();
+        assert!(matches!(
+            load_cert_chain(&empty),
+            Err(KeyError::NoCertificate { .. })
+        ));
+    }
+}

@@ -1,0 +1,67 @@
+//! TLS material and rustls configurations.
+//!
+//! * [`keys`]: loading certificate chains and private keys from PEM files, with the permission
+//!   check of S4, and generating self-signed certificates (`tlsgate gen-cert`, first start).
+//! * [`server_config`]: the STARTTLS server side, TLS 1.2 and 1.3 only (T8).
+
+pub mod keys;
+
+use rustls::ServerConfig;
+use std::path::Path;
+use std::sync::Arc;
+
+pub use keys::{generate_self_signed, KeyError};
+
+/// The protocol versions tlsgate speaks, both directions (T8): TLS 1.2 and 1.3, never older.
+pub static PROTOCOL_VERSIONS: &[&rustls::SupportedProtocolVersion] =
+    &[&rustls::version::TLS13, &rustls::version::TLS12];
+
+/// The cryptographic provider used everywhere, so that client and server agree on suites.
+pub fn crypto_provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Builds the STARTTLS server configuration from a PEM chain and key file.
+pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, KeyError> {
+    let chain = keys::load_cert_chain(cert)?;
+    let key_der = keys::load_private_key(key)?;
+    let config = ServerConfig::builder_with_provider(crypto_provider())
+        .with_protocol_versions(PROTOCOL_VERSIONS)
+        .map_err(|e| KeyError::Rejected {
+            path: cert.display().to_string(),
+            reason: e.to_string(),
+        })?
+        .with_no_client_auth()
+        .with_single_cert(chain, key_der)
+        .map_err(|e| KeyError::Rejected {
+            path: key.display().to_string(),
+            reason: format!("certificate and key do not form a usable pair: {e}"),
+        })?;
+    Ok(Arc::new(config))
+}
+
+/// What was negotiated on a TLS connection, recorded with each message and in `Received:`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TlsInfo {
+    /// "TLSv1.2" or "TLSv1.3".
+    pub version: String,
+    /// IANA-style suite name, e.g. "TLS13_AES_256_GCM_SHA384".
+    pub cipher: String,
+}
+
+impl TlsInfo {
+    pub fn from_connection(conn: &rustls::CommonState) -> TlsInfo {
+        let version = match conn.protocol_version() {
+            Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3".to_string(),
+            Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2".to_string(),
+            Some(other) => format!("{other:?}"),
+            None => "unknown".to_string(),
+        };
+        let cipher = conn
+            .negotiated_cipher_suite()
+            .and_then(|s| s.suite().as_str())
+            .unwrap_or("unknown")
+            .to_string();
+        TlsInfo { version, cipher }
+    }
+}
