@@ -1,0 +1,42 @@
+//! DNS behind a small interface: what delivery needs to know about a domain (MX, A/AAAA).
+//!
+//! [`Resolver`] is the seam: production uses [`HickoryResolver`] (the system resolver, or
+//! `dns.nameservers`); tests point `dns.nameservers` at a DNS server of their own on loopback,
+//! so the same code path runs against zones the test controls.
+
+mod hickory;
+
+pub use hickory::HickoryResolver;
+
+use crate::domain::Domain;
+use std::future::Future;
+use std::net::IpAddr;
+use std::pin::Pin;
+
+/// One MX record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MxRecord {
+    pub preference: u16,
+    /// The exchange host, normalised; `.` (the root) for a null MX.
+    pub exchange: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DnsError {
+    /// The name does not exist (NXDOMAIN): a permanent condition.
+    #[error("domain {0} does not exist")]
+    NoSuchDomain(String),
+    /// A server failure, timeout or network error: try again later.
+    #[error("DNS lookup for {name} failed temporarily: {reason}")]
+    Temporary { name: String, reason: String },
+}
+
+pub type DnsFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, DnsError>> + Send + 'a>>;
+
+pub trait Resolver: Send + Sync + 'static {
+    /// MX records of `domain`; an empty list when the domain exists but has none.
+    fn mx<'a>(&'a self, domain: &'a Domain) -> DnsFuture<'a, Vec<MxRecord>>;
+
+    /// IPv4 and IPv6 addresses of `host`; an empty list when it has none.
+    fn addresses<'a>(&'a self, host: &'a str) -> DnsFuture<'a, Vec<IpAddr>>;
+}

@@ -1,0 +1,92 @@
+//! The receiving side: listeners accept connections, each connection runs a [`Session`].
+//!
+//! Shape after mini-redis: one accept loop per listener that enforces the connection limits
+//! and backs off on accept errors, one task per connection, and one cancellation token that
+//! tells all of them to stop.
+
+pub mod connection;
+pub mod limits;
+pub mod received;
+pub mod relay;
+pub mod session;
+pub mod stream;
+
+use crate::config::{Config, ListenerConfig};
+use crate::queue::Committer;
+use limits::{ConnectionLimiter, LimitExceeded};
+use session::Session;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// What every session shares.
+pub struct SessionContext {
+    pub config: Arc<Config>,
+    /// `None` when no certificate is configured (STARTTLS then not offered).
+    pub tls: Option<TlsAcceptor>,
+    pub committer: Committer,
+    pub limiter: ConnectionLimiter,
+    pub shutdown: CancellationToken,
+}
+
+/// Accepts connections on one listener until shutdown.
+pub async fn accept_loop(
+    listener: TcpListener,
+    config: ListenerConfig,
+    ctx: Arc<SessionContext>,
+    sessions: TaskTracker,
+) {
+    let mut backoff = Duration::from_millis(10);
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = ctx.shutdown.cancelled() => return,
+        };
+        let (socket, peer) = match accepted {
+            Ok(pair) => {
+                backoff = Duration::from_millis(10);
+                pair
+            }
+            Err(e) => {
+                // Typically EMFILE/ENFILE: wait for descriptors to free up instead of spinning.
+                tracing::error!(bind = %config.bind, error = %e, "accept failed");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
+        let _ = socket.set_nodelay(true);
+        let permit = match ctx.limiter.try_acquire(peer.ip()) {
+            Ok(permit) => permit,
+            Err(exceeded) => {
+                tracing::warn!(peer = %peer, limit = ?exceeded, "connection refused: limit reached");
+                sessions.spawn(refuse(socket, exceeded));
+                continue;
+            }
+        };
+        let ctx = ctx.clone();
+        let listener_config = config.clone();
+        sessions.spawn(async move {
+            let _permit = permit;
+            let conn = connection::Connection::new(socket);
+            Session::new(conn, ctx, listener_config, peer).run().await;
+        });
+    }
+}
+
+/// Tells a client over a connection limit why it is turned away (RFC 5321 3.1: 421).
+async fn refuse(mut socket: TcpStream, exceeded: LimitExceeded) {
+    let text: &[u8] = match exceeded {
+        LimitExceeded::Total => b"421 4.7.0 Too many connections, try again later\r\n",
+        LimitExceeded::PerIp => b"421 4.7.0 Too many connections from your address\r\n",
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        socket.write_all(text).await?;
+        socket.shutdown().await
+    })
+    .await;
+}

@@ -1,0 +1,122 @@
+//! The `Received:` trace header field tlsgate adds to every message (RFC 5321 4.4, RFC 5322
+//! 3.6.7), with the protocol keyword of RFC 3848 (`ESMTPS` when TLS was used) and the TLS
+//! version and cipher as a comment, so the recipient can see how the hop was protected.
+
+use crate::tls::TlsInfo;
+use std::net::IpAddr;
+use std::time::SystemTime;
+
+pub struct ReceivedFields<'a> {
+    pub helo: &'a str,
+    pub client_ip: IpAddr,
+    pub hostname: &'a str,
+    pub esmtp: bool,
+    pub tls: Option<&'a TlsInfo>,
+    pub queue_id: &'a str,
+    /// Named in `for <…>` only when the message has exactly one recipient, so the header
+    /// never discloses the other (possibly Bcc) recipients.
+    pub single_recipient: Option<&'a str>,
+    pub when: SystemTime,
+}
+
+/// RFC 5322 date-time, e.g. `Sun, 22 Nov 2026 14:03:24 +0000`.
+pub fn rfc5322_date(when: SystemTime) -> String {
+    // httpdate writes the same fields with the obsolete zone name "GMT"; RFC 5322 3.3 prefers
+    // the numeric form.
+    let http = httpdate::fmt_http_date(when);
+    match http.strip_suffix(" GMT") {
+        Some(stem) => format!("{stem} +0000"),
+        None => http,
+    }
+}
+
+/// Characters from the client (its HELO name) are reduced to a safe subset: a CR or LF would
+/// inject header fields, and parentheses would break the comment structure.
+fn sanitize(text: &str) -> String {
+    text.chars()
+        .take(255)
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-._:[]".contains(c) {
+                c
+            } else {
+                '?'
+            }
+        })
+        .collect()
+}
+
+/// The complete header field, folded, ending in CRLF.
+pub fn received_header(f: &ReceivedFields<'_>) -> String {
+    let protocol = match (f.esmtp, f.tls.is_some()) {
+        (true, true) => "ESMTPS",
+        (true, false) => "ESMTP",
+        (false, true) => "SMTPS",
+        (false, false) => "SMTP",
+    };
+    let mut h = format!(
+        "Received: from {} ([{}])\r\n\tby {} (tlsgate) with {}",
+        sanitize(f.helo),
+        f.client_ip,
+        f.hostname,
+        protocol
+    );
+    if let Some(tls) = f.tls {
+        h.push_str(&format!(
+            "\r\n\t(version={} cipher={})",
+            sanitize(&tls.version),
+            sanitize(&tls.cipher)
+        ));
+    }
+    h.push_str(&format!(" id {}", f.queue_id));
+    if let Some(rcpt) = f.single_recipient {
+        h.push_str(&format!("\r\n\tfor <{rcpt}>"));
+    }
+    h.push_str(&format!(";\r\n\t{}\r\n", rfc5322_date(f.when)));
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    #[test]
+    fn esmtps_with_tls_details() {
+        let tls = TlsInfo {
+            version: "TLSv1.3".into(),
+            cipher: "TLS13_AES_256_GCM_SHA384".into(),
+        };
+        let h = received_header(&ReceivedFields {
+            helo: "client.example\r\nBcc: evil",
+            client_ip: "192.0.2.7".parse().unwrap(),
+            hostname: "mx1.example.no",
+            esmtp: true,
+            tls: Some(&tls),
+            queue_id: "0123456789ABCD",
+            single_recipient: Some("a@example.no"),
+            when: UNIX_EPOCH + Duration::from_secs(1_700_000_000),
+        });
+        assert_eq!(
+            h,
+            "Received: from client.example??Bcc:?evil ([192.0.2.7])\r\n\tby mx1.example.no (tlsgate) \
+             with ESMTPS\r\n\t(version=TLSv1.3 cipher=TLS13_AES_256_GCM_SHA384) id 0123456789ABCD\r\n\t\
+             for <a@example.no>;\r\n\tTue, 14 Nov 2023 22:13:20 +0000\r\n"
+        );
+    }
+
+    #[test]
+    fn plaintext_is_esmtp_without_comment() {
+        let h = received_header(&ReceivedFields {
+            helo: "c",
+            client_ip: "::1".parse().unwrap(),
+            hostname: "h",
+            esmtp: true,
+            tls: None,
+            queue_id: "X",
+            single_recipient: None,
+            when: UNIX_EPOCH,
+        });
+        assert!(h.contains("with ESMTP id X;"));
+        assert!(!h.contains("version="));
+    }
+}

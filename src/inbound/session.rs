@@ -1,0 +1,513 @@
+//! One SMTP session (RFC 5321) from banner to QUIT: the command state machine, STARTTLS,
+//! the relay rules at RCPT and the durable commit after DATA.
+//!
+//! Every reply carries an enhanced status code (RFC 2034 / 3463). Bad input gets a clear reply
+//! and counts as an error; after `limits.max_errors` errors the session ends with `421`.
+
+use super::connection::{ConnError, Connection, Line};
+use super::received::{received_header, ReceivedFields};
+use super::{relay, SessionContext};
+use crate::config::ListenerConfig;
+use crate::queue::message::{
+    self, BodyType, DsnNotify, MessageMeta, NewMessage, Reception, Recipient,
+};
+use crate::queue::{QueueId, StoreError};
+use crate::smtp::command::{self, Command, MailFrom, RcptTo};
+use crate::smtp::data::{DataDecoder, DataOutcome};
+use crate::smtp::Address;
+use crate::smtp::{Capabilities, Reply};
+use crate::tls::TlsInfo;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::SystemTime;
+use tokio::time::Instant;
+
+/// What the session loop does after a command.
+enum Flow {
+    Continue,
+    Close,
+}
+
+/// A transaction between MAIL and the end of DATA.
+struct Transaction {
+    mail: MailFrom,
+    recipients: Vec<AcceptedRecipient>,
+}
+
+/// A recipient that passed the RCPT checks, with `<Postmaster>` resolved to an address.
+struct AcceptedRecipient {
+    address: Address,
+    rcpt: RcptTo,
+}
+
+pub struct Session {
+    conn: Connection,
+    ctx: Arc<SessionContext>,
+    listener: ListenerConfig,
+    peer: SocketAddr,
+    /// The HELO/EHLO argument; `None` until the client greets (and again after STARTTLS).
+    helo: Option<String>,
+    esmtp: bool,
+    tls: Option<TlsInfo>,
+    transaction: Option<Transaction>,
+    errors: u32,
+    accepted: u32,
+}
+
+impl Session {
+    pub fn new(
+        conn: Connection,
+        ctx: Arc<SessionContext>,
+        listener: ListenerConfig,
+        peer: SocketAddr,
+    ) -> Session {
+        Session {
+            conn,
+            ctx,
+            listener,
+            peer,
+            helo: None,
+            esmtp: false,
+            tls: None,
+            transaction: None,
+            errors: 0,
+            accepted: 0,
+        }
+    }
+
+    fn reply(&mut self, reply: Reply) {
+        if reply.code >= 400 {
+            self.errors += 1;
+        }
+        reply.write_to(self.conn.output());
+    }
+
+    /// Runs the session to its end. Never panics on client input; every exit path logs once.
+    pub async fn run(mut self) {
+        let limits = self.ctx.config.limits.clone();
+        let banner = format!("{} ESMTP tlsgate", self.ctx.config.server.hostname);
+        self.reply(Reply::new(220, "2.0.0", banner));
+        let end = loop {
+            let line = tokio::select! {
+                line = self.conn.read_line(limits.max_line_length, limits.command_timeout) => line,
+                _ = self.ctx.shutdown.cancelled() => {
+                    self.reply(Reply::new(421, "4.3.2", "Service shutting down, try again later"));
+                    break "shutdown";
+                }
+            };
+            let flow = match line {
+                Ok(Line::Complete(line)) => match command::parse_command(&line) {
+                    Ok(cmd) => self.handle(cmd).await,
+                    Err(e) => {
+                        self.reply(e.reply());
+                        Flow::Continue
+                    }
+                },
+                Ok(Line::TooLong) => {
+                    self.reply(Reply::new(500, "5.5.6", "Line too long"));
+                    Flow::Continue
+                }
+                Err(ConnError::Timeout) => {
+                    self.reply(Reply::new(
+                        421,
+                        "4.4.2",
+                        "Timeout waiting for a command, closing",
+                    ));
+                    break "timeout";
+                }
+                Err(ConnError::Closed) => break "client closed",
+                Err(e) => {
+                    tracing::debug!(peer = %self.peer, error = %e, "read failed");
+                    break "I/O error";
+                }
+            };
+            if let Flow::Close = flow {
+                break "closed";
+            }
+            if self.errors >= limits.max_errors {
+                self.reply(Reply::new(
+                    421,
+                    "4.7.0",
+                    "Too many errors, closing connection",
+                ));
+                break "too many errors";
+            }
+        };
+        self.conn.close(limits.command_timeout).await;
+        tracing::info!(
+            peer = %self.peer,
+            listener = %self.listener.role,
+            helo = self.helo.as_deref().unwrap_or(""),
+            tls = self.tls.as_ref().map(|t| t.version.as_str()).unwrap_or("none"),
+            messages = self.accepted,
+            errors = self.errors,
+            end,
+            "session ended"
+        );
+    }
+
+    async fn handle(&mut self, cmd: Command) -> Flow {
+        match cmd {
+            Command::Helo(name) => self.greet(name, false),
+            Command::Ehlo(name) => self.greet(name, true),
+            Command::Mail(mail) => self.mail(mail),
+            Command::Rcpt(rcpt) => self.rcpt(rcpt),
+            Command::Data => return self.data().await,
+            Command::Bdat { .. } => self.reply(Reply::new(
+                502,
+                "5.5.1",
+                "BDAT not supported here, use DATA",
+            )),
+            Command::Rset => {
+                self.transaction = None;
+                self.reply(Reply::new(250, "2.0.0", "Ok"));
+            }
+            Command::Noop => self.reply(Reply::new(250, "2.0.0", "Ok")),
+            Command::Quit => {
+                self.reply(Reply::new(221, "2.0.0", "Bye"));
+                return Flow::Close;
+            }
+            // RFC 5321 3.5.3: 252 says "cannot verify, but will try delivery"; we never
+            // confirm addresses (no harvesting).
+            Command::Vrfy(_) => self.reply(Reply::new(
+                252,
+                "2.5.0",
+                "Cannot VRFY user, but will accept message and attempt delivery",
+            )),
+            Command::Expn(_) => self.reply(Reply::new(502, "5.5.1", "EXPN is disabled")),
+            Command::Help(_) => self.reply(Reply::new(
+                214,
+                "2.0.0",
+                "Commands: HELO EHLO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP STARTTLS",
+            )),
+            Command::StartTls => return self.starttls().await,
+        }
+        Flow::Continue
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            size: self.ctx.config.server.max_message_size,
+            starttls: self.tls.is_none() && self.ctx.tls.is_some(),
+            // RFC 8689 2: REQUIRETLS is offered only on a TLS-protected session.
+            requiretls: self.tls.is_some(),
+            chunking: false,
+        }
+    }
+
+    fn greet(&mut self, name: String, esmtp: bool) {
+        // RFC 5321 4.1.4: EHLO/HELO resets the transaction state.
+        self.transaction = None;
+        let reply = if esmtp {
+            self.capabilities()
+                .ehlo_reply(&self.ctx.config.server.hostname, &name)
+        } else {
+            Reply::new(250, "2.0.0", self.ctx.config.server.hostname.clone())
+        };
+        self.helo = Some(name);
+        self.esmtp = esmtp;
+        self.reply(reply);
+    }
+
+    fn mail(&mut self, mail: MailFrom) {
+        if self.helo.is_none() {
+            return self.reply(Reply::new(503, "5.5.1", "Send EHLO or HELO first"));
+        }
+        if self.transaction.is_some() {
+            return self.reply(Reply::new(503, "5.5.1", "Nested MAIL command"));
+        }
+        if self.listener.require_tls && self.tls.is_none() {
+            return self.reply(Reply::new(
+                530,
+                "5.7.0",
+                "Must issue a STARTTLS command first",
+            ));
+        }
+        let has_params = mail.size.is_some()
+            || mail.body.is_some()
+            || mail.smtputf8
+            || mail.ret.is_some()
+            || mail.envid.is_some()
+            || mail.requiretls;
+        if has_params && !self.esmtp {
+            return self.reply(Reply::new(
+                555,
+                "5.5.4",
+                "MAIL parameters need EHLO, not HELO",
+            ));
+        }
+        if mail.requiretls && self.tls.is_none() {
+            // RFC 8689 4.1
+            return self.reply(Reply::new(530, "5.7.10", "REQUIRETLS needs a TLS session"));
+        }
+        let max = self.ctx.config.server.max_message_size;
+        if mail.size.is_some_and(|size| size > max) {
+            return self.reply(Reply::new(
+                552,
+                "5.3.4",
+                format!("Message size exceeds the limit of {max} bytes"),
+            ));
+        }
+        // Refuse before the client sends the data, not after (452 4.3.1, RFC 5321 4.5.3.1.10).
+        let min_free = self.ctx.config.server.min_free_space;
+        match crate::queue::available_space(&self.ctx.config.server.data_dir) {
+            Ok(free) if free < min_free => {
+                tracing::warn!(
+                    free,
+                    min_free,
+                    "queue file system nearly full, refusing mail"
+                );
+                return self.reply(Reply::new(452, "4.3.1", "Insufficient system storage"));
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read free space of the queue file system");
+                return self.reply(Reply::new(452, "4.3.1", "Insufficient system storage"));
+            }
+        }
+        self.transaction = Some(Transaction {
+            mail,
+            recipients: Vec::new(),
+        });
+        self.reply(Reply::new(250, "2.1.0", "Sender ok"));
+    }
+
+    fn rcpt(&mut self, rcpt: RcptTo) {
+        let config = self.ctx.config.clone();
+        let role = self.listener.role;
+        let client_ip = self.peer.ip();
+        let Some(tx) = self.transaction.as_mut() else {
+            return self.reply(Reply::new(503, "5.5.1", "Need MAIL before RCPT"));
+        };
+        if tx.recipients.len() >= config.limits.max_recipients {
+            return self.reply(Reply::new(452, "4.5.3", "Too many recipients"));
+        }
+        // <Postmaster> without a domain means ours (RFC 5321 4.5.1).
+        let default_domain = config
+            .inbound
+            .local_domains
+            .first()
+            .cloned()
+            .or_else(|| crate::domain::Domain::parse(&config.server.hostname).ok());
+        let Some(default_domain) = default_domain else {
+            return self.reply(Reply::new(550, "5.1.1", "No postmaster here"));
+        };
+        let address = command::recipient_address(&rcpt.recipient, &default_domain);
+        if !address.is_ascii() && !tx.mail.smtputf8 {
+            return self.reply(command::CommandError::NeedsSmtputf8.reply());
+        }
+        if let Err(refusal) = relay::check_recipient(&config, role, client_ip, address.domain()) {
+            tracing::info!(
+                peer = %self.peer,
+                listener = %role,
+                recipient = %address,
+                "relay access denied"
+            );
+            return self.reply(refusal);
+        }
+        tx.recipients.push(AcceptedRecipient { address, rcpt });
+        self.reply(Reply::new(250, "2.1.5", "Recipient ok"));
+    }
+
+    async fn data(&mut self) -> Flow {
+        let ready = match &self.transaction {
+            None => Err(Reply::new(503, "5.5.1", "Need MAIL before DATA")),
+            Some(tx) if tx.recipients.is_empty() => {
+                Err(Reply::new(554, "5.5.1", "No valid recipients"))
+            }
+            Some(_) => Ok(()),
+        };
+        if let Err(reply) = ready {
+            self.reply(reply);
+            return Flow::Continue;
+        }
+        self.reply(Reply::new(354, "2.0.0", "End data with <CR><LF>.<CR><LF>"));
+
+        let limits = &self.ctx.config.limits;
+        let max = usize::try_from(self.ctx.config.server.max_message_size).unwrap_or(usize::MAX);
+        let declared = self
+            .transaction
+            .as_ref()
+            .and_then(|tx| tx.mail.size)
+            .and_then(|s| usize::try_from(s).ok())
+            .unwrap_or(64 * 1024);
+        let mut body = Vec::with_capacity(declared.min(max));
+        let mut decoder = DataDecoder::new(max);
+        let deadline = Instant::now() + limits.data_total_timeout;
+        let read = self
+            .conn
+            .read_data(&mut decoder, &mut body, limits.data_timeout, deadline)
+            .await;
+        // Whatever happens now, this transaction is over (RFC 5321 4.1.1.4).
+        let Some(tx) = self.transaction.take() else {
+            return Flow::Close;
+        };
+        match read {
+            Ok(()) => {}
+            Err(ConnError::Timeout) => {
+                self.reply(Reply::new(421, "4.4.2", "Timeout during DATA, closing"));
+                return Flow::Close;
+            }
+            Err(_) => return Flow::Close,
+        }
+        match decoder.outcome() {
+            DataOutcome::Ok => {}
+            DataOutcome::TooLarge => {
+                self.reply(Reply::new(
+                    552,
+                    "5.3.4",
+                    format!("Message exceeds the size limit of {max} bytes"),
+                ));
+                return Flow::Continue;
+            }
+            DataOutcome::BareLineEnding => {
+                // SMTP smuggling defence: a message whose data holds a bare CR or LF is
+                // refused whole, so no receiver can disagree with us about where it ended.
+                tracing::warn!(peer = %self.peer, "message with bare CR or LF refused");
+                self.reply(Reply::new(
+                    550,
+                    "5.6.0",
+                    "Message contains bare CR or LF characters; lines must end with CRLF",
+                ));
+                return Flow::Continue;
+            }
+        }
+        let reply = self.commit(tx, body).await;
+        self.reply(reply);
+        Flow::Continue
+    }
+
+    async fn commit(&mut self, tx: Transaction, body: Vec<u8>) -> Reply {
+        let id = QueueId::generate();
+        let single_recipient = match tx.recipients.as_slice() {
+            [only] => Some(only.address.to_string()),
+            _ => None,
+        };
+        let helo = self.helo.clone().unwrap_or_default();
+        let received = received_header(&ReceivedFields {
+            helo: &helo,
+            client_ip: self.peer.ip(),
+            hostname: &self.ctx.config.server.hostname,
+            esmtp: self.esmtp,
+            tls: self.tls.as_ref(),
+            queue_id: id.as_str(),
+            single_recipient: single_recipient.as_deref(),
+            when: SystemTime::now(),
+        });
+        let size = body.len() as u64;
+        let recipient_list: Vec<String> = tx
+            .recipients
+            .iter()
+            .map(|r| r.address.to_string())
+            .collect();
+        let meta = MessageMeta {
+            id: id.clone(),
+            sender: tx.mail.sender.address().map(|a| a.to_string()),
+            recipients: tx.recipients.iter().map(to_queue_recipient).collect(),
+            ret: tx.mail.ret,
+            envid: tx.mail.envid.clone(),
+            body_type: tx.mail.body.unwrap_or(BodyType::SevenBit),
+            smtputf8: tx.mail.smtputf8,
+            requiretls: tx.mail.requiretls,
+            reception: Reception {
+                client_ip: self.peer.ip(),
+                helo,
+                role: self.listener.role,
+                tls: self.tls.clone(),
+                received_at: message::unix_now(),
+            },
+            received_header: received,
+            size,
+        };
+        let sender = meta.sender.clone().unwrap_or_default();
+        match self.ctx.committer.commit(NewMessage { meta, body }).await {
+            Ok(()) => {
+                self.accepted += 1;
+                tracing::info!(
+                    queue_id = %id,
+                    peer = %self.peer,
+                    listener = %self.listener.role,
+                    from = %sender,
+                    to = ?recipient_list,
+                    size,
+                    tls = self.tls.as_ref().map(|t| t.version.as_str()).unwrap_or("none"),
+                    "message queued"
+                );
+                Reply::new(250, "2.0.0", format!("Ok: queued as {id}"))
+            }
+            Err(e) => {
+                tracing::error!(peer = %self.peer, error = %e, "queue commit failed, message refused");
+                store_error_reply(&e)
+            }
+        }
+    }
+
+    async fn starttls(&mut self) -> Flow {
+        let Some(acceptor) = self.ctx.tls.clone() else {
+            self.reply(Reply::new(502, "5.5.1", "STARTTLS not available"));
+            return Flow::Continue;
+        };
+        if self.tls.is_some() {
+            self.reply(Reply::new(503, "5.5.1", "TLS already active"));
+            return Flow::Continue;
+        }
+        self.reply(Reply::new(220, "2.0.0", "Ready to start TLS"));
+        let limit = self.ctx.config.limits.tls_handshake_timeout;
+        match self.conn.start_tls(&acceptor, limit).await {
+            Ok(discarded) => {
+                if discarded > 0 {
+                    tracing::warn!(
+                        peer = %self.peer,
+                        bytes = discarded,
+                        "plaintext pipelined after STARTTLS discarded (command injection attempt)"
+                    );
+                }
+                // RFC 3207 4.2: forget everything learned before TLS, the client must EHLO again.
+                self.helo = None;
+                self.esmtp = false;
+                self.transaction = None;
+                self.tls = self.conn.tls_state().map(|c| TlsInfo::from_connection(c));
+                Flow::Continue
+            }
+            Err(e) => {
+                tracing::info!(peer = %self.peer, error = %e, "STARTTLS handshake failed");
+                Flow::Close
+            }
+        }
+    }
+}
+
+fn to_queue_recipient(accepted: &AcceptedRecipient) -> Recipient {
+    let rcpt = &accepted.rcpt;
+    let n = &rcpt.notify;
+    Recipient {
+        address: accepted.address.to_string(),
+        notify: if n.explicit {
+            DsnNotify {
+                never: n.never,
+                success: n.success,
+                failure: n.failure,
+                delay: n.delay,
+            }
+        } else {
+            DsnNotify::default()
+        },
+        orcpt: rcpt
+            .orcpt
+            .as_ref()
+            .map(|o| (o.addr_type.clone(), o.address.clone())),
+    }
+}
+
+/// S5: a store failure is never answered with 250; the client keeps the message and retries.
+fn store_error_reply(e: &StoreError) -> Reply {
+    if e.is_disk_full() {
+        Reply::new(452, "4.3.1", "Insufficient system storage")
+    } else {
+        Reply::new(
+            452,
+            "4.3.1",
+            "Queue temporarily unavailable, try again later",
+        )
+    }
+}
