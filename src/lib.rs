@@ -7,7 +7,10 @@
 //! key material, `policy` holds the TLS levels, and `server` starts and stops the whole.
 
 pub mod config;
+pub mod delivery;
+pub mod dns;
 pub mod domain;
+pub mod dsn;
 pub mod inbound;
 pub mod policy;
 pub mod queue;

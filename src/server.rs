@@ -5,9 +5,12 @@
 //! connection is accepted (non-negotiable 5).
 
 use crate::config::{Config, Role};
+use crate::delivery::DeliveryEngine;
+use crate::dns::{DnsError, HickoryResolver};
 use crate::inbound::limits::ConnectionLimiter;
 use crate::inbound::{self, SessionContext};
 use crate::queue::{Committer, SledStore, Store, StoreError};
+use crate::tls::client::ClientTls;
 use crate::tls::{self, KeyError};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -35,13 +38,19 @@ pub enum ServerError {
     },
     #[error("cannot start the queue committer: {0}")]
     Committer(std::io::Error),
+    #[error("DNS resolver: {0}")]
+    Dns(#[from] DnsError),
 }
+
+/// How long one DNS query may take before it counts as a temporary failure.
+const DNS_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A started relay.
 pub struct RunningServer {
     listeners: Vec<(Role, SocketAddr)>,
     store: Arc<SledStore>,
     committer: Committer,
+    delivery: DeliveryEngine,
     shutdown: CancellationToken,
     sessions: TaskTracker,
     accept_loops: TaskTracker,
@@ -83,8 +92,10 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
             source,
         })?;
     let store = Arc::new(store);
-    let committer =
+    let (committer, announced) =
         Committer::start(store.clone() as Arc<dyn Store>).map_err(ServerError::Committer)?;
+    let client_tls = ClientTls::new(&config.outbound.extra_trust_roots)?;
+    let resolver = HickoryResolver::new(&config.dns.nameservers, DNS_TIMEOUT)?;
 
     let mut bound = Vec::new();
     for l in &config.listeners {
@@ -101,13 +112,28 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
         bound.push((l.clone(), local, socket));
     }
 
+    let config = Arc::new(config);
+    let delivery = DeliveryEngine::start(
+        config.clone(),
+        store.clone(),
+        committer.clone(),
+        announced,
+        Arc::new(resolver),
+        client_tls,
+    )
+    .await
+    .map_err(|source| ServerError::Queue {
+        path: config.queue_dir().display().to_string(),
+        source,
+    })?;
+
     let shutdown = CancellationToken::new();
     let ctx = Arc::new(SessionContext {
         limiter: ConnectionLimiter::new(
             config.limits.max_connections,
             config.limits.max_connections_per_ip,
         ),
-        config: Arc::new(config),
+        config,
         tls: Some(acceptor),
         committer: committer.clone(),
         shutdown: shutdown.clone(),
@@ -130,6 +156,7 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
         listeners,
         store,
         committer,
+        delivery,
         shutdown,
         sessions,
         accept_loops,
@@ -158,6 +185,10 @@ impl RunningServer {
         &self.committer
     }
 
+    pub fn delivery(&self) -> &DeliveryEngine {
+        &self.delivery
+    }
+
     /// Stops accepting, tells idle sessions to go (421), waits up to `grace` for sessions in
     /// the middle of a transaction, then syncs the store.
     pub async fn shutdown(self, grace: Duration) {
@@ -173,6 +204,7 @@ impl RunningServer {
                 "grace period over, closing remaining sessions"
             );
         }
+        self.delivery.shutdown(grace).await;
         let store = self.store.clone();
         match tokio::task::spawn_blocking(move || store.sync()).await {
             Ok(Ok(())) => tracing::info!("queue synced, shutdown complete"),

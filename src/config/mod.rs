@@ -49,6 +49,7 @@ pub struct Config {
     pub listeners: Vec<ListenerConfig>,
     pub inbound: InboundSection,
     pub outbound: OutboundSection,
+    pub delivery: DeliverySection,
     pub dns: DnsSection,
     pub domain_list: DomainListSection,
     pub policies: Vec<PolicyEntry>,
@@ -123,6 +124,36 @@ pub struct OutboundSection {
     pub relay_networks: Vec<IpNet>,
     pub smtp_port: u16,
     pub extra_trust_roots: Vec<PathBuf>,
+}
+
+/// How queued mail is delivered: retries, expiry, concurrency, timeouts (design.md, "Queue and
+/// delivery"; T6).
+#[derive(Debug, Clone)]
+pub struct DeliverySection {
+    /// Waits between attempts; the last one repeats until expiry.
+    pub retry_schedule: Vec<Duration>,
+    /// A recipient still undelivered this long after arrival fails (failure DSN).
+    pub expiry: Duration,
+    /// A recipient still undelivered this long after arrival gets one delay DSN.
+    pub delay_warning: Duration,
+    pub max_concurrent: usize,
+    pub max_per_destination: usize,
+    pub connect_timeout: Duration,
+    pub command_timeout: Duration,
+    /// Wait for the reply after the final `.` (RFC 5321 4.5.3.2.6 suggests 10 minutes).
+    pub data_timeout: Duration,
+    /// How long an idle connection is kept for the next message to the same destination.
+    pub idle_timeout: Duration,
+    pub max_messages_per_connection: u32,
+    pub dsn_language: DsnLanguage,
+}
+
+/// Language of the human-readable part of DSNs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DsnLanguage {
+    English,
+    /// Norwegian bokmål, followed by the English text.
+    Norwegian,
 }
 
 #[derive(Debug, Clone)]
@@ -445,6 +476,76 @@ fn validate(raw: raw::RawConfig, file: &str) -> Result<Config, ConfigError> {
         extra_trust_roots,
     };
 
+    let d = raw.delivery.unwrap_or_default();
+    let retry_schedule = match d.retry_schedule {
+        Some(list) => list
+            .iter()
+            .map(|v| c.duration("delivery.retry_schedule", v))
+            .collect::<Result<Vec<_>, _>>()?,
+        None => ["1m", "5m", "15m", "30m", "1h", "2h", "4h"]
+            .iter()
+            .map(|v| c.duration("delivery.retry_schedule", v))
+            .collect::<Result<Vec<_>, _>>()?,
+    };
+    if retry_schedule.is_empty() {
+        return Err(c.err("delivery.retry_schedule", "must name at least one wait"));
+    }
+    let delivery = DeliverySection {
+        retry_schedule,
+        expiry: c.duration("delivery.expiry", d.expiry.as_deref().unwrap_or("5d"))?,
+        delay_warning: c.duration(
+            "delivery.delay_warning",
+            d.delay_warning.as_deref().unwrap_or("4h"),
+        )?,
+        max_concurrent: d.max_concurrent.unwrap_or(100),
+        max_per_destination: d.max_per_destination.unwrap_or(10),
+        connect_timeout: c.duration(
+            "delivery.connect_timeout",
+            d.connect_timeout.as_deref().unwrap_or("30s"),
+        )?,
+        command_timeout: c.duration(
+            "delivery.command_timeout",
+            d.command_timeout.as_deref().unwrap_or("5m"),
+        )?,
+        data_timeout: c.duration(
+            "delivery.data_timeout",
+            d.data_timeout.as_deref().unwrap_or("10m"),
+        )?,
+        idle_timeout: c.duration(
+            "delivery.idle_timeout",
+            d.idle_timeout.as_deref().unwrap_or("10s"),
+        )?,
+        max_messages_per_connection: d.max_messages_per_connection.unwrap_or(100),
+        dsn_language: match d.dsn_language.as_deref().unwrap_or("en") {
+            "en" => DsnLanguage::English,
+            "no" | "nb" => DsnLanguage::Norwegian,
+            other => {
+                return Err(c.err(
+                    "delivery.dsn_language",
+                    format!("{other:?}: use \"en\" or \"no\""),
+                ))
+            }
+        },
+    };
+    if delivery.delay_warning >= delivery.expiry {
+        return Err(c.err(
+            "delivery.delay_warning",
+            "must be shorter than delivery.expiry, or no delay DSN is ever sent",
+        ));
+    }
+    for (key, value) in [
+        ("delivery.max_concurrent", delivery.max_concurrent),
+        ("delivery.max_per_destination", delivery.max_per_destination),
+        (
+            "delivery.max_messages_per_connection",
+            delivery.max_messages_per_connection as usize,
+        ),
+    ] {
+        if value == 0 {
+            return Err(c.err(key, "must be at least 1"));
+        }
+    }
+
     let dns = DnsSection {
         nameservers: raw
             .dns
@@ -522,6 +623,7 @@ fn validate(raw: raw::RawConfig, file: &str) -> Result<Config, ConfigError> {
         listeners,
         inbound,
         outbound,
+        delivery,
         dns,
         domain_list,
         policies,

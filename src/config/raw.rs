@@ -16,6 +16,7 @@ pub(super) struct RawConfig {
     pub listener: Vec<RawListener>,
     pub inbound: Option<RawInbound>,
     pub outbound: Option<RawOutbound>,
+    pub delivery: Option<RawDelivery>,
     pub dns: Option<RawDns>,
     pub domain_list: Option<RawDomainList>,
     #[serde(default)]
@@ -78,6 +79,22 @@ pub(super) struct RawOutbound {
     pub relay_networks: Option<Vec<String>>,
     pub smtp_port: Option<u16>,
     pub extra_trust_roots: Option<Vec<PathBuf>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawDelivery {
+    pub retry_schedule: Option<Vec<String>>,
+    pub expiry: Option<String>,
+    pub delay_warning: Option<String>,
+    pub max_concurrent: Option<usize>,
+    pub max_per_destination: Option<usize>,
+    pub connect_timeout: Option<String>,
+    pub command_timeout: Option<String>,
+    pub data_timeout: Option<String>,
+    pub idle_timeout: Option<String>,
+    pub max_messages_per_connection: Option<u32>,
+    pub dsn_language: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -146,10 +146,29 @@ pub struct MessageMeta {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RecipientStatus {
+    /// Not tried yet.
     Pending,
     Deferred,
     Delivered,
     Failed,
+}
+
+impl RecipientStatus {
+    /// Delivered or failed: nothing more will be tried.
+    pub fn is_final(self) -> bool {
+        matches!(self, RecipientStatus::Delivered | RecipientStatus::Failed)
+    }
+}
+
+impl fmt::Display for RecipientStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            RecipientStatus::Pending => "pending",
+            RecipientStatus::Deferred => "deferred",
+            RecipientStatus::Delivered => "delivered",
+            RecipientStatus::Failed => "failed",
+        })
+    }
 }
 
 /// Delivery state of one recipient, updated by the delivery engine.
@@ -159,8 +178,18 @@ pub struct RecipientState {
     pub attempts: u32,
     /// Unix seconds of the next attempt (pending / deferred).
     pub next_attempt: u64,
-    /// The last reply or local reason, e.g. "450 4.2.0 mailbox busy (mx.example.net)".
+    /// The last reply or local reason, e.g. "450 4.2.0 mailbox busy".
     pub last_reply: Option<String>,
+    /// RFC 3463 status of the last result ("4.4.1"), for the DSN `Status:` field.
+    pub last_status: Option<String>,
+    /// The host that gave the last reply, for the DSN `Remote-MTA:` field.
+    pub remote_mta: Option<String>,
+    /// Unix seconds of the last attempt (0: none yet).
+    pub last_attempt: u64,
+    /// A delay DSN went out for this recipient (at most one is sent).
+    pub delay_notified: bool,
+    /// The last deferral was because the TLS policy could not be met.
+    pub tls_deferral: bool,
 }
 
 impl RecipientState {
@@ -170,6 +199,11 @@ impl RecipientState {
             attempts: 0,
             next_attempt: now,
             last_reply: None,
+            last_status: None,
+            remote_mta: None,
+            last_attempt: 0,
+            delay_notified: false,
+            tls_deferral: false,
         }
     }
 }

@@ -19,11 +19,24 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use tokio::sync::oneshot;
 
-/// Most messages written per sync; bounds the latency a large group adds to its first member.
+/// Most jobs written per sync; bounds the latency a large group adds to its first member.
 const MAX_GROUP: usize = 512;
 
+/// What the committer writes.
+enum Work {
+    /// A new message with all recipients pending.
+    Message(Box<NewMessage>),
+    /// New states for some recipients of a message (delivery results).
+    States {
+        id: QueueId,
+        updates: Vec<(usize, RecipientState)>,
+    },
+    /// A message whose recipients are all final.
+    Remove(QueueId),
+}
+
 struct Job {
-    message: NewMessage,
+    work: Work,
     done: oneshot::Sender<Result<(), StoreError>>,
 }
 
@@ -37,28 +50,55 @@ pub struct CommitStats {
 
 /// Handle to the group-commit thread. Cloning is cheap; the thread ends when every handle is
 /// dropped, after finishing the jobs it already has.
+///
+/// Every store write goes through it (new messages, delivery results, removals), so each one
+/// is durable when its call returns and concurrent writers share one sync.
 #[derive(Clone)]
 pub struct Committer {
     jobs: mpsc::Sender<Job>,
     stats: Arc<CommitStats>,
 }
 
+/// Receives the id of every newly committed message (the scheduler listens here).
+pub type NewMessages = tokio::sync::mpsc::UnboundedReceiver<QueueId>;
+
 impl Committer {
-    pub fn start(store: Arc<dyn Store>) -> std::io::Result<Committer> {
+    /// Starts the committer thread. Committed messages are announced on the returned channel;
+    /// dropping the receiver is fine (announcements are then discarded).
+    pub fn start(store: Arc<dyn Store>) -> std::io::Result<(Committer, NewMessages)> {
         let (jobs, rx) = mpsc::channel::<Job>();
+        let (announce, announced) = tokio::sync::mpsc::unbounded_channel();
         let stats = Arc::new(CommitStats::default());
         let thread_stats = stats.clone();
         std::thread::Builder::new()
             .name("queue-committer".into())
-            .spawn(move || run_committer(store, rx, thread_stats))?;
-        Ok(Committer { jobs, stats })
+            .spawn(move || run_committer(store, rx, thread_stats, announce))?;
+        Ok((Committer { jobs, stats }, announced))
     }
 
     /// Writes the message durably. Returns only after the data is on disk (or an error).
     pub async fn commit(&self, message: NewMessage) -> Result<(), StoreError> {
+        self.submit(Work::Message(Box::new(message))).await
+    }
+
+    /// Durably records new states for recipients of a message.
+    pub async fn update_states(
+        &self,
+        id: QueueId,
+        updates: Vec<(usize, RecipientState)>,
+    ) -> Result<(), StoreError> {
+        self.submit(Work::States { id, updates }).await
+    }
+
+    /// Durably removes a message.
+    pub async fn remove(&self, id: QueueId) -> Result<(), StoreError> {
+        self.submit(Work::Remove(id)).await
+    }
+
+    async fn submit(&self, work: Work) -> Result<(), StoreError> {
         let (done, result) = oneshot::channel();
         self.jobs
-            .send(Job { message, done })
+            .send(Job { work, done })
             .map_err(|_| StoreError::Closed)?;
         result.await.map_err(|_| StoreError::Closed)?
     }
@@ -68,7 +108,25 @@ impl Committer {
     }
 }
 
-fn run_committer(store: Arc<dyn Store>, rx: mpsc::Receiver<Job>, stats: Arc<CommitStats>) {
+fn write(store: &dyn Store, work: &Work, now: u64) -> Result<(), StoreError> {
+    match work {
+        Work::Message(message) => {
+            let states = vec![RecipientState::new_pending(now); message.meta.recipients.len()];
+            store.write_message(message, &states)
+        }
+        Work::States { id, updates } => updates
+            .iter()
+            .try_for_each(|(index, state)| store.set_recipient_state(id, *index, state)),
+        Work::Remove(id) => store.remove_message(id),
+    }
+}
+
+fn run_committer(
+    store: Arc<dyn Store>,
+    rx: mpsc::Receiver<Job>,
+    stats: Arc<CommitStats>,
+    announce: tokio::sync::mpsc::UnboundedSender<QueueId>,
+) {
     while let Ok(first) = rx.recv() {
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
@@ -80,11 +138,7 @@ fn run_committer(store: Arc<dyn Store>, rx: mpsc::Receiver<Job>, stats: Arc<Comm
         let now = message::unix_now();
         let written: Vec<Result<(), StoreError>> = group
             .iter()
-            .map(|job| {
-                let states =
-                    vec![RecipientState::new_pending(now); job.message.meta.recipients.len()];
-                store.write_message(&job.message, &states)
-            })
+            .map(|job| write(store.as_ref(), &job.work, now))
             .collect();
         let synced = if written.iter().any(Result::is_ok) {
             stats.syncs.fetch_add(1, Ordering::Relaxed);
@@ -95,22 +149,27 @@ fn run_committer(store: Arc<dyn Store>, rx: mpsc::Receiver<Job>, stats: Arc<Comm
         for (job, write) in group.into_iter().zip(written) {
             let outcome = match (&synced, write) {
                 (Ok(()), Ok(())) => {
-                    stats.messages.fetch_add(1, Ordering::Relaxed);
+                    if let Work::Message(message) = &job.work {
+                        stats.messages.fetch_add(1, Ordering::Relaxed);
+                        let _ = announce.send(message.meta.id.clone());
+                    }
                     Ok(())
                 }
                 (_, Err(e)) => Err(e),
                 (Err(e), Ok(())) => {
-                    // Written but maybe not durable: take it back so that the client's retry
-                    // (it gets a 4xx) does not end up delivered twice. Best effort: if this
-                    // fails too, a duplicate is still better than a loss.
-                    let _ = store.remove_message(&job.message.meta.id);
+                    if let Work::Message(message) = &job.work {
+                        // Written but maybe not durable: take it back so that the client's
+                        // retry (it gets a 4xx) does not end up delivered twice. Best effort:
+                        // if this fails too, a duplicate is still better than a loss.
+                        let _ = store.remove_message(&message.meta.id);
+                    }
                     Err(StoreError::Engine(format!("sync failed: {e}")))
                 }
             };
             if outcome.is_err() {
                 stats.failures.fetch_add(1, Ordering::Relaxed);
             }
-            // The session may have gone away (client disconnected); nothing to tell then.
+            // The caller may have gone away (client disconnected); nothing to tell then.
             let _ = job.done.send(outcome);
         }
     }

@@ -4,6 +4,7 @@
 //!   check of S4, and generating self-signed certificates (`tlsgate gen-cert`, first start).
 //! * [`server_config`]: the STARTTLS server side, TLS 1.2 and 1.3 only (T8).
 
+pub mod client;
 pub mod keys;
 
 use rustls::ServerConfig;

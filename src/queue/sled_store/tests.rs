@@ -77,6 +77,10 @@ fn recipient_state_updates_and_removal() {
         attempts: 1,
         next_attempt: 0,
         last_reply: Some("250 2.0.0 ok".into()),
+        last_status: Some("2.0.0".into()),
+        remote_mta: Some("mx.example.net".into()),
+        last_attempt: 5,
+        ..RecipientState::new_pending(0)
     };
     store.set_recipient_state(&id, 1, &delivered).unwrap();
     let states = store.recipient_states(&id).unwrap();
@@ -129,7 +133,7 @@ impl Store for SlowSync {
 async fn concurrent_commits_share_syncs() {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(SledStore::open(dir.path()).unwrap());
-    let committer = Committer::start(Arc::new(SlowSync(store.clone()))).unwrap();
+    let (committer, _announced) = Committer::start(Arc::new(SlowSync(store.clone()))).unwrap();
     let mut tasks = Vec::new();
     for n in 0..64u8 {
         let committer = committer.clone();

@@ -1,0 +1,324 @@
+//! One delivery attempt: the recipients of one message that share a destination, tried host by
+//! host until one answers the transaction.
+//!
+//! Connection or TLS trouble moves on to the next address and the next MX host; a reply to
+//! the transaction ends the attempt (RFC 5321 5.1). When no host could be used, every
+//! recipient is deferred with the last problem seen.
+
+use super::client::{ClientError, ConnectParams, SmtpConnection, Timeouts, TlsMode};
+use super::pool::{ConnectionPool, PoolKey};
+use super::route::{self, Destination, Host, RouteError};
+use crate::config::Config;
+use crate::dns::Resolver;
+use crate::policy::{self, TlsLevel};
+use crate::queue::message::{MessageMeta, Recipient};
+use crate::smtp::reply::Reply;
+use crate::tls::client::{ClientTls, TlsFailure};
+use crate::tls::TlsInfo;
+
+/// The result for one recipient.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Delivered {
+        host: String,
+        reply: String,
+        /// The next hop announced DSN, so it reports success itself (RFC 3461 6.2).
+        peer_does_dsn: bool,
+    },
+    Deferred {
+        host: Option<String>,
+        status: String,
+        reason: String,
+        /// The TLS policy could not be met (issue 4 warns senders early about these).
+        tls: bool,
+    },
+    Failed {
+        host: Option<String>,
+        status: String,
+        reason: String,
+    },
+}
+
+/// What the engine needs to run attempts.
+pub struct AttemptContext<'a> {
+    pub config: &'a Config,
+    pub resolver: &'a dyn Resolver,
+    pub tls: &'a ClientTls,
+    pub pool: &'a ConnectionPool,
+}
+
+/// The TLS level for a destination.
+pub fn tls_level(config: &Config, destination: &Destination, meta: &MessageMeta) -> TlsLevel {
+    match destination {
+        Destination::NextHop => {
+            let level = config.inbound.next_hop_tls;
+            if meta.requiretls {
+                level.max(TlsLevel::Verify)
+            } else {
+                level
+            }
+        }
+        Destination::Domain(domain) => policy::resolve(&config.policies, domain, meta.requiretls),
+    }
+}
+
+/// How a level is enforced on the wire. Levels that need DANE fail closed to certificate
+/// validation until DANE lookups exist; `dane` without TLSA records is opportunistic.
+pub fn tls_mode(level: TlsLevel) -> TlsMode {
+    match level {
+        TlsLevel::None => TlsMode::Off,
+        TlsLevel::May | TlsLevel::Dane => TlsMode::Opportunistic,
+        TlsLevel::Encrypt => TlsMode::Encrypted,
+        TlsLevel::DaneOnly | TlsLevel::Verify | TlsLevel::Secure => TlsMode::Verified,
+    }
+}
+
+/// One line per attempt on a host, for the log (issue 3: the queue must be inspectable).
+#[derive(Debug, Clone)]
+pub struct HostLog {
+    pub host: String,
+    pub addr: String,
+    pub tls: Option<TlsInfo>,
+    pub result: String,
+}
+
+/// Delivers `recipients` (indices into `meta.recipients`) of one message to `destination`.
+pub async fn deliver(
+    ctx: &AttemptContext<'_>,
+    meta: &MessageMeta,
+    body: &[u8],
+    destination: &Destination,
+    recipients: &[usize],
+    log: &mut Vec<HostLog>,
+) -> Vec<(usize, Outcome)> {
+    let everyone = |outcome: Outcome| -> Vec<(usize, Outcome)> {
+        recipients.iter().map(|&i| (i, outcome.clone())).collect()
+    };
+    let hosts = match route::hosts_for(ctx.config, ctx.resolver, destination).await {
+        Ok(hosts) => hosts,
+        Err(RouteError::Permanent { status, reason }) => {
+            return everyone(Outcome::Failed {
+                host: None,
+                status: status.into(),
+                reason,
+            })
+        }
+        Err(RouteError::Temporary { status, reason }) => {
+            return everyone(Outcome::Deferred {
+                host: None,
+                status: status.into(),
+                reason,
+                tls: false,
+            })
+        }
+    };
+    let level = tls_level(ctx.config, destination, meta);
+    let mode = tls_mode(level);
+    let rcpts: Vec<&Recipient> = recipients
+        .iter()
+        .filter_map(|&i| meta.recipients.get(i))
+        .collect();
+
+    let mut last_problem: Option<(String, ClientError)> = None;
+    for host in &hosts {
+        for &addr in &host.addrs {
+            let conn = match connect(ctx, host, addr, mode).await {
+                Ok(conn) => conn,
+                Err(e) => {
+                    log.push(HostLog {
+                        host: host.name.clone(),
+                        addr: addr.to_string(),
+                        tls: None,
+                        result: e.to_string(),
+                    });
+                    last_problem = Some((host.name.clone(), e));
+                    continue;
+                }
+            };
+            let mut conn = conn;
+            if let Some(outcome) = refuse_before_sending(meta, body, &conn) {
+                park(ctx, host, addr, mode, conn);
+                return everyone(outcome);
+            }
+            match conn.send_message(meta, &rcpts, body).await {
+                Ok(result) => {
+                    log.push(HostLog {
+                        host: host.name.clone(),
+                        addr: addr.to_string(),
+                        tls: conn.tls.clone(),
+                        result: summarise(&result.replies),
+                    });
+                    let peer_does_dsn = conn.caps.dsn;
+                    park(ctx, host, addr, mode, conn);
+                    return recipients
+                        .iter()
+                        .zip(result.replies)
+                        .map(|(&i, reply)| (i, outcome_of(&host.name, &reply, peer_does_dsn)))
+                        .collect();
+                }
+                Err(e) => {
+                    log.push(HostLog {
+                        host: host.name.clone(),
+                        addr: addr.to_string(),
+                        tls: conn.tls.clone(),
+                        result: e.to_string(),
+                    });
+                    last_problem = Some((host.name.clone(), e));
+                }
+            }
+        }
+    }
+    let (host, error) = match last_problem {
+        Some(p) => p,
+        None => {
+            return everyone(Outcome::Deferred {
+                host: None,
+                status: "4.4.4".into(),
+                reason: format!("no host to try for {destination}"),
+                tls: false,
+            })
+        }
+    };
+    let (status, tls) = match &error {
+        ClientError::Tls(TlsFailure::NoStarttls | TlsFailure::StarttlsRefused(_)) => {
+            ("4.7.4", true)
+        }
+        ClientError::Tls(_) => ("4.7.5", true),
+        ClientError::Connect { .. } => ("4.4.1", false),
+        ClientError::Timeout(_) | ClientError::Io(_) => ("4.4.2", false),
+        ClientError::Protocol(_) => ("4.5.0", false),
+        ClientError::Refused { .. } => ("4.4.0", false),
+    };
+    let reason = if tls {
+        format!("TLS required ({level}) but not possible with {host}: {error}")
+    } else {
+        format!("{host}: {error}")
+    };
+    everyone(Outcome::Deferred {
+        host: Some(host),
+        status: status.into(),
+        reason,
+        tls,
+    })
+}
+
+/// A pooled connection when one is idle and still answers, else a new one. Opportunistic TLS
+/// that fails in the handshake is retried once in plaintext, as `may` promises no more than
+/// that (Postfix does the same).
+async fn connect(
+    ctx: &AttemptContext<'_>,
+    host: &Host,
+    addr: std::net::SocketAddr,
+    mode: TlsMode,
+) -> Result<SmtpConnection, ClientError> {
+    let key = PoolKey {
+        addr,
+        host: host.name.clone(),
+        tls_mode: mode,
+    };
+    while let Some(mut idle) = ctx.pool.take(&key) {
+        if idle.reset().await.is_ok() {
+            return Ok(idle);
+        }
+    }
+    let d = &ctx.config.delivery;
+    let params = |tls_mode| ConnectParams {
+        addr,
+        host: &host.name,
+        helo_name: &ctx.config.server.hostname,
+        tls_mode,
+        tls: ctx.tls,
+        timeouts: Timeouts {
+            connect: d.connect_timeout,
+            command: d.command_timeout,
+            data: d.data_timeout,
+        },
+    };
+    match SmtpConnection::open(&params(mode)).await {
+        Err(ClientError::Tls(failure)) if mode == TlsMode::Opportunistic => {
+            tracing::info!(host = %host.name, %addr, reason = %failure,
+                "opportunistic TLS failed, retrying in plaintext");
+            SmtpConnection::open(&params(TlsMode::Off)).await
+        }
+        other => other,
+    }
+}
+
+/// Checks that need the peer's capabilities but no transaction: SIZE (RFC 1870) and SMTPUTF8
+/// (RFC 6531 3.4: a message that needs it cannot go to a server without it).
+fn refuse_before_sending(meta: &MessageMeta, body: &[u8], conn: &SmtpConnection) -> Option<Outcome> {
+    let size = meta.received_header.len() as u64 + body.len() as u64;
+    if let Some(limit) = conn.caps.size.filter(|l| *l > 0) {
+        if size > limit {
+            return Some(Outcome::Failed {
+                host: Some(conn.host.clone()),
+                status: "5.3.4".into(),
+                reason: format!(
+                    "message is {size} octets, {} accepts at most {limit}",
+                    conn.host
+                ),
+            });
+        }
+    }
+    if meta.smtputf8 && !conn.caps.smtputf8 {
+        return Some(Outcome::Failed {
+            host: Some(conn.host.clone()),
+            status: "5.6.7".into(),
+            reason: format!(
+                "the message needs SMTPUTF8 (international addresses) but {} does not support it",
+                conn.host
+            ),
+        });
+    }
+    None
+}
+
+fn park(
+    ctx: &AttemptContext<'_>,
+    host: &Host,
+    addr: std::net::SocketAddr,
+    mode: TlsMode,
+    conn: SmtpConnection,
+) {
+    let key = PoolKey {
+        addr,
+        host: host.name.clone(),
+        tls_mode: mode,
+    };
+    if let Some(done) = ctx.pool.put(key, conn) {
+        tokio::spawn(done.quit());
+    }
+}
+
+fn outcome_of(host: &str, reply: &Reply, peer_does_dsn: bool) -> Outcome {
+    let status = |default: &str| {
+        reply
+            .enhanced
+            .map(|e| e.to_string())
+            .unwrap_or_else(|| default.to_string())
+    };
+    match reply.code / 100 {
+        2 => Outcome::Delivered {
+            host: host.to_string(),
+            reply: reply.to_string(),
+            peer_does_dsn,
+        },
+        4 => Outcome::Deferred {
+            host: Some(host.to_string()),
+            status: status("4.0.0"),
+            reason: reply.to_string(),
+            tls: false,
+        },
+        _ => Outcome::Failed {
+            host: Some(host.to_string()),
+            status: status("5.0.0"),
+            reason: reply.to_string(),
+        },
+    }
+}
+
+fn summarise(replies: &[Reply]) -> String {
+    let mut parts: Vec<String> = replies.iter().map(ToString::to_string).collect();
+    parts.dedup();
+    parts.join(" | ")
+}

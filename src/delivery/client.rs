@@ -1,0 +1,648 @@
+//! The SMTP client: one connection to one peer, able to carry several transactions.
+//!
+//! Every read and write has a timeout. STARTTLS follows the TLS level the caller asks for:
+//! `none` never starts TLS, `may` uses it when offered (unauthenticated), `encrypt` requires it
+//! (unauthenticated), `verify` and stricter require it with the certificate validated against
+//! the public roots and the host name (T3, T8, T9). After the server's `220` to STARTTLS any
+//! buffered byte is an attack (CVE-2021-38371 style response injection): the connection is
+//! dropped. After the handshake the capabilities are learnt again from a new EHLO.
+
+use crate::queue::message::{BodyType, DsnRet, MessageMeta, Recipient};
+use crate::smtp::reply::{reply_complete, reply_lines, Reply};
+use crate::tls::client::{ClientTls, TlsFailure};
+use crate::tls::TlsInfo;
+use rustls::pki_types::ServerName;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
+
+/// Longest reply line accepted from a server (RFC 5321 4.5.3.1.5 says 512; servers exceed it).
+const MAX_REPLY_LINE: usize = 4096;
+/// Largest whole (multi-line) reply accepted, so a hostile server cannot grow the buffer.
+const MAX_REPLY: usize = 64 * 1024;
+/// Body bytes collected before a write: large enough for few syscalls, small enough to keep
+/// memory flat with many deliveries in flight.
+const WRITE_CHUNK: usize = 64 * 1024;
+
+/// What kind of TLS the caller requires on this connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TlsMode {
+    /// Never STARTTLS (`none`).
+    Off,
+    /// STARTTLS when offered, certificate not checked (`may`).
+    Opportunistic,
+    /// STARTTLS required, certificate not checked (`encrypt`).
+    Encrypted,
+    /// STARTTLS required, certificate validated for the expected name (`verify`, `secure`).
+    Verified,
+}
+
+impl TlsMode {
+    pub fn required(self) -> bool {
+        matches!(self, TlsMode::Encrypted | TlsMode::Verified)
+    }
+}
+
+/// Timeouts for one connection.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    pub connect: Duration,
+    pub command: Duration,
+    pub data: Duration,
+}
+
+/// Why a connection or transaction could not proceed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot connect to {addr}: {reason}")]
+    Connect { addr: SocketAddr, reason: String },
+    #[error("timeout waiting for {0}")]
+    Timeout(&'static str),
+    #[error("connection lost: {0}")]
+    Io(String),
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    /// The server answered the greeting, EHLO/HELO or STARTTLS with an error.
+    #[error("{stage} refused: {reply}")]
+    Refused { stage: &'static str, reply: Reply },
+    /// The TLS policy could not be met on this connection.
+    #[error("{0}")]
+    Tls(TlsFailure),
+}
+
+impl ClientError {
+    fn io(e: io::Error) -> ClientError {
+        ClientError::Io(e.to_string())
+    }
+}
+
+/// ESMTP capabilities announced in the EHLO reply.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Capabilities {
+    pub esmtp: bool,
+    pub starttls: bool,
+    pub pipelining: bool,
+    /// SIZE limit; `Some(0)` means "announced without a limit".
+    pub size: Option<u64>,
+    pub eight_bit_mime: bool,
+    pub smtputf8: bool,
+    pub dsn: bool,
+    pub requiretls: bool,
+}
+
+impl Capabilities {
+    /// Parses the lines of an EHLO reply (the first line is the greeting text).
+    pub fn from_ehlo(reply: &Reply) -> Capabilities {
+        let mut caps = Capabilities {
+            esmtp: true,
+            ..Capabilities::default()
+        };
+        for line in reply.text.split('\n').skip(1) {
+            let mut words = line.split_ascii_whitespace();
+            let keyword = words.next().unwrap_or("").to_ascii_uppercase();
+            match keyword.as_str() {
+                "STARTTLS" => caps.starttls = true,
+                "PIPELINING" => caps.pipelining = true,
+                "SIZE" => caps.size = Some(words.next().and_then(|n| n.parse().ok()).unwrap_or(0)),
+                "8BITMIME" => caps.eight_bit_mime = true,
+                "SMTPUTF8" => caps.smtputf8 = true,
+                "DSN" => caps.dsn = true,
+                "REQUIRETLS" => caps.requiretls = true,
+                _ => {}
+            }
+        }
+        caps
+    }
+}
+
+enum ClientStream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+    /// While the TCP stream is inside the TLS handshake (and after a failed one).
+    Detached,
+}
+
+fn detached() -> io::Error {
+    io::Error::new(io::ErrorKind::NotConnected, "connection is not usable")
+}
+
+impl AsyncRead for ClientStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ClientStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            ClientStream::Detached => Poll::Ready(Err(detached())),
+        }
+    }
+}
+
+impl AsyncWrite for ClientStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            ClientStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            ClientStream::Detached => Poll::Ready(Err(detached())),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ClientStream::Plain(s) => Pin::new(s).poll_flush(cx),
+            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            ClientStream::Detached => Poll::Ready(Err(detached())),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ClientStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            ClientStream::Detached => Poll::Ready(Err(detached())),
+        }
+    }
+}
+
+/// The result of one transaction: one reply per recipient, in the order given.
+#[derive(Debug, Clone)]
+pub struct TransactionResult {
+    pub replies: Vec<Reply>,
+}
+
+/// Everything needed to connect to one peer.
+pub struct ConnectParams<'a> {
+    pub addr: SocketAddr,
+    /// The peer's host name: for logs, and the name checked in its certificate (`Verified`).
+    pub host: &'a str,
+    /// Our name in EHLO.
+    pub helo_name: &'a str,
+    pub tls_mode: TlsMode,
+    pub tls: &'a ClientTls,
+    pub timeouts: Timeouts,
+}
+
+/// An open SMTP connection, ready for MAIL FROM.
+pub struct SmtpConnection {
+    stream: ClientStream,
+    buf: Vec<u8>,
+    pub caps: Capabilities,
+    pub addr: SocketAddr,
+    pub host: String,
+    pub tls: Option<TlsInfo>,
+    pub tls_mode: TlsMode,
+    timeouts: Timeouts,
+    /// Transactions completed on this connection.
+    pub transactions: u32,
+    pub idle_since: Instant,
+}
+
+impl SmtpConnection {
+    /// Connects, reads the greeting, says EHLO (HELO if refused) and runs STARTTLS as the TLS
+    /// mode requires.
+    pub async fn open(p: &ConnectParams<'_>) -> Result<SmtpConnection, ClientError> {
+        let tcp = tokio::time::timeout(p.timeouts.connect, TcpStream::connect(p.addr))
+            .await
+            .map_err(|_| ClientError::Connect {
+                addr: p.addr,
+                reason: "timed out".into(),
+            })?
+            .map_err(|e| ClientError::Connect {
+                addr: p.addr,
+                reason: e.to_string(),
+            })?;
+        let _ = tcp.set_nodelay(true);
+        let mut conn = SmtpConnection {
+            stream: ClientStream::Plain(tcp),
+            buf: Vec::with_capacity(1024),
+            caps: Capabilities::default(),
+            addr: p.addr,
+            host: p.host.to_string(),
+            tls: None,
+            tls_mode: p.tls_mode,
+            timeouts: p.timeouts,
+            transactions: 0,
+            idle_since: Instant::now(),
+        };
+        let greeting = conn.read_reply("greeting").await?;
+        if greeting.code != 220 {
+            return Err(ClientError::Refused {
+                stage: "greeting",
+                reply: greeting,
+            });
+        }
+        conn.hello(p.helo_name).await?;
+        if p.tls_mode == TlsMode::Off {
+            return Ok(conn);
+        }
+        if !conn.caps.starttls {
+            if p.tls_mode.required() {
+                return Err(ClientError::Tls(TlsFailure::NoStarttls));
+            }
+            return Ok(conn);
+        }
+        conn.send_line("STARTTLS").await?;
+        let reply = conn.read_reply("STARTTLS reply").await?;
+        if reply.code != 220 {
+            if p.tls_mode.required() {
+                return Err(ClientError::Tls(TlsFailure::StarttlsRefused(
+                    reply.to_string(),
+                )));
+            }
+            // Opportunistic: the server changed its mind; carry on in plaintext (RFC 3207 4.1
+            // allows it, and `may` promises no more).
+            return Ok(conn);
+        }
+        conn.start_tls(p).await?;
+        conn.hello(p.helo_name).await?;
+        Ok(conn)
+    }
+
+    async fn hello(&mut self, helo_name: &str) -> Result<(), ClientError> {
+        self.send_line(&format!("EHLO {helo_name}")).await?;
+        let reply = self.read_reply("EHLO reply").await?;
+        if reply.code == 250 {
+            self.caps = Capabilities::from_ehlo(&reply);
+            return Ok(());
+        }
+        if reply.code == 421 {
+            return Err(ClientError::Refused {
+                stage: "EHLO",
+                reply,
+            });
+        }
+        // RFC 5321 3.2: a server that does not know EHLO gets HELO.
+        self.send_line(&format!("HELO {helo_name}")).await?;
+        let reply = self.read_reply("HELO reply").await?;
+        if reply.code != 250 {
+            return Err(ClientError::Refused {
+                stage: "HELO",
+                reply,
+            });
+        }
+        self.caps = Capabilities::default();
+        Ok(())
+    }
+
+    async fn start_tls(&mut self, p: &ConnectParams<'_>) -> Result<(), ClientError> {
+        if !self.buf.is_empty() {
+            return Err(ClientError::Tls(TlsFailure::ResponseInjection));
+        }
+        let ClientStream::Plain(tcp) = std::mem::replace(&mut self.stream, ClientStream::Detached)
+        else {
+            return Err(ClientError::Protocol("TLS already active".into()));
+        };
+        // Bytes that arrived in a later segment than the 220 are just as injected.
+        let mut probe = [0u8; 1];
+        match tcp.try_read(&mut probe) {
+            Ok(0) => return Err(ClientError::Io("closed after STARTTLS reply".into())),
+            Ok(_) => return Err(ClientError::Tls(TlsFailure::ResponseInjection)),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(ClientError::io(e)),
+        }
+        let config = match p.tls_mode {
+            TlsMode::Verified => p.tls.verified.clone(),
+            _ => p.tls.opportunistic.clone(),
+        };
+        let name = ServerName::try_from(p.host.to_string()).map_err(|_| {
+            ClientError::Tls(TlsFailure::Handshake(format!(
+                "{} is not a valid TLS server name",
+                p.host
+            )))
+        })?;
+        let connector = TlsConnector::from(config);
+        let handshake = tokio::time::timeout(p.timeouts.command, connector.connect(name, tcp))
+            .await
+            .map_err(|_| ClientError::Tls(TlsFailure::Handshake("timed out".into())))?;
+        let tls = handshake
+            .map_err(|e| ClientError::Tls(TlsFailure::from_handshake_error(&e, p.host)))?;
+        self.tls = Some(TlsInfo::from_connection(tls.get_ref().1));
+        self.stream = ClientStream::Tls(Box::new(tls));
+        Ok(())
+    }
+
+    /// Runs one transaction for `recipients` of the message. `Ok` carries one reply per
+    /// recipient (a failure of MAIL or DATA is every recipient's reply); `Err` means the
+    /// connection broke before a result, and the connection must not be reused.
+    pub async fn send_message(
+        &mut self,
+        meta: &MessageMeta,
+        recipients: &[&Recipient],
+        body: &[u8],
+    ) -> Result<TransactionResult, ClientError> {
+        let size = meta.received_header.len() as u64 + body.len() as u64;
+        let mut commands = Vec::with_capacity(recipients.len() + 2);
+        commands.push(self.mail_command(meta, size));
+        for r in recipients {
+            commands.push(self.rcpt_command(r));
+        }
+
+        let mut rcpt_replies = Vec::with_capacity(recipients.len());
+        let mail_reply;
+        let data_reply;
+        if self.caps.pipelining {
+            // RFC 2920: MAIL, every RCPT and DATA in one write, then the replies in order.
+            let mut batch = String::new();
+            for c in &commands {
+                batch.push_str(c);
+                batch.push_str("\r\n");
+            }
+            batch.push_str("DATA\r\n");
+            self.write_all(batch.as_bytes()).await?;
+            mail_reply = self.read_reply("MAIL reply").await?;
+            for _ in recipients {
+                rcpt_replies.push(self.read_reply("RCPT reply").await?);
+            }
+            data_reply = Some(self.read_reply("DATA reply").await?);
+        } else {
+            self.send_line(&commands[0]).await?;
+            mail_reply = self.read_reply("MAIL reply").await?;
+            if mail_reply.code != 250 {
+                return Ok(self.everyone(&mail_reply, recipients.len()));
+            }
+            for c in &commands[1..] {
+                self.send_line(c).await?;
+                rcpt_replies.push(self.read_reply("RCPT reply").await?);
+            }
+            data_reply = if rcpt_replies.iter().any(|r| r.code / 100 == 2) {
+                self.send_line("DATA").await?;
+                Some(self.read_reply("DATA reply").await?)
+            } else {
+                None
+            };
+        }
+
+        if mail_reply.code != 250 {
+            self.abandon_after_data(data_reply.as_ref()).await?;
+            return Ok(self.everyone(&mail_reply, recipients.len()));
+        }
+        let accepted = rcpt_replies.iter().filter(|r| r.code / 100 == 2).count();
+        if accepted == 0 {
+            self.abandon_after_data(data_reply.as_ref()).await?;
+            return Ok(TransactionResult {
+                replies: rcpt_replies,
+            });
+        }
+        let data_reply = data_reply.ok_or_else(|| ClientError::Protocol("no DATA reply".into()))?;
+        if data_reply.code != 354 {
+            self.reset().await?;
+            return Ok(self.merge(rcpt_replies, &data_reply));
+        }
+        self.write_body(&meta.received_header, body).await?;
+        let final_reply = self.read_reply_within("reply to end of data", self.timeouts.data).await?;
+        self.transactions += 1;
+        self.idle_since = Instant::now();
+        Ok(self.merge(rcpt_replies, &final_reply))
+    }
+
+    /// After a failed MAIL or when no recipient was accepted: if the server nevertheless said
+    /// 354 to a pipelined DATA, the state is unclear and the connection is given up; otherwise
+    /// the transaction is reset for the next one.
+    async fn abandon_after_data(&mut self, data_reply: Option<&Reply>) -> Result<(), ClientError> {
+        if data_reply.is_some_and(|r| r.code == 354) {
+            return Err(ClientError::Protocol(
+                "server accepted DATA without recipients".into(),
+            ));
+        }
+        self.reset().await
+    }
+
+    fn everyone(&self, reply: &Reply, n: usize) -> TransactionResult {
+        TransactionResult {
+            replies: vec![reply.clone(); n],
+        }
+    }
+
+    /// Accepted recipients get the transaction's reply; refused ones keep their RCPT reply.
+    fn merge(&self, rcpt_replies: Vec<Reply>, transaction: &Reply) -> TransactionResult {
+        TransactionResult {
+            replies: rcpt_replies
+                .into_iter()
+                .map(|r| {
+                    if r.code / 100 == 2 {
+                        transaction.clone()
+                    } else {
+                        r
+                    }
+                })
+                .collect(),
+        }
+    }
+
+    fn mail_command(&self, meta: &MessageMeta, size: u64) -> String {
+        let mut cmd = format!("MAIL FROM:<{}>", meta.sender.as_deref().unwrap_or(""));
+        if self.caps.size.is_some() {
+            cmd.push_str(&format!(" SIZE={size}"));
+        }
+        if meta.body_type == BodyType::EightBitMime && self.caps.eight_bit_mime {
+            cmd.push_str(" BODY=8BITMIME");
+        }
+        if meta.smtputf8 && self.caps.smtputf8 {
+            cmd.push_str(" SMTPUTF8");
+        }
+        if meta.requiretls && self.caps.requiretls && self.tls.is_some() {
+            cmd.push_str(" REQUIRETLS");
+        }
+        if self.caps.dsn {
+            match meta.ret {
+                Some(DsnRet::Full) => cmd.push_str(" RET=FULL"),
+                Some(DsnRet::Headers) => cmd.push_str(" RET=HDRS"),
+                None => {}
+            }
+            if let Some(envid) = &meta.envid {
+                cmd.push_str(&format!(" ENVID={}", encode_xtext(envid)));
+            }
+        }
+        cmd
+    }
+
+    fn rcpt_command(&self, r: &Recipient) -> String {
+        let mut cmd = format!("RCPT TO:<{}>", r.address);
+        if self.caps.dsn {
+            let n = &r.notify;
+            let notify = if n.never {
+                "NEVER".to_string()
+            } else {
+                let mut parts = Vec::new();
+                if n.success {
+                    parts.push("SUCCESS");
+                }
+                if n.failure {
+                    parts.push("FAILURE");
+                }
+                if n.delay {
+                    parts.push("DELAY");
+                }
+                parts.join(",")
+            };
+            if !notify.is_empty() {
+                cmd.push_str(&format!(" NOTIFY={notify}"));
+            }
+            if let Some((kind, addr)) = &r.orcpt {
+                cmd.push_str(&format!(" ORCPT={kind};{}", encode_xtext(addr)));
+            }
+        }
+        cmd
+    }
+
+    /// Sends the `Received:` header and the body, dot-stuffed (RFC 5321 4.5.2), then `.`.
+    async fn write_body(&mut self, header: &str, body: &[u8]) -> Result<(), ClientError> {
+        let mut out = Vec::with_capacity(WRITE_CHUNK + 1024);
+        out.extend_from_slice(header.as_bytes());
+        let mut at_line_start = true;
+        let mut rest = body;
+        while !rest.is_empty() {
+            if at_line_start && rest[0] == b'.' {
+                out.push(b'.');
+            }
+            let line_end = memchr::memchr(b'\n', rest).map_or(rest.len(), |i| i + 1);
+            out.extend_from_slice(&rest[..line_end]);
+            at_line_start = rest[line_end - 1] == b'\n';
+            rest = &rest[line_end..];
+            if out.len() >= WRITE_CHUNK {
+                self.write_all(&out).await?;
+                out.clear();
+            }
+        }
+        if !at_line_start {
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b".\r\n");
+        self.write_all(&out).await
+    }
+
+    /// RSET: makes a connection ready for the next transaction (and proves it is alive before
+    /// a pooled connection is reused).
+    pub async fn reset(&mut self) -> Result<(), ClientError> {
+        self.send_line("RSET").await?;
+        let reply = self.read_reply("RSET reply").await?;
+        if reply.code != 250 {
+            return Err(ClientError::Refused {
+                stage: "RSET",
+                reply,
+            });
+        }
+        Ok(())
+    }
+
+    /// Says goodbye politely; errors do not matter any more.
+    pub async fn quit(mut self) {
+        if self.send_line("QUIT").await.is_ok() {
+            let _ = tokio::time::timeout(Duration::from_secs(5), self.read_reply("QUIT reply"))
+                .await;
+        }
+        let _ = self.stream.shutdown().await;
+    }
+
+    async fn send_line(&mut self, line: &str) -> Result<(), ClientError> {
+        let mut bytes = Vec::with_capacity(line.len() + 2);
+        bytes.extend_from_slice(line.as_bytes());
+        bytes.extend_from_slice(b"\r\n");
+        self.write_all(&bytes).await
+    }
+
+    async fn write_all(&mut self, bytes: &[u8]) -> Result<(), ClientError> {
+        let write = async {
+            self.stream.write_all(bytes).await?;
+            self.stream.flush().await
+        };
+        tokio::time::timeout(self.timeouts.command, write)
+            .await
+            .map_err(|_| ClientError::Timeout("the server to take our data"))?
+            .map_err(ClientError::io)
+    }
+
+    async fn read_reply(&mut self, what: &'static str) -> Result<Reply, ClientError> {
+        self.read_reply_within(what, self.timeouts.command).await
+    }
+
+    async fn read_reply_within(
+        &mut self,
+        what: &'static str,
+        limit: Duration,
+    ) -> Result<Reply, ClientError> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            match reply_complete(&self.buf, MAX_REPLY_LINE) {
+                Ok(Some(end)) => {
+                    let reply = Reply::parse(&reply_lines(&self.buf[..end]))
+                        .map_err(|e| ClientError::Protocol(e.to_string()))?;
+                    self.buf.drain(..end);
+                    return Ok(reply);
+                }
+                Ok(None) => {}
+                Err(e) => return Err(ClientError::Protocol(e.to_string())),
+            }
+            if self.buf.len() > MAX_REPLY {
+                return Err(ClientError::Protocol("reply too long".into()));
+            }
+            let mut chunk = [0u8; 4096];
+            let n = tokio::time::timeout_at(deadline, self.stream.read(&mut chunk))
+                .await
+                .map_err(|_| ClientError::Timeout(what))?
+                .map_err(ClientError::io)?;
+            if n == 0 {
+                return Err(ClientError::Io(format!("closed while waiting for {what}")));
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+}
+
+/// RFC 3461 4: xtext encoding of ENVID and ORCPT values.
+pub fn encode_xtext(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for b in value.bytes() {
+        if (33..=126).contains(&b) && b != b'+' && b != b'=' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("+{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn capabilities_from_ehlo() {
+        let reply = Reply::parse(&[
+            b"250-mx.example.net hello",
+            b"250-PIPELINING",
+            b"250-SIZE 1000",
+            b"250-8BITMIME",
+            b"250-starttls",
+            b"250-DSN",
+            b"250 SMTPUTF8",
+        ])
+        .unwrap();
+        let caps = Capabilities::from_ehlo(&reply);
+        assert!(caps.esmtp && caps.pipelining && caps.starttls && caps.dsn);
+        assert!(caps.eight_bit_mime && caps.smtputf8 && !caps.requiretls);
+        assert_eq!(caps.size, Some(1000));
+    }
+
+    #[test]
+    fn xtext_round_trip() {
+        let encoded = encode_xtext("a+b=c d\u{e6}");
+        assert_eq!(encoded, "a+2Bb+3Dc+20d+C3+A6");
+        assert_eq!(
+            crate::smtp::command::decode_xtext(&encoded, 100).as_deref(),
+            Some("a+b=c d\u{e6}")
+        );
+    }
+}

@@ -1,0 +1,239 @@
+//! Where a recipient's mail goes: the internal next hop for local domains, otherwise the
+//! domain's MX hosts (RFC 5321 5.1), each with its addresses.
+//!
+//! MX records are tried by preference, equal preferences in random order; a domain without MX
+//! records gets its own A/AAAA as an implicit MX; a null MX (RFC 7505) and a domain that does
+//! not exist are permanent failures; DNS trouble is temporary.
+
+use crate::config::Config;
+use crate::dns::{DnsError, MxRecord, Resolver};
+use crate::domain::Domain;
+use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher;
+use std::net::{IpAddr, SocketAddr};
+
+/// Where a group of recipients is delivered; also the key of the per-destination limit.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Destination {
+    /// `inbound.next_hop`, for recipients in `inbound.local_domains`.
+    NextHop,
+    /// The MX hosts of this domain.
+    Domain(Domain),
+}
+
+impl std::fmt::Display for Destination {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Destination::NextHop => f.write_str("next-hop"),
+            Destination::Domain(d) => write!(f, "{d}"),
+        }
+    }
+}
+
+/// The destination of one recipient address.
+pub fn destination_of(config: &Config, recipient: &str) -> Result<Destination, RouteError> {
+    let domain = recipient
+        .rsplit_once('@')
+        .and_then(|(_, d)| Domain::parse(d).ok())
+        .ok_or_else(|| RouteError::Permanent {
+            status: "5.1.3",
+            reason: format!("recipient address {recipient} has no usable domain"),
+        })?;
+    if config.is_local_domain(&domain) && config.inbound.next_hop.is_some() {
+        Ok(Destination::NextHop)
+    } else {
+        Ok(Destination::Domain(domain))
+    }
+}
+
+/// One host to try, with the addresses to connect to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Host {
+    /// The host name (checked against its certificate), or the literal address.
+    pub name: String,
+    pub addrs: Vec<SocketAddr>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RouteError {
+    #[error("{reason}")]
+    Permanent { status: &'static str, reason: String },
+    #[error("{reason}")]
+    Temporary { status: &'static str, reason: String },
+}
+
+impl RouteError {
+    pub fn status(&self) -> &'static str {
+        match self {
+            RouteError::Permanent { status, .. } | RouteError::Temporary { status, .. } => status,
+        }
+    }
+}
+
+/// The hosts to try for `destination`, in order.
+pub async fn hosts_for(
+    config: &Config,
+    resolver: &dyn Resolver,
+    destination: &Destination,
+) -> Result<Vec<Host>, RouteError> {
+    match destination {
+        Destination::NextHop => {
+            let hop = config
+                .inbound
+                .next_hop
+                .as_deref()
+                .ok_or_else(|| RouteError::Temporary {
+                    status: "4.3.5",
+                    reason: "inbound.next_hop is not configured".into(),
+                })?;
+            next_hop_hosts(resolver, hop).await
+        }
+        Destination::Domain(domain) => {
+            mx_hosts(resolver, domain, config.outbound.smtp_port).await
+        }
+    }
+}
+
+async fn next_hop_hosts(resolver: &dyn Resolver, hop: &str) -> Result<Vec<Host>, RouteError> {
+    let (host, port) = hop
+        .rsplit_once(':')
+        .and_then(|(h, p)| Some((h, p.parse::<u16>().ok()?)))
+        .ok_or_else(|| RouteError::Temporary {
+            status: "4.3.5",
+            reason: format!("inbound.next_hop {hop:?} is not host:port"),
+        })?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return Ok(vec![Host {
+            name: host.to_string(),
+            addrs: vec![SocketAddr::new(ip, port)],
+        }]);
+    }
+    let addrs = resolver
+        .addresses(host)
+        .await
+        .map_err(|e| RouteError::Temporary {
+            status: "4.4.3",
+            reason: format!("cannot resolve next hop {host}: {e}"),
+        })?;
+    if addrs.is_empty() {
+        return Err(RouteError::Temporary {
+            status: "4.4.3",
+            reason: format!("next hop {host} has no address"),
+        });
+    }
+    Ok(vec![Host {
+        name: host.to_string(),
+        addrs: addrs.into_iter().map(|ip| SocketAddr::new(ip, port)).collect(),
+    }])
+}
+
+async fn mx_hosts(
+    resolver: &dyn Resolver,
+    domain: &Domain,
+    port: u16,
+) -> Result<Vec<Host>, RouteError> {
+    let records = match resolver.mx(domain).await {
+        Ok(records) => records,
+        Err(DnsError::NoSuchDomain(_)) => {
+            return Err(RouteError::Permanent {
+                status: "5.1.2",
+                reason: format!("the domain {domain} does not exist"),
+            })
+        }
+        Err(e) => {
+            return Err(RouteError::Temporary {
+                status: "4.4.3",
+                reason: e.to_string(),
+            })
+        }
+    };
+    if is_null_mx(&records) {
+        return Err(RouteError::Permanent {
+            status: "5.1.10",
+            reason: format!("the domain {domain} accepts no mail (null MX, RFC 7505)"),
+        });
+    }
+    let names: Vec<String> = if records.is_empty() {
+        // RFC 5321 5.1: no MX records, the domain itself is the implicit MX.
+        vec![domain.to_string()]
+    } else {
+        order_mx(records)
+            .into_iter()
+            .filter(|r| r.exchange != ".")
+            .map(|r| r.exchange)
+            .collect()
+    };
+    let mut hosts = Vec::new();
+    let mut last_error = None;
+    for name in names {
+        match resolver.addresses(&name).await {
+            Ok(ips) if !ips.is_empty() => hosts.push(Host {
+                addrs: ips.into_iter().map(|ip| SocketAddr::new(ip, port)).collect(),
+                name,
+            }),
+            Ok(_) => last_error = Some(format!("{name} has no address")),
+            Err(e) => last_error = Some(e.to_string()),
+        }
+    }
+    if hosts.is_empty() {
+        return Err(RouteError::Temporary {
+            status: "4.4.4",
+            reason: format!(
+                "no reachable mail host for {domain}: {}",
+                last_error.unwrap_or_else(|| "no MX host".into())
+            ),
+        });
+    }
+    Ok(hosts)
+}
+
+/// RFC 7505: a single MX record with the root as exchange.
+fn is_null_mx(records: &[MxRecord]) -> bool {
+    records.len() == 1 && records[0].exchange == "."
+}
+
+/// Sorts by preference; records of equal preference are shuffled so that load spreads
+/// (RFC 5321 5.1).
+pub fn order_mx(mut records: Vec<MxRecord>) -> Vec<MxRecord> {
+    let random = RandomState::new();
+    let mut keyed: Vec<(u16, u64, MxRecord)> = records
+        .drain(..)
+        .map(|r| (r.preference, random.hash_one(&r.exchange), r))
+        .collect();
+    keyed.sort_by_key(|(preference, shuffle, _)| (*preference, *shuffle));
+    keyed.into_iter().map(|(_, _, r)| r).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mx(preference: u16, exchange: &str) -> MxRecord {
+        MxRecord {
+            preference,
+            exchange: exchange.into(),
+        }
+    }
+
+    #[test]
+    fn orders_by_preference_and_shuffles_ties() {
+        let records = vec![mx(20, "c"), mx(10, "a"), mx(10, "b"), mx(30, "d")];
+        let mut seen_first = std::collections::HashSet::new();
+        for _ in 0..64 {
+            let ordered = order_mx(records.clone());
+            let prefs: Vec<u16> = ordered.iter().map(|r| r.preference).collect();
+            assert_eq!(prefs, vec![10, 10, 20, 30]);
+            seen_first.insert(ordered[0].exchange.clone());
+        }
+        // With 64 independent shuffles both tied hosts come first at some point.
+        assert_eq!(seen_first.len(), 2);
+    }
+
+    #[test]
+    fn null_mx_is_recognised() {
+        assert!(is_null_mx(&[mx(0, ".")]));
+        assert!(!is_null_mx(&[mx(0, "."), mx(10, "mx.example")]));
+        assert!(!is_null_mx(&[]));
+    }
+}

@@ -1,0 +1,207 @@
+//! The delivery side of TLS: rustls client configurations for each kind of outbound TLS.
+//!
+//! * [`ClientTls::opportunistic`]: levels `may` and `encrypt`. The peer's certificate is not
+//!   authenticated (RFC 7435: opportunistic security protects against passive listeners only),
+//!   but the handshake itself is verified, and only TLS 1.2 and 1.3 are spoken (T8).
+//! * [`ClientTls::verified`]: levels `verify` and stricter (T2, T3, T9). The chain must lead to
+//!   a public root (webpki-roots, Mozilla's list) or to a root from
+//!   `outbound.extra_trust_roots`, the certificate must be time-valid, and its subjectAltName
+//!   must match the name delivery asks for.
+//!
+//! Failures are classified into [`TlsFailure`] so that deferrals, DSNs, logs and metrics can
+//! say precisely what went wrong.
+
+use super::keys::{self, KeyError};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Why a TLS connection to a peer could not be used. The `Display` text is what senders read in
+/// DSNs and administrators in logs.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TlsFailure {
+    #[error("no STARTTLS offered")]
+    NoStarttls,
+    #[error("STARTTLS refused: {0}")]
+    StarttlsRefused(String),
+    #[error("certificate not trusted")]
+    CertUntrusted,
+    #[error("certificate expired")]
+    CertExpired,
+    #[error("certificate not yet valid")]
+    CertNotYetValid,
+    #[error("certificate does not match {0}")]
+    HostnameMismatch(String),
+    #[error("TLS protocol version not acceptable (TLS 1.2 or newer required)")]
+    ProtocolVersion,
+    #[error("TLS handshake failed: {0}")]
+    Handshake(String),
+    /// Bytes arrived after the `220` to STARTTLS, before the handshake (CVE-2021-38371 style
+    /// response injection).
+    #[error("server sent data after its STARTTLS reply (response injection)")]
+    ResponseInjection,
+}
+
+impl TlsFailure {
+    /// A low-cardinality label for metrics (design.md, "Metrics").
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            TlsFailure::NoStarttls | TlsFailure::StarttlsRefused(_) => "no_starttls",
+            TlsFailure::CertUntrusted => "cert_untrusted",
+            TlsFailure::CertExpired | TlsFailure::CertNotYetValid => "cert_expired",
+            TlsFailure::HostnameMismatch(_) => "hostname_mismatch",
+            TlsFailure::ProtocolVersion => "protocol_version",
+            TlsFailure::Handshake(_) | TlsFailure::ResponseInjection => "handshake",
+        }
+    }
+
+    /// Classifies the error of a failed client handshake; `name` is the name that was checked.
+    pub fn from_handshake_error(error: &std::io::Error, name: &str) -> TlsFailure {
+        let rustls_error = error
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>());
+        match rustls_error {
+            Some(rustls::Error::InvalidCertificate(cert)) => match cert {
+                CertificateError::Expired | CertificateError::ExpiredContext { .. } => {
+                    TlsFailure::CertExpired
+                }
+                CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
+                    TlsFailure::CertNotYetValid
+                }
+                CertificateError::NotValidForName
+                | CertificateError::NotValidForNameContext { .. } => {
+                    TlsFailure::HostnameMismatch(name.to_string())
+                }
+                CertificateError::UnknownIssuer
+                | CertificateError::BadSignature
+                | CertificateError::UnhandledCriticalExtension
+                | CertificateError::InvalidPurpose
+                | CertificateError::Revoked => TlsFailure::CertUntrusted,
+                other => TlsFailure::Handshake(format!("invalid certificate: {other:?}")),
+            },
+            Some(rustls::Error::PeerIncompatible(p)) => {
+                let text = format!("{p:?}");
+                if text.contains("Version") || text.contains("version") {
+                    TlsFailure::ProtocolVersion
+                } else {
+                    TlsFailure::Handshake(format!("peer incompatible: {text}"))
+                }
+            }
+            Some(rustls::Error::AlertReceived(alert)) => {
+                if *alert == rustls::AlertDescription::ProtocolVersion {
+                    TlsFailure::ProtocolVersion
+                } else {
+                    TlsFailure::Handshake(format!("peer sent alert {alert:?}"))
+                }
+            }
+            Some(other) => TlsFailure::Handshake(other.to_string()),
+            None => TlsFailure::Handshake(error.to_string()),
+        }
+    }
+}
+
+/// The two client configurations, built once at start (loading roots is not free).
+#[derive(Clone)]
+pub struct ClientTls {
+    pub opportunistic: Arc<ClientConfig>,
+    pub verified: Arc<ClientConfig>,
+}
+
+impl ClientTls {
+    /// `extra_roots`: PEM files whose certificates are trusted in addition to the public roots.
+    pub fn new(extra_roots: &[PathBuf]) -> Result<ClientTls, KeyError> {
+        let provider = super::crypto_provider();
+        let mut roots = RootCertStore::empty();
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        for path in extra_roots {
+            for cert in keys::load_cert_chain(path)? {
+                roots.add(cert).map_err(|e| KeyError::Rejected {
+                    path: path.display().to_string(),
+                    reason: format!("not a usable CA certificate: {e}"),
+                })?;
+            }
+        }
+        let rejected = |e: rustls::Error| KeyError::Rejected {
+            path: "<client TLS configuration>".into(),
+            reason: e.to_string(),
+        };
+        let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+            .build()
+            .map_err(|e| KeyError::Rejected {
+                path: "<trust roots>".into(),
+                reason: e.to_string(),
+            })?;
+        let verified = ClientConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(super::PROTOCOL_VERSIONS)
+            .map_err(rejected)?
+            .with_webpki_verifier(webpki)
+            .with_no_client_auth();
+        let opportunistic = ClientConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(super::PROTOCOL_VERSIONS)
+            .map_err(rejected)?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(UnauthenticatedPeer { provider }))
+            .with_no_client_auth();
+        Ok(ClientTls {
+            opportunistic: Arc::new(opportunistic),
+            verified: Arc::new(verified),
+        })
+    }
+}
+
+/// Accepts any certificate but still checks the handshake signatures, so the session key is
+/// bound to the key in the certificate presented (only authentication is skipped).
+#[derive(Debug)]
+struct UnauthenticatedPeer {
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl ServerCertVerifier for UnauthenticatedPeer {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
