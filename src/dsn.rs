@@ -272,7 +272,9 @@ fn norwegian_text(req: &DsnRequest<'_>) -> String {
             "Meldingen din er ennå ikke levert til en eller flere mottakere.\n\
              Vi fortsetter å prøve; du trenger ikke sende den på nytt.\n"
         }
-        DsnKind::Relayed => "Meldingen din er levert til neste e-posttjener for mottakerne under.\n",
+        DsnKind::Relayed => {
+            "Meldingen din er levert til neste e-posttjener for mottakerne under.\n"
+        }
     });
     t.push('\n');
     for r in &req.recipients {
@@ -287,7 +289,10 @@ fn norwegian_text(req: &DsnRequest<'_>) -> String {
         }
     }
     if let Some(contact) = req.admin_contact {
-        let _ = writeln!(t, "\nTrenger du hjelp, kontakt e-postansvarlig på <{contact}>.");
+        let _ = writeln!(
+            t,
+            "\nTrenger du hjelp, kontakt e-postansvarlig på <{contact}>."
+        );
     }
     t
 }
@@ -317,7 +322,11 @@ fn delivery_status(req: &DsnRequest<'_>) -> String {
             let _ = write!(s, "Remote-MTA: dns; {host}\r\n");
             let _ = write!(s, "Diagnostic-Code: smtp; {}\r\n", one_line(&r.diagnostic));
         } else {
-            let _ = write!(s, "Diagnostic-Code: X-tlsgate; {}\r\n", one_line(&r.diagnostic));
+            let _ = write!(
+                s,
+                "Diagnostic-Code: X-tlsgate; {}\r\n",
+                one_line(&r.diagnostic)
+            );
         }
         if r.last_attempt > 0 {
             let _ = write!(s, "Last-Attempt-Date: {}\r\n", date(r.last_attempt));

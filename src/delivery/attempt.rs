@@ -246,7 +246,11 @@ async fn connect(
 
 /// Checks that need the peer's capabilities but no transaction: SIZE (RFC 1870) and SMTPUTF8
 /// (RFC 6531 3.4: a message that needs it cannot go to a server without it).
-fn refuse_before_sending(meta: &MessageMeta, body: &[u8], conn: &SmtpConnection) -> Option<Outcome> {
+fn refuse_before_sending(
+    meta: &MessageMeta,
+    body: &[u8],
+    conn: &SmtpConnection,
+) -> Option<Outcome> {
     let size = meta.received_header.len() as u64 + body.len() as u64;
     if let Some(limit) = conn.caps.size.filter(|l| *l > 0) {
         if size > limit {

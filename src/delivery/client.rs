@@ -401,7 +401,9 @@ impl SmtpConnection {
             return Ok(self.merge(rcpt_replies, &data_reply));
         }
         self.write_body(&meta.received_header, body).await?;
-        let final_reply = self.read_reply_within("reply to end of data", self.timeouts.data).await?;
+        let final_reply = self
+            .read_reply_within("reply to end of data", self.timeouts.data)
+            .await?;
         self.transactions += 1;
         self.idle_since = Instant::now();
         Ok(self.merge(rcpt_replies, &final_reply))
@@ -540,8 +542,8 @@ impl SmtpConnection {
     /// Says goodbye politely; errors do not matter any more.
     pub async fn quit(mut self) {
         if self.send_line("QUIT").await.is_ok() {
-            let _ = tokio::time::timeout(Duration::from_secs(5), self.read_reply("QUIT reply"))
-                .await;
+            let _ =
+                tokio::time::timeout(Duration::from_secs(5), self.read_reply("QUIT reply")).await;
         }
         let _ = self.stream.shutdown().await;
     }

@@ -57,9 +57,15 @@ pub struct Host {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RouteError {
     #[error("{reason}")]
-    Permanent { status: &'static str, reason: String },
+    Permanent {
+        status: &'static str,
+        reason: String,
+    },
     #[error("{reason}")]
-    Temporary { status: &'static str, reason: String },
+    Temporary {
+        status: &'static str,
+        reason: String,
+    },
 }
 
 impl RouteError {
@@ -88,9 +94,7 @@ pub async fn hosts_for(
                 })?;
             next_hop_hosts(resolver, hop).await
         }
-        Destination::Domain(domain) => {
-            mx_hosts(resolver, domain, config.outbound.smtp_port).await
-        }
+        Destination::Domain(domain) => mx_hosts(resolver, domain, config.outbound.smtp_port).await,
     }
 }
 
@@ -124,7 +128,10 @@ async fn next_hop_hosts(resolver: &dyn Resolver, hop: &str) -> Result<Vec<Host>,
     }
     Ok(vec![Host {
         name: host.to_string(),
-        addrs: addrs.into_iter().map(|ip| SocketAddr::new(ip, port)).collect(),
+        addrs: addrs
+            .into_iter()
+            .map(|ip| SocketAddr::new(ip, port))
+            .collect(),
     }])
 }
 
@@ -169,7 +176,10 @@ async fn mx_hosts(
     for name in names {
         match resolver.addresses(&name).await {
             Ok(ips) if !ips.is_empty() => hosts.push(Host {
-                addrs: ips.into_iter().map(|ip| SocketAddr::new(ip, port)).collect(),
+                addrs: ips
+                    .into_iter()
+                    .map(|ip| SocketAddr::new(ip, port))
+                    .collect(),
                 name,
             }),
             Ok(_) => last_error = Some(format!("{name} has no address")),

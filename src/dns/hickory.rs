@@ -96,13 +96,13 @@ impl Resolver for HickoryResolver {
             let mut last_error = None;
             for record_type in [RecordType::AAAA, RecordType::A] {
                 match self.inner.lookup(fqdn(host), record_type).await {
-                    Ok(lookup) => addresses.extend(lookup.answers().iter().filter_map(|r| {
-                        match &r.data {
+                    Ok(lookup) => {
+                        addresses.extend(lookup.answers().iter().filter_map(|r| match &r.data {
                             RData::A(a) => Some(IpAddr::V4(a.0)),
                             RData::AAAA(aaaa) => Some(IpAddr::V6(aaaa.0)),
                             _ => None,
-                        }
-                    })),
+                        }))
+                    }
                     Err(e) if e.is_no_records_found() && !e.is_nx_domain() => {}
                     Err(e) => last_error = Some(classify(host, e)),
                 }

@@ -109,14 +109,29 @@ mod tests {
             entry("plain.partner.no", TlsLevel::None),
         ];
         let d = |s: &str| Domain::parse(s).unwrap();
-        assert_eq!(resolve(&policies, &d("partner.no"), false), TlsLevel::Verify);
-        assert_eq!(resolve(&policies, &d("mx.partner.no"), false), TlsLevel::Secure);
-        assert_eq!(resolve(&policies, &d("plain.partner.no"), false), TlsLevel::None);
+        assert_eq!(
+            resolve(&policies, &d("partner.no"), false),
+            TlsLevel::Verify
+        );
+        assert_eq!(
+            resolve(&policies, &d("mx.partner.no"), false),
+            TlsLevel::Secure
+        );
+        assert_eq!(
+            resolve(&policies, &d("plain.partner.no"), false),
+            TlsLevel::None
+        );
         assert_eq!(resolve(&policies, &d("other.no"), false), TlsLevel::Encrypt);
         assert_eq!(resolve(&policies, &d("example.com"), false), TlsLevel::May);
         // RFC 8689: REQUIRETLS raises anything weaker to verify.
-        assert_eq!(resolve(&policies, &d("plain.partner.no"), true), TlsLevel::Verify);
-        assert_eq!(resolve(&policies, &d("mx.partner.no"), true), TlsLevel::Secure);
+        assert_eq!(
+            resolve(&policies, &d("plain.partner.no"), true),
+            TlsLevel::Verify
+        );
+        assert_eq!(
+            resolve(&policies, &d("mx.partner.no"), true),
+            TlsLevel::Secure
+        );
     }
 
     #[test]
