@@ -112,6 +112,13 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
         bound.push((l.clone(), local, socket));
     }
 
+    if config.listeners.iter().any(|l| l.role == Role::Inbound) && config.inbound.next_hop.is_none()
+    {
+        tracing::warn!(
+            "inbound.next_hop is not set: mail for local domains is accepted and kept deferred \
+             in the queue until it is"
+        );
+    }
     let config = Arc::new(config);
     let delivery = DeliveryEngine::start(
         config.clone(),

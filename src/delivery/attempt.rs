@@ -235,7 +235,10 @@ async fn connect(
         },
     };
     match SmtpConnection::open(&params(mode)).await {
-        Err(ClientError::Tls(failure)) if mode == TlsMode::Opportunistic => {
+        // Response injection is an attack, not a broken TLS stack: no plaintext retry then.
+        Err(ClientError::Tls(failure))
+            if mode == TlsMode::Opportunistic && failure != TlsFailure::ResponseInjection =>
+        {
             tracing::info!(host = %host.name, %addr, reason = %failure,
                 "opportunistic TLS failed, retrying in plaintext");
             SmtpConnection::open(&params(TlsMode::Off)).await

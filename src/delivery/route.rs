@@ -39,7 +39,9 @@ pub fn destination_of(config: &Config, recipient: &str) -> Result<Destination, R
             status: "5.1.3",
             reason: format!("recipient address {recipient} has no usable domain"),
         })?;
-    if config.is_local_domain(&domain) && config.inbound.next_hop.is_some() {
+    // Local domains only ever go to the next hop: their MX is this gateway itself, and
+    // without a configured next hop the mail waits (deferred) instead of looping.
+    if config.is_local_domain(&domain) {
         Ok(Destination::NextHop)
     } else {
         Ok(Destination::Domain(domain))

@@ -116,6 +116,11 @@ local_domains = ["example.no"]
 
 [outbound]
 relay_networks = ["127.0.0.0/8"]
+
+# Nothing listens on the discard port: every lookup fails at once as a temporary error, so
+# queued mail stays deferred in the queue and no test query ever leaves loopback.
+[dns]
+nameservers = ["127.0.0.1:9"]
 {extra}
 "#,
         data = dir.join("data").display(),
