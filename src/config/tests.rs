@@ -119,3 +119,32 @@ fn relay_networks_match_mapped_ipv4() {
     assert!(c.is_relay_client("192.0.2.5".parse().unwrap()));
     assert!(!c.is_relay_client("192.0.2.6".parse().unwrap()));
 }
+
+#[test]
+fn delivery_defaults_follow_design_md_and_bad_values_are_refused() {
+    let c = Config::from_toml(MINIMAL, "t.toml").unwrap();
+    let minutes: Vec<u64> = c
+        .delivery
+        .retry_schedule
+        .iter()
+        .map(|d| d.as_secs() / 60)
+        .collect();
+    assert_eq!(minutes, vec![1, 5, 15, 30, 60, 120, 240]);
+    assert_eq!(c.delivery.expiry, Duration::from_secs(5 * 86_400));
+    assert_eq!(c.delivery.delay_warning, Duration::from_secs(4 * 3600));
+    assert_eq!(c.delivery.dsn_language, DsnLanguage::English);
+
+    let (key, reason) = invalid(&format!(
+        "{MINIMAL}[delivery]\nexpiry = \"1h\"\ndelay_warning = \"2h\"\n"
+    ));
+    assert_eq!(key, "delivery.delay_warning");
+    assert!(reason.contains("shorter than delivery.expiry"), "{reason}");
+    let (key, _) = invalid(&format!("{MINIMAL}[delivery]\nretry_schedule = []\n"));
+    assert_eq!(key, "delivery.retry_schedule");
+    let (key, _) = invalid(&format!("{MINIMAL}[delivery]\nretry_schedule = [\"soon\"]\n"));
+    assert_eq!(key, "delivery.retry_schedule");
+    let (key, _) = invalid(&format!("{MINIMAL}[delivery]\ndsn_language = \"de\"\n"));
+    assert_eq!(key, "delivery.dsn_language");
+    let (key, _) = invalid(&format!("{MINIMAL}[delivery]\nmax_per_destination = 0\n"));
+    assert_eq!(key, "delivery.max_per_destination");
+}
