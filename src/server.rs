@@ -214,9 +214,15 @@ impl RunningServer {
         self.delivery.shutdown(grace).await;
         let store = self.store.clone();
         match tokio::task::spawn_blocking(move || store.sync()).await {
-            Ok(Ok(())) => tracing::info!("queue synced, shutdown complete"),
+            Ok(Ok(())) => tracing::info!("queue synced"),
             Ok(Err(e)) => tracing::error!(error = %e, "final queue sync failed"),
             Err(e) => tracing::error!(error = %e, "final queue sync panicked"),
+        }
+        drop(self.store);
+        if self.committer.close(Duration::from_secs(10)).await {
+            tracing::info!("queue closed, shutdown complete");
+        } else {
+            tracing::warn!("queue committer still busy at the end of shutdown");
         }
     }
 }

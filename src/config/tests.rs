@@ -141,7 +141,9 @@ fn delivery_defaults_follow_design_md_and_bad_values_are_refused() {
     assert!(reason.contains("shorter than delivery.expiry"), "{reason}");
     let (key, _) = invalid(&format!("{MINIMAL}[delivery]\nretry_schedule = []\n"));
     assert_eq!(key, "delivery.retry_schedule");
-    let (key, _) = invalid(&format!("{MINIMAL}[delivery]\nretry_schedule = [\"soon\"]\n"));
+    let (key, _) = invalid(&format!(
+        "{MINIMAL}[delivery]\nretry_schedule = [\"soon\"]\n"
+    ));
     assert_eq!(key, "delivery.retry_schedule");
     let (key, _) = invalid(&format!("{MINIMAL}[delivery]\ndsn_language = \"de\"\n"));
     assert_eq!(key, "delivery.dsn_language");

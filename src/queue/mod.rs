@@ -57,6 +57,8 @@ pub struct CommitStats {
 pub struct Committer {
     jobs: mpsc::Sender<Job>,
     stats: Arc<CommitStats>,
+    /// Becomes true when the thread has ended and dropped its store handle.
+    exited: tokio::sync::watch::Receiver<bool>,
 }
 
 /// Receives the id of every newly committed message (the scheduler listens here).
@@ -70,10 +72,32 @@ impl Committer {
         let (announce, announced) = tokio::sync::mpsc::unbounded_channel();
         let stats = Arc::new(CommitStats::default());
         let thread_stats = stats.clone();
+        let (exit_tx, exited) = tokio::sync::watch::channel(false);
         std::thread::Builder::new()
             .name("queue-committer".into())
-            .spawn(move || run_committer(store, rx, thread_stats, announce))?;
-        Ok((Committer { jobs, stats }, announced))
+            .spawn(move || {
+                run_committer(store, rx, thread_stats, announce);
+                let _ = exit_tx.send(true);
+            })?;
+        Ok((
+            Committer {
+                jobs,
+                stats,
+                exited,
+            },
+            announced,
+        ))
+    }
+
+    /// Drops this handle and waits (up to `limit`) for the thread to end, which it does once
+    /// every other handle is gone too. Then the store is closed and can be opened again.
+    pub async fn close(self, limit: std::time::Duration) -> bool {
+        let Committer { jobs, exited, .. } = self;
+        drop(jobs);
+        let mut exited = exited;
+        tokio::time::timeout(limit, exited.wait_for(|done| *done))
+            .await
+            .is_ok_and(|r| r.is_ok())
     }
 
     /// Writes the message durably. Returns only after the data is on disk (or an error).

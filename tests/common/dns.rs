@@ -130,7 +130,11 @@ fn answer(zone: &Mutex<Zone>, query: &[u8]) -> Option<Vec<u8>> {
     }
     if let Some(datas) = zone.records.get(&(name, question.query_type())) {
         for data in datas {
-            response.add_answer(Record::from_rdata(question.name().clone(), 60, data.clone()));
+            response.add_answer(Record::from_rdata(
+                question.name().clone(),
+                60,
+                data.clone(),
+            ));
         }
     }
     response.to_vec().ok()

@@ -2,6 +2,9 @@
 //! data directory, and a small SMTP client over real sockets with real rustls handshakes.
 #![allow(dead_code)]
 
+pub mod dns;
+pub mod mx_sink;
+
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName};
 use std::net::SocketAddr;

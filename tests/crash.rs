@@ -1,0 +1,626 @@
+//! Crash test (requirement S5, non-negotiable 1: "a crash or `kill -9` at any moment loses no
+//! acknowledged message").
+//!
+//! The real `tlsgate` binary is started on a fixed loopback port with its own data directory.
+//! Several concurrent clients submit distinct messages; every `250 2.0.0 Ok: queued as ID` is
+//! recorded with the SHA-256 of the body the client meant (after dot-unstuffing). While the
+//! clients are still sending, the process gets SIGKILL. It is then restarted on the same data
+//! directory, must come up (220 banner), is stopped cleanly (SIGTERM, exit 0), and the queue is
+//! opened directly: every acknowledged id must be there with exactly the acknowledged content.
+//! This is done twice; the second round checks the messages of both rounds.
+//!
+//! Note: SIGKILL loses what is still buffered inside the process (sled's write buffers, the
+//! committer's pending group), not what already reached the kernel's page cache; a power-loss
+//! test would need a VM or a fault-injecting file system.
+
+mod common;
+
+use sha2::{Digest, Sha256};
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream as StdTcpStream};
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tlsgate::config::Config;
+use tlsgate::queue::{QueueId, SledStore, Store};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Concurrent submitting clients.
+const CLIENTS: usize = 8;
+/// The server is killed once this many messages were acknowledged in the round.
+const ACKS_BEFORE_KILL: [usize; 2] = [40, 60];
+/// A round that has not reached its acknowledgements by then is killed anyway.
+const LOAD_LIMIT: Duration = Duration::from_secs(12);
+/// Fewest acknowledgements a round must produce to mean anything.
+const MIN_ACKS: usize = 10;
+/// Messages per SMTP session before the client reconnects.
+const MESSAGES_PER_SESSION: usize = 6;
+/// Every client-side read, write and connect.
+const IO_TIMEOUT: Duration = Duration::from_secs(5);
+/// Time for the binary to accept connections after spawn.
+const START_LIMIT: Duration = Duration::from_secs(10);
+/// Time for the process to exit after SIGKILL / SIGTERM.
+const EXIT_LIMIT: Duration = Duration::from_secs(10);
+/// Time for the client tasks to notice the dead server.
+const CLIENT_STOP_LIMIT: Duration = Duration::from_secs(10);
+
+const RECIPIENT: &str = "rcpt@example.no";
+
+/// One message the relay acknowledged with 250.
+#[derive(Debug, Clone)]
+struct Acked {
+    id: String,
+    sha256: [u8; 32],
+    size: usize,
+    sender: String,
+    round: usize,
+    client: usize,
+    seq: usize,
+}
+
+/// A port that was free a moment ago (the listener is dropped before tlsgate binds it).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind 127.0.0.1:0 to find a free port")
+        .local_addr()
+        .expect("local address of the probe listener")
+        .port()
+}
+
+fn config_text(dir: &Path, cert: &Path, key: &Path, port: u16) -> String {
+    format!(
+        r#"
+[server]
+hostname = "{host}"
+data_dir = "{data}"
+min_free_space = 0
+
+[tls]
+cert = "{cert}"
+key = "{key}"
+
+[[listener]]
+bind = "127.0.0.1:{port}"
+role = "inbound"
+
+[inbound]
+# No next_hop: accepted mail stays deferred in the queue, nothing is delivered or removed.
+local_domains = ["example.no"]
+
+# Nothing listens on the discard port: no query ever leaves loopback.
+[dns]
+nameservers = ["127.0.0.1:9"]
+
+[log]
+level = "info"
+"#,
+        host = common::HOSTNAME,
+        data = dir.join("data").display(),
+        cert = cert.display(),
+        key = key.display(),
+    )
+}
+
+/// Waits (bounded) for a child to exit.
+fn wait_exit(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + limit;
+    loop {
+        match child.try_wait().expect("try_wait on the tlsgate process") {
+            Some(status) => return Some(status),
+            None if Instant::now() >= deadline => return None,
+            None => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}
+
+/// The last part of the process log, for failure messages.
+fn log_tail(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_else(|e| format!("<cannot read log: {e}>"));
+    let start = text.len().saturating_sub(4000);
+    let start = (start..text.len())
+        .find(|&i| text.is_char_boundary(i))
+        .unwrap_or(text.len());
+    text[start..].to_string()
+}
+
+/// The tlsgate binary running as a child process; killed on drop so a failing test leaves no
+/// process behind.
+struct Relay {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Relay {
+    fn spawn(config: &Path, log: &Path) -> Relay {
+        let out = File::options()
+            .create(true)
+            .append(true)
+            .open(log)
+            .expect("open the process log");
+        let err = out.try_clone().expect("clone the process log handle");
+        let child = Command::new(env!("CARGO_BIN_EXE_tlsgate"))
+            .arg("serve")
+            .arg("--config")
+            .arg(config)
+            .arg("--grace")
+            .arg("2s")
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .expect("spawn tlsgate serve");
+        Relay {
+            child,
+            log: log.to_path_buf(),
+        }
+    }
+
+    /// Waits until the listener accepts and greets with 220 (bounded by [`START_LIMIT`]).
+    fn wait_ready(&mut self, addr: SocketAddr) {
+        let deadline = Instant::now() + START_LIMIT;
+        let mut last_error = String::from("never tried");
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().expect("try_wait on tlsgate") {
+                panic!(
+                    "tlsgate exited during start-up ({status}); log:\n{}",
+                    log_tail(&self.log)
+                );
+            }
+            match banner(addr) {
+                Ok(line) if line.starts_with("220 ") => return,
+                Ok(line) => last_error = format!("unexpected greeting {line:?}"),
+                Err(e) => last_error = e.to_string(),
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!(
+            "tlsgate did not greet on {addr} within {START_LIMIT:?} (last: {last_error}); log:\n{}",
+            log_tail(&self.log)
+        );
+    }
+
+    /// SIGKILL, and the exit status (which must say: killed by signal 9).
+    fn kill9(&mut self) -> ExitStatus {
+        self.child.kill().expect("send SIGKILL to tlsgate");
+        let status = wait_exit(&mut self.child, EXIT_LIMIT).expect("tlsgate gone after SIGKILL");
+        assert_eq!(status.signal(), Some(libc::SIGKILL), "{status}");
+        status
+    }
+
+    /// SIGTERM, and a clean exit within [`EXIT_LIMIT`].
+    fn terminate(&mut self) {
+        let pid = libc::pid_t::try_from(self.child.id()).expect("pid fits pid_t");
+        // SAFETY: plain kill(2) on our own child, which has not been reaped yet.
+        let rc = unsafe { libc::kill(pid, libc::SIGTERM) };
+        assert_eq!(rc, 0, "kill(SIGTERM): {}", std::io::Error::last_os_error());
+        let status = wait_exit(&mut self.child, EXIT_LIMIT).unwrap_or_else(|| {
+            panic!(
+                "tlsgate did not exit within {EXIT_LIMIT:?} of SIGTERM; log:\n{}",
+                log_tail(&self.log)
+            )
+        });
+        assert!(
+            status.success(),
+            "tlsgate exited with {status} after SIGTERM; log:\n{}",
+            log_tail(&self.log)
+        );
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = wait_exit(&mut self.child, EXIT_LIMIT);
+        }
+    }
+}
+
+/// Connects with blocking I/O and returns the first line the server sends.
+fn banner(addr: SocketAddr) -> std::io::Result<String> {
+    let mut stream = StdTcpStream::connect_timeout(&addr, Duration::from_secs(1))?;
+    stream.set_read_timeout(Some(IO_TIMEOUT))?;
+    stream.set_write_timeout(Some(IO_TIMEOUT))?;
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 512];
+    // A banner is one short line; a few reads are plenty.
+    for _ in 0..16 {
+        let n = stream.read(&mut chunk)?;
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&chunk[..n]);
+        if let Some(pos) = got.windows(2).position(|w| w == b"\r\n") {
+            let line = String::from_utf8_lossy(&got[..pos]).into_owned();
+            let _ = stream.write_all(b"QUIT\r\n");
+            return Ok(line);
+        }
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::UnexpectedEof,
+        format!("no complete banner line: {:?}", String::from_utf8_lossy(&got)),
+    ))
+}
+
+// ---------------------------------------------------------------------------------------------
+// The submitting clients. Unlike tests/common's SmtpClient, every failure is an error value:
+// after the kill, errors are expected and only acknowledged messages count.
+
+fn timed_out(what: &str) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::TimedOut, format!("{what} timed out"))
+}
+
+fn protocol(what: String) -> std::io::Error {
+    std::io::Error::other(what)
+}
+
+struct Conn {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Conn {
+    async fn connect(addr: SocketAddr) -> std::io::Result<Conn> {
+        let stream = tokio::time::timeout(IO_TIMEOUT, TcpStream::connect(addr))
+            .await
+            .map_err(|_| timed_out("connect"))??;
+        Ok(Conn {
+            stream,
+            buf: Vec::new(),
+        })
+    }
+
+    async fn send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        tokio::time::timeout(IO_TIMEOUT, self.stream.write_all(bytes))
+            .await
+            .map_err(|_| timed_out("write"))?
+    }
+
+    async fn line(&mut self) -> std::io::Result<String> {
+        // Bounded: a reply line is short; 64 reads of 4 KiB without a CRLF is a broken server.
+        for _ in 0..64 {
+            if let Some(pos) = self.buf.windows(2).position(|w| w == b"\r\n") {
+                let line: Vec<u8> = self.buf.drain(..pos + 2).collect();
+                return Ok(String::from_utf8_lossy(&line[..pos]).into_owned());
+            }
+            let mut chunk = [0u8; 4096];
+            let n = tokio::time::timeout(IO_TIMEOUT, self.stream.read(&mut chunk))
+                .await
+                .map_err(|_| timed_out("read"))??;
+            if n == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+        Err(protocol("reply line too long".into()))
+    }
+
+    /// One (possibly multi-line) reply: code and the text of its last line.
+    async fn reply(&mut self) -> std::io::Result<(u16, String)> {
+        for _ in 0..64 {
+            let line = self.line().await?;
+            let code = line
+                .get(..3)
+                .and_then(|c| c.parse::<u16>().ok())
+                .ok_or_else(|| protocol(format!("bad reply line {line:?}")))?;
+            if line.as_bytes().get(3) != Some(&b'-') {
+                return Ok((code, line.get(4..).unwrap_or("").to_string()));
+            }
+        }
+        Err(protocol("reply with too many lines".into()))
+    }
+
+    async fn expect(&mut self, line: Option<&str>, want: u16) -> std::io::Result<String> {
+        if let Some(line) = line {
+            self.send(format!("{line}\r\n").as_bytes()).await?;
+        }
+        let (code, text) = self.reply().await?;
+        if code != want {
+            return Err(protocol(format!("{line:?}: got {code} {text}, want {want}")));
+        }
+        Ok(text)
+    }
+}
+
+/// The message a client means to send (CRLF lines, not dot-stuffed). Every body is distinct;
+/// every fourth is a few tens of KB; some lines start with a dot to exercise (un)stuffing.
+fn make_body(round: usize, client: usize, seq: usize) -> Vec<u8> {
+    let mut body = format!(
+        "From: <c{client}@example.org>\r\n\
+         To: <{RECIPIENT}>\r\n\
+         Subject: crash round {round} client {client} message {seq}\r\n\
+         Message-ID: <r{round}.c{client}.s{seq}@crash.tlsgate.test>\r\n\
+         \r\n\
+         round {round} client {client} message {seq}\r\n\
+         .a line that starts with a dot\r\n\
+         .\r\n\
+         ..two dots\r\n"
+    );
+    let lines = if seq % 4 == 3 {
+        300 + (client * 37 + seq * 11) % 600
+    } else {
+        5 + seq % 7
+    };
+    for i in 0..lines {
+        let fill = char::from(b'a' + ((client + seq + i) % 26) as u8);
+        let fill: String = std::iter::repeat_n(fill, 40 + (i * 7 + seq) % 30).collect();
+        body.push_str(&format!(
+            "{round:02}-{client:02}-{seq:05}-{i:05} {fill}\r\n"
+        ));
+    }
+    body.push_str("-- \r\nend\r\n");
+    body.into_bytes()
+}
+
+/// RFC 5321 4.5.2 transparency: a leading dot on any line is doubled on the wire.
+fn dot_stuff(body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body.len() + 64);
+    for line in body.split_inclusive(|&b| b == b'\n') {
+        if line.first() == Some(&b'.') {
+            out.push(b'.');
+        }
+        out.extend_from_slice(line);
+    }
+    out
+}
+
+struct Shared {
+    addr: SocketAddr,
+    round: usize,
+    stop: AtomicBool,
+    acked: Mutex<Vec<Acked>>,
+    acked_count: AtomicUsize,
+    errors: AtomicUsize,
+    deadline: Instant,
+}
+
+/// One SMTP session: banner, EHLO, up to [`MESSAGES_PER_SESSION`] messages.
+async fn session(shared: &Shared, client: usize, seq: &mut usize) -> std::io::Result<()> {
+    let mut c = Conn::connect(shared.addr).await?;
+    c.expect(None, 220).await?;
+    c.expect(Some(&format!("EHLO client{client}.example.org")), 250)
+        .await?;
+    for _ in 0..MESSAGES_PER_SESSION {
+        if shared.stop.load(Ordering::SeqCst) {
+            break;
+        }
+        let n = *seq;
+        *seq += 1;
+        let round = shared.round;
+        let body = make_body(round, client, n);
+        let sender = format!("c{client}.r{round}.s{n}@example.org");
+        c.expect(Some(&format!("MAIL FROM:<{sender}>")), 250)
+            .await?;
+        c.expect(Some(&format!("RCPT TO:<{RECIPIENT}>")), 250)
+            .await?;
+        c.expect(Some("DATA"), 354).await?;
+        let mut wire = dot_stuff(&body);
+        wire.extend_from_slice(b".\r\n");
+        c.send(&wire).await?;
+        let text = c.expect(None, 250).await?;
+        let id = text
+            .strip_prefix("2.0.0 Ok: queued as ")
+            .ok_or_else(|| protocol(format!("250 without a queue id: {text:?}")))?;
+        let id = QueueId::parse(id)
+            .ok_or_else(|| protocol(format!("not a queue id in {text:?}")))?
+            .to_string();
+        shared.acked.lock().expect("acked list lock").push(Acked {
+            id,
+            sha256: Sha256::digest(&body).into(),
+            size: body.len(),
+            sender,
+            round,
+            client,
+            seq: n,
+        });
+        shared.acked_count.fetch_add(1, Ordering::SeqCst);
+    }
+    c.expect(Some("QUIT"), 221).await?;
+    Ok(())
+}
+
+async fn client_loop(shared: Arc<Shared>, client: usize) {
+    let mut seq = 0;
+    // Bounded by the stop flag, the deadline and an attempt cap.
+    for _ in 0..10_000 {
+        if shared.stop.load(Ordering::SeqCst) || Instant::now() >= shared.deadline {
+            return;
+        }
+        if session(&shared, client, &mut seq).await.is_err() {
+            shared.errors.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// Runs the clients against `relay` until enough messages are acknowledged (or the time is up),
+/// kills the relay with SIGKILL while they are still sending, and returns what was acknowledged.
+fn load_and_kill(
+    rt: &tokio::runtime::Runtime,
+    relay: &mut Relay,
+    addr: SocketAddr,
+    round: usize,
+) -> Vec<Acked> {
+    let shared = Arc::new(Shared {
+        addr,
+        round,
+        stop: AtomicBool::new(false),
+        acked: Mutex::new(Vec::new()),
+        acked_count: AtomicUsize::new(0),
+        errors: AtomicUsize::new(0),
+        deadline: Instant::now() + LOAD_LIMIT + CLIENT_STOP_LIMIT,
+    });
+    let tasks: Vec<_> = (0..CLIENTS)
+        .map(|client| rt.spawn(client_loop(shared.clone(), client)))
+        .collect();
+
+    let want = ACKS_BEFORE_KILL[round];
+    let load_deadline = Instant::now() + LOAD_LIMIT;
+    while shared.acked_count.load(Ordering::SeqCst) < want && Instant::now() < load_deadline {
+        if let Some(status) = relay.child.try_wait().expect("try_wait on tlsgate") {
+            panic!(
+                "tlsgate exited under load ({status}); log:\n{}",
+                log_tail(&relay.log)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // The clients are mid-transaction here: kill first, then tell them to stop.
+    let at_kill = shared.acked_count.load(Ordering::SeqCst);
+    relay.kill9();
+    shared.stop.store(true, Ordering::SeqCst);
+    rt.block_on(async {
+        for task in tasks {
+            tokio::time::timeout(CLIENT_STOP_LIMIT, task)
+                .await
+                .expect("client task did not stop after the kill")
+                .expect("client task panicked");
+        }
+    });
+
+    let acked = std::mem::take(&mut *shared.acked.lock().expect("acked list lock"));
+    eprintln!(
+        "round {round}: {at_kill} acknowledged when killed, {} in total, {} client-side errors",
+        acked.len(),
+        shared.errors.load(Ordering::SeqCst)
+    );
+    assert!(
+        acked.len() >= MIN_ACKS,
+        "round {round}: only {} messages acknowledged within {LOAD_LIMIT:?}; log:\n{}",
+        acked.len(),
+        log_tail(&relay.log)
+    );
+    acked
+}
+
+/// Opens the queue the way tlsgate does and checks every acknowledged message: present, same
+/// sender and recipient, same size and SHA-256 of the body.
+fn verify_queue(config_path: &Path, acked: &[Acked]) {
+    let config = Config::load(config_path).expect("load the test configuration");
+    let store = SledStore::open(&config.queue_dir()).expect("open the queue after the restart");
+    let stored: HashSet<String> = store
+        .message_ids()
+        .expect("list queued messages")
+        .iter()
+        .map(|id| id.as_str().to_string())
+        .collect();
+
+    let mut seen = HashMap::new();
+    for a in acked {
+        if let Some(other) = seen.insert(a.id.clone(), a) {
+            panic!("queue id {} acknowledged twice: {other:?} and {a:?}", a.id);
+        }
+    }
+
+    let mut problems = Vec::new();
+    for a in acked {
+        let what = format!(
+            "{} (round {} client {} message {})",
+            a.id, a.round, a.client, a.seq
+        );
+        if !stored.contains(&a.id) {
+            problems.push(format!("{what}: acknowledged but not in the queue"));
+            continue;
+        }
+        let id = QueueId::parse(&a.id).expect("acked ids were parsed as queue ids");
+        let Some(meta) = store.message(&id).expect("read message metadata") else {
+            problems.push(format!("{what}: listed but no metadata"));
+            continue;
+        };
+        if meta.sender.as_deref() != Some(a.sender.as_str()) {
+            problems.push(format!("{what}: sender {:?}", meta.sender));
+        }
+        let recipients: Vec<&str> = meta.recipients.iter().map(|r| r.address.as_str()).collect();
+        if recipients != [RECIPIENT] {
+            problems.push(format!("{what}: recipients {recipients:?}"));
+        }
+        if meta.size != a.size as u64 {
+            problems.push(format!("{what}: size {} != sent {}", meta.size, a.size));
+        }
+        // The stored body is exactly the dot-unstuffed data; the Received: header is kept apart
+        // in MessageMeta::received_header and prepended only at delivery.
+        match store.body(&id) {
+            Ok(Some(body)) => {
+                let digest: [u8; 32] = Sha256::digest(&body).into();
+                if digest != a.sha256 {
+                    problems.push(format!("{what}: body differs ({} octets)", body.len()));
+                }
+            }
+            Ok(None) => problems.push(format!("{what}: no body")),
+            Err(e) => problems.push(format!("{what}: body unreadable: {e}")),
+        }
+        if !meta.received_header.starts_with("Received: ") {
+            problems.push(format!(
+                "{what}: odd Received header {:?}",
+                meta.received_header
+            ));
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "{} of {} acknowledged messages are wrong after kill -9 and restart:\n{}",
+        problems.len(),
+        acked.len(),
+        problems
+            .iter()
+            .take(20)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert!(
+        acked.len() <= stored.len(),
+        "{} acknowledged but only {} queued",
+        acked.len(),
+        stored.len()
+    );
+    eprintln!(
+        "verified {} acknowledged messages; {} messages in the queue",
+        acked.len(),
+        stored.len()
+    );
+}
+
+#[test]
+fn kill_9_under_load_loses_no_acknowledged_message() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let ca = common::TestCa::new();
+    let (cert, key) = ca.write_server_files(dir.path(), &[common::HOSTNAME]);
+    let port = free_port();
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let config_path = dir.path().join("tlsgate.toml");
+    std::fs::write(&config_path, config_text(dir.path(), &cert, &key, port))
+        .expect("write the configuration");
+    let log = dir.path().join("tlsgate.log");
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime for the clients");
+
+    let mut all_acked = Vec::new();
+    for round in 0..ACKS_BEFORE_KILL.len() {
+        let mut relay = Relay::spawn(&config_path, &log);
+        relay.wait_ready(addr);
+        all_acked.extend(load_and_kill(&rt, &mut relay, addr, round));
+        drop(relay);
+
+        // Restart on the same data directory: it must recover and greet.
+        let mut relay = Relay::spawn(&config_path, &log);
+        relay.wait_ready(addr);
+        relay.terminate();
+        drop(relay);
+
+        verify_queue(&config_path, &all_acked);
+    }
+    let rounds: HashSet<usize> = all_acked.iter().map(|a| a.round).collect();
+    assert_eq!(rounds.len(), ACKS_BEFORE_KILL.len());
+}

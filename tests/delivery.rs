@@ -1,0 +1,649 @@
+//! Delivery engine end to end on loopback: tlsgate relays to scripted SMTP sinks found through
+//! a test DNS server (issue 3; T6, T12). DSNs for the sender (a local domain) arrive at the
+//! next-hop sink and are parsed with mail-parser.
+
+mod common;
+
+use common::dns::TestDns;
+use common::mx_sink::{Behaviour, DisconnectAt, Sink, SinkMessage};
+use common::{SmtpClient, TestCa, TestServer, HOSTNAME};
+use mail_parser::{MessageParser, MimeHeaders};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+use tlsgate::config::Config;
+
+const MX1: &str = "127.0.0.2";
+const MX2: &str = "127.0.0.3";
+const NEXT_HOP: &str = "127.0.0.4";
+const WAIT: Duration = Duration::from_secs(20);
+
+/// One relay under test with its DNS, its next-hop sink (where DSNs to local senders land)
+/// and the port every sink listens on.
+struct Setup {
+    relay: TestServer,
+    dns: TestDns,
+    port: u16,
+    next_hop: Sink,
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+fn at(ip: &str, port: u16) -> SocketAddr {
+    SocketAddr::new(ip.parse().unwrap(), port)
+}
+
+/// Starts DNS, the next-hop sink and tlsgate. `delivery` replaces the `[delivery]` keys,
+/// `extra` is appended (e.g. `[[policy]]` entries).
+async fn setup(delivery: &str, extra: &str) -> Setup {
+    let dns = TestDns::start().await;
+    let (port, next_hop) = loop {
+        let port = common::mx_sink::free_port();
+        if let Ok(sink) = Sink::try_start(at(NEXT_HOP, port), Behaviour::default()).await {
+            break (port, sink);
+        }
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new();
+    let (cert, key) = ca.write_server_files(dir.path(), &[HOSTNAME]);
+    let ca_path = dir.path().join("test-ca.pem");
+    std::fs::write(&ca_path, &ca.cert_pem).unwrap();
+    let text = format!(
+        r#"
+[server]
+hostname = "{HOSTNAME}"
+data_dir = "{data}"
+max_message_size = 100000
+min_free_space = 0
+admin_contact = "postmaster@example.no"
+
+[tls]
+cert = "{cert}"
+key = "{key}"
+
+[[listener]]
+bind = "127.0.0.1:0"
+role = "inbound"
+
+[[listener]]
+bind = "127.0.0.1:0"
+role = "outbound"
+
+[inbound]
+local_domains = ["example.no"]
+next_hop = "{NEXT_HOP}:{port}"
+next_hop_tls = "may"
+
+[outbound]
+relay_networks = ["127.0.0.0/8"]
+smtp_port = {port}
+extra_trust_roots = ["{ca}"]
+
+[dns]
+nameservers = ["{dns}"]
+
+[delivery]
+connect_timeout = "2s"
+command_timeout = "5s"
+data_timeout = "5s"
+idle_timeout = "3s"
+{delivery}
+{extra}
+"#,
+        data = dir.path().join("data").display(),
+        cert = cert.display(),
+        key = key.display(),
+        ca = ca_path.display(),
+        dns = dns.addr,
+    );
+    let relay = TestServer::start_with_config(dir, ca, &text).await;
+    Setup {
+        relay,
+        dns,
+        port,
+        next_hop,
+    }
+}
+
+impl Setup {
+    /// A sink on `ip` at the shared port.
+    async fn sink(&self, ip: &str, behaviour: Behaviour) -> Sink {
+        Sink::try_start(at(ip, self.port), behaviour)
+            .await
+            .expect("sink port free on this loopback address")
+    }
+
+    /// A TLS-capable sink with a certificate from the relay's trusted test CA.
+    async fn tls_sink(&self, ip: &str, names: &[&str], mut behaviour: Behaviour) -> Sink {
+        behaviour.tls = Some(server_tls(&self.relay.ca, names));
+        self.sink(ip, behaviour).await
+    }
+
+    /// Submits a message on the outbound (smarthost) listener; returns its queue id.
+    async fn submit(&self, from: &str, to: &[&str], subject: &str) -> String {
+        let mut client = SmtpClient::connect_greeted(self.relay.outbound()).await;
+        client.ehlo("exchange.example.no").await;
+        let reply = client.send_mail(from, to, &common::message(subject)).await;
+        assert_eq!(reply.code, 250, "{}", reply.text());
+        common::queue_id(&reply)
+    }
+
+    async fn wait_queue_empty(&self) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while self.relay.queue_len() > 0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "queue still holds {} messages",
+                self.relay.queue_len()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Restarts the relay on the same data directory and configuration.
+    async fn restart(&mut self) {
+        self.relay.stop().await;
+        let config: Config = self.relay.config.clone();
+        self.relay.server = Some(tlsgate::server::start(config).await.unwrap());
+    }
+}
+
+fn server_tls(ca: &TestCa, names: &[&str]) -> Arc<rustls::ServerConfig> {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = ca.write_server_files(dir.path(), names);
+    tlsgate::tls::server_config(&cert, &key).unwrap()
+}
+
+fn reply_for(rules: &'static [(&'static str, &'static str)]) -> Behaviour {
+    Behaviour {
+        rcpt_reply: Arc::new(move |rcpt: &str| {
+            rules
+                .iter()
+                .find(|(who, _)| rcpt.starts_with(who))
+                .map(|(_, reply)| reply.to_string())
+                .unwrap_or_else(|| "250 2.1.5 ok".to_string())
+        }),
+        ..Behaviour::default()
+    }
+}
+
+fn always(reply: &'static str) -> Behaviour {
+    Behaviour {
+        rcpt_reply: Arc::new(move |_: &str| reply.to_string()),
+        ..Behaviour::default()
+    }
+}
+
+/// A DSN as received: subject and the recipient groups of its delivery-status part.
+struct Dsn {
+    subject: String,
+    human: String,
+    fields: Vec<Vec<(String, String)>>,
+}
+
+impl Dsn {
+    fn field(&self, group: usize, name: &str) -> Option<&str> {
+        self.fields.get(group).and_then(|g| {
+            g.iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.as_str())
+        })
+    }
+}
+
+fn parse_dsn(message: &SinkMessage) -> Dsn {
+    assert!(
+        message.mail_from.starts_with("<>"),
+        "DSNs come from the null sender: {}",
+        message.mail_from
+    );
+    let parsed = MessageParser::default()
+        .parse(&message.data)
+        .expect("DSN parses");
+    let ct = parsed.content_type().expect("content type");
+    assert_eq!(
+        (ct.ctype(), ct.subtype()),
+        ("multipart", Some("report")),
+        "RFC 3464 report"
+    );
+    assert_eq!(ct.attribute("report-type"), Some("delivery-status"));
+    let subparts = parsed.parts[0].sub_parts().expect("parts").to_vec();
+    let part = |i: usize| &parsed.parts[subparts[i] as usize];
+    let status = String::from_utf8_lossy(part(1).contents()).replace("\r\n", "\n");
+    let fields = status
+        .split("\n\n")
+        .filter(|g| !g.trim().is_empty())
+        .map(|g| {
+            g.lines()
+                .filter_map(|l| l.split_once(':'))
+                .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+                .collect()
+        })
+        .collect();
+    Dsn {
+        subject: parsed.subject().unwrap_or("").to_string(),
+        human: part(0).text_contents().unwrap_or("").to_string(),
+        fields,
+    }
+}
+
+#[tokio::test]
+async fn delivers_over_tls_and_records_it() {
+    let s = setup("", "").await;
+    s.dns.add_mx("partner.test", 10, "mx1.partner.test");
+    s.dns.add_ip("mx1.partner.test", ip(MX1));
+    let mx = s
+        .tls_sink(MX1, &["mx1.partner.test"], Behaviour::default())
+        .await;
+
+    let id = s
+        .submit("kari@example.no", &["ola@partner.test"], "hello")
+        .await;
+    let got = mx.wait_for_messages(1, WAIT).await;
+    let m = &got[0];
+    assert_eq!(m.rcpts, vec!["ola@partner.test".to_string()]);
+    assert!(
+        m.mail_from.starts_with("<kari@example.no>"),
+        "{}",
+        m.mail_from
+    );
+    assert!(
+        m.mail_from.contains("SIZE="),
+        "SIZE announced: {}",
+        m.mail_from
+    );
+    assert!(m.tls.is_some(), "STARTTLS used when offered");
+    let data = String::from_utf8_lossy(&m.data);
+    assert!(data.starts_with("Received: from "), "{data}");
+    assert!(data.contains(&id), "queue id in Received: {data}");
+    assert!(data.contains("Subject: hello"));
+    s.wait_queue_empty().await;
+    // No DSN: the default NOTIFY does not ask for success reports.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(s.next_hop.messages().is_empty());
+}
+
+#[tokio::test]
+async fn local_domains_go_to_the_next_hop() {
+    let s = setup("", "").await;
+    let mut client = SmtpClient::connect_greeted(s.relay.inbound()).await;
+    client.ehlo("mail.sender.test").await;
+    let reply = client
+        .send_mail(
+            "someone@sender.test",
+            &["kari@example.no"],
+            &common::message("inbound"),
+        )
+        .await;
+    assert_eq!(reply.code, 250);
+    let got = s.next_hop.wait_for_messages(1, WAIT).await;
+    assert_eq!(got[0].rcpts, vec!["kari@example.no".to_string()]);
+    s.wait_queue_empty().await;
+}
+
+#[tokio::test]
+async fn retries_after_a_temporary_failure_then_delivers() {
+    let s = setup("retry_schedule = [\"1s\"]", "").await;
+    s.dns.add_mx("partner.test", 10, "mx1.partner.test");
+    s.dns.add_ip("mx1.partner.test", ip(MX1));
+    let mx = s
+        .sink(MX1, always("450 4.2.1 mailbox busy, try later"))
+        .await;
+    s.submit("kari@example.no", &["ola@partner.test"], "retry")
+        .await;
+    wait_until(
+        || mx.commands().iter().any(|c| c.starts_with("RCPT")),
+        "first attempt",
+    )
+    .await;
+    assert!(mx.messages().is_empty());
+    mx.set_behaviour(Behaviour::default());
+    let got = mx.wait_for_messages(1, WAIT).await;
+    assert_eq!(got.len(), 1);
+    s.wait_queue_empty().await;
+    assert!(
+        s.next_hop.messages().is_empty(),
+        "no DSN for a retried success"
+    );
+}
+
+#[tokio::test]
+async fn permanent_failure_bounces_at_once_with_a_full_dsn() {
+    let s = setup("", "").await;
+    s.dns.add_mx("partner.test", 10, "mx1.partner.test");
+    s.dns.add_ip("mx1.partner.test", ip(MX1));
+    let mx = s
+        .sink(
+            MX1,
+            reply_for(&[("nobody@", "550 5.1.1 <nobody@partner.test>: no such user")]),
+        )
+        .await;
+    s.submit(
+        "kari@example.no",
+        &["ola@partner.test", "nobody@partner.test"],
+        "mixed",
+    )
+    .await;
+    let delivered = mx.wait_for_messages(1, WAIT).await;
+    assert_eq!(delivered[0].rcpts, vec!["ola@partner.test".to_string()]);
+
+    let dsns = s.next_hop.wait_for_messages(1, WAIT).await;
+    assert_eq!(dsns[0].rcpts, vec!["kari@example.no".to_string()]);
+    let dsn = parse_dsn(&dsns[0]);
+    assert_eq!(dsn.subject, "Undelivered Mail Returned to Sender");
+    assert_eq!(dsn.field(0, "Reporting-MTA"), Some("dns; mx.tlsgate.test"));
+    assert_eq!(
+        dsn.field(1, "Final-Recipient"),
+        Some("rfc822; nobody@partner.test")
+    );
+    assert_eq!(dsn.field(1, "Action"), Some("failed"));
+    assert_eq!(dsn.field(1, "Status"), Some("5.1.1"));
+    assert_eq!(dsn.field(1, "Remote-MTA"), Some("dns; mx1.partner.test"));
+    assert!(dsn
+        .field(1, "Diagnostic-Code")
+        .is_some_and(|d| d.contains("550 5.1.1")));
+    assert!(dsn.field(1, "Last-Attempt-Date").is_some());
+    assert!(
+        dsn.fields.len() == 2,
+        "only the failed recipient is reported"
+    );
+    assert!(
+        dsn.human.contains("host mx1.partner.test said"),
+        "{}",
+        dsn.human
+    );
+    s.wait_queue_empty().await;
+}
+
+#[tokio::test]
+async fn expiry_bounces_and_delay_warning_comes_once_before() {
+    let s = setup(
+        "retry_schedule = [\"1s\"]\nexpiry = \"4s\"\ndelay_warning = \"1s\"",
+        "",
+    )
+    .await;
+    s.dns.add_mx("partner.test", 10, "mx1.partner.test");
+    s.dns.add_ip("mx1.partner.test", ip(MX1));
+    let _mx = s.sink(MX1, always("451 4.3.0 temporary trouble")).await;
+    s.submit("kari@example.no", &["ola@partner.test"], "expire")
+        .await;
+    let dsns = s.next_hop.wait_for_messages(2, WAIT).await;
+    let delay = parse_dsn(&dsns[0]);
+    assert_eq!(delay.subject, "Delayed Mail (still being retried)");
+    assert_eq!(delay.field(1, "Action"), Some("delayed"));
+    assert_eq!(delay.field(1, "Status"), Some("4.3.0"));
+    assert!(delay.field(1, "Will-Retry-Until").is_some());
+    let failure = parse_dsn(&dsns[1]);
+    assert_eq!(failure.subject, "Undelivered Mail Returned to Sender");
+    assert_eq!(failure.field(1, "Action"), Some("failed"));
+    assert_eq!(failure.field(1, "Status"), Some("5.3.0"));
+    assert!(failure.human.contains("expired"), "{}", failure.human);
+    s.wait_queue_empty().await;
+    assert_eq!(s.next_hop.messages().len(), 2, "exactly one delay DSN");
+}
+
+#[tokio::test]
+async fn falls_back_to_the_next_mx_host() {
+    let s = setup("", "").await;
+    s.dns.add_mx("partner.test", 10, "mx1.partner.test");
+    s.dns.add_mx("partner.test", 20, "mx2.partner.test");
+    s.dns.add_ip("mx1.partner.test", ip(MX1));
+    s.dns.add_ip("mx2.partner.test", ip(MX2));
+    let broken = s
+        .sink(
+            MX1,
+            Behaviour {
+                disconnect: Some(DisconnectAt::AfterGreeting),
+                ..Behaviour::default()
+            },
+        )
+        .await;
+    let backup = s.sink(MX2, Behaviour::default()).await;
+    s.submit("kari@example.no", &["ola@partner.test"], "fallback")
+        .await;
+    backup.wait_for_messages(1, WAIT).await;
+    assert!(broken.connections() >= 1, "the first MX was tried first");
+    assert!(broken.messages().is_empty());
+    s.wait_queue_empty().await;
+}
+
+#[tokio::test]
+async fn null_mx_fails_permanently() {
+    let s = setup("", "").await;
+    s.dns.add_null_mx("nomail.test");
+    s.submit("kari@example.no", &["ola@nomail.test"], "null mx")
+        .await;
+    let dsns = s.next_hop.wait_for_messages(1, WAIT).await;
+    let dsn = parse_dsn(&dsns[0]);
+    assert_eq!(dsn.field(1, "Status"), Some("5.1.10"));
+    assert!(dsn.human.contains("null MX"), "{}", dsn.human);
+    assert_eq!(dsn.field(1, "Remote-MTA"), None);
+    s.wait_queue_empty().await;
+}
+
+#[tokio::test]
+async fn restart_in_the_middle_of_the_retry_schedule_delivers_once() {
+    let mut s = setup("retry_schedule = [\"2s\"]", "").await;
+    s.dns.add_mx("partner.test", 10, "mx1.partner.test");
+    s.dns.add_ip("mx1.partner.test", ip(MX1));
+    let mx = s.sink(MX1, always("450 4.2.1 busy")).await;
+    s.submit("kari@example.no", &["ola@partner.test"], "restart")
+        .await;
+    wait_until(
+        || mx.commands().iter().any(|c| c.starts_with("RCPT")),
+        "first attempt",
+    )
+    .await;
+    s.restart().await;
+    assert_eq!(
+        s.relay.queue_len(),
+        1,
+        "the deferred message survived the restart"
+    );
+    let state = {
+        let store = s.relay.running().store();
+        let id = store.message_ids().unwrap().remove(0);
+        store.recipient_states(&id).unwrap().remove(0)
+    };
+    assert_eq!(state.attempts, 1);
+    assert_eq!(
+        state.status,
+        tlsgate::queue::RecipientStatus::Deferred,
+        "{state:?}"
+    );
+    mx.set_behaviour(Behaviour::default());
+    mx.wait_for_messages(1, WAIT).await;
+    s.wait_queue_empty().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(mx.messages().len(), 1, "delivered exactly once");
+}
+
+#[tokio::test]
+async fn reuses_one_connection_for_several_messages() {
+    let s = setup("", "").await;
+    s.dns.add_mx("partner.test", 10, "mx1.partner.test");
+    s.dns.add_ip("mx1.partner.test", ip(MX1));
+    let mx = s.sink(MX1, Behaviour::default()).await;
+    for n in 1..=3 {
+        s.submit("kari@example.no", &["ola@partner.test"], &format!("m{n}"))
+            .await;
+        mx.wait_for_messages(n, WAIT).await;
+    }
+    assert_eq!(mx.connections(), 1, "one connection carried all three");
+    let got = mx.messages();
+    assert!(got.iter().all(|m| m.connection == got[0].connection));
+}
+
+#[tokio::test]
+async fn response_injection_after_starttls_drops_the_connection() {
+    // `encrypt` so that the failure cannot be retried in plaintext either.
+    let s = setup(
+        "retry_schedule = [\"1h\"]",
+        "[[policy]]\ndomain = \"partner.test\"\ntls = \"encrypt\"",
+    )
+    .await;
+    s.dns.add_mx("partner.test", 10, "mx1.partner.test");
+    s.dns.add_ip("mx1.partner.test", ip(MX1));
+    let mx = s
+        .tls_sink(
+            MX1,
+            &["mx1.partner.test"],
+            Behaviour {
+                inject_after_starttls: Some(b"250 2.0.0 injected\r\n".to_vec()),
+                ..Behaviour::default()
+            },
+        )
+        .await;
+    s.submit("kari@example.no", &["ola@partner.test"], "inject")
+        .await;
+    wait_until(|| mx.commands().iter().any(|c| c == "STARTTLS"), "STARTTLS").await;
+    let id = wait_for_deferral(&s).await;
+    assert!(
+        id.last_reply
+            .as_deref()
+            .is_some_and(|r| r.contains("response injection")),
+        "{id:?}"
+    );
+    assert!(id.tls_deferral);
+    assert!(
+        !mx.commands().iter().any(|c| c.starts_with("MAIL")),
+        "nothing sent after the injected reply: {:?}",
+        mx.commands()
+    );
+    assert!(mx.messages().is_empty());
+}
+
+#[tokio::test]
+async fn smtputf8_message_to_a_server_without_it_fails_clearly() {
+    let s = setup("", "").await;
+    s.dns.add_mx("partner.test", 10, "mx1.partner.test");
+    s.dns.add_ip("mx1.partner.test", ip(MX1));
+    let _mx = s
+        .sink(
+            MX1,
+            Behaviour {
+                extensions: vec!["PIPELINING".into(), "8BITMIME".into()],
+                ..Behaviour::default()
+            },
+        )
+        .await;
+    let mut client = SmtpClient::connect_greeted(s.relay.outbound()).await;
+    client.ehlo("exchange.example.no").await;
+    assert_eq!(
+        client
+            .cmd("MAIL FROM:<kari@example.no> SMTPUTF8")
+            .await
+            .code,
+        250
+    );
+    assert_eq!(client.cmd("RCPT TO:<øyvind@partner.test>").await.code, 250);
+    assert_eq!(client.cmd("DATA").await.code, 354);
+    client.send_raw(b"Subject: utf8\r\n\r\nhei\r\n.\r\n").await;
+    assert_eq!(client.read_reply().await.code, 250);
+    let dsns = s.next_hop.wait_for_messages(1, WAIT).await;
+    let dsn = parse_dsn(&dsns[0]);
+    assert_eq!(dsn.field(1, "Status"), Some("5.6.7"));
+    assert!(dsn.human.contains("SMTPUTF8"), "{}", dsn.human);
+}
+
+#[tokio::test]
+async fn without_pipelining_or_ehlo_the_client_still_delivers() {
+    let s = setup("", "").await;
+    s.dns.add_mx("partner.test", 10, "mx1.partner.test");
+    s.dns.add_ip("mx1.partner.test", ip(MX1));
+    let mx = s
+        .sink(
+            MX1,
+            Behaviour {
+                ehlo_reply_override: Some("502 5.5.1 EHLO not implemented".into()),
+                ..Behaviour::default()
+            },
+        )
+        .await;
+    s.submit(
+        "kari@example.no",
+        &["a@partner.test", "b@partner.test"],
+        "helo",
+    )
+    .await;
+    let got = mx.wait_for_messages(1, WAIT).await;
+    assert_eq!(got[0].rcpts.len(), 2, "both recipients in one transaction");
+    assert!(mx.commands().iter().any(|c| c.starts_with("HELO")));
+    assert!(
+        !got[0].mail_from.contains("SIZE="),
+        "no ESMTP parameters after HELO"
+    );
+}
+
+#[tokio::test]
+async fn notify_success_to_a_peer_without_dsn_gets_a_relayed_report() {
+    let s = setup("", "").await;
+    s.dns.add_mx("partner.test", 10, "mx1.partner.test");
+    s.dns.add_ip("mx1.partner.test", ip(MX1));
+    let mx = s
+        .sink(
+            MX1,
+            Behaviour {
+                extensions: vec!["PIPELINING".into(), "8BITMIME".into()],
+                ..Behaviour::default()
+            },
+        )
+        .await;
+    let mut client = SmtpClient::connect_greeted(s.relay.outbound()).await;
+    client.ehlo("exchange.example.no").await;
+    assert_eq!(
+        client
+            .cmd("MAIL FROM:<kari@example.no> RET=HDRS ENVID=receipt-42")
+            .await
+            .code,
+        250
+    );
+    assert_eq!(
+        client
+            .cmd("RCPT TO:<ola@partner.test> NOTIFY=SUCCESS ORCPT=rfc822;ola@partner.test")
+            .await
+            .code,
+        250
+    );
+    assert_eq!(client.cmd("DATA").await.code, 354);
+    client
+        .send_raw(b"Subject: receipt\r\n\r\nhi\r\n.\r\n")
+        .await;
+    assert_eq!(client.read_reply().await.code, 250);
+    mx.wait_for_messages(1, WAIT).await;
+    let dsns = s.next_hop.wait_for_messages(1, WAIT).await;
+    let dsn = parse_dsn(&dsns[0]);
+    assert_eq!(dsn.subject, "Successful Mail Delivery Report");
+    assert_eq!(dsn.field(0, "Original-Envelope-Id"), Some("receipt-42"));
+    assert_eq!(
+        dsn.field(1, "Original-Recipient"),
+        Some("rfc822; ola@partner.test")
+    );
+    assert_eq!(dsn.field(1, "Action"), Some("relayed"));
+}
+
+async fn wait_until(mut done: impl FnMut() -> bool, what: &str) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !done() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Waits until the only message's first recipient has been deferred; returns its state.
+async fn wait_for_deferral(s: &Setup) -> tlsgate::queue::RecipientState {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let store = s.relay.running().store();
+        if let Some(id) = store.message_ids().unwrap().first() {
+            let state = store.recipient_states(id).unwrap().remove(0);
+            if state.status == tlsgate::queue::RecipientStatus::Deferred {
+                return state;
+            }
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no deferral");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
