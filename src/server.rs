@@ -9,6 +9,8 @@ use crate::delivery::DeliveryEngine;
 use crate::dns::{DnsError, HickoryResolver};
 use crate::inbound::limits::ConnectionLimiter;
 use crate::inbound::{self, SessionContext};
+use crate::policy;
+use crate::policy::domain_list::{DomainListHandle, ListError, Reloaded};
 use crate::queue::{Committer, SledStore, Store, StoreError};
 use crate::tls::client::ClientTls;
 use crate::tls::{self, KeyError};
@@ -40,6 +42,96 @@ pub enum ServerError {
     Committer(std::io::Error),
     #[error("DNS resolver: {0}")]
     Dns(#[from] DnsError),
+    #[error("domain list: {0}")]
+    DomainList(#[from] ListError),
+    #[error("{file}: [[policy]] for {domain} sets tls = \"{level}\", but {domain} is on the tvungen TLS domain list: a listed domain is never below \"verify\" (T3, T4)")]
+    WeakensList {
+        file: String,
+        domain: String,
+        level: String,
+    },
+}
+
+/// Loads the domain list and checks that no `[[policy]]` entry tries to weaken it.
+pub fn load_domain_list(config: &Config) -> Result<DomainListHandle, ServerError> {
+    let handle = DomainListHandle::load(config.domain_list.path.as_deref())?;
+    let list = handle.current();
+    if let Some((domain, level)) = policy::weakening_entries(&config.policies, &list)
+        .into_iter()
+        .next()
+    {
+        return Err(ServerError::WeakensList {
+            file: config.source.clone(),
+            domain: domain.to_string(),
+            level: level.to_string(),
+        });
+    }
+    if let Some(path) = handle.path() {
+        tracing::info!(path = %path.display(), domains = list.len(), "tvungen TLS domain list loaded");
+    } else {
+        tracing::warn!(
+            "no domain_list.path configured: no domain gets mandatory TLS from the list"
+        );
+    }
+    warn_if_old(&handle, config);
+    Ok(handle)
+}
+
+/// T10: the list must be updated at least quarterly.
+fn warn_if_old(handle: &DomainListHandle, config: &Config) {
+    let max = i64::from(config.domain_list.max_age_days);
+    if let Some(age) = handle.age_days(config.domain_list.age_from, std::time::SystemTime::now()) {
+        if age > max {
+            tracing::warn!(age_days = age, max_age_days = max,
+                "the tvungen TLS domain list is older than domain_list.max_age_days: fetch the current list from bits.no/tls (T10)");
+        }
+    }
+}
+
+fn reload_and_log(handle: &DomainListHandle) {
+    match handle.reload() {
+        Ok(Reloaded::Replaced { old, new }) => {
+            tracing::info!(old, new, "tvungen TLS domain list reloaded")
+        }
+        Ok(Reloaded::Unchanged) => tracing::info!("tvungen TLS domain list unchanged"),
+        Err(e) => {
+            tracing::error!(error = %e, "domain list reload refused, the old list stays in force")
+        }
+    }
+}
+
+/// Reloads the list when its file changes (T10: "reloaded on change without restart").
+async fn watch_domain_list(
+    handle: Arc<DomainListHandle>,
+    config: Arc<Config>,
+    shutdown: CancellationToken,
+) {
+    if handle.path().is_none() {
+        return;
+    }
+    let mut last_age_warning = tokio::time::Instant::now();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(config.domain_list.check_interval) => {}
+            _ = shutdown.cancelled() => return,
+        }
+        match handle.reload_if_changed() {
+            Ok(Reloaded::Replaced { old, new }) => {
+                tracing::info!(
+                    old,
+                    new,
+                    "tvungen TLS domain list changed on disk, reloaded"
+                )
+            }
+            Ok(Reloaded::Unchanged) => {}
+            Err(e) => tracing::error!(error = %e,
+                "changed domain list refused, the old list stays in force"),
+        }
+        if last_age_warning.elapsed() >= Duration::from_secs(86_400) {
+            last_age_warning = tokio::time::Instant::now();
+            warn_if_old(&handle, &config);
+        }
+    }
 }
 
 /// How long one DNS query may take before it counts as a temporary failure.
@@ -47,6 +139,7 @@ const DNS_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A started relay.
 pub struct RunningServer {
+    domain_list: Arc<DomainListHandle>,
     listeners: Vec<(Role, SocketAddr)>,
     store: Arc<SledStore>,
     committer: Committer,
@@ -95,6 +188,7 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
     let (committer, announced) =
         Committer::start(store.clone() as Arc<dyn Store>).map_err(ServerError::Committer)?;
     let client_tls = ClientTls::new(&config.outbound.extra_trust_roots)?;
+    let domain_list = Arc::new(load_domain_list(&config)?);
     let resolver = HickoryResolver::new(&config.dns.nameservers, DNS_TIMEOUT)?;
 
     let mut bound = Vec::new();
@@ -127,6 +221,7 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
         announced,
         Arc::new(resolver),
         client_tls,
+        domain_list.clone(),
     )
     .await
     .map_err(|source| ServerError::Queue {
@@ -140,7 +235,9 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
             config.limits.max_connections,
             config.limits.max_connections_per_ip,
         ),
-        config,
+        config: config.clone(),
+        domain_list: domain_list.clone(),
+        refused_plaintext: Default::default(),
         tls: Some(acceptor),
         committer: committer.clone(),
         shutdown: shutdown.clone(),
@@ -159,7 +256,13 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
         ));
     }
     accept_loops.close();
+    tokio::spawn(watch_domain_list(
+        domain_list.clone(),
+        config.clone(),
+        shutdown.clone(),
+    ));
     Ok(RunningServer {
+        domain_list,
         listeners,
         store,
         committer,
@@ -194,6 +297,16 @@ impl RunningServer {
 
     pub fn delivery(&self) -> &DeliveryEngine {
         &self.delivery
+    }
+
+    /// The tvungen TLS list in force.
+    pub fn domain_list(&self) -> &Arc<DomainListHandle> {
+        &self.domain_list
+    }
+
+    /// Reloads the domain list now (SIGHUP); on error the old list stays in force.
+    pub fn reload_domain_list(&self) {
+        reload_and_log(&self.domain_list);
     }
 
     /// Stops accepting, tells idle sessions to go (421), waits up to `grace` for sessions in

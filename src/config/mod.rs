@@ -9,6 +9,7 @@
 mod raw;
 
 use crate::domain::Domain;
+use crate::policy::domain_list::AgeFrom;
 use crate::policy::TlsLevel;
 use ipnet::IpNet;
 use std::fmt;
@@ -115,6 +116,8 @@ pub struct ListenerConfig {
 #[derive(Debug, Clone)]
 pub struct InboundSection {
     pub local_domains: Vec<Domain>,
+    /// T5: refuse plaintext sessions and messages from listed senders (default on).
+    pub refuse_plaintext_from_listed: bool,
     pub next_hop: Option<String>,
     pub next_hop_tls: TlsLevel,
 }
@@ -124,6 +127,9 @@ pub struct OutboundSection {
     pub relay_networks: Vec<IpNet>,
     pub smtp_port: u16,
     pub extra_trust_roots: Vec<PathBuf>,
+    /// A recipient deferred because the TLS policy could not be met gets its delay DSN after
+    /// this long instead of `delivery.delay_warning` (T6).
+    pub tls_failure_warning_after: Duration,
 }
 
 /// How queued mail is delivered: retries, expiry, concurrency, timeouts (design.md, "Queue and
@@ -165,6 +171,9 @@ pub struct DnsSection {
 pub struct DomainListSection {
     pub path: Option<PathBuf>,
     pub max_age_days: u32,
+    pub age_from: AgeFrom,
+    /// How often the file is checked for changes.
+    pub check_interval: Duration,
 }
 
 /// What a `[[policy]]` entry applies to.
@@ -427,6 +436,7 @@ fn validate(raw: raw::RawConfig, file: &str) -> Result<Config, ConfigError> {
     }
     let inbound = InboundSection {
         local_domains,
+        refuse_plaintext_from_listed: inbound.refuse_plaintext_from_listed.unwrap_or(true),
         next_hop: inbound.next_hop,
         next_hop_tls: inbound.next_hop_tls.unwrap_or(TlsLevel::Verify),
     };
@@ -474,6 +484,13 @@ fn validate(raw: raw::RawConfig, file: &str) -> Result<Config, ConfigError> {
         relay_networks,
         smtp_port,
         extra_trust_roots,
+        tls_failure_warning_after: c.duration(
+            "outbound.tls_failure_warning_after",
+            outbound
+                .tls_failure_warning_after
+                .as_deref()
+                .unwrap_or("1h"),
+        )?,
     };
 
     let d = raw.delivery.unwrap_or_default();
@@ -561,7 +578,29 @@ fn validate(raw: raw::RawConfig, file: &str) -> Result<Config, ConfigError> {
     let domain_list = DomainListSection {
         path: dl.path.map(resolve),
         max_age_days: dl.max_age_days.unwrap_or(92),
+        age_from: match dl.age_from.as_deref().unwrap_or("file") {
+            "file" => AgeFrom::File,
+            "newest_entry" => AgeFrom::NewestEntry,
+            other => {
+                return Err(c.err(
+                    "domain_list.age_from",
+                    format!("{other:?}: use \"file\" or \"newest_entry\""),
+                ))
+            }
+        },
+        check_interval: c.duration(
+            "domain_list.check_interval",
+            dl.check_interval.as_deref().unwrap_or("30s"),
+        )?,
     };
+    if let Some(path) = &domain_list.path {
+        if !path.is_file() {
+            return Err(c.err(
+                "domain_list.path",
+                format!("{} does not exist or is not a file", path.display()),
+            ));
+        }
+    }
     if domain_list.max_age_days == 0 {
         return Err(c.err("domain_list.max_age_days", "must be at least 1"));
     }

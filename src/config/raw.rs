@@ -69,6 +69,7 @@ pub(super) struct RawListener {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawInbound {
     pub local_domains: Option<Vec<String>>,
+    pub refuse_plaintext_from_listed: Option<bool>,
     pub next_hop: Option<String>,
     pub next_hop_tls: Option<TlsLevel>,
 }
@@ -79,6 +80,7 @@ pub(super) struct RawOutbound {
     pub relay_networks: Option<Vec<String>>,
     pub smtp_port: Option<u16>,
     pub extra_trust_roots: Option<Vec<PathBuf>>,
+    pub tls_failure_warning_after: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -108,6 +110,8 @@ pub(super) struct RawDns {
 pub(super) struct RawDomainList {
     pub path: Option<PathBuf>,
     pub max_age_days: Option<u32>,
+    pub age_from: Option<String>,
+    pub check_interval: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -7,10 +7,11 @@
 
 use super::client::{ClientError, ConnectParams, SmtpConnection, Timeouts, TlsMode};
 use super::pool::{ConnectionPool, PoolKey};
-use super::route::{self, Destination, Host, RouteError};
+use super::route::{self, Destination, RouteError};
 use crate::config::Config;
 use crate::dns::Resolver;
-use crate::policy::{self, TlsLevel};
+use crate::policy::domain_list::DomainList;
+use crate::policy::{self, PolicySource, ResolvedPolicy, TlsLevel};
 use crate::queue::message::{MessageMeta, Recipient};
 use crate::smtp::reply::Reply;
 use crate::tls::client::{ClientTls, TlsFailure};
@@ -45,20 +46,34 @@ pub struct AttemptContext<'a> {
     pub resolver: &'a dyn Resolver,
     pub tls: &'a ClientTls,
     pub pool: &'a ConnectionPool,
+    /// The tvungen TLS list in force when the attempt started.
+    pub domain_list: &'a DomainList,
 }
 
-/// The TLS level for a destination.
-pub fn tls_level(config: &Config, destination: &Destination, meta: &MessageMeta) -> TlsLevel {
+/// The TLS policy for a destination: `inbound.next_hop_tls` for the next hop, otherwise the
+/// policy engine's answer for the recipient domain.
+pub fn policy_for(
+    config: &Config,
+    list: &DomainList,
+    destination: &Destination,
+    requiretls: bool,
+) -> ResolvedPolicy {
     match destination {
         Destination::NextHop => {
-            let level = config.inbound.next_hop_tls;
-            if meta.requiretls {
-                level.max(TlsLevel::Verify)
-            } else {
-                level
+            let configured = config.inbound.next_hop_tls;
+            let raised = requiretls && configured < TlsLevel::Verify;
+            ResolvedPolicy {
+                level: if raised { TlsLevel::Verify } else { configured },
+                source: if raised {
+                    PolicySource::RequireTls
+                } else {
+                    PolicySource::Config
+                },
+                listed: false,
+                match_names: Vec::new(),
             }
         }
-        Destination::Domain(domain) => policy::resolve(&config.policies, domain, meta.requiretls),
+        Destination::Domain(domain) => policy::resolve(&config.policies, list, domain, requiretls),
     }
 }
 
@@ -112,19 +127,37 @@ pub async fn deliver(
             })
         }
     };
-    let level = tls_level(ctx.config, destination, meta);
+    let policy = policy_for(ctx.config, ctx.domain_list, destination, meta.requiretls);
+    let level = policy.level;
     let mode = tls_mode(level);
+    let domain = match destination {
+        Destination::Domain(d) => Some(d),
+        Destination::NextHop => None,
+    };
     let rcpts: Vec<&Recipient> = recipients
         .iter()
         .filter_map(|&i| meta.recipients.get(i))
         .collect();
 
     let mut last_problem: Option<(String, ClientError)> = None;
+    let mut requiretls_refused: Option<String> = None;
     for host in &hosts {
+        let names = policy::certificate_names(level, &host.name, domain, &policy.match_names);
         for &addr in &host.addrs {
-            let conn = match connect(ctx, host, addr, mode).await {
+            let key = PoolKey {
+                addr,
+                host: host.name.clone(),
+                tls_mode: mode,
+                names: names.clone(),
+            };
+            let conn = match connect(ctx, &key).await {
                 Ok(conn) => conn,
                 Err(e) => {
+                    if policy.listed && matches!(e, ClientError::Tls(_)) {
+                        tracing::warn!(queue_id = %meta.id, destination = %destination,
+                            host = %host.name, %addr, level = %level, reason = %e,
+                            "TLS policy not met toward a listed domain, host skipped");
+                    }
                     log.push(HostLog {
                         host: host.name.clone(),
                         addr: addr.to_string(),
@@ -136,8 +169,21 @@ pub async fn deliver(
                 }
             };
             let mut conn = conn;
+            // RFC 8689 4.2.1: a REQUIRETLS message is relayed only to a host that offers
+            // REQUIRETLS (the final internal hop is configured, not negotiated).
+            if meta.requiretls && domain.is_some() && !conn.caps.requiretls {
+                requiretls_refused = Some(host.name.clone());
+                log.push(HostLog {
+                    host: host.name.clone(),
+                    addr: addr.to_string(),
+                    tls: conn.tls.clone(),
+                    result: "REQUIRETLS not offered".into(),
+                });
+                park(ctx, key, conn);
+                continue;
+            }
             if let Some(outcome) = refuse_before_sending(meta, body, &conn) {
-                park(ctx, host, addr, mode, conn);
+                park(ctx, key, conn);
                 return everyone(outcome);
             }
             match conn.send_message(meta, &rcpts, body).await {
@@ -149,7 +195,7 @@ pub async fn deliver(
                         result: summarise(&result.replies),
                     });
                     let peer_does_dsn = conn.caps.dsn;
-                    park(ctx, host, addr, mode, conn);
+                    park(ctx, key, conn);
                     return recipients
                         .iter()
                         .zip(result.replies)
@@ -167,6 +213,15 @@ pub async fn deliver(
                 }
             }
         }
+    }
+    if let Some(host) = requiretls_refused {
+        return everyone(Outcome::Failed {
+            host: Some(host.clone()),
+            status: "5.7.30".into(),
+            reason: format!(
+                "the sender required REQUIRETLS (RFC 8689) but {host} does not support it"
+            ),
+        });
     }
     let (host, error) = match last_problem {
         Some(p) => p,
@@ -205,28 +260,19 @@ pub async fn deliver(
 /// A pooled connection when one is idle and still answers, else a new one. Opportunistic TLS
 /// that fails in the handshake is retried once in plaintext, as `may` promises no more than
 /// that (Postfix does the same).
-async fn connect(
-    ctx: &AttemptContext<'_>,
-    host: &Host,
-    addr: std::net::SocketAddr,
-    mode: TlsMode,
-) -> Result<SmtpConnection, ClientError> {
-    let key = PoolKey {
-        addr,
-        host: host.name.clone(),
-        tls_mode: mode,
-    };
-    while let Some(mut idle) = ctx.pool.take(&key) {
+async fn connect(ctx: &AttemptContext<'_>, key: &PoolKey) -> Result<SmtpConnection, ClientError> {
+    while let Some(mut idle) = ctx.pool.take(key) {
         if idle.reset().await.is_ok() {
             return Ok(idle);
         }
     }
     let d = &ctx.config.delivery;
     let params = |tls_mode| ConnectParams {
-        addr,
-        host: &host.name,
+        addr: key.addr,
+        host: &key.host,
         helo_name: &ctx.config.server.hostname,
         tls_mode,
+        cert_names: &key.names,
         tls: ctx.tls,
         timeouts: Timeouts {
             connect: d.connect_timeout,
@@ -234,12 +280,13 @@ async fn connect(
             data: d.data_timeout,
         },
     };
-    match SmtpConnection::open(&params(mode)).await {
+    match SmtpConnection::open(&params(key.tls_mode)).await {
         // Response injection is an attack, not a broken TLS stack: no plaintext retry then.
         Err(ClientError::Tls(failure))
-            if mode == TlsMode::Opportunistic && failure != TlsFailure::ResponseInjection =>
+            if key.tls_mode == TlsMode::Opportunistic
+                && failure != TlsFailure::ResponseInjection =>
         {
-            tracing::info!(host = %host.name, %addr, reason = %failure,
+            tracing::info!(host = %key.host, addr = %key.addr, reason = %failure,
                 "opportunistic TLS failed, retrying in plaintext");
             SmtpConnection::open(&params(TlsMode::Off)).await
         }
@@ -280,18 +327,7 @@ fn refuse_before_sending(
     None
 }
 
-fn park(
-    ctx: &AttemptContext<'_>,
-    host: &Host,
-    addr: std::net::SocketAddr,
-    mode: TlsMode,
-    conn: SmtpConnection,
-) {
-    let key = PoolKey {
-        addr,
-        host: host.name.clone(),
-        tls_mode: mode,
-    };
+fn park(ctx: &AttemptContext<'_>, key: PoolKey, conn: SmtpConnection) {
     if let Some(done) = ctx.pool.put(key, conn) {
         tokio::spawn(done.quit());
     }

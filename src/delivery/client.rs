@@ -10,8 +10,9 @@
 use crate::queue::message::{BodyType, DsnRet, MessageMeta, Recipient};
 use crate::smtp::reply::{reply_complete, reply_lines, Reply};
 use crate::tls::client::{ClientTls, TlsFailure};
+use crate::tls::verify::{describe, NamePattern};
 use crate::tls::TlsInfo;
-use rustls::pki_types::ServerName;
+use rustls::pki_types::{CertificateDer, ServerName};
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -190,6 +191,8 @@ pub struct ConnectParams<'a> {
     /// Our name in EHLO.
     pub helo_name: &'a str,
     pub tls_mode: TlsMode,
+    /// Names the certificate may carry when `tls_mode` is `Verified`.
+    pub cert_names: &'a [NamePattern],
     pub tls: &'a ClientTls,
     pub timeouts: Timeouts,
 }
@@ -202,6 +205,8 @@ pub struct SmtpConnection {
     pub addr: SocketAddr,
     pub host: String,
     pub tls: Option<TlsInfo>,
+    /// The peer's end-entity certificate, when TLS is up.
+    pub peer_certificate: Option<CertificateDer<'static>>,
     pub tls_mode: TlsMode,
     timeouts: Timeouts,
     /// Transactions completed on this connection.
@@ -231,6 +236,7 @@ impl SmtpConnection {
             addr: p.addr,
             host: p.host.to_string(),
             tls: None,
+            peer_certificate: None,
             tls_mode: p.tls_mode,
             timeouts: p.timeouts,
             transactions: 0,
@@ -313,7 +319,10 @@ impl SmtpConnection {
             Err(e) => return Err(ClientError::io(e)),
         }
         let config = match p.tls_mode {
-            TlsMode::Verified => p.tls.verified.clone(),
+            TlsMode::Verified => p
+                .tls
+                .verified_for(p.cert_names.to_vec())
+                .map_err(ClientError::Tls)?,
             _ => p.tls.opportunistic.clone(),
         };
         let name = ServerName::try_from(p.host.to_string()).map_err(|_| {
@@ -326,9 +335,18 @@ impl SmtpConnection {
         let handshake = tokio::time::timeout(p.timeouts.command, connector.connect(name, tcp))
             .await
             .map_err(|_| ClientError::Tls(TlsFailure::Handshake("timed out".into())))?;
-        let tls = handshake
-            .map_err(|e| ClientError::Tls(TlsFailure::from_handshake_error(&e, p.host)))?;
-        self.tls = Some(TlsInfo::from_connection(tls.get_ref().1));
+        let tls = handshake.map_err(|e| {
+            ClientError::Tls(TlsFailure::from_handshake_error(
+                &e,
+                &describe(p.cert_names),
+            ))
+        })?;
+        let session = tls.get_ref().1;
+        self.tls = Some(TlsInfo::from_connection(session));
+        self.peer_certificate = session
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+            .map(|c| c.clone().into_owned());
         self.stream = ClientStream::Tls(Box::new(tls));
         Ok(())
     }

@@ -16,6 +16,7 @@ pub mod route;
 use crate::config::Config;
 use crate::dns::Resolver;
 use crate::dsn::{self, DsnKind, DsnRequest, ReportedRecipient};
+use crate::policy::domain_list::DomainListHandle;
 use crate::queue::message::{unix_now, MessageMeta, QueueId, RecipientState, RecipientStatus};
 use crate::queue::{Committer, NewMessages, Store, StoreError};
 use crate::tls::client::ClientTls;
@@ -73,6 +74,7 @@ struct Engine {
     committer: Committer,
     resolver: Arc<dyn Resolver>,
     tls: ClientTls,
+    domain_list: Arc<DomainListHandle>,
     pool: ConnectionPool,
     timetable: Mutex<Timetable>,
     wake: Notify,
@@ -98,6 +100,7 @@ impl DeliveryEngine {
         announced: NewMessages,
         resolver: Arc<dyn Resolver>,
         tls: ClientTls,
+        domain_list: Arc<DomainListHandle>,
     ) -> Result<DeliveryEngine, StoreError> {
         let loader = store.clone();
         let backlog = tokio::task::spawn_blocking(move || load_backlog(loader.as_ref()))
@@ -117,6 +120,7 @@ impl DeliveryEngine {
             committer,
             resolver,
             tls,
+            domain_list,
             timetable: Mutex::new(timetable),
             wake: Notify::new(),
             per_destination: Mutex::new(HashMap::new()),
@@ -328,11 +332,13 @@ async fn work_on(engine: &Arc<Engine>, id: &QueueId) -> Result<Option<u64>, Stor
                     .clone()
             };
             let _slot = limit.acquire_owned().await;
+            let domain_list = engine.domain_list.current();
             let ctx = AttemptContext {
                 config: &engine.config,
                 resolver: engine.resolver.as_ref(),
                 tls: &engine.tls,
                 pool: &engine.pool,
+                domain_list: &domain_list,
             };
             let mut log = Vec::new();
             let outcomes =
@@ -435,7 +441,16 @@ fn record(
             state.tls_deferral = *tls;
             state.next_attempt = retry::next_attempt(&d.retry_schedule, state.attempts, now)
                 .min(retry::expires_at(meta.reception.received_at, d.expiry));
-            let warn = retry::older_than(meta.reception.received_at, d.delay_warning, now);
+            // T6: a TLS-policy deferral is worth telling the sender about much sooner than an
+            // ordinary one; a silent multi-day deferral is the worst outcome for the user.
+            let received = meta.reception.received_at;
+            let warn = retry::older_than(received, d.delay_warning, now)
+                || (*tls
+                    && retry::older_than(
+                        received,
+                        engine.config.outbound.tls_failure_warning_after,
+                        now,
+                    ));
             if warn && !state.delay_notified && DsnKind::Delay.wanted_by(&recipient.notify) {
                 state.delay_notified = true;
                 results

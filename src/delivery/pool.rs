@@ -5,6 +5,7 @@
 //! a connection is only ever reused under the same TLS requirements it was checked against.
 
 use super::client::{SmtpConnection, TlsMode};
+use crate::tls::verify::NamePattern;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Mutex;
@@ -15,6 +16,8 @@ pub struct PoolKey {
     pub addr: SocketAddr,
     pub host: String,
     pub tls_mode: TlsMode,
+    /// The certificate names it was validated for (`Verified`).
+    pub names: Vec<NamePattern>,
 }
 
 pub struct ConnectionPool {

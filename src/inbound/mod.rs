@@ -10,8 +10,10 @@ pub mod received;
 pub mod relay;
 pub mod session;
 pub mod stream;
+pub mod tvungen;
 
 use crate::config::{Config, ListenerConfig};
+use crate::policy::domain_list::DomainListHandle;
 use crate::queue::Committer;
 use limits::{ConnectionLimiter, LimitExceeded};
 use session::Session;
@@ -26,6 +28,10 @@ use tokio_util::task::TaskTracker;
 /// What every session shares.
 pub struct SessionContext {
     pub config: Arc<Config>,
+    /// The tvungen TLS list, for refusing plaintext from listed senders (T5).
+    pub domain_list: Arc<DomainListHandle>,
+    /// Sessions and messages refused under T5 (for metrics).
+    pub refused_plaintext: std::sync::atomic::AtomicU64,
     /// `None` when no certificate is configured (STARTTLS then not offered).
     pub tls: Option<TlsAcceptor>,
     pub committer: Committer,

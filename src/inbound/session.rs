@@ -6,8 +6,9 @@
 
 use super::connection::{ConnError, Connection, Line};
 use super::received::{received_header, ReceivedFields};
-use super::{relay, SessionContext};
-use crate::config::ListenerConfig;
+use super::{relay, tvungen, SessionContext};
+use crate::config::{ListenerConfig, Role};
+use crate::domain::Domain;
 use crate::queue::message::{
     self, BodyType, DsnNotify, MessageMeta, NewMessage, Reception, Recipient,
 };
@@ -236,6 +237,14 @@ impl Session {
                 "MAIL parameters need EHLO, not HELO",
             ));
         }
+        if let Some(domain) = self.listed_plaintext_sender(&mail) {
+            tracing::warn!(peer = %self.peer, sender_domain = %domain,
+                "plaintext session from a listed domain refused (T5)");
+            self.ctx
+                .refused_plaintext
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return self.reply(tvungen::envelope_refusal(&domain));
+        }
         if mail.requiretls && self.tls.is_none() {
             // RFC 8689 4.1
             return self.reply(Reply::new(530, "5.7.10", "REQUIRETLS needs a TLS session"));
@@ -372,9 +381,47 @@ impl Session {
                 return Flow::Continue;
             }
         }
+        if let Some(domain) = self.listed_plaintext_header_from(&body) {
+            tracing::warn!(peer = %self.peer, from_domain = %domain,
+                "plaintext message with a listed From: domain refused (T5)");
+            self.ctx
+                .refused_plaintext
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.reply(tvungen::header_refusal(&domain));
+            return Flow::Continue;
+        }
         let reply = self.commit(tx, body).await;
         self.reply(reply);
         Flow::Continue
+    }
+
+    /// T5 applies on inbound listeners, to plaintext sessions, when configured (default on).
+    fn t5_applies(&self) -> bool {
+        self.listener.role == Role::Inbound
+            && self.tls.is_none()
+            && self.ctx.config.inbound.refuse_plaintext_from_listed
+    }
+
+    fn listed_plaintext_sender(&self, mail: &MailFrom) -> Option<Domain> {
+        if !self.t5_applies() {
+            return None;
+        }
+        let domain = mail.sender.address()?.domain().clone();
+        self.ctx
+            .domain_list
+            .current()
+            .is_listed(&domain)
+            .then_some(domain)
+    }
+
+    fn listed_plaintext_header_from(&self, body: &[u8]) -> Option<Domain> {
+        if !self.t5_applies() {
+            return None;
+        }
+        let list = self.ctx.domain_list.current();
+        tvungen::header_from_domains(body)
+            .into_iter()
+            .find(|d| list.is_listed(d))
     }
 
     async fn commit(&mut self, tx: Transaction, body: Vec<u8>) -> Reply {

@@ -3,8 +3,12 @@
 //! [`resolve`] finds the level for a recipient domain. It is pure code: the domain list, DANE
 //! and MTA-STS are added to its inputs as they come (issue order in design.md).
 
+pub mod domain_list;
+
 use crate::config::{PolicyEntry, PolicyTarget};
 use crate::domain::Domain;
+use crate::tls::verify::NamePattern;
+use domain_list::DomainList;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
@@ -55,15 +59,46 @@ impl fmt::Display for TlsLevel {
     }
 }
 
-/// The TLS level for mail to `domain` (design.md, "resolution order"): an explicit
-/// `[[policy]]` entry (an exact entry before a `.suffix` one, the longest suffix first), then
-/// REQUIRETLS from the sender (RFC 8689: `verify`), otherwise `may`. A REQUIRETLS message is
-/// never sent below `verify`, whatever an explicit entry says.
-pub fn resolve(policies: &[PolicyEntry], domain: &Domain, requiretls: bool) -> TlsLevel {
+/// Where a destination's TLS level came from (logs, `tlsgate probe`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PolicySource {
+    /// An explicit `[[policy]]` entry.
+    Config,
+    /// The tvungen TLS domain list (T3).
+    DomainList,
+    /// The sender asked for REQUIRETLS (RFC 8689).
+    RequireTls,
+    /// Nothing applies: opportunistic TLS.
+    Default,
+}
+
+impl fmt::Display for PolicySource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            PolicySource::Config => "[[policy]] entry",
+            PolicySource::DomainList => "tvungen TLS domain list",
+            PolicySource::RequireTls => "REQUIRETLS",
+            PolicySource::Default => "default (opportunistic)",
+        })
+    }
+}
+
+/// The policy for one recipient domain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolvedPolicy {
+    pub level: TlsLevel,
+    pub source: PolicySource,
+    /// The domain is on the tvungen TLS list: never below `verify`, failures logged at warn.
+    pub listed: bool,
+    /// Extra certificate names from the `[[policy]]` entry (`match`).
+    pub match_names: Vec<String>,
+}
+
+fn configured_entry<'a>(policies: &'a [PolicyEntry], domain: &Domain) -> Option<&'a PolicyEntry> {
     let exact = policies
         .iter()
         .find(|p| matches!(&p.target, PolicyTarget::Exact(d) if d == domain));
-    let suffix = || {
+    exact.or_else(|| {
         policies
             .iter()
             .filter_map(|p| match &p.target {
@@ -74,14 +109,74 @@ pub fn resolve(policies: &[PolicyEntry], domain: &Domain, requiretls: bool) -> T
             })
             .max_by_key(|(len, _)| *len)
             .map(|(_, p)| p)
-    };
-    let configured = exact.or_else(suffix).map(|p| p.tls);
-    let level = configured.unwrap_or(TlsLevel::May);
-    if requiretls {
-        level.max(TlsLevel::Verify)
+    })
+}
+
+/// The TLS policy for mail to `domain` (design.md, "resolution order"): an explicit
+/// `[[policy]]` entry (an exact entry before a `.suffix` one, the longest suffix first); the
+/// domain list, which makes the level at least `verify` whatever an entry says (T3, T4);
+/// REQUIRETLS from the sender, likewise at least `verify` (RFC 8689); otherwise `may`.
+pub fn resolve(
+    policies: &[PolicyEntry],
+    list: &DomainList,
+    domain: &Domain,
+    requiretls: bool,
+) -> ResolvedPolicy {
+    let entry = configured_entry(policies, domain);
+    let listed = list.is_listed(domain);
+    let mut level = entry.map_or(TlsLevel::May, |e| e.tls);
+    let mut source = if entry.is_some() {
+        PolicySource::Config
     } else {
-        level
+        PolicySource::Default
+    };
+    if listed && level < TlsLevel::Verify {
+        level = TlsLevel::Verify;
+        source = PolicySource::DomainList;
     }
+    if requiretls && level < TlsLevel::Verify {
+        level = TlsLevel::Verify;
+        source = PolicySource::RequireTls;
+    }
+    ResolvedPolicy {
+        level,
+        source,
+        listed,
+        match_names: entry.map(|e| e.match_names.clone()).unwrap_or_default(),
+    }
+}
+
+/// Exact `[[policy]]` entries that name a listed domain with a level below `verify`: a
+/// configuration that tries to weaken the list (refused at start).
+pub fn weakening_entries(policies: &[PolicyEntry], list: &DomainList) -> Vec<(Domain, TlsLevel)> {
+    policies
+        .iter()
+        .filter_map(|p| match &p.target {
+            PolicyTarget::Exact(d) if list.is_listed(d) && p.tls < TlsLevel::Verify => {
+                Some((d.clone(), p.tls))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// The names a peer's certificate may carry at `level` (T9): `verify` the host connected to,
+/// `secure` the recipient domain or its subdomains; both plus the policy's `match` names.
+pub fn certificate_names(
+    level: TlsLevel,
+    host: &str,
+    domain: Option<&Domain>,
+    match_names: &[String],
+) -> Vec<NamePattern> {
+    let mut names = match (level, domain) {
+        (TlsLevel::Secure, Some(d)) => vec![
+            NamePattern::Exact(d.as_str().to_string()),
+            NamePattern::Subdomains(d.as_str().to_string()),
+        ],
+        _ => vec![NamePattern::parse(host)],
+    };
+    names.extend(match_names.iter().map(|m| NamePattern::parse(m)));
+    names
 }
 
 #[cfg(test)]
@@ -109,28 +204,79 @@ mod tests {
             entry("plain.partner.no", TlsLevel::None),
         ];
         let d = |s: &str| Domain::parse(s).unwrap();
-        assert_eq!(
-            resolve(&policies, &d("partner.no"), false),
-            TlsLevel::Verify
-        );
-        assert_eq!(
-            resolve(&policies, &d("mx.partner.no"), false),
-            TlsLevel::Secure
-        );
-        assert_eq!(
-            resolve(&policies, &d("plain.partner.no"), false),
-            TlsLevel::None
-        );
-        assert_eq!(resolve(&policies, &d("other.no"), false), TlsLevel::Encrypt);
-        assert_eq!(resolve(&policies, &d("example.com"), false), TlsLevel::May);
+        let none = DomainList::default();
+        let level = |name: &str, requiretls| resolve(&policies, &none, &d(name), requiretls).level;
+        assert_eq!(level("partner.no", false), TlsLevel::Verify);
+        assert_eq!(level("mx.partner.no", false), TlsLevel::Secure);
+        assert_eq!(level("plain.partner.no", false), TlsLevel::None);
+        assert_eq!(level("other.no", false), TlsLevel::Encrypt);
+        assert_eq!(level("example.com", false), TlsLevel::May);
         // RFC 8689: REQUIRETLS raises anything weaker to verify.
+        let raised = resolve(&policies, &none, &d("plain.partner.no"), true);
         assert_eq!(
-            resolve(&policies, &d("plain.partner.no"), true),
+            (raised.level, raised.source),
+            (TlsLevel::Verify, PolicySource::RequireTls)
+        );
+        assert_eq!(level("mx.partner.no", true), TlsLevel::Secure);
+    }
+
+    #[test]
+    fn listed_domains_are_never_below_verify() {
+        let list = DomainList::parse("bits.no\nfno.no\nsecure.no\n").unwrap();
+        let policies = vec![
+            entry(".no", TlsLevel::May),
+            entry("fno.no", TlsLevel::None),
+            entry("secure.no", TlsLevel::Secure),
+        ];
+        let d = |s: &str| Domain::parse(s).unwrap();
+        let bits = resolve(&policies, &list, &d("bits.no"), false);
+        assert_eq!(bits.level, TlsLevel::Verify);
+        assert_eq!(bits.source, PolicySource::DomainList);
+        assert!(bits.listed);
+        assert_eq!(
+            resolve(&[], &list, &d("bits.no"), false).level,
             TlsLevel::Verify
         );
+        // An entry may make a listed domain stricter, never weaker (T4).
+        let fno = resolve(&policies, &list, &d("fno.no"), false);
+        assert_eq!(fno.level, TlsLevel::Verify);
         assert_eq!(
-            resolve(&policies, &d("mx.partner.no"), true),
+            resolve(&policies, &list, &d("secure.no"), false).level,
             TlsLevel::Secure
+        );
+        // Not listed: the entry applies.
+        assert_eq!(
+            resolve(&policies, &list, &d("other.no"), false).level,
+            TlsLevel::May
+        );
+        // The exact weakening entry is reported (a config error at start).
+        assert_eq!(
+            weakening_entries(&policies, &list),
+            vec![(d("fno.no"), TlsLevel::None)]
+        );
+    }
+
+    #[test]
+    fn certificate_names_per_level() {
+        let domain = Domain::parse("partner.no").unwrap();
+        let names = |level| {
+            certificate_names(
+                level,
+                "mx1.hosted.example",
+                Some(&domain),
+                &[".outlook.com".into()],
+            )
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            names(TlsLevel::Verify),
+            vec!["mx1.hosted.example", ".outlook.com"]
+        );
+        assert_eq!(
+            names(TlsLevel::Secure),
+            vec!["partner.no", ".partner.no", ".outlook.com"]
         );
     }
 

@@ -12,6 +12,7 @@
 //! say precisely what went wrong.
 
 use super::keys::{self, KeyError};
+use super::verify::{NamePattern, PolicyVerifier};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
@@ -103,11 +104,14 @@ impl TlsFailure {
     }
 }
 
-/// The two client configurations, built once at start (loading roots is not free).
+/// Client TLS, built once at start (loading roots is not free): the opportunistic
+/// configuration, and the trust roots from which a validating configuration is made for the
+/// names each connection accepts.
 #[derive(Clone)]
 pub struct ClientTls {
     pub opportunistic: Arc<ClientConfig>,
-    pub verified: Arc<ClientConfig>,
+    webpki: Arc<WebPkiServerVerifier>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
 }
 
 impl ClientTls {
@@ -134,21 +138,31 @@ impl ClientTls {
                 path: "<trust roots>".into(),
                 reason: e.to_string(),
             })?;
-        let verified = ClientConfig::builder_with_provider(provider.clone())
-            .with_protocol_versions(super::PROTOCOL_VERSIONS)
-            .map_err(rejected)?
-            .with_webpki_verifier(webpki)
-            .with_no_client_auth();
         let opportunistic = ClientConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(super::PROTOCOL_VERSIONS)
             .map_err(rejected)?
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(UnauthenticatedPeer { provider }))
+            .with_custom_certificate_verifier(Arc::new(UnauthenticatedPeer {
+                provider: provider.clone(),
+            }))
             .with_no_client_auth();
         Ok(ClientTls {
             opportunistic: Arc::new(opportunistic),
-            verified: Arc::new(verified),
+            webpki,
+            provider,
         })
+    }
+
+    /// A validating configuration that accepts a certificate for any of `names` (T9).
+    pub fn verified_for(&self, names: Vec<NamePattern>) -> Result<Arc<ClientConfig>, TlsFailure> {
+        let verifier = PolicyVerifier::new(self.webpki.clone(), names);
+        let config = ClientConfig::builder_with_provider(self.provider.clone())
+            .with_protocol_versions(super::PROTOCOL_VERSIONS)
+            .map_err(|e| TlsFailure::Handshake(format!("client configuration: {e}")))?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(verifier))
+            .with_no_client_auth();
+        Ok(Arc::new(config))
     }
 }
 

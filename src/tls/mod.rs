@@ -6,6 +6,7 @@
 
 pub mod client;
 pub mod keys;
+pub mod verify;
 
 use rustls::ServerConfig;
 use std::path::Path;

@@ -1,0 +1,556 @@
+//! The *Domeneliste for Tvungen TLS* (T10): the published list of domains that mail must only
+//! reach over validated TLS.
+//!
+//! Accepted formats (design.md, "Domain list format"):
+//! * the Bits list as CSV, `;` or `,` separated, with or without its header row
+//!   `Selskapsnavn; Organisasjonsnummer; Domene med tvungen TLS; Dato innmeldt; Støtte for krav
+//!   5.2.4`; a domain cell may name several domains (separated by spaces, `,` or `;` inside
+//!   quotes);
+//! * one domain per line.
+//!
+//! Lines starting with `#` and empty lines are ignored. Names are normalised (case, trailing
+//! dot, IDNA → A-label). A file with any bad row is refused whole, with every bad line listed,
+//! so a damaged file can never silently shorten the list; the caller keeps the old list.
+
+use crate::domain::Domain;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::SystemTime;
+
+/// One listed domain and what the list says about its organisation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListedDomain {
+    pub domain: Domain,
+    pub company: String,
+    pub org_number: String,
+    /// "Dato innmeldt" as days since 1970-01-01.
+    pub joined: Option<i64>,
+    /// "Støtte for krav 5.2.4": the organisation refuses plaintext mail itself.
+    pub supports_5_2_4: Option<bool>,
+}
+
+/// A parsed list.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DomainList {
+    domains: BTreeMap<Domain, ListedDomain>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LineError {
+    pub line: usize,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ListError {
+    #[error("{path}: cannot read: {reason}")]
+    Read { path: String, reason: String },
+    #[error("{path}: {} bad line(s): {}", .errors.len(), format_errors(.errors))]
+    Parse {
+        path: String,
+        errors: Vec<LineError>,
+    },
+    #[error(
+        "{path}: the list names no domain (refused: an empty list would turn tvungen TLS off)"
+    )]
+    Empty { path: String },
+}
+
+fn format_errors(errors: &[LineError]) -> String {
+    let shown: Vec<String> = errors
+        .iter()
+        .take(10)
+        .map(|e| format!("line {}: {}", e.line, e.reason))
+        .collect();
+    let more = errors.len().saturating_sub(10);
+    if more > 0 {
+        format!("{}; and {more} more", shown.join("; "))
+    } else {
+        shown.join("; ")
+    }
+}
+
+impl DomainList {
+    pub fn is_listed(&self, domain: &Domain) -> bool {
+        self.domains.contains_key(domain)
+    }
+
+    pub fn get(&self, domain: &Domain) -> Option<&ListedDomain> {
+        self.domains.get(domain)
+    }
+
+    pub fn len(&self) -> usize {
+        self.domains.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.domains.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &ListedDomain> {
+        self.domains.values()
+    }
+
+    /// The newest "Dato innmeldt" (days since the epoch).
+    pub fn newest_joined(&self) -> Option<i64> {
+        self.domains.values().filter_map(|d| d.joined).max()
+    }
+
+    /// Parses list text; `Err` lists every bad line.
+    pub fn parse(text: &str) -> Result<DomainList, Vec<LineError>> {
+        let mut list = DomainList::default();
+        let mut errors = Vec::new();
+        let mut columns: Option<Columns> = None;
+        let mut header_seen = false;
+        for (index, raw_line) in text.lines().enumerate() {
+            let line_no = index + 1;
+            let line = raw_line.trim_start_matches('\u{feff}').trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let separator = separator_of(line);
+            let cells = match separator {
+                Some(sep) => split_csv(line, sep),
+                None => vec![line.to_string()],
+            };
+            if !header_seen && is_header(&cells) {
+                header_seen = true;
+                columns = Some(Columns::from_header(&cells));
+                continue;
+            }
+            header_seen = true;
+            let cols = columns.unwrap_or(if cells.len() == 1 {
+                Columns::single()
+            } else {
+                Columns::bits_order()
+            });
+            let cell = |i: Option<usize>| {
+                i.and_then(|i| cells.get(i))
+                    .map(|s| s.trim().to_string())
+                    .unwrap_or_default()
+            };
+            let domain_cell = cell(Some(cols.domain));
+            if domain_cell.is_empty() {
+                errors.push(LineError {
+                    line: line_no,
+                    reason: "no domain in the \"Domene med tvungen TLS\" column".into(),
+                });
+                continue;
+            }
+            let joined_text = cell(cols.joined);
+            let joined = if joined_text.is_empty() {
+                None
+            } else {
+                match parse_date(&joined_text) {
+                    Some(days) => Some(days),
+                    None => {
+                        errors.push(LineError {
+                            line: line_no,
+                            reason: format!("{joined_text:?} is not a date (YYYY-MM-DD)"),
+                        });
+                        continue;
+                    }
+                }
+            };
+            let supports = match cell(cols.supports).to_ascii_lowercase().as_str() {
+                "ja" | "yes" | "j" | "y" | "true" => Some(true),
+                "nei" | "no" | "n" | "false" => Some(false),
+                _ => None,
+            };
+            for name in domain_cell
+                .split(|c: char| c.is_whitespace() || c == ',' || c == ';')
+                .filter(|s| !s.is_empty())
+            {
+                match Domain::parse(name) {
+                    Ok(domain) if domain.as_str().contains('.') => {
+                        list.domains.insert(
+                            domain.clone(),
+                            ListedDomain {
+                                domain,
+                                company: cell(cols.company),
+                                org_number: cell(cols.org_number),
+                                joined,
+                                supports_5_2_4: supports,
+                            },
+                        );
+                    }
+                    Ok(_) => errors.push(LineError {
+                        line: line_no,
+                        reason: format!("{name:?} is not a fully qualified domain"),
+                    }),
+                    Err(e) => errors.push(LineError {
+                        line: line_no,
+                        reason: format!("{name:?} is not a domain: {e}"),
+                    }),
+                }
+            }
+        }
+        if errors.is_empty() {
+            Ok(list)
+        } else {
+            Err(errors)
+        }
+    }
+
+    /// Reads and parses a list file.
+    pub fn load(path: &Path) -> Result<DomainList, ListError> {
+        let shown = path.display().to_string();
+        let bytes = std::fs::read(path).map_err(|e| ListError::Read {
+            path: shown.clone(),
+            reason: e.to_string(),
+        })?;
+        let text = String::from_utf8(bytes).map_err(|_| ListError::Read {
+            path: shown.clone(),
+            reason: "not UTF-8 text".into(),
+        })?;
+        let list = DomainList::parse(&text).map_err(|errors| ListError::Parse {
+            path: shown.clone(),
+            errors,
+        })?;
+        if list.is_empty() {
+            return Err(ListError::Empty { path: shown });
+        }
+        Ok(list)
+    }
+}
+
+/// Which column holds what.
+#[derive(Debug, Clone, Copy)]
+struct Columns {
+    company: Option<usize>,
+    org_number: Option<usize>,
+    domain: usize,
+    joined: Option<usize>,
+    supports: Option<usize>,
+}
+
+impl Columns {
+    fn bits_order() -> Columns {
+        Columns {
+            company: Some(0),
+            org_number: Some(1),
+            domain: 2,
+            joined: Some(3),
+            supports: Some(4),
+        }
+    }
+
+    fn single() -> Columns {
+        Columns {
+            company: None,
+            org_number: None,
+            domain: 0,
+            joined: None,
+            supports: None,
+        }
+    }
+
+    fn from_header(cells: &[String]) -> Columns {
+        let find = |words: &[&str]| {
+            cells.iter().position(|c| {
+                let c = c.to_lowercase();
+                words.iter().any(|w| c.contains(w))
+            })
+        };
+        Columns {
+            company: find(&["selskap", "company", "navn"]),
+            org_number: find(&["organisasjonsnummer", "org"]),
+            domain: find(&["domene", "domain"]).unwrap_or(0),
+            joined: find(&["dato", "date", "innmeldt"]),
+            supports: find(&["5.2.4", "støtte", "support"]),
+        }
+    }
+}
+
+fn is_header(cells: &[String]) -> bool {
+    cells.iter().any(|c| {
+        let c = c.to_lowercase();
+        c.contains("domene") || c.contains("selskapsnavn") || c == "domain"
+    })
+}
+
+/// `;` wins over `,` (the Bits list uses `;`; a `,` may then separate domains in a cell).
+fn separator_of(line: &str) -> Option<char> {
+    if line.contains(';') {
+        Some(';')
+    } else if line.contains(',') {
+        Some(',')
+    } else {
+        None
+    }
+}
+
+/// Splits one CSV line; double quotes protect separators, `""` is a quote.
+fn split_csv(line: &str, sep: char) -> Vec<String> {
+    let mut cells = Vec::new();
+    let mut cell = String::new();
+    let mut quoted = false;
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' if quoted && chars.peek() == Some(&'"') => {
+                cell.push('"');
+                chars.next();
+            }
+            '"' => quoted = !quoted,
+            c if c == sep && !quoted => cells.push(std::mem::take(&mut cell)),
+            c => cell.push(c),
+        }
+    }
+    cells.push(cell);
+    cells
+}
+
+/// `YYYY-MM-DD` or `DD.MM.YYYY` → days since 1970-01-01.
+pub fn parse_date(text: &str) -> Option<i64> {
+    let (y, m, d) = if let Some((y, rest)) = text.split_once('-') {
+        let (m, d) = rest.split_once('-')?;
+        (y, m, d)
+    } else {
+        let (d, rest) = text.split_once('.')?;
+        let (m, y) = rest.split_once('.')?;
+        (y, m, d)
+    };
+    let (y, m, d): (i64, u32, u32) = (y.parse().ok()?, m.parse().ok()?, d.parse().ok()?);
+    if !(1970..=9999).contains(&y) || !(1..=12).contains(&m) || !(1..=31).contains(&d) {
+        return None;
+    }
+    Some(days_from_civil(y, m, d))
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's civil-from-days inverse).
+fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let m = i64::from(m);
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(d) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// How the list's age is measured (`domain_list.age_from`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AgeFrom {
+    /// The file's modification time.
+    File,
+    /// The newest "Dato innmeldt" in the list.
+    NewestEntry,
+}
+
+/// The list in force, shared by sessions, delivery and the CLI; replaced whole on reload.
+pub struct DomainListHandle {
+    path: Option<PathBuf>,
+    current: RwLock<Loaded>,
+}
+
+#[derive(Clone)]
+struct Loaded {
+    list: Arc<DomainList>,
+    modified: Option<SystemTime>,
+}
+
+/// What a reload did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reloaded {
+    Unchanged,
+    Replaced { old: usize, new: usize },
+}
+
+impl fmt::Debug for DomainListHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DomainListHandle")
+            .field("path", &self.path)
+            .field("domains", &self.current().len())
+            .finish()
+    }
+}
+
+fn modified(path: &Path) -> Option<SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+impl DomainListHandle {
+    /// Loads the list at `path` (none configured: an empty list).
+    pub fn load(path: Option<&Path>) -> Result<DomainListHandle, ListError> {
+        let loaded = match path {
+            Some(p) => Loaded {
+                list: Arc::new(DomainList::load(p)?),
+                modified: modified(p),
+            },
+            None => Loaded {
+                list: Arc::new(DomainList::default()),
+                modified: None,
+            },
+        };
+        Ok(DomainListHandle {
+            path: path.map(Path::to_path_buf),
+            current: RwLock::new(loaded),
+        })
+    }
+
+    /// A handle holding a given list (tests, `probe`).
+    pub fn fixed(list: DomainList) -> DomainListHandle {
+        DomainListHandle {
+            path: None,
+            current: RwLock::new(Loaded {
+                list: Arc::new(list),
+                modified: None,
+            }),
+        }
+    }
+
+    /// The list in force now. Cheap: sessions take one per check.
+    pub fn current(&self) -> Arc<DomainList> {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .list
+            .clone()
+    }
+
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+
+    /// Reloads the file. On error the old list stays in force.
+    pub fn reload(&self) -> Result<Reloaded, ListError> {
+        let Some(path) = &self.path else {
+            return Ok(Reloaded::Unchanged);
+        };
+        let list = DomainList::load(path)?;
+        let mut current = self.current.write().unwrap_or_else(|p| p.into_inner());
+        current.modified = modified(path);
+        if *current.list == list {
+            return Ok(Reloaded::Unchanged);
+        }
+        let old = current.list.len();
+        let new = list.len();
+        current.list = Arc::new(list);
+        Ok(Reloaded::Replaced { old, new })
+    }
+
+    /// Reloads when the file's modification time changed since the last load.
+    pub fn reload_if_changed(&self) -> Result<Reloaded, ListError> {
+        let Some(path) = &self.path else {
+            return Ok(Reloaded::Unchanged);
+        };
+        let seen = self
+            .current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .modified;
+        if modified(path) == seen {
+            return Ok(Reloaded::Unchanged);
+        }
+        self.reload()
+    }
+
+    /// Age of the list in days, measured as configured.
+    pub fn age_days(&self, from: AgeFrom, now: SystemTime) -> Option<i64> {
+        let current = self.current.read().unwrap_or_else(|p| p.into_inner());
+        let now_days = now.duration_since(SystemTime::UNIX_EPOCH).ok()?.as_secs() as i64 / 86_400;
+        match from {
+            AgeFrom::File => {
+                let m = current.modified?;
+                Some(
+                    now.duration_since(m)
+                        .map_or(0, |d| d.as_secs() as i64 / 86_400),
+                )
+            }
+            AgeFrom::NewestEntry => current.list.newest_joined().map(|d| now_days - d),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn d(s: &str) -> Domain {
+        Domain::parse(s).unwrap()
+    }
+
+    #[test]
+    fn parses_the_bits_format_with_header() {
+        let text = "Selskapsnavn; Organisasjonsnummer; Domene med tvungen TLS; Dato innmeldt; Støtte for krav 5.2.4\n\
+                    Bits AS; 916960190; bits.no; 2017-02-01; Nei\n\
+                    Finans Norge; ; FNO.no. finansnorge.no; 01.02.2017; Ja\n\
+                    # a comment\n\
+                    \n\
+                    Blåbær Bank; 123; \"blåbær.no, bank.example\"; 2024-05-06; \n";
+        let list = DomainList::parse(text).unwrap();
+        assert_eq!(list.len(), 5);
+        let bits = list.get(&d("bits.no")).unwrap();
+        assert_eq!(bits.company, "Bits AS");
+        assert_eq!(bits.org_number, "916960190");
+        assert_eq!(bits.supports_5_2_4, Some(false));
+        assert_eq!(bits.joined, parse_date("2017-02-01"));
+        assert!(list.is_listed(&d("fno.no")));
+        assert!(list.is_listed(&d("finansnorge.no")));
+        assert_eq!(list.get(&d("fno.no")).unwrap().supports_5_2_4, Some(true));
+        // IDNA: listed under the A-label.
+        assert!(list.is_listed(&d("blåbær.no")));
+        assert!(d("blåbær.no").as_str().starts_with("xn--"));
+        assert!(list.is_listed(&d("bank.example")));
+        assert_eq!(list.newest_joined(), parse_date("2024-05-06"));
+    }
+
+    #[test]
+    fn parses_comma_csv_without_header_and_plain_lines() {
+        let csv = "Bits AS,916960190,bits.no,2017-02-01,Nei\n";
+        assert!(DomainList::parse(csv).unwrap().is_listed(&d("bits.no")));
+        let plain = "bits.no\nFNO.NO.\n";
+        let list = DomainList::parse(plain).unwrap();
+        assert_eq!(list.len(), 2);
+        assert!(list.is_listed(&d("fno.no")));
+    }
+
+    #[test]
+    fn bad_rows_are_refused_with_line_numbers() {
+        let text = "Selskapsnavn;Organisasjonsnummer;Domene med tvungen TLS;Dato innmeldt\n\
+                    Ok AS;1;ok.no;2020-01-01\n\
+                    Bad AS;2;not a domain!;2020-01-01\n\
+                    Worse AS;3;worse.no;yesterday\n\
+                    Empty AS;4;;2020-01-01\n";
+        let errors = DomainList::parse(text).unwrap_err();
+        let lines: Vec<usize> = errors.iter().map(|e| e.line).collect();
+        assert_eq!(lines, vec![3, 3, 3, 4, 5]);
+        assert!(errors[3].reason.contains("yesterday"));
+    }
+
+    #[test]
+    fn dates_count_days_since_the_epoch() {
+        assert_eq!(parse_date("1970-01-01"), Some(0));
+        assert_eq!(parse_date("2000-03-01"), Some(11_017));
+        assert_eq!(parse_date("01.03.2000"), Some(11_017));
+        assert_eq!(parse_date("2024-13-01"), None);
+    }
+
+    #[test]
+    fn a_failed_reload_keeps_the_old_list() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("list.csv");
+        std::fs::write(&path, "bits.no\n").unwrap();
+        let handle = DomainListHandle::load(Some(&path)).unwrap();
+        assert_eq!(handle.current().len(), 1);
+
+        std::fs::write(&path, "bits.no\nbroken domain\n").unwrap();
+        let err = handle.reload().unwrap_err();
+        assert!(err.to_string().contains("line 2"), "{err}");
+        assert!(handle.current().is_listed(&d("bits.no")));
+
+        std::fs::write(&path, "").unwrap();
+        assert!(matches!(handle.reload(), Err(ListError::Empty { .. })));
+        assert_eq!(handle.current().len(), 1);
+
+        std::fs::write(&path, "bits.no\nfno.no\n").unwrap();
+        assert_eq!(
+            handle.reload().unwrap(),
+            Reloaded::Replaced { old: 1, new: 2 }
+        );
+        assert!(handle.current().is_listed(&d("fno.no")));
+    }
+}
