@@ -140,6 +140,7 @@ const DNS_TIMEOUT: Duration = Duration::from_secs(10);
 /// A started relay.
 pub struct RunningServer {
     domain_list: Arc<DomainListHandle>,
+    sessions_ctx: Arc<SessionContext>,
     listeners: Vec<(Role, SocketAddr)>,
     store: Arc<SledStore>,
     committer: Committer,
@@ -263,6 +264,7 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
     ));
     Ok(RunningServer {
         domain_list,
+        sessions_ctx: ctx,
         listeners,
         store,
         committer,
@@ -299,6 +301,11 @@ impl RunningServer {
         &self.delivery
     }
 
+    /// Sessions and messages refused under T5 since start.
+    pub fn refused_plaintext(&self) -> &std::sync::atomic::AtomicU64 {
+        &self.sessions_ctx.refused_plaintext
+    }
+
     /// The tvungen TLS list in force.
     pub fn domain_list(&self) -> &Arc<DomainListHandle> {
         &self.domain_list
@@ -332,6 +339,7 @@ impl RunningServer {
             Err(e) => tracing::error!(error = %e, "final queue sync panicked"),
         }
         drop(self.store);
+        drop(self.sessions_ctx);
         if self.committer.close(Duration::from_secs(10)).await {
             tracing::info!("queue closed, shutdown complete");
         } else {

@@ -4,6 +4,7 @@
 
 pub mod dns;
 pub mod mx_sink;
+pub mod relay;
 
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName};
@@ -53,6 +54,17 @@ impl TestCa {
         let key = rcgen::KeyPair::generate().unwrap();
         let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
         let params = rcgen::CertificateParams::new(names).unwrap();
+        let cert = params.signed_by(&key, &self.ca_cert, &self.ca_key).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+
+    /// A leaf for `names` whose validity ended in 2021.
+    pub fn issue_expired(&self, names: &[&str]) -> (String, String) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+        let mut params = rcgen::CertificateParams::new(names).unwrap();
+        params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2021, 1, 1);
         let cert = params.signed_by(&key, &self.ca_cert, &self.ca_key).unwrap();
         (cert.pem(), key.serialize_pem())
     }

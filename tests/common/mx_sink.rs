@@ -31,6 +31,8 @@ pub struct Behaviour {
     pub starttls_reply: String,
     /// Bytes written together with the `220` to STARTTLS (response injection).
     pub inject_after_starttls: Option<Vec<u8>>,
+    /// After the `220` to STARTTLS, answer the client's hello with bytes that are not TLS.
+    pub break_handshake: bool,
     pub extensions: Vec<String>,
     pub ehlo_reply_override: Option<String>,
     pub mail_reply: String,
@@ -49,6 +51,7 @@ impl Default for Behaviour {
             advertise_starttls: true,
             starttls_reply: "220 2.0.0 ready".into(),
             inject_after_starttls: None,
+            break_handshake: false,
             extensions: [
                 "PIPELINING",
                 "8BITMIME",
@@ -291,6 +294,12 @@ async fn serve(
                 conn.io.write_all(&reply).await.ok()?;
                 conn.io.flush().await.ok()?;
                 conn.buf.clear();
+                if b.break_handshake {
+                    let mut hello = [0u8; 512];
+                    let _ = tokio::time::timeout(READ_TIMEOUT, conn.io.read(&mut hello)).await;
+                    conn.io.write_all(b"this is not TLS\r\n").await.ok()?;
+                    return None;
+                }
                 let acceptor = tokio_rustls::TlsAcceptor::from(config);
                 // The plaintext stream is moved into the handshake.
                 let plain = std::mem::replace(&mut conn.io, Box::new(tokio::io::duplex(1).0));

@@ -1,0 +1,269 @@
+//! A relay under test with its own DNS and SMTP sinks, for delivery and tvungen TLS tests:
+//! tlsgate relays to scripted sinks found through the test DNS; DSNs to local senders land on
+//! the next-hop sink and are parsed with mail-parser.
+
+use super::dns::TestDns;
+use super::mx_sink::{Behaviour, Sink, SinkMessage};
+use super::{SmtpClient, TestCa, TestServer, HOSTNAME};
+use mail_parser::{MessageParser, MimeHeaders};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+use tlsgate::config::Config;
+
+pub const MX1: &str = "127.0.0.2";
+pub const MX2: &str = "127.0.0.3";
+pub const NEXT_HOP: &str = "127.0.0.4";
+pub const WAIT: Duration = Duration::from_secs(20);
+
+/// One relay under test with its DNS, its next-hop sink (where DSNs to local senders land)
+/// and the port every sink listens on.
+pub struct Setup {
+    pub relay: TestServer,
+    pub dns: TestDns,
+    pub port: u16,
+    pub next_hop: Sink,
+}
+
+pub fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+pub fn at(ip: &str, port: u16) -> SocketAddr {
+    SocketAddr::new(ip.parse().unwrap(), port)
+}
+
+/// Starts DNS, the next-hop sink and tlsgate. `delivery` replaces the `[delivery]` keys,
+/// `extra` is appended (e.g. `[[policy]]` entries).
+pub async fn setup(delivery: &str, extra: &str) -> Setup {
+    setup_with("", delivery, extra).await
+}
+
+/// As [`setup`], with `outbound` keys added to `[outbound]`.
+pub async fn setup_with(outbound: &str, delivery: &str, extra: &str) -> Setup {
+    let dns = TestDns::start().await;
+    let (port, next_hop) = loop {
+        let port = super::mx_sink::free_port();
+        if let Ok(sink) = Sink::try_start(at(NEXT_HOP, port), Behaviour::default()).await {
+            break (port, sink);
+        }
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new();
+    let (cert, key) = ca.write_server_files(dir.path(), &[HOSTNAME]);
+    let ca_path = dir.path().join("test-ca.pem");
+    std::fs::write(&ca_path, &ca.cert_pem).unwrap();
+    let text = format!(
+        r#"
+[server]
+hostname = "{HOSTNAME}"
+data_dir = "{data}"
+max_message_size = 100000
+min_free_space = 0
+admin_contact = "postmaster@example.no"
+
+[tls]
+cert = "{cert}"
+key = "{key}"
+
+[[listener]]
+bind = "127.0.0.1:0"
+role = "inbound"
+
+[[listener]]
+bind = "127.0.0.1:0"
+role = "outbound"
+
+[inbound]
+local_domains = ["example.no"]
+next_hop = "{NEXT_HOP}:{port}"
+next_hop_tls = "may"
+
+[outbound]
+relay_networks = ["127.0.0.0/8"]
+smtp_port = {port}
+extra_trust_roots = ["{ca}"]
+{outbound}
+
+[dns]
+nameservers = ["{dns}"]
+
+[delivery]
+connect_timeout = "2s"
+command_timeout = "5s"
+data_timeout = "5s"
+idle_timeout = "3s"
+{delivery}
+{extra}
+"#,
+        data = dir.path().join("data").display(),
+        cert = cert.display(),
+        key = key.display(),
+        ca = ca_path.display(),
+        dns = dns.addr,
+    );
+    let relay = TestServer::start_with_config(dir, ca, &text).await;
+    Setup {
+        relay,
+        dns,
+        port,
+        next_hop,
+    }
+}
+
+impl Setup {
+    /// A sink on `ip` at the shared port.
+    pub async fn sink(&self, ip: &str, behaviour: Behaviour) -> Sink {
+        Sink::try_start(at(ip, self.port), behaviour)
+            .await
+            .expect("sink port free on this loopback address")
+    }
+
+    /// A TLS-capable sink with a certificate from the relay's trusted test CA.
+    pub async fn tls_sink(&self, ip: &str, names: &[&str], mut behaviour: Behaviour) -> Sink {
+        behaviour.tls = Some(server_tls(&self.relay.ca, names));
+        self.sink(ip, behaviour).await
+    }
+
+    /// Submits a message on the outbound (smarthost) listener; returns its queue id.
+    pub async fn submit(&self, from: &str, to: &[&str], subject: &str) -> String {
+        let mut client = SmtpClient::connect_greeted(self.relay.outbound()).await;
+        client.ehlo("exchange.example.no").await;
+        let reply = client.send_mail(from, to, &super::message(subject)).await;
+        assert_eq!(reply.code, 250, "{}", reply.text());
+        super::queue_id(&reply)
+    }
+
+    pub async fn wait_queue_empty(&self) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while self.relay.queue_len() > 0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "queue still holds {} messages",
+                self.relay.queue_len()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Restarts the relay on the same data directory and configuration.
+    pub async fn restart(&mut self) {
+        self.relay.stop().await;
+        let config: Config = self.relay.config.clone();
+        self.relay.server = Some(tlsgate::server::start(config).await.unwrap());
+    }
+}
+
+pub fn server_tls(ca: &TestCa, names: &[&str]) -> Arc<rustls::ServerConfig> {
+    let (cert, key) = ca.issue(names);
+    server_tls_from_pem(&cert, &key)
+}
+
+/// A STARTTLS server configuration from PEM texts (any certificate, even a bad one).
+pub fn server_tls_from_pem(cert: &str, key: &str) -> Arc<rustls::ServerConfig> {
+    let dir = tempfile::tempdir().unwrap();
+    let cert_path = dir.path().join("c.pem");
+    let key_path = dir.path().join("k.pem");
+    std::fs::write(&cert_path, cert).unwrap();
+    std::fs::write(&key_path, key).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    tlsgate::tls::server_config(&cert_path, &key_path).unwrap()
+}
+
+pub fn reply_for(rules: &'static [(&'static str, &'static str)]) -> Behaviour {
+    Behaviour {
+        rcpt_reply: Arc::new(move |rcpt: &str| {
+            rules
+                .iter()
+                .find(|(who, _)| rcpt.starts_with(who))
+                .map(|(_, reply)| reply.to_string())
+                .unwrap_or_else(|| "250 2.1.5 ok".to_string())
+        }),
+        ..Behaviour::default()
+    }
+}
+
+pub fn always(reply: &'static str) -> Behaviour {
+    Behaviour {
+        rcpt_reply: Arc::new(move |_: &str| reply.to_string()),
+        ..Behaviour::default()
+    }
+}
+
+/// A DSN as received: subject and the recipient groups of its delivery-status part.
+pub struct Dsn {
+    pub subject: String,
+    pub human: String,
+    pub fields: Vec<Vec<(String, String)>>,
+}
+
+impl Dsn {
+    pub fn field(&self, group: usize, name: &str) -> Option<&str> {
+        self.fields.get(group).and_then(|g| {
+            g.iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.as_str())
+        })
+    }
+}
+
+pub fn parse_dsn(message: &SinkMessage) -> Dsn {
+    assert!(
+        message.mail_from.starts_with("<>"),
+        "DSNs come from the null sender: {}",
+        message.mail_from
+    );
+    let parsed = MessageParser::default()
+        .parse(&message.data)
+        .expect("DSN parses");
+    let ct = parsed.content_type().expect("content type");
+    assert_eq!(
+        (ct.ctype(), ct.subtype()),
+        ("multipart", Some("report")),
+        "RFC 3464 report"
+    );
+    assert_eq!(ct.attribute("report-type"), Some("delivery-status"));
+    let subparts = parsed.parts[0].sub_parts().expect("parts").to_vec();
+    let part = |i: usize| &parsed.parts[subparts[i] as usize];
+    let status = String::from_utf8_lossy(part(1).contents()).replace("\r\n", "\n");
+    let fields = status
+        .split("\n\n")
+        .filter(|g| !g.trim().is_empty())
+        .map(|g| {
+            g.lines()
+                .filter_map(|l| l.split_once(':'))
+                .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+                .collect()
+        })
+        .collect();
+    Dsn {
+        subject: parsed.subject().unwrap_or("").to_string(),
+        human: part(0).text_contents().unwrap_or("").to_string(),
+        fields,
+    }
+}
+
+pub async fn wait_until(mut done: impl FnMut() -> bool, what: &str) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !done() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Waits until the only message's first recipient has been deferred; returns its state.
+pub async fn wait_for_deferral(s: &Setup) -> tlsgate::queue::RecipientState {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let store = s.relay.running().store();
+        if let Some(id) = store.message_ids().unwrap().first() {
+            let state = store.recipient_states(id).unwrap().remove(0);
+            if state.status == tlsgate::queue::RecipientStatus::Deferred {
+                return state;
+            }
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no deferral");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
