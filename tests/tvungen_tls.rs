@@ -124,8 +124,10 @@ async fn failed_handshake_defers() {
 async fn self_signed_certificate_defers() {
     let (s, _dir, _) = listed("").await;
     let stranger = TestCa::new();
-    let mut b = Behaviour::default();
-    b.tls = Some(server_tls(&stranger, &["mx1.partner.test"]));
+    let b = Behaviour {
+        tls: Some(server_tls(&stranger, &["mx1.partner.test"])),
+        ..Behaviour::default()
+    };
     let mx = s.sink(MX1, b).await;
     expect_tls_deferral(&s, &mx, "4.7.5", "certificate not trusted").await;
 }
@@ -134,8 +136,10 @@ async fn self_signed_certificate_defers() {
 async fn expired_certificate_defers() {
     let (s, _dir, _) = listed("").await;
     let (cert, key) = s.relay.ca.issue_expired(&["mx1.partner.test"]);
-    let mut b = Behaviour::default();
-    b.tls = Some(server_tls_from_pem(&cert, &key));
+    let b = Behaviour {
+        tls: Some(server_tls_from_pem(&cert, &key)),
+        ..Behaviour::default()
+    };
     let mx = s.sink(MX1, b).await;
     expect_tls_deferral(&s, &mx, "4.7.5", "certificate expired").await;
 }
