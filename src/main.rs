@@ -29,6 +29,23 @@ enum Commands {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// The tvungen TLS domain list: show it, or check every listed domain (T7).
+    Domains {
+        #[command(subcommand)]
+        action: DomainsAction,
+    },
+    /// Resolve MX, connect, STARTTLS and validate one domain as delivery would, and print the
+    /// policy it resolves to (like posttls-finger).
+    Probe {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        domain: String,
+        #[arg(long)]
+        json: bool,
+        /// Bound for every connect and reply.
+        #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
     /// Write a self-signed certificate and key (mode 0600) for tests and first start.
     GenCert {
         /// Host names for the certificate (the first is the subject).
@@ -37,6 +54,34 @@ enum Commands {
         /// Directory to write server.pem and server.key into.
         #[arg(long, default_value = ".")]
         out: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum DomainsAction {
+    /// Print the list in force (domain, company, organisation number, date joined).
+    List {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// T7 compliance check: every listed domain (or the --domain ones) checked exactly as
+    /// delivery would; exits non-zero if any would fail.
+    Check {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+        /// Check only these domains (repeatable).
+        #[arg(long = "domain")]
+        domains: Vec<String>,
+        /// Bound for every connect and reply.
+        #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+        /// Domains checked at the same time.
+        #[arg(long, default_value_t = 16)]
+        parallel: usize,
     },
 }
 
@@ -66,6 +111,25 @@ fn main() -> ExitCode {
         Commands::Serve { config, grace } => serve(config.as_deref(), grace),
         Commands::CheckConfig { config } => check_config(config.as_deref()),
         Commands::GenCert { hosts, out } => gen_cert(&hosts, &out),
+        Commands::Domains {
+            action: DomainsAction::List { config, json },
+        } => domains_list(config.as_deref(), json),
+        Commands::Domains {
+            action:
+                DomainsAction::Check {
+                    config,
+                    json,
+                    domains,
+                    timeout,
+                    parallel,
+                },
+        } => domains_check(config.as_deref(), json, &domains, timeout, parallel),
+        Commands::Probe {
+            config,
+            domain,
+            json,
+            timeout,
+        } => domains_check(config.as_deref(), json, &[domain], timeout, 1),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -83,22 +147,29 @@ fn serve(path: Option<&Path>, grace: Duration) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {
         let server = tlsgate::server::start(config).await?;
-        wait_for_stop_signal().await?;
+        wait_for_stop_signal(&server).await?;
         tracing::info!(grace = ?grace, "stop signal received, shutting down");
         server.shutdown(grace).await;
         Ok(())
     })
 }
 
-async fn wait_for_stop_signal() -> anyhow::Result<()> {
+/// Waits for SIGTERM or SIGINT; SIGHUP meanwhile reloads the domain list (T10).
+async fn wait_for_stop_signal(server: &tlsgate::server::RunningServer) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => return Ok(()),
+            _ = int.recv() => return Ok(()),
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP: reloading the domain list");
+                server.reload_domain_list();
+            }
+        }
     }
-    Ok(())
 }
 
 fn check_config(path: Option<&Path>) -> anyhow::Result<()> {
@@ -117,4 +188,89 @@ fn gen_cert(hosts: &[String], out: &Path) -> anyhow::Result<()> {
     let (cert, key) = tlsgate::tls::keys::write_cert_files(out, &generated)?;
     println!("wrote {} and {} (mode 0600)", cert.display(), key.display());
     Ok(())
+}
+
+fn domains_list(path: Option<&Path>, json: bool) -> anyhow::Result<()> {
+    let config = load_config(path)?;
+    let handle = tlsgate::server::load_domain_list(&config)?;
+    let list = handle.current();
+    if json {
+        let rows: Vec<serde_json::Value> = list
+            .iter()
+            .map(|d| {
+                serde_json::json!({
+                    "domain": d.domain.as_str(),
+                    "company": d.company,
+                    "org_number": d.org_number,
+                    "joined_days_since_epoch": d.joined,
+                    "supports_5_2_4": d.supports_5_2_4,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    for d in list.iter() {
+        println!("{:<32} {:<32} {}", d.domain, d.company, d.org_number);
+    }
+    println!("{} domains", list.len());
+    Ok(())
+}
+
+fn domains_check(
+    path: Option<&Path>,
+    json: bool,
+    only: &[String],
+    timeout: Duration,
+    parallel: usize,
+) -> anyhow::Result<()> {
+    let config = load_config(path)?;
+    let handle = tlsgate::server::load_domain_list(&config)?;
+    let list = handle.current();
+    let domains: Vec<tlsgate::domain::Domain> = if only.is_empty() {
+        list.iter().map(|d| d.domain.clone()).collect()
+    } else {
+        only.iter()
+            .map(|d| tlsgate::domain::Domain::parse(d).with_context(|| format!("{d:?}")))
+            .collect::<anyhow::Result<_>>()?
+    };
+    if domains.is_empty() {
+        anyhow::bail!("no domain to check: the domain list is empty and no --domain was given");
+    }
+    let tls = tlsgate::tls::client::ClientTls::new(&config.outbound.extra_trust_roots)?;
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    let reports = runtime.block_on(async {
+        let resolver = tlsgate::dns::HickoryResolver::new(&config.dns.nameservers, timeout)?;
+        anyhow::Ok(
+            tlsgate::compliance::check_domains(
+                std::sync::Arc::new(config),
+                list,
+                std::sync::Arc::new(resolver),
+                tls,
+                domains,
+                timeout,
+                parallel,
+            )
+            .await,
+        )
+    })?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&reports)?);
+    } else {
+        print!("{}", tlsgate::compliance::render_table(&reports));
+    }
+    let failed: Vec<&str> = reports
+        .iter()
+        .filter(|r| !r.pass)
+        .map(|r| r.domain.as_str())
+        .collect();
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        anyhow::bail!(
+            "{} domain(s) would fail: {}",
+            failed.len(),
+            failed.join(", ")
+        )
+    }
 }

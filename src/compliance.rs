@@ -1,0 +1,260 @@
+//! The compliance check (T7: "after any change or replacement of the server, test that the
+//! domain list configuration still holds"): `tlsgate domains check` and `tlsgate probe`.
+//!
+//! Each domain is checked exactly as delivery would treat it: the same policy resolution, the
+//! same routing (MX, implicit MX, null MX), the same SMTP client with the same TLS mode and
+//! certificate names. The only difference is that the connection ends with QUIT instead of a
+//! transaction.
+
+use crate::config::Config;
+use crate::delivery::attempt::tls_mode;
+use crate::delivery::client::{ClientError, ConnectParams, SmtpConnection, Timeouts, TlsMode};
+use crate::delivery::route::{self, Destination};
+use crate::dns::Resolver;
+use crate::domain::Domain;
+use crate::policy::domain_list::DomainList;
+use crate::policy::{self, ResolvedPolicy};
+use crate::tls::client::ClientTls;
+use serde::Serialize;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// What was found on one MX address.
+#[derive(Debug, Clone, Serialize)]
+pub struct HostReport {
+    pub mx_host: String,
+    pub address: String,
+    pub pass: bool,
+    pub reason: String,
+    pub tls_version: Option<String>,
+    pub cipher: Option<String>,
+    pub cert_subject: Option<String>,
+    pub cert_issuer: Option<String>,
+    pub cert_not_after: Option<String>,
+    /// SHA-256 of the certificate, hex (for audit and comparison over time).
+    pub cert_sha256: Option<String>,
+}
+
+/// The verdict for one domain.
+#[derive(Debug, Clone, Serialize)]
+pub struct DomainReport {
+    pub domain: String,
+    pub listed: bool,
+    pub level: String,
+    pub policy_source: String,
+    /// Delivery would succeed: at least one host meets the policy.
+    pub pass: bool,
+    /// Why the domain fails when no host could be checked (DNS, null MX).
+    pub reason: Option<String>,
+    pub hosts: Vec<HostReport>,
+}
+
+/// Checks one domain; `timeout` bounds every connect and reply.
+pub async fn check_domain(
+    config: &Config,
+    list: &DomainList,
+    resolver: &dyn Resolver,
+    tls: &ClientTls,
+    domain: &Domain,
+    timeout: Duration,
+) -> DomainReport {
+    let policy: ResolvedPolicy = policy::resolve(&config.policies, list, domain, false);
+    let mut report = DomainReport {
+        domain: domain.to_string(),
+        listed: policy.listed,
+        level: policy.level.to_string(),
+        policy_source: policy.source.to_string(),
+        pass: false,
+        reason: None,
+        hosts: Vec::new(),
+    };
+    let destination = Destination::Domain(domain.clone());
+    let hosts = match route::hosts_for(config, resolver, &destination).await {
+        Ok(hosts) => hosts,
+        Err(e) => {
+            report.reason = Some(e.to_string());
+            return report;
+        }
+    };
+    let mode = tls_mode(policy.level);
+    for host in &hosts {
+        let names =
+            policy::certificate_names(policy.level, &host.name, Some(domain), &policy.match_names);
+        for addr in &host.addrs {
+            let params = ConnectParams {
+                addr: *addr,
+                host: &host.name,
+                helo_name: &config.server.hostname,
+                tls_mode: mode,
+                cert_names: &names,
+                tls,
+                timeouts: Timeouts {
+                    connect: timeout,
+                    command: timeout,
+                    data: timeout,
+                },
+            };
+            let host_report = match SmtpConnection::open(&params).await {
+                Ok(conn) => {
+                    let mut r = HostReport {
+                        mx_host: host.name.clone(),
+                        address: addr.to_string(),
+                        pass: true,
+                        reason: match (&conn.tls, mode) {
+                            (Some(_), TlsMode::Verified) => "certificate valid for policy".into(),
+                            (Some(_), _) => "TLS (certificate not checked at this level)".into(),
+                            (None, _) => "plaintext (allowed at this level)".into(),
+                        },
+                        tls_version: conn.tls.as_ref().map(|t| t.version.clone()),
+                        cipher: conn.tls.as_ref().map(|t| t.cipher.clone()),
+                        cert_subject: None,
+                        cert_issuer: None,
+                        cert_not_after: None,
+                        cert_sha256: None,
+                    };
+                    if let Some(cert) = &conn.peer_certificate {
+                        describe_certificate(cert.as_ref(), &mut r);
+                    }
+                    conn.quit().await;
+                    r
+                }
+                Err(e) => HostReport {
+                    mx_host: host.name.clone(),
+                    address: addr.to_string(),
+                    pass: false,
+                    reason: failure_text(&e),
+                    tls_version: None,
+                    cipher: None,
+                    cert_subject: None,
+                    cert_issuer: None,
+                    cert_not_after: None,
+                    cert_sha256: None,
+                },
+            };
+            report.hosts.push(host_report);
+        }
+    }
+    report.pass = report.hosts.iter().any(|h| h.pass);
+    if !report.pass && report.reason.is_none() {
+        report.reason = Some(format!(
+            "no MX host meets the {} policy: mail would be deferred",
+            policy.level
+        ));
+    }
+    report
+}
+
+fn failure_text(e: &ClientError) -> String {
+    match e {
+        ClientError::Tls(f) => f.to_string(),
+        other => other.to_string(),
+    }
+}
+
+fn describe_certificate(der: &[u8], report: &mut HostReport) {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(der);
+    report.cert_sha256 = Some(digest.iter().map(|b| format!("{b:02x}")).collect());
+    if let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) {
+        report.cert_subject = Some(cert.subject().to_string());
+        report.cert_issuer = Some(cert.issuer().to_string());
+        report.cert_not_after = cert.validity().not_after.to_rfc2822().ok();
+    }
+}
+
+/// Checks many domains, at most `parallel` at a time; reports come back in input order.
+pub async fn check_domains(
+    config: Arc<Config>,
+    list: Arc<DomainList>,
+    resolver: Arc<dyn Resolver>,
+    tls: ClientTls,
+    domains: Vec<Domain>,
+    timeout: Duration,
+    parallel: usize,
+) -> Vec<DomainReport> {
+    let limit = Arc::new(tokio::sync::Semaphore::new(parallel.max(1)));
+    let mut tasks = tokio::task::JoinSet::new();
+    for (index, domain) in domains.into_iter().enumerate() {
+        let (config, list, resolver, tls, limit) = (
+            config.clone(),
+            list.clone(),
+            resolver.clone(),
+            tls.clone(),
+            limit.clone(),
+        );
+        tasks.spawn(async move {
+            let _permit = limit.acquire_owned().await;
+            let report =
+                check_domain(&config, &list, resolver.as_ref(), &tls, &domain, timeout).await;
+            (index, report)
+        });
+    }
+    let mut reports = Vec::new();
+    while let Some(done) = tasks.join_next().await {
+        if let Ok(pair) = done {
+            reports.push(pair);
+        }
+    }
+    reports.sort_by_key(|(i, _)| *i);
+    reports.into_iter().map(|(_, r)| r).collect()
+}
+
+/// The human-readable table.
+pub fn render_table(reports: &[DomainReport]) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<24} {:<28} {:<8} {:<28} {:<6} REASON / CERTIFICATE",
+        "DOMAIN", "MX HOST", "TLS", "CIPHER", "VERDICT"
+    );
+    for r in reports {
+        if r.hosts.is_empty() {
+            let _ = writeln!(
+                out,
+                "{:<24} {:<28} {:<8} {:<28} {:<6} {}",
+                r.domain,
+                "-",
+                "-",
+                "-",
+                "FAIL",
+                r.reason.as_deref().unwrap_or("")
+            );
+            continue;
+        }
+        for h in &r.hosts {
+            let cert = match (&h.cert_subject, &h.cert_issuer, &h.cert_not_after) {
+                (Some(s), Some(i), Some(n)) => format!(" [subject {s}; issuer {i}; expires {n}]"),
+                _ => String::new(),
+            };
+            let _ = writeln!(
+                out,
+                "{:<24} {:<28} {:<8} {:<28} {:<6} {}{}",
+                r.domain,
+                h.mx_host,
+                h.tls_version.as_deref().unwrap_or("-"),
+                h.cipher.as_deref().unwrap_or("-"),
+                if h.pass { "pass" } else { "FAIL" },
+                h.reason,
+                cert
+            );
+        }
+        let _ = writeln!(
+            out,
+            "{:<24} policy {} ({}){}: {}",
+            r.domain,
+            r.level,
+            r.policy_source,
+            if r.listed { ", listed" } else { "" },
+            if r.pass {
+                "delivery would succeed".to_string()
+            } else {
+                format!(
+                    "delivery would be deferred: {}",
+                    r.reason.as_deref().unwrap_or("")
+                )
+            }
+        );
+    }
+    out
+}
