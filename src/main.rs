@@ -178,6 +178,13 @@ fn check_config(path: Option<&Path>) -> anyhow::Result<()> {
     if let Some((cert, key)) = &config.tls.cert_and_key {
         tlsgate::tls::server_config(cert, key)?;
     }
+    tlsgate::tls::client::ClientTls::new(&config.outbound.extra_trust_roots)?;
+    // The domain list too: a list that does not parse, or a [[policy]] that would weaken a
+    // listed domain, fails here as it would at start.
+    let list = tlsgate::server::load_domain_list(&config)?;
+    if list.path().is_some() {
+        println!("domain_list:       {} domains", list.current().len());
+    }
     print!("{}", tlsgate::config::summary(&config));
     println!("configuration ok");
     Ok(())
