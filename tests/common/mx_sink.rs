@@ -2,14 +2,17 @@
 //! delivery tests: real sockets on a loopback address, real rustls for STARTTLS, replies chosen
 //! by the test, and a record of every command and message it received.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-/// Every read of the sink gives up after this long, so a confused test never hangs.
+/// Every read and write of the sink gives up after this long, so a confused test never hangs.
 const READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Message data beyond this closes the connection (keeps a runaway client bounded).
+const MAX_DATA: usize = 64 << 20;
 
 /// Where the sink hangs up on purpose.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,6 +123,27 @@ trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
 impl Sink {
+    /// Listens on `bind` (any 127.x.y.z address works on Linux); panics when it cannot.
+    pub async fn start(bind: SocketAddr, behaviour: Behaviour) -> Sink {
+        Self::try_start(bind, behaviour)
+            .await
+            .unwrap_or_else(|e| panic!("sink cannot listen on {bind}: {e}"))
+    }
+
+    /// Listens on `ip` at a port that [`free_port`] found, trying another port a few times
+    /// when that one is taken on `ip`.
+    pub async fn start_on_free_port(ip: IpAddr, behaviour: Behaviour) -> Sink {
+        let mut last = None;
+        for _ in 0..20 {
+            let bind = SocketAddr::new(ip, free_port());
+            match Self::try_start(bind, behaviour.clone()).await {
+                Ok(sink) => return sink,
+                Err(e) => last = Some(e),
+            }
+        }
+        panic!("no free port for a sink on {ip}: {last:?}");
+    }
+
     /// Listens on `bind` (any 127.x.y.z address works on Linux).
     pub async fn try_start(bind: SocketAddr, behaviour: Behaviour) -> std::io::Result<Sink> {
         let listener = TcpListener::bind(bind).await?;
@@ -128,14 +152,17 @@ impl Sink {
         let record = Arc::new(Mutex::new(Record::default()));
         let (b, r) = (behaviour.clone(), record.clone());
         let task = tokio::spawn(async move {
+            // Connections live in this set, so aborting the accept task (on drop) ends them too.
+            let mut connections = tokio::task::JoinSet::new();
             while let Ok((socket, _)) = listener.accept().await {
+                while connections.try_join_next().is_some() {}
                 let index = {
                     let mut rec = r.lock().unwrap();
                     rec.connections += 1;
                     rec.connections - 1
                 };
                 let (b, r) = (b.clone(), r.clone());
-                tokio::spawn(async move {
+                connections.spawn(async move {
                     let _ = serve(socket, index, b, r).await;
                 });
             }
@@ -194,23 +221,38 @@ struct Conn {
 }
 
 impl Conn {
+    /// One command line without its line end (CRLF, or a lone LF: commands are read leniently).
     async fn read_line(&mut self) -> Option<String> {
-        let line = self.read_line_bytes().await?;
+        let pos = self
+            .fill_until(|buf| buf.iter().position(|&b| b == b'\n'))
+            .await?;
+        let mut line: Vec<u8> = self.buf.drain(..=pos).collect();
+        line.pop();
+        if line.last() == Some(&b'\r') {
+            line.pop();
+        }
         Some(String::from_utf8_lossy(&line).into_owned())
     }
 
-    /// One line without its CRLF, as bytes (message data may be 8-bit).
-    async fn read_line_bytes(&mut self) -> Option<Vec<u8>> {
+    /// One line of message data, ended by CRLF only, returned with its CRLF and every other
+    /// byte (bare LF, bare CR, 8-bit) exactly as received.
+    async fn read_data_line(&mut self) -> Option<Vec<u8>> {
+        let pos = self
+            .fill_until(|buf| buf.windows(2).position(|w| w == b"\r\n"))
+            .await?;
+        Some(self.buf.drain(..pos + 2).collect())
+    }
+
+    /// Reads until `find` locates a line end in the buffer; `None` on EOF, error or timeout.
+    async fn fill_until(&mut self, find: impl Fn(&[u8]) -> Option<usize>) -> Option<usize> {
         loop {
-            if let Some(pos) = self.buf.iter().position(|&b| b == b'\n') {
-                let mut line: Vec<u8> = self.buf.drain(..=pos).collect();
-                line.pop();
-                if line.last() == Some(&b'\r') {
-                    line.pop();
-                }
-                return Some(line);
+            if let Some(pos) = find(&self.buf) {
+                return Some(pos);
             }
-            let mut chunk = [0u8; 4096];
+            if self.buf.len() > MAX_DATA {
+                return None;
+            }
+            let mut chunk = [0u8; 8192];
             let n = tokio::time::timeout(READ_TIMEOUT, self.io.read(&mut chunk))
                 .await
                 .ok()?
@@ -222,13 +264,22 @@ impl Conn {
         }
     }
 
+    /// Writes `text` and CRLF after the reply delay.
     async fn write(&mut self, delay: Duration, text: &str) -> Option<()> {
+        self.write_raw(delay, format!("{text}\r\n").into_bytes())
+            .await
+    }
+
+    /// Writes `bytes` in one write after the reply delay.
+    async fn write_raw(&mut self, delay: Duration, bytes: Vec<u8>) -> Option<()> {
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }
-        self.io.write_all(text.as_bytes()).await.ok()?;
-        self.io.write_all(b"\r\n").await.ok()?;
-        self.io.flush().await.ok()
+        let write = async {
+            self.io.write_all(&bytes).await?;
+            self.io.flush().await
+        };
+        tokio::time::timeout(READ_TIMEOUT, write).await.ok()?.ok()
     }
 }
 
@@ -279,6 +330,11 @@ async fn serve(
             }
             "HELO" => conn.write(b.reply_delay, "250 sink.test").await?,
             "STARTTLS" => {
+                if tls.is_some() {
+                    conn.write(b.reply_delay, "503 5.5.1 TLS already active")
+                        .await?;
+                    continue;
+                }
                 let Some(config) = b.tls.clone() else {
                     conn.write(b.reply_delay, "502 5.5.1 no TLS here").await?;
                     continue;
@@ -291,8 +347,8 @@ async fn serve(
                 if let Some(extra) = &b.inject_after_starttls {
                     reply.extend_from_slice(extra);
                 }
-                conn.io.write_all(&reply).await.ok()?;
-                conn.io.flush().await.ok()?;
+                conn.write_raw(b.reply_delay, reply).await?;
+                // Plaintext pipelined behind STARTTLS is discarded, as a careful server does.
                 conn.buf.clear();
                 if b.break_handshake {
                     let mut hello = [0u8; 512];
@@ -357,18 +413,21 @@ async fn serve(
                 if !b.data_reply.starts_with("354") {
                     continue;
                 }
+                // Data ends at CRLF.CRLF only; a bare LF (also "\n.\n") is data and is kept.
                 let mut data = Vec::new();
                 loop {
-                    let line = conn.read_line_bytes().await?;
+                    let line = conn.read_data_line().await?;
                     if b.disconnect == Some(DisconnectAt::DuringData) {
                         return None;
                     }
-                    if line == b"." {
+                    if line == b".\r\n" {
                         break;
                     }
                     let unstuffed = line.strip_prefix(b".").unwrap_or(&line);
                     data.extend_from_slice(unstuffed);
-                    data.extend_from_slice(b"\r\n");
+                    if data.len() > MAX_DATA {
+                        return None;
+                    }
                 }
                 conn.write(b.reply_delay, &b.data_end_reply).await?;
                 if b.data_end_reply.starts_with('2') {
