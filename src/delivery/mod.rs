@@ -37,15 +37,20 @@ const STORE_ERROR_RETRY: u64 = 60;
 #[derive(Default)]
 struct Timetable {
     due: BTreeSet<(u64, QueueId)>,
+    /// When each idle message is due (to move it without scanning `due`).
+    planned: HashMap<QueueId, u64>,
     active: HashSet<QueueId>,
 }
 
 impl Timetable {
     fn add(&mut self, id: QueueId, at: u64) {
-        if !self.active.contains(&id) {
-            self.due.retain(|(_, queued)| queued != &id);
-            self.due.insert((at, id));
+        if self.active.contains(&id) {
+            return;
         }
+        if let Some(old) = self.planned.insert(id.clone(), at) {
+            self.due.remove(&(old, id.clone()));
+        }
+        self.due.insert((at, id));
     }
 
     /// Removes the messages due at `now` and marks them active.
@@ -56,6 +61,7 @@ impl Timetable {
                 break;
             }
             if let Some((_, id)) = self.due.pop_first() {
+                self.planned.remove(&id);
                 self.active.insert(id.clone());
                 ready.push(id);
             }
@@ -369,16 +375,17 @@ async fn work_on(engine: &Arc<Engine>, id: &QueueId) -> Result<Option<u64>, Stor
             *slot = state.clone();
         }
     }
+    if final_states.iter().all(|s| s.status.is_final()) {
+        // Done: removing the message is the one durable write needed.
+        engine.committer.remove(id.clone()).await?;
+        tracing::info!(queue_id = %id, "message done, removed from the queue");
+        return Ok(None);
+    }
     if !results.updates.is_empty() {
         engine
             .committer
             .update_states(id.clone(), results.updates)
             .await?;
-    }
-    if final_states.iter().all(|s| s.status.is_final()) {
-        engine.committer.remove(id.clone()).await?;
-        tracing::info!(queue_id = %id, "message done, removed from the queue");
-        return Ok(None);
     }
     Ok(final_states
         .iter()

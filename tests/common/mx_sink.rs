@@ -155,6 +155,9 @@ impl Sink {
             // Connections live in this set, so aborting the accept task (on drop) ends them too.
             let mut connections = tokio::task::JoinSet::new();
             while let Ok((socket, _)) = listener.accept().await {
+                // Replies to pipelined commands are separate writes; without this, Nagle holds
+                // the second one until the client's delayed ACK (40 ms on Linux).
+                let _ = socket.set_nodelay(true);
                 while connections.try_join_next().is_some() {}
                 let index = {
                     let mut rec = r.lock().unwrap();
