@@ -245,7 +245,10 @@ fn banner(addr: SocketAddr) -> std::io::Result<String> {
     }
     Err(std::io::Error::new(
         std::io::ErrorKind::UnexpectedEof,
-        format!("no complete banner line: {:?}", String::from_utf8_lossy(&got)),
+        format!(
+            "no complete banner line: {:?}",
+            String::from_utf8_lossy(&got)
+        ),
     ))
 }
 
@@ -323,7 +326,9 @@ impl Conn {
         }
         let (code, text) = self.reply().await?;
         if code != want {
-            return Err(protocol(format!("{line:?}: got {code} {text}, want {want}")));
+            return Err(protocol(format!(
+                "{line:?}: got {code} {text}, want {want}"
+            )));
         }
         Ok(text)
     }

@@ -1,0 +1,386 @@
+//! The `tlsgate` command line, run as a subprocess: `check-config`, `gen-cert` and `serve`
+//! (non-negotiable 5: configuration errors are caught at start and name the file, the key and
+//! the reason; S4: private keys must not be readable by group or others).
+
+mod common;
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// Upper bound for any one CLI run (check-config, gen-cert, a refused serve).
+const RUN_LIMIT: Duration = Duration::from_secs(30);
+/// Time for `serve` to accept connections after spawn.
+const START_LIMIT: Duration = Duration::from_secs(10);
+/// Time for `serve` to exit after SIGTERM.
+const EXIT_LIMIT: Duration = Duration::from_secs(10);
+const IO_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What a finished run printed.
+struct Run {
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+}
+
+impl std::fmt::Debug for Run {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}\n--- stdout ---\n{}--- stderr ---\n{}",
+            self.status, self.stdout, self.stderr
+        )
+    }
+}
+
+/// Waits (bounded) for a child to exit.
+fn wait_exit(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + limit;
+    loop {
+        match child.try_wait().expect("try_wait on tlsgate") {
+            Some(status) => return Some(status),
+            None if Instant::now() >= deadline => return None,
+            None => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}
+
+/// Output goes to files (never a pipe that could fill up and block the child).
+struct Outputs {
+    stdout: PathBuf,
+    stderr: PathBuf,
+}
+
+impl Outputs {
+    fn new(dir: &Path, name: &str) -> Outputs {
+        Outputs {
+            stdout: dir.join(format!("{name}.stdout")),
+            stderr: dir.join(format!("{name}.stderr")),
+        }
+    }
+
+    fn spawn(&self, args: &[&str], cwd: &Path) -> Child {
+        let out = File::create(&self.stdout).expect("create the stdout file");
+        let err = File::create(&self.stderr).expect("create the stderr file");
+        Command::new(env!("CARGO_BIN_EXE_tlsgate"))
+            .args(args)
+            .current_dir(cwd)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .expect("spawn tlsgate")
+    }
+
+    fn collect(&self, status: ExitStatus) -> Run {
+        let read = |p: &Path| {
+            std::fs::read_to_string(p).unwrap_or_else(|e| format!("<cannot read {p:?}: {e}>"))
+        };
+        Run {
+            status,
+            stdout: read(&self.stdout),
+            stderr: read(&self.stderr),
+        }
+    }
+}
+
+/// Runs `tlsgate ARGS` in `dir` and waits (bounded) for it to finish.
+fn tlsgate(dir: &Path, name: &str, args: &[&str]) -> Run {
+    let outputs = Outputs::new(dir, name);
+    let mut child = outputs.spawn(args, dir);
+    match wait_exit(&mut child, RUN_LIMIT) {
+        Some(status) => outputs.collect(status),
+        None => {
+            let _ = child.kill();
+            let _ = wait_exit(&mut child, RUN_LIMIT);
+            panic!("tlsgate {args:?} still running after {RUN_LIMIT:?}");
+        }
+    }
+}
+
+fn check_config(dir: &Path, name: &str, config: &Path) -> Run {
+    let config = config.to_str().expect("UTF-8 temp path");
+    tlsgate(dir, name, &["check-config", "--config", config])
+}
+
+/// A valid configuration using `cert` / `key`; `extra` goes into [server].
+fn config_text(dir: &Path, cert: &Path, key: &Path, server_extra: &str, bind: &str) -> String {
+    format!(
+        r#"
+[server]
+hostname = "mx.cli.tlsgate.test"
+data_dir = "{data}"
+min_free_space = 0
+{server_extra}
+
+[tls]
+cert = "{cert}"
+key = "{key}"
+
+[[listener]]
+bind = "{bind}"
+role = "inbound"
+
+[inbound]
+local_domains = ["example.no"]
+
+[dns]
+nameservers = ["127.0.0.1:9"]
+"#,
+        data = dir.join("data").display(),
+        cert = cert.display(),
+        key = key.display(),
+    )
+}
+
+/// A temp dir with a CA-issued server.pem / server.key (0600) and a config file using them.
+fn setup(server_extra: &str, bind: &str) -> (tempfile::TempDir, PathBuf, PathBuf, PathBuf) {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let ca = common::TestCa::new();
+    let (cert, key) = ca.write_server_files(dir.path(), &["mx.cli.tlsgate.test"]);
+    let config = dir.path().join("tlsgate.toml");
+    std::fs::write(
+        &config,
+        config_text(dir.path(), &cert, &key, server_extra, bind),
+    )
+    .expect("write the configuration");
+    (dir, config, cert, key)
+}
+
+fn mode(path: &Path) -> u32 {
+    std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("metadata of {}: {e}", path.display()))
+        .permissions()
+        .mode()
+        & 0o7777
+}
+
+#[test]
+fn check_config_accepts_a_valid_file() {
+    let (dir, config, cert, _key) = setup("", "127.0.0.1:0");
+    let run = check_config(dir.path(), "valid", &config);
+    assert!(run.status.success(), "{run:?}");
+    assert!(run.stdout.contains("configuration ok"), "{run:?}");
+    // The summary shows what the file configures.
+    assert!(
+        run.stdout.contains(&config.display().to_string()),
+        "{run:?}"
+    );
+    assert!(run.stdout.contains(&cert.display().to_string()), "{run:?}");
+    assert!(run.stdout.contains("example.no"), "{run:?}");
+}
+
+#[test]
+fn check_config_names_file_and_unknown_key() {
+    // Non-negotiable 5; unknown keys are an error so a typo never silently weakens policy.
+    let (dir, config, _, _) = setup("colour_scheme = \"blue\"", "127.0.0.1:0");
+    let run = check_config(dir.path(), "unknown-key", &config);
+    assert!(!run.status.success(), "{run:?}");
+    assert!(
+        run.stderr.contains(&config.display().to_string()),
+        "{run:?}"
+    );
+    assert!(run.stderr.contains("colour_scheme"), "{run:?}");
+    assert!(!run.stdout.contains("configuration ok"), "{run:?}");
+}
+
+#[test]
+fn check_config_names_a_bad_listener_address() {
+    // Non-negotiable 5: file, key and reason.
+    let (dir, config, _, _) = setup("", "999.1.1.1:25");
+    let run = check_config(dir.path(), "bad-bind", &config);
+    assert!(!run.status.success(), "{run:?}");
+    assert!(
+        run.stderr.contains(&config.display().to_string()),
+        "{run:?}"
+    );
+    assert!(run.stderr.contains("listener[0].bind"), "{run:?}");
+    assert!(run.stderr.contains("999.1.1.1:25"), "{run:?}");
+}
+
+#[test]
+fn check_config_names_a_missing_certificate() {
+    let (dir, _, _, key) = setup("", "127.0.0.1:0");
+    let missing = dir.path().join("no-such-dir").join("missing.pem");
+    let config = dir.path().join("missing-cert.toml");
+    std::fs::write(
+        &config,
+        config_text(dir.path(), &missing, &key, "", "127.0.0.1:0"),
+    )
+    .expect("write the configuration");
+    let run = check_config(dir.path(), "missing-cert", &config);
+    assert!(!run.status.success(), "{run:?}");
+    assert!(
+        run.stderr.contains(&missing.display().to_string()),
+        "{run:?}"
+    );
+}
+
+#[test]
+fn world_readable_key_is_refused_by_check_config_and_serve() {
+    // S4: a key that group or others can read is refused at start, with the fix.
+    let (dir, config, _, key) = setup("", "127.0.0.1:0");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644))
+        .expect("chmod 644 the key");
+    let run = check_config(dir.path(), "key-0644", &config);
+    assert!(!run.status.success(), "{run:?}");
+    assert!(run.stderr.contains("chmod 600"), "{run:?}");
+    assert!(run.stderr.contains(&key.display().to_string()), "{run:?}");
+
+    // `serve` must refuse too, before accepting anything, and exit on its own.
+    let config_arg = config.to_str().expect("UTF-8 temp path");
+    let outputs = Outputs::new(dir.path(), "serve-key-0644");
+    let mut child = outputs.spawn(&["serve", "--config", config_arg], dir.path());
+    let Some(status) = wait_exit(&mut child, START_LIMIT) else {
+        let _ = child.kill();
+        let _ = wait_exit(&mut child, EXIT_LIMIT);
+        panic!("serve kept running with a 0644 key");
+    };
+    let run = outputs.collect(status);
+    assert!(!run.status.success(), "{run:?}");
+    assert!(run.stderr.contains("chmod 600"), "{run:?}");
+}
+
+#[test]
+fn gen_cert_writes_a_usable_pair_with_a_private_key() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let out = dir.path().join("certs");
+    let out_arg = out.to_str().expect("UTF-8 temp path");
+    let run = tlsgate(
+        dir.path(),
+        "gen-cert",
+        &["gen-cert", "--host", "mx.example.test", "--out", out_arg],
+    );
+    assert!(run.status.success(), "{run:?}");
+    let cert = out.join("server.pem");
+    let key = out.join("server.key");
+    let pem = std::fs::read_to_string(&cert).expect("read server.pem");
+    assert!(pem.contains("BEGIN CERTIFICATE"), "{pem}");
+    let key_pem = std::fs::read_to_string(&key).expect("read server.key");
+    assert!(
+        key_pem.contains("PRIVATE KEY"),
+        "server.key is not a PEM key"
+    );
+    // S4: the key is created private.
+    assert_eq!(mode(&key), 0o600, "server.key mode");
+
+    let config = dir.path().join("tlsgate.toml");
+    std::fs::write(
+        &config,
+        config_text(dir.path(), &cert, &key, "", "127.0.0.1:0"),
+    )
+    .expect("write the configuration");
+    let run = check_config(dir.path(), "gen-cert-check", &config);
+    assert!(run.status.success(), "{run:?}");
+    assert!(run.stdout.contains("configuration ok"), "{run:?}");
+}
+
+/// Connects and returns the first line the server sends.
+fn banner(addr: SocketAddr) -> std::io::Result<String> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(1))?;
+    stream.set_read_timeout(Some(IO_TIMEOUT))?;
+    stream.set_write_timeout(Some(IO_TIMEOUT))?;
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 512];
+    for _ in 0..16 {
+        let n = stream.read(&mut chunk)?;
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&chunk[..n]);
+        if let Some(pos) = got.windows(2).position(|w| w == b"\r\n") {
+            let line = String::from_utf8_lossy(&got[..pos]).into_owned();
+            let _ = stream.write_all(b"QUIT\r\n");
+            return Ok(line);
+        }
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::UnexpectedEof,
+        format!(
+            "no complete banner line: {:?}",
+            String::from_utf8_lossy(&got)
+        ),
+    ))
+}
+
+/// Stops a child on drop (a failing assertion leaves no process behind).
+struct Guard(Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = wait_exit(&mut self.0, EXIT_LIMIT);
+        }
+    }
+}
+
+#[test]
+fn serve_without_config_runs_the_development_default() {
+    // The embedded default binds 127.0.0.1:2525 (inbound) and 127.0.0.1:2587 (outbound). If
+    // another program holds them on this machine the test cannot run; say so loudly.
+    const DEV_PORTS: [u16; 2] = [2525, 2587];
+    for port in DEV_PORTS {
+        if let Err(e) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            eprintln!(
+                "SKIPPED serve_without_config_runs_the_development_default: 127.0.0.1:{port} \
+                 is not free ({e})"
+            );
+            return;
+        }
+    }
+
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let outputs = Outputs::new(dir.path(), "serve-dev");
+    let mut guard = Guard(outputs.spawn(&["serve", "--grace", "2s"], dir.path()));
+    let addr = SocketAddr::from(([127, 0, 0, 1], DEV_PORTS[0]));
+
+    let deadline = Instant::now() + START_LIMIT;
+    let mut greeting = None;
+    let mut last_error = String::from("never tried");
+    while Instant::now() < deadline {
+        if let Some(status) = guard.0.try_wait().expect("try_wait on tlsgate") {
+            panic!(
+                "tlsgate serve (development default) exited at start: {:?}",
+                outputs.collect(status)
+            );
+        }
+        match banner(addr) {
+            Ok(line) => {
+                greeting = Some(line);
+                break;
+            }
+            Err(e) => last_error = e.to_string(),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let greeting = greeting.unwrap_or_else(|| {
+        panic!("no greeting on {addr} within {START_LIMIT:?} (last: {last_error})")
+    });
+    assert!(greeting.starts_with("220 "), "{greeting:?}");
+    assert!(greeting.contains("localhost"), "{greeting:?}");
+
+    // ./data with a generated self-signed certificate and a private key.
+    let data = dir.path().join("data");
+    assert!(data.is_dir(), "./data was not created");
+    let cert = data.join("certs").join("server.pem");
+    let key = data.join("certs").join("server.key");
+    let pem = std::fs::read_to_string(&cert).expect("read the generated certificate");
+    assert!(pem.contains("BEGIN CERTIFICATE"), "{pem}");
+    assert_eq!(mode(&key), 0o600, "generated key mode");
+    assert!(data.join("queue").is_dir(), "./data/queue was not created");
+
+    let pid = libc::pid_t::try_from(guard.0.id()).expect("pid fits pid_t");
+    // SAFETY: plain kill(2) on our own child, which has not been reaped yet.
+    let rc = unsafe { libc::kill(pid, libc::SIGTERM) };
+    assert_eq!(rc, 0, "kill(SIGTERM): {}", std::io::Error::last_os_error());
+    let status = wait_exit(&mut guard.0, EXIT_LIMIT)
+        .unwrap_or_else(|| panic!("tlsgate did not exit within {EXIT_LIMIT:?} of SIGTERM"));
+    let run = outputs.collect(status);
+    assert!(run.status.success(), "{run:?}");
+}
