@@ -403,3 +403,29 @@ async fn notify_success_to_a_peer_without_dsn_gets_a_relayed_report() {
     );
     assert_eq!(dsn.field(1, "Action"), Some("relayed"));
 }
+
+#[tokio::test]
+async fn a_server_too_slow_to_answer_times_out_and_the_next_mx_is_used() {
+    let s = setup("", "").await;
+    s.dns.add_mx("partner.test", 10, "mx1.partner.test");
+    s.dns.add_mx("partner.test", 20, "mx2.partner.test");
+    s.dns.add_ip("mx1.partner.test", ip(MX1));
+    s.dns.add_ip("mx2.partner.test", ip(MX2));
+    // Slower than delivery.command_timeout (3s in the harness) on every reply.
+    let slow = s
+        .sink(
+            MX1,
+            Behaviour {
+                reply_delay: Duration::from_secs(5),
+                ..Behaviour::default()
+            },
+        )
+        .await;
+    let backup = s.sink(MX2, Behaviour::default()).await;
+    s.submit("kari@example.no", &["ola@partner.test"], "slow")
+        .await;
+    backup.wait_for_messages(1, WAIT).await;
+    assert!(slow.connections() >= 1, "the slow MX was tried first");
+    assert!(slow.messages().is_empty());
+    s.wait_queue_empty().await;
+}

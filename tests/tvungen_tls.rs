@@ -442,3 +442,92 @@ async fn a_changed_list_is_picked_up_and_a_broken_one_refused() {
     assert!(handle.current().is_listed(&d("newpartner.test")));
     assert_eq!(handle.current().len(), 2);
 }
+
+#[tokio::test]
+async fn unlisted_domains_in_the_same_situations_are_delivered_opportunistically() {
+    let (s, _dir, _) = listed("").await;
+    let ca = &s.relay.ca;
+    let stranger = TestCa::new();
+    let (expired_cert, expired_key) = ca.issue_expired(&["mx.any.test"]);
+    let scenarios: Vec<(&str, Behaviour)> = vec![
+        ("nostarttls", Behaviour::default()),
+        (
+            "refused",
+            Behaviour {
+                tls: Some(server_tls(ca, &["mx.any.test"])),
+                starttls_reply: "454 4.7.0 TLS not available".into(),
+                ..Behaviour::default()
+            },
+        ),
+        (
+            "broken",
+            Behaviour {
+                tls: Some(server_tls(ca, &["mx.any.test"])),
+                break_handshake: true,
+                ..Behaviour::default()
+            },
+        ),
+        (
+            "selfsigned",
+            Behaviour {
+                tls: Some(server_tls(&stranger, &["mx.any.test"])),
+                ..Behaviour::default()
+            },
+        ),
+        (
+            "expired",
+            Behaviour {
+                tls: Some(server_tls_from_pem(&expired_cert, &expired_key)),
+                ..Behaviour::default()
+            },
+        ),
+        (
+            "wrongname",
+            Behaviour {
+                tls: Some(server_tls(ca, &["somewhere.else.test"])),
+                ..Behaviour::default()
+            },
+        ),
+    ];
+    let mut sinks = Vec::new();
+    for (i, (name, behaviour)) in scenarios.into_iter().enumerate() {
+        let ip = format!("127.0.1.{}", i + 1);
+        let domain = format!("{name}.test");
+        let mx = format!("mx.{name}.test");
+        s.dns.add_mx(&domain, 10, &mx);
+        s.dns.add_ip(&mx, ip.parse().unwrap());
+        let sink = s.sink(&ip, behaviour).await;
+        s.submit(
+            "kari@example.no",
+            &[&format!("ola@{domain}")],
+            &format!("to {name}"),
+        )
+        .await;
+        sinks.push((name, sink));
+    }
+    for (name, sink) in &sinks {
+        let got = sink.wait_for_messages(1, WAIT).await;
+        let expect_tls = matches!(*name, "selfsigned" | "expired" | "wrongname");
+        assert_eq!(
+            got[0].tls.is_some(),
+            expect_tls,
+            "{name}: TLS when the peer can do it, plaintext otherwise (level may)"
+        );
+    }
+    s.wait_queue_empty().await;
+}
+
+#[tokio::test]
+async fn unlisted_plaintext_senders_are_accepted_inbound() {
+    let (s, _dir, _) = listed("").await;
+    let mut client = SmtpClient::connect_greeted(s.relay.inbound()).await;
+    client.ehlo("mx.unlisted.test").await;
+    let reply = client
+        .send_mail(
+            "someone@unlisted.test",
+            &["kari@example.no"],
+            "From: <someone@unlisted.test>\r\nSubject: plain\r\n\r\nhei\r\n",
+        )
+        .await;
+    assert_eq!(reply.code, 250);
+}

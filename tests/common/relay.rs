@@ -90,7 +90,7 @@ nameservers = ["{dns}"]
 
 [delivery]
 connect_timeout = "2s"
-command_timeout = "5s"
+command_timeout = "3s"
 data_timeout = "5s"
 idle_timeout = "3s"
 {delivery}
