@@ -1,0 +1,1 @@
+//! Audit log (S1): being written.
