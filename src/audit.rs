@@ -1,1 +1,1276 @@
-//! Audit log (S1): being written.
+//! Audit log (S1): every security-relevant decision, numbered consecutively and chained by hash.
+//!
+//! # Files
+//!
+//! The log lives in one directory ([`AuditConfig::dir`], by default `data_dir/audit`) as a series
+//! of append-only files named `audit-YYYYMMDD-NNNN.jsonl` (UTC date of the file's first entry,
+//! then a counter within that date). They are ordered by `(date, counter)` as numbers, so a
+//! counter past 9999 still sorts right. A new file is started when the next line would make the
+//! current file exceed [`AuditConfig::max_file_bytes`], or when the UTC date of the entry is later
+//! than the current file's date. A file never holds less than one line, so a single entry larger
+//! than the limit gets a file of its own. The directory also holds `.lock`, on which the writing
+//! process keeps an exclusive `flock` so that two processes can never fork the chain.
+//!
+//! # Line format
+//!
+//! One JSON object per line, `\n`-terminated, with the keys in exactly this order:
+//!
+//! ```text
+//! {"seq":42,"time":"2025-03-01T12:34:56.789Z","prev":"<64 hex>","event":{"event":"tls_delivery",...},"hash":"<64 hex>"}
+//! ```
+//!
+//! * `seq` — 1 for the first entry ever, then +1 per entry, continuing across files and restarts.
+//! * `time` — RFC 3339 UTC with milliseconds.
+//! * `prev` — the `hash` of the previous entry (possibly in the previous file); 64 zeros
+//!   ([`GENESIS_HASH`]) for seq 1. So the first line of a rotated file carries the last hash of
+//!   the file before it.
+//! * `event` — an [`AuditEvent`], internally tagged by `event` in snake_case.
+//! * `hash` — lowercase hex SHA-256 of the line's own bytes *without* the hash field: the exact
+//!   text `{"seq":…,"time":…,"prev":…,"event":{…}}`, that is, the line with the trailing
+//!   `,"hash":"<64 hex>"}` replaced by `}`. Hashing the bytes as written (not a re-serialisation)
+//!   means verification never depends on how a JSON library orders or escapes keys.
+//!
+//! Events carry only low-risk fields: addresses of peers, domains, queue ids, TLS parameters,
+//! certificate fingerprints. Never message bodies, addresses of senders/recipients beyond the
+//! domain, credentials or keys.
+//!
+//! # What verification detects
+//!
+//! [`verify`] checks, for each line: the hash field is present and matches the line, the line is
+//! a well-formed entry, `seq` is the previous entry's `seq` + 1 and `prev` is the previous entry's
+//! `hash`. An edited line fails its own hash; an edited line whose hash was recomputed breaks the
+//! link from the next line; a deleted or inserted line is a sequence gap. What a hash chain cannot
+//! show on its own is the loss of entries at the very end (truncation) or of whole leading files;
+//! the latter is what retention does legitimately, and it records a
+//! [`AuditEvent::RetentionRemoved`] entry naming the files and the last sequence number removed,
+//! so [`VerifyReport::first_seq`] can be checked against it.
+//!
+//! # Durability
+//!
+//! [`AuditLog::record`] writes the whole line with one `write` on an `O_APPEND` file and then
+//! `fdatasync`s it before returning the sequence number; a new file is followed by an `fsync` of
+//! the directory. Audit events are rare next to message traffic (a few per delivered message to a
+//! listed domain at most), and an entry that may vanish in a crash is worth little as evidence, so
+//! one sync per record was chosen over batching. `record` blocks for that sync: call it from
+//! synchronous code or `spawn_blocking`, not in a hot async loop. Appends are serialised by a
+//! mutex, so concurrent `record` calls never interleave and never share a sequence number. If a
+//! write or sync fails, the file is cut back to its last good length (retried before the next
+//! record if that fails too), the sequence number is not consumed and the error is returned.
+//!
+//! # Crash recovery
+//!
+//! [`AuditLog::open`] reads the last line of the newest file and continues from its `seq` and
+//! `hash`; that line must be a valid entry, else opening fails with [`AuditError::Corrupt`]
+//! (a broken security log is for an operator to look at, not to paper over). Bytes after the last
+//! `\n` are the remains of a write cut short by a crash, and by construction they were never
+//! acknowledged to a caller:
+//!
+//! * if they form a complete, valid entry that links to the one before (only the newline was
+//!   lost), the newline is added and the entry kept;
+//! * otherwise (at most [`MAX_LINE_BYTES`] of them) they are truncated away, and the first entry
+//!   written after opening is an [`AuditEvent::LogRepaired`] naming the file, the number of bytes
+//!   discarded and their SHA-256, so the repair itself is in the chain. More than a line's worth
+//!   of bytes without a newline is not a torn write: opening fails instead.
+//!
+//! # Retention
+//!
+//! [`AuditLog::apply_retention`] removes whole files only, oldest first, and only while each
+//! file's newest entry is older than [`AuditConfig::retention`] (default 730 days): it stops at
+//! the first file that must be kept (or whose last entry cannot be read), so what remains is
+//! always one unbroken chain. The current file is never removed.
+//!
+//! # Time in tests
+//!
+//! [`AuditLog::record_at`] takes the entry's timestamp explicitly (production code calls
+//! [`AuditLog::record`], which uses the system clock); [`AuditLog::apply_retention`] takes `now`.
+//! Together they let tests build files that are years old.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// Start a new file when the current one would exceed this (64 MiB).
+pub const DEFAULT_MAX_FILE_BYTES: u64 = 64 * 1024 * 1024;
+/// Keep entries for two years (Skatteverket K3.3: security log kept for 2 years).
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(730 * 24 * 60 * 60);
+/// `prev` of the first entry ever.
+pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+/// Longest line written or accepted (1 MiB); a longer entry is refused with
+/// [`AuditError::TooLarge`].
+pub const MAX_LINE_BYTES: usize = 1024 * 1024;
+
+/// `,"hash":"` + 64 hex digits + `"}`.
+const HASH_SUFFIX_LEN: usize = 9 + 64 + 2;
+const LOCK_FILE: &str = ".lock";
+
+/// Where and how the audit log is kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditConfig {
+    /// Directory of the audit files (created if missing, mode 0750).
+    pub dir: PathBuf,
+    /// Start a new file when the next line would make the current one larger than this.
+    pub max_file_bytes: u64,
+    /// Remove whole files whose newest entry is older than this.
+    pub retention: Duration,
+}
+
+impl AuditConfig {
+    /// `dir` with the defaults: 64 MiB files, 730 days retention.
+    pub fn new(dir: impl Into<PathBuf>) -> AuditConfig {
+        AuditConfig {
+            dir: dir.into(),
+            max_file_bytes: DEFAULT_MAX_FILE_BYTES,
+            retention: DEFAULT_RETENTION,
+        }
+    }
+}
+
+/// A security-relevant event. Only low-risk fields: never message bodies or secrets.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum AuditEvent {
+    /// A session was refused because mail for a listed domain came in plaintext (T5).
+    PlaintextRefused {
+        peer: String,
+        domain: String,
+        /// `"mail_from"` or `"header_from"`.
+        stage: String,
+    },
+    /// A message was delivered over TLS to a listed domain.
+    TlsDelivery {
+        queue_id: String,
+        domain: String,
+        host: String,
+        tls_version: String,
+        cipher: String,
+        /// SHA-256 of the server's end-entity certificate, hex.
+        cert_sha256: Option<String>,
+        level: String,
+    },
+    /// TLS with a remote host failed (or was not offered) where policy required it.
+    TlsFailure {
+        queue_id: String,
+        domain: String,
+        host: String,
+        reason: String,
+        level: String,
+    },
+    /// A delivery status notification was sent.
+    DsnSent {
+        queue_id: String,
+        dsn_id: String,
+        kind: String,
+    },
+    /// The tvungen TLS domain list was reloaded (or a reload was refused).
+    DomainListReload {
+        old: usize,
+        new: usize,
+        ok: bool,
+        error: Option<String>,
+    },
+    /// The configuration was reloaded (or a reload was refused).
+    ConfigReload { ok: bool, error: Option<String> },
+    /// An administrator acted through the admin interface or CLI.
+    AdminAction {
+        action: String,
+        target: String,
+        client: String,
+    },
+    /// The service started.
+    Started { version: String },
+    /// Written by [`AuditLog::open`] after it cut a torn last line (from a crash) off `file`.
+    LogRepaired {
+        file: String,
+        discarded_bytes: u64,
+        discarded_sha256: String,
+    },
+    /// Written by [`AuditLog::apply_retention`] after removing whole files.
+    RetentionRemoved {
+        /// File names removed, oldest first.
+        files: Vec<String>,
+        /// The last sequence number in the removed files (`None` if they were empty).
+        through_seq: Option<u64>,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    #[error("audit log {}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("audit log {}:{line}: {what}", file.display())]
+    Corrupt {
+        file: PathBuf,
+        line: usize,
+        what: String,
+    },
+    #[error("audit log {} is in use by another process", .0.display())]
+    Locked(PathBuf),
+    #[error("audit entry of {0} bytes exceeds the limit of {MAX_LINE_BYTES} bytes")]
+    TooLarge(usize),
+    #[error("audit entry cannot be serialised: {0}")]
+    Serialize(#[from] serde_json::Error),
+    #[error("audit sequence number exhausted")]
+    SeqExhausted,
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> AuditError + '_ {
+    move |source| AuditError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// The first thing [`verify`] found wrong. `line` is 1-based within `file`; 0 means the file (or
+/// the argument) as a whole.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Problem {
+    pub file: PathBuf,
+    pub line: usize,
+    pub what: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}: {}", self.file.display(), self.line, self.what)
+    }
+}
+
+/// The outcome of [`verify`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct VerifyReport {
+    /// Files read (up to and including the one with the problem).
+    pub files: usize,
+    /// Lines that passed every check.
+    pub lines: usize,
+    /// `seq` of the first entry checked; above 1 when older files were removed by retention (or
+    /// not given).
+    pub first_seq: Option<u64>,
+    /// `seq` of the last entry that passed.
+    pub last_seq: Option<u64>,
+    pub first_problem: Option<Problem>,
+}
+
+impl VerifyReport {
+    pub fn is_ok(&self) -> bool {
+        self.first_problem.is_none()
+    }
+}
+
+#[derive(Debug)]
+struct Current {
+    path: PathBuf,
+    file: File,
+    date: u32,
+    counter: u64,
+    size: u64,
+}
+
+#[derive(Debug)]
+struct Inner {
+    current: Option<Current>,
+    next_seq: u64,
+    last_hash: String,
+    /// A write may have left bytes past `current.size`; cut them before the next write.
+    dirty: bool,
+}
+
+/// The audit log writer. `Send + Sync`; share it in an `Arc`.
+#[derive(Debug)]
+pub struct AuditLog {
+    config: AuditConfig,
+    inner: Mutex<Inner>,
+    /// Holds the exclusive `flock` on `dir/.lock` for the life of the log.
+    _lock: File,
+}
+
+impl AuditLog {
+    /// Open (or start) the log in `config.dir`: create the directory, lock it, and continue the
+    /// sequence and chain from the last line of the newest file, repairing a torn last line as
+    /// described in the module documentation.
+    pub fn open(config: AuditConfig) -> Result<AuditLog, AuditError> {
+        create_dir(&config.dir)?;
+        let lock = lock_dir(&config.dir)?;
+        let files = list_audit_files(&config.dir)?;
+        let mut inner = Inner {
+            current: None,
+            next_seq: 1,
+            last_hash: GENESIS_HASH.to_string(),
+            dirty: false,
+        };
+        let mut repair = None;
+        if let Some((newest, older)) = files.split_last() {
+            let path = &newest.path;
+            let mut file = open_append(path)?;
+            let len = file.metadata().map_err(io_err(path))?.len();
+            let tail = read_tail(&mut file, path, len)?;
+            let prior = match &tail.last_line {
+                Some((start, bytes)) => Some(parse_line(bytes).map_err(|what| {
+                    corrupt_at(
+                        &mut file,
+                        path,
+                        *start,
+                        format!("last entry is invalid: {what}"),
+                    )
+                })?),
+                None => last_entry_of(older)?,
+            };
+            if let Some(p) = prior {
+                inner.next_seq = p.seq.checked_add(1).ok_or(AuditError::SeqExhausted)?;
+                inner.last_hash = p.hash;
+            }
+            let mut size = len;
+            if !tail.partial.is_empty() {
+                match parse_line(&tail.partial) {
+                    Ok(p) if p.seq == inner.next_seq && p.prev == inner.last_hash => {
+                        // Only the newline was lost: keep the entry.
+                        file.write_all(b"\n").map_err(io_err(path))?;
+                        file.sync_data().map_err(io_err(path))?;
+                        size += 1;
+                        inner.next_seq = p.seq.checked_add(1).ok_or(AuditError::SeqExhausted)?;
+                        inner.last_hash = p.hash;
+                        tracing::warn!(file = %path.display(), seq = p.seq,
+                            "audit log: last entry lacked its newline (crash); completed it");
+                    }
+                    _ => {
+                        file.set_len(tail.partial_start).map_err(io_err(path))?;
+                        file.sync_data().map_err(io_err(path))?;
+                        size = tail.partial_start;
+                        let name = file_name(path);
+                        tracing::warn!(file = %name, bytes = tail.partial.len(),
+                            "audit log: discarded a torn last line (crash during a write)");
+                        repair = Some(AuditEvent::LogRepaired {
+                            file: name,
+                            discarded_bytes: tail.partial.len() as u64,
+                            discarded_sha256: sha256_hex(&tail.partial),
+                        });
+                    }
+                }
+            }
+            inner.current = Some(Current {
+                path: path.clone(),
+                file,
+                date: newest.date,
+                counter: newest.counter,
+                size,
+            });
+        }
+        let log = AuditLog {
+            config,
+            inner: Mutex::new(inner),
+            _lock: lock,
+        };
+        if let Some(event) = repair {
+            log.record(event)?;
+        }
+        Ok(log)
+    }
+
+    /// Append `event` stamped with the system clock; returns its sequence number once it is on
+    /// disk (written and `fdatasync`ed).
+    pub fn record(&self, event: AuditEvent) -> Result<u64, AuditError> {
+        self.record_at(event, SystemTime::now())
+    }
+
+    /// [`AuditLog::record`] with an explicit timestamp (for tests and tools; the server calls
+    /// `record`). File rotation by date follows `at`, but a file name never goes back in date:
+    /// if `at` is earlier than the current file's date, the current date is kept.
+    pub fn record_at(&self, event: AuditEvent, at: SystemTime) -> Result<u64, AuditError> {
+        let mut inner = self.lock();
+        record_locked(&self.config, &mut inner, &event, at)
+    }
+
+    /// Remove whole files, oldest first, while their newest entry is older than the retention
+    /// period at `now`; never the current file, and never a file after one that is kept, so the
+    /// rest stays one chain. Records an [`AuditEvent::RetentionRemoved`] entry when anything was
+    /// removed. Returns the paths removed.
+    pub fn apply_retention(&self, now: SystemTime) -> Result<Vec<PathBuf>, AuditError> {
+        let mut inner = self.lock();
+        let current = inner.current.as_ref().map(|c| c.path.clone());
+        let files = list_audit_files(&self.config.dir)?;
+        let mut removed = Vec::new();
+        let mut through_seq = None;
+        for f in files {
+            if Some(&f.path) == current.as_ref() {
+                break;
+            }
+            let newest = match newest_entry(&f.path) {
+                Ok(newest) => newest,
+                Err(e) => {
+                    tracing::warn!(error = %e,
+                        "audit retention: keeping this file and all later ones");
+                    break;
+                }
+            };
+            if let Some((_, time)) = newest {
+                let old_enough = now
+                    .duration_since(time)
+                    .is_ok_and(|age| age > self.config.retention);
+                if !old_enough {
+                    break;
+                }
+            }
+            fs::remove_file(&f.path).map_err(io_err(&f.path))?;
+            if let Some((seq, _)) = newest {
+                through_seq = Some(seq);
+            }
+            removed.push(f.path);
+        }
+        if !removed.is_empty() {
+            sync_dir(&self.config.dir)?;
+            let files = removed.iter().map(|p| file_name(p)).collect();
+            let event = AuditEvent::RetentionRemoved { files, through_seq };
+            record_locked(&self.config, &mut inner, &event, now)?;
+        }
+        Ok(removed)
+    }
+
+    /// The sequence number the next entry will get.
+    pub fn next_seq(&self) -> u64 {
+        self.lock().next_seq
+    }
+
+    /// The file being appended to (`None` before the first entry in an empty directory).
+    pub fn current_file(&self) -> Option<PathBuf> {
+        self.lock().current.as_ref().map(|c| c.path.clone())
+    }
+
+    pub fn config(&self) -> &AuditConfig {
+        &self.config
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock cannot leave a half-updated state behind: `dirty` marks
+        // a write in progress and is repaired before the next one.
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+fn record_locked(
+    config: &AuditConfig,
+    inner: &mut Inner,
+    event: &AuditEvent,
+    at: SystemTime,
+) -> Result<u64, AuditError> {
+    let seq = inner.next_seq;
+    let next = seq.checked_add(1).ok_or(AuditError::SeqExhausted)?;
+    let time = format_rfc3339(at);
+    let event_json = serde_json::to_string(event)?;
+    let head = format!(
+        "{{\"seq\":{seq},\"time\":\"{time}\",\"prev\":\"{}\",\"event\":{event_json}",
+        inner.last_hash
+    );
+    let hash = sha256_hex(format!("{head}}}").as_bytes());
+    let line = format!("{head},\"hash\":\"{hash}\"}}\n");
+    if line.len() > MAX_LINE_BYTES {
+        return Err(AuditError::TooLarge(line.len()));
+    }
+
+    if inner.dirty {
+        if let Some(c) = &inner.current {
+            c.file.set_len(c.size).map_err(io_err(&c.path))?;
+        }
+        inner.dirty = false;
+    }
+    let date = utc_date(at);
+    let rotate = match &inner.current {
+        None => true,
+        Some(c) => {
+            c.size > 0 && (date > c.date || c.size + line.len() as u64 > config.max_file_bytes)
+        }
+    };
+    if rotate {
+        rotate_file(config, inner, date)?;
+    }
+    let Some(current) = inner.current.as_mut() else {
+        return Err(AuditError::Io {
+            path: config.dir.clone(),
+            source: io::Error::other("no current audit file"),
+        });
+    };
+    inner.dirty = true;
+    let written = current
+        .file
+        .write_all(line.as_bytes())
+        .and_then(|()| current.file.sync_data());
+    if let Err(source) = written {
+        if current.file.set_len(current.size).is_ok() {
+            inner.dirty = false;
+        }
+        return Err(AuditError::Io {
+            path: current.path.clone(),
+            source,
+        });
+    }
+    current.size += line.len() as u64;
+    inner.dirty = false;
+    inner.next_seq = next;
+    inner.last_hash = hash;
+    Ok(seq)
+}
+
+fn rotate_file(config: &AuditConfig, inner: &mut Inner, date: u32) -> Result<(), AuditError> {
+    let (date, mut counter) = match &inner.current {
+        Some(c) if date <= c.date => (c.date, c.counter + 1),
+        _ => (date, 0),
+    };
+    loop {
+        let path = config
+            .dir
+            .join(format!("audit-{date:08}-{counter:04}.jsonl"));
+        let mut options = OpenOptions::new();
+        options.append(true).read(true).create_new(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(0o640);
+        }
+        match options.open(&path) {
+            Ok(file) => {
+                sync_dir(&config.dir)?;
+                inner.current = Some(Current {
+                    path,
+                    file,
+                    date,
+                    counter,
+                    size: 0,
+                });
+                return Ok(());
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => counter += 1,
+            Err(e) => return Err(io_err(&path)(e)),
+        }
+    }
+}
+
+/// Check the chain over `paths`: files, or directories (expanded to their audit files in order).
+/// Paths are taken in the order given. Stops at the first problem. I/O errors (a path that
+/// cannot be read) are errors; anything wrong with the content is a [`Problem`] in the report.
+pub fn verify(paths: &[PathBuf]) -> Result<VerifyReport, AuditError> {
+    let mut report = VerifyReport {
+        files: 0,
+        lines: 0,
+        first_seq: None,
+        last_seq: None,
+        first_problem: None,
+    };
+    let mut files = Vec::new();
+    for path in paths {
+        let meta = fs::metadata(path).map_err(io_err(path))?;
+        if meta.is_dir() {
+            let found = list_audit_files(path)?;
+            if found.is_empty() {
+                report.first_problem = Some(Problem {
+                    file: path.clone(),
+                    line: 0,
+                    what: "no audit files (audit-YYYYMMDD-NNNN.jsonl) in this directory".into(),
+                });
+                return Ok(report);
+            }
+            files.extend(found.into_iter().map(|f| f.path));
+        } else {
+            files.push(path.clone());
+        }
+    }
+    if files.is_empty() {
+        report.first_problem = Some(Problem {
+            file: PathBuf::new(),
+            line: 0,
+            what: "no audit files given".into(),
+        });
+        return Ok(report);
+    }
+
+    // (seq, hash, file, line) of the last good entry.
+    let mut last: Option<(u64, String, PathBuf, usize)> = None;
+    for path in &files {
+        report.files += 1;
+        let mut reader = LineReader::open(path)?;
+        let problem = |line: usize, what: String| Problem {
+            file: path.clone(),
+            line,
+            what,
+        };
+        while let Some((line_no, next)) = reader.next_line()? {
+            let bytes = match next {
+                Ok(bytes) => bytes,
+                Err(what) => {
+                    report.first_problem = Some(problem(line_no, what));
+                    return Ok(report);
+                }
+            };
+            let entry = match parse_line(bytes) {
+                Ok(entry) => entry,
+                Err(what) => {
+                    report.first_problem = Some(problem(line_no, what));
+                    return Ok(report);
+                }
+            };
+            let link_problem = match &last {
+                None if entry.seq == 1 && entry.prev != GENESIS_HASH => {
+                    Some("entry seq 1 must have prev = 64 zeros".to_string())
+                }
+                None if entry.seq != 1 && entry.prev == GENESIS_HASH => Some(format!(
+                    "entry seq {} has the genesis prev (64 zeros) but is not seq 1",
+                    entry.seq
+                )),
+                None => None,
+                Some((seq, hash, file, line)) => {
+                    let expected = seq.saturating_add(1);
+                    if entry.seq != expected {
+                        let kind = if entry.seq > expected {
+                            "sequence gap (entries missing)"
+                        } else {
+                            "sequence goes back or repeats"
+                        };
+                        Some(format!(
+                            "{kind}: expected seq {expected}, found {} (previous entry at {}:{line})",
+                            entry.seq,
+                            file.display()
+                        ))
+                    } else if entry.prev != *hash {
+                        Some(format!(
+                            "broken hash chain: prev does not match the hash of the previous \
+                             entry at {}:{line}",
+                            file.display()
+                        ))
+                    } else {
+                        None
+                    }
+                }
+            };
+            if let Some(what) = link_problem {
+                report.first_problem = Some(problem(line_no, what));
+                return Ok(report);
+            }
+            report.lines += 1;
+            report.first_seq.get_or_insert(entry.seq);
+            report.last_seq = Some(entry.seq);
+            last = Some((entry.seq, entry.hash, path.clone(), line_no));
+        }
+    }
+    Ok(report)
+}
+
+/// Reads `\n`-terminated lines of at most [`MAX_LINE_BYTES`]; a line that is too long or lacks
+/// its newline is reported as `Err(what)`.
+struct LineReader {
+    path: PathBuf,
+    reader: BufReader<File>,
+    buf: Vec<u8>,
+    line_no: usize,
+}
+
+impl LineReader {
+    fn open(path: &Path) -> Result<LineReader, AuditError> {
+        let file = File::open(path).map_err(io_err(path))?;
+        Ok(LineReader {
+            path: path.to_path_buf(),
+            reader: BufReader::new(file),
+            buf: Vec::new(),
+            line_no: 0,
+        })
+    }
+
+    fn next_line(&mut self) -> Result<Option<(usize, Result<&[u8], String>)>, AuditError> {
+        self.buf.clear();
+        let n = (&mut self.reader)
+            .take(MAX_LINE_BYTES as u64 + 1)
+            .read_until(b'\n', &mut self.buf)
+            .map_err(io_err(&self.path))?;
+        if n == 0 {
+            return Ok(None);
+        }
+        self.line_no += 1;
+        let line = match self.buf.strip_suffix(b"\n") {
+            Some(bytes) => Ok(bytes),
+            None if self.buf.len() > MAX_LINE_BYTES => {
+                Err(format!("line longer than {MAX_LINE_BYTES} bytes"))
+            }
+            None => Err("incomplete last line (no newline): a write cut short by a crash".into()),
+        };
+        Ok(Some((self.line_no, line)))
+    }
+}
+
+/// The last `seq` and the newest `time` in a file (`None` if it is empty). Every line must be a
+/// valid entry: retention keeps what it cannot read.
+fn newest_entry(path: &Path) -> Result<Option<(u64, SystemTime)>, AuditError> {
+    let mut reader = LineReader::open(path)?;
+    let mut newest: Option<(u64, SystemTime)> = None;
+    while let Some((line, next)) = reader.next_line()? {
+        let corrupt = |what: String| AuditError::Corrupt {
+            file: path.to_path_buf(),
+            line,
+            what,
+        };
+        let entry = next.and_then(parse_line).map_err(corrupt)?;
+        let time = parse_rfc3339(&entry.time)
+            .ok_or_else(|| corrupt(format!("time {:?} is not RFC 3339 UTC", entry.time)))?;
+        let max = newest.map_or(time, |(_, t)| t.max(time));
+        newest = Some((entry.seq, max));
+    }
+    Ok(newest)
+}
+
+/// The fields of a line as they are checked.
+struct Parsed {
+    seq: u64,
+    time: String,
+    prev: String,
+    hash: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LineFields {
+    seq: u64,
+    time: String,
+    prev: String,
+    event: serde_json::Value,
+    hash: String,
+}
+
+/// Check one line (without its `\n`) on its own: hash field, own hash, structure.
+fn parse_line(bytes: &[u8]) -> Result<Parsed, String> {
+    let text = std::str::from_utf8(bytes).map_err(|_| "line is not valid UTF-8".to_string())?;
+    let malformed = || "missing or malformed hash field at the end of the line".to_string();
+    if text.len() < HASH_SUFFIX_LEN + 2 || !text.is_char_boundary(text.len() - HASH_SUFFIX_LEN) {
+        return Err(malformed());
+    }
+    let (head, tail) = text.split_at(text.len() - HASH_SUFFIX_LEN);
+    let recorded = tail
+        .strip_prefix(",\"hash\":\"")
+        .and_then(|t| t.strip_suffix("\"}"))
+        .filter(|h| is_hex64(h))
+        .ok_or_else(malformed)?;
+    let computed = sha256_hex(format!("{head}}}").as_bytes());
+    if computed != recorded {
+        return Err(format!(
+            "hash mismatch: the entry was modified (recorded {recorded}, computed {computed})"
+        ));
+    }
+    let fields: LineFields =
+        serde_json::from_str(text).map_err(|e| format!("not a valid audit entry: {e}"))?;
+    if fields.hash != recorded {
+        return Err(malformed());
+    }
+    if fields.seq == 0 {
+        return Err("seq 0: sequence numbers start at 1".into());
+    }
+    if !is_hex64(&fields.prev) {
+        return Err("prev is not 64 lowercase hex digits".into());
+    }
+    if parse_rfc3339(&fields.time).is_none() {
+        return Err(format!("time {:?} is not RFC 3339 UTC", fields.time));
+    }
+    if !fields.event.get("event").is_some_and(|v| v.is_string()) {
+        return Err("event is not an object with an \"event\" name".into());
+    }
+    Ok(Parsed {
+        seq: fields.seq,
+        time: fields.time,
+        prev: fields.prev,
+        hash: fields.hash,
+    })
+}
+
+fn is_hex64(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let digest = Sha256::digest(bytes);
+    let mut out = String::with_capacity(64);
+    for b in digest {
+        out.push(char::from(HEX[usize::from(b >> 4)]));
+        out.push(char::from(HEX[usize::from(b & 0x0f)]));
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// Files
+
+struct AuditFile {
+    date: u32,
+    counter: u64,
+    path: PathBuf,
+}
+
+/// `audit-YYYYMMDD-NNNN.jsonl` → (date, counter).
+fn parse_file_name(name: &str) -> Option<(u32, u64)> {
+    let rest = name.strip_prefix("audit-")?.strip_suffix(".jsonl")?;
+    let (date, counter) = rest.split_once('-')?;
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if date.len() != 8 || !digits(date) || counter.len() < 4 || !digits(counter) {
+        return None;
+    }
+    Some((date.parse().ok()?, counter.parse().ok()?))
+}
+
+/// The audit files in `dir`, oldest first.
+fn list_audit_files(dir: &Path) -> Result<Vec<AuditFile>, AuditError> {
+    let mut files = Vec::new();
+    for entry in fs::read_dir(dir).map_err(io_err(dir))? {
+        let entry = entry.map_err(io_err(dir))?;
+        let name = entry.file_name();
+        let Some((date, counter)) = name.to_str().and_then(parse_file_name) else {
+            continue;
+        };
+        files.push(AuditFile {
+            date,
+            counter,
+            path: entry.path(),
+        });
+    }
+    files.sort_by_key(|f| (f.date, f.counter));
+    Ok(files)
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| path.display().to_string())
+}
+
+fn create_dir(dir: &Path) -> Result<(), AuditError> {
+    let mut builder = fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(0o750);
+    }
+    builder.create(dir).map_err(io_err(dir))
+}
+
+fn open_append(path: &Path) -> Result<File, AuditError> {
+    OpenOptions::new()
+        .read(true)
+        .append(true)
+        .open(path)
+        .map_err(io_err(path))
+}
+
+fn sync_dir(dir: &Path) -> Result<(), AuditError> {
+    #[cfg(unix)]
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(dir))?;
+    #[cfg(not(unix))]
+    let _ = dir;
+    Ok(())
+}
+
+fn lock_dir(dir: &Path) -> Result<File, AuditError> {
+    let path = dir.join(LOCK_FILE);
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(io_err(&path))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::io::AsRawFd;
+        // SAFETY: flock on a file descriptor we own; no memory is involved.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc != 0 {
+            let err = io::Error::last_os_error();
+            if err.kind() == io::ErrorKind::WouldBlock {
+                return Err(AuditError::Locked(dir.to_path_buf()));
+            }
+            return Err(io_err(&path)(err));
+        }
+    }
+    Ok(file)
+}
+
+/// The end of a file: its last complete line and whatever follows the last newline.
+struct Tail {
+    /// Offset and bytes (without `\n`) of the last `\n`-terminated line.
+    last_line: Option<(u64, Vec<u8>)>,
+    /// Offset of the bytes after the last `\n` (the file length if there are none).
+    partial_start: u64,
+    partial: Vec<u8>,
+}
+
+fn read_tail(file: &mut File, path: &Path, len: u64) -> Result<Tail, AuditError> {
+    // Both the partial tail and the last line are at most a line long.
+    let limit = 2 * (MAX_LINE_BYTES as u64 + 1);
+    let mut window = len.min(64 * 1024);
+    loop {
+        let start = len - window;
+        let mut buf = vec![0; usize::try_from(window).unwrap_or(usize::MAX)];
+        file.seek(SeekFrom::Start(start))
+            .and_then(|_| file.read_exact(&mut buf))
+            .map_err(io_err(path))?;
+        let last_nl = buf.iter().rposition(|&b| b == b'\n');
+        let found = match last_nl {
+            None if start == 0 => Some(Tail {
+                last_line: None,
+                partial_start: 0,
+                partial: buf,
+            }),
+            None => None,
+            Some(p) => match buf[..p].iter().rposition(|&b| b == b'\n') {
+                Some(q) => Some((start + q as u64 + 1, q + 1)),
+                None if start == 0 => Some((0, 0)),
+                None => None,
+            }
+            .map(|(line_start, from)| Tail {
+                last_line: Some((line_start, buf[from..p].to_vec())),
+                partial_start: start + p as u64 + 1,
+                partial: buf[p + 1..].to_vec(),
+            }),
+        };
+        match found {
+            Some(tail) if tail.partial.len() > MAX_LINE_BYTES => {
+                let line = count_lines(file, path, tail.partial_start)? + 1;
+                return Err(AuditError::Corrupt {
+                    file: path.to_path_buf(),
+                    line,
+                    what: format!(
+                        "{} bytes without a newline at the end: not a torn write, refusing to \
+                         truncate",
+                        tail.partial.len()
+                    ),
+                });
+            }
+            Some(tail) => return Ok(tail),
+            None if window >= limit => {
+                return Err(AuditError::Corrupt {
+                    file: path.to_path_buf(),
+                    line: count_lines(file, path, start)? + 1,
+                    what: format!("a line longer than {MAX_LINE_BYTES} bytes at the end"),
+                });
+            }
+            None => window = len.min(window * 2),
+        }
+    }
+}
+
+/// Newlines before `offset`.
+fn count_lines(file: &mut File, path: &Path, offset: u64) -> Result<usize, AuditError> {
+    file.seek(SeekFrom::Start(0)).map_err(io_err(path))?;
+    let mut reader = BufReader::new(file.take(offset));
+    let mut count = 0;
+    loop {
+        let chunk = reader.fill_buf().map_err(io_err(path))?;
+        if chunk.is_empty() {
+            return Ok(count);
+        }
+        count += chunk.iter().filter(|&&b| b == b'\n').count();
+        let n = chunk.len();
+        reader.consume(n);
+    }
+}
+
+fn corrupt_at(file: &mut File, path: &Path, offset: u64, what: String) -> AuditError {
+    match count_lines(file, path, offset) {
+        Ok(n) => AuditError::Corrupt {
+            file: path.to_path_buf(),
+            line: n + 1,
+            what,
+        },
+        Err(e) => e,
+    }
+}
+
+/// The last entry of the newest non-empty file among `files` (oldest first); `None` if all are
+/// empty. Files other than the current one must end with a newline.
+fn last_entry_of(files: &[AuditFile]) -> Result<Option<Parsed>, AuditError> {
+    for f in files.iter().rev() {
+        let path = &f.path;
+        let mut file = File::open(path).map_err(io_err(path))?;
+        let len = file.metadata().map_err(io_err(path))?.len();
+        if len == 0 {
+            continue;
+        }
+        let tail = read_tail(&mut file, path, len)?;
+        if !tail.partial.is_empty() {
+            let line = count_lines(&mut file, path, tail.partial_start)? + 1;
+            return Err(AuditError::Corrupt {
+                file: path.clone(),
+                line,
+                what: "a closed audit file does not end with a newline".into(),
+            });
+        }
+        if let Some((start, bytes)) = tail.last_line {
+            return parse_line(&bytes).map(Some).map_err(|what| {
+                corrupt_at(
+                    &mut file,
+                    path,
+                    start,
+                    format!("last entry is invalid: {what}"),
+                )
+            });
+        }
+    }
+    Ok(None)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Time: RFC 3339 UTC without a date library.
+
+/// Seconds and milliseconds since the epoch (times before 1970 count as the epoch).
+fn unix_parts(t: SystemTime) -> (u64, u32) {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    (d.as_secs(), d.subsec_millis())
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.mmmZ`.
+pub fn format_rfc3339(t: SystemTime) -> String {
+    let (secs, millis) = unix_parts(t);
+    let days = secs / 86_400;
+    let rem = secs % 86_400;
+    let (y, m, d) = civil_from_days(i64::try_from(days).unwrap_or(i64::MAX / 2));
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{millis:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Parse `YYYY-MM-DDTHH:MM:SS[.fraction]Z` (UTC only, as written by [`format_rfc3339`]).
+pub fn parse_rfc3339(s: &str) -> Option<SystemTime> {
+    let b = s.as_bytes();
+    if b.len() < 20 || !s.is_ascii() {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| -> Option<u32> {
+        let part = s.get(r)?;
+        if part.bytes().all(|c| c.is_ascii_digit()) {
+            part.parse().ok()
+        } else {
+            None
+        }
+    };
+    let seps = b[4] == b'-'
+        && b[7] == b'-'
+        && matches!(b[10], b'T' | b't')
+        && b[13] == b':'
+        && b[16] == b':';
+    if !seps {
+        return None;
+    }
+    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (h, mi, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    if y < 1970 || !(1..=12).contains(&mo) || d < 1 || d > days_in_month(y, mo) {
+        return None;
+    }
+    if h > 23 || mi > 59 || sec > 60 {
+        return None;
+    }
+    let rest = &s[19..];
+    let (frac, zone) = match rest.strip_prefix('.') {
+        Some(r) => {
+            let digits = r.bytes().take_while(u8::is_ascii_digit).count();
+            if digits == 0 || digits > 9 {
+                return None;
+            }
+            (&r[..digits], &r[digits..])
+        }
+        None => ("", rest),
+    };
+    if !matches!(zone, "Z" | "z") {
+        return None;
+    }
+    let nanos = if frac.is_empty() {
+        0
+    } else {
+        let n: u32 = frac.parse().ok()?;
+        n * 10u32.pow(9 - frac.len() as u32)
+    };
+    let days = u64::try_from(days_from_civil(i64::from(y), mo, d)).ok()?;
+    let secs = days * 86_400 + u64::from(h) * 3600 + u64::from(mi) * 60 + u64::from(sec);
+    UNIX_EPOCH.checked_add(Duration::new(secs, nanos))
+}
+
+fn is_leap(y: u32) -> bool {
+    (y % 4 == 0 && y % 100 != 0) || y % 400 == 0
+}
+
+fn days_in_month(y: u32, m: u32) -> u32 {
+    match m {
+        2 if is_leap(y) => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    }
+}
+
+/// The UTC date of `t` as the number `YYYYMMDD`.
+fn utc_date(t: SystemTime) -> u32 {
+    let (secs, _) = unix_parts(t);
+    let (y, m, d) = civil_from_days(i64::try_from(secs / 86_400).unwrap_or(0));
+    u32::try_from(y.clamp(0, 9999)).unwrap_or(0) * 10_000 + m * 100 + d
+}
+
+/// (year, month, day) of a day count since 1970-01-01 (H. Hinnant's `civil_from_days`).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date.
+fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let m = i64::from(m);
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(d) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(secs: u64, millis: u32) -> SystemTime {
+        UNIX_EPOCH + Duration::new(secs, millis * 1_000_000)
+    }
+
+    #[test]
+    fn formats_known_instants() {
+        assert_eq!(format_rfc3339(at(0, 0)), "1970-01-01T00:00:00.000Z");
+        assert_eq!(
+            format_rfc3339(at(951_782_400, 5)),
+            "2000-02-29T00:00:00.005Z"
+        );
+        assert_eq!(
+            format_rfc3339(at(951_868_799, 999)),
+            "2000-02-29T23:59:59.999Z"
+        );
+        assert_eq!(
+            format_rfc3339(at(1_700_000_000, 123)),
+            "2023-11-14T22:13:20.123Z"
+        );
+        assert_eq!(
+            format_rfc3339(at(4_107_542_400, 0)),
+            "2100-03-01T00:00:00.000Z"
+        );
+        assert_eq!(
+            format_rfc3339(UNIX_EPOCH - Duration::from_secs(5)),
+            "1970-01-01T00:00:00.000Z"
+        );
+    }
+
+    #[test]
+    fn parses_and_round_trips() {
+        for secs in [
+            0,
+            68_169_600,
+            951_782_400,
+            1_700_000_000,
+            4_107_542_399,
+            253_402_300_799,
+        ] {
+            for millis in [0, 1, 500, 999] {
+                let t = at(secs, millis);
+                assert_eq!(
+                    parse_rfc3339(&format_rfc3339(t)),
+                    Some(t),
+                    "{secs}.{millis}"
+                );
+            }
+        }
+        assert_eq!(
+            parse_rfc3339("2023-11-14T22:13:20Z"),
+            Some(at(1_700_000_000, 0))
+        );
+        assert_eq!(
+            parse_rfc3339("2023-11-14T22:13:20.123456789Z"),
+            Some(UNIX_EPOCH + Duration::new(1_700_000_000, 123_456_789))
+        );
+    }
+
+    #[test]
+    fn rejects_bad_times() {
+        for bad in [
+            "",
+            "2023-11-14",
+            "2023-11-14T22:13:20",
+            "2023-11-14T22:13:20+01:00",
+            "2023-02-29T00:00:00Z",
+            "2023-13-01T00:00:00Z",
+            "2023-11-14T24:00:00Z",
+            "2023-11-14T22:13:20.Z",
+            "2023-11-14T22:13:20.1234567890Z",
+            "1969-12-31T23:59:59Z",
+            "2023-11-14T22:13:2xZ",
+            "2023-11-14T22:13:20Zjunk",
+            "2023-11-14T22:13:20.12é",
+            "+023-11-14T22:13:20Z",
+        ] {
+            assert_eq!(parse_rfc3339(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn civil_conversions_agree() {
+        for days in -1000..200_000 {
+            let (y, m, d) = civil_from_days(days);
+            assert_eq!(days_from_civil(y, m, d), days);
+        }
+        assert_eq!(utc_date(at(951_782_400, 0)), 20_000_229);
+    }
+
+    #[test]
+    fn file_names() {
+        assert_eq!(
+            parse_file_name("audit-20250301-0000.jsonl"),
+            Some((20_250_301, 0))
+        );
+        assert_eq!(
+            parse_file_name("audit-20250301-12345.jsonl"),
+            Some((20_250_301, 12_345))
+        );
+        assert_eq!(parse_file_name("audit-2025031-0000.jsonl"), None);
+        assert_eq!(parse_file_name("audit-20250301-000.jsonl"), None);
+        assert_eq!(parse_file_name("audit-20250301-0000.jsonl.bak"), None);
+        assert_eq!(parse_file_name(".lock"), None);
+    }
+
+    #[test]
+    fn parse_line_never_panics_on_junk() {
+        let good = {
+            let head = format!(
+                "{{\"seq\":1,\"time\":\"2025-01-01T00:00:00.000Z\",\"prev\":\"{GENESIS_HASH}\",\
+                 \"event\":{{\"event\":\"started\",\"version\":\"1\"}}"
+            );
+            let hash = sha256_hex(format!("{head}}}").as_bytes());
+            format!("{head},\"hash\":\"{hash}\"}}")
+        };
+        assert!(parse_line(good.as_bytes()).is_ok());
+        for cut in 0..good.len() {
+            assert!(parse_line(&good.as_bytes()[..cut]).is_err());
+        }
+        assert!(parse_line(&[0xff; 100]).is_err());
+        let multibyte = "é".repeat(60);
+        assert!(parse_line(multibyte.as_bytes()).is_err());
+    }
+}

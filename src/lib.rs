@@ -14,6 +14,7 @@ pub mod dns;
 pub mod domain;
 pub mod dsn;
 pub mod inbound;
+pub mod metrics;
 pub mod policy;
 pub mod queue;
 pub mod server;

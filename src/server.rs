@@ -5,10 +5,11 @@
 //! connection is accepted (non-negotiable 5).
 
 use crate::config::{Config, Role};
-use crate::delivery::DeliveryEngine;
+use crate::delivery::{DeliveryEngine, EngineParts};
 use crate::dns::{DnsError, HickoryResolver};
 use crate::inbound::limits::ConnectionLimiter;
 use crate::inbound::{self, SessionContext};
+use crate::metrics::Metrics;
 use crate::policy;
 use crate::policy::domain_list::{DomainListHandle, ListError, Reloaded};
 use crate::queue::{Committer, SledStore, Store, StoreError};
@@ -88,15 +89,33 @@ fn warn_if_old(handle: &DomainListHandle, config: &Config) {
     }
 }
 
-fn reload_and_log(handle: &DomainListHandle) {
+/// Reloads; false when the new file was refused.
+fn reload_and_log(handle: &DomainListHandle) -> bool {
     match handle.reload() {
         Ok(Reloaded::Replaced { old, new }) => {
-            tracing::info!(old, new, "tvungen TLS domain list reloaded")
+            tracing::info!(old, new, "tvungen TLS domain list reloaded");
+            true
         }
-        Ok(Reloaded::Unchanged) => tracing::info!("tvungen TLS domain list unchanged"),
+        Ok(Reloaded::Unchanged) => {
+            tracing::info!("tvungen TLS domain list unchanged");
+            true
+        }
         Err(e) => {
-            tracing::error!(error = %e, "domain list reload refused, the old list stays in force")
+            tracing::error!(error = %e, "domain list reload refused, the old list stays in force");
+            false
         }
+    }
+}
+
+fn update_list_gauges(metrics: &Metrics, handle: &DomainListHandle, config: &Config) {
+    metrics
+        .domain_list_domains
+        .set(handle.current().len() as i64);
+    metrics
+        .domain_list_max_age_days
+        .set(i64::from(config.domain_list.max_age_days));
+    if let Some(age) = handle.age_days(config.domain_list.age_from, std::time::SystemTime::now()) {
+        metrics.domain_list_age_days.set(age);
     }
 }
 
@@ -104,6 +123,7 @@ fn reload_and_log(handle: &DomainListHandle) {
 async fn watch_domain_list(
     handle: Arc<DomainListHandle>,
     config: Arc<Config>,
+    metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) {
     if handle.path().is_none() {
@@ -124,9 +144,13 @@ async fn watch_domain_list(
                 )
             }
             Ok(Reloaded::Unchanged) => {}
-            Err(e) => tracing::error!(error = %e,
-                "changed domain list refused, the old list stays in force"),
+            Err(e) => {
+                metrics.domain_list_reload_failures.inc();
+                tracing::error!(error = %e,
+                    "changed domain list refused, the old list stays in force")
+            }
         }
+        update_list_gauges(&metrics, &handle, &config);
         if last_age_warning.elapsed() >= Duration::from_secs(86_400) {
             last_age_warning = tokio::time::Instant::now();
             warn_if_old(&handle, &config);
@@ -139,6 +163,7 @@ const DNS_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A started relay.
 pub struct RunningServer {
+    metrics_addr: Option<SocketAddr>,
     domain_list: Arc<DomainListHandle>,
     sessions_ctx: Arc<SessionContext>,
     listeners: Vec<(Role, SocketAddr)>,
@@ -190,8 +215,18 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
         Committer::start(store.clone() as Arc<dyn Store>).map_err(ServerError::Committer)?;
     let client_tls = ClientTls::new(&config.outbound.extra_trust_roots)?;
     let domain_list = Arc::new(load_domain_list(&config)?);
+    let metrics = Metrics::new();
+    update_list_gauges(&metrics, &domain_list, &config);
     let resolver = HickoryResolver::new(&config.dns.nameservers, DNS_TIMEOUT)?;
 
+    let metrics_listener = match config.metrics {
+        Some(addr) => Some(
+            crate::metrics::bind(addr)
+                .await
+                .map_err(|source| ServerError::Bind { bind: addr, source })?,
+        ),
+        None => None,
+    };
     let mut bound = Vec::new();
     for l in &config.listeners {
         let socket = TcpListener::bind(l.bind)
@@ -215,15 +250,16 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
         );
     }
     let config = Arc::new(config);
-    let delivery = DeliveryEngine::start(
-        config.clone(),
-        store.clone(),
-        committer.clone(),
+    let delivery = DeliveryEngine::start(EngineParts {
+        config: config.clone(),
+        store: store.clone(),
+        committer: committer.clone(),
         announced,
-        Arc::new(resolver),
-        client_tls,
-        domain_list.clone(),
-    )
+        resolver: Arc::new(resolver),
+        tls: client_tls,
+        domain_list: domain_list.clone(),
+        metrics: metrics.clone(),
+    })
     .await
     .map_err(|source| ServerError::Queue {
         path: config.queue_dir().display().to_string(),
@@ -238,7 +274,7 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
         ),
         config: config.clone(),
         domain_list: domain_list.clone(),
-        refused_plaintext: Default::default(),
+        metrics: metrics.clone(),
         tls: Some(acceptor),
         committer: committer.clone(),
         shutdown: shutdown.clone(),
@@ -260,9 +296,24 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
     tokio::spawn(watch_domain_list(
         domain_list.clone(),
         config.clone(),
+        metrics.clone(),
         shutdown.clone(),
     ));
+    let metrics_addr = match metrics_listener {
+        Some(listener) => {
+            let addr = listener.local_addr().ok();
+            tokio::spawn(crate::metrics::serve(
+                listener,
+                metrics.clone(),
+                shutdown.clone(),
+            ));
+            addr
+        }
+        None => None,
+    };
+    metrics.set_ready(true);
     Ok(RunningServer {
+        metrics_addr,
         domain_list,
         sessions_ctx: ctx,
         listeners,
@@ -301,9 +352,13 @@ impl RunningServer {
         &self.delivery
     }
 
-    /// Sessions and messages refused under T5 since start.
-    pub fn refused_plaintext(&self) -> &std::sync::atomic::AtomicU64 {
-        &self.sessions_ctx.refused_plaintext
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.sessions_ctx.metrics
+    }
+
+    /// The bound metrics endpoint, when `[metrics]` is configured.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     /// The tvungen TLS list in force.
@@ -313,7 +368,14 @@ impl RunningServer {
 
     /// Reloads the domain list now (SIGHUP); on error the old list stays in force.
     pub fn reload_domain_list(&self) {
-        reload_and_log(&self.domain_list);
+        if !reload_and_log(&self.domain_list) {
+            self.sessions_ctx.metrics.domain_list_reload_failures.inc();
+        }
+        update_list_gauges(
+            &self.sessions_ctx.metrics,
+            &self.domain_list,
+            &self.sessions_ctx.config,
+        );
     }
 
     /// Stops accepting, tells idle sessions to go (421), waits up to `grace` for sessions in

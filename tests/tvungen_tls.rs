@@ -349,10 +349,7 @@ async fn plaintext_from_a_listed_sender_is_refused_inbound() {
         .await;
     assert_eq!(ok.code, 250);
     assert_eq!(
-        s.relay
-            .running()
-            .refused_plaintext()
-            .load(std::sync::atomic::Ordering::Relaxed),
+        s.relay.running().metrics().plaintext_refused.get(),
         2,
         "both refusals counted"
     );

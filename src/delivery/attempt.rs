@@ -10,6 +10,7 @@ use super::pool::{ConnectionPool, PoolKey};
 use super::route::{self, Destination, RouteError};
 use crate::config::Config;
 use crate::dns::Resolver;
+use crate::metrics::Metrics;
 use crate::policy::domain_list::DomainList;
 use crate::policy::{self, PolicySource, ResolvedPolicy, TlsLevel};
 use crate::queue::message::{MessageMeta, Recipient};
@@ -48,6 +49,7 @@ pub struct AttemptContext<'a> {
     pub pool: &'a ConnectionPool,
     /// The tvungen TLS list in force when the attempt started.
     pub domain_list: &'a DomainList,
+    pub metrics: &'a Metrics,
 }
 
 /// The TLS policy for a destination: `inbound.next_hop_tls` for the next hop, otherwise the
@@ -153,7 +155,11 @@ pub async fn deliver(
             let conn = match connect(ctx, &key).await {
                 Ok(conn) => conn,
                 Err(e) => {
-                    if policy.listed && matches!(e, ClientError::Tls(_)) {
+                    if let (true, ClientError::Tls(failure)) = (policy.listed, &e) {
+                        ctx.metrics
+                            .tls_failures
+                            .with_label_values(&[failure.metric_label()])
+                            .inc();
                         tracing::warn!(queue_id = %meta.id, destination = %destination,
                             host = %host.name, %addr, level = %level, reason = %e,
                             "TLS policy not met toward a listed domain, host skipped");

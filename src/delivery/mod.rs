@@ -16,6 +16,7 @@ pub mod route;
 use crate::config::Config;
 use crate::dns::Resolver;
 use crate::dsn::{self, DsnKind, DsnRequest, ReportedRecipient};
+use crate::metrics::Metrics;
 use crate::policy::domain_list::DomainListHandle;
 use crate::queue::message::{unix_now, MessageMeta, QueueId, RecipientState, RecipientStatus};
 use crate::queue::{Committer, NewMessages, Store, StoreError};
@@ -69,6 +70,20 @@ impl Timetable {
         ready
     }
 
+    /// Queue size and the age of the oldest message (queue ids encode their arrival time).
+    fn update_gauges(&self, metrics: &Metrics) {
+        let count = self.planned.len() + self.active.len();
+        metrics.queue_messages.set(count as i64);
+        let oldest = self
+            .planned
+            .keys()
+            .chain(self.active.iter())
+            .filter_map(QueueId::arrival_micros)
+            .min();
+        let age = oldest.map_or(0, |micros| unix_now().saturating_sub(micros / 1_000_000));
+        metrics.queue_oldest_message_age_seconds.set(age as i64);
+    }
+
     fn next_due(&self) -> Option<u64> {
         self.due.first().map(|(at, _)| *at)
     }
@@ -81,6 +96,7 @@ struct Engine {
     resolver: Arc<dyn Resolver>,
     tls: ClientTls,
     domain_list: Arc<DomainListHandle>,
+    metrics: Arc<Metrics>,
     pool: ConnectionPool,
     timetable: Mutex<Timetable>,
     wake: Notify,
@@ -90,6 +106,19 @@ struct Engine {
     tasks: TaskTracker,
 }
 
+/// What the engine is built from.
+pub struct EngineParts {
+    pub config: Arc<Config>,
+    pub store: Arc<dyn Store>,
+    pub committer: Committer,
+    /// Ids of newly committed messages (from [`Committer::start`]).
+    pub announced: NewMessages,
+    pub resolver: Arc<dyn Resolver>,
+    pub tls: ClientTls,
+    pub domain_list: Arc<DomainListHandle>,
+    pub metrics: Arc<Metrics>,
+}
+
 /// Handle to the running engine.
 pub struct DeliveryEngine {
     engine: Arc<Engine>,
@@ -97,17 +126,18 @@ pub struct DeliveryEngine {
 }
 
 impl DeliveryEngine {
-    /// Loads the queue's pending work and starts the scheduler. `announced` carries the ids
-    /// of newly committed messages (from [`Committer::start`]).
-    pub async fn start(
-        config: Arc<Config>,
-        store: Arc<dyn Store>,
-        committer: Committer,
-        announced: NewMessages,
-        resolver: Arc<dyn Resolver>,
-        tls: ClientTls,
-        domain_list: Arc<DomainListHandle>,
-    ) -> Result<DeliveryEngine, StoreError> {
+    /// Loads the queue's pending work and starts the scheduler.
+    pub async fn start(parts: EngineParts) -> Result<DeliveryEngine, StoreError> {
+        let EngineParts {
+            config,
+            store,
+            committer,
+            announced,
+            resolver,
+            tls,
+            domain_list,
+            metrics,
+        } = parts;
         let loader = store.clone();
         let backlog = tokio::task::spawn_blocking(move || load_backlog(loader.as_ref()))
             .await
@@ -127,6 +157,7 @@ impl DeliveryEngine {
             resolver,
             tls,
             domain_list,
+            metrics,
             timetable: Mutex::new(timetable),
             wake: Notify::new(),
             per_destination: Mutex::new(HashMap::new()),
@@ -191,7 +222,9 @@ async fn run_scheduler(engine: Arc<Engine>, mut announced: NewMessages) {
         let now = unix_now();
         let (ready, next) = {
             let mut timetable = lock(&engine.timetable);
-            (timetable.take_due(now), timetable.next_due())
+            let ready = timetable.take_due(now);
+            timetable.update_gauges(&engine.metrics);
+            (ready, timetable.next_due())
         };
         for id in ready {
             let engine2 = engine.clone();
@@ -246,6 +279,7 @@ async fn process_message(engine: &Arc<Engine>, id: &QueueId) {
     let next = match work_on(engine, id).await {
         Ok(next) => next,
         Err(e) => {
+            engine.metrics.store_errors.inc();
             tracing::error!(queue_id = %id, error = %e, "queue store error during delivery");
             Some(unix_now() + STORE_ERROR_RETRY)
         }
@@ -345,10 +379,26 @@ async fn work_on(engine: &Arc<Engine>, id: &QueueId) -> Result<Option<u64>, Stor
                 tls: &engine.tls,
                 pool: &engine.pool,
                 domain_list: &domain_list,
+                metrics: &engine.metrics,
             };
             let mut log = Vec::new();
             let outcomes =
                 attempt::deliver(&ctx, &meta, &body, &destination, &indices, &mut log).await;
+            let level =
+                attempt::policy_for(&engine.config, &domain_list, &destination, meta.requiretls)
+                    .level;
+            for (_, outcome) in &outcomes {
+                let result = match outcome {
+                    Outcome::Delivered { .. } => "delivered",
+                    Outcome::Deferred { .. } => "deferred",
+                    Outcome::Failed { .. } => "failed",
+                };
+                engine
+                    .metrics
+                    .deliveries
+                    .with_label_values(&[result, level.as_str()])
+                    .inc();
+            }
             (destination, outcomes, log)
         });
     }
@@ -526,13 +576,20 @@ async fn send_dsn(
     };
     let dsn_id = message.meta.id.clone();
     match engine.committer.commit(message).await {
-        Ok(()) => tracing::info!(
+        Ok(()) => {
+            engine
+                .metrics
+                .dsn_sent
+                .with_label_values(&[kind.as_str()])
+                .inc();
+            tracing::info!(
             queue_id = %meta.id,
             dsn_id = %dsn_id,
             kind = kind.as_str(),
             to = meta.sender.as_deref().unwrap_or(""),
             "DSN queued"
-        ),
+            )
+        }
         Err(e) => tracing::error!(queue_id = %meta.id, error = %e, kind = kind.as_str(),
             "could not queue a DSN"),
     }

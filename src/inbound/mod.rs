@@ -13,6 +13,7 @@ pub mod stream;
 pub mod tvungen;
 
 use crate::config::{Config, ListenerConfig};
+use crate::metrics::Metrics;
 use crate::policy::domain_list::DomainListHandle;
 use crate::queue::Committer;
 use limits::{ConnectionLimiter, LimitExceeded};
@@ -30,8 +31,7 @@ pub struct SessionContext {
     pub config: Arc<Config>,
     /// The tvungen TLS list, for refusing plaintext from listed senders (T5).
     pub domain_list: Arc<DomainListHandle>,
-    /// Sessions and messages refused under T5 (for metrics).
-    pub refused_plaintext: std::sync::atomic::AtomicU64,
+    pub metrics: Arc<Metrics>,
     /// `None` when no certificate is configured (STARTTLS then not offered).
     pub tls: Option<TlsAcceptor>,
     pub committer: Committer,

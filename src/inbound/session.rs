@@ -9,6 +9,7 @@ use super::received::{received_header, ReceivedFields};
 use super::{relay, tvungen, SessionContext};
 use crate::config::{ListenerConfig, Role};
 use crate::domain::Domain;
+use crate::metrics::RejectReason;
 use crate::queue::message::{
     self, BodyType, DsnNotify, MessageMeta, NewMessage, Reception, Recipient,
 };
@@ -135,6 +136,12 @@ impl Session {
             }
         };
         self.conn.close(limits.command_timeout).await;
+        let tls_used = if self.tls.is_some() { "yes" } else { "no" };
+        self.ctx
+            .metrics
+            .connections
+            .with_label_values(&[self.role_label(), tls_used])
+            .inc();
         tracing::info!(
             peer = %self.peer,
             listener = %self.listener.role,
@@ -218,6 +225,9 @@ impl Session {
             return self.reply(Reply::new(503, "5.5.1", "Nested MAIL command"));
         }
         if self.listener.require_tls && self.tls.is_none() {
+            self.ctx
+                .metrics
+                .reject(self.role_label(), RejectReason::TlsRequired);
             return self.reply(Reply::new(
                 530,
                 "5.7.0",
@@ -240,9 +250,10 @@ impl Session {
         if let Some(domain) = self.listed_plaintext_sender(&mail) {
             tracing::warn!(peer = %self.peer, sender_domain = %domain,
                 "plaintext session from a listed domain refused (T5)");
+            self.ctx.metrics.plaintext_refused.inc();
             self.ctx
-                .refused_plaintext
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                .metrics
+                .reject(self.role_label(), RejectReason::PlaintextListed);
             return self.reply(tvungen::envelope_refusal(&domain));
         }
         if mail.requiretls && self.tls.is_none() {
@@ -289,6 +300,9 @@ impl Session {
             return self.reply(Reply::new(503, "5.5.1", "Need MAIL before RCPT"));
         };
         if tx.recipients.len() >= config.limits.max_recipients {
+            self.ctx
+                .metrics
+                .reject(self.role_label(), RejectReason::TooManyRecipients);
             return self.reply(Reply::new(452, "4.5.3", "Too many recipients"));
         }
         // <Postmaster> without a domain means ours (RFC 5321 4.5.1).
@@ -306,6 +320,9 @@ impl Session {
             return self.reply(command::CommandError::NeedsSmtputf8.reply());
         }
         if let Err(refusal) = relay::check_recipient(&config, role, client_ip, address.domain()) {
+            self.ctx
+                .metrics
+                .reject(self.role_label(), RejectReason::RelayDenied);
             tracing::info!(
                 peer = %self.peer,
                 listener = %role,
@@ -362,6 +379,9 @@ impl Session {
         match decoder.outcome() {
             DataOutcome::Ok => {}
             DataOutcome::TooLarge => {
+                self.ctx
+                    .metrics
+                    .reject(self.role_label(), RejectReason::TooLarge);
                 self.reply(Reply::new(
                     552,
                     "5.3.4",
@@ -373,6 +393,9 @@ impl Session {
                 // SMTP smuggling defence: a message whose data holds a bare CR or LF is
                 // refused whole, so no receiver can disagree with us about where it ended.
                 tracing::warn!(peer = %self.peer, "message with bare CR or LF refused");
+                self.ctx
+                    .metrics
+                    .reject(self.role_label(), RejectReason::BareLineEnding);
                 self.reply(Reply::new(
                     550,
                     "5.6.0",
@@ -384,15 +407,23 @@ impl Session {
         if let Some(domain) = self.listed_plaintext_header_from(&body) {
             tracing::warn!(peer = %self.peer, from_domain = %domain,
                 "plaintext message with a listed From: domain refused (T5)");
+            self.ctx.metrics.plaintext_refused.inc();
             self.ctx
-                .refused_plaintext
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                .metrics
+                .reject(self.role_label(), RejectReason::PlaintextListed);
             self.reply(tvungen::header_refusal(&domain));
             return Flow::Continue;
         }
         let reply = self.commit(tx, body).await;
         self.reply(reply);
         Flow::Continue
+    }
+
+    fn role_label(&self) -> &'static str {
+        match self.listener.role {
+            Role::Inbound => "inbound",
+            Role::Outbound => "outbound",
+        }
     }
 
     /// T5 applies on inbound listeners, to plaintext sessions, when configured (default on).
@@ -470,6 +501,11 @@ impl Session {
         match self.ctx.committer.commit(NewMessage { meta, body }).await {
             Ok(()) => {
                 self.accepted += 1;
+                self.ctx
+                    .metrics
+                    .messages_accepted
+                    .with_label_values(&[self.role_label()])
+                    .inc();
                 tracing::info!(
                     queue_id = %id,
                     peer = %self.peer,
@@ -484,6 +520,10 @@ impl Session {
             }
             Err(e) => {
                 tracing::error!(peer = %self.peer, error = %e, "queue commit failed, message refused");
+                self.ctx.metrics.store_errors.inc();
+                self.ctx
+                    .metrics
+                    .reject(self.role_label(), RejectReason::StoreError);
                 store_error_reply(&e)
             }
         }

@@ -49,6 +49,11 @@ impl QueueId {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The arrival time the id encodes (microseconds since the epoch).
+    pub fn arrival_micros(&self) -> Option<u64> {
+        u64::from_str_radix(&self.0, 16).ok()
+    }
 }
 
 impl fmt::Display for QueueId {

@@ -1,0 +1,271 @@
+//! Prometheus metrics (design.md, "Metrics"; prefix `tlsgate_`) and the HTTP endpoint that
+//! serves them with `/healthz` and `/readyz`.
+//!
+//! Every label value comes from a small fixed set (listener role, TLS yes/no, a reason word, a
+//! TLS level, a DSN kind): never an address, a host name or a free-form error, so the number
+//! of series stays bounded whatever the traffic.
+
+use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+
+/// Why a message or recipient was refused, as a metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RejectReason {
+    RelayDenied,
+    PlaintextListed,
+    TlsRequired,
+    TooLarge,
+    BareLineEnding,
+    StoreError,
+    TooManyRecipients,
+}
+
+impl RejectReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectReason::RelayDenied => "relay_denied",
+            RejectReason::PlaintextListed => "plaintext_listed",
+            RejectReason::TlsRequired => "tls_required",
+            RejectReason::TooLarge => "too_large",
+            RejectReason::BareLineEnding => "bare_line_ending",
+            RejectReason::StoreError => "store_error",
+            RejectReason::TooManyRecipients => "too_many_recipients",
+        }
+    }
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub connections: IntCounterVec,
+    pub messages_accepted: IntCounterVec,
+    pub messages_rejected: IntCounterVec,
+    pub plaintext_refused: IntCounter,
+    pub deliveries: IntCounterVec,
+    pub tls_failures: IntCounterVec,
+    pub dsn_sent: IntCounterVec,
+    pub store_errors: IntCounter,
+    pub queue_messages: IntGauge,
+    pub queue_oldest_message_age_seconds: IntGauge,
+    pub domain_list_domains: IntGauge,
+    pub domain_list_age_days: IntGauge,
+    pub domain_list_max_age_days: IntGauge,
+    pub domain_list_reload_failures: IntCounter,
+    /// Listeners bound and queue open (`/readyz`).
+    ready: AtomicBool,
+}
+
+fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels)
+        .unwrap_or_else(|e| panic!("metric {name} is malformed: {e}"));
+    // Registration fails only for a duplicate name, which is a programming error caught by the
+    // unit test below.
+    let _ = registry.register(Box::new(c.clone()));
+    c
+}
+
+fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    let _ = registry.register(Box::new(c.clone()));
+    c
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    let _ = registry.register(Box::new(g.clone()));
+    g
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Metrics> {
+        let r = Registry::new();
+        let metrics = Metrics {
+            connections: counter_vec(
+                &r,
+                "tlsgate_connections_total",
+                "SMTP sessions ended, by listener role and whether TLS was used",
+                &["listener", "tls"],
+            ),
+            messages_accepted: counter_vec(
+                &r,
+                "tlsgate_messages_accepted_total",
+                "Messages accepted (durably queued) by listener role",
+                &["listener"],
+            ),
+            messages_rejected: counter_vec(
+                &r,
+                "tlsgate_messages_rejected_total",
+                "Messages or recipients refused, by listener role and reason",
+                &["listener", "reason"],
+            ),
+            plaintext_refused: counter(
+                &r,
+                "tlsgate_plaintext_refused_total",
+                "Plaintext sessions or messages from listed domains refused (T5)",
+            ),
+            deliveries: counter_vec(
+                &r,
+                "tlsgate_deliveries_total",
+                "Recipient delivery results, by result and TLS level",
+                &["result", "tls_level"],
+            ),
+            tls_failures: counter_vec(
+                &r,
+                "tlsgate_tls_failures_total",
+                "TLS failures toward listed domains (host skipped, never plaintext), by reason",
+                &["reason"],
+            ),
+            dsn_sent: counter_vec(
+                &r,
+                "tlsgate_dsn_sent_total",
+                "Delivery status notifications queued, by kind",
+                &["kind"],
+            ),
+            store_errors: counter(
+                &r,
+                "tlsgate_store_errors_total",
+                "Queue store errors (a message refused with 452, or a result not recorded)",
+            ),
+            queue_messages: gauge(&r, "tlsgate_queue_messages", "Messages in the queue"),
+            queue_oldest_message_age_seconds: gauge(
+                &r,
+                "tlsgate_queue_oldest_message_age_seconds",
+                "Age of the oldest message in the queue",
+            ),
+            domain_list_domains: gauge(
+                &r,
+                "tlsgate_domain_list_domains",
+                "Domains on the tvungen TLS domain list in force",
+            ),
+            domain_list_age_days: gauge(
+                &r,
+                "tlsgate_domain_list_age_days",
+                "Age of the domain list in days (T10)",
+            ),
+            domain_list_max_age_days: gauge(
+                &r,
+                "tlsgate_domain_list_max_age_days",
+                "Configured domain_list.max_age_days",
+            ),
+            domain_list_reload_failures: counter(
+                &r,
+                "tlsgate_domain_list_reload_failures_total",
+                "Domain list files refused at reload (the old list stayed in force)",
+            ),
+            registry: r,
+            ready: AtomicBool::new(false),
+        };
+        Arc::new(metrics)
+    }
+
+    pub fn reject(&self, listener: &str, reason: RejectReason) {
+        self.messages_rejected
+            .with_label_values(&[listener, reason.as_str()])
+            .inc();
+    }
+
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Relaxed);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+
+    /// The Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` until `shutdown`.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) {
+    use axum::http::{header, StatusCode};
+    use axum::routing::get;
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            get(
+                |axum::extract::State(m): axum::extract::State<Arc<Metrics>>| async move {
+                    (
+                        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                        m.render(),
+                    )
+                },
+            ),
+        )
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/readyz",
+            get(
+                |axum::extract::State(m): axum::extract::State<Arc<Metrics>>| async move {
+                    if m.is_ready() {
+                        (StatusCode::OK, "ready\n")
+                    } else {
+                        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+                    }
+                },
+            ),
+        )
+        .with_state(metrics);
+    let result = axum::serve(listener, app)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await;
+    if let Err(e) = result {
+        tracing::error!(error = %e, "metrics endpoint stopped");
+    }
+}
+
+/// Binds the metrics endpoint.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_metric_is_registered_once_with_help() {
+        let m = Metrics::new();
+        m.reject("inbound", RejectReason::RelayDenied);
+        m.deliveries
+            .with_label_values(&["delivered", "verify"])
+            .inc();
+        m.tls_failures.with_label_values(&["no_starttls"]).inc();
+        m.dsn_sent.with_label_values(&["failure"]).inc();
+        m.connections.with_label_values(&["inbound", "yes"]).inc();
+        m.messages_accepted.with_label_values(&["inbound"]).inc();
+        let text = m.render();
+        for name in [
+            "tlsgate_connections_total",
+            "tlsgate_messages_accepted_total",
+            "tlsgate_messages_rejected_total",
+            "tlsgate_plaintext_refused_total",
+            "tlsgate_deliveries_total",
+            "tlsgate_tls_failures_total",
+            "tlsgate_dsn_sent_total",
+            "tlsgate_store_errors_total",
+            "tlsgate_queue_messages",
+            "tlsgate_queue_oldest_message_age_seconds",
+            "tlsgate_domain_list_domains",
+            "tlsgate_domain_list_age_days",
+            "tlsgate_domain_list_max_age_days",
+            "tlsgate_domain_list_reload_failures_total",
+        ] {
+            assert!(text.contains(&format!("# HELP {name} ")), "{name} missing");
+            assert!(text.contains(&format!("# TYPE {name} ")), "{name} missing");
+        }
+        assert!(text.contains(
+            "tlsgate_messages_rejected_total{listener=\"inbound\",reason=\"relay_denied\"} 1"
+        ));
+    }
+}

@@ -1,0 +1,128 @@
+//! The metrics endpoint (issue 6, design.md "Metrics"): scraped over a real socket, every line
+//! checked against the Prometheus text format, and counters seen to move after a relayed
+//! message and a refused one.
+
+mod common;
+
+use common::mx_sink::Behaviour;
+use common::relay::*;
+use common::SmtpClient;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// GET over a plain socket: (status code, body).
+async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut response))
+        .await
+        .expect("response in time")
+        .unwrap();
+    let text = String::from_utf8(response).expect("UTF-8");
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("status");
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    (status, body.to_string())
+}
+
+/// Strict parse of the text format: every sample has HELP and TYPE, names are `tlsgate_`,
+/// label values are quoted, values are numbers. Returns sample → value.
+fn parse(text: &str) -> HashMap<String, f64> {
+    let mut helped = std::collections::HashSet::new();
+    let mut typed = std::collections::HashSet::new();
+    let mut samples = HashMap::new();
+    for line in text.lines().filter(|l| !l.is_empty()) {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            helped.insert(rest.split(' ').next().unwrap().to_string());
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let mut parts = rest.split(' ');
+            let name = parts.next().unwrap();
+            let kind = parts.next().unwrap();
+            assert!(["counter", "gauge"].contains(&kind), "{line}");
+            typed.insert(name.to_string());
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').expect("sample line");
+        let value: f64 = value.parse().unwrap_or_else(|_| panic!("value in {line}"));
+        let name = series.split('{').next().unwrap();
+        assert!(name.starts_with("tlsgate_"), "{line}");
+        if let Some(labels) = series.strip_prefix(name) {
+            if !labels.is_empty() {
+                let inner = labels
+                    .strip_prefix('{')
+                    .and_then(|l| l.strip_suffix('}'))
+                    .expect("braced labels");
+                for pair in inner.split(',') {
+                    let (k, v) = pair.split_once('=').expect("label pair");
+                    assert!(k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'));
+                    assert!(v.starts_with('"') && v.ends_with('"'), "{line}");
+                    // Bounded label values: never an address or a host name.
+                    assert!(!v.contains('@') && !v.contains('.'), "{line}");
+                }
+            }
+        }
+        assert!(
+            helped.contains(name) && typed.contains(name),
+            "{name}: HELP/TYPE"
+        );
+        samples.insert(series.to_string(), value);
+    }
+    samples
+}
+
+#[tokio::test]
+async fn metrics_move_after_a_relayed_and_a_refused_message() {
+    let s = setup("", "[metrics]\nbind = \"127.0.0.1:0\"").await;
+    let addr = s.relay.running().metrics_addr().expect("metrics bound");
+    assert_eq!(get(addr, "/healthz").await.0, 200);
+    assert_eq!(get(addr, "/readyz").await.0, 200);
+    let (status, before) = get(addr, "/metrics").await;
+    assert_eq!(status, 200);
+    let before = parse(&before);
+    assert_eq!(before.get("tlsgate_plaintext_refused_total"), Some(&0.0));
+
+    s.dns.add_mx("partner.test", 10, "mx1.partner.test");
+    s.dns.add_ip("mx1.partner.test", ip(MX1));
+    let mx = s.sink(MX1, Behaviour::default()).await;
+    s.submit("kari@example.no", &["ola@partner.test"], "counted")
+        .await;
+    mx.wait_for_messages(1, WAIT).await;
+    s.wait_queue_empty().await;
+
+    // Refused: an inbound listener does not relay to other domains.
+    let mut client = SmtpClient::connect_greeted(s.relay.inbound()).await;
+    client.ehlo("mx.sender.test").await;
+    assert_eq!(client.cmd("MAIL FROM:<a@sender.test>").await.code, 250);
+    assert_eq!(client.cmd("RCPT TO:<x@elsewhere.test>").await.code, 554);
+    client.cmd("QUIT").await;
+
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let after = parse(&get(addr, "/metrics").await.1);
+        let value = |k: &str| after.get(k).copied().unwrap_or(0.0);
+        let done = value("tlsgate_messages_accepted_total{listener=\"outbound\"}") == 1.0
+            && value("tlsgate_deliveries_total{result=\"delivered\",tls_level=\"may\"}") == 1.0
+            && value(
+                "tlsgate_messages_rejected_total{listener=\"inbound\",reason=\"relay_denied\"}",
+            ) == 1.0
+            && value("tlsgate_connections_total{listener=\"inbound\",tls=\"no\"}") >= 1.0
+            && value("tlsgate_queue_messages") == 0.0;
+        if done {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "counters did not move: {after:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
