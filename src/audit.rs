@@ -75,9 +75,11 @@
 //! # Retention
 //!
 //! [`AuditLog::apply_retention`] removes whole files only, oldest first, and only while each
-//! file's newest entry is older than [`AuditConfig::retention`] (default 730 days): it stops at
-//! the first file that must be kept (or whose last entry cannot be read), so what remains is
-//! always one unbroken chain. The current file is never removed.
+//! file's newest entry (the latest `time` on any of its lines, which is robust against a clock
+//! that stepped back) is older than [`AuditConfig::retention`] (default 730 days). It stops at
+//! the first file that must be kept, or that has a line it cannot read (a damaged file is
+//! evidence; it is kept, with a warning), so what remains is always one unbroken chain. The
+//! current file is never removed.
 //!
 //! # Time in tests
 //!
@@ -663,6 +665,9 @@ pub fn verify(paths: &[PathBuf]) -> Result<VerifyReport, AuditError> {
     Ok(report)
 }
 
+/// A 1-based line number and the line without its `\n`, or what is wrong with it.
+type NumberedLine<'a> = (usize, Result<&'a [u8], String>);
+
 /// Reads `\n`-terminated lines of at most [`MAX_LINE_BYTES`]; a line that is too long or lacks
 /// its newline is reported as `Err(what)`.
 struct LineReader {
@@ -683,7 +688,7 @@ impl LineReader {
         })
     }
 
-    fn next_line(&mut self) -> Result<Option<(usize, Result<&[u8], String>)>, AuditError> {
+    fn next_line(&mut self) -> Result<Option<NumberedLine<'_>>, AuditError> {
         self.buf.clear();
         let n = (&mut self.reader)
             .take(MAX_LINE_BYTES as u64 + 1)
