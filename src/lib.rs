@@ -6,6 +6,7 @@
 //! turns TOML into a validated [`config::Config`], `tls` builds rustls configurations and loads
 //! key material, `policy` holds the TLS levels, and `server` starts and stops the whole.
 
+pub mod admin;
 pub mod audit;
 pub mod compliance;
 pub mod config;

@@ -46,6 +46,16 @@ enum Commands {
         #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
         timeout: Duration,
     },
+    /// The queue of the running server, through its admin API.
+    Queue {
+        #[command(subcommand)]
+        action: QueueAction,
+    },
+    /// The audit log (S1).
+    Audit {
+        #[command(subcommand)]
+        action: AuditAction,
+    },
     /// Write a self-signed certificate and key (mode 0600) for tests and first start.
     GenCert {
         /// Host names for the certificate (the first is the subject).
@@ -58,7 +68,58 @@ enum Commands {
 }
 
 #[derive(Subcommand)]
+enum QueueAction {
+    /// One line per message (id, age, size, sender), then its recipients with state.
+    List {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// One message in detail (never its body).
+    Show {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        id: String,
+    },
+    /// Make every undelivered recipient due now.
+    Retry {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        id: String,
+    },
+    /// Fail every undelivered recipient now and send the sender a failure DSN.
+    Bounce {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        id: String,
+    },
+    /// Remove the message without telling anyone.
+    Delete {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        id: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditAction {
+    /// Check numbering and hash chain; exits non-zero at the first gap or broken link.
+    Verify {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Files or directories (default: audit.dir of the configuration).
+        paths: Vec<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
 enum DomainsAction {
+    /// Ask the running server to reload the domain list now (like SIGHUP).
+    Reload {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
     /// Print the list in force (domain, company, organisation number, date joined).
     List {
         #[arg(long, short)]
@@ -124,6 +185,36 @@ fn main() -> ExitCode {
                     parallel,
                 },
         } => domains_check(config.as_deref(), json, &domains, timeout, parallel),
+        Commands::Domains {
+            action: DomainsAction::Reload { config },
+        } => admin_call(config.as_deref(), "POST", "/domains/reload", false),
+        Commands::Queue { action } => match action {
+            QueueAction::List { config, json } => queue_list(config.as_deref(), json),
+            QueueAction::Show { config, id } => {
+                admin_call(config.as_deref(), "GET", &format!("/queue/{id}"), true)
+            }
+            QueueAction::Retry { config, id } => admin_call(
+                config.as_deref(),
+                "POST",
+                &format!("/queue/{id}/retry"),
+                false,
+            ),
+            QueueAction::Bounce { config, id } => admin_call(
+                config.as_deref(),
+                "POST",
+                &format!("/queue/{id}/bounce"),
+                false,
+            ),
+            QueueAction::Delete { config, id } => admin_call(
+                config.as_deref(),
+                "POST",
+                &format!("/queue/{id}/delete"),
+                false,
+            ),
+        },
+        Commands::Audit {
+            action: AuditAction::Verify { config, paths },
+        } => audit_verify(config.as_deref(), paths),
         Commands::Probe {
             config,
             domain,
@@ -279,5 +370,66 @@ fn domains_check(
             failed.len(),
             failed.join(", ")
         )
+    }
+}
+
+fn admin_request(path: Option<&Path>, method: &str, url: &str) -> anyhow::Result<String> {
+    let config = load_config(path)?;
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    let (status, body) = runtime.block_on(tlsgate::admin::request(&config, method, url))?;
+    if !(200..300).contains(&status) {
+        let message = serde_json::from_str::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v["error"].as_str().map(str::to_string))
+            .unwrap_or(body);
+        anyhow::bail!("{method} {url}: {status}: {message}");
+    }
+    Ok(body)
+}
+
+fn admin_call(path: Option<&Path>, method: &str, url: &str, pretty: bool) -> anyhow::Result<()> {
+    let body = admin_request(path, method, url)?;
+    let value: serde_json::Value = serde_json::from_str(&body).unwrap_or(serde_json::Value::Null);
+    if pretty || value.is_null() {
+        println!("{}", serde_json::to_string_pretty(&value).unwrap_or(body));
+    } else if let Some(result) = value["result"].as_str() {
+        println!("{result}");
+    } else {
+        println!("ok");
+    }
+    Ok(())
+}
+
+fn queue_list(path: Option<&Path>, json: bool) -> anyhow::Result<()> {
+    let body = admin_request(path, "GET", "/queue")?;
+    if json {
+        println!("{body}");
+        return Ok(());
+    }
+    let entries: Vec<tlsgate::admin::QueueEntry> =
+        serde_json::from_str(&body).context("the admin API answered something unexpected")?;
+    print!("{}", tlsgate::admin::render_queue(&entries));
+    Ok(())
+}
+
+fn audit_verify(path: Option<&Path>, paths: Vec<PathBuf>) -> anyhow::Result<()> {
+    let paths = if paths.is_empty() {
+        vec![load_config(path)?.audit.dir]
+    } else {
+        paths
+    };
+    let report = tlsgate::audit::verify(&paths)?;
+    match &report.first_problem {
+        None => {
+            println!(
+                "audit log ok: {} lines in {} files, seq {}..{}",
+                report.lines,
+                report.files,
+                report.first_seq.unwrap_or(0),
+                report.last_seq.unwrap_or(0)
+            );
+            Ok(())
+        }
+        Some(problem) => anyhow::bail!("audit log broken at {problem}"),
     }
 }

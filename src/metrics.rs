@@ -157,6 +157,21 @@ impl Metrics {
             registry: r,
             ready: AtomicBool::new(false),
         };
+        // Series that alerts watch exist from the start at 0, so `increase()` sees the first
+        // event of each kind too.
+        for reason in [
+            "no_starttls",
+            "cert_untrusted",
+            "cert_expired",
+            "hostname_mismatch",
+            "protocol_version",
+            "handshake",
+        ] {
+            metrics.tls_failures.with_label_values(&[reason]);
+        }
+        for kind in ["failure", "delay", "success"] {
+            metrics.dsn_sent.with_label_values(&[kind]);
+        }
         Arc::new(metrics)
     }
 

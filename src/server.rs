@@ -4,6 +4,8 @@
 //! Everything that can be wrong with the configuration fails here, before the first
 //! connection is accepted (non-negotiable 5).
 
+use crate::admin::AdminState;
+use crate::audit::{AuditConfig, AuditError, AuditEvent, AuditLog};
 use crate::config::{Config, Role};
 use crate::delivery::{DeliveryEngine, EngineParts};
 use crate::dns::{DnsError, HickoryResolver};
@@ -45,6 +47,10 @@ pub enum ServerError {
     Dns(#[from] DnsError),
     #[error("domain list: {0}")]
     DomainList(#[from] ListError),
+    #[error("{0}")]
+    Audit(#[from] AuditError),
+    #[error("admin API: {0}")]
+    Admin(String),
     #[error("{file}: [[policy]] for {domain} sets tls = \"{level}\", but {domain} is on the tvungen TLS domain list: a listed domain is never below \"verify\" (T3, T4)")]
     WeakensList {
         file: String,
@@ -89,20 +95,82 @@ fn warn_if_old(handle: &DomainListHandle, config: &Config) {
     }
 }
 
-/// Reloads; false when the new file was refused.
-fn reload_and_log(handle: &DomainListHandle) -> bool {
-    match handle.reload() {
+/// Reloads the list (SIGHUP, admin API): logged, counted, audited; the old list stays in
+/// force when the new file is refused.
+pub fn reload_list(
+    handle: &DomainListHandle,
+    metrics: &Metrics,
+    config: &Config,
+    audit_log: &Option<Arc<AuditLog>>,
+) -> Result<String, String> {
+    let before = handle.current().len();
+    let result = match handle.reload() {
         Ok(Reloaded::Replaced { old, new }) => {
             tracing::info!(old, new, "tvungen TLS domain list reloaded");
-            true
+            audit(
+                audit_log,
+                AuditEvent::DomainListReload {
+                    old,
+                    new,
+                    ok: true,
+                    error: None,
+                },
+            );
+            Ok(format!("reloaded: {old} → {new} domains"))
         }
         Ok(Reloaded::Unchanged) => {
             tracing::info!("tvungen TLS domain list unchanged");
-            true
+            Ok(format!("unchanged: {before} domains"))
         }
         Err(e) => {
+            metrics.domain_list_reload_failures.inc();
             tracing::error!(error = %e, "domain list reload refused, the old list stays in force");
-            false
+            audit(
+                audit_log,
+                AuditEvent::DomainListReload {
+                    old: before,
+                    new: before,
+                    ok: false,
+                    error: Some(e.to_string()),
+                },
+            );
+            Err(e.to_string())
+        }
+    };
+    update_list_gauges(metrics, handle, config);
+    result
+}
+
+/// Writes an audit event off the async threads (the log syncs every line).
+pub fn audit(log: &Option<Arc<AuditLog>>, event: AuditEvent) {
+    let Some(log) = log.clone() else {
+        return;
+    };
+    tokio::task::spawn_blocking(move || {
+        if let Err(e) = log.record(event) {
+            tracing::error!(error = %e, "audit log write failed");
+        }
+    });
+}
+
+/// Removes whole audit files past `audit.retention_days`, at start and every six hours.
+async fn apply_audit_retention(log: Arc<AuditLog>, shutdown: CancellationToken) {
+    loop {
+        let log2 = log.clone();
+        match tokio::task::spawn_blocking(move || {
+            log2.apply_retention(std::time::SystemTime::now())
+        })
+        .await
+        {
+            Ok(Ok(removed)) if !removed.is_empty() => {
+                tracing::info!(files = removed.len(), "old audit files removed (retention)")
+            }
+            Ok(Err(e)) => tracing::error!(error = %e, "audit retention failed"),
+            _ => {}
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(6 * 3600)) => {}
+            _ = shutdown.cancelled() => return,
         }
     }
 }
@@ -124,6 +192,7 @@ async fn watch_domain_list(
     handle: Arc<DomainListHandle>,
     config: Arc<Config>,
     metrics: Arc<Metrics>,
+    audit_log: Option<Arc<AuditLog>>,
     shutdown: CancellationToken,
 ) {
     if handle.path().is_none() {
@@ -141,13 +210,28 @@ async fn watch_domain_list(
                     old,
                     new,
                     "tvungen TLS domain list changed on disk, reloaded"
-                )
+                );
+                let event = AuditEvent::DomainListReload {
+                    old,
+                    new,
+                    ok: true,
+                    error: None,
+                };
+                audit(&audit_log, event);
             }
             Ok(Reloaded::Unchanged) => {}
             Err(e) => {
                 metrics.domain_list_reload_failures.inc();
                 tracing::error!(error = %e,
-                    "changed domain list refused, the old list stays in force")
+                    "changed domain list refused, the old list stays in force");
+                let size = handle.current().len();
+                let event = AuditEvent::DomainListReload {
+                    old: size,
+                    new: size,
+                    ok: false,
+                    error: Some(e.to_string()),
+                };
+                audit(&audit_log, event);
             }
         }
         update_list_gauges(&metrics, &handle, &config);
@@ -163,6 +247,7 @@ const DNS_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A started relay.
 pub struct RunningServer {
+    admin_addr: Option<SocketAddr>,
     metrics_addr: Option<SocketAddr>,
     domain_list: Arc<DomainListHandle>,
     sessions_ctx: Arc<SessionContext>,
@@ -216,6 +301,21 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
     let client_tls = ClientTls::new(&config.outbound.extra_trust_roots)?;
     let domain_list = Arc::new(load_domain_list(&config)?);
     let metrics = Metrics::new();
+    let audit_config = AuditConfig {
+        dir: config.audit.dir.clone(),
+        max_file_bytes: config.audit.max_file_bytes,
+        retention: config.audit.retention,
+    };
+    let audit_log = tokio::task::spawn_blocking(move || AuditLog::open(audit_config))
+        .await
+        .map_err(|e| ServerError::Committer(std::io::Error::other(e)))??;
+    let audit_log = Arc::new(audit_log);
+    audit(
+        &Some(audit_log.clone()),
+        AuditEvent::Started {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+        },
+    );
     update_list_gauges(&metrics, &domain_list, &config);
     let resolver = HickoryResolver::new(&config.dns.nameservers, DNS_TIMEOUT)?;
 
@@ -225,6 +325,24 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
                 .await
                 .map_err(|source| ServerError::Bind { bind: addr, source })?,
         ),
+        None => None,
+    };
+    let admin_listener = match &config.admin {
+        Some(admin) => {
+            let token = admin
+                .token_file
+                .as_deref()
+                .map(crate::admin::read_token)
+                .transpose()?;
+            let listener =
+                TcpListener::bind(admin.bind)
+                    .await
+                    .map_err(|source| ServerError::Bind {
+                        bind: admin.bind,
+                        source,
+                    })?;
+            Some((listener, token))
+        }
         None => None,
     };
     let mut bound = Vec::new();
@@ -259,6 +377,7 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
         tls: client_tls,
         domain_list: domain_list.clone(),
         metrics: metrics.clone(),
+        audit: Some(audit_log.clone()),
     })
     .await
     .map_err(|source| ServerError::Queue {
@@ -275,6 +394,7 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
         config: config.clone(),
         domain_list: domain_list.clone(),
         metrics: metrics.clone(),
+        audit: Some(audit_log.clone()),
         tls: Some(acceptor),
         committer: committer.clone(),
         shutdown: shutdown.clone(),
@@ -297,6 +417,7 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
         domain_list.clone(),
         config.clone(),
         metrics.clone(),
+        Some(audit_log.clone()),
         shutdown.clone(),
     ));
     let metrics_addr = match metrics_listener {
@@ -311,8 +432,34 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
         }
         None => None,
     };
+    let admin_addr = match admin_listener {
+        Some((listener, token)) => {
+            let addr = listener.local_addr().ok();
+            let reload = {
+                let (handle, metrics, config, audit_log) = (
+                    domain_list.clone(),
+                    metrics.clone(),
+                    config.clone(),
+                    audit_log.clone(),
+                );
+                Arc::new(move || reload_list(&handle, &metrics, &config, &Some(audit_log.clone())))
+            };
+            let state = AdminState::new(
+                delivery.handle(),
+                domain_list.clone(),
+                reload,
+                Some(audit_log.clone()),
+                token,
+            );
+            tokio::spawn(crate::admin::serve(listener, state, shutdown.clone()));
+            addr
+        }
+        None => None,
+    };
+    tokio::spawn(apply_audit_retention(audit_log.clone(), shutdown.clone()));
     metrics.set_ready(true);
     Ok(RunningServer {
+        admin_addr,
         metrics_addr,
         domain_list,
         sessions_ctx: ctx,
@@ -356,6 +503,11 @@ impl RunningServer {
         &self.sessions_ctx.metrics
     }
 
+    /// The bound admin API, when `[admin]` is configured.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
     /// The bound metrics endpoint, when `[metrics]` is configured.
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
         self.metrics_addr
@@ -368,14 +520,8 @@ impl RunningServer {
 
     /// Reloads the domain list now (SIGHUP); on error the old list stays in force.
     pub fn reload_domain_list(&self) {
-        if !reload_and_log(&self.domain_list) {
-            self.sessions_ctx.metrics.domain_list_reload_failures.inc();
-        }
-        update_list_gauges(
-            &self.sessions_ctx.metrics,
-            &self.domain_list,
-            &self.sessions_ctx.config,
-        );
+        let ctx = &self.sessions_ctx;
+        let _ = reload_list(&self.domain_list, &ctx.metrics, &ctx.config, &ctx.audit);
     }
 
     /// Stops accepting, tells idle sessions to go (421), waits up to `grace` for sessions in

@@ -55,7 +55,8 @@ pub struct Config {
     pub domain_list: DomainListSection,
     pub policies: Vec<PolicyEntry>,
     pub metrics: Option<SocketAddr>,
-    pub admin: Option<SocketAddr>,
+    pub admin: Option<AdminSection>,
+    pub audit: AuditSection,
     pub log: LogSection,
 }
 
@@ -191,6 +192,23 @@ pub struct PolicyEntry {
     pub tls: TlsLevel,
     /// Extra names the peer's certificate may carry (exact, or `.suffix`).
     pub match_names: Vec<String>,
+}
+
+/// The audit log (S1).
+#[derive(Debug, Clone)]
+pub struct AuditSection {
+    pub dir: PathBuf,
+    pub retention: Duration,
+    pub max_file_bytes: u64,
+}
+
+/// The admin API used by `tlsgate queue …` and `tlsgate domains reload`.
+#[derive(Debug, Clone)]
+pub struct AdminSection {
+    pub bind: SocketAddr,
+    /// A file holding the bearer token every request must carry (required for a
+    /// non-loopback bind; the file must not be readable by group or others, S4).
+    pub token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -627,11 +645,35 @@ fn validate(raw: raw::RawConfig, file: &str) -> Result<Config, ConfigError> {
         .and_then(|m| m.bind)
         .map(|b| c.socket_addr("metrics.bind", &b))
         .transpose()?;
-    let admin = raw
-        .admin
-        .and_then(|a| a.bind)
-        .map(|b| c.socket_addr("admin.bind", &b))
-        .transpose()?;
+    let admin = match raw.admin {
+        Some(a) => {
+            let bind = a.bind.unwrap_or_else(|| "127.0.0.1:9465".to_string());
+            let bind = c.socket_addr("admin.bind", &bind)?;
+            let token_file = a.token_file.map(resolve);
+            if !bind.ip().is_loopback() && token_file.is_none() {
+                return Err(c.err(
+                    "admin.bind",
+                    format!(
+                        "{bind} is not a loopback address: set admin.token_file so that \
+                         nobody else on the network can manage the queue"
+                    ),
+                ));
+            }
+            Some(AdminSection { bind, token_file })
+        }
+        None => None,
+    };
+
+    let a = raw.audit.unwrap_or_default();
+    let retention_days = a.retention_days.unwrap_or(730);
+    if retention_days == 0 {
+        return Err(c.err("audit.retention_days", "must be at least 1"));
+    }
+    let audit = AuditSection {
+        dir: a.dir.map(resolve).unwrap_or_else(|| data_dir.join("audit")),
+        retention: Duration::from_secs(u64::from(retention_days) * 86_400),
+        max_file_bytes: a.max_file_bytes.unwrap_or(64 * 1024 * 1024).max(4096),
+    };
 
     let log = raw.log.unwrap_or_default();
     let log = LogSection {
@@ -668,6 +710,7 @@ fn validate(raw: raw::RawConfig, file: &str) -> Result<Config, ConfigError> {
         policies,
         metrics,
         admin,
+        audit,
         log,
     })
 }

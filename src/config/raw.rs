@@ -22,7 +22,8 @@ pub(super) struct RawConfig {
     #[serde(default)]
     pub policy: Vec<RawPolicy>,
     pub metrics: Option<RawBind>,
-    pub admin: Option<RawBind>,
+    pub admin: Option<RawAdmin>,
+    pub audit: Option<RawAudit>,
     pub log: Option<RawLog>,
 }
 
@@ -126,6 +127,21 @@ pub(super) struct RawPolicy {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawBind {
     pub bind: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAudit {
+    pub dir: Option<PathBuf>,
+    pub retention_days: Option<u32>,
+    pub max_file_bytes: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAdmin {
+    pub bind: Option<String>,
+    pub token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -8,6 +8,7 @@
 use super::client::{ClientError, ConnectParams, SmtpConnection, Timeouts, TlsMode};
 use super::pool::{ConnectionPool, PoolKey};
 use super::route::{self, Destination, RouteError};
+use crate::audit::{AuditEvent, AuditLog};
 use crate::config::Config;
 use crate::dns::Resolver;
 use crate::metrics::Metrics;
@@ -17,6 +18,7 @@ use crate::queue::message::{MessageMeta, Recipient};
 use crate::smtp::reply::Reply;
 use crate::tls::client::{ClientTls, TlsFailure};
 use crate::tls::TlsInfo;
+use std::sync::Arc;
 
 /// The result for one recipient.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,6 +52,7 @@ pub struct AttemptContext<'a> {
     /// The tvungen TLS list in force when the attempt started.
     pub domain_list: &'a DomainList,
     pub metrics: &'a Metrics,
+    pub audit: &'a Option<Arc<AuditLog>>,
 }
 
 /// The TLS policy for a destination: `inbound.next_hop_tls` for the next hop, otherwise the
@@ -160,6 +163,16 @@ pub async fn deliver(
                             .tls_failures
                             .with_label_values(&[failure.metric_label()])
                             .inc();
+                        crate::server::audit(
+                            ctx.audit,
+                            AuditEvent::TlsFailure {
+                                queue_id: meta.id.to_string(),
+                                domain: destination.to_string(),
+                                host: host.name.clone(),
+                                reason: failure.to_string(),
+                                level: level.to_string(),
+                            },
+                        );
                         tracing::warn!(queue_id = %meta.id, destination = %destination,
                             host = %host.name, %addr, level = %level, reason = %e,
                             "TLS policy not met toward a listed domain, host skipped");
@@ -201,6 +214,26 @@ pub async fn deliver(
                         result: summarise(&result.replies),
                     });
                     let peer_does_dsn = conn.caps.dsn;
+                    if let (true, Some(tls)) = (policy.listed, &conn.tls) {
+                        crate::server::audit(
+                            ctx.audit,
+                            AuditEvent::TlsDelivery {
+                                queue_id: meta.id.to_string(),
+                                domain: destination.to_string(),
+                                host: host.name.clone(),
+                                tls_version: tls.version.clone(),
+                                cipher: tls.cipher.clone(),
+                                cert_sha256: conn.peer_certificate.as_ref().map(|c| {
+                                    use sha2::Digest;
+                                    sha2::Sha256::digest(c.as_ref())
+                                        .iter()
+                                        .map(|b| format!("{b:02x}"))
+                                        .collect()
+                                }),
+                                level: level.to_string(),
+                            },
+                        );
+                    }
                     park(ctx, key, conn);
                     return recipients
                         .iter()

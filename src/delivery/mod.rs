@@ -13,6 +13,7 @@ pub mod pool;
 pub mod retry;
 pub mod route;
 
+use crate::audit::{AuditEvent, AuditLog};
 use crate::config::Config;
 use crate::dns::Resolver;
 use crate::dsn::{self, DsnKind, DsnRequest, ReportedRecipient};
@@ -97,6 +98,7 @@ struct Engine {
     tls: ClientTls,
     domain_list: Arc<DomainListHandle>,
     metrics: Arc<Metrics>,
+    audit: Option<Arc<AuditLog>>,
     pool: ConnectionPool,
     timetable: Mutex<Timetable>,
     wake: Notify,
@@ -117,6 +119,7 @@ pub struct EngineParts {
     pub tls: ClientTls,
     pub domain_list: Arc<DomainListHandle>,
     pub metrics: Arc<Metrics>,
+    pub audit: Option<Arc<AuditLog>>,
 }
 
 /// Handle to the running engine.
@@ -137,6 +140,7 @@ impl DeliveryEngine {
             tls,
             domain_list,
             metrics,
+            audit,
         } = parts;
         let loader = store.clone();
         let backlog = tokio::task::spawn_blocking(move || load_backlog(loader.as_ref()))
@@ -158,6 +162,7 @@ impl DeliveryEngine {
             tls,
             domain_list,
             metrics,
+            audit,
             timetable: Mutex::new(timetable),
             wake: Notify::new(),
             per_destination: Mutex::new(HashMap::new()),
@@ -188,6 +193,122 @@ impl DeliveryEngine {
         for conn in self.engine.pool.drain() {
             conn.quit().await;
         }
+    }
+}
+
+/// Why an administrative queue operation could not be done.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error("no such message in the queue")]
+    NotFound,
+    #[error("the message is being delivered right now; try again in a moment")]
+    Busy,
+    #[error("{0}")]
+    Store(#[from] StoreError),
+}
+
+/// A cheap, cloneable handle for the admin API.
+#[derive(Clone)]
+pub struct EngineHandle {
+    engine: Arc<Engine>,
+}
+
+impl DeliveryEngine {
+    pub fn handle(&self) -> EngineHandle {
+        EngineHandle {
+            engine: self.engine.clone(),
+        }
+    }
+}
+
+impl EngineHandle {
+    /// Takes the message out of the timetable so that nothing else works on it meanwhile.
+    async fn claim(&self, id: &QueueId) -> Result<(), AdminError> {
+        let store = self.engine.store.clone();
+        let key = id.clone();
+        let exists = tokio::task::spawn_blocking(move || store.message(&key))
+            .await
+            .map_err(|e| StoreError::Engine(e.to_string()))??
+            .is_some();
+        if !exists {
+            return Err(AdminError::NotFound);
+        }
+        let mut timetable = lock(&self.engine.timetable);
+        if timetable.active.contains(id) {
+            return Err(AdminError::Busy);
+        }
+        if let Some(at) = timetable.planned.remove(id) {
+            timetable.due.remove(&(at, id.clone()));
+        }
+        timetable.active.insert(id.clone());
+        Ok(())
+    }
+
+    fn release(&self, id: &QueueId, next: Option<u64>) {
+        let mut timetable = lock(&self.engine.timetable);
+        timetable.active.remove(id);
+        if let Some(at) = next {
+            timetable.add(id.clone(), at);
+        }
+        drop(timetable);
+        self.engine.wake.notify_one();
+    }
+
+    /// `tlsgate queue retry`: every undelivered recipient is due now.
+    pub async fn retry_now(&self, id: &QueueId) -> Result<(), AdminError> {
+        self.claim(id).await?;
+        let store = self.engine.store.clone();
+        let key = id.clone();
+        let states = tokio::task::spawn_blocking(move || store.recipient_states(&key))
+            .await
+            .map_err(|e| StoreError::Engine(e.to_string()));
+        let now = unix_now();
+        let result = match states {
+            Ok(Ok(states)) => {
+                let updates: Vec<(usize, RecipientState)> = states
+                    .into_iter()
+                    .enumerate()
+                    .filter(|(_, s)| !s.status.is_final())
+                    .map(|(i, mut s)| {
+                        s.next_attempt = now;
+                        (i, s)
+                    })
+                    .collect();
+                self.engine
+                    .committer
+                    .update_states(id.clone(), updates)
+                    .await
+                    .map_err(AdminError::from)
+            }
+            Ok(Err(e)) | Err(e) => Err(AdminError::from(e)),
+        };
+        self.release(id, Some(now));
+        result
+    }
+
+    /// `tlsgate queue bounce`: every undelivered recipient fails now, with a failure DSN.
+    pub async fn bounce(&self, id: &QueueId, reason: &str) -> Result<(), AdminError> {
+        self.claim(id).await?;
+        let result = work_on(&self.engine, id, Some(reason)).await;
+        let next = match &result {
+            Ok(next) => *next,
+            Err(_) => Some(unix_now() + STORE_ERROR_RETRY),
+        };
+        self.release(id, next);
+        result.map(|_| ()).map_err(AdminError::from)
+    }
+
+    /// `tlsgate queue delete`: removes the message without telling anyone.
+    pub async fn delete(&self, id: &QueueId) -> Result<(), AdminError> {
+        self.claim(id).await?;
+        let result = self.engine.committer.remove(id.clone()).await;
+        let next = result.is_err().then(unix_now);
+        self.release(id, next);
+        result.map_err(AdminError::from)
+    }
+
+    pub fn store(&self) -> Arc<dyn Store> {
+        self.engine.store.clone()
     }
 }
 
@@ -276,7 +397,7 @@ impl DsnKindKey {
 }
 
 async fn process_message(engine: &Arc<Engine>, id: &QueueId) {
-    let next = match work_on(engine, id).await {
+    let next = match work_on(engine, id, None).await {
         Ok(next) => next,
         Err(e) => {
             engine.metrics.store_errors.inc();
@@ -295,7 +416,11 @@ async fn process_message(engine: &Arc<Engine>, id: &QueueId) {
 
 /// Delivers what is due of one message. Returns when it is next due, or `None` when it is
 /// done (and removed).
-async fn work_on(engine: &Arc<Engine>, id: &QueueId) -> Result<Option<u64>, StoreError> {
+async fn work_on(
+    engine: &Arc<Engine>,
+    id: &QueueId,
+    bounce: Option<&str>,
+) -> Result<Option<u64>, StoreError> {
     let _permit = engine
         .global
         .clone()
@@ -326,7 +451,19 @@ async fn work_on(engine: &Arc<Engine>, id: &QueueId) -> Result<Option<u64>, Stor
     let expired = retry::older_than(meta.reception.received_at, config.delivery.expiry, now);
     let mut groups: BTreeMap<Destination, Vec<usize>> = BTreeMap::new();
     for (i, state) in states.iter().enumerate() {
-        if state.status.is_final() || state.next_attempt > now {
+        if state.status.is_final() {
+            continue;
+        }
+        if let Some(reason) = bounce {
+            let outcome = Outcome::Failed {
+                host: None,
+                status: "5.0.0".into(),
+                reason: reason.to_string(),
+            };
+            record(engine, &meta, i, state, &outcome, now, &mut results);
+            continue;
+        }
+        if state.next_attempt > now {
             continue;
         }
         if expired {
@@ -380,6 +517,7 @@ async fn work_on(engine: &Arc<Engine>, id: &QueueId) -> Result<Option<u64>, Stor
                 pool: &engine.pool,
                 domain_list: &domain_list,
                 metrics: &engine.metrics,
+                audit: &engine.audit,
             };
             let mut log = Vec::new();
             let outcomes =
@@ -582,6 +720,14 @@ async fn send_dsn(
                 .dsn_sent
                 .with_label_values(&[kind.as_str()])
                 .inc();
+            crate::server::audit(
+                &engine.audit,
+                AuditEvent::DsnSent {
+                    queue_id: meta.id.to_string(),
+                    dsn_id: dsn_id.to_string(),
+                    kind: kind.as_str().to_string(),
+                },
+            );
             tracing::info!(
             queue_id = %meta.id,
             dsn_id = %dsn_id,

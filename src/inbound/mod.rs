@@ -32,6 +32,8 @@ pub struct SessionContext {
     /// The tvungen TLS list, for refusing plaintext from listed senders (T5).
     pub domain_list: Arc<DomainListHandle>,
     pub metrics: Arc<Metrics>,
+    /// The audit log (S1); `None` only in tests that build a context by hand.
+    pub audit: Option<Arc<crate::audit::AuditLog>>,
     /// `None` when no certificate is configured (STARTTLS then not offered).
     pub tls: Option<TlsAcceptor>,
     pub committer: Committer,

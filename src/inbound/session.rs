@@ -7,6 +7,7 @@
 use super::connection::{ConnError, Connection, Line};
 use super::received::{received_header, ReceivedFields};
 use super::{relay, tvungen, SessionContext};
+use crate::audit::AuditEvent;
 use crate::config::{ListenerConfig, Role};
 use crate::domain::Domain;
 use crate::metrics::RejectReason;
@@ -254,6 +255,14 @@ impl Session {
             self.ctx
                 .metrics
                 .reject(self.role_label(), RejectReason::PlaintextListed);
+            crate::server::audit(
+                &self.ctx.audit,
+                AuditEvent::PlaintextRefused {
+                    peer: self.peer.ip().to_string(),
+                    domain: domain.to_string(),
+                    stage: "mail_from".into(),
+                },
+            );
             return self.reply(tvungen::envelope_refusal(&domain));
         }
         if mail.requiretls && self.tls.is_none() {
@@ -411,6 +420,14 @@ impl Session {
             self.ctx
                 .metrics
                 .reject(self.role_label(), RejectReason::PlaintextListed);
+            crate::server::audit(
+                &self.ctx.audit,
+                AuditEvent::PlaintextRefused {
+                    peer: self.peer.ip().to_string(),
+                    domain: domain.to_string(),
+                    stage: "header_from".into(),
+                },
+            );
             self.reply(tvungen::header_refusal(&domain));
             return Flow::Continue;
         }
