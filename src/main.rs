@@ -245,7 +245,7 @@ fn serve(path: Option<&Path>, grace: Duration) -> anyhow::Result<()> {
     })
 }
 
-/// Waits for SIGTERM or SIGINT; SIGHUP meanwhile reloads the domain list (T10).
+/// Waits for SIGTERM or SIGINT; SIGHUP meanwhile reloads the certificate and the domain list.
 async fn wait_for_stop_signal(server: &tlsgate::server::RunningServer) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
@@ -256,8 +256,8 @@ async fn wait_for_stop_signal(server: &tlsgate::server::RunningServer) -> anyhow
             _ = term.recv() => return Ok(()),
             _ = int.recv() => return Ok(()),
             _ = hup.recv() => {
-                tracing::info!("SIGHUP: reloading the domain list");
-                server.reload_domain_list();
+                tracing::info!("SIGHUP: reloading configuration, certificate and domain list");
+                let _ = server.reload();
             }
         }
     }

@@ -395,7 +395,7 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
         domain_list: domain_list.clone(),
         metrics: metrics.clone(),
         audit: Some(audit_log.clone()),
-        tls: Some(acceptor),
+        tls: std::sync::RwLock::new(Some(acceptor)),
         committer: committer.clone(),
         shutdown: shutdown.clone(),
     });
@@ -519,6 +519,52 @@ impl RunningServer {
     }
 
     /// Reloads the domain list now (SIGHUP); on error the old list stays in force.
+    /// SIGHUP: re-reads the configuration file and reloads the certificate (new sessions use
+    /// it) and the domain list. A configuration or certificate that fails to load is refused
+    /// and logged; the running one stays in force. Settings other than `[tls]` and the domain
+    /// list take effect at the next restart (the log says so when they changed).
+    pub fn reload(&self) -> Result<(), String> {
+        let ctx = &self.sessions_ctx;
+        let current = &ctx.config;
+        let refuse = |error: String| {
+            tracing::error!(error = %error, "reload refused, the running configuration stays in force");
+            audit(
+                &ctx.audit,
+                AuditEvent::ConfigReload {
+                    ok: false,
+                    error: Some(error.clone()),
+                },
+            );
+            Err(error)
+        };
+        let new = if current.source == crate::config::EMBEDDED_DEFAULT_NAME {
+            (**current).clone()
+        } else {
+            match Config::load(std::path::Path::new(&current.source)) {
+                Ok(config) => config,
+                Err(e) => return refuse(e.to_string()),
+            }
+        };
+        let acceptor = match load_tls(&new) {
+            Ok(acceptor) => acceptor,
+            Err(e) => return refuse(format!("TLS: {e}")),
+        };
+        ctx.set_tls_acceptor(acceptor);
+        if crate::config::summary(&new) != crate::config::summary(current) {
+            tracing::warn!("the configuration file changed beyond [tls] and the domain list: those changes take effect at the next restart");
+        }
+        tracing::info!("configuration reloaded: new sessions use the reloaded certificate");
+        audit(
+            &ctx.audit,
+            AuditEvent::ConfigReload {
+                ok: true,
+                error: None,
+            },
+        );
+        self.reload_domain_list();
+        Ok(())
+    }
+
     pub fn reload_domain_list(&self) {
         let ctx = &self.sessions_ctx;
         let _ = reload_list(&self.domain_list, &ctx.metrics, &ctx.config, &ctx.audit);

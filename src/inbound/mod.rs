@@ -35,10 +35,23 @@ pub struct SessionContext {
     /// The audit log (S1); `None` only in tests that build a context by hand.
     pub audit: Option<Arc<crate::audit::AuditLog>>,
     /// `None` when no certificate is configured (STARTTLS then not offered).
-    pub tls: Option<TlsAcceptor>,
+    /// Replaced whole when the certificate is reloaded (SIGHUP): sessions that start after
+    /// that use the new certificate.
+    pub tls: std::sync::RwLock<Option<TlsAcceptor>>,
     pub committer: Committer,
     pub limiter: ConnectionLimiter,
     pub shutdown: CancellationToken,
+}
+
+impl SessionContext {
+    /// The STARTTLS acceptor in force now.
+    pub fn tls_acceptor(&self) -> Option<TlsAcceptor> {
+        self.tls.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn set_tls_acceptor(&self, acceptor: TlsAcceptor) {
+        *self.tls.write().unwrap_or_else(|p| p.into_inner()) = Some(acceptor);
+    }
 }
 
 /// Accepts connections on one listener until shutdown.

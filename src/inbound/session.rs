@@ -197,7 +197,7 @@ impl Session {
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             size: self.ctx.config.server.max_message_size,
-            starttls: self.tls.is_none() && self.ctx.tls.is_some(),
+            starttls: self.tls.is_none() && self.ctx.tls_acceptor().is_some(),
             // RFC 8689 2: REQUIRETLS is offered only on a TLS-protected session.
             requiretls: self.tls.is_some(),
             chunking: false,
@@ -547,7 +547,7 @@ impl Session {
     }
 
     async fn starttls(&mut self) -> Flow {
-        let Some(acceptor) = self.ctx.tls.clone() else {
+        let Some(acceptor) = self.ctx.tls_acceptor() else {
             self.reply(Reply::new(502, "5.5.1", "STARTTLS not available"));
             return Flow::Continue;
         };
