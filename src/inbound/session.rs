@@ -249,20 +249,7 @@ impl Session {
             ));
         }
         if let Some(domain) = self.listed_plaintext_sender(&mail) {
-            tracing::warn!(peer = %self.peer, sender_domain = %domain,
-                "plaintext session from a listed domain refused (T5)");
-            self.ctx.metrics.plaintext_refused.inc();
-            self.ctx
-                .metrics
-                .reject(self.role_label(), RejectReason::PlaintextListed);
-            crate::server::audit(
-                &self.ctx.audit,
-                AuditEvent::PlaintextRefused {
-                    peer: self.peer.ip().to_string(),
-                    domain: domain.to_string(),
-                    stage: "mail_from".into(),
-                },
-            );
+            self.count_plaintext_refusal(&domain, "mail_from");
             return self.reply(tvungen::envelope_refusal(&domain));
         }
         if mail.requiretls && self.tls.is_none() {
@@ -414,26 +401,31 @@ impl Session {
             }
         }
         if let Some(domain) = self.listed_plaintext_header_from(&body) {
-            tracing::warn!(peer = %self.peer, from_domain = %domain,
-                "plaintext message with a listed From: domain refused (T5)");
-            self.ctx.metrics.plaintext_refused.inc();
-            self.ctx
-                .metrics
-                .reject(self.role_label(), RejectReason::PlaintextListed);
-            crate::server::audit(
-                &self.ctx.audit,
-                AuditEvent::PlaintextRefused {
-                    peer: self.peer.ip().to_string(),
-                    domain: domain.to_string(),
-                    stage: "header_from".into(),
-                },
-            );
+            self.count_plaintext_refusal(&domain, "header_from");
             self.reply(tvungen::header_refusal(&domain));
             return Flow::Continue;
         }
         let reply = self.commit(tx, body).await;
         self.reply(reply);
         Flow::Continue
+    }
+
+    /// T5: a refusal is logged at warn, counted and audited.
+    fn count_plaintext_refusal(&self, domain: &Domain, stage: &str) {
+        tracing::warn!(peer = %self.peer, domain = %domain, stage,
+            "plaintext mail from a listed domain refused (T5)");
+        self.ctx.metrics.plaintext_refused.inc();
+        self.ctx
+            .metrics
+            .reject(self.role_label(), RejectReason::PlaintextListed);
+        crate::server::audit(
+            &self.ctx.audit,
+            AuditEvent::PlaintextRefused {
+                peer: self.peer.ip().to_string(),
+                domain: domain.to_string(),
+                stage: stage.to_string(),
+            },
+        );
     }
 
     fn role_label(&self) -> &'static str {
