@@ -530,6 +530,20 @@ mod tests {
     }
 
     #[test]
+    fn age_is_measured_from_the_file_or_the_newest_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("list.csv");
+        std::fs::write(&path, "A;1;a.no;2026-01-01;Ja\nB;2;b.no;2026-03-01;Nei\n").unwrap();
+        let handle = DomainListHandle::load(Some(&path)).unwrap();
+        let now = SystemTime::UNIX_EPOCH
+            + std::time::Duration::from_secs(parse_date("2026-06-01").unwrap() as u64 * 86_400);
+        // Newest "Dato innmeldt" 2026-03-01 → 92 days before 2026-06-01.
+        assert_eq!(handle.age_days(AgeFrom::NewestEntry, now), Some(92));
+        // The file was just written: age 0 days from now.
+        assert_eq!(handle.age_days(AgeFrom::File, SystemTime::now()), Some(0));
+    }
+
+    #[test]
     fn a_failed_reload_keeps_the_old_list() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("list.csv");
