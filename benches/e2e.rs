@@ -123,6 +123,8 @@ role = "inbound"
 local_domains = ["example.no"]
 next_hop = "{sink}"
 next_hop_tls = "none"
+[inbound.auth]
+enabled = false
 [dns]
 nameservers = ["127.0.0.1:9"]
 [delivery]

@@ -47,6 +47,7 @@ pub struct Metrics {
     pub tls_failures: IntCounterVec,
     pub dsn_sent: IntCounterVec,
     pub store_errors: IntCounter,
+    pub auth_results: IntCounterVec,
     pub queue_messages: IntGauge,
     pub queue_oldest_message_age_seconds: IntGauge,
     pub domain_list_domains: IntGauge,
@@ -127,6 +128,12 @@ impl Metrics {
                 &r,
                 "tlsgate_store_errors_total",
                 "Queue store errors (a message refused with 452, or a result not recorded)",
+            ),
+            auth_results: counter_vec(
+                &r,
+                "tlsgate_auth_results_total",
+                "Inbound sender authentication results (D4), by method and result",
+                &["method", "result"],
             ),
             queue_messages: gauge(&r, "tlsgate_queue_messages", "Messages in the queue"),
             queue_oldest_message_age_seconds: gauge(

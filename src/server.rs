@@ -51,6 +51,8 @@ pub enum ServerError {
     Audit(#[from] AuditError),
     #[error("admin API: {0}")]
     Admin(String),
+    #[error("sender authentication: {0}")]
+    Auth(String),
     #[error("{file}: [[policy]] for {domain} sets tls = \"{level}\", but {domain} is on the tvungen TLS domain list: a listed domain is never below \"verify\" (T3, T4)")]
     WeakensList {
         file: String,
@@ -299,6 +301,26 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
     let (committer, announced) =
         Committer::start(store.clone() as Arc<dyn Store>).map_err(ServerError::Committer)?;
     let client_tls = ClientTls::new(&config.outbound.extra_trust_roots)?;
+    let sender_auth = match &config.inbound.auth {
+        Some(a) => Some(Arc::new(
+            crate::auth::Verifier::new(
+                &config.dns.nameservers,
+                config.server.hostname.clone(),
+                a.timeout,
+                a.policy.clone(),
+            )
+            .map_err(|e| ServerError::Auth(e.to_string()))?,
+        )),
+        None => None,
+    };
+    let mut dkim = std::collections::HashMap::new();
+    for k in &config.outbound.dkim {
+        tls::keys::check_key_permissions(&k.key)?;
+        let signer =
+            crate::auth::OutboundSigner::load(k.domain.as_str(), &k.selector, &k.key, &k.headers)
+                .map_err(|e| ServerError::Auth(format!("DKIM key {}: {e}", k.key.display())))?;
+        dkim.insert(k.domain.clone(), signer);
+    }
     let domain_list = Arc::new(load_domain_list(&config)?);
     let metrics = Metrics::new();
     let audit_config = AuditConfig {
@@ -394,6 +416,8 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
         config: config.clone(),
         domain_list: domain_list.clone(),
         metrics: metrics.clone(),
+        auth: sender_auth,
+        dkim,
         audit: Some(audit_log.clone()),
         tls: std::sync::RwLock::new(Some(acceptor)),
         committer: committer.clone(),

@@ -116,6 +116,8 @@ pub struct ListenerConfig {
 
 #[derive(Debug, Clone)]
 pub struct InboundSection {
+    /// Sender authentication (SPF, DKIM, DMARC, ARC; D4); `None` when turned off.
+    pub auth: Option<InboundAuth>,
     pub local_domains: Vec<Domain>,
     /// T5: refuse plaintext sessions and messages from listed senders (default on).
     pub refuse_plaintext_from_listed: bool,
@@ -131,6 +133,23 @@ pub struct OutboundSection {
     /// A recipient deferred because the TLS policy could not be met gets its delay DSN after
     /// this long instead of `delivery.delay_warning` (T6).
     pub tls_failure_warning_after: Duration,
+    /// DKIM signing of outgoing mail, per sender domain (off when empty).
+    pub dkim: Vec<DkimKey>,
+}
+
+#[derive(Debug, Clone)]
+pub struct InboundAuth {
+    /// A check never holds a session longer than this.
+    pub timeout: Duration,
+    pub policy: crate::auth::AuthPolicy,
+}
+
+#[derive(Debug, Clone)]
+pub struct DkimKey {
+    pub domain: Domain,
+    pub selector: String,
+    pub key: PathBuf,
+    pub headers: Vec<String>,
 }
 
 /// How queued mail is delivered: retries, expiry, concurrency, timeouts (design.md, "Queue and
@@ -452,7 +471,39 @@ fn validate(raw: raw::RawConfig, file: &str) -> Result<Config, ConfigError> {
             return Err(c.err("inbound.next_hop", format!("{hop:?} is not host:port")));
         }
     }
+    let a = inbound.auth.unwrap_or_default();
+    let auth = if a.enabled.unwrap_or(true) {
+        let defaults = crate::auth::AuthPolicy::default();
+        let tag_header = a.tag_header.unwrap_or(defaults.tag_header);
+        if tag_header.is_empty()
+            || !tag_header
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        {
+            return Err(c.err(
+                "inbound.auth.tag_header",
+                "must be a header field name (letters, digits, -)",
+            ));
+        }
+        Some(InboundAuth {
+            timeout: c.duration(
+                "inbound.auth.timeout",
+                a.timeout.as_deref().unwrap_or("10s"),
+            )?,
+            policy: crate::auth::AuthPolicy {
+                dmarc_reject: a.dmarc_reject.unwrap_or(defaults.dmarc_reject),
+                dmarc_quarantine: a.dmarc_quarantine.unwrap_or(defaults.dmarc_quarantine),
+                spf_fail_without_dmarc: a
+                    .spf_fail_without_dmarc
+                    .unwrap_or(defaults.spf_fail_without_dmarc),
+                tag_header,
+            },
+        })
+    } else {
+        None
+    };
     let inbound = InboundSection {
+        auth,
         local_domains,
         refuse_plaintext_from_listed: inbound.refuse_plaintext_from_listed.unwrap_or(true),
         next_hop: inbound.next_hop,
@@ -509,6 +560,30 @@ fn validate(raw: raw::RawConfig, file: &str) -> Result<Config, ConfigError> {
                 .as_deref()
                 .unwrap_or("1h"),
         )?,
+        dkim: outbound
+            .dkim
+            .unwrap_or_default()
+            .into_iter()
+            .enumerate()
+            .map(|(i, k)| {
+                let key = resolve(k.key);
+                if !key.is_file() {
+                    return Err(c.err(
+                        format!("outbound.dkim[{i}].key"),
+                        format!("{} does not exist or is not a file", key.display()),
+                    ));
+                }
+                if k.selector.is_empty() || k.selector.contains(char::is_whitespace) {
+                    return Err(c.err(format!("outbound.dkim[{i}].selector"), "not a selector"));
+                }
+                Ok(DkimKey {
+                    domain: c.domain(&format!("outbound.dkim[{i}].domain"), &k.domain)?,
+                    selector: k.selector,
+                    key,
+                    headers: k.headers.unwrap_or_default(),
+                })
+            })
+            .collect::<Result<_, _>>()?,
     };
 
     let d = raw.delivery.unwrap_or_default();

@@ -69,6 +69,7 @@ pub(super) struct RawListener {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawInbound {
+    pub auth: Option<RawInboundAuth>,
     pub local_domains: Option<Vec<String>>,
     pub refuse_plaintext_from_listed: Option<bool>,
     pub next_hop: Option<String>,
@@ -82,6 +83,27 @@ pub(super) struct RawOutbound {
     pub smtp_port: Option<u16>,
     pub extra_trust_roots: Option<Vec<PathBuf>>,
     pub tls_failure_warning_after: Option<String>,
+    pub dkim: Option<Vec<RawDkim>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawInboundAuth {
+    pub enabled: Option<bool>,
+    pub timeout: Option<String>,
+    pub dmarc_reject: Option<crate::auth::PolicyAction>,
+    pub dmarc_quarantine: Option<crate::auth::PolicyAction>,
+    pub spf_fail_without_dmarc: Option<crate::auth::PolicyAction>,
+    pub tag_header: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawDkim {
+    pub domain: String,
+    pub selector: String,
+    pub key: PathBuf,
+    pub headers: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -32,6 +32,10 @@ pub struct SessionContext {
     /// The tvungen TLS list, for refusing plaintext from listed senders (T5).
     pub domain_list: Arc<DomainListHandle>,
     pub metrics: Arc<Metrics>,
+    /// Sender authentication for inbound listeners (D4); `None` when turned off.
+    pub auth: Option<Arc<crate::auth::Verifier>>,
+    /// DKIM signers for outbound mail, by sender domain.
+    pub dkim: std::collections::HashMap<crate::domain::Domain, crate::auth::OutboundSigner>,
     /// The audit log (S1); `None` only in tests that build a context by hand.
     pub audit: Option<Arc<crate::audit::AuditLog>>,
     /// `None` when no certificate is configured (STARTTLS then not offered).

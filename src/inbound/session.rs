@@ -405,9 +405,86 @@ impl Session {
             self.reply(tvungen::header_refusal(&domain));
             return Flow::Continue;
         }
+        let body = match self.authenticate(&tx, body).await {
+            Ok(body) => body,
+            Err(refusal) => {
+                self.reply(refusal);
+                return Flow::Continue;
+            }
+        };
         let reply = self.commit(tx, body).await;
         self.reply(reply);
         Flow::Continue
+    }
+
+    /// D4: inbound mail is checked (SPF, DKIM, DMARC, ARC) and stamped with
+    /// `Authentication-Results`, or refused as the policy says; outbound mail from a domain
+    /// with a DKIM key is signed.
+    async fn authenticate(&self, tx: &Transaction, body: Vec<u8>) -> Result<Vec<u8>, Reply> {
+        let sender = tx.mail.sender.address().map(|a| a.to_string());
+        match self.listener.role {
+            Role::Inbound => {
+                let Some(verifier) = &self.ctx.auth else {
+                    return Ok(body);
+                };
+                let outcome = verifier
+                    .check(crate::auth::CheckInput {
+                        client_ip: self.peer.ip(),
+                        helo: self.helo.as_deref().unwrap_or(""),
+                        mail_from: sender.as_deref(),
+                        message: &body,
+                    })
+                    .await;
+                self.count_auth(&outcome);
+                tracing::info!(peer = %self.peer, from = sender.as_deref().unwrap_or(""),
+                    spf = outcome.spf.result.as_str(), dmarc = outcome.dmarc.result.as_str(),
+                    dkim = ?outcome.dkim.iter().map(|d| d.result.as_str()).collect::<Vec<_>>(),
+                    action = ?outcome.action, "sender authentication");
+                match &outcome.action {
+                    crate::auth::AuthAction::Reject {
+                        code,
+                        enhanced,
+                        text,
+                    }
+                    | crate::auth::AuthAction::TempFail {
+                        code,
+                        enhanced,
+                        text,
+                    } => Err(Reply::new(*code, enhanced, text.clone())),
+                    _ => Ok(verifier.stamp(&body, &outcome)),
+                }
+            }
+            Role::Outbound => {
+                let Some(domain) = tx.mail.sender.address().map(|a| a.domain().clone()) else {
+                    return Ok(body);
+                };
+                let Some(signer) = self.ctx.dkim.get(&domain) else {
+                    return Ok(body);
+                };
+                match signer.sign(&body) {
+                    Ok(signed) => Ok(signed),
+                    Err(e) => {
+                        // Unsigned mail still goes out; partners' DMARC may then rely on SPF.
+                        tracing::error!(domain = %domain, error = %e, "DKIM signing failed");
+                        Ok(body)
+                    }
+                }
+            }
+        }
+    }
+
+    fn count_auth(&self, outcome: &crate::auth::AuthOutcome) {
+        let m = &self.ctx.metrics.auth_results;
+        m.with_label_values(&["spf", outcome.spf.result.as_str()])
+            .inc();
+        for d in &outcome.dkim {
+            m.with_label_values(&["dkim", d.result.as_str()]).inc();
+        }
+        m.with_label_values(&["dmarc", outcome.dmarc.result.as_str()])
+            .inc();
+        if let Some(arc) = &outcome.arc {
+            m.with_label_values(&["arc", arc.result.as_str()]).inc();
+        }
     }
 
     /// T5: a refusal is logged at warn, counted and audited.

@@ -3,7 +3,7 @@
 //! tlsgate's real resolver code runs against zones the test controls.
 
 use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
-use hickory_proto::rr::rdata::{A, AAAA, MX};
+use hickory_proto::rr::rdata::{A, AAAA, MX, TXT};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
@@ -85,6 +85,16 @@ impl TestDns {
             .entry((key(name), record_type))
             .or_default()
             .push(data);
+    }
+
+    /// A TXT record, split into 255-byte character-strings as DNS requires.
+    pub fn add_txt(&self, name: &str, value: &str) {
+        let parts = value
+            .as_bytes()
+            .chunks(255)
+            .map(|c| String::from_utf8_lossy(c).into_owned())
+            .collect();
+        self.add(name, RData::TXT(TXT::new(parts)));
     }
 
     pub fn add_mx(&self, domain: &str, preference: u16, exchange: &str) {

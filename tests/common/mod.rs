@@ -129,6 +129,10 @@ role = "outbound"
 [inbound]
 local_domains = ["example.no"]
 
+# Sender authentication needs DNS; these tests serve none (tests/auth.rs covers it).
+[inbound.auth]
+enabled = false
+
 [outbound]
 relay_networks = ["127.0.0.0/8"]
 
@@ -409,4 +413,26 @@ pub fn message(subject: &str) -> String {
     format!(
         "From: <sender@example.org>\r\nTo: <rcpt@example.no>\r\nSubject: {subject}\r\n\r\nHello.\r\n"
     )
+}
+
+/// Standard base64 with padding (DKIM public keys in TXT records).
+pub fn base64(bytes: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(A[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }

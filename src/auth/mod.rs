@@ -1,0 +1,770 @@
+//! Inbound sender authentication (issue 5): SPF, DKIM, DMARC and ARC over mail-auth, the
+//! `Authentication-Results` header that records them (RFC 8601), and the action the
+//! configured [`AuthPolicy`] takes on the results.
+//!
+//! Order of use in an inbound session, after the end of DATA:
+//! 1. [`Verifier::check`] on the message as received (DKIM must see the original bytes);
+//! 2. act on [`AuthOutcome::action`] (reply 550 / 451, or accept);
+//! 3. on accept, [`Verifier::stamp`] the message: it removes every `Authentication-Results`
+//!    field claiming our authserv-id ([`strip_our_authentication_results`]) and prepends
+//!    ours (and the tag header, when the action is [`AuthAction::Tag`]).
+//!
+//! DNS goes through a hickory resolver on the configured nameservers (the same
+//! `dns.nameservers` delivery uses); hickory caches answers for their TTL and SPF, DKIM
+//! and ARC run concurrently. The whole check is bounded by one deadline: whatever has not
+//! finished by then is recorded as `temperror`, so a slow DNS server cannot hold a session.
+//!
+//! Proposed configuration (parsed by `config`, not here), with the defaults:
+//!
+//! ```toml
+//! [inbound.auth]
+//! enabled = true                     # check on inbound listeners
+//! timeout = "10s"                    # Verifier timeout: bound of one whole check
+//! dmarc_reject = "reject"            # accept | tag | reject   (550 5.7.1)
+//! dmarc_quarantine = "tag"           # accept | tag | reject
+//! spf_fail_without_dmarc = "tag"     # accept | tag | reject   (550 5.7.23)
+//! tag_header = "X-Tlsgate-Quarantine"
+//!
+//! [outbound.dkim]                    # absent: no signing (the default)
+//! domain = "example.no"
+//! selector = "s1"
+//! key = "/etc/tlsgate/dkim.pem"      # PKCS#8 RSA or Ed25519, or PKCS#1 RSA
+//! headers = []                       # empty: DEFAULT_SIGNED_HEADERS
+//! ```
+
+mod header;
+mod sign;
+mod strip;
+
+pub use sign::{DkimAlgorithm, OutboundSigner, SignerError, DEFAULT_SIGNED_HEADERS};
+pub use strip::strip_our_authentication_results;
+
+use mail_auth::dkim::Signature;
+use mail_auth::dmarc::verify::DmarcParameters;
+use mail_auth::dmarc::Policy;
+use mail_auth::hickory_resolver::config::{NameServerConfig, ResolverConfig, ResolverOpts};
+use mail_auth::hickory_resolver::net::runtime::TokioRuntimeProvider;
+use mail_auth::hickory_resolver::TokioResolver;
+use mail_auth::spf::verify::SpfParameters;
+use mail_auth::{
+    AuthenticatedMessage, DkimOutput, DkimResult, DmarcOutput, DmarcResult, MessageAuthenticator,
+    SpfOutput, SpfResult,
+};
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+use tokio::time::{timeout_at, Instant};
+
+/// One result value of RFC 8601 §2.7 (the subset SPF, DKIM, DMARC and ARC use).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AuthResult {
+    Pass,
+    Fail,
+    SoftFail,
+    Neutral,
+    None,
+    TempError,
+    PermError,
+}
+
+impl AuthResult {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthResult::Pass => "pass",
+            AuthResult::Fail => "fail",
+            AuthResult::SoftFail => "softfail",
+            AuthResult::Neutral => "neutral",
+            AuthResult::None => "none",
+            AuthResult::TempError => "temperror",
+            AuthResult::PermError => "permerror",
+        }
+    }
+}
+
+impl std::fmt::Display for AuthResult {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The identity SPF checked: MAIL FROM, or the HELO name when the reverse-path is null.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SpfIdentity {
+    MailFrom(String),
+    Helo(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpfCheck {
+    pub result: AuthResult,
+    pub identity: SpfIdentity,
+    /// The domain whose record was evaluated.
+    pub domain: String,
+    pub reason: Option<String>,
+}
+
+/// The result of one DKIM-Signature (one per signature, in header order; malformed signatures
+/// come first, as `neutral`, without domain or selector).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DkimCheck {
+    pub result: AuthResult,
+    /// `d=`
+    pub domain: Option<String>,
+    /// `s=`
+    pub selector: Option<String>,
+    /// `i=`, when the signature has one.
+    pub identity: Option<String>,
+    /// The first 8 base64 characters of `b=` (RFC 6008), to tell signatures apart.
+    pub b_prefix: Option<String>,
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DmarcPolicy {
+    None,
+    Quarantine,
+    Reject,
+}
+
+impl DmarcPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DmarcPolicy::None => "none",
+            DmarcPolicy::Quarantine => "quarantine",
+            DmarcPolicy::Reject => "reject",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DmarcCheck {
+    /// `pass`, `fail`, `none` (no record, or no single RFC5322.From domain), `temperror`,
+    /// `permerror`.
+    pub result: AuthResult,
+    /// The RFC5322.From domain, when there is one.
+    pub from_domain: Option<String>,
+    /// The policy to apply (after `sp`/`np`/`t=y`); `None` when no record was found, or when
+    /// the record could not be fetched (then `result` is `temperror`).
+    pub policy: Option<DmarcPolicy>,
+    pub spf_aligned: bool,
+    pub dkim_aligned: bool,
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArcCheck {
+    pub result: AuthResult,
+    pub reason: Option<String>,
+}
+
+/// What the session should do with the message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthAction {
+    Accept,
+    /// Accept, adding `header` (a complete CRLF-terminated field, e.g.
+    /// `"X-Tlsgate-Quarantine: dmarc=fail\r\n"`).
+    Tag {
+        header: String,
+    },
+    Reject {
+        code: u16,
+        enhanced: &'static str,
+        text: String,
+    },
+    TempFail {
+        code: u16,
+        enhanced: &'static str,
+        text: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthOutcome {
+    pub spf: SpfCheck,
+    pub dkim: Vec<DkimCheck>,
+    pub dmarc: DmarcCheck,
+    /// `None` when the message carries no ARC header fields.
+    pub arc: Option<ArcCheck>,
+    /// True when the deadline cut some check short (those are recorded as `temperror`).
+    pub timed_out: bool,
+    /// The complete `Authentication-Results: <authserv-id>; spf=...; dkim=...; dmarc=...\r\n`
+    /// field, folded, CRLF-terminated.
+    pub header: String,
+    pub action: AuthAction,
+}
+
+/// What to do for each case, `[inbound.auth]` in the configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PolicyAction {
+    Accept,
+    Tag,
+    Reject,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthPolicy {
+    /// DMARC fails and the domain's policy is `reject`. Default: reject (550 5.7.1).
+    pub dmarc_reject: PolicyAction,
+    /// DMARC fails and the domain's policy is `quarantine`. Default: tag.
+    pub dmarc_quarantine: PolicyAction,
+    /// SPF `fail` (a `-` qualifier, typically `-all`) and the From domain has no DMARC
+    /// record. Default: tag.
+    pub spf_fail_without_dmarc: PolicyAction,
+    /// Name of the header field added by [`PolicyAction::Tag`]. Default
+    /// `X-Tlsgate-Quarantine`; the value says why (`dmarc=fail` or `spf=fail`).
+    pub tag_header: String,
+}
+
+impl Default for AuthPolicy {
+    fn default() -> Self {
+        AuthPolicy {
+            dmarc_reject: PolicyAction::Reject,
+            dmarc_quarantine: PolicyAction::Tag,
+            spf_fail_without_dmarc: PolicyAction::Tag,
+            tag_header: "X-Tlsgate-Quarantine".to_string(),
+        }
+    }
+}
+
+impl AuthPolicy {
+    /// The action for these results. Temporary errors fail temporarily (451) only where the
+    /// policy would reject on a failure; otherwise the message is accepted (the header still
+    /// records `temperror`). A DMARC record that could not be fetched counts as one that
+    /// might say `p=reject`.
+    pub fn decide(&self, spf: &SpfCheck, dmarc: &DmarcCheck) -> AuthAction {
+        let from = dmarc.from_domain.as_deref().unwrap_or("");
+        match dmarc.result {
+            AuthResult::Pass => return AuthAction::Accept,
+            AuthResult::Fail => {
+                let (action, policy) = match dmarc.policy {
+                    Some(DmarcPolicy::Reject) => (self.dmarc_reject, "reject"),
+                    Some(DmarcPolicy::Quarantine) => (self.dmarc_quarantine, "quarantine"),
+                    Some(DmarcPolicy::None) | None => return AuthAction::Accept,
+                };
+                return self.apply(
+                    action,
+                    "dmarc=fail",
+                    "5.7.1",
+                    format!(
+                        "Message rejected: DMARC policy of {from} is {policy} and the \
+                         message failed it (SPF {}{}, no aligned DKIM signature)",
+                        spf.result,
+                        if spf.result == AuthResult::Pass {
+                            " but not aligned"
+                        } else {
+                            ""
+                        },
+                    ),
+                );
+            }
+            AuthResult::TempError => {
+                let action = match dmarc.policy {
+                    Some(DmarcPolicy::Reject) | None => self.dmarc_reject,
+                    Some(DmarcPolicy::Quarantine) => self.dmarc_quarantine,
+                    Some(DmarcPolicy::None) => PolicyAction::Accept,
+                };
+                return if action == PolicyAction::Reject {
+                    AuthAction::TempFail {
+                        code: 451,
+                        enhanced: "4.7.1",
+                        text: reply_text(&format!(
+                            "Temporary DNS failure evaluating DMARC for {from}, try again later"
+                        )),
+                    }
+                } else {
+                    AuthAction::Accept
+                };
+            }
+            // No DMARC (no record, a broken record, no single From domain): SPF alone.
+            _ => {}
+        }
+        let domain = &spf.domain;
+        match spf.result {
+            AuthResult::Fail => self.apply(
+                self.spf_fail_without_dmarc,
+                "spf=fail",
+                "5.7.23",
+                format!("Message rejected: SPF of {domain} does not permit this sender"),
+            ),
+            AuthResult::TempError if self.spf_fail_without_dmarc == PolicyAction::Reject => {
+                AuthAction::TempFail {
+                    code: 451,
+                    enhanced: "4.7.24",
+                    text: reply_text(&format!(
+                        "Temporary DNS failure evaluating SPF for {domain}, try again later"
+                    )),
+                }
+            }
+            _ => AuthAction::Accept,
+        }
+    }
+
+    fn apply(
+        &self,
+        action: PolicyAction,
+        tag: &str,
+        enhanced: &'static str,
+        text: String,
+    ) -> AuthAction {
+        match action {
+            PolicyAction::Accept => AuthAction::Accept,
+            PolicyAction::Tag => AuthAction::Tag {
+                header: format!("{}: {tag}\r\n", self.tag_header),
+            },
+            PolicyAction::Reject => AuthAction::Reject {
+                code: 550,
+                enhanced,
+                text: reply_text(&text),
+            },
+        }
+    }
+}
+
+/// What the session knows about the transaction.
+#[derive(Debug, Clone, Copy)]
+pub struct CheckInput<'a> {
+    pub client_ip: IpAddr,
+    /// The EHLO/HELO argument.
+    pub helo: &'a str,
+    /// The reverse-path without angle brackets; `None` or `Some("")` for the null sender.
+    pub mail_from: Option<&'a str>,
+    /// The full message, header section included, as received.
+    pub message: &'a [u8],
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("DNS resolver set-up for sender authentication: {0}")]
+pub struct VerifierError(String);
+
+pub struct Verifier {
+    auth: MessageAuthenticator,
+    authserv_id: String,
+    timeout: Duration,
+    policy: AuthPolicy,
+}
+
+impl Verifier {
+    /// A verifier resolving through `nameservers` (UDP and TCP, each on its own port; empty:
+    /// the system configuration). `timeout` bounds a whole [`Verifier::check`]; a single DNS
+    /// query gets at most half of it (two attempts).
+    pub fn new(
+        nameservers: &[SocketAddr],
+        authserv_id: impl Into<String>,
+        timeout: Duration,
+        policy: AuthPolicy,
+    ) -> Result<Verifier, VerifierError> {
+        let mut builder = if nameservers.is_empty() {
+            TokioResolver::builder_tokio().map_err(|e| VerifierError(e.to_string()))?
+        } else {
+            let servers = nameservers
+                .iter()
+                .map(|addr| {
+                    let mut ns = NameServerConfig::udp_and_tcp(addr.ip());
+                    for conn in &mut ns.connections {
+                        conn.port = addr.port();
+                    }
+                    ns
+                })
+                .collect();
+            TokioResolver::builder_with_config(
+                ResolverConfig::from_name_servers(servers),
+                TokioRuntimeProvider::default(),
+            )
+        };
+        let opts: &mut ResolverOpts = builder.options_mut();
+        opts.timeout = (timeout / 2).clamp(Duration::from_millis(100), Duration::from_secs(5));
+        opts.attempts = 2;
+        // mail-auth asks fully qualified names: no search-list expansion.
+        opts.ndots = 0;
+        let resolver = builder.build().map_err(|e| VerifierError(e.to_string()))?;
+        Ok(Self::from_authenticator(
+            MessageAuthenticator(resolver),
+            authserv_id,
+            timeout,
+            policy,
+        ))
+    }
+
+    pub fn from_authenticator(
+        auth: MessageAuthenticator,
+        authserv_id: impl Into<String>,
+        timeout: Duration,
+        policy: AuthPolicy,
+    ) -> Verifier {
+        Verifier {
+            auth,
+            authserv_id: authserv_id.into(),
+            timeout,
+            policy,
+        }
+    }
+
+    pub fn authserv_id(&self) -> &str {
+        &self.authserv_id
+    }
+
+    pub fn policy(&self) -> &AuthPolicy {
+        &self.policy
+    }
+
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Checks SPF, every DKIM signature, ARC (when present) and DMARC; never takes much
+    /// longer than the configured timeout.
+    pub async fn check(&self, input: CheckInput<'_>) -> AuthOutcome {
+        let deadline = Instant::now() + self.timeout;
+        let mut timed_out = false;
+        let helo = input.helo.trim();
+        let sender = input.mail_from.map(str::trim).filter(|s| !s.is_empty());
+        let (identity, spf_domain) = match sender {
+            Some(s) => (
+                SpfIdentity::MailFrom(s.to_string()),
+                s.rsplit_once('@').map_or(helo, |(_, d)| d),
+            ),
+            None => (SpfIdentity::Helo(helo.to_string()), helo),
+        };
+        let spf_params = match sender {
+            Some(s) => SpfParameters::verify_mail_from(input.client_ip, helo, &self.authserv_id, s),
+            None => SpfParameters::verify_ehlo(input.client_ip, helo, &self.authserv_id),
+        };
+        let parsed = AuthenticatedMessage::parse(input.message);
+
+        // A HELO that is no domain (an address literal, nothing) has no SPF record to ask for.
+        let no_spf_domain = spf_domain.is_empty()
+            || spf_domain.starts_with('[')
+            || spf_domain.parse::<IpAddr>().is_ok();
+        let spf_fut = async {
+            if no_spf_domain {
+                Ok(SpfOutput::new(String::new()).with_result(SpfResult::None))
+            } else {
+                timeout_at(deadline, self.auth.verify_spf(spf_params)).await
+            }
+        };
+        let dkim_fut = async {
+            match &parsed {
+                Some(m) => Some(timeout_at(deadline, self.auth.verify_dkim(m)).await),
+                None => None,
+            }
+        };
+        let arc_fut = async {
+            match &parsed {
+                Some(m) if has_arc(m) => Some(timeout_at(deadline, self.auth.verify_arc(m)).await),
+                _ => None,
+            }
+        };
+        let (spf_out, dkim_out, arc_out) = tokio::join!(spf_fut, dkim_fut, arc_fut);
+
+        let spf_timed_out = spf_out.is_err();
+        timed_out |= spf_timed_out;
+        let spf_out = spf_out.unwrap_or_else(|_| {
+            SpfOutput::new(spf_domain.to_ascii_lowercase()).with_result(SpfResult::TempError)
+        });
+        let dkim_out: Vec<DkimOutput<'_>> = match (dkim_out, &parsed) {
+            (Some(Ok(out)), _) => out,
+            (Some(Err(_)), Some(m)) => {
+                timed_out = true;
+                m.dkim_headers
+                    .iter()
+                    .map(|h| DkimOutput::temp_err(timeout_error()).with_signature(&h.header))
+                    .collect()
+            }
+            _ => Vec::new(),
+        };
+        let arc = arc_out.map(|r| match r {
+            Ok(out) => {
+                let (result, reason) = dkim_result(out.result());
+                ArcCheck { result, reason }
+            }
+            Err(_) => {
+                timed_out = true;
+                ArcCheck {
+                    result: AuthResult::TempError,
+                    reason: Some("timeout".into()),
+                }
+            }
+        });
+
+        let dmarc = match &parsed {
+            Some(m) => {
+                let params = DmarcParameters::new(m, &dkim_out, spf_domain, &spf_out);
+                match timeout_at(deadline, self.auth.verify_dmarc(params)).await {
+                    Ok(out) => dmarc_check(&out),
+                    Err(_) => {
+                        timed_out = true;
+                        DmarcCheck {
+                            result: AuthResult::TempError,
+                            from_domain: m
+                                .from()
+                                .rsplit_once('@')
+                                .map(|(_, d)| d.to_ascii_lowercase()),
+                            policy: None,
+                            spf_aligned: false,
+                            dkim_aligned: false,
+                            reason: Some("timeout".into()),
+                        }
+                    }
+                }
+            }
+            None => DmarcCheck {
+                result: AuthResult::None,
+                from_domain: None,
+                policy: None,
+                spf_aligned: false,
+                dkim_aligned: false,
+                reason: Some("message header not parseable".into()),
+            },
+        };
+
+        let spf = SpfCheck {
+            result: spf_result(spf_out.result()),
+            identity,
+            domain: spf_out.domain().to_string(),
+            reason: if spf_timed_out {
+                Some("timeout".into())
+            } else {
+                spf_out.explanation().map(str::to_string)
+            },
+        };
+        let dkim: Vec<DkimCheck> = dkim_out.iter().map(dkim_check).collect();
+        let header = header::format(&self.authserv_id, &spf, &dkim, arc.as_ref(), &dmarc);
+        let action = self.policy.decide(&spf, &dmarc);
+        AuthOutcome {
+            spf,
+            dkim,
+            dmarc,
+            arc,
+            timed_out,
+            header,
+            action,
+        }
+    }
+
+    /// The message to queue: every `Authentication-Results` claiming our authserv-id removed,
+    /// then our header (and the tag header of [`AuthAction::Tag`]) prepended.
+    pub fn stamp(&self, message: &[u8], outcome: &AuthOutcome) -> Vec<u8> {
+        let stripped = strip_our_authentication_results(message, &self.authserv_id);
+        let mut out = Vec::with_capacity(stripped.len() + outcome.header.len() + 64);
+        out.extend_from_slice(outcome.header.as_bytes());
+        if let AuthAction::Tag { header } = &outcome.action {
+            out.extend_from_slice(header.as_bytes());
+        }
+        out.extend_from_slice(&stripped);
+        out
+    }
+}
+
+/// SMTP reply text: domains come from the message, so only printable ASCII survives (no
+/// CR/LF that could split the reply), at most 400 bytes.
+fn reply_text(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_ascii_graphic() { c } else { ' ' })
+        .take(400)
+        .collect()
+}
+
+fn has_arc(m: &AuthenticatedMessage<'_>) -> bool {
+    !m.as_headers.is_empty()
+        || !m.ams_headers.is_empty()
+        || !m.aar_headers.is_empty()
+        || m.has_arc_errors
+}
+
+fn timeout_error() -> mail_auth::Error {
+    mail_auth::Error::Dns(mail_auth::DnsError::Resolver("timeout".into()))
+}
+
+fn spf_result(r: SpfResult) -> AuthResult {
+    match r {
+        SpfResult::Pass => AuthResult::Pass,
+        SpfResult::Fail => AuthResult::Fail,
+        SpfResult::SoftFail => AuthResult::SoftFail,
+        SpfResult::Neutral => AuthResult::Neutral,
+        SpfResult::TempError => AuthResult::TempError,
+        SpfResult::PermError => AuthResult::PermError,
+        SpfResult::None => AuthResult::None,
+    }
+}
+
+fn dkim_result(r: &DkimResult) -> (AuthResult, Option<String>) {
+    match r {
+        DkimResult::Pass => (AuthResult::Pass, None),
+        // mail-auth reports a body hash mismatch as neutral; RFC 6376 §6.1.3 makes it a
+        // PERMFAIL, i.e. `fail` in RFC 8601 terms: the signature did not verify.
+        DkimResult::Neutral(
+            e @ (mail_auth::Error::Dkim(mail_auth::dkim::DkimError::FailedBodyHashMatch)
+            | mail_auth::Error::Arc(mail_auth::arc::ArcError::FailedBodyHashMatch)),
+        ) => (AuthResult::Fail, Some(error_text(e))),
+        DkimResult::Neutral(e) => (AuthResult::Neutral, Some(error_text(e))),
+        DkimResult::Fail(e) => (AuthResult::Fail, Some(error_text(e))),
+        DkimResult::PermError(e) => (AuthResult::PermError, Some(error_text(e))),
+        DkimResult::TempError(e) => (AuthResult::TempError, Some(error_text(e))),
+        DkimResult::None => (AuthResult::None, None),
+    }
+}
+
+fn error_text(e: &mail_auth::Error) -> String {
+    match e {
+        mail_auth::Error::Dns(mail_auth::DnsError::Resolver(r)) if r == "timeout" => {
+            "timeout".into()
+        }
+        e => e.to_string(),
+    }
+}
+
+fn dkim_check(out: &DkimOutput<'_>) -> DkimCheck {
+    let (result, reason) = dkim_result(out.result());
+    let sig: Option<&Signature> = out.signature();
+    DkimCheck {
+        result,
+        domain: sig.map(|s| s.d.to_ascii_lowercase()),
+        selector: sig.map(|s| s.s.clone()),
+        identity: sig.map(|s| s.i.clone()).filter(|i| !i.is_empty()),
+        b_prefix: sig.and_then(|s| s.b.get(..6)).map(header::base64),
+        reason,
+    }
+}
+
+fn dmarc_check(out: &DmarcOutput) -> DmarcCheck {
+    let (result, reason) = match out.result() {
+        DmarcResult::Pass => (AuthResult::Pass, None),
+        DmarcResult::Fail(e) => (AuthResult::Fail, Some(error_text(&e))),
+        DmarcResult::TempError(e) => (AuthResult::TempError, Some(error_text(&e))),
+        DmarcResult::PermError(e) => (AuthResult::PermError, Some(error_text(&e))),
+        DmarcResult::None => (AuthResult::None, None),
+    };
+    let policy = out.dmarc_record().map(|_| match out.policy() {
+        Policy::Reject => DmarcPolicy::Reject,
+        Policy::Quarantine => DmarcPolicy::Quarantine,
+        Policy::None | Policy::Unspecified => DmarcPolicy::None,
+    });
+    DmarcCheck {
+        result,
+        from_domain: Some(out.domain().to_ascii_lowercase()).filter(|d| !d.is_empty()),
+        policy,
+        spf_aligned: matches!(out.spf_result(), DmarcResult::Pass),
+        dkim_aligned: matches!(out.dkim_result(), DmarcResult::Pass),
+        reason,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spf(result: AuthResult) -> SpfCheck {
+        SpfCheck {
+            result,
+            identity: SpfIdentity::MailFrom("a@example.org".into()),
+            domain: "example.org".into(),
+            reason: None,
+        }
+    }
+
+    fn dmarc(result: AuthResult, policy: Option<DmarcPolicy>) -> DmarcCheck {
+        DmarcCheck {
+            result,
+            from_domain: Some("example.org".into()),
+            policy,
+            spf_aligned: false,
+            dkim_aligned: false,
+            reason: None,
+        }
+    }
+
+    #[test]
+    fn defaults() {
+        let p = AuthPolicy::default();
+        let fail = spf(AuthResult::Fail);
+        assert_eq!(
+            p.decide(&fail, &dmarc(AuthResult::Pass, Some(DmarcPolicy::Reject))),
+            AuthAction::Accept
+        );
+        assert!(matches!(
+            p.decide(&fail, &dmarc(AuthResult::Fail, Some(DmarcPolicy::Reject))),
+            AuthAction::Reject {
+                code: 550,
+                enhanced: "5.7.1",
+                ..
+            }
+        ));
+        assert_eq!(
+            p.decide(
+                &fail,
+                &dmarc(AuthResult::Fail, Some(DmarcPolicy::Quarantine))
+            ),
+            AuthAction::Tag {
+                header: "X-Tlsgate-Quarantine: dmarc=fail\r\n".into()
+            }
+        );
+        assert_eq!(
+            p.decide(&fail, &dmarc(AuthResult::Fail, Some(DmarcPolicy::None))),
+            AuthAction::Accept
+        );
+        // No DMARC, or a broken record: SPF alone decides.
+        for none in [AuthResult::None, AuthResult::PermError] {
+            assert_eq!(
+                p.decide(&fail, &dmarc(none, None)),
+                AuthAction::Tag {
+                    header: "X-Tlsgate-Quarantine: spf=fail\r\n".into()
+                }
+            );
+            for r in [
+                AuthResult::SoftFail,
+                AuthResult::TempError,
+                AuthResult::None,
+            ] {
+                assert_eq!(p.decide(&spf(r), &dmarc(none, None)), AuthAction::Accept);
+            }
+        }
+    }
+
+    #[test]
+    fn temperror_tempfails_only_where_a_failure_would_reject() {
+        let p = AuthPolicy::default();
+        let s = spf(AuthResult::TempError);
+        let temp = |policy| p.decide(&s, &dmarc(AuthResult::TempError, policy));
+        assert!(matches!(
+            temp(Some(DmarcPolicy::Reject)),
+            AuthAction::TempFail { code: 451, .. }
+        ));
+        // Unknown policy (record lookup failed): it might be reject.
+        assert!(matches!(temp(None), AuthAction::TempFail { code: 451, .. }));
+        assert_eq!(temp(Some(DmarcPolicy::Quarantine)), AuthAction::Accept);
+        assert_eq!(temp(Some(DmarcPolicy::None)), AuthAction::Accept);
+
+        let strict = AuthPolicy {
+            dmarc_quarantine: PolicyAction::Reject,
+            ..AuthPolicy::default()
+        };
+        assert!(matches!(
+            strict.decide(
+                &s,
+                &dmarc(AuthResult::TempError, Some(DmarcPolicy::Quarantine))
+            ),
+            AuthAction::TempFail { .. }
+        ));
+        let lax = AuthPolicy {
+            dmarc_reject: PolicyAction::Tag,
+            ..AuthPolicy::default()
+        };
+        assert_eq!(
+            lax.decide(&s, &dmarc(AuthResult::TempError, None)),
+            AuthAction::Accept
+        );
+    }
+
+    #[test]
+    fn reply_text_cannot_split_the_reply() {
+        let p = AuthPolicy::default();
+        let mut d = dmarc(AuthResult::Fail, Some(DmarcPolicy::Reject));
+        d.from_domain = Some("evil.example\r\n250 ok".into());
+        match p.decide(&spf(AuthResult::Fail), &d) {
+            AuthAction::Reject { text, .. } => {
+                assert!(!text.contains('\r') && !text.contains('\n'), "{text:?}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}
