@@ -14,7 +14,7 @@
 //! and ARC run concurrently. The whole check is bounded by one deadline: whatever has not
 //! finished by then is recorded as `temperror`, so a slow DNS server cannot hold a session.
 //!
-//! Proposed configuration (parsed by `config`, not here), with the defaults:
+//! Configuration (parsed by `config`; see config/tlsgate.example.toml), with the defaults:
 //!
 //! ```toml
 //! [inbound.auth]
@@ -25,7 +25,7 @@
 //! spf_fail_without_dmarc = "tag"     # accept | tag | reject   (550 5.7.23)
 //! tag_header = "X-Tlsgate-Quarantine"
 //!
-//! [outbound.dkim]                    # absent: no signing (the default)
+//! [[outbound.dkim]]                  # one per sender domain; none: no signing (default)
 //! domain = "example.no"
 //! selector = "s1"
 //! key = "/etc/tlsgate/dkim.pem"      # PKCS#8 RSA or Ed25519, or PKCS#1 RSA
