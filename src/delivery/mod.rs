@@ -316,7 +316,12 @@ impl EngineHandle {
 fn load_backlog(store: &dyn Store) -> Result<Vec<(QueueId, u64)>, StoreError> {
     let now = unix_now();
     let mut out = Vec::new();
-    for id in store.message_ids()? {
+    let ids = store.message_ids()?;
+    // Ids sort by time: the last one is the newest.
+    if let Some(newest) = ids.last() {
+        QueueId::observe(newest);
+    }
+    for id in ids {
         let states = store.recipient_states(&id)?;
         let due = states
             .iter()

@@ -584,7 +584,20 @@ impl Session {
             size,
         };
         let sender = meta.sender.clone().unwrap_or_default();
-        match self.ctx.committer.commit(NewMessage { meta, body }).await {
+        // A commit normally takes milliseconds; one that hangs (a stuck store) must not hold the
+        // client forever. It then gets a 4xx and retries; if the write completes after all,
+        // the message is sent twice, never lost.
+        let limit = self.ctx.config.limits.data_timeout;
+        let committed =
+            tokio::time::timeout(limit, self.ctx.committer.commit(NewMessage { meta, body }))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(StoreError::Engine(format!(
+                        "queue commit did not finish within {}",
+                        humantime::format_duration(limit)
+                    )))
+                });
+        match committed {
             Ok(()) => {
                 self.accepted += 1;
                 self.ctx

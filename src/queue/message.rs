@@ -38,6 +38,14 @@ impl QueueId {
         }
     }
 
+    /// Makes every later [`QueueId::generate`] larger than `existing` (called at start with
+    /// the newest id in the queue, so that a clock that went back cannot reuse an id).
+    pub fn observe(existing: &QueueId) {
+        if let Some(micros) = existing.arrival_micros() {
+            LAST_ID_MICROS.fetch_max(micros, Ordering::Relaxed);
+        }
+    }
+
     /// Accepts only what [`QueueId::generate`] produces (ids come from the CLI and API too).
     pub fn parse(s: &str) -> Option<QueueId> {
         let valid = s.len() == 14
@@ -232,5 +240,14 @@ mod tests {
         assert_eq!(QueueId::parse(a.as_str()), Some(a.clone()));
         assert_eq!(QueueId::parse("../../etc"), None);
         assert_eq!(QueueId::parse("0123456789abcd"), None);
+    }
+
+    #[test]
+    fn ids_stay_above_an_observed_newer_id() {
+        // An id one minute ahead of the clock, as after the clock went back.
+        let ahead = now_micros() + 60_000_000;
+        let existing = QueueId::parse(&format!("{ahead:014X}")).unwrap();
+        QueueId::observe(&existing);
+        assert!(QueueId::generate() > existing);
     }
 }
