@@ -4,7 +4,7 @@
 //! whole sync; with many, the committer shares one sync between all messages waiting.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tlsgate::config::Role;
@@ -49,29 +49,30 @@ fn message(body: &[u8]) -> NewMessage {
     }
 }
 
-/// Commits `MESSAGES` messages from `tasks` concurrent tasks; returns the ids committed.
-async fn commit_all(committer: &Committer, body: &Arc<Vec<u8>>, tasks: usize) -> Vec<QueueId> {
+/// Commits `MESSAGES` messages from `tasks` concurrent tasks.
+async fn commit_all(committer: &Committer, body: &Arc<Vec<u8>>, tasks: usize) {
     let per_task = MESSAGES / tasks;
     let handles: Vec<_> = (0..tasks)
         .map(|_| {
             let committer = committer.clone();
             let body = body.clone();
             tokio::spawn(async move {
-                let mut ids = Vec::with_capacity(per_task);
                 for _ in 0..per_task {
-                    let msg = message(&body);
-                    ids.push(msg.meta.id.clone());
-                    committer.commit(msg).await.expect("commit");
+                    committer.commit(message(&body)).await.expect("commit");
                 }
-                ids
             })
         })
         .collect();
-    let mut ids = Vec::with_capacity(MESSAGES);
     for handle in handles {
-        ids.extend(handle.await.expect("committing task panicked"));
+        handle.await.expect("committing task panicked");
     }
-    ids
+}
+
+/// Sync and message counts summed over every store a benchmark used.
+#[derive(Default)]
+struct Totals {
+    messages: AtomicU64,
+    syncs: AtomicU64,
 }
 
 fn queue_commit(c: &mut Criterion) {
@@ -96,58 +97,53 @@ fn queue_commit(c: &mut Criterion) {
     group
         .sample_size(10)
         .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(5))
+        .measurement_time(Duration::from_secs(4))
         .throughput(Throughput::Elements(MESSAGES as u64));
     for tasks in CONCURRENCY {
         assert_eq!(MESSAGES % tasks, 0);
-        // A fresh store per concurrency level, under TMPDIR: point TMPDIR at the disk the queue
-        // would live on (on a tmpfs, fsync costs nothing and the numbers mean little).
-        let dir = tempfile::tempdir().expect("temporary directory");
-        let store = Arc::new(SledStore::open(dir.path()).expect("open the store"));
-        let (committer, _announced) =
-            Committer::start(store.clone() as Arc<dyn Store>).expect("start the committer");
-        let syncs_before = committer.stats().syncs.load(Ordering::Relaxed);
-        let messages_before = committer.stats().messages.load(Ordering::Relaxed);
-
+        let totals = Arc::new(Totals::default());
         group.bench_with_input(BenchmarkId::new("tasks", tasks), &tasks, |b, &tasks| {
             b.to_async(&rt).iter_custom(|iters| {
-                let committer = committer.clone();
-                let store = store.clone();
                 let body = body.clone();
+                let totals = totals.clone();
                 async move {
                     let mut measured = Duration::ZERO;
                     for _ in 0..iters {
+                        // Not measured: a fresh, empty queue per iteration, under TMPDIR (point
+                        // TMPDIR at the disk the queue would live on; on a tmpfs fsync is free).
+                        // Emptying one store between iterations instead (remove every message)
+                        // is not an option: with sled 0.34.7 that pattern deadlocks inside sled
+                        // (file truncation queued behind its blocked I/O threads).
+                        let dir = tempfile::tempdir().expect("temporary directory");
+                        let store = SledStore::open(dir.path()).expect("open the store");
+                        let (committer, _announced) =
+                            Committer::start(Arc::new(store) as Arc<dyn Store>)
+                                .expect("start the committer");
+
                         let start = Instant::now();
-                        let ids = commit_all(&committer, &body, tasks).await;
+                        commit_all(&committer, &body, tasks).await;
                         measured += start.elapsed();
-                        // Not measured: take the messages out again so that the store stays
-                        // the same size whatever the number of iterations.
-                        let store = store.clone();
-                        tokio::task::spawn_blocking(move || {
-                            for id in &ids {
-                                store.remove_message(id).expect("remove");
-                            }
-                            store.sync().expect("sync after removal");
-                        })
-                        .await
-                        .expect("cleanup task panicked");
+
+                        let stats = committer.stats();
+                        totals
+                            .messages
+                            .fetch_add(stats.messages.load(Ordering::Relaxed), Ordering::Relaxed);
+                        totals
+                            .syncs
+                            .fetch_add(stats.syncs.load(Ordering::Relaxed), Ordering::Relaxed);
                     }
                     measured
                 }
             })
         });
-
-        let stats = committer.stats();
-        let syncs = stats.syncs.load(Ordering::Relaxed) - syncs_before;
-        let messages = stats.messages.load(Ordering::Relaxed) - messages_before;
+        let messages = totals.messages.load(Ordering::Relaxed);
+        let syncs = totals.syncs.load(Ordering::Relaxed);
         if syncs > 0 {
             eprintln!(
                 "tasks={tasks}: {messages} messages in {syncs} syncs, {:.1} messages per sync",
                 messages as f64 / syncs as f64
             );
         }
-        drop(committer);
-        drop(store);
     }
     group.finish();
 }
