@@ -10,17 +10,15 @@
 use crate::queue::message::{BodyType, DsnRet, MessageMeta, Recipient};
 use crate::smtp::reply::{reply_complete, reply_lines, Reply};
 use crate::tls::client::{ClientTls, TlsFailure};
+use crate::tls::stream::Stream;
 use crate::tls::verify::{describe, NamePattern};
 use crate::tls::TlsInfo;
 use rustls::pki_types::{CertificateDer, ServerName};
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
 /// Longest reply line accepted from a server (RFC 5321 4.5.3.1.5 says 512; servers exceed it).
@@ -122,61 +120,6 @@ impl Capabilities {
     }
 }
 
-enum ClientStream {
-    Plain(TcpStream),
-    Tls(Box<TlsStream<TcpStream>>),
-    /// While the TCP stream is inside the TLS handshake (and after a failed one).
-    Detached,
-}
-
-fn detached() -> io::Error {
-    io::Error::new(io::ErrorKind::NotConnected, "connection is not usable")
-}
-
-impl AsyncRead for ClientStream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            ClientStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-            ClientStream::Detached => Poll::Ready(Err(detached())),
-        }
-    }
-}
-
-impl AsyncWrite for ClientStream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            ClientStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-            ClientStream::Detached => Poll::Ready(Err(detached())),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            ClientStream::Plain(s) => Pin::new(s).poll_flush(cx),
-            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
-            ClientStream::Detached => Poll::Ready(Err(detached())),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            ClientStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
-            ClientStream::Detached => Poll::Ready(Err(detached())),
-        }
-    }
-}
-
 /// The result of one transaction: one reply per recipient, in the order given.
 #[derive(Debug, Clone)]
 pub struct TransactionResult {
@@ -199,7 +142,7 @@ pub struct ConnectParams<'a> {
 
 /// An open SMTP connection, ready for MAIL FROM.
 pub struct SmtpConnection {
-    stream: ClientStream,
+    stream: Stream,
     buf: Vec<u8>,
     pub caps: Capabilities,
     pub addr: SocketAddr,
@@ -230,7 +173,7 @@ impl SmtpConnection {
             })?;
         let _ = tcp.set_nodelay(true);
         let mut conn = SmtpConnection {
-            stream: ClientStream::Plain(tcp),
+            stream: Stream::Plain(tcp),
             buf: Vec::with_capacity(1024),
             caps: Capabilities::default(),
             addr: p.addr,
@@ -306,8 +249,7 @@ impl SmtpConnection {
         if !self.buf.is_empty() {
             return Err(ClientError::Tls(TlsFailure::ResponseInjection));
         }
-        let ClientStream::Plain(tcp) = std::mem::replace(&mut self.stream, ClientStream::Detached)
-        else {
+        let Stream::Plain(tcp) = std::mem::replace(&mut self.stream, Stream::Detached) else {
             return Err(ClientError::Protocol("TLS already active".into()));
         };
         // Bytes that arrived in a later segment than the 220 are just as injected.
@@ -347,7 +289,7 @@ impl SmtpConnection {
             .peer_certificates()
             .and_then(|chain| chain.first())
             .map(|c| c.clone().into_owned());
-        self.stream = ClientStream::Tls(Box::new(tls));
+        self.stream = Stream::Tls(Box::new(tls.into()));
         Ok(())
     }
 

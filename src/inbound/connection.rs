@@ -4,8 +4,8 @@
 //! Replies are buffered and written when the session needs more input (RFC 2920 PIPELINING:
 //! a pipelined group gets its replies in one write), or on explicit flush.
 
-use super::stream::Stream;
 use crate::smtp::data::{DataDecoder, Feed};
+use crate::tls::stream::Stream;
 use bytes::{Buf, BytesMut};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -170,22 +170,19 @@ impl Connection {
                     "TLS already active",
                 )));
             }
-            None => return Err(ConnError::Closed),
+            Some(Stream::Detached) | None => return Err(ConnError::Closed),
         };
         let tls = timeout(limit, acceptor.accept(tcp))
             .await
             .map_err(|_| ConnError::Timeout)?
             .map_err(ConnError::Handshake)?;
-        self.stream = Some(Stream::Tls(Box::new(tls)));
+        self.stream = Some(Stream::Tls(Box::new(tls.into())));
         Ok(discarded)
     }
 
     /// The rustls state once TLS is up.
-    pub fn tls_state(&self) -> Option<&rustls::ServerConnection> {
-        match &self.stream {
-            Some(Stream::Tls(tls)) => Some(tls.get_ref().1),
-            _ => None,
-        }
+    pub fn tls_state(&self) -> Option<&rustls::CommonState> {
+        self.stream.as_ref().and_then(Stream::tls_state)
     }
 
     /// Sends what is queued and closes the write side, ignoring errors: the session is over.

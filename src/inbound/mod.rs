@@ -9,7 +9,6 @@ pub mod limits;
 pub mod received;
 pub mod relay;
 pub mod session;
-pub mod stream;
 pub mod tvungen;
 
 use crate::config::{Config, ListenerConfig};

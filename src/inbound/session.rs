@@ -652,7 +652,7 @@ impl Session {
                 self.helo = None;
                 self.esmtp = false;
                 self.transaction = None;
-                self.tls = self.conn.tls_state().map(|c| TlsInfo::from_connection(c));
+                self.tls = self.conn.tls_state().map(TlsInfo::from_connection);
                 Flow::Continue
             }
             Err(e) => {

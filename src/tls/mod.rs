@@ -6,6 +6,7 @@
 
 pub mod client;
 pub mod keys;
+pub mod stream;
 pub mod verify;
 
 use rustls::ServerConfig;
