@@ -49,8 +49,6 @@ pub enum ServerError {
     DomainList(#[from] ListError),
     #[error("{0}")]
     Audit(#[from] AuditError),
-    #[error("admin API: {0}")]
-    Admin(String),
     #[error("sender authentication: {0}")]
     Auth(String),
     #[error("{file}: [[policy]] for {domain} sets tls = \"{level}\", but {domain} is on the tvungen TLS domain list: a listed domain is never below \"verify\" (T3, T4)")]
@@ -206,7 +204,12 @@ async fn watch_domain_list(
             _ = tokio::time::sleep(config.domain_list.check_interval) => {}
             _ = shutdown.cancelled() => return,
         }
-        match handle.reload_if_changed() {
+        // Reading and parsing the file is blocking work: keep it off the async threads.
+        let reader = handle.clone();
+        let reloaded = tokio::task::spawn_blocking(move || reader.reload_if_changed())
+            .await
+            .unwrap_or(Ok(Reloaded::Unchanged));
+        match reloaded {
             Ok(Reloaded::Replaced { old, new }) => {
                 tracing::info!(
                     old,

@@ -173,11 +173,6 @@ impl DeliveryEngine {
         Ok(DeliveryEngine { engine, scheduler })
     }
 
-    /// Number of idle pooled connections (for tests and metrics).
-    pub fn idle_connections(&self) -> usize {
-        self.engine.pool.idle_count()
-    }
-
     /// Stops scheduling, lets attempts in progress finish for up to `grace`, closes idle
     /// connections. Unfinished work stays in the store for the next start.
     pub async fn shutdown(self, grace: Duration) {

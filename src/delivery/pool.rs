@@ -84,8 +84,4 @@ impl ConnectionPool {
     pub fn drain(&self) -> Vec<SmtpConnection> {
         self.lock().drain().flat_map(|(_, list)| list).collect()
     }
-
-    pub fn idle_count(&self) -> usize {
-        self.lock().values().map(Vec::len).sum()
-    }
 }
