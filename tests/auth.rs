@@ -599,9 +599,8 @@ async fn spf_temperror_is_recorded_and_accepted_by_default() {
 /// and left silent): the check still returns by its deadline, every result temperror.
 #[tokio::test]
 async fn silent_dns_cannot_hold_the_check() {
-    let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let (udp, tcp) = common::dns::bind_udp_and_tcp().await;
     let addr = udp.local_addr().unwrap();
-    let tcp = tokio::net::TcpListener::bind(addr).await.unwrap();
     tokio::spawn(async move {
         let mut held = Vec::new();
         let mut buf = [0u8; 512];

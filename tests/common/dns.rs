@@ -28,11 +28,27 @@ fn key(name: &str) -> String {
     name.trim_end_matches('.').to_ascii_lowercase()
 }
 
+/// A UDP socket and a TCP listener on the same free port of 127.0.0.1 (DNS answers on both).
+/// The kernel picks a UDP port; the same number may be taken for TCP by another test, so a
+/// collision means another try on a new port (bounded: a machine where 200 tries all collide
+/// has a real problem worth a panic).
+pub async fn bind_udp_and_tcp() -> (UdpSocket, TcpListener) {
+    let mut last = None;
+    for _ in 0..200 {
+        let udp = UdpSocket::bind("127.0.0.1:0").await.expect("bind UDP 127.0.0.1:0");
+        let addr = udp.local_addr().expect("UDP local address");
+        match TcpListener::bind(addr).await {
+            Ok(tcp) => return (udp, tcp),
+            Err(e) => last = Some(e),
+        }
+    }
+    panic!("no port free for both UDP and TCP on 127.0.0.1 after 200 tries: {last:?}");
+}
+
 impl TestDns {
     pub async fn start() -> TestDns {
-        let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let (udp, tcp) = bind_udp_and_tcp().await;
         let addr = udp.local_addr().unwrap();
-        let tcp = TcpListener::bind(addr).await.unwrap();
         let dns = TestDns {
             addr,
             zone: Arc::default(),

@@ -42,12 +42,15 @@ pub async fn setup(delivery: &str, extra: &str) -> Setup {
 /// As [`setup`], with `outbound` keys added to `[outbound]`.
 pub async fn setup_with(outbound: &str, delivery: &str, extra: &str) -> Setup {
     let dns = TestDns::start().await;
-    let (port, next_hop) = loop {
+    let mut next_hop = None;
+    for _ in 0..200 {
         let port = super::mx_sink::free_port();
         if let Ok(sink) = Sink::try_start(at(NEXT_HOP, port), Behaviour::default()).await {
-            break (port, sink);
+            next_hop = Some((port, sink));
+            break;
         }
-    };
+    }
+    let (port, next_hop) = next_hop.expect("a free port for the next-hop sink in 200 tries");
     let dir = tempfile::tempdir().unwrap();
     let ca = TestCa::new();
     let (cert, key) = ca.write_server_files(dir.path(), &[HOSTNAME]);

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# The README's test command: installs what the tests need on a fresh machine, then runs
+# `cargo test`. `.ci/run` calls this same script after fmt and clippy. Arguments are passed on
+# to `cargo test` (e.g. `bash scripts/test.sh --test delivery`).
+#
+# Outside programs the tests use:
+#   python3 + dkimpy  tests/auth_interop.rs (an independent DKIM signer, D4) and
+#                     tests/peers/old_tls_smtp.py (a TLS 1.0/1.1-only OpenSSL peer)
+#   promtool          tests/deploy_files.rs (alert rules checked and unit-tested)
+#   nmap              tests/open_relay_scan.rs (the smtp-open-relay audit script)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+apt_updated=0
+apt_install() {
+  command -v apt-get >/dev/null || { echo "scripts/test.sh: cannot install $* (no apt-get)" >&2; return 1; }
+  local sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  if [ "$apt_updated" -eq 0 ]; then
+    $sudo apt-get update -qq >/dev/null
+    apt_updated=1
+  fi
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+command -v python3 >/dev/null || apt_install python3 python3-pip
+if ! python3 -c "import dkim" 2>/dev/null; then
+  python3 -m pip install -q dkimpy >/dev/null 2>&1 \
+    || python3 -m pip install -q --break-system-packages dkimpy >/dev/null
+fi
+command -v promtool >/dev/null || apt_install prometheus || echo "scripts/test.sh: promtool not installed; tests/deploy_files.rs checks the rules structurally only" >&2
+command -v nmap >/dev/null || apt_install nmap
+
+exec cargo test --locked "$@"
