@@ -49,13 +49,16 @@
 //!
 //! [`AuditLog::record`] writes the whole line with one `write` on an `O_APPEND` file and then
 //! `fdatasync`s it before returning the sequence number; a new file is followed by an `fsync` of
-//! the directory. Audit events are rare next to message traffic (a few per delivered message to a
-//! listed domain at most), and an entry that may vanish in a crash is worth little as evidence, so
-//! one sync per record was chosen over batching. `record` blocks for that sync: call it from
-//! synchronous code or `spawn_blocking`, not in a hot async loop. Appends are serialised by a
-//! mutex, so concurrent `record` calls never interleave and never share a sequence number. If a
-//! write or sync fails, the file is cut back to its last good length (retried before the next
-//! record if that fails too), the sequence number is not consumed and the error is returned.
+//! the directory, and the file it replaces is synced first. The server records every delivery
+//! decision (S1: each delivered or failed recipient, each relay refusal), so it does not sync
+//! once per entry: [`AuditLog::submit`] queues the entry and whichever caller takes the writer
+//! lock writes everything queued at that moment with one `fdatasync` (group commit, as the
+//! queue's committer does). Either way an entry is on disk when its call returns. Both block
+//! for that sync: call them from synchronous code or `spawn_blocking` ([`submit`] does), not in
+//! a hot async loop. Appends are serialised by a mutex, so concurrent calls never interleave
+//! and never share a sequence number. If a write or sync fails, the file is cut back to its
+//! last synced length (retried before the next record if that fails too), the sequence numbers
+//! are not consumed and the error is returned.
 //!
 //! # Crash recovery
 //!
@@ -162,6 +165,35 @@ pub enum AuditEvent {
         host: String,
         reason: String,
         level: String,
+    },
+    /// A recipient was delivered (S1: every delivery decision, listed or not). `tls_version` is
+    /// `"none"` for plaintext; `level` is the TLS level applied and `policy_source` where it
+    /// came from (`list`, `config`, `requiretls`, `opportunistic`).
+    Delivered {
+        queue_id: String,
+        domain: String,
+        host: String,
+        tls_version: String,
+        level: String,
+        policy_source: String,
+    },
+    /// A recipient failed permanently. `by` is `"remote"` when the host's reply decided it (its
+    /// text is not copied: it may name the recipient) and `"tlsgate"` for our own decision,
+    /// whose `reason` is then given.
+    DeliveryFailed {
+        queue_id: String,
+        domain: String,
+        host: Option<String>,
+        status: String,
+        by: String,
+        reason: Option<String>,
+    },
+    /// A recipient was refused at RCPT because this client may not relay to its domain (S6).
+    RelayRefused {
+        peer: String,
+        domain: String,
+        /// The listener role (`inbound` / `outbound`).
+        listener: String,
     },
     /// A delivery status notification was sent.
     DsnSent {
@@ -291,6 +323,8 @@ struct Inner {
 pub struct AuditLog {
     config: AuditConfig,
     inner: Mutex<Inner>,
+    /// Entries handed to [`AuditLog::submit`] and not yet written (group commit).
+    queued: Mutex<Vec<(AuditEvent, SystemTime)>>,
     /// Holds the exclusive `flock` on `dir/.lock` for the life of the log.
     _lock: File,
 }
@@ -369,6 +403,7 @@ impl AuditLog {
         let log = AuditLog {
             config,
             inner: Mutex::new(inner),
+            queued: Mutex::new(Vec::new()),
             _lock: lock,
         };
         if let Some(event) = repair {
@@ -389,6 +424,26 @@ impl AuditLog {
     pub fn record_at(&self, event: AuditEvent, at: SystemTime) -> Result<u64, AuditError> {
         let mut inner = self.lock();
         record_locked(&self.config, &mut inner, &event, at)
+    }
+
+    /// Writes `event` together with every entry other threads queued meanwhile, with one
+    /// `fdatasync` for all of them (group commit). Returns once `event` is on disk (written by
+    /// this call or by the caller that held the lock before). Blocks: see [`submit`].
+    pub fn submit(&self, event: AuditEvent) -> Result<(), AuditError> {
+        self.queued_lock().push((event, SystemTime::now()));
+        let mut inner = self.lock();
+        let batch = std::mem::take(&mut *self.queued_lock());
+        if batch.is_empty() {
+            // The previous holder of the lock wrote this entry with its own.
+            return Ok(());
+        }
+        record_batch_locked(&self.config, &mut inner, &batch).map(|_| ())
+    }
+
+    fn queued_lock(&self) -> MutexGuard<'_, Vec<(AuditEvent, SystemTime)>> {
+        self.queued
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Remove whole files, oldest first, while their newest entry is older than the retention
@@ -465,61 +520,113 @@ fn record_locked(
     event: &AuditEvent,
     at: SystemTime,
 ) -> Result<u64, AuditError> {
-    let seq = inner.next_seq;
-    let next = seq.checked_add(1).ok_or(AuditError::SeqExhausted)?;
-    let time = format_rfc3339(at);
-    let event_json = serde_json::to_string(event)?;
-    let head = format!(
-        "{{\"seq\":{seq},\"time\":\"{time}\",\"prev\":\"{}\",\"event\":{event_json}",
-        inner.last_hash
-    );
-    let hash = sha256_hex(format!("{head}}}").as_bytes());
-    let line = format!("{head},\"hash\":\"{hash}\"}}\n");
-    if line.len() > MAX_LINE_BYTES {
-        return Err(AuditError::TooLarge(line.len()));
-    }
+    record_batch_locked(config, inner, std::slice::from_ref(&(event.clone(), at)))
+}
 
+/// Appends `events` in order and syncs once per file touched. Returns the last sequence number.
+/// On a failed write or sync the current file is cut back to its last synced length and the
+/// sequence numbers and hash of the lost lines are given back.
+fn record_batch_locked(
+    config: &AuditConfig,
+    inner: &mut Inner,
+    events: &[(AuditEvent, SystemTime)],
+) -> Result<u64, AuditError> {
     if inner.dirty {
         if let Some(c) = &inner.current {
             c.file.set_len(c.size).map_err(io_err(&c.path))?;
         }
         inner.dirty = false;
     }
-    let date = utc_date(at);
-    let rotate = match &inner.current {
-        None => true,
-        Some(c) => {
-            c.size > 0 && (date > c.date || c.size + line.len() as u64 > config.max_file_bytes)
+    // Lines waiting for the current file, and the chain state before them (for a rollback).
+    let mut buffer = Vec::new();
+    let mut rollback = (inner.next_seq, inner.last_hash.clone());
+    let mut last_seq = inner.next_seq;
+    for (event, at) in events {
+        let seq = inner.next_seq;
+        let next = seq.checked_add(1).ok_or(AuditError::SeqExhausted)?;
+        let time = format_rfc3339(*at);
+        let event_json = serde_json::to_string(event)?;
+        let head = format!(
+            "{{\"seq\":{seq},\"time\":\"{time}\",\"prev\":\"{}\",\"event\":{event_json}",
+            inner.last_hash
+        );
+        let hash = sha256_hex(format!("{head}}}").as_bytes());
+        let line = format!("{head},\"hash\":\"{hash}\"}}\n");
+        if line.len() > MAX_LINE_BYTES {
+            return Err(AuditError::TooLarge(line.len()));
         }
-    };
-    if rotate {
-        rotate_file(config, inner, date)?;
+        let date = utc_date(*at);
+        let rotate = match &inner.current {
+            None => true,
+            Some(c) => {
+                let size = c.size + buffer.len() as u64;
+                size > 0 && (date > c.date || size + line.len() as u64 > config.max_file_bytes)
+            }
+        };
+        if rotate {
+            // The file being left is complete: its lines go to disk before the next file starts.
+            flush(inner, &mut buffer, &rollback)?;
+            rotate_file(config, inner, date)?;
+            rollback = (inner.next_seq, inner.last_hash.clone());
+        }
+        buffer.extend_from_slice(line.as_bytes());
+        inner.next_seq = next;
+        inner.last_hash = hash;
+        last_seq = seq;
+    }
+    flush(inner, &mut buffer, &rollback)?;
+    Ok(last_seq)
+}
+
+/// Writes `buffer` to the current file with one `write` and one `fdatasync`; on failure cuts
+/// the file back and restores the chain state `rollback` (next seq, last hash).
+fn flush(
+    inner: &mut Inner,
+    buffer: &mut Vec<u8>,
+    rollback: &(u64, String),
+) -> Result<(), AuditError> {
+    if buffer.is_empty() {
+        return Ok(());
     }
     let Some(current) = inner.current.as_mut() else {
         return Err(AuditError::Io {
-            path: config.dir.clone(),
+            path: PathBuf::new(),
             source: io::Error::other("no current audit file"),
         });
     };
     inner.dirty = true;
     let written = current
         .file
-        .write_all(line.as_bytes())
+        .write_all(buffer)
         .and_then(|()| current.file.sync_data());
     if let Err(source) = written {
         if current.file.set_len(current.size).is_ok() {
             inner.dirty = false;
         }
-        return Err(AuditError::Io {
-            path: current.path.clone(),
-            source,
-        });
+        let path = current.path.clone();
+        inner.next_seq = rollback.0;
+        inner.last_hash = rollback.1.clone();
+        buffer.clear();
+        return Err(AuditError::Io { path, source });
     }
-    current.size += line.len() as u64;
+    current.size += buffer.len() as u64;
     inner.dirty = false;
-    inner.next_seq = next;
-    inner.last_hash = hash;
-    Ok(seq)
+    buffer.clear();
+    Ok(())
+}
+
+/// Records `event` off the async threads (it waits for a sync), grouped with other entries
+/// written at the same moment. A failed write is logged; the relay goes on (S1 entries are
+/// evidence, not a gate on mail flow).
+pub fn submit(log: &Option<std::sync::Arc<AuditLog>>, event: AuditEvent) {
+    let Some(log) = log.clone() else {
+        return;
+    };
+    tokio::task::spawn_blocking(move || {
+        if let Err(e) = log.submit(event) {
+            tracing::error!(error = %e, "audit log write failed");
+        }
+    });
 }
 
 fn rotate_file(config: &AuditConfig, inner: &mut Inner, date: u32) -> Result<(), AuditError> {

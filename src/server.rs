@@ -111,7 +111,7 @@ pub fn reload_list(
     let result = match handle.reload() {
         Ok(Reloaded::Replaced { old, new }) => {
             tracing::info!(old, new, "tvungen TLS domain list reloaded");
-            audit(
+            crate::audit::submit(
                 audit_log,
                 AuditEvent::DomainListReload {
                     old,
@@ -129,7 +129,7 @@ pub fn reload_list(
         Err(e) => {
             metrics.domain_list_reload_failures.inc();
             tracing::error!(error = %e, "domain list reload refused, the old list stays in force");
-            audit(
+            crate::audit::submit(
                 audit_log,
                 AuditEvent::DomainListReload {
                     old: before,
@@ -143,18 +143,6 @@ pub fn reload_list(
     };
     update_list_gauges(metrics, handle, config);
     result
-}
-
-/// Writes an audit event off the async threads (the log syncs every line).
-pub fn audit(log: &Option<Arc<AuditLog>>, event: AuditEvent) {
-    let Some(log) = log.clone() else {
-        return;
-    };
-    tokio::task::spawn_blocking(move || {
-        if let Err(e) = log.record(event) {
-            tracing::error!(error = %e, "audit log write failed");
-        }
-    });
 }
 
 /// Removes whole audit files past `audit.retention_days`, at start and every six hours.
@@ -226,7 +214,7 @@ async fn watch_domain_list(
                     ok: true,
                     error: None,
                 };
-                audit(&audit_log, event);
+                crate::audit::submit(&audit_log, event);
             }
             Ok(Reloaded::Unchanged) => {}
             Err(e) => {
@@ -240,7 +228,7 @@ async fn watch_domain_list(
                     ok: false,
                     error: Some(e.to_string()),
                 };
-                audit(&audit_log, event);
+                crate::audit::submit(&audit_log, event);
             }
         }
         update_list_gauges(&metrics, &handle, &config);
@@ -340,7 +328,7 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
         .await
         .map_err(|e| ServerError::Committer(std::io::Error::other(e)))??;
     let audit_log = Arc::new(audit_log);
-    audit(
+    crate::audit::submit(
         &Some(audit_log.clone()),
         AuditEvent::Started {
             version: env!("CARGO_PKG_VERSION").to_string(),
@@ -577,7 +565,7 @@ impl RunningServer {
         let current = &ctx.config;
         let refuse = |error: String| {
             tracing::error!(error = %error, "reload refused, the running configuration stays in force");
-            audit(
+            crate::audit::submit(
                 &ctx.audit,
                 AuditEvent::ConfigReload {
                     ok: false,
@@ -603,7 +591,7 @@ impl RunningServer {
             tracing::warn!("the configuration file changed beyond [tls] and the domain list: those changes take effect at the next restart");
         }
         tracing::info!("configuration reloaded: new sessions use the reloaded certificate");
-        audit(
+        crate::audit::submit(
             &ctx.audit,
             AuditEvent::ConfigReload {
                 ok: true,

@@ -36,6 +36,11 @@ pub enum Outcome {
         reply: String,
         /// The next hop announced DSN, so it reports success itself (RFC 3461 6.2).
         peer_does_dsn: bool,
+        /// The TLS version of the connection (`None`: plaintext), for the audit entry (S1).
+        tls_version: Option<String>,
+        /// The TLS level applied and where it came from.
+        level: TlsLevel,
+        source: PolicySource,
     },
     Deferred {
         host: Option<String>,
@@ -186,7 +191,7 @@ pub async fn deliver(
                             .tls_failures
                             .with_label_values(&[failure.metric_label()])
                             .inc();
-                        crate::server::audit(
+                        crate::audit::submit(
                             ctx.audit,
                             AuditEvent::TlsFailure {
                                 queue_id: meta.id.to_string(),
@@ -241,10 +246,16 @@ pub async fn deliver(
                         tls: conn.tls.clone(),
                         result: summarise(&result.replies),
                     });
-                    let peer_does_dsn = conn.caps.dsn;
+                    let delivered_with = Delivery {
+                        host: &host.name,
+                        peer_does_dsn: conn.caps.dsn,
+                        tls_version: conn.tls.as_ref().map(|t| t.version.clone()),
+                        level,
+                        source: policy.source,
+                    };
                     let delivered = result.replies.iter().any(|(_, r)| r.code / 100 == 2);
                     if let (true, true, Some(tls)) = (delivered, policy.listed, &conn.tls) {
-                        crate::server::audit(
+                        crate::audit::submit(
                             ctx.audit,
                             AuditEvent::TlsDelivery {
                                 queue_id: meta.id.to_string(),
@@ -276,7 +287,7 @@ pub async fn deliver(
                             still_open.push(i);
                             last_problem = Some((host.name.clone(), Problem::Reply(reply)));
                         } else {
-                            done.push((i, outcome_of(&host.name, &reply, peer_does_dsn)));
+                            done.push((i, outcome_of(&delivered_with, &reply)));
                         }
                     }
                     open = still_open;
@@ -471,7 +482,17 @@ fn park(ctx: &AttemptContext<'_>, key: PoolKey, conn: SmtpConnection) {
     }
 }
 
-fn outcome_of(host: &str, reply: &Reply, peer_does_dsn: bool) -> Outcome {
+/// The connection facts a delivered recipient's outcome records.
+struct Delivery<'a> {
+    host: &'a str,
+    peer_does_dsn: bool,
+    tls_version: Option<String>,
+    level: TlsLevel,
+    source: PolicySource,
+}
+
+fn outcome_of(with: &Delivery<'_>, reply: &Reply) -> Outcome {
+    let host = with.host;
     let status = |default: &str| {
         reply
             .enhanced
@@ -482,7 +503,10 @@ fn outcome_of(host: &str, reply: &Reply, peer_does_dsn: bool) -> Outcome {
         2 => Outcome::Delivered {
             host: host.to_string(),
             reply: reply.to_string(),
-            peer_does_dsn,
+            peer_does_dsn: with.peer_does_dsn,
+            tls_version: with.tls_version.clone(),
+            level: with.level,
+            source: with.source,
         },
         4 => Outcome::Deferred {
             host: Some(host.to_string()),

@@ -615,7 +615,21 @@ fn record(
             host,
             reply,
             peer_does_dsn,
+            tls_version,
+            level,
+            source,
         } => {
+            crate::audit::submit(
+                &engine.audit,
+                AuditEvent::Delivered {
+                    queue_id: meta.id.to_string(),
+                    domain: recipient_domain(&recipient.address),
+                    host: host.clone(),
+                    tls_version: tls_version.clone().unwrap_or_else(|| "none".into()),
+                    level: level.to_string(),
+                    policy_source: source.label().to_string(),
+                },
+            );
             state.status = RecipientStatus::Delivered;
             state.last_reply = Some(reply.clone());
             state.last_status = Some("2.0.0".into());
@@ -678,6 +692,17 @@ fn record(
             };
             state.last_status = Some(status.clone());
             state.remote_mta = host.clone();
+            crate::audit::submit(
+                &engine.audit,
+                AuditEvent::DeliveryFailed {
+                    queue_id: meta.id.to_string(),
+                    domain: recipient_domain(&recipient.address),
+                    host: host.clone(),
+                    status: status.clone(),
+                    by: if *remote { "remote" } else { "tlsgate" }.into(),
+                    reason: (!remote).then(|| reason.clone()),
+                },
+            );
             if DsnKind::Failure.wanted_by(&recipient.notify) {
                 results
                     .reports
@@ -696,6 +721,14 @@ fn record(
         "recipient result"
     );
     results.updates.push((index, state));
+}
+
+/// The domain of an address, for audit entries (which name domains, never whole addresses).
+fn recipient_domain(address: &str) -> String {
+    address
+        .rsplit_once('@')
+        .map(|(_, d)| d.to_ascii_lowercase())
+        .unwrap_or_default()
 }
 
 async fn send_dsn(
@@ -728,7 +761,7 @@ async fn send_dsn(
                 .dsn_sent
                 .with_label_values(&[kind.as_str()])
                 .inc();
-            crate::server::audit(
+            crate::audit::submit(
                 &engine.audit,
                 AuditEvent::DsnSent {
                     queue_id: meta.id.to_string(),

@@ -325,6 +325,14 @@ impl Session {
                 recipient = %address,
                 "relay access denied"
             );
+            crate::audit::submit(
+                &self.ctx.audit,
+                AuditEvent::RelayRefused {
+                    peer: self.peer.to_string(),
+                    domain: address.domain().to_string(),
+                    listener: role.to_string(),
+                },
+            );
             return self.reply(refusal);
         }
         tx.recipients.push(AcceptedRecipient { address, rcpt });
@@ -495,7 +503,7 @@ impl Session {
         self.ctx
             .metrics
             .reject(self.role_label(), RejectReason::PlaintextListed);
-        crate::server::audit(
+        crate::audit::submit(
             &self.ctx.audit,
             AuditEvent::PlaintextRefused {
                 peer: self.peer.ip().to_string(),

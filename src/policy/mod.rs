@@ -72,6 +72,18 @@ pub enum PolicySource {
     Default,
 }
 
+impl PolicySource {
+    /// A short stable name for audit entries, log fields and metric labels.
+    pub fn label(self) -> &'static str {
+        match self {
+            PolicySource::Config => "config",
+            PolicySource::DomainList => "list",
+            PolicySource::RequireTls => "requiretls",
+            PolicySource::Default => "opportunistic",
+        }
+    }
+}
+
 impl fmt::Display for PolicySource {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
