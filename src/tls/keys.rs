@@ -13,10 +13,7 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
     #[error("{path}: cannot read: {cause}")]
-    Unreadable {
-        path: String,
-        cause: std::io::Error,
-    },
+    Unreadable { path: String, cause: std::io::Error },
     #[error("{path}: private key is accessible by group or others (mode {mode:04o}); run `chmod 600 {path}`")]
     InsecurePermissions { path: String, mode: u32 },
     #[error("{path}: no PEM certificate found")]
@@ -28,10 +25,7 @@ pub enum KeyError {
     #[error("cannot generate certificate: {0}")]
     Generate(String),
     #[error("{path}: cannot write: {cause}")]
-    Write {
-        path: String,
-        cause: std::io::Error,
-    },
+    Write { path: String, cause: std::io::Error },
 }
 
 fn unreadable(path: &Path, cause: std::io::Error) -> KeyError {
