@@ -35,7 +35,9 @@ fn key(name: &str) -> String {
 pub async fn bind_udp_and_tcp() -> (UdpSocket, TcpListener) {
     let mut last = None;
     for _ in 0..200 {
-        let udp = UdpSocket::bind("127.0.0.1:0").await.expect("bind UDP 127.0.0.1:0");
+        let udp = UdpSocket::bind("127.0.0.1:0")
+            .await
+            .expect("bind UDP 127.0.0.1:0");
         let addr = udp.local_addr().expect("UDP local address");
         match TcpListener::bind(addr).await {
             Ok(tcp) => return (udp, tcp),
