@@ -1,25 +1,34 @@
-//! The admin API (`admin.bind`, loopback by default) and the small HTTP client the CLI uses
-//! for `tlsgate queue list|show|retry|bounce|delete` and `tlsgate domains reload`.
+//! The admin API used by `tlsgate queue list|show|retry|bounce|delete` and `tlsgate domains
+//! reload`, and the CLI's client for it.
 //!
-//! JSON over HTTP/1.1. When `admin.token_file` is set every request must carry
-//! `Authorization: Bearer <token>`; a non-loopback bind without a token is a config error.
-//! Every state-changing action is logged (and written to the audit log, S1).
+//! JSON over HTTP/1.1, locked by default (issue 10 item 0b; S1, S4): the API listens on a Unix
+//! socket (`admin.socket`, default `data_dir/admin.sock`, mode 0660) that only the service
+//! user, root and members of `admin.socket_group` may use: the file mode keeps others from
+//! connecting, and every request is checked again against the peer's `SO_PEERCRED` uid (a
+//! socket made world-writable by mistake still refuses them). An optional TCP listener
+//! (`admin.bind`) always needs the bearer token of `admin.token_file`, loopback included,
+//! because any local user can reach loopback. Every request names its caller (uid and user, or
+//! token name) and every state-changing action is written to the audit log with it.
 
 use crate::audit::{AuditEvent, AuditLog};
-use crate::config::Config;
+use crate::config::{AdminSection, Config};
 use crate::delivery::{AdminError, EngineHandle};
 use crate::policy::domain_list::DomainListHandle;
 use crate::queue::message::{unix_now, QueueId};
-use axum::extract::{Path as UrlPath, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::connect_info::Connected;
+use axum::extract::{ConnectInfo, FromRequestParts, Path as UrlPath, State};
+use axum::http::request::Parts;
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::serve::IncomingStream;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, UnixListener};
 use tokio_util::sync::CancellationToken;
 
 /// One recipient in a queue listing.
@@ -45,13 +54,89 @@ pub struct QueueEntry {
     pub recipients: Vec<RecipientEntry>,
 }
 
+/// Who may use the admin API besides root.
+#[derive(Debug, Clone)]
+pub struct Access {
+    /// The uid tlsgate runs as (the service user).
+    pub service_uid: u32,
+    /// `admin.socket_group`: its gid and name.
+    pub group: Option<(u32, String)>,
+    /// The TCP listener's bearer token and its name (the token file's stem).
+    pub token: Option<(String, String)>,
+}
+
+impl Access {
+    /// Builds the rules from `[admin]`: reads the token file (permissions checked, S4) and
+    /// looks the group up (an unknown group is a start-up error).
+    pub fn from_config(admin: &AdminSection) -> Result<Access, AccessError> {
+        let token = match &admin.token_file {
+            Some(path) => {
+                let name = path
+                    .file_stem()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| "token".into());
+                Some((name, read_token(path).map_err(AccessError::Token)?))
+            }
+            None => None,
+        };
+        let group = match &admin.socket_group {
+            Some(name) => {
+                let group = nix::unistd::Group::from_name(name)
+                    .map_err(|e| AccessError::Group(name.clone(), e.to_string()))?
+                    .ok_or_else(|| AccessError::Group(name.clone(), "no such group".into()))?;
+                Some((group.gid.as_raw(), name.clone()))
+            }
+            None => None,
+        };
+        Ok(Access {
+            service_uid: nix::unistd::geteuid().as_raw(),
+            group,
+            token,
+        })
+    }
+
+    /// May a local process with these credentials use the socket? Root, the service user, and
+    /// members of `admin.socket_group` (primary or supplementary) may.
+    pub fn allows_local(&self, uid: u32, gid: u32) -> bool {
+        if uid == 0 || uid == self.service_uid {
+            return true;
+        }
+        let Some((admin_gid, _)) = &self.group else {
+            return false;
+        };
+        if gid == *admin_gid {
+            return true;
+        }
+        // Supplementary groups come from the group database, looked up per request so that
+        // adding or removing an administrator needs no restart.
+        let Ok(Some(user)) = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)) else {
+            return false;
+        };
+        let Ok(name) = std::ffi::CString::new(user.name) else {
+            return false;
+        };
+        nix::unistd::getgrouplist(&name, user.gid)
+            .is_ok_and(|groups| groups.iter().any(|g| g.as_raw() == *admin_gid))
+    }
+}
+
+/// Why the admin API's access rules could not be set up. The cause is part of the message,
+/// not also a `source()` (it would be printed twice).
+#[derive(Debug, thiserror::Error)]
+pub enum AccessError {
+    #[error("admin.token_file: {0}")]
+    Token(crate::tls::KeyError),
+    #[error("admin.socket_group: {0}: {1}")]
+    Group(String, String),
+}
+
 #[derive(Clone)]
 pub struct AdminState {
     pub engine: EngineHandle,
     pub domain_list: Arc<DomainListHandle>,
     pub reload_list: Arc<dyn Fn() -> Result<String, String> + Send + Sync>,
     pub audit: Option<Arc<AuditLog>>,
-    token: Option<Arc<str>>,
+    access: Arc<Access>,
 }
 
 impl AdminState {
@@ -60,16 +145,104 @@ impl AdminState {
         domain_list: Arc<DomainListHandle>,
         reload_list: Arc<dyn Fn() -> Result<String, String> + Send + Sync>,
         audit: Option<Arc<AuditLog>>,
-        token: Option<String>,
+        access: Access,
     ) -> AdminState {
         AdminState {
             engine,
             domain_list,
             reload_list,
             audit,
-            token: token.map(Arc::from),
+            access: Arc::new(access),
         }
     }
+}
+
+/// The other end of an admin connection, as the listener saw it.
+#[derive(Debug, Clone)]
+pub enum Peer {
+    /// A process on the Unix socket, with its `SO_PEERCRED` credentials (`None` when the
+    /// kernel could not tell: refused).
+    Local(Option<(u32, u32)>),
+    /// A TCP client.
+    Network(SocketAddr),
+}
+
+impl Connected<IncomingStream<'_, UnixListener>> for Peer {
+    fn connect_info(stream: IncomingStream<'_, UnixListener>) -> Peer {
+        Peer::Local(stream.io().peer_cred().ok().map(|c| (c.uid(), c.gid())))
+    }
+}
+
+impl Connected<IncomingStream<'_, TcpListener>> for Peer {
+    fn connect_info(stream: IncomingStream<'_, TcpListener>) -> Peer {
+        Peer::Network(*stream.remote_addr())
+    }
+}
+
+/// An authorised caller, named for the log and the audit log: `uid 0 (root)` or
+/// `token ops from 127.0.0.1:41234`. Extracting it is the one place access is decided.
+pub struct Caller(pub String);
+
+impl FromRequestParts<AdminState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AdminState) -> Result<Caller, ApiError> {
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<Peer>>()
+            .map(|c| c.0.clone())
+            .ok_or_else(|| error(StatusCode::FORBIDDEN, "unknown peer"))?;
+        match peer {
+            Peer::Local(Some((uid, gid))) => {
+                let user = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+                    .ok()
+                    .flatten()
+                    .map(|u| u.name)
+                    .unwrap_or_else(|| "unknown user".into());
+                let who = format!("uid {uid} ({user})");
+                if state.access.allows_local(uid, gid) {
+                    Ok(Caller(who))
+                } else {
+                    tracing::warn!(caller = %who, "admin API: local user refused");
+                    Err(error(
+                        StatusCode::FORBIDDEN,
+                        format!("{who} may not use the admin API (not root, the service user or in admin.socket_group)"),
+                    ))
+                }
+            }
+            Peer::Local(None) => Err(error(
+                StatusCode::FORBIDDEN,
+                "the caller's credentials are unknown",
+            )),
+            Peer::Network(addr) => {
+                let given = parts
+                    .headers
+                    .get(axum::http::header::AUTHORIZATION)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.strip_prefix("Bearer "))
+                    .unwrap_or("");
+                match &state.access.token {
+                    Some((name, expected)) if constant_time_eq(given, expected) => {
+                        Ok(Caller(format!("token {name} from {addr}")))
+                    }
+                    _ => {
+                        tracing::warn!(peer = %addr, "admin API: bad or missing token");
+                        Err(error(StatusCode::UNAUTHORIZED, "bad or missing token"))
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Compares without an early exit, so the time taken says nothing about the token.
+fn constant_time_eq(given: &str, expected: &str) -> bool {
+    given.len() == expected.len()
+        && given
+            .bytes()
+            .zip(expected.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
 }
 
 /// Reads the token file (permissions checked like a private key, S4).
@@ -90,7 +263,7 @@ pub fn read_token(path: &std::path::Path) -> Result<String, crate::tls::KeyError
 }
 
 /// An error answer: status and a message, sent as `{"error": "..."}`.
-struct ApiError(StatusCode, String);
+pub struct ApiError(StatusCode, String);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
@@ -100,24 +273,6 @@ impl IntoResponse for ApiError {
 
 fn error(status: StatusCode, message: impl Into<String>) -> ApiError {
     ApiError(status, message.into())
-}
-
-fn authorised(state: &AdminState, headers: &HeaderMap) -> bool {
-    let Some(expected) = &state.token else {
-        return true;
-    };
-    let given = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    // Constant-time comparison: the time taken says nothing about the token.
-    given.len() == expected.len()
-        && given
-            .bytes()
-            .zip(expected.bytes())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0
 }
 
 fn admin_error(e: AdminError) -> ApiError {
@@ -189,21 +344,15 @@ fn parse_id(id: &str) -> Result<QueueId, ApiError> {
 
 type AdminResult = Result<Response, ApiError>;
 
-async fn get_queue(State(state): State<AdminState>, headers: HeaderMap) -> AdminResult {
-    if !authorised(&state, &headers) {
-        return Err(error(StatusCode::UNAUTHORIZED, "bad or missing token"));
-    }
+async fn get_queue(State(state): State<AdminState>, _caller: Caller) -> AdminResult {
     Ok(Json(queue(&state).await?).into_response())
 }
 
 async fn get_message(
     State(state): State<AdminState>,
-    headers: HeaderMap,
+    _caller: Caller,
     UrlPath(id): UrlPath<String>,
 ) -> AdminResult {
-    if !authorised(&state, &headers) {
-        return Err(error(StatusCode::UNAUTHORIZED, "bad or missing token"));
-    }
     let id = parse_id(&id)?;
     let entry = queue(&state)
         .await?
@@ -215,12 +364,9 @@ async fn get_message(
 
 async fn act(
     State(state): State<AdminState>,
-    headers: HeaderMap,
+    Caller(caller): Caller,
     UrlPath((id, action)): UrlPath<(String, String)>,
 ) -> AdminResult {
-    if !authorised(&state, &headers) {
-        return Err(error(StatusCode::UNAUTHORIZED, "bad or missing token"));
-    }
     let qid = parse_id(&id)?;
     let result = match action.as_str() {
         "retry" => state.engine.retry_now(&qid).await,
@@ -234,115 +380,188 @@ async fn act(
         _ => return Err(error(StatusCode::NOT_FOUND, "unknown action")),
     };
     result.map_err(admin_error)?;
-    audit(&state, &format!("queue {action}"), &id, "admin api");
+    audit(&state, &format!("queue {action}"), &id, &caller);
     Ok(Json(serde_json::json!({ "ok": true, "id": id, "action": action })).into_response())
 }
 
-async fn get_domains(State(state): State<AdminState>, headers: HeaderMap) -> AdminResult {
-    if !authorised(&state, &headers) {
-        return Err(error(StatusCode::UNAUTHORIZED, "bad or missing token"));
-    }
+async fn get_domains(State(state): State<AdminState>, _caller: Caller) -> AdminResult {
     let list = state.domain_list.current();
     let names: Vec<&str> = list.iter().map(|d| d.domain.as_str()).collect();
     Ok(Json(names).into_response())
 }
 
-async fn reload_domains(State(state): State<AdminState>, headers: HeaderMap) -> AdminResult {
-    if !authorised(&state, &headers) {
-        return Err(error(StatusCode::UNAUTHORIZED, "bad or missing token"));
-    }
+async fn reload_domains(State(state): State<AdminState>, Caller(caller): Caller) -> AdminResult {
     let outcome = (state.reload_list)();
-    audit(&state, "domains reload", "domain list", "admin api");
+    audit(&state, "domains reload", "domain list", &caller);
     match outcome {
         Ok(text) => Ok(Json(serde_json::json!({ "ok": true, "result": text })).into_response()),
         Err(e) => Err(error(StatusCode::UNPROCESSABLE_ENTITY, e)),
     }
 }
 
-/// Serves the admin API until `shutdown`.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    state: AdminState,
-    shutdown: CancellationToken,
-) {
-    let app = axum::Router::new()
+fn router(state: AdminState) -> axum::Router {
+    axum::Router::new()
         .route("/queue", get(get_queue))
         .route("/queue/{id}", get(get_message))
         .route("/queue/{id}/{action}", post(act))
         .route("/domains", get(get_domains))
         .route("/domains/reload", post(reload_domains))
-        .with_state(state);
-    let result = axum::serve(listener, app)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await;
+        .with_state(state)
+}
+
+/// Where the admin API listens.
+pub enum AdminListener {
+    /// The Unix socket and its path (removed again at shutdown).
+    Socket(UnixListener, PathBuf),
+    Tcp(TcpListener),
+}
+
+/// Serves the admin API on one listener until `shutdown`.
+pub async fn serve(listener: AdminListener, state: AdminState, shutdown: CancellationToken) {
+    let app = router(state);
+    let stop = async move { shutdown.cancelled().await };
+    let result = match listener {
+        AdminListener::Socket(listener, path) => {
+            let result = axum::serve(listener, app.into_make_service_with_connect_info::<Peer>())
+                .with_graceful_shutdown(stop)
+                .await;
+            let _ = std::fs::remove_file(&path);
+            result
+        }
+        AdminListener::Tcp(listener) => {
+            axum::serve(listener, app.into_make_service_with_connect_info::<Peer>())
+                .with_graceful_shutdown(stop)
+                .await
+        }
+    };
     if let Err(e) = result {
         tracing::error!(error = %e, "admin API stopped");
     }
 }
 
-/// The CLI side: one request to the admin API of the configured server. Returns the status
-/// code and the body.
+/// Creates the admin socket at `path` with `mode` and (when given) group `gid`, without a
+/// moment in which it has wider permissions: it is bound under a temporary name, restricted,
+/// then renamed into place. A stale socket from a crash is replaced; a live one (another
+/// tlsgate answers on it) or a file that is not a socket is an error.
+pub async fn bind_socket(
+    path: &Path,
+    mode: u32,
+    gid: Option<u32>,
+) -> std::io::Result<UnixListener> {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let fail = |what: &str, e: std::io::Error| {
+        std::io::Error::new(e.kind(), format!("{}: {what}: {e}", path.display()))
+    };
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(|e| fail("cannot create its directory", e))?;
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => {
+            if tokio::net::UnixStream::connect(path).await.is_ok() {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::AddrInUse,
+                    format!(
+                        "{}: another tlsgate is serving this admin socket",
+                        path.display()
+                    ),
+                ));
+            }
+            std::fs::remove_file(path).map_err(|e| fail("cannot remove the stale socket", e))?;
+        }
+        Ok(_) => {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                format!("{}: exists and is not a socket", path.display()),
+            ))
+        }
+        Err(_) => {}
+    }
+    let mut temporary = path.as_os_str().to_owned();
+    temporary.push(".new");
+    let temporary = PathBuf::from(temporary);
+    let _ = std::fs::remove_file(&temporary);
+    // Until the rename, the socket has the umask's mode under a name no client uses; anyone who
+    // connects there anyway is still refused by the per-request SO_PEERCRED check.
+    let listener = UnixListener::bind(&temporary).map_err(|e| fail("cannot bind", e))?;
+    let setup = || -> std::io::Result<()> {
+        if let Some(gid) = gid {
+            std::os::unix::fs::chown(&temporary, None, Some(gid))?;
+        }
+        std::fs::set_permissions(&temporary, std::fs::Permissions::from_mode(mode))?;
+        std::fs::rename(&temporary, path)
+    };
+    if let Err(e) = setup() {
+        let _ = std::fs::remove_file(&temporary);
+        return Err(fail("cannot set up", e));
+    }
+    Ok(listener)
+}
+
+/// The CLI side: one request to the admin API of the configured server, on its Unix socket
+/// when it has one, else on TCP with the token. Returns the HTTP status code and the body.
+/// Every step is bounded (30 s); errors say what to check (is it running, who may connect).
 pub async fn request(config: &Config, method: &str, path: &str) -> anyhow::Result<(u16, String)> {
     let admin = config.admin.as_ref().ok_or_else(|| {
         anyhow::anyhow!(
-            "{}: no [admin] section: the admin API is off, so the queue cannot be managed",
+            "{}: admin.enabled = false: the admin API is off, so the queue cannot be managed",
             config.source
         )
     })?;
-    let token = admin.token_file.as_deref().map(read_token).transpose()?;
-    let addr: SocketAddr = admin.bind;
     let limit = Duration::from_secs(30);
-    let mut stream = tokio::time::timeout(limit, tokio::net::TcpStream::connect(addr))
-        .await
-        .map_err(|_| anyhow::anyhow!("admin API at {addr}: connect timed out"))?
-        .map_err(|e| anyhow::anyhow!("admin API at {addr}: {e} (is tlsgate running?)"))?;
-    let mut request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: 0\r\n"
-    );
-    if let Some(token) = token {
-        request.push_str(&format!("Authorization: Bearer {token}\r\n"));
-    }
-    request.push_str("\r\n");
-    stream.write_all(request.as_bytes()).await?;
-    let mut response = Vec::new();
-    tokio::time::timeout(limit, stream.read_to_end(&mut response))
-        .await
-        .map_err(|_| anyhow::anyhow!("admin API at {addr}: no answer in time"))??;
-    let text = String::from_utf8_lossy(&response);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| anyhow::anyhow!("admin API: malformed response"))?;
-    let status: u16 = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| anyhow::anyhow!("admin API: malformed status line"))?;
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        dechunk(body)
-    } else {
-        body.to_string()
+    let call = async {
+        if let Some(socket) = &admin.socket {
+            let stream = tokio::net::UnixStream::connect(socket).await.map_err(|e| {
+                let hint = match e.kind() {
+                    std::io::ErrorKind::PermissionDenied => {
+                        " (run as root, the service user or a member of admin.socket_group)"
+                    }
+                    _ => " (is tlsgate running with this config?)",
+                };
+                anyhow::anyhow!("admin socket {}: {e}{hint}", socket.display())
+            })?;
+            send(stream, method, path, None).await
+        } else if let Some(addr) = admin.bind {
+            let token = admin.token_file.as_deref().map(read_token).transpose()?;
+            let stream = tokio::net::TcpStream::connect(addr)
+                .await
+                .map_err(|e| anyhow::anyhow!("admin API at {addr}: {e} (is tlsgate running?)"))?;
+            send(stream, method, path, token.as_deref()).await
+        } else {
+            anyhow::bail!("{}: [admin] has neither socket nor bind", config.source)
+        }
     };
-    Ok((status, body))
+    tokio::time::timeout(limit, call)
+        .await
+        .map_err(|_| anyhow::anyhow!("the admin API did not answer within {limit:?}"))?
 }
 
-/// Undoes HTTP/1.1 chunked transfer coding.
-fn dechunk(body: &str) -> String {
-    let mut out = String::new();
-    let mut rest = body;
-    while let Some((size_line, after)) = rest.split_once("\r\n") {
-        let Ok(size) = usize::from_str_radix(size_line.trim(), 16) else {
-            break;
-        };
-        if size == 0 || after.len() < size {
-            break;
-        }
-        out.push_str(&after[..size]);
-        rest = after[size..].trim_start_matches("\r\n");
+/// One HTTP/1.1 request over an open stream, with hyper's client connection.
+async fn send<S>(
+    stream: S,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+) -> anyhow::Result<(u16, String)>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    use http_body_util::BodyExt;
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+    let driver = tokio::spawn(connection);
+    let mut request = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header(hyper::header::HOST, "tlsgate-admin");
+    if let Some(token) = token {
+        request = request.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
     }
-    out
+    let request = request.body(http_body_util::Empty::<bytes::Bytes>::new())?;
+    let response = sender.send_request(request).await?;
+    let status = response.status().as_u16();
+    let body = response.into_body().collect().await?.to_bytes();
+    driver.abort();
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }
 
 /// `mailq`-style rendering of a queue listing.

@@ -6,7 +6,7 @@
 //! names is checked ([`crate::startup::ConfigFiles::load`], shared with `check-config`), and
 //! only then is anything created.
 
-use crate::admin::AdminState;
+use crate::admin::{AdminListener, AdminState};
 use crate::audit::{AuditConfig, AuditEvent, AuditLog};
 use crate::config::{Config, Role};
 use crate::delivery::{DeliveryEngine, EngineParts};
@@ -43,6 +43,8 @@ pub enum ServerError {
         bind: SocketAddr,
         source: std::io::Error,
     },
+    #[error("admin.socket: {0}")]
+    AdminSocket(std::io::Error),
     #[error("sender authentication: {0}")]
     Auth(String),
 }
@@ -228,6 +230,7 @@ const DNS_TIMEOUT: Duration = Duration::from_secs(10);
 /// A started relay.
 pub struct RunningServer {
     admin_addr: Option<SocketAddr>,
+    admin_socket: Option<std::path::PathBuf>,
     metrics_addr: Option<SocketAddr>,
     domain_list: Arc<DomainListHandle>,
     sessions_ctx: Arc<SessionContext>,
@@ -331,19 +334,26 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
         ),
         None => None,
     };
-    let admin_listener = match &config.admin {
-        Some(admin) => {
-            let token = files.admin_token.clone();
-            let listener =
-                TcpListener::bind(admin.bind)
+    // The admin API: access rules first (token file, group), then its listeners.
+    let mut admin_listeners = Vec::new();
+    let admin_access = match (&config.admin, files.admin_access) {
+        (Some(admin), Some(access)) => {
+            if let Some(path) = &admin.socket {
+                let gid = access.group.as_ref().map(|(gid, _)| *gid);
+                let listener = crate::admin::bind_socket(path, admin.socket_mode, gid)
                     .await
-                    .map_err(|source| ServerError::Bind {
-                        bind: admin.bind,
-                        source,
-                    })?;
-            Some((listener, token))
+                    .map_err(ServerError::AdminSocket)?;
+                admin_listeners.push(AdminListener::Socket(listener, path.clone()));
+            }
+            if let Some(bind) = admin.bind {
+                let listener = TcpListener::bind(bind)
+                    .await
+                    .map_err(|source| ServerError::Bind { bind, source })?;
+                admin_listeners.push(AdminListener::Tcp(listener));
+            }
+            Some(access)
         }
-        None => None,
+        _ => None,
     };
     let mut bound = Vec::new();
     for (i, l) in config.listeners.iter().enumerate() {
@@ -431,34 +441,42 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
         }
         None => None,
     };
-    let admin_addr = match admin_listener {
-        Some((listener, token)) => {
-            let addr = listener.local_addr().ok();
-            let reload = {
-                let (handle, metrics, config, audit_log) = (
-                    domain_list.clone(),
-                    metrics.clone(),
-                    config.clone(),
-                    audit_log.clone(),
-                );
-                Arc::new(move || reload_list(&handle, &metrics, &config, &Some(audit_log.clone())))
-            };
-            let state = AdminState::new(
-                delivery.handle(),
+    let mut admin_addr = None;
+    let mut admin_socket = None;
+    if let Some(access) = admin_access {
+        let reload = {
+            let (handle, metrics, config, audit_log) = (
                 domain_list.clone(),
-                reload,
-                Some(audit_log.clone()),
-                token,
+                metrics.clone(),
+                config.clone(),
+                audit_log.clone(),
             );
-            tokio::spawn(crate::admin::serve(listener, state, shutdown.clone()));
-            addr
+            Arc::new(move || reload_list(&handle, &metrics, &config, &Some(audit_log.clone())))
+        };
+        let state = AdminState::new(
+            delivery.handle(),
+            domain_list.clone(),
+            reload,
+            Some(audit_log.clone()),
+            access,
+        );
+        for listener in admin_listeners {
+            match &listener {
+                AdminListener::Socket(_, path) => admin_socket = Some(path.clone()),
+                AdminListener::Tcp(l) => admin_addr = l.local_addr().ok(),
+            }
+            tokio::spawn(crate::admin::serve(
+                listener,
+                state.clone(),
+                shutdown.clone(),
+            ));
         }
-        None => None,
-    };
+    }
     tokio::spawn(apply_audit_retention(audit_log.clone(), shutdown.clone()));
     metrics.set_ready(true);
     Ok(RunningServer {
         admin_addr,
+        admin_socket,
         metrics_addr,
         domain_list,
         sessions_ctx: ctx,
@@ -502,9 +520,14 @@ impl RunningServer {
         &self.sessions_ctx.metrics
     }
 
-    /// The bound admin API, when `[admin]` is configured.
+    /// The admin API's TCP address, when `admin.bind` is configured.
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.admin_addr
+    }
+
+    /// The admin API's Unix socket, when it has one (the default).
+    pub fn admin_socket(&self) -> Option<&std::path::Path> {
+        self.admin_socket.as_deref()
     }
 
     /// The bound metrics endpoint, when `[metrics]` is configured.

@@ -10,6 +10,7 @@
 //! [`ConfigFiles::load`] creates and writes nothing: a refused start leaves no trace behind (no
 //! empty `data_dir`). `serve` creates its directories only after everything here passed.
 
+use crate::admin::AccessError;
 use crate::audit::AuditError;
 use crate::auth::{OutboundSigner, SignerError};
 use crate::config::{Config, PolicyTarget};
@@ -44,6 +45,8 @@ pub enum Fault {
     Key(KeyError),
     #[error("{0}")]
     Dkim(SignerError),
+    #[error("group {name:?}: {reason}")]
+    Group { name: String, reason: String },
     #[error("{0}")]
     DomainList(ListError),
     /// T3, T4: a `[[policy]]` may strengthen a listed domain, never weaken it.
@@ -88,8 +91,9 @@ pub struct ConfigFiles {
     pub dkim: HashMap<Domain, OutboundSigner>,
     /// `domain_list.path`, already checked against `[[policy]]`.
     pub domain_list: DomainListHandle,
-    /// The bearer token read from `admin.token_file`.
-    pub admin_token: Option<String>,
+    /// `[admin]`'s access rules: the token read from `admin.token_file` (S4) and the
+    /// `admin.socket_group` looked up.
+    pub admin_access: Option<crate::admin::Access>,
 }
 
 impl ConfigFiles {
@@ -101,14 +105,20 @@ impl ConfigFiles {
         let client_tls = client_tls(config)?;
         let dkim = dkim_signers(config)?;
         let domain_list = domain_list(config)?;
-        let admin_token = admin_token(config)?;
+        let admin_access = admin_access(config)?;
+        if let Some(socket) = config.admin.as_ref().and_then(|a| a.socket.as_deref()) {
+            // `serve` creates the socket's directory if needed, as it does data_dir.
+            if let Some(parent) = socket.parent().filter(|p| !p.as_os_str().is_empty()) {
+                check_directory(config, "admin.socket", parent)?;
+            }
+        }
         check_directory(config, "audit.dir", &config.audit.dir)?;
         Ok(ConfigFiles {
             server_tls,
             client_tls,
             dkim,
             domain_list,
-            admin_token,
+            admin_access,
         })
     }
 }
@@ -178,15 +188,19 @@ pub fn domain_list(config: &Config) -> Result<DomainListHandle, StartError> {
     Ok(handle)
 }
 
-/// The admin API's bearer token (`admin.token_file`), held to S4 like a private key.
-fn admin_token(config: &Config) -> Result<Option<String>, StartError> {
-    config
-        .admin
-        .as_ref()
-        .and_then(|a| a.token_file.as_deref())
-        .map(crate::admin::read_token)
-        .transpose()
-        .map_err(key_fault(config, "admin.token_file"))
+/// The admin API's access rules: the token file is held to S4 like a private key.
+fn admin_access(config: &Config) -> Result<Option<crate::admin::Access>, StartError> {
+    let Some(admin) = &config.admin else {
+        return Ok(None);
+    };
+    crate::admin::Access::from_config(admin)
+        .map(Some)
+        .map_err(|e| match e {
+            AccessError::Token(e) => StartError::new(config, "admin.token_file", Fault::Key(e)),
+            AccessError::Group(name, reason) => {
+                StartError::new(config, "admin.socket_group", Fault::Group { name, reason })
+            }
+        })
 }
 
 /// A directory `serve` will create or write: it must be a directory if it exists, and this

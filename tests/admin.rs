@@ -10,21 +10,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 use tlsgate::admin::{request, QueueEntry};
 
-/// A config file for the CLI that points at the admin API actually bound (the test server
-/// binds port 0).
+/// The relay's own config file: the CLI finds the admin socket (`data_dir/admin.sock`, the
+/// default) from it, as an administrator's `tlsgate queue list` would.
 fn cli_config(s: &Setup) -> PathBuf {
-    let path = s.relay.dir.path().join("tlsgate.toml");
-    let text = std::fs::read_to_string(&path).unwrap();
-    let admin = s.relay.running().admin_addr().expect("admin bound");
-    let marker = "[admin]\nbind = \"127.0.0.1:0\"";
-    assert!(text.contains(marker));
-    let cli = s.relay.dir.path().join("cli.toml");
-    std::fs::write(
-        &cli,
-        text.replace(marker, &format!("[admin]\nbind = \"{admin}\"")),
-    )
-    .unwrap();
-    cli
+    s.relay.dir.path().join("tlsgate.toml")
 }
 
 async fn tlsgate(config: &PathBuf, args: &[&str]) -> (bool, String, String) {
@@ -52,11 +41,8 @@ async fn list(config: &tlsgate::config::Config) -> Vec<QueueEntry> {
 
 #[tokio::test]
 async fn queue_is_listed_retried_bounced_and_deleted_and_every_action_is_audited() {
-    let s = setup(
-        "retry_schedule = [\"1h\"]",
-        "[admin]\nbind = \"127.0.0.1:0\"",
-    )
-    .await;
+    // No [admin] section: the admin API is on, on its Unix socket (issue 10 item 0b).
+    let s = setup("retry_schedule = [\"1h\"]", "").await;
     s.dns.add_mx("partner.test", 10, "mx1.partner.test");
     s.dns.add_ip("mx1.partner.test", ip(MX1));
     let mx = s.sink(MX1, always("450 4.2.1 mailbox busy")).await;
@@ -66,8 +52,17 @@ async fn queue_is_listed_retried_bounced_and_deleted_and_every_action_is_audited
     let second = s
         .submit("kari@example.no", &["per@partner.test"], "two")
         .await;
-    let mut config = s.relay.config.clone();
-    config.admin.as_mut().unwrap().bind = s.relay.running().admin_addr().unwrap();
+    let config = s.relay.config.clone();
+    let socket = s
+        .relay
+        .running()
+        .admin_socket()
+        .expect("admin socket by default");
+    assert_eq!(socket, s.relay.config.server.data_dir.join("admin.sock"));
+    assert!(
+        s.relay.running().admin_addr().is_none(),
+        "no TCP by default"
+    );
 
     // Both deferred after their first attempt.
     let deadline = tokio::time::Instant::now() + WAIT;
@@ -165,6 +160,12 @@ async fn queue_is_listed_retried_bounced_and_deleted_and_every_action_is_audited
     for action in ["queue retry", "queue bounce", "queue delete"] {
         assert!(text.contains(action), "{action} audited: {text}");
     }
+    // Who acted: the CLI ran as this test's user, identified by SO_PEERCRED.
+    let me = nix::unistd::geteuid().as_raw();
+    assert!(
+        text.contains(&format!("\"client\":\"uid {me} (")),
+        "the caller's uid is audited: {text}"
+    );
     assert!(text.contains("\"event\":\"started\""), "{text}");
     assert!(text.contains("\"event\":\"dsn_sent\""), "{text}");
     let (ok, stdout, stderr) = tlsgate(&cli, &["audit", "verify"]).await;
@@ -172,34 +173,174 @@ async fn queue_is_listed_retried_bounced_and_deleted_and_every_action_is_audited
     assert!(stdout.contains("audit log ok"), "{stdout}");
 }
 
+/// A TCP admin listener answers only with the token, and the audit log names the token.
 #[tokio::test]
-async fn a_token_protects_the_admin_api() {
+async fn a_token_protects_the_tcp_admin_api() {
     let dir = tempfile::tempdir().unwrap();
-    let token = dir.path().join("admin.token");
+    let token = dir.path().join("ops.token");
     std::fs::write(&token, "0123456789abcdef0123456789abcdef\n").unwrap();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
     let s = setup(
-        "",
+        "retry_schedule = [\"1h\"]",
         &format!(
-            "[admin]\nbind = \"127.0.0.1:0\"\ntoken_file = \"{}\"",
+            "[admin]\nsocket = \"\"\nbind = \"127.0.0.1:0\"\ntoken_file = \"{}\"",
             token.display()
         ),
     )
     .await;
+    assert!(s.relay.running().admin_socket().is_none());
     let mut config = s.relay.config.clone();
-    config.admin.as_mut().unwrap().bind = s.relay.running().admin_addr().unwrap();
+    config.admin.as_mut().unwrap().bind = s.relay.running().admin_addr();
     let (status, _) = request(&config, "GET", "/queue").await.unwrap();
     assert_eq!(status, 200, "the right token is accepted");
+    let (status, body) = request(&config, "POST", "/domains/reload").await.unwrap();
+    assert_eq!(status, 200, "{body}");
     config.admin.as_mut().unwrap().token_file = None;
     let (status, _) = request(&config, "GET", "/queue").await.unwrap();
     assert_eq!(status, 401, "no token, no access");
+    let audit = audit_text(&s);
+    assert!(
+        audit.contains("\"client\":\"token ops from 127.0.0.1:"),
+        "{audit}"
+    );
 }
 
+/// Loopback is no protection: every local user can reach it (issue 10 item 0b).
 #[test]
-fn a_non_loopback_admin_bind_needs_a_token() {
-    let text = "[server]\ndata_dir = \"/tmp/x\"\n[[listener]]\nbind = \"127.0.0.1:0\"\nrole = \"outbound\"\n[outbound]\nrelay_networks = [\"10.0.0.0/8\"]\n[admin]\nbind = \"0.0.0.0:9465\"\n";
+fn a_tcp_admin_bind_needs_a_token_even_on_loopback() {
+    for bind in ["0.0.0.0:9465", "127.0.0.1:9465", "[::1]:9465"] {
+        let text = format!("[server]\ndata_dir = \"/tmp/x\"\n[[listener]]\nbind = \"127.0.0.1:0\"\nrole = \"outbound\"\n[outbound]\nrelay_networks = [\"10.0.0.0/8\"]\n[admin]\nbind = \"{bind}\"\n");
+        let err = tlsgate::config::Config::from_toml(&text, "t.toml").unwrap_err();
+        assert!(err.to_string().contains("admin.bind"), "{err}");
+        assert!(err.to_string().contains("token_file"), "{err}");
+    }
+    let text = "[server]\ndata_dir = \"/tmp/x\"\n[[listener]]\nbind = \"127.0.0.1:0\"\nrole = \"outbound\"\n[outbound]\nrelay_networks = [\"10.0.0.0/8\"]\n[admin]\nsocket_mode = \"0666\"\n";
     let err = tlsgate::config::Config::from_toml(text, "t.toml").unwrap_err();
-    assert!(err.to_string().contains("admin.bind"), "{err}");
-    assert!(err.to_string().contains("token_file"), "{err}");
+    assert!(err.to_string().contains("admin.socket_mode"), "{err}");
+}
+
+fn audit_text(s: &Setup) -> String {
+    let mut text = String::new();
+    for entry in std::fs::read_dir(&s.relay.config.audit.dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "jsonl") {
+            text.push_str(&std::fs::read_to_string(path).unwrap());
+        }
+    }
+    text
+}
+
+/// Runs `tlsgate queue list` as another user (uid/gid 65534, `nobody`/`nogroup`).
+async fn queue_list_as_nobody(config: &std::path::Path) -> (bool, String) {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_tlsgate"));
+    cmd.args(["queue", "list", "--config"])
+        .arg(config)
+        .uid(65534)
+        .gid(65534);
+    let out = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::process::Command::from(cmd)
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("tlsgate finished in time")
+    .expect("tlsgate ran");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// Opens the test's directories to everyone, so that only the socket's own protection is
+/// tested (a production data_dir is 0700 and hides the socket anyway).
+fn open_directories(s: &Setup) {
+    use std::os::unix::fs::PermissionsExt;
+    let open = std::fs::Permissions::from_mode(0o755);
+    std::fs::set_permissions(s.relay.dir.path(), open.clone()).unwrap();
+    std::fs::set_permissions(&s.relay.config.server.data_dir, open).unwrap();
+    let config = cli_config(s);
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
+}
+
+/// Another local user cannot use the admin socket: the file mode (0660) refuses the connect,
+/// and when the socket has been opened to everyone by mistake, the SO_PEERCRED check still
+/// answers 403 (issue 10 item 0b; S1). Needs root to run a process as another uid.
+#[tokio::test]
+async fn another_local_user_is_refused_on_the_admin_socket() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("SKIPPED: needs root to run a client as another uid (CI runs as root)");
+        return;
+    }
+    let s = setup("retry_schedule = [\"1h\"]", "").await;
+    let socket = s.relay.running().admin_socket().unwrap().to_path_buf();
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let meta = std::fs::metadata(&socket).unwrap();
+    assert_eq!(meta.mode() & 0o777, 0o660, "socket mode");
+    assert_eq!(
+        meta.uid(),
+        nix::unistd::geteuid().as_raw(),
+        "owned by the service user"
+    );
+    open_directories(&s);
+
+    let (ok, out) = queue_list_as_nobody(&cli_config(&s)).await;
+    assert!(!ok, "nobody must not list the queue: {out}");
+    assert!(out.contains("Permission denied"), "{out}");
+
+    // A mistake opens the socket to everyone: the per-request check still refuses.
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let (ok, out) = queue_list_as_nobody(&cli_config(&s)).await;
+    assert!(!ok, "nobody must not list the queue: {out}");
+    assert!(out.contains("403") && out.contains("uid 65534"), "{out}");
+}
+
+/// Members of `admin.socket_group` may use the socket, and the audit log names them.
+#[tokio::test]
+async fn a_member_of_the_socket_group_is_allowed_and_audited() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("SKIPPED: needs root to run a client as another uid (CI runs as root)");
+        return;
+    }
+    let s = setup(
+        "retry_schedule = [\"1h\"]",
+        "[admin]\nsocket_group = \"nogroup\"",
+    )
+    .await;
+    let socket = s.relay.running().admin_socket().unwrap().to_path_buf();
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(std::fs::metadata(&socket).unwrap().gid(), 65534);
+    open_directories(&s);
+    let (ok, out) = queue_list_as_nobody(&cli_config(&s)).await;
+    assert!(ok, "{out}");
+    assert!(out.contains("Mail queue is empty"), "{out}");
+
+    // A state-changing call by the group member is audited with its uid.
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_tlsgate"));
+    use std::os::unix::process::CommandExt;
+    cmd.args(["domains", "reload", "--config"])
+        .arg(cli_config(&s))
+        .uid(65534)
+        .gid(65534);
+    let out = tokio::process::Command::from(cmd)
+        .kill_on_drop(true)
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let audit = audit_text(&s);
+        if audit.contains("\"client\":\"uid 65534 (nobody)\"") {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{audit}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

@@ -221,12 +221,23 @@ pub struct AuditSection {
     pub max_file_bytes: u64,
 }
 
-/// The admin API used by `tlsgate queue …` and `tlsgate domains reload`.
+/// The admin API used by `tlsgate queue …` and `tlsgate domains reload` (issue 10 item 0b).
+///
+/// Locked by default: a Unix socket that only the service user, root and `socket_group` can
+/// open (file mode and `SO_PEERCRED`, like Postfix's `private/` sockets); a TCP `bind` always
+/// needs a bearer token, loopback included, because any local user can reach loopback.
 #[derive(Debug, Clone)]
 pub struct AdminSection {
-    pub bind: SocketAddr,
-    /// A file holding the bearer token every request must carry (required for a
-    /// non-loopback bind; the file must not be readable by group or others, S4).
+    /// The Unix socket (default `data_dir/admin.sock`); `None` when `admin.socket = ""`.
+    pub socket: Option<PathBuf>,
+    /// Permission bits of the socket file (default `0o660`); never world-accessible.
+    pub socket_mode: u32,
+    /// The group that may use the socket besides the service user and root.
+    pub socket_group: Option<String>,
+    /// An additional TCP listener (needs `token_file`).
+    pub bind: Option<SocketAddr>,
+    /// A file holding the bearer token every TCP request must carry (the file must not be
+    /// readable by group or others, S4). Its file stem names the caller in the audit log.
     pub token_file: Option<PathBuf>,
 }
 
@@ -285,6 +296,71 @@ impl Config {
     pub fn generated_cert_dir(&self) -> PathBuf {
         self.server.data_dir.join("certs")
     }
+}
+
+/// `[admin]`: on by default on a Unix socket in `data_dir` (see [`AdminSection`]).
+fn admin_section(
+    c: &Checker<'_>,
+    a: raw::RawAdmin,
+    data_dir: &Path,
+    resolve: &dyn Fn(PathBuf) -> PathBuf,
+) -> Result<Option<AdminSection>, ConfigError> {
+    if a.enabled == Some(false) {
+        return Ok(None);
+    }
+    let socket = match a.socket {
+        Some(p) if p.as_os_str().is_empty() => None,
+        Some(p) => Some(resolve(p)),
+        None => Some(data_dir.join("admin.sock")),
+    };
+    let socket_mode = match a.socket_mode.as_deref() {
+        None => 0o660,
+        Some(text) => u32::from_str_radix(text.trim_start_matches("0o"), 8)
+            .ok()
+            .filter(|m| *m <= 0o777)
+            .ok_or_else(|| {
+                c.err(
+                    "admin.socket_mode",
+                    "must be octal permission bits, e.g. \"0660\"",
+                )
+            })?,
+    };
+    if socket_mode & 0o007 != 0 {
+        return Err(c.err(
+            "admin.socket_mode",
+            format!(
+                "{socket_mode:04o} lets every local user manage the queue: use 0660 or stricter \
+                 and admin.socket_group for the administrators"
+            ),
+        ));
+    }
+    let bind = a
+        .bind
+        .map(|b| c.socket_addr("admin.bind", &b))
+        .transpose()?;
+    let token_file = a.token_file.map(resolve);
+    if let (Some(bind), None) = (bind, &token_file) {
+        return Err(c.err(
+            "admin.bind",
+            format!(
+                "{bind}: a TCP admin API needs admin.token_file (any local user can reach \
+                 loopback); or leave admin.bind out and use the Unix socket admin.socket"
+            ),
+        ));
+    }
+    if socket.is_none() && bind.is_none() {
+        return Err(c.err(
+            "admin.socket",
+            "empty and no admin.bind: set admin.enabled = false to turn the admin API off",
+        ));
+    }
+    Ok(Some(AdminSection {
+        socket,
+        socket_mode,
+        socket_group: a.socket_group.filter(|g| !g.is_empty()),
+        bind,
+        token_file,
+    }))
 }
 
 /// IPv4-mapped IPv6 addresses (`::ffff:10.0.0.1`, seen on dual-stack sockets) are matched as
@@ -707,24 +783,7 @@ fn validate(raw: raw::RawConfig, file: &str) -> Result<Config, ConfigError> {
         .and_then(|m| m.bind)
         .map(|b| c.socket_addr("metrics.bind", &b))
         .transpose()?;
-    let admin = match raw.admin {
-        Some(a) => {
-            let bind = a.bind.unwrap_or_else(|| "127.0.0.1:9465".to_string());
-            let bind = c.socket_addr("admin.bind", &bind)?;
-            let token_file = a.token_file.map(resolve);
-            if !bind.ip().is_loopback() && token_file.is_none() {
-                return Err(c.err(
-                    "admin.bind",
-                    format!(
-                        "{bind} is not a loopback address: set admin.token_file so that \
-                         nobody else on the network can manage the queue"
-                    ),
-                ));
-            }
-            Some(AdminSection { bind, token_file })
-        }
-        None => None,
-    };
+    let admin = admin_section(&c, raw.admin.unwrap_or_default(), &data_dir, &resolve)?;
 
     let a = raw.audit.unwrap_or_default();
     let retention_days = a.retention_days.unwrap_or(730);

@@ -162,6 +162,10 @@ pub(super) struct RawAudit {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawAdmin {
+    pub enabled: Option<bool>,
+    pub socket: Option<PathBuf>,
+    pub socket_mode: Option<String>,
+    pub socket_group: Option<String>,
     pub bind: Option<String>,
     pub token_file: Option<PathBuf>,
 }

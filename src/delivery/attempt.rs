@@ -1,11 +1,14 @@
 //! One delivery attempt: the recipients of one message that share a destination, tried host by
-//! host until one answers the transaction.
+//! host until each has a final answer or every address was tried.
 //!
-//! Connection or TLS trouble moves on to the next address and the next MX host; a reply to
-//! the transaction ends the attempt (RFC 5321 5.1). When no host could be used, every
-//! recipient is deferred with the last problem seen.
+//! RFC 5321 5.1: the addresses of the MX hosts are tried in order. A temporary failure of the
+//! session or the whole transaction — connect, greeting, EHLO, TLS, a 4xx to MAIL, DATA or the
+//! end of data, a `421` anywhere, a lost connection — moves the recipients still open on to the
+//! next address in the same attempt. A 4xx to one RCPT defers that recipient only; a 5xx fails
+//! the recipients it answered. When no address took the message, the open recipients are
+//! deferred with the last problem seen.
 
-use super::client::{ClientError, ConnectParams, SmtpConnection, Timeouts, TlsMode};
+use super::client::{ClientError, ConnectParams, SmtpConnection, Step, Timeouts, TlsMode};
 use super::pool::{ConnectionPool, PoolKey};
 use super::route::{self, Destination, RouteError};
 use crate::audit::{AuditEvent, AuditLog};
@@ -21,6 +24,11 @@ use crate::tls::TlsInfo;
 use std::sync::Arc;
 
 /// The result for one recipient.
+///
+/// `remote` says whose words `reason` is: `true` when it is the reply `host` actually sent
+/// (reported in a DSN as `Remote-MTA` and `Diagnostic-Code: smtp`), `false` when it is
+/// tlsgate's own decision or observation (TLS policy, SIZE, SMTPUTF8, REQUIRETLS, a lost
+/// connection, expiry: `Diagnostic-Code: x-tlsgate`, RFC 3464 2.3.6; issue 10 item 5).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     Delivered {
@@ -33,6 +41,7 @@ pub enum Outcome {
         host: Option<String>,
         status: String,
         reason: String,
+        remote: bool,
         /// The TLS policy could not be met (issue 4 warns senders early about these).
         tls: bool,
     },
@@ -40,6 +49,7 @@ pub enum Outcome {
         host: Option<String>,
         status: String,
         reason: String,
+        remote: bool,
     },
 }
 
@@ -102,7 +112,16 @@ pub struct HostLog {
     pub result: String,
 }
 
+/// The last reason an address could not take the open recipients.
+enum Problem {
+    /// Connecting, greeting, EHLO, TLS or the connection itself.
+    Client(ClientError),
+    /// A temporary reply to the whole transaction (or a `421`), in the remote's words.
+    Reply(Reply),
+}
+
 /// Delivers `recipients` (indices into `meta.recipients`) of one message to `destination`.
+/// Returns one outcome per recipient, in no particular order.
 pub async fn deliver(
     ctx: &AttemptContext<'_>,
     meta: &MessageMeta,
@@ -121,6 +140,7 @@ pub async fn deliver(
                 host: None,
                 status: status.into(),
                 reason,
+                remote: false,
             })
         }
         Err(RouteError::Temporary { status, reason }) => {
@@ -128,6 +148,7 @@ pub async fn deliver(
                 host: None,
                 status: status.into(),
                 reason,
+                remote: false,
                 tls: false,
             })
         }
@@ -139,16 +160,18 @@ pub async fn deliver(
         Destination::Domain(d) => Some(d),
         Destination::NextHop => None,
     };
-    let rcpts: Vec<&Recipient> = recipients
-        .iter()
-        .filter_map(|&i| meta.recipients.get(i))
-        .collect();
 
-    let mut last_problem: Option<(String, ClientError)> = None;
+    // Recipients without a final answer yet, and the answers given so far.
+    let mut open: Vec<usize> = recipients.to_vec();
+    let mut done: Vec<(usize, Outcome)> = Vec::with_capacity(recipients.len());
+    let mut last_problem: Option<(String, Problem)> = None;
     let mut requiretls_refused: Option<String> = None;
-    for host in &hosts {
+    'hosts: for host in &hosts {
         let names = policy::certificate_names(level, &host.name, domain, &policy.match_names);
         for &addr in &host.addrs {
+            if open.is_empty() {
+                break 'hosts;
+            }
             let key = PoolKey {
                 addr,
                 host: host.name.clone(),
@@ -183,7 +206,7 @@ pub async fn deliver(
                         tls: None,
                         result: e.to_string(),
                     });
-                    last_problem = Some((host.name.clone(), e));
+                    last_problem = Some((host.name.clone(), Problem::Client(e)));
                     continue;
                 }
             };
@@ -201,9 +224,14 @@ pub async fn deliver(
                 park(ctx, key, conn);
                 continue;
             }
-            if let Some(outcome) = refuse_before_sending(meta, body, &conn) {
+            let rcpts: Vec<&Recipient> = open
+                .iter()
+                .filter_map(|&i| meta.recipients.get(i))
+                .collect();
+            if let Some(outcome) = refuse_before_sending(meta, &rcpts, body, &conn) {
                 park(ctx, key, conn);
-                return everyone(outcome);
+                done.extend(open.drain(..).map(|i| (i, outcome.clone())));
+                break 'hosts;
             }
             match conn.send_message(meta, &rcpts, body).await {
                 Ok(result) => {
@@ -214,7 +242,8 @@ pub async fn deliver(
                         result: summarise(&result.replies),
                     });
                     let peer_does_dsn = conn.caps.dsn;
-                    if let (true, Some(tls)) = (policy.listed, &conn.tls) {
+                    let delivered = result.replies.iter().any(|(_, r)| r.code / 100 == 2);
+                    if let (true, true, Some(tls)) = (delivered, policy.listed, &conn.tls) {
                         crate::server::audit(
                             ctx.audit,
                             AuditEvent::TlsDelivery {
@@ -234,12 +263,23 @@ pub async fn deliver(
                             },
                         );
                     }
-                    park(ctx, key, conn);
-                    return recipients
-                        .iter()
-                        .zip(result.replies)
-                        .map(|(&i, reply)| (i, outcome_of(&host.name, &reply, peer_does_dsn)))
-                        .collect();
+                    // A 421 means the server is closing the connection (RFC 5321 3.8).
+                    let closing = result.replies.iter().any(|(_, r)| r.code == 421);
+                    if closing {
+                        tokio::spawn(conn.quit());
+                    } else {
+                        park(ctx, key, conn);
+                    }
+                    let mut still_open = Vec::new();
+                    for (&i, (step, reply)) in open.iter().zip(result.replies) {
+                        if moves_on(step, &reply) {
+                            still_open.push(i);
+                            last_problem = Some((host.name.clone(), Problem::Reply(reply)));
+                        } else {
+                            done.push((i, outcome_of(&host.name, &reply, peer_does_dsn)));
+                        }
+                    }
+                    open = still_open;
                 }
                 Err(e) => {
                     log.push(HostLog {
@@ -248,31 +288,55 @@ pub async fn deliver(
                         tls: conn.tls.clone(),
                         result: e.to_string(),
                     });
-                    last_problem = Some((host.name.clone(), e));
+                    last_problem = Some((host.name.clone(), Problem::Client(e)));
                 }
             }
         }
     }
-    if let Some(host) = requiretls_refused {
-        return everyone(Outcome::Failed {
+    if open.is_empty() {
+        return done;
+    }
+    let outcome = match (requiretls_refused, last_problem) {
+        // Only hosts without REQUIRETLS took part: RFC 8689 4.2.1 makes that permanent.
+        (Some(host), None | Some((_, Problem::Client(_)))) => Outcome::Failed {
             host: Some(host.clone()),
             status: "5.7.30".into(),
             reason: format!(
                 "the sender required REQUIRETLS (RFC 8689) but {host} does not support it"
             ),
-        });
-    }
-    let (host, error) = match last_problem {
-        Some(p) => p,
-        None => {
-            return everyone(Outcome::Deferred {
-                host: None,
-                status: "4.4.4".into(),
-                reason: format!("no host to try for {destination}"),
-                tls: false,
-            })
-        }
+            remote: false,
+        },
+        (_, None) => Outcome::Deferred {
+            host: None,
+            status: "4.4.4".into(),
+            reason: format!("no host to try for {destination}"),
+            remote: false,
+            tls: false,
+        },
+        (_, Some((host, Problem::Reply(reply)))) => Outcome::Deferred {
+            host: Some(host),
+            status: reply
+                .enhanced
+                .map(|e| e.to_string())
+                .unwrap_or_else(|| "4.0.0".into()),
+            reason: reply.to_string(),
+            remote: true,
+            tls: false,
+        },
+        (_, Some((host, Problem::Client(error)))) => deferral(level, host, error),
     };
+    done.extend(open.into_iter().map(|i| (i, outcome.clone())));
+    done
+}
+
+/// Does this reply send the recipient on to the next MX address (issue 10 item 1)? A
+/// temporary reply to the whole transaction or a `421` does; a 4xx to its RCPT does not.
+fn moves_on(step: Step, reply: &Reply) -> bool {
+    reply.code / 100 == 4 && (step != Step::Rcpt || reply.code == 421)
+}
+
+/// The deferral for recipients no address could take, from the last connection problem.
+fn deferral(level: TlsLevel, host: String, error: ClientError) -> Outcome {
     let (status, tls) = match &error {
         ClientError::Tls(TlsFailure::NoStarttls | TlsFailure::StarttlsRefused(_)) => {
             ("4.7.4", true)
@@ -283,17 +347,33 @@ pub async fn deliver(
         ClientError::Protocol(_) => ("4.5.0", false),
         ClientError::Refused { .. } => ("4.4.0", false),
     };
+    // A refused greeting or EHLO is the remote's own reply; everything else is what tlsgate
+    // saw or decided.
+    if let ClientError::Refused { reply, .. } = &error {
+        return Outcome::Deferred {
+            host: Some(host),
+            status: reply
+                .enhanced
+                .filter(|e| e.class == 4)
+                .map(|e| e.to_string())
+                .unwrap_or_else(|| status.into()),
+            reason: reply.to_string(),
+            remote: true,
+            tls,
+        };
+    }
     let reason = if tls {
         format!("TLS required ({level}) but not possible with {host}: {error}")
     } else {
         format!("{host}: {error}")
     };
-    everyone(Outcome::Deferred {
+    Outcome::Deferred {
         host: Some(host),
         status: status.into(),
         reason,
+        remote: false,
         tls,
-    })
+    }
 }
 
 /// A pooled connection when one is idle and still answers, else a new one. Opportunistic TLS
@@ -333,10 +413,11 @@ async fn connect(ctx: &AttemptContext<'_>, key: &PoolKey) -> Result<SmtpConnecti
     }
 }
 
-/// Checks that need the peer's capabilities but no transaction: SIZE (RFC 1870) and SMTPUTF8
-/// (RFC 6531 3.4: a message that needs it cannot go to a server without it).
+/// Checks that need the peer's capabilities but no transaction: SIZE (RFC 1870) and SMTPUTF8.
+/// These are tlsgate's own decisions, so the outcome is not a remote reply.
 fn refuse_before_sending(
     meta: &MessageMeta,
+    rcpts: &[&Recipient],
     body: &[u8],
     conn: &SmtpConnection,
 ) -> Option<Outcome> {
@@ -347,23 +428,41 @@ fn refuse_before_sending(
                 host: Some(conn.host.clone()),
                 status: "5.3.4".into(),
                 reason: format!(
-                    "message is {size} octets, {} accepts at most {limit}",
+                    "message is {size} octets, {} accepts at most {limit} (its EHLO SIZE)",
                     conn.host
                 ),
+                remote: false,
             });
         }
     }
-    if meta.smtputf8 && !conn.caps.smtputf8 {
+    if !conn.caps.smtputf8 && needs_smtputf8(meta, rcpts, body) {
         return Some(Outcome::Failed {
             host: Some(conn.host.clone()),
             status: "5.6.7".into(),
             reason: format!(
-                "the message needs SMTPUTF8 (international addresses) but {} does not support it",
+                "the message needs SMTPUTF8 (a non-ASCII address or header) but {} does not \
+                 offer it",
                 conn.host
             ),
+            remote: false,
         });
     }
     None
+}
+
+/// RFC 6531 3.4: a message received with SMTPUTF8 needs it on the next hop only when this
+/// transaction's envelope (sender, these recipients) or the message's header section really
+/// contains non-ASCII; otherwise it is sent without the parameter (issue 10 item 2).
+pub fn needs_smtputf8(meta: &MessageMeta, rcpts: &[&Recipient], body: &[u8]) -> bool {
+    if !meta.smtputf8 {
+        return false;
+    }
+    let sender = meta.sender.as_deref().unwrap_or("");
+    if !sender.is_ascii() || rcpts.iter().any(|r| !r.address.is_ascii()) {
+        return true;
+    }
+    let header_end = memchr::memmem::find(body, b"\r\n\r\n").unwrap_or(body.len());
+    !body[..header_end].is_ascii()
 }
 
 fn park(ctx: &AttemptContext<'_>, key: PoolKey, conn: SmtpConnection) {
@@ -389,18 +488,20 @@ fn outcome_of(host: &str, reply: &Reply, peer_does_dsn: bool) -> Outcome {
             host: Some(host.to_string()),
             status: status("4.0.0"),
             reason: reply.to_string(),
+            remote: true,
             tls: false,
         },
         _ => Outcome::Failed {
             host: Some(host.to_string()),
             status: status("5.0.0"),
             reason: reply.to_string(),
+            remote: true,
         },
     }
 }
 
-fn summarise(replies: &[Reply]) -> String {
-    let mut parts: Vec<String> = replies.iter().map(ToString::to_string).collect();
+fn summarise(replies: &[(Step, Reply)]) -> String {
+    let mut parts: Vec<String> = replies.iter().map(|(_, r)| r.to_string()).collect();
     parts.dedup();
     parts.join(" | ")
 }

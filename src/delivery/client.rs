@@ -120,10 +120,34 @@ impl Capabilities {
     }
 }
 
-/// The result of one transaction: one reply per recipient, in the order given.
+/// The step of a transaction a reply answered. A reply to `Rcpt` concerns one recipient; a
+/// reply to any other step concerns the whole transaction (RFC 5321 3.3), which matters for
+/// what a temporary failure means (issue 10 item 1: try the next MX, or defer one recipient).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    Mail,
+    Rcpt,
+    Data,
+    EndOfData,
+}
+
+impl Step {
+    /// The command the reply answered, for reasons and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Step::Mail => "MAIL FROM",
+            Step::Rcpt => "RCPT TO",
+            Step::Data => "DATA",
+            Step::EndOfData => "end of data",
+        }
+    }
+}
+
+/// The result of one transaction: one reply per recipient, in the order given, with the step
+/// that reply answered.
 #[derive(Debug, Clone)]
 pub struct TransactionResult {
-    pub replies: Vec<Reply>,
+    pub replies: Vec<(Step, Reply)>,
 }
 
 /// Everything needed to connect to one peer.
@@ -330,7 +354,7 @@ impl SmtpConnection {
             self.send_line(&commands[0]).await?;
             mail_reply = self.read_reply("MAIL reply").await?;
             if mail_reply.code != 250 {
-                return Ok(self.everyone(&mail_reply, recipients.len()));
+                return Ok(self.everyone(Step::Mail, &mail_reply, recipients.len()));
             }
             for c in &commands[1..] {
                 self.send_line(c).await?;
@@ -346,19 +370,19 @@ impl SmtpConnection {
 
         if mail_reply.code != 250 {
             self.abandon_after_data(data_reply.as_ref()).await?;
-            return Ok(self.everyone(&mail_reply, recipients.len()));
+            return Ok(self.everyone(Step::Mail, &mail_reply, recipients.len()));
         }
         let accepted = rcpt_replies.iter().filter(|r| r.code / 100 == 2).count();
         if accepted == 0 {
             self.abandon_after_data(data_reply.as_ref()).await?;
             return Ok(TransactionResult {
-                replies: rcpt_replies,
+                replies: rcpt_replies.into_iter().map(|r| (Step::Rcpt, r)).collect(),
             });
         }
         let data_reply = data_reply.ok_or_else(|| ClientError::Protocol("no DATA reply".into()))?;
         if data_reply.code != 354 {
             self.reset().await?;
-            return Ok(self.merge(rcpt_replies, &data_reply));
+            return Ok(self.merge(rcpt_replies, Step::Data, &data_reply));
         }
         self.write_body(&meta.received_header, body).await?;
         let final_reply = self
@@ -366,7 +390,7 @@ impl SmtpConnection {
             .await?;
         self.transactions += 1;
         self.idle_since = Instant::now();
-        Ok(self.merge(rcpt_replies, &final_reply))
+        Ok(self.merge(rcpt_replies, Step::EndOfData, &final_reply))
     }
 
     /// After a failed MAIL or when no recipient was accepted: if the server nevertheless said
@@ -381,22 +405,27 @@ impl SmtpConnection {
         self.reset().await
     }
 
-    fn everyone(&self, reply: &Reply, n: usize) -> TransactionResult {
+    fn everyone(&self, step: Step, reply: &Reply, n: usize) -> TransactionResult {
         TransactionResult {
-            replies: vec![reply.clone(); n],
+            replies: vec![(step, reply.clone()); n],
         }
     }
 
     /// Accepted recipients get the transaction's reply; refused ones keep their RCPT reply.
-    fn merge(&self, rcpt_replies: Vec<Reply>, transaction: &Reply) -> TransactionResult {
+    fn merge(
+        &self,
+        rcpt_replies: Vec<Reply>,
+        step: Step,
+        transaction: &Reply,
+    ) -> TransactionResult {
         TransactionResult {
             replies: rcpt_replies
                 .into_iter()
                 .map(|r| {
                     if r.code / 100 == 2 {
-                        transaction.clone()
+                        (step, transaction.clone())
                     } else {
-                        r
+                        (Step::Rcpt, r)
                     }
                 })
                 .collect(),

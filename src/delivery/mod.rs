@@ -459,6 +459,7 @@ async fn work_on(
                 host: None,
                 status: "5.0.0".into(),
                 reason: reason.to_string(),
+                remote: false,
             };
             record(engine, &meta, i, state, &outcome, now, &mut results);
             continue;
@@ -473,10 +474,12 @@ async fn work_on(
                 state.last_reply.as_deref().unwrap_or("none recorded")
             );
             let status = state.last_status.clone().unwrap_or_else(|| "4.4.7".into());
+            // Expiry is tlsgate's decision: no Remote-MTA, whatever the last host said.
             let outcome = Outcome::Failed {
-                host: state.remote_mta.clone(),
+                host: None,
                 status,
                 reason,
+                remote: false,
             };
             record(engine, &meta, i, state, &outcome, now, &mut results);
             continue;
@@ -488,6 +491,7 @@ async fn work_on(
                     host: None,
                     status: e.status().into(),
                     reason: e.to_string(),
+                    remote: false,
                 };
                 record(engine, &meta, i, state, &outcome, now, &mut results);
             }
@@ -597,13 +601,15 @@ fn record(
     let mut state = old.clone();
     state.attempts += 1;
     state.last_attempt = now;
-    let report = |status: &str, host: &Option<String>, diagnostic: &str| ReportedRecipient {
-        recipient: recipient.clone(),
-        status: status.to_string(),
-        remote_mta: host.clone(),
-        diagnostic: diagnostic.to_string(),
-        last_attempt: now,
-    };
+    // RFC 3464 2.3.5/2.3.6: Remote-MTA and an `smtp` diagnostic only for a remote's own reply.
+    let report =
+        |status: &str, host: &Option<String>, remote: bool, diagnostic: &str| ReportedRecipient {
+            recipient: recipient.clone(),
+            status: status.to_string(),
+            remote_mta: host.clone().filter(|_| remote),
+            diagnostic: diagnostic.to_string(),
+            last_attempt: now,
+        };
     match outcome {
         Outcome::Delivered {
             host,
@@ -620,13 +626,14 @@ fn record(
                     .reports
                     .entry(DsnKindKey::Relayed)
                     .or_default()
-                    .push(report("2.0.0", &Some(host.clone()), reply));
+                    .push(report("2.0.0", &Some(host.clone()), true, reply));
             }
         }
         Outcome::Deferred {
             host,
             status,
             reason,
+            remote,
             tls,
         } => {
             state.status = RecipientStatus::Deferred;
@@ -652,13 +659,14 @@ fn record(
                     .reports
                     .entry(DsnKindKey::Delay)
                     .or_default()
-                    .push(report(status, host, reason));
+                    .push(report(status, host, *remote, reason));
             }
         }
         Outcome::Failed {
             host,
             status,
             reason,
+            remote,
         } => {
             state.status = RecipientStatus::Failed;
             state.last_reply = Some(reason.clone());
@@ -675,7 +683,7 @@ fn record(
                     .reports
                     .entry(DsnKindKey::Failure)
                     .or_default()
-                    .push(report(&status, host, reason));
+                    .push(report(&status, host, *remote, reason));
             }
         }
     }

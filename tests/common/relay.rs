@@ -41,6 +41,17 @@ pub async fn setup(delivery: &str, extra: &str) -> Setup {
 
 /// As [`setup`], with `outbound` keys added to `[outbound]`.
 pub async fn setup_with(outbound: &str, delivery: &str, extra: &str) -> Setup {
+    setup_full(outbound, delivery, extra, None).await
+}
+
+/// As [`setup_with`]; `next_hop_host`, when given, replaces the next hop's address in
+/// `inbound.next_hop` (a name the test DNS resolves; the port stays the shared one).
+pub async fn setup_full(
+    outbound: &str,
+    delivery: &str,
+    extra: &str,
+    next_hop_host: Option<&str>,
+) -> Setup {
     let dns = TestDns::start().await;
     let mut next_hop = None;
     for _ in 0..200 {
@@ -79,7 +90,7 @@ role = "outbound"
 
 [inbound]
 local_domains = ["example.no"]
-next_hop = "{NEXT_HOP}:{port}"
+next_hop = "{hop}:{port}"
 next_hop_tls = "may"
 
 [outbound]
@@ -104,6 +115,7 @@ idle_timeout = "3s"
         key = key.display(),
         ca = ca_path.display(),
         dns = dns.addr,
+        hop = next_hop_host.unwrap_or(NEXT_HOP),
     );
     let relay = TestServer::start_with_config(dir, ca, &text).await;
     Setup {
