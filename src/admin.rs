@@ -75,7 +75,7 @@ impl Access {
                     .file_stem()
                     .map(|s| s.to_string_lossy().into_owned())
                     .unwrap_or_else(|| "token".into());
-                Some((name, read_token(path)?))
+                Some((name, read_token(path).map_err(AccessError::Token)?))
             }
             None => None,
         };
@@ -120,11 +120,12 @@ impl Access {
     }
 }
 
-/// Why the admin API's access rules could not be set up.
+/// Why the admin API's access rules could not be set up. The cause is part of the message,
+/// not also a `source()` (it would be printed twice).
 #[derive(Debug, thiserror::Error)]
 pub enum AccessError {
     #[error("admin.token_file: {0}")]
-    Token(#[from] crate::tls::KeyError),
+    Token(crate::tls::KeyError),
     #[error("admin.socket_group: {0}: {1}")]
     Group(String, String),
 }

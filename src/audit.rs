@@ -235,12 +235,8 @@ pub enum AuditEvent {
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {
-    #[error("audit log {}: {source}", path.display())]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    #[error("audit log {}: {cause}", path.display())]
+    Io { path: PathBuf, cause: io::Error },
     #[error("audit log {}:{line}: {what}", file.display())]
     Corrupt {
         file: PathBuf,
@@ -252,15 +248,15 @@ pub enum AuditError {
     #[error("audit entry of {0} bytes exceeds the limit of {MAX_LINE_BYTES} bytes")]
     TooLarge(usize),
     #[error("audit entry cannot be serialised: {0}")]
-    Serialize(#[from] serde_json::Error),
+    Serialize(serde_json::Error),
     #[error("audit sequence number exhausted")]
     SeqExhausted,
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> AuditError + '_ {
-    move |source| AuditError::Io {
+    move |cause| AuditError::Io {
         path: path.to_path_buf(),
-        source,
+        cause,
     }
 }
 
@@ -545,7 +541,7 @@ fn record_batch_locked(
         let seq = inner.next_seq;
         let next = seq.checked_add(1).ok_or(AuditError::SeqExhausted)?;
         let time = format_rfc3339(*at);
-        let event_json = serde_json::to_string(event)?;
+        let event_json = serde_json::to_string(event).map_err(AuditError::Serialize)?;
         let head = format!(
             "{{\"seq\":{seq},\"time\":\"{time}\",\"prev\":\"{}\",\"event\":{event_json}",
             inner.last_hash
@@ -591,7 +587,7 @@ fn flush(
     let Some(current) = inner.current.as_mut() else {
         return Err(AuditError::Io {
             path: PathBuf::new(),
-            source: io::Error::other("no current audit file"),
+            cause: io::Error::other("no current audit file"),
         });
     };
     inner.dirty = true;
@@ -599,7 +595,7 @@ fn flush(
         .file
         .write_all(buffer)
         .and_then(|()| current.file.sync_data());
-    if let Err(source) = written {
+    if let Err(cause) = written {
         if current.file.set_len(current.size).is_ok() {
             inner.dirty = false;
         }
@@ -607,7 +603,7 @@ fn flush(
         inner.next_seq = rollback.0;
         inner.last_hash = rollback.1.clone();
         buffer.clear();
-        return Err(AuditError::Io { path, source });
+        return Err(AuditError::Io { path, cause });
     }
     current.size += buffer.len() as u64;
     inner.dirty = false;

@@ -4,7 +4,8 @@
 //! `inbound` (listener → session) → `queue` (durable store) and, later, the scheduler and
 //! `outbound` delivery. `smtp` is the pure protocol code shared by both directions, `config`
 //! turns TOML into a validated [`config::Config`], `tls` builds rustls configurations and loads
-//! key material, `policy` holds the TLS levels, and `server` starts and stops the whole.
+//! key material, `policy` holds the TLS levels, `startup` opens every file the configuration names (for `serve`
+//! and `check-config` alike), and `server` starts and stops the whole.
 
 pub mod admin;
 pub mod audit;
@@ -21,4 +22,5 @@ pub mod policy;
 pub mod queue;
 pub mod server;
 pub mod smtp;
+pub mod startup;
 pub mod tls;

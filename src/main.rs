@@ -225,6 +225,8 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            // The whole chain, each link once: the library's errors either embed their cause
+            // or report it as `source()`, never both.
             eprintln!("tlsgate: {e:#}");
             ExitCode::FAILURE
         }
@@ -265,14 +267,9 @@ async fn wait_for_stop_signal(server: &tlsgate::server::RunningServer) -> anyhow
 
 fn check_config(path: Option<&Path>) -> anyhow::Result<()> {
     let config = load_config(path)?;
-    // Certificates and keys are checked now too, as `serve` would.
-    if let Some((cert, key)) = &config.tls.cert_and_key {
-        tlsgate::tls::server_config(cert, key)?;
-    }
-    tlsgate::tls::client::ClientTls::new(&config.outbound.extra_trust_roots)?;
-    // The domain list too: a list that does not parse, or a [[policy]] that would weaken a
-    // listed domain, fails here as it would at start.
-    let list = tlsgate::server::load_domain_list(&config)?;
+    // Every file and directory a key names, checked by the very code `serve` starts with.
+    let files = tlsgate::startup::ConfigFiles::load(&config)?;
+    let list = &files.domain_list;
     if list.path().is_some() {
         println!("domain_list:       {} domains", list.current().len());
     }
@@ -290,7 +287,7 @@ fn gen_cert(hosts: &[String], out: &Path) -> anyhow::Result<()> {
 
 fn domains_list(path: Option<&Path>, json: bool) -> anyhow::Result<()> {
     let config = load_config(path)?;
-    let handle = tlsgate::server::load_domain_list(&config)?;
+    let handle = tlsgate::startup::domain_list(&config)?;
     let list = handle.current();
     if json {
         let rows: Vec<serde_json::Value> = list
@@ -323,7 +320,7 @@ fn domains_check(
     parallel: usize,
 ) -> anyhow::Result<()> {
     let config = load_config(path)?;
-    let handle = tlsgate::server::load_domain_list(&config)?;
+    let handle = tlsgate::startup::domain_list(&config)?;
     let list = handle.current();
     let domains: Vec<tlsgate::domain::Domain> = if only.is_empty() {
         list.iter().map(|d| d.domain.clone()).collect()
@@ -335,7 +332,7 @@ fn domains_check(
     if domains.is_empty() {
         anyhow::bail!("no domain to check: the domain list is empty and no --domain was given");
     }
-    let tls = tlsgate::tls::client::ClientTls::new(&config.outbound.extra_trust_roots)?;
+    let tls = tlsgate::startup::client_tls(&config)?;
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     let reports = runtime.block_on(async {
         let resolver = tlsgate::dns::HickoryResolver::new(&config.dns.nameservers, timeout)?;

@@ -2,21 +2,22 @@
 //! listener, and on shutdown drain the sessions and sync the store.
 //!
 //! Everything that can be wrong with the configuration fails here, before the first
-//! connection is accepted (non-negotiable 5).
+//! connection is accepted (non-negotiable 5): first every file and directory the configuration
+//! names is checked ([`crate::startup::ConfigFiles::load`], shared with `check-config`), and
+//! only then is anything created.
 
 use crate::admin::{AdminListener, AdminState};
-use crate::audit::{AuditConfig, AuditError, AuditEvent, AuditLog};
+use crate::audit::{AuditConfig, AuditEvent, AuditLog};
 use crate::config::{Config, Role};
 use crate::delivery::{DeliveryEngine, EngineParts};
 use crate::dns::{DnsError, HickoryResolver};
 use crate::inbound::limits::ConnectionLimiter;
 use crate::inbound::{self, SessionContext};
 use crate::metrics::Metrics;
-use crate::policy;
-use crate::policy::domain_list::{DomainListHandle, ListError, Reloaded};
-use crate::queue::{Committer, SledStore, Store, StoreError};
-use crate::tls::client::ClientTls;
-use crate::tls::{self, KeyError};
+use crate::policy::domain_list::{DomainListHandle, Reloaded};
+use crate::queue::{Committer, SledStore, Store};
+use crate::startup::{self, ConfigFiles, Fault, StartError};
+use crate::tls;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,67 +26,39 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+/// Why the relay did not start. A cause is either part of the message or reported as
+/// `source()`, never both, so the CLI's chain says each cause once.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
-    #[error("data_dir {path}: {source}")]
-    DataDir {
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("cannot open the queue in {path}: {source}")]
-    Queue { path: String, source: StoreError },
-    #[error("TLS: {0}")]
-    Tls(#[from] KeyError),
-    #[error("listener {bind}: cannot bind: {source}")]
+    /// A file, directory or address a configuration key names: file, key and reason.
+    #[error(transparent)]
+    Config(#[from] StartError),
+    #[error("cannot start the queue committer: {0}")]
+    Committer(std::io::Error),
+    #[error("DNS resolver: {0}")]
+    Dns(DnsError),
+    /// The admin API's address (the cause is the `source()`).
+    #[error("admin API {bind}: cannot bind")]
     Bind {
         bind: SocketAddr,
         source: std::io::Error,
     },
-    #[error("{0}")]
-    Admin(#[from] crate::admin::AccessError),
     #[error("admin.socket: {0}")]
     AdminSocket(std::io::Error),
-    #[error("cannot start the queue committer: {0}")]
-    Committer(std::io::Error),
-    #[error("DNS resolver: {0}")]
-    Dns(#[from] DnsError),
-    #[error("domain list: {0}")]
-    DomainList(#[from] ListError),
-    #[error("{0}")]
-    Audit(#[from] AuditError),
     #[error("sender authentication: {0}")]
     Auth(String),
-    #[error("{file}: [[policy]] for {domain} sets tls = \"{level}\", but {domain} is on the tvungen TLS domain list: a listed domain is never below \"verify\" (T3, T4)")]
-    WeakensList {
-        file: String,
-        domain: String,
-        level: String,
-    },
 }
 
-/// Loads the domain list and checks that no `[[policy]]` entry tries to weaken it.
-pub fn load_domain_list(config: &Config) -> Result<DomainListHandle, ServerError> {
-    let handle = DomainListHandle::load(config.domain_list.path.as_deref())?;
-    let list = handle.current();
-    if let Some((domain, level)) = policy::weakening_entries(&config.policies, &list)
-        .into_iter()
-        .next()
-    {
-        return Err(ServerError::WeakensList {
-            file: config.source.clone(),
-            domain: domain.to_string(),
-            level: level.to_string(),
-        });
-    }
+/// Logs what list is in force and warns when it is old (T10).
+fn log_domain_list(handle: &DomainListHandle, config: &Config) {
     if let Some(path) = handle.path() {
-        tracing::info!(path = %path.display(), domains = list.len(), "tvungen TLS domain list loaded");
+        tracing::info!(path = %path.display(), domains = handle.current().len(), "tvungen TLS domain list loaded");
     } else {
         tracing::warn!(
             "no domain_list.path configured: no domain gets mandatory TLS from the list"
         );
     }
-    warn_if_old(&handle, config);
-    Ok(handle)
+    warn_if_old(handle, config);
 }
 
 /// T10: the list must be updated at least quarterly.
@@ -258,45 +231,51 @@ pub struct RunningServer {
     accept_loops: TaskTracker,
 }
 
-/// Loads the server certificate: the configured pair, or a generated self-signed one.
-pub fn load_tls(config: &Config) -> Result<TlsAcceptor, KeyError> {
-    let (cert, key) = match &config.tls.cert_and_key {
-        Some(pair) => pair.clone(),
-        None => {
-            let pair = tls::keys::ensure_self_signed(
-                &config.generated_cert_dir(),
-                &config.server.hostname,
-            )?;
-            tracing::warn!(
-                cert = %pair.0.display(),
-                "no [tls] certificate configured: using a self-signed one (development only)"
-            );
-            pair
-        }
+/// Loads the server certificate: the configured pair, or a generated self-signed one (which
+/// needs `data_dir` to exist).
+pub fn load_tls(config: &Config) -> Result<TlsAcceptor, StartError> {
+    let server = match startup::server_tls(config)? {
+        Some(server) => server,
+        None => generated_tls(config)?,
     };
-    Ok(TlsAcceptor::from(tls::server_config(&cert, &key)?))
+    Ok(TlsAcceptor::from(server))
 }
 
+/// No `[tls]`: a self-signed pair in `data_dir/certs`, generated on first start.
+fn generated_tls(config: &Config) -> Result<Arc<rustls::ServerConfig>, StartError> {
+    let fault = |e| StartError::new(config, "server.data_dir", Fault::Key(e));
+    let (cert, key) =
+        tls::keys::ensure_self_signed(&config.generated_cert_dir(), &config.server.hostname)
+            .map_err(fault)?;
+    tracing::warn!(
+        cert = %cert.display(),
+        "no [tls] certificate configured: using a self-signed one (development only)"
+    );
+    tls::server_config(&cert, &key).map_err(fault)
+}
+
+/// Starts the relay: checks every file the configuration names, then creates `data_dir`,
+/// opens the queue and the audit log, and binds every listener.
 pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
-    let data_dir = config.server.data_dir.clone();
-    std::fs::create_dir_all(&data_dir).map_err(|source| ServerError::DataDir {
-        path: data_dir.display().to_string(),
-        source,
-    })?;
-    let acceptor = load_tls(&config)?;
+    let files = ConfigFiles::load(&config)?;
+    startup::create_directory(&config, "server.data_dir", &config.server.data_dir)?;
+    let acceptor = TlsAcceptor::from(match files.server_tls {
+        Some(server) => server,
+        None => generated_tls(&config)?,
+    });
 
     let queue_dir = config.queue_dir();
     let store = tokio::task::spawn_blocking(move || SledStore::open(&queue_dir))
         .await
         .map_err(|e| ServerError::Committer(std::io::Error::other(e)))?
-        .map_err(|source| ServerError::Queue {
-            path: config.queue_dir().display().to_string(),
-            source,
+        .map_err(|cause| {
+            let path = config.queue_dir().display().to_string();
+            StartError::new(&config, "server.data_dir", Fault::Queue { path, cause })
         })?;
     let store = Arc::new(store);
     let (committer, announced) =
         Committer::start(store.clone() as Arc<dyn Store>).map_err(ServerError::Committer)?;
-    let client_tls = ClientTls::new(&config.outbound.extra_trust_roots)?;
+    let client_tls = files.client_tls;
     let sender_auth = match &config.inbound.auth {
         Some(a) => Some(Arc::new(
             crate::auth::Verifier::new(
@@ -309,15 +288,9 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
         )),
         None => None,
     };
-    let mut dkim = std::collections::HashMap::new();
-    for k in &config.outbound.dkim {
-        tls::keys::check_key_permissions(&k.key)?;
-        let signer =
-            crate::auth::OutboundSigner::load(k.domain.as_str(), &k.selector, &k.key, &k.headers)
-                .map_err(|e| ServerError::Auth(format!("DKIM key {}: {e}", k.key.display())))?;
-        dkim.insert(k.domain.clone(), signer);
-    }
-    let domain_list = Arc::new(load_domain_list(&config)?);
+    let dkim = files.dkim;
+    log_domain_list(&files.domain_list, &config);
+    let domain_list = Arc::new(files.domain_list);
     let metrics = Metrics::new();
     let audit_config = AuditConfig {
         dir: config.audit.dir.clone(),
@@ -326,7 +299,8 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
     };
     let audit_log = tokio::task::spawn_blocking(move || AuditLog::open(audit_config))
         .await
-        .map_err(|e| ServerError::Committer(std::io::Error::other(e)))??;
+        .map_err(|e| ServerError::Committer(std::io::Error::other(e)))?
+        .map_err(|e| StartError::new(&config, "audit.dir", Fault::Audit(e)))?;
     let audit_log = Arc::new(audit_log);
     crate::audit::submit(
         &Some(audit_log.clone()),
@@ -335,21 +309,23 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
         },
     );
     update_list_gauges(&metrics, &domain_list, &config);
-    let resolver = HickoryResolver::new(&config.dns.nameservers, DNS_TIMEOUT)?;
+    let resolver =
+        HickoryResolver::new(&config.dns.nameservers, DNS_TIMEOUT).map_err(ServerError::Dns)?;
 
+    let bind_fault =
+        |key: &str, addr, cause| StartError::new(&config, key, Fault::Bind { addr, cause });
     let metrics_listener = match config.metrics {
         Some(addr) => Some(
             crate::metrics::bind(addr)
                 .await
-                .map_err(|source| ServerError::Bind { bind: addr, source })?,
+                .map_err(|cause| bind_fault("metrics.bind", addr, cause))?,
         ),
         None => None,
     };
     // The admin API: access rules first (token file, group), then its listeners.
     let mut admin_listeners = Vec::new();
-    let admin_access = match &config.admin {
-        Some(admin) => {
-            let access = crate::admin::Access::from_config(admin)?;
+    let admin_access = match (&config.admin, files.admin_access) {
+        (Some(admin), Some(access)) => {
             if let Some(path) = &admin.socket {
                 let gid = access.group.as_ref().map(|(gid, _)| *gid);
                 let listener = crate::admin::bind_socket(path, admin.socket_mode, gid)
@@ -365,20 +341,17 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
             }
             Some(access)
         }
-        None => None,
+        _ => None,
     };
     let mut bound = Vec::new();
-    for l in &config.listeners {
+    for (i, l) in config.listeners.iter().enumerate() {
+        let key = format!("listener[{i}].bind");
         let socket = TcpListener::bind(l.bind)
             .await
-            .map_err(|source| ServerError::Bind {
-                bind: l.bind,
-                source,
-            })?;
-        let local = socket.local_addr().map_err(|source| ServerError::Bind {
-            bind: l.bind,
-            source,
-        })?;
+            .map_err(|cause| bind_fault(&key, l.bind, cause))?;
+        let local = socket
+            .local_addr()
+            .map_err(|cause| bind_fault(&key, l.bind, cause))?;
         bound.push((l.clone(), local, socket));
     }
 
@@ -402,9 +375,9 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
         audit: Some(audit_log.clone()),
     })
     .await
-    .map_err(|source| ServerError::Queue {
-        path: config.queue_dir().display().to_string(),
-        source,
+    .map_err(|cause| {
+        let path = config.queue_dir().display().to_string();
+        StartError::new(&config, "server.data_dir", Fault::Queue { path, cause })
     })?;
 
     let shutdown = CancellationToken::new();
@@ -584,7 +557,7 @@ impl RunningServer {
         };
         let acceptor = match load_tls(&new) {
             Ok(acceptor) => acceptor,
-            Err(e) => return refuse(format!("TLS: {e}")),
+            Err(e) => return refuse(e.to_string()),
         };
         ctx.set_tls_acceptor(acceptor);
         if crate::config::summary(&new) != crate::config::summary(current) {

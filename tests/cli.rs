@@ -203,8 +203,71 @@ fn check_config_names_a_bad_listener_address() {
     assert!(run.stderr.contains("999.1.1.1:25"), "{run:?}");
 }
 
+/// Runs `tlsgate serve --config CONFIG`, which must refuse to start and exit on its own.
+fn refused_serve(dir: &Path, name: &str, config: &Path) -> Run {
+    let config_arg = config.to_str().expect("UTF-8 temp path");
+    let outputs = Outputs::new(dir, name);
+    let mut child = outputs.spawn(&["serve", "--config", config_arg], dir);
+    let Some(status) = wait_exit(&mut child, START_LIMIT) else {
+        let _ = child.kill();
+        let _ = wait_exit(&mut child, EXIT_LIMIT);
+        panic!("serve --config {config_arg} kept running; it should have refused to start");
+    };
+    outputs.collect(status)
+}
+
+/// Non-negotiable 5: `check-config` and `serve` both refuse `config`, and both say
+/// `CONFIG: KEY: FILE: REASON`, with the reason exactly once (no cause printed twice). The
+/// refused `serve` leaves no `data_dir` behind: files are checked before anything is created.
+fn assert_refused(dir: &Path, config: &Path, key: &str, file: &Path, reason: &str) {
+    let named = format!("{}: {key}: {}: ", config.display(), file.display());
+    let data_dir = dir.join("data");
+    let check = check_config(dir, &format!("check-{key}"), config);
+    let serve = refused_serve(dir, &format!("serve-{key}"), config);
+    for (command, run) in [("check-config", &check), ("serve", &serve)] {
+        assert!(!run.status.success(), "{command} accepted it: {run:?}");
+        assert!(
+            run.stderr.contains(&named),
+            "{command}: {named:?} not in {run:?}"
+        );
+        assert_eq!(
+            run.stderr.matches(reason).count(),
+            1,
+            "{command}: {reason:?} should appear exactly once: {run:?}"
+        );
+        assert!(
+            !run.stdout.contains("configuration ok"),
+            "{command}: {run:?}"
+        );
+    }
+    assert!(
+        !data_dir.exists(),
+        "a refused serve left {} behind",
+        data_dir.display()
+    );
+}
+
+/// `setup` plus `sections` appended to the configuration file.
+fn setup_with(sections: &str) -> (tempfile::TempDir, PathBuf, PathBuf, PathBuf) {
+    let (dir, config, cert, key) = setup("", "127.0.0.1:0");
+    let mut text = std::fs::read_to_string(&config).expect("read the configuration");
+    text.push_str(sections);
+    std::fs::write(&config, text).expect("write the configuration");
+    (dir, config, cert, key)
+}
+
+/// A file that holds no PEM item at all, mode 0600 (so only its content is wrong).
+fn garbled_file(dir: &Path, name: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, "this is not PEM\n").expect("write the garbled file");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod 600");
+    path
+}
+
+const ENOENT: &str = "No such file or directory (os error 2)";
+
 #[test]
-fn check_config_names_a_missing_certificate() {
+fn a_missing_certificate_is_refused_naming_file_key_and_reason() {
     let (dir, _, _, key) = setup("", "127.0.0.1:0");
     let missing = dir.path().join("no-such-dir").join("missing.pem");
     let config = dir.path().join("missing-cert.toml");
@@ -213,12 +276,162 @@ fn check_config_names_a_missing_certificate() {
         config_text(dir.path(), &missing, &key, "", "127.0.0.1:0"),
     )
     .expect("write the configuration");
-    let run = check_config(dir.path(), "missing-cert", &config);
-    assert!(!run.status.success(), "{run:?}");
-    assert!(
-        run.stderr.contains(&missing.display().to_string()),
-        "{run:?}"
+    assert_refused(dir.path(), &config, "tls.cert", &missing, ENOENT);
+}
+
+#[test]
+fn a_garbled_private_key_is_refused_naming_file_key_and_reason() {
+    let (dir, _, cert, _) = setup("", "127.0.0.1:0");
+    let garbled = garbled_file(dir.path(), "garbled.key");
+    let config = dir.path().join("garbled-key.toml");
+    std::fs::write(
+        &config,
+        config_text(dir.path(), &cert, &garbled, "", "127.0.0.1:0"),
+    )
+    .expect("write the configuration");
+    assert_refused(
+        dir.path(),
+        &config,
+        "tls.key",
+        &garbled,
+        "no PEM private key found",
     );
+}
+
+#[test]
+fn an_unreadable_private_key_is_refused_naming_file_key_and_reason() {
+    // A directory where the key should be: private (0700, so S4 passes) but not readable as a
+    // file, whoever runs the test (root reads any file).
+    let (dir, _, cert, _) = setup("", "127.0.0.1:0");
+    let unreadable = dir.path().join("key-is-a-directory");
+    std::fs::create_dir(&unreadable).expect("create the directory");
+    std::fs::set_permissions(&unreadable, std::fs::Permissions::from_mode(0o700))
+        .expect("chmod 700");
+    let config = dir.path().join("unreadable-key.toml");
+    std::fs::write(
+        &config,
+        config_text(dir.path(), &cert, &unreadable, "", "127.0.0.1:0"),
+    )
+    .expect("write the configuration");
+    assert_refused(
+        dir.path(),
+        &config,
+        "tls.key",
+        &unreadable,
+        "Is a directory (os error 21)",
+    );
+}
+
+#[test]
+fn a_missing_extra_trust_root_is_refused_naming_file_key_and_reason() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let missing = dir.path().join("missing-ca.pem");
+    let (dir, config, _, _) = setup_with(&format!(
+        "\n[outbound]\nextra_trust_roots = [\"{}\"]\n",
+        missing.display()
+    ));
+    assert_refused(
+        dir.path(),
+        &config,
+        "outbound.extra_trust_roots",
+        &missing,
+        ENOENT,
+    );
+}
+
+#[test]
+fn a_missing_domain_list_is_refused_naming_file_key_and_reason() {
+    // T10: the tvungen TLS list is required once configured; a missing file is not an empty list.
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let missing = dir.path().join("missing-list.csv");
+    let (dir, config, _, _) = setup_with(&format!(
+        "\n[domain_list]\npath = \"{}\"\n",
+        missing.display()
+    ));
+    assert_refused(dir.path(), &config, "domain_list.path", &missing, ENOENT);
+}
+
+#[test]
+fn an_unusable_dkim_key_is_refused_naming_file_key_and_reason() {
+    // RFC 6376 §3.3: signing needs an RSA or Ed25519 private key; a file without one is a
+    // start-up error, not mail silently sent unsigned.
+    let keys = tempfile::tempdir().expect("temporary directory");
+    let garbled = garbled_file(keys.path(), "dkim.key");
+    let (dir, config, _, _) = setup_with(&format!(
+        "\n[[outbound.dkim]]\ndomain = \"example.no\"\nselector = \"s2026\"\nkey = \"{}\"\n",
+        garbled.display()
+    ));
+    assert_refused(
+        dir.path(),
+        &config,
+        "outbound.dkim[0].key",
+        &garbled,
+        "not a usable DKIM private key",
+    );
+}
+
+#[test]
+fn a_missing_dkim_key_is_refused_naming_file_key_and_reason() {
+    let keys = tempfile::tempdir().expect("temporary directory");
+    let missing = keys.path().join("missing-dkim.key");
+    let (dir, config, _, _) = setup_with(&format!(
+        "\n[[outbound.dkim]]\ndomain = \"example.no\"\nselector = \"s2026\"\nkey = \"{}\"\n",
+        missing.display()
+    ));
+    assert_refused(
+        dir.path(),
+        &config,
+        "outbound.dkim[0].key",
+        &missing,
+        ENOENT,
+    );
+}
+
+#[test]
+fn a_missing_admin_token_file_is_refused_naming_file_key_and_reason() {
+    let tokens = tempfile::tempdir().expect("temporary directory");
+    let missing = tokens.path().join("missing.token");
+    let (dir, config, _, _) = setup_with(&format!(
+        "\n[admin]\nbind = \"127.0.0.1:0\"\ntoken_file = \"{}\"\n",
+        missing.display()
+    ));
+    assert_refused(dir.path(), &config, "admin.token_file", &missing, ENOENT);
+}
+
+#[test]
+fn a_data_dir_that_is_a_file_is_refused_by_check_config_and_serve() {
+    let (dir, config, _, _) = setup("", "127.0.0.1:0");
+    let data = dir.path().join("data");
+    std::fs::write(&data, "").expect("write a plain file where data_dir should be");
+    let named = format!(
+        "{}: server.data_dir: {}: ",
+        config.display(),
+        data.display()
+    );
+    let check = check_config(dir.path(), "data-dir-file", &config);
+    let serve = refused_serve(dir.path(), "serve-data-dir-file", &config);
+    for run in [&check, &serve] {
+        assert!(!run.status.success(), "{run:?}");
+        assert!(run.stderr.contains(&named), "{run:?}");
+        assert_eq!(run.stderr.matches("not a directory").count(), 1, "{run:?}");
+    }
+}
+
+#[test]
+fn a_missing_config_file_is_named_with_its_reason_once() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let missing = dir.path().join("missing.toml");
+    let check = check_config(dir.path(), "missing-config", &missing);
+    let serve = refused_serve(dir.path(), "serve-missing-config", &missing);
+    for run in [&check, &serve] {
+        assert!(!run.status.success(), "{run:?}");
+        assert!(
+            run.stderr
+                .contains(&format!("{}: cannot read: ", missing.display())),
+            "{run:?}"
+        );
+        assert_eq!(run.stderr.matches(ENOENT).count(), 1, "{run:?}");
+    }
 }
 
 #[test]
@@ -227,23 +440,21 @@ fn world_readable_key_is_refused_by_check_config_and_serve() {
     let (dir, config, _, key) = setup("", "127.0.0.1:0");
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644))
         .expect("chmod 644 the key");
-    let run = check_config(dir.path(), "key-0644", &config);
-    assert!(!run.status.success(), "{run:?}");
-    assert!(run.stderr.contains("chmod 600"), "{run:?}");
-    assert!(run.stderr.contains(&key.display().to_string()), "{run:?}");
-
+    // File, key and mode are named, and so is the fix.
+    let named = format!("{}: tls.key: {}: ", config.display(), key.display());
+    let check = check_config(dir.path(), "key-0644", &config);
     // `serve` must refuse too, before accepting anything, and exit on its own.
-    let config_arg = config.to_str().expect("UTF-8 temp path");
-    let outputs = Outputs::new(dir.path(), "serve-key-0644");
-    let mut child = outputs.spawn(&["serve", "--config", config_arg], dir.path());
-    let Some(status) = wait_exit(&mut child, START_LIMIT) else {
-        let _ = child.kill();
-        let _ = wait_exit(&mut child, EXIT_LIMIT);
-        panic!("serve kept running with a 0644 key");
-    };
-    let run = outputs.collect(status);
-    assert!(!run.status.success(), "{run:?}");
-    assert!(run.stderr.contains("chmod 600"), "{run:?}");
+    let serve = refused_serve(dir.path(), "serve-key-0644", &config);
+    for run in [&check, &serve] {
+        assert!(!run.status.success(), "{run:?}");
+        assert!(run.stderr.contains(&named), "{run:?}");
+        assert!(run.stderr.contains("mode 0644"), "{run:?}");
+        assert_eq!(run.stderr.matches("chmod 600").count(), 1, "{run:?}");
+    }
+    assert!(
+        !dir.path().join("data").exists(),
+        "a refused serve left data_dir behind"
+    );
 }
 
 #[test]

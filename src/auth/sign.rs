@@ -25,15 +25,19 @@ pub const DEFAULT_SIGNED_HEADERS: &[&str] = &[
     "Content-Transfer-Encoding",
 ];
 
+/// Messages embed their cause; no variant reports a `source()` (the cause would be said twice).
 #[derive(Debug, thiserror::Error)]
 pub enum SignerError {
-    #[error("reading DKIM key {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
+    #[error("{path}: cannot read: {cause}")]
+    Read { path: String, cause: std::io::Error },
+    /// [`OutboundSigner::load`]: the file holds no key the signer can use.
+    #[error("{path}: not a usable DKIM private key: {reason}")]
+    KeyFile { path: String, reason: String },
     #[error("DKIM key: {0}")]
     Key(String),
+    /// RFC 6376 §5.4: From must always be signed.
+    #[error("the signed header fields must include From")]
+    HeadersWithoutFrom,
     #[error("DKIM signing: {0}")]
     Sign(String),
 }
@@ -90,9 +94,7 @@ impl OutboundSigner {
             headers.to_vec()
         };
         if !headers.iter().any(|h| h.eq_ignore_ascii_case("From")) {
-            return Err(SignerError::Key(
-                "the signed header fields must include From".into(),
-            ));
+            return Err(SignerError::HeadersWithoutFrom);
         }
         let signer = DkimSigner::from_key(key)
             .domain(domain.trim_end_matches('.').to_ascii_lowercase())
@@ -103,17 +105,24 @@ impl OutboundSigner {
         Ok(OutboundSigner { signer, algorithm })
     }
 
+    /// [`OutboundSigner::from_pem`] of a key file; errors name the file.
     pub fn load(
         domain: &str,
         selector: &str,
         key_path: &Path,
         headers: &[String],
     ) -> Result<OutboundSigner, SignerError> {
-        let pem = std::fs::read_to_string(key_path).map_err(|source| SignerError::Read {
+        let pem = std::fs::read_to_string(key_path).map_err(|cause| SignerError::Read {
             path: key_path.display().to_string(),
-            source,
+            cause,
         })?;
-        Self::from_pem(domain, selector, &pem, headers)
+        Self::from_pem(domain, selector, &pem, headers).map_err(|e| match e {
+            SignerError::Key(reason) => SignerError::KeyFile {
+                path: key_path.display().to_string(),
+                reason,
+            },
+            other => other,
+        })
     }
 
     pub fn algorithm(&self) -> DkimAlgorithm {

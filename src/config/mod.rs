@@ -4,7 +4,8 @@
 //! refused, so a typo can never silently weaken a policy), then [`validate`] checks every value
 //! that serde cannot (addresses, domains, durations, paths, policy sanity) and builds [`Config`].
 //! Every error names the file, the key and the reason (non-negotiable 5: config errors are caught
-//! at start).
+//! at start). The files and directories keys name are opened and checked by
+//! [`crate::startup::ConfigFiles::load`], which `serve` and `check-config` share.
 
 mod raw;
 
@@ -23,16 +24,15 @@ pub const DEV_DEFAULT_TOML: &str = include_str!("../../config/tlsgate.dev.toml")
 /// Where a configuration came from, for error messages.
 pub const EMBEDDED_DEFAULT_NAME: &str = "<embedded development default>";
 
+/// Every message names the file, then the key (when one is at fault), then the reason, once:
+/// the I/O cause is part of the message and not also reported as `source()`.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("{file}: cannot read: {source}")]
-    Read {
-        file: String,
-        source: std::io::Error,
-    },
+    #[error("{file}: cannot read: {cause}")]
+    Read { file: String, cause: std::io::Error },
     #[error("{file}: {message}")]
     Syntax { file: String, message: String },
-    #[error("{file}: key `{key}`: {reason}")]
+    #[error("{file}: {key}: {reason}")]
     Invalid {
         file: String,
         key: String,
@@ -258,7 +258,7 @@ impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let file = path.display().to_string();
         let text =
-            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { file, source })?;
+            std::fs::read_to_string(path).map_err(|cause| ConfigError::Read { file, cause })?;
         Self::from_toml(&text, &path.display().to_string())
     }
 
@@ -611,20 +611,14 @@ fn validate(raw: raw::RawConfig, file: &str) -> Result<Config, ConfigError> {
     if smtp_port == 0 {
         return Err(c.err("outbound.smtp_port", "must not be 0"));
     }
+    // The files themselves are opened by `startup::ConfigFiles::load`, for `serve` and
+    // `check-config` alike.
     let extra_trust_roots: Vec<PathBuf> = outbound
         .extra_trust_roots
         .unwrap_or_default()
         .into_iter()
         .map(resolve)
         .collect();
-    for root in &extra_trust_roots {
-        if !root.is_file() {
-            return Err(c.err(
-                "outbound.extra_trust_roots",
-                format!("{} does not exist or is not a file", root.display()),
-            ));
-        }
-    }
     let outbound = OutboundSection {
         relay_networks,
         smtp_port,
@@ -642,21 +636,22 @@ fn validate(raw: raw::RawConfig, file: &str) -> Result<Config, ConfigError> {
             .into_iter()
             .enumerate()
             .map(|(i, k)| {
-                let key = resolve(k.key);
-                if !key.is_file() {
-                    return Err(c.err(
-                        format!("outbound.dkim[{i}].key"),
-                        format!("{} does not exist or is not a file", key.display()),
-                    ));
-                }
                 if k.selector.is_empty() || k.selector.contains(char::is_whitespace) {
                     return Err(c.err(format!("outbound.dkim[{i}].selector"), "not a selector"));
+                }
+                let headers = k.headers.unwrap_or_default();
+                // RFC 6376 §5.4: From must be signed (empty means the default set, which has it).
+                if !headers.is_empty() && !headers.iter().any(|h| h.eq_ignore_ascii_case("From")) {
+                    return Err(c.err(
+                        format!("outbound.dkim[{i}].headers"),
+                        "must include From (RFC 6376 5.4)",
+                    ));
                 }
                 Ok(DkimKey {
                     domain: c.domain(&format!("outbound.dkim[{i}].domain"), &k.domain)?,
                     selector: k.selector,
-                    key,
-                    headers: k.headers.unwrap_or_default(),
+                    key: resolve(k.key),
+                    headers,
                 })
             })
             .collect::<Result<_, _>>()?,
@@ -762,14 +757,6 @@ fn validate(raw: raw::RawConfig, file: &str) -> Result<Config, ConfigError> {
             dl.check_interval.as_deref().unwrap_or("30s"),
         )?,
     };
-    if let Some(path) = &domain_list.path {
-        if !path.is_file() {
-            return Err(c.err(
-                "domain_list.path",
-                format!("{} does not exist or is not a file", path.display()),
-            ));
-        }
-    }
     if domain_list.max_age_days == 0 {
         return Err(c.err("domain_list.max_age_days", "must be at least 1"));
     }

@@ -87,10 +87,11 @@ fn bad_values_name_key_and_reason() {
     ));
     assert_eq!(key, "policy[1].domain");
 
-    let (key, _) = invalid(&format!(
-        "{MINIMAL}\n[outbound]\nextra_trust_roots = [\"/nonexistent/ca.pem\"]"
+    let (key, reason) = invalid(&format!(
+        "{MINIMAL}\n[[outbound.dkim]]\ndomain = \"example.no\"\nselector = \"s1\"\nkey = \"/k.pem\"\nheaders = [\"Subject\"]"
     ));
-    assert_eq!(key, "outbound.extra_trust_roots");
+    assert_eq!(key, "outbound.dkim[0].headers");
+    assert!(reason.contains("From"), "{reason}");
 }
 
 #[test]

@@ -198,7 +198,7 @@ pub enum AdminError {
     NotFound,
     #[error("the message is being delivered right now; try again in a moment")]
     Busy,
-    #[error("{0}")]
+    #[error(transparent)]
     Store(#[from] StoreError),
 }
 

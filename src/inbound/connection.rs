@@ -15,6 +15,7 @@ use tokio_rustls::TlsAcceptor;
 
 const READ_CHUNK: usize = 64 * 1024;
 
+/// Messages embed their cause; no variant reports a `source()` (the cause would be said twice).
 #[derive(Debug, thiserror::Error)]
 pub enum ConnError {
     #[error("timed out waiting for the client")]
@@ -22,9 +23,15 @@ pub enum ConnError {
     #[error("client closed the connection")]
     Closed,
     #[error("I/O error: {0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
     #[error("TLS handshake failed: {0}")]
     Handshake(std::io::Error),
+}
+
+impl From<std::io::Error> for ConnError {
+    fn from(e: std::io::Error) -> ConnError {
+        ConnError::Io(e)
+    }
 }
 
 /// One command line, or the fact that the client sent a longer one (which was discarded).

@@ -6,10 +6,12 @@
 
 use super::message::{MessageMeta, NewMessage, QueueId, RecipientState};
 
+/// Each variant's message is complete (it embeds its cause) and none reports a `source()`, so
+/// an error chain printed link by link says every cause once.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("queue store I/O error: {0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
     #[error("queue store error: {0}")]
     Engine(String),
     #[error("queue record {key} is corrupt: {reason}")]
@@ -18,6 +20,12 @@ pub enum StoreError {
     DiskFull { available: u64 },
     #[error("the queue committer has stopped")]
     Closed,
+}
+
+impl From<std::io::Error> for StoreError {
+    fn from(e: std::io::Error) -> StoreError {
+        StoreError::Io(e)
+    }
 }
 
 impl StoreError {

@@ -12,11 +12,8 @@ use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
-    #[error("{path}: cannot read: {source}")]
-    Unreadable {
-        path: String,
-        source: std::io::Error,
-    },
+    #[error("{path}: cannot read: {cause}")]
+    Unreadable { path: String, cause: std::io::Error },
     #[error("{path}: private key is accessible by group or others (mode {mode:04o}); run `chmod 600 {path}`")]
     InsecurePermissions { path: String, mode: u32 },
     #[error("{path}: no PEM certificate found")]
@@ -27,17 +24,14 @@ pub enum KeyError {
     Rejected { path: String, reason: String },
     #[error("cannot generate certificate: {0}")]
     Generate(String),
-    #[error("{path}: cannot write: {source}")]
-    Write {
-        path: String,
-        source: std::io::Error,
-    },
+    #[error("{path}: cannot write: {cause}")]
+    Write { path: String, cause: std::io::Error },
 }
 
-fn unreadable(path: &Path, source: std::io::Error) -> KeyError {
+fn unreadable(path: &Path, cause: std::io::Error) -> KeyError {
     KeyError::Unreadable {
         path: path.display().to_string(),
-        source,
+        cause,
     }
 }
 
@@ -103,9 +97,9 @@ pub fn write_cert_files(
     dir: &Path,
     generated: &GeneratedCert,
 ) -> Result<(PathBuf, PathBuf), KeyError> {
-    let write_err = |path: &Path, source| KeyError::Write {
+    let write_err = |path: &Path, cause| KeyError::Write {
         path: path.display().to_string(),
-        source,
+        cause,
     };
     std::fs::create_dir_all(dir).map_err(|e| write_err(dir, e))?;
     let cert_path = dir.join("server.pem");

@@ -10,6 +10,7 @@ pub mod stream;
 pub mod verify;
 
 use rustls::ServerConfig;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -28,17 +29,29 @@ pub fn crypto_provider() -> Arc<rustls::crypto::CryptoProvider> {
 pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, KeyError> {
     let chain = keys::load_cert_chain(cert)?;
     let key_der = keys::load_private_key(key)?;
+    server_config_from(chain, key_der, key)
+}
+
+/// The STARTTLS server configuration from a loaded chain and key; `key_path` names the key
+/// file when the two do not form a pair.
+pub fn server_config_from(
+    chain: Vec<CertificateDer<'static>>,
+    key_der: PrivateKeyDer<'static>,
+    key_path: &Path,
+) -> Result<Arc<ServerConfig>, KeyError> {
+    let rejected = |reason: String| KeyError::Rejected {
+        path: key_path.display().to_string(),
+        reason,
+    };
     let config = ServerConfig::builder_with_provider(crypto_provider())
         .with_protocol_versions(PROTOCOL_VERSIONS)
-        .map_err(|e| KeyError::Rejected {
-            path: cert.display().to_string(),
-            reason: e.to_string(),
-        })?
+        .map_err(|e| rejected(e.to_string()))?
         .with_no_client_auth()
         .with_single_cert(chain, key_der)
-        .map_err(|e| KeyError::Rejected {
-            path: key.display().to_string(),
-            reason: format!("certificate and key do not form a usable pair: {e}"),
+        .map_err(|e| {
+            rejected(format!(
+                "certificate and key do not form a usable pair: {e}"
+            ))
         })?;
     Ok(Arc::new(config))
 }
