@@ -121,6 +121,10 @@ pub struct InboundSection {
     pub local_domains: Vec<Domain>,
     /// T5: refuse plaintext sessions and messages from listed senders (default on).
     pub refuse_plaintext_from_listed: bool,
+    /// Accept local recipients whose local part routes onwards (`%`, `!` or `@` in it) from
+    /// clients outside `outbound.relay_networks`; default false, as Postfix's
+    /// `allow_untrusted_routing = no` (S6).
+    pub allow_routed_local_parts: bool,
     pub next_hop: Option<String>,
     pub next_hop_tls: TlsLevel,
 }
@@ -506,6 +510,7 @@ fn validate(raw: raw::RawConfig, file: &str) -> Result<Config, ConfigError> {
         auth,
         local_domains,
         refuse_plaintext_from_listed: inbound.refuse_plaintext_from_listed.unwrap_or(true),
+        allow_routed_local_parts: inbound.allow_routed_local_parts.unwrap_or(false),
         next_hop: inbound.next_hop,
         next_hop_tls: inbound.next_hop_tls.unwrap_or(TlsLevel::Verify),
     };

@@ -72,6 +72,7 @@ pub(super) struct RawInbound {
     pub auth: Option<RawInboundAuth>,
     pub local_domains: Option<Vec<String>>,
     pub refuse_plaintext_from_listed: Option<bool>,
+    pub allow_routed_local_parts: Option<bool>,
     pub next_hop: Option<String>,
     pub next_hop_tls: Option<TlsLevel>,
 }

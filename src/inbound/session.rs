@@ -315,17 +315,16 @@ impl Session {
         if !address.is_ascii() && !tx.mail.smtputf8 {
             return self.reply(command::CommandError::NeedsSmtputf8.reply());
         }
-        if let Err(refusal) = relay::check_recipient(&config, role, client_ip, address.domain()) {
-            self.ctx
-                .metrics
-                .reject(self.role_label(), RejectReason::RelayDenied);
+        if let Err(refusal) = relay::check_recipient(&config, role, client_ip, &address) {
+            self.ctx.metrics.reject(self.role_label(), refusal.reason());
             tracing::info!(
                 peer = %self.peer,
                 listener = %role,
                 recipient = %address,
+                refusal = ?refusal,
                 "relay access denied"
             );
-            return self.reply(refusal);
+            return self.reply(refusal.reply());
         }
         tx.recipients.push(AcceptedRecipient { address, rcpt });
         self.reply(Reply::new(250, "2.1.5", "Recipient ok"));
