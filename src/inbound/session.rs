@@ -110,6 +110,19 @@ impl Session {
                     self.reply(Reply::new(500, "5.5.6", "Line too long"));
                     Flow::Continue
                 }
+                Ok(Line::Unterminated) => {
+                    // RFC 5321 4.5.3.1.4 / 4.5.3.1.9: the line is refused at the limit; with
+                    // no line end there is no next command to find, so the session ends.
+                    self.reply(Reply::new(
+                        500,
+                        "5.5.6",
+                        format!(
+                            "Line too long: no line end within {} octets, closing connection",
+                            limits.max_line_length
+                        ),
+                    ));
+                    break "line too long";
+                }
                 Err(ConnError::Timeout) => {
                     self.reply(Reply::new(
                         421,
