@@ -2,7 +2,11 @@
 //! the relay rules at RCPT and the durable commit after DATA.
 //!
 //! Every reply carries an enhanced status code (RFC 2034 / 3463). Bad input gets a clear reply
-//! and counts as an error; after `limits.max_errors` errors the session ends with `421`.
+//! and counts as an error. As Postfix does (`smtpd_soft_error_limit`, `smtpd_error_sleep_time`,
+//! `smtpd_hard_error_limit`): past `limits.soft_errors` errors each error reply waits
+//! `limits.error_sleep_time`, which slows down harvesters and brute force; at
+//! `limits.max_errors` the session ends with `421 4.7.0`. The defaults (10, 1s, 20) leave room
+//! for a relay audit such as nmap's smtp-open-relay (16 refused tries) to finish and report.
 
 use super::connection::{ConnError, Connection, Line};
 use super::received::{received_header, ReceivedFields};
@@ -54,6 +58,8 @@ pub struct Session {
     tls: Option<TlsInfo>,
     transaction: Option<Transaction>,
     errors: u32,
+    /// An error reply past `limits.soft_errors` is waiting to be slowed down.
+    error_delay_due: bool,
     accepted: u32,
 }
 
@@ -74,6 +80,7 @@ impl Session {
             tls: None,
             transaction: None,
             errors: 0,
+            error_delay_due: false,
             accepted: 0,
         }
     }
@@ -81,8 +88,25 @@ impl Session {
     fn reply(&mut self, reply: Reply) {
         if reply.code >= 400 {
             self.errors += 1;
+            if self.errors > self.ctx.config.limits.soft_errors {
+                self.error_delay_due = true;
+            }
         }
         reply.write_to(self.conn.output());
+    }
+
+    /// Holds back an error reply past the soft limit (it is still buffered: replies are sent
+    /// when the session next reads) for `limits.error_sleep_time`.
+    async fn slow_down_after_error(&mut self) {
+        if !std::mem::take(&mut self.error_delay_due) {
+            return;
+        }
+        let sleep = self.ctx.config.limits.error_sleep_time;
+        tokio::select! {
+            _ = tokio::time::sleep(sleep) => {}
+            // The next read sees the shutdown and says so.
+            _ = self.ctx.shutdown.cancelled() => {}
+        }
     }
 
     /// Runs the session to its end. Never panics on client input; every exit path logs once.
@@ -140,6 +164,7 @@ impl Session {
             if let Flow::Close = flow {
                 break "closed";
             }
+            self.slow_down_after_error().await;
             if self.errors >= limits.max_errors {
                 self.reply(Reply::new(
                     421,
