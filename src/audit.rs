@@ -188,12 +188,14 @@ pub enum AuditEvent {
         by: String,
         reason: Option<String>,
     },
-    /// A recipient was refused at RCPT because this client may not relay to its domain (S6).
+    /// A recipient was refused at RCPT because this client may not relay to its domain (S6),
+    /// or routes onwards through a local part (`reason`: `relay_denied`, `routed_local_part`).
     RelayRefused {
         peer: String,
         domain: String,
         /// The listener role (`inbound` / `outbound`).
         listener: String,
+        reason: String,
     },
     /// A delivery status notification was sent.
     DsnSent {

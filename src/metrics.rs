@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RejectReason {
     RelayDenied,
+    RoutedAddress,
     PlaintextListed,
     TlsRequired,
     TooLarge,
@@ -27,6 +28,7 @@ impl RejectReason {
     pub fn as_str(self) -> &'static str {
         match self {
             RejectReason::RelayDenied => "relay_denied",
+            RejectReason::RoutedAddress => "routed_address",
             RejectReason::PlaintextListed => "plaintext_listed",
             RejectReason::TlsRequired => "tls_required",
             RejectReason::TooLarge => "too_large",

@@ -174,6 +174,7 @@ async fn a_refused_relay_attempt_is_audited() {
     let refused = wait_for_entry(&s, "relay_refused", |_| true).await;
     assert_eq!(refused["domain"], "elsewhere.example");
     assert_eq!(refused["listener"], "inbound");
+    assert_eq!(refused["reason"], "relay_denied");
     assert!(
         refused["peer"]
             .as_str()

@@ -75,7 +75,14 @@ pub struct Limits {
     pub max_connections_per_ip: usize,
     pub max_recipients: usize,
     pub max_line_length: usize,
+    /// Errors (4xx/5xx replies) after which the session is closed with `421 4.7.0`; Postfix's
+    /// `smtpd_hard_error_limit` (20).
     pub max_errors: u32,
+    /// Errors after which every further error reply waits `error_sleep_time` first; Postfix's
+    /// `smtpd_soft_error_limit` (10). At or above `max_errors` it never applies.
+    pub soft_errors: u32,
+    /// The wait before each error reply past `soft_errors`; Postfix's `smtpd_error_sleep_time`.
+    pub error_sleep_time: Duration,
     pub command_timeout: Duration,
     pub data_timeout: Duration,
     pub data_total_timeout: Duration,
@@ -121,6 +128,10 @@ pub struct InboundSection {
     pub local_domains: Vec<Domain>,
     /// T5: refuse plaintext sessions and messages from listed senders (default on).
     pub refuse_plaintext_from_listed: bool,
+    /// Accept local recipients whose local part routes onwards (`%`, `!` or `@` in it) from
+    /// clients outside `outbound.relay_networks`; default false, as Postfix's
+    /// `allow_untrusted_routing = no` (S6).
+    pub allow_routed_local_parts: bool,
     pub next_hop: Option<String>,
     pub next_hop_tls: TlsLevel,
 }
@@ -458,7 +469,12 @@ fn validate(raw: raw::RawConfig, file: &str) -> Result<Config, ConfigError> {
         max_connections_per_ip: l.max_connections_per_ip.unwrap_or(50),
         max_recipients: l.max_recipients.unwrap_or(100),
         max_line_length: l.max_line_length.unwrap_or(2048),
-        max_errors: l.max_errors.unwrap_or(10),
+        max_errors: l.max_errors.unwrap_or(20),
+        soft_errors: l.soft_errors.unwrap_or(10),
+        error_sleep_time: c.duration(
+            "limits.error_sleep_time",
+            l.error_sleep_time.as_deref().unwrap_or("1s"),
+        )?,
         command_timeout: c.duration(
             "limits.command_timeout",
             l.command_timeout.as_deref().unwrap_or("5m"),
@@ -487,6 +503,14 @@ fn validate(raw: raw::RawConfig, file: &str) -> Result<Config, ConfigError> {
         if value == 0 {
             return Err(c.err(key, "must be at least 1"));
         }
+    }
+    // Zero would close every session after its first command, successful or not.
+    if limits.max_errors == 0 {
+        return Err(c.err("limits.max_errors", "must be at least 1"));
+    }
+    // A client waits for each reply; a sleep that long would look like a dead server.
+    if limits.error_sleep_time > Duration::from_secs(60) {
+        return Err(c.err("limits.error_sleep_time", "must be at most 1m"));
     }
     // RFC 5321 4.5.3.1.4: a command line is at most 512 octets; SMTPUTF8 and long ESMTP
     // parameters need more, but a limit below 512 would break conforming clients.
@@ -582,6 +606,7 @@ fn validate(raw: raw::RawConfig, file: &str) -> Result<Config, ConfigError> {
         auth,
         local_domains,
         refuse_plaintext_from_listed: inbound.refuse_plaintext_from_listed.unwrap_or(true),
+        allow_routed_local_parts: inbound.allow_routed_local_parts.unwrap_or(false),
         next_hop: inbound.next_hop,
         next_hop_tls: inbound.next_hop_tls.unwrap_or(TlsLevel::Verify),
     };

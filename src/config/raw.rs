@@ -45,6 +45,8 @@ pub(super) struct RawLimits {
     pub max_recipients: Option<usize>,
     pub max_line_length: Option<usize>,
     pub max_errors: Option<u32>,
+    pub soft_errors: Option<u32>,
+    pub error_sleep_time: Option<String>,
     pub command_timeout: Option<String>,
     pub data_timeout: Option<String>,
     pub data_total_timeout: Option<String>,
@@ -72,6 +74,7 @@ pub(super) struct RawInbound {
     pub auth: Option<RawInboundAuth>,
     pub local_domains: Option<Vec<String>>,
     pub refuse_plaintext_from_listed: Option<bool>,
+    pub allow_routed_local_parts: Option<bool>,
     pub next_hop: Option<String>,
     pub next_hop_tls: Option<TlsLevel>,
 }

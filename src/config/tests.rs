@@ -26,6 +26,16 @@ fn minimal_config_gets_defaults() {
     assert_eq!(c.server.max_message_size, 50 * 1024 * 1024);
     assert_eq!(c.inbound.local_domains[0].as_str(), "example.no");
     assert_eq!(c.limits.command_timeout, Duration::from_secs(300));
+    // Postfix's smtpd_hard_error_limit, smtpd_soft_error_limit, smtpd_error_sleep_time.
+    assert_eq!(
+        (
+            c.limits.max_errors,
+            c.limits.soft_errors,
+            c.limits.error_sleep_time
+        ),
+        (20, 10, Duration::from_secs(1))
+    );
+    assert!(!c.inbound.allow_routed_local_parts);
     assert_eq!(c.outbound.smtp_port, 25);
     assert_eq!(c.domain_list.max_age_days, 92);
     assert!(c.tls.cert_and_key.is_none());
@@ -75,6 +85,11 @@ fn bad_values_name_key_and_reason() {
 
     let (key, _) = invalid(&format!("{MINIMAL}\n[limits]\ncommand_timeout = \"soon\""));
     assert_eq!(key, "limits.command_timeout");
+
+    let (key, _) = invalid(&format!("{MINIMAL}\n[limits]\nmax_errors = 0"));
+    assert_eq!(key, "limits.max_errors");
+    let (key, _) = invalid(&format!("{MINIMAL}\n[limits]\nerror_sleep_time = \"2m\""));
+    assert_eq!(key, "limits.error_sleep_time");
 
     let (key, _) = invalid(&MINIMAL.replace("Example.NO.", "bad..domain"));
     assert_eq!(key, "inbound.local_domains");

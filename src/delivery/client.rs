@@ -576,8 +576,12 @@ impl SmtpConnection {
                 Ok(None) => {}
                 Err(e) => return Err(ClientError::Protocol(e.to_string())),
             }
+            // Both bounds are checked after every read: a server that streams one endless
+            // line, or endless continuation lines, is dropped within one read of the limit.
             if self.buf.len() > MAX_REPLY {
-                return Err(ClientError::Protocol("reply too long".into()));
+                return Err(ClientError::Protocol(format!(
+                    "reply longer than {MAX_REPLY} octets"
+                )));
             }
             let mut chunk = [0u8; 4096];
             let n = tokio::time::timeout_at(deadline, self.stream.read(&mut chunk))

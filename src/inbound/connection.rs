@@ -34,12 +34,18 @@ impl From<std::io::Error> for ConnError {
     }
 }
 
-/// One command line, or the fact that the client sent a longer one (which was discarded).
+/// One command line, or the fact that the client sent a longer one.
 #[derive(Debug)]
 pub enum Line {
     /// Without the line ending.
     Complete(BytesMut),
+    /// A line longer than the limit whose end had already arrived: it was discarded, and the
+    /// next command starts after it.
     TooLong,
+    /// The limit (RFC 5321 4.5.3.1.4) was crossed before any line end arrived. Nothing after
+    /// this point can be trusted to start a command, so the session must answer (4.5.3.1.9:
+    /// "500 Line too long") and close instead of reading on for a line end that may never come.
+    Unterminated,
 }
 
 pub struct Connection {
@@ -109,14 +115,15 @@ impl Connection {
         Ok(())
     }
 
-    /// Reads one command line of at most `max` octets (line ending included). A longer line is
-    /// read to its end and discarded, so that its tail is not taken for a command.
+    /// Reads one command line of at most `max` octets (line ending included). A longer line
+    /// whose end is already buffered is discarded ([`Line::TooLong`]); once `max` octets are
+    /// buffered without a line end the read stops there ([`Line::Unterminated`]): the buffer
+    /// never holds more than `max` plus one read, and no more is read than that.
     pub async fn read_line(&mut self, max: usize, limit: Duration) -> Result<Line, ConnError> {
-        let mut discarding = false;
         loop {
             if let Some(pos) = memchr::memchr(b'\n', &self.input) {
                 let mut line = self.input.split_to(pos + 1);
-                if discarding || line.len() > max {
+                if line.len() > max {
                     return Ok(Line::TooLong);
                 }
                 line.truncate(pos);
@@ -126,8 +133,9 @@ impl Connection {
                 return Ok(Line::Complete(line));
             }
             if self.input.len() >= max {
-                discarding = true;
+                // With its line end the line would be longer than `max`.
                 self.input.clear();
+                return Ok(Line::Unterminated);
             }
             self.fill(limit).await?;
         }

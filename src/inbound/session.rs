@@ -2,7 +2,11 @@
 //! the relay rules at RCPT and the durable commit after DATA.
 //!
 //! Every reply carries an enhanced status code (RFC 2034 / 3463). Bad input gets a clear reply
-//! and counts as an error; after `limits.max_errors` errors the session ends with `421`.
+//! and counts as an error. As Postfix does (`smtpd_soft_error_limit`, `smtpd_error_sleep_time`,
+//! `smtpd_hard_error_limit`): past `limits.soft_errors` errors each error reply waits
+//! `limits.error_sleep_time`, which slows down harvesters and brute force; at
+//! `limits.max_errors` the session ends with `421 4.7.0`. The defaults (10, 1s, 20) leave room
+//! for a relay audit such as nmap's smtp-open-relay (16 refused tries) to finish and report.
 
 use super::connection::{ConnError, Connection, Line};
 use super::received::{received_header, ReceivedFields};
@@ -54,6 +58,8 @@ pub struct Session {
     tls: Option<TlsInfo>,
     transaction: Option<Transaction>,
     errors: u32,
+    /// An error reply past `limits.soft_errors` is waiting to be slowed down.
+    error_delay_due: bool,
     accepted: u32,
 }
 
@@ -74,6 +80,7 @@ impl Session {
             tls: None,
             transaction: None,
             errors: 0,
+            error_delay_due: false,
             accepted: 0,
         }
     }
@@ -81,8 +88,25 @@ impl Session {
     fn reply(&mut self, reply: Reply) {
         if reply.code >= 400 {
             self.errors += 1;
+            if self.errors > self.ctx.config.limits.soft_errors {
+                self.error_delay_due = true;
+            }
         }
         reply.write_to(self.conn.output());
+    }
+
+    /// Holds back an error reply past the soft limit (it is still buffered: replies are sent
+    /// when the session next reads) for `limits.error_sleep_time`.
+    async fn slow_down_after_error(&mut self) {
+        if !std::mem::take(&mut self.error_delay_due) {
+            return;
+        }
+        let sleep = self.ctx.config.limits.error_sleep_time;
+        tokio::select! {
+            _ = tokio::time::sleep(sleep) => {}
+            // The next read sees the shutdown and says so.
+            _ = self.ctx.shutdown.cancelled() => {}
+        }
     }
 
     /// Runs the session to its end. Never panics on client input; every exit path logs once.
@@ -110,6 +134,19 @@ impl Session {
                     self.reply(Reply::new(500, "5.5.6", "Line too long"));
                     Flow::Continue
                 }
+                Ok(Line::Unterminated) => {
+                    // RFC 5321 4.5.3.1.4 / 4.5.3.1.9: the line is refused at the limit; with
+                    // no line end there is no next command to find, so the session ends.
+                    self.reply(Reply::new(
+                        500,
+                        "5.5.6",
+                        format!(
+                            "Line too long: no line end within {} octets, closing connection",
+                            limits.max_line_length
+                        ),
+                    ));
+                    break "line too long";
+                }
                 Err(ConnError::Timeout) => {
                     self.reply(Reply::new(
                         421,
@@ -127,6 +164,7 @@ impl Session {
             if let Flow::Close = flow {
                 break "closed";
             }
+            self.slow_down_after_error().await;
             if self.errors >= limits.max_errors {
                 self.reply(Reply::new(
                     421,
@@ -315,14 +353,13 @@ impl Session {
         if !address.is_ascii() && !tx.mail.smtputf8 {
             return self.reply(command::CommandError::NeedsSmtputf8.reply());
         }
-        if let Err(refusal) = relay::check_recipient(&config, role, client_ip, address.domain()) {
-            self.ctx
-                .metrics
-                .reject(self.role_label(), RejectReason::RelayDenied);
+        if let Err(refusal) = relay::check_recipient(&config, role, client_ip, &address) {
+            self.ctx.metrics.reject(self.role_label(), refusal.reason());
             tracing::info!(
                 peer = %self.peer,
                 listener = %role,
                 recipient = %address,
+                refusal = ?refusal,
                 "relay access denied"
             );
             crate::audit::submit(
@@ -331,9 +368,14 @@ impl Session {
                     peer: self.peer.to_string(),
                     domain: address.domain().to_string(),
                     listener: role.to_string(),
+                    reason: match refusal {
+                        relay::RelayRefusal::RelayDenied => "relay_denied",
+                        relay::RelayRefusal::RoutedLocalPart => "routed_local_part",
+                    }
+                    .into(),
                 },
             );
-            return self.reply(refusal);
+            return self.reply(refusal.reply());
         }
         tx.recipients.push(AcceptedRecipient { address, rcpt });
         self.reply(Reply::new(250, "2.1.5", "Recipient ok"));

@@ -2,6 +2,12 @@
 //!
 //! Only domain addresses are accepted: address literals (`user@[192.0.2.1]`) are refused,
 //! because tlsgate relays by domain and policy (T3) is per domain.
+//!
+//! Length: the local part has no limit of its own. RFC 5321 4.5.3.1.1 gives 64 octets as the
+//! least a server must accept, and 4.5.3.1 asks servers to avoid fixed maximums where they
+//! can; SRS-rewritten senders and mailing-list confirmation addresses exceed 64 in daily use.
+//! What is bounded is the whole path (256 octets, 4.5.3.1.3, [`split_path`]) and, before that,
+//! the command line (`limits.max_line_length`).
 
 use crate::domain::Domain;
 use std::fmt;
@@ -48,8 +54,6 @@ pub enum AddressError {
     NoDomain,
     #[error("invalid local part")]
     LocalPart,
-    #[error("local part longer than 64 octets")]
-    LocalPartTooLong,
     #[error("path longer than 256 octets")]
     TooLong,
     #[error("address literals are not accepted")]
@@ -126,9 +130,6 @@ fn is_atext(c: char) -> bool {
 fn check_local_part(local: &str) -> Result<(), AddressError> {
     if local.is_empty() {
         return Err(AddressError::LocalPart);
-    }
-    if local.len() > 64 {
-        return Err(AddressError::LocalPartTooLong);
     }
     if let Some(inner) = local.strip_prefix('"') {
         // Quoted-string: qtextSMTP or quoted-pairSMTP, then the closing quote at the very end.
@@ -250,8 +251,21 @@ mod tests {
         ] {
             assert!(Address::parse(bad).is_err(), "{bad:?}");
         }
-        let long = format!("{}@example.no", "a".repeat(65));
-        assert_eq!(Address::parse(&long), Err(AddressError::LocalPartTooLong));
+    }
+
+    /// RFC 5321 4.5.3.1: 64 octets is a minimum to accept, not a maximum to enforce.
+    #[test]
+    fn local_parts_longer_than_64_octets_are_accepted_within_the_path_limit() {
+        let srs = format!("SRS0=HHH=TT=example.org={}", "a".repeat(100));
+        let a = Address::parse(&format!("{srs}@example.no")).unwrap();
+        assert_eq!(a.local_part(), srs);
+        let quoted = format!("\"{}\"", "q ".repeat(60));
+        assert!(Address::parse(&format!("{quoted}@example.no")).is_ok());
+        // The path limit (256 octets inside the brackets) still holds.
+        let inside = format!("{}@example.no", "a".repeat(256 - "@example.no".len()));
+        assert_eq!(split_path(&format!("<{inside}>")).unwrap().0, inside);
+        let over = format!("<a{inside}>");
+        assert_eq!(split_path(&over), Err(AddressError::TooLong));
     }
 
     #[test]

@@ -335,6 +335,14 @@ impl SmtpClient {
         }
     }
 
+    /// The plain TCP socket, for tests that drive the bytes themselves (no TLS up, no reply
+    /// bytes left unread).
+    pub fn into_tcp(mut self) -> TcpStream {
+        assert!(self.io.is_none(), "TLS is up");
+        assert!(self.buf.is_empty(), "unread reply bytes {:?}", self.buf);
+        self.tcp.take().expect("connection")
+    }
+
     /// True when the server has closed the connection (reads EOF within STEP).
     pub async fn is_closed(&mut self) -> bool {
         self.read_line().await.is_none()
