@@ -239,27 +239,45 @@ fn serve(path: Option<&Path>, grace: Duration) -> anyhow::Result<()> {
     tracing::info!(config = %config.source, hostname = %config.server.hostname, "starting tlsgate");
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {
+        // The handlers are installed before anything listens: a SIGTERM that arrives while the
+        // relay is starting (systemd stopping a slow start) is then a clean stop afterwards,
+        // never the default action killing the process mid-start.
+        let mut signals = StopSignals::install()?;
         let server = tlsgate::server::start(config).await?;
-        wait_for_stop_signal(&server).await?;
+        signals.wait(&server).await;
         tracing::info!(grace = ?grace, "stop signal received, shutting down");
         server.shutdown(grace).await;
         Ok(())
     })
 }
 
-/// Waits for SIGTERM or SIGINT; SIGHUP meanwhile reloads the certificate and the domain list.
-async fn wait_for_stop_signal(server: &tlsgate::server::RunningServer) -> anyhow::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
-    loop {
-        tokio::select! {
-            _ = term.recv() => return Ok(()),
-            _ = int.recv() => return Ok(()),
-            _ = hup.recv() => {
-                tracing::info!("SIGHUP: reloading configuration, certificate and domain list");
-                let _ = server.reload();
+/// SIGTERM and SIGINT stop the relay; SIGHUP reloads the certificate and the domain list.
+struct StopSignals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn install() -> anyhow::Result<StopSignals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(StopSignals {
+            term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+            hup: signal(SignalKind::hangup()).context("installing the SIGHUP handler")?,
+        })
+    }
+
+    /// Waits for SIGTERM or SIGINT, reloading on every SIGHUP meanwhile.
+    async fn wait(&mut self, server: &tlsgate::server::RunningServer) {
+        loop {
+            tokio::select! {
+                _ = self.term.recv() => return,
+                _ = self.int.recv() => return,
+                _ = self.hup.recv() => {
+                    tracing::info!("SIGHUP: reloading configuration, certificate and domain list");
+                    let _ = server.reload();
+                }
             }
         }
     }

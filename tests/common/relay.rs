@@ -267,6 +267,30 @@ pub async fn wait_until(mut done: impl FnMut() -> bool, what: &str) {
     }
 }
 
+/// Waits until the only message's first recipient is in a state for which `done` holds;
+/// returns that state. (A DSN is committed before the states that caused it, so a test that
+/// saw the DSN must still wait for the state.)
+pub async fn wait_for_state(
+    s: &Setup,
+    done: impl Fn(&tlsgate::queue::RecipientState) -> bool,
+) -> tlsgate::queue::RecipientState {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let store = s.relay.running().store();
+        if let Some(id) = store.message_ids().unwrap().first() {
+            let state = store.recipient_states(id).unwrap().remove(0);
+            if done(&state) {
+                return state;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "state never reached"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
 /// Waits until the only message's first recipient has been deferred; returns its state.
 pub async fn wait_for_deferral(s: &Setup) -> tlsgate::queue::RecipientState {
     let deadline = tokio::time::Instant::now() + WAIT;
