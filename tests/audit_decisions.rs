@@ -127,30 +127,19 @@ async fn a_tls_delivery_under_a_policy_entry_is_audited_with_its_source() {
 #[tokio::test]
 async fn our_own_permanent_failure_is_audited_with_its_reason() {
     let s = setup("retry_schedule = [\"1h\"]", "").await;
-    s.dns.add_mx("partner.test", 10, "mx1.partner.test");
-    s.dns.add_ip("mx1.partner.test", ip(MX1));
     let _mx = s
-        .sink(
-            MX1,
-            Behaviour {
-                extensions: vec!["PIPELINING".into()],
-                ..Behaviour::default()
-            },
-        )
+        .single_mx(Behaviour {
+            extensions: vec!["PIPELINING".into()],
+            ..Behaviour::default()
+        })
         .await;
-    let mut client = SmtpClient::connect_greeted(s.relay.outbound()).await;
-    client.ehlo("exchange.example.no").await;
-    assert_eq!(
-        client
-            .cmd("MAIL FROM:<kari@example.no> SMTPUTF8")
-            .await
-            .code,
-        250
-    );
-    assert_eq!(client.cmd("RCPT TO:<øyvind@partner.test>").await.code, 250);
-    assert_eq!(client.cmd("DATA").await.code, 354);
-    client.send_raw(b"Subject: x\r\n\r\nhei\r\n.\r\n").await;
-    assert_eq!(client.read_reply().await.code, 250);
+    s.submit_raw(
+        "kari@example.no",
+        " SMTPUTF8",
+        "øyvind@partner.test",
+        b"Subject: x\r\n\r\nhei\r\n",
+    )
+    .await;
     let failed = wait_for_entry(&s, "delivery_failed", |_| true).await;
     assert_eq!(failed["status"], "5.6.7");
     assert_eq!(failed["by"], "tlsgate");

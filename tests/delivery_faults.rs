@@ -206,19 +206,6 @@ async fn wait_for_deferral_of(s: &Setup, index: usize) -> tlsgate::queue::Recipi
     }
 }
 
-/// Submits one message with `MAIL FROM:<from> SMTPUTF8` and raw `data`.
-async fn submit_smtputf8(s: &Setup, from: &str, to: &str, data: &[u8]) {
-    let mut client = SmtpClient::connect_greeted(s.relay.outbound()).await;
-    client.ehlo("exchange.example.no").await;
-    let mail = client.cmd(&format!("MAIL FROM:<{from}> SMTPUTF8")).await;
-    assert_eq!(mail.code, 250, "{mail:?}");
-    assert_eq!(client.cmd(&format!("RCPT TO:<{to}>")).await.code, 250);
-    assert_eq!(client.cmd("DATA").await.code, 354);
-    client.send_raw(data).await;
-    client.send_raw(b".\r\n").await;
-    assert_eq!(client.read_reply().await.code, 250);
-}
-
 fn without_smtputf8() -> Behaviour {
     Behaviour {
         extensions: vec![
@@ -235,12 +222,10 @@ fn without_smtputf8() -> Behaviour {
 #[tokio::test]
 async fn an_all_ascii_smtputf8_message_goes_to_a_server_without_it() {
     let s = setup(ONE_ATTEMPT, "").await;
-    s.dns.add_mx("partner.test", 10, "mx1.partner.test");
-    s.dns.add_ip("mx1.partner.test", ip(MX1));
-    let mx = s.sink(MX1, without_smtputf8()).await;
-    submit_smtputf8(
-        &s,
+    let mx = s.single_mx(without_smtputf8()).await;
+    s.submit_raw(
         "kari@example.no",
+        " SMTPUTF8",
         "ola@partner.test",
         b"Subject: plain\r\n\r\nHei, \xc3\xb8 in the body is fine\r\n",
     )
@@ -261,12 +246,10 @@ async fn an_all_ascii_smtputf8_message_goes_to_a_server_without_it() {
 #[tokio::test]
 async fn a_utf8_header_to_a_server_without_smtputf8_fails_with_our_own_diagnostic() {
     let s = setup(ONE_ATTEMPT, "").await;
-    s.dns.add_mx("partner.test", 10, "mx1.partner.test");
-    s.dns.add_ip("mx1.partner.test", ip(MX1));
-    let mx = s.sink(MX1, without_smtputf8()).await;
-    submit_smtputf8(
-        &s,
+    let mx = s.single_mx(without_smtputf8()).await;
+    s.submit_raw(
         "kari@example.no",
+        " SMTPUTF8",
         "ola@partner.test",
         "Subject: Møte i morgen\r\n\r\nhei\r\n".as_bytes(),
     )
@@ -289,30 +272,19 @@ async fn a_utf8_header_to_a_server_without_smtputf8_fails_with_our_own_diagnosti
 #[tokio::test]
 async fn a_message_over_the_peers_size_fails_with_our_own_diagnostic() {
     let s = setup(ONE_ATTEMPT, "").await;
-    s.dns.add_mx("partner.test", 10, "mx1.partner.test");
-    s.dns.add_ip("mx1.partner.test", ip(MX1));
     let _mx = s
-        .sink(
-            MX1,
-            Behaviour {
-                extensions: vec!["PIPELINING".into(), "SIZE 1000".into()],
-                ..Behaviour::default()
-            },
-        )
+        .single_mx(Behaviour {
+            extensions: vec!["PIPELINING".into(), "SIZE 1000".into()],
+            ..Behaviour::default()
+        })
         .await;
-    let mut client = SmtpClient::connect_greeted(s.relay.outbound()).await;
-    client.ehlo("exchange.example.no").await;
-    assert_eq!(client.cmd("MAIL FROM:<kari@example.no>").await.code, 250);
-    assert_eq!(client.cmd("RCPT TO:<ola@partner.test>").await.code, 250);
-    assert_eq!(client.cmd("DATA").await.code, 354);
     let mut data = b"Subject: big\r\n\r\n".to_vec();
     for _ in 0..40 {
         data.extend_from_slice(&[b'x'; 70]);
         data.extend_from_slice(b"\r\n");
     }
-    data.extend_from_slice(b".\r\n");
-    client.send_raw(&data).await;
-    assert_eq!(client.read_reply().await.code, 250);
+    s.submit_raw("kari@example.no", "", "ola@partner.test", &data)
+        .await;
     let dsns = s.next_hop.wait_for_messages(1, WAIT).await;
     let dsn = parse_dsn(&dsns[0]);
     assert_eq!(dsn.field(1, "Status"), Some("5.3.4"));

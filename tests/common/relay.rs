@@ -149,6 +149,32 @@ impl Setup {
         super::queue_id(&reply)
     }
 
+    /// One MX for `partner.test` (`mx1.partner.test` at [`MX1`]) answering as `behaviour`.
+    pub async fn single_mx(&self, behaviour: Behaviour) -> Sink {
+        self.dns.add_mx("partner.test", 10, "mx1.partner.test");
+        self.dns.add_ip("mx1.partner.test", ip(MX1));
+        self.sink(MX1, behaviour).await
+    }
+
+    /// Submits one message through the outbound listener with `MAIL FROM:<from>` followed by
+    /// `mail_params` (e.g. `" SMTPUTF8"`) and raw `data` (the final `.CRLF` is added); asserts
+    /// that every step was accepted.
+    pub async fn submit_raw(&self, from: &str, mail_params: &str, to: &str, data: &[u8]) {
+        let mut client = SmtpClient::connect_greeted(self.relay.outbound()).await;
+        client.ehlo("exchange.example.no").await;
+        let mail = client
+            .cmd(&format!("MAIL FROM:<{from}>{mail_params}"))
+            .await;
+        assert_eq!(mail.code, 250, "{mail:?}");
+        let rcpt = client.cmd(&format!("RCPT TO:<{to}>")).await;
+        assert_eq!(rcpt.code, 250, "{rcpt:?}");
+        assert_eq!(client.cmd("DATA").await.code, 354);
+        client.send_raw(data).await;
+        client.send_raw(b".\r\n").await;
+        let end = client.read_reply().await;
+        assert_eq!(end.code, 250, "{end:?}");
+    }
+
     pub async fn wait_queue_empty(&self) {
         let deadline = tokio::time::Instant::now() + WAIT;
         while self.relay.queue_len() > 0 {
