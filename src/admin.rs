@@ -204,6 +204,7 @@ impl FromRequestParts<AdminState> for Caller {
                     Ok(Caller(who))
                 } else {
                     tracing::warn!(caller = %who, "admin API: local user refused");
+                    refused(state, parts, &who);
                     Err(error(
                         StatusCode::FORBIDDEN,
                         format!("{who} may not use the admin API (not root, the service user or in admin.socket_group)"),
@@ -227,12 +228,24 @@ impl FromRequestParts<AdminState> for Caller {
                     }
                     _ => {
                         tracing::warn!(peer = %addr, "admin API: bad or missing token");
+                        refused(state, parts, &format!("bad or missing token from {addr}"));
                         Err(error(StatusCode::UNAUTHORIZED, "bad or missing token"))
                     }
                 }
             }
         }
     }
+}
+
+/// A refused admin request is a security event too (S1): who tried what.
+fn refused(state: &AdminState, parts: &Parts, client: &str) {
+    crate::audit::submit(
+        &state.audit,
+        AuditEvent::AdminRefused {
+            request: format!("{} {}", parts.method, parts.uri.path()),
+            client: client.to_string(),
+        },
+    );
 }
 
 /// Compares without an early exit, so the time taken says nothing about the token.

@@ -218,6 +218,8 @@ pub enum AuditEvent {
         target: String,
         client: String,
     },
+    /// A request to the admin API was refused (wrong uid on the socket, bad token on TCP).
+    AdminRefused { request: String, client: String },
     /// The service started.
     Started { version: String },
     /// Written by [`AuditLog::open`] after it cut a torn last line (from a crash) off `file`.

@@ -199,6 +199,11 @@ async fn a_token_protects_the_tcp_admin_api() {
     config.admin.as_mut().unwrap().token_file = None;
     let (status, _) = request(&config, "GET", "/queue").await.unwrap();
     assert_eq!(status, 401, "no token, no access");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !audit_text(&s).contains("bad or missing token from 127.0.0.1:") {
+        assert!(tokio::time::Instant::now() < deadline, "refusal audited");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let audit = audit_text(&s);
     assert!(
         audit.contains("\"client\":\"token ops from 127.0.0.1:"),
@@ -299,6 +304,14 @@ async fn another_local_user_is_refused_on_the_admin_socket() {
     let (ok, out) = queue_list_as_nobody(&cli_config(&s)).await;
     assert!(!ok, "nobody must not list the queue: {out}");
     assert!(out.contains("403") && out.contains("uid 65534"), "{out}");
+    // The refusal is audited (S1): who tried what.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !audit_text(&s).contains(
+        "\"event\":\"admin_refused\",\"request\":\"GET /queue\",\"client\":\"uid 65534 (nobody)\"",
+    ) {
+        assert!(tokio::time::Instant::now() < deadline, "{}", audit_text(&s));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Members of `admin.socket_group` may use the socket, and the audit log names them.
