@@ -594,4 +594,11 @@ fn serve_without_config_runs_the_development_default() {
         .unwrap_or_else(|| panic!("tlsgate did not exit within {EXIT_LIMIT:?} of SIGTERM"));
     let run = outputs.collect(status);
     assert!(run.status.success(), "{run:?}");
+    // Standard error is a file here, not a terminal: plain text for journald and log
+    // shippers, no ANSI colour codes (issue 14 item 3).
+    assert!(run.stderr.contains("listening"), "{run:?}");
+    assert!(
+        !run.stderr.contains('\u{1b}'),
+        "colour codes in a log file: {run:?}"
+    );
 }
