@@ -20,7 +20,7 @@ use crate::dsn::{self, DsnKind, DsnRequest, ReportedRecipient};
 use crate::metrics::Metrics;
 use crate::policy::domain_list::DomainListHandle;
 use crate::queue::message::{unix_now, MessageMeta, QueueId, RecipientState, RecipientStatus};
-use crate::queue::{Committer, NewMessages, Store, StoreError};
+use crate::queue::{AsyncStore, Committer, NewMessages, Store, StoreError, StoredMessage};
 use crate::tls::client::ClientTls;
 use attempt::{AttemptContext, HostLog, Outcome};
 use pool::ConnectionPool;
@@ -92,7 +92,7 @@ impl Timetable {
 
 struct Engine {
     config: Arc<Config>,
-    store: Arc<dyn Store>,
+    store: AsyncStore,
     committer: Committer,
     resolver: Arc<dyn Resolver>,
     tls: ClientTls,
@@ -142,10 +142,8 @@ impl DeliveryEngine {
             metrics,
             audit,
         } = parts;
-        let loader = store.clone();
-        let backlog = tokio::task::spawn_blocking(move || load_backlog(loader.as_ref()))
-            .await
-            .map_err(|e| StoreError::Engine(format!("queue scan panicked: {e}")))??;
+        let store = AsyncStore::new(store);
+        let backlog = store.run("scan", load_backlog).await?;
         tracing::info!(messages = backlog.len(), "delivery engine starting");
         let mut timetable = Timetable::default();
         for (id, at) in backlog {
@@ -219,13 +217,7 @@ impl DeliveryEngine {
 impl EngineHandle {
     /// Takes the message out of the timetable so that nothing else works on it meanwhile.
     async fn claim(&self, id: &QueueId) -> Result<(), AdminError> {
-        let store = self.engine.store.clone();
-        let key = id.clone();
-        let exists = tokio::task::spawn_blocking(move || store.message(&key))
-            .await
-            .map_err(|e| StoreError::Engine(e.to_string()))??
-            .is_some();
-        if !exists {
+        if self.engine.store.message(id).await?.is_none() {
             return Err(AdminError::NotFound);
         }
         let mut timetable = lock(&self.engine.timetable);
@@ -252,14 +244,9 @@ impl EngineHandle {
     /// `tlsgate queue retry`: every undelivered recipient is due now.
     pub async fn retry_now(&self, id: &QueueId) -> Result<(), AdminError> {
         self.claim(id).await?;
-        let store = self.engine.store.clone();
-        let key = id.clone();
-        let states = tokio::task::spawn_blocking(move || store.recipient_states(&key))
-            .await
-            .map_err(|e| StoreError::Engine(e.to_string()));
         let now = unix_now();
-        let result = match states {
-            Ok(Ok(states)) => {
+        let result = match self.engine.store.recipient_states(id).await {
+            Ok(states) => {
                 let updates: Vec<(usize, RecipientState)> = states
                     .into_iter()
                     .enumerate()
@@ -275,7 +262,7 @@ impl EngineHandle {
                     .await
                     .map_err(AdminError::from)
             }
-            Ok(Err(e)) | Err(e) => Err(AdminError::from(e)),
+            Err(e) => Err(AdminError::from(e)),
         };
         self.release(id, Some(now));
         result
@@ -303,7 +290,7 @@ impl EngineHandle {
     }
 
     pub fn store(&self) -> Arc<dyn Store> {
-        self.engine.store.clone()
+        self.engine.store.blocking()
     }
 }
 
@@ -427,19 +414,7 @@ async fn work_on(
         .acquire_owned()
         .await
         .map_err(|_| StoreError::Closed)?;
-    let store = engine.store.clone();
-    let key = id.clone();
-    let loaded = tokio::task::spawn_blocking(move || {
-        let Some(meta) = store.message(&key)? else {
-            return Ok(None);
-        };
-        let states = store.recipient_states(&key)?;
-        let body = store.body(&key)?.unwrap_or_default();
-        Ok::<_, StoreError>(Some((meta, states, body)))
-    })
-    .await
-    .map_err(|e| StoreError::Engine(format!("queue read panicked: {e}")))??;
-    let Some((meta, states, body)) = loaded else {
+    let Some(StoredMessage { meta, states, body }) = engine.store.load(id).await? else {
         return Ok(None);
     };
     let meta = Arc::new(meta);

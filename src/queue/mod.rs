@@ -13,7 +13,7 @@ pub mod store;
 
 pub use message::{MessageMeta, NewMessage, QueueId, RecipientState, RecipientStatus};
 pub use sled_store::SledStore;
-pub use store::{Store, StoreError};
+pub use store::{AsyncStore, Store, StoreError, StoredMessage};
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
