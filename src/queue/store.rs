@@ -135,6 +135,17 @@ impl AsyncStore {
                 return Ok(None);
             };
             let states = store.recipient_states(&id)?;
+            // Delivery pairs each state with its recipient by position.
+            if states.len() != meta.recipients.len() {
+                return Err(StoreError::Corrupt {
+                    key: id.to_string(),
+                    reason: format!(
+                        "{} recipient states for {} recipients",
+                        states.len(),
+                        meta.recipients.len()
+                    ),
+                });
+            }
             let body = store.body(&id)?.unwrap_or_default();
             Ok(Some(StoredMessage { meta, states, body }))
         })
