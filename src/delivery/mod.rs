@@ -29,6 +29,7 @@ use crate::metrics::Metrics;
 use crate::policy::domain_list::DomainListHandle;
 use crate::queue::message::{unix_now, MessageMeta, QueueId, Recipient, RecipientState};
 use crate::queue::{AsyncStore, Committer, NewMessages, Store, StoreError, StoredMessage};
+use crate::smtp::reply::EnhancedStatus;
 use crate::tls::client::ClientTls;
 use attempt::{AttemptContext, HostLog, Outcome};
 use outcome::{Recorded, Results};
@@ -250,7 +251,7 @@ async fn deliver_due(
         if let Some(reason) = bounce {
             let outcome = Outcome::Failed {
                 host: None,
-                status: "5.0.0".into(),
+                status: EnhancedStatus::new(5, 0, 0),
                 reason: reason.to_string(),
                 remote: false,
             };
@@ -274,7 +275,11 @@ async fn deliver_due(
                 humantime::format_duration(config.delivery.expiry),
                 state.last_reply.as_deref().unwrap_or("none recorded")
             );
-            let status = state.last_status.clone().unwrap_or_else(|| "4.4.7".into());
+            let status = state
+                .last_status
+                .as_deref()
+                .and_then(EnhancedStatus::parse)
+                .unwrap_or(EnhancedStatus::new(4, 4, 7));
             // Expiry is tlsgate's decision: no Remote-MTA, whatever the last host said.
             let outcome = Outcome::Failed {
                 host: None,
@@ -298,7 +303,7 @@ async fn deliver_due(
             Err(e) => {
                 let outcome = Outcome::Failed {
                     host: None,
-                    status: e.status().into(),
+                    status: e.status(),
                     reason: e.to_string(),
                     remote: false,
                 };

@@ -18,6 +18,7 @@ use crate::audit::AuditEvent;
 use crate::config::Config;
 use crate::dsn::{self, DsnKind, DsnRequest, ReportedRecipient};
 use crate::queue::message::{MessageMeta, Recipient, RecipientState, RecipientStatus};
+use crate::smtp::reply::EnhancedStatus;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -70,14 +71,15 @@ pub(super) fn record(
     state.attempts += 1;
     state.last_attempt = now;
     // RFC 3464 2.3.5/2.3.6: Remote-MTA and an `smtp` diagnostic only for a remote's own reply.
-    let report =
-        |status: &str, host: &Option<String>, remote: bool, diagnostic: &str| ReportedRecipient {
+    let report = |status: EnhancedStatus, host: &Option<String>, remote: bool, diagnostic: &str| {
+        ReportedRecipient {
             recipient: recipient.clone(),
             status: status.to_string(),
             remote_mta: host.clone().filter(|_| remote),
             diagnostic: diagnostic.to_string(),
             last_attempt: now,
-        };
+        }
+    };
     let mut dsn = None;
     let mut audit = None;
     match outcome {
@@ -99,11 +101,12 @@ pub(super) fn record(
             });
             state.status = RecipientStatus::Delivered;
             state.last_reply = Some(reply.clone());
-            state.last_status = Some("2.0.0".into());
+            let status = EnhancedStatus::new(2, 0, 0);
+            state.last_status = Some(status.to_string());
             state.remote_mta = Some(host.clone());
             state.tls_deferral = false;
             if !peer_does_dsn && DsnKind::Relayed.wanted_by(&recipient.notify) {
-                let reported = report("2.0.0", &Some(host.clone()), true, reply);
+                let reported = report(status, &Some(host.clone()), true, reply);
                 dsn = Some((DsnKindKey::Relayed, reported));
             }
         }
@@ -116,7 +119,7 @@ pub(super) fn record(
         } => {
             state.status = RecipientStatus::Deferred;
             state.last_reply = Some(reason.clone());
-            state.last_status = Some(status.clone());
+            state.last_status = Some(status.to_string());
             state.remote_mta = host.clone();
             state.tls_deferral = *tls;
             state.next_attempt = retry::next_attempt(rules.retry_schedule, state.attempts, now)
@@ -128,7 +131,7 @@ pub(super) fn record(
                 || (*tls && retry::older_than(received, rules.tls_failure_warning_after, now));
             if warn && !state.delay_notified && DsnKind::Delay.wanted_by(&recipient.notify) {
                 state.delay_notified = true;
-                dsn = Some((DsnKindKey::Delay, report(status, host, *remote, reason)));
+                dsn = Some((DsnKindKey::Delay, report(*status, host, *remote, reason)));
             }
         }
         Outcome::Failed {
@@ -141,22 +144,25 @@ pub(super) fn record(
             state.last_reply = Some(reason.clone());
             // A failure is reported with a permanent class even when its last cause was
             // temporary (expiry): RFC 3464 2.3.4 wants the status to match the action.
-            let status = match status.strip_prefix("4.") {
-                Some(rest) => format!("5.{rest}"),
-                None => status.clone(),
+            let status = match status.class {
+                4 => EnhancedStatus {
+                    class: 5,
+                    ..*status
+                },
+                _ => *status,
             };
-            state.last_status = Some(status.clone());
+            state.last_status = Some(status.to_string());
             state.remote_mta = host.clone();
             audit = Some(AuditEvent::DeliveryFailed {
                 queue_id: meta.id.to_string(),
                 domain: recipient_domain(&recipient.address),
                 host: host.clone(),
-                status: status.clone(),
+                status: status.to_string(),
                 by: if *remote { "remote" } else { "tlsgate" }.into(),
                 reason: (!remote).then(|| reason.clone()),
             });
             if DsnKind::Failure.wanted_by(&recipient.notify) {
-                dsn = Some((DsnKindKey::Failure, report(&status, host, *remote, reason)));
+                dsn = Some((DsnKindKey::Failure, report(status, host, *remote, reason)));
             }
         }
     }
@@ -352,7 +358,7 @@ mod tests {
     fn deferred(tls: bool, remote: bool) -> Outcome {
         Outcome::Deferred {
             host: Some("mx.partner.no".into()),
-            status: "4.7.5".into(),
+            status: EnhancedStatus::new(4, 7, 5),
             reason: "certificate for mx.partner.no has expired".into(),
             remote,
             tls,
@@ -362,7 +368,7 @@ mod tests {
     fn failed(status: &str, remote: bool) -> Outcome {
         Outcome::Failed {
             host: Some("mx.partner.no".into()),
-            status: status.into(),
+            status: EnhancedStatus::parse(status).unwrap(),
             reason: "550 5.1.1 no such user".into(),
             remote,
         }
