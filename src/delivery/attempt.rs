@@ -353,7 +353,7 @@ fn deferral(level: TlsLevel, host: String, error: ClientError) -> Outcome {
         }
         ClientError::Tls(_) => ((4, 7, 5), true),
         ClientError::Connect { .. } => ((4, 4, 1), false),
-        ClientError::Timeout(_) | ClientError::Io(_) => ((4, 4, 2), false),
+        ClientError::Timeout(_) | ClientError::Io(_) | ClientError::Closed(_) => ((4, 4, 2), false),
         ClientError::Protocol(_) => ((4, 5, 0), false),
         ClientError::Refused { .. } => ((4, 4, 0), false),
     };
