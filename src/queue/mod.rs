@@ -105,6 +105,18 @@ impl Committer {
         self.submit(Work::Message(Box::new(message))).await
     }
 
+    /// [`Committer::commit`], waiting at most `limit` for the answer ([`StoreError::Timeout`]
+    /// after that). The write itself is not cancelled: it may still complete.
+    pub async fn commit_within(
+        &self,
+        message: NewMessage,
+        limit: std::time::Duration,
+    ) -> Result<(), StoreError> {
+        tokio::time::timeout(limit, self.commit(message))
+            .await
+            .unwrap_or(Err(StoreError::Timeout { limit }))
+    }
+
     /// Durably records new states for recipients of a message.
     pub async fn update_states(
         &self,

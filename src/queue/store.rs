@@ -21,6 +21,10 @@ pub enum StoreError {
     DiskFull { available: u64 },
     #[error("the queue committer has stopped")]
     Closed,
+    /// A durable write was not confirmed in time (a stuck disk or store). It may still
+    /// complete: the caller treats it as failed, so a message is sent twice, never lost.
+    #[error("queue commit did not finish within {}", humantime::format_duration(*.limit))]
+    Timeout { limit: std::time::Duration },
     /// A store call run on the blocking pool panicked or was cancelled before it returned.
     #[error("queue {operation} did not complete: {reason}")]
     Aborted {
