@@ -46,21 +46,33 @@ use tokio_util::task::TaskTracker;
 /// Wait after a store error before the message is looked at again.
 const STORE_ERROR_RETRY: u64 = 60;
 
+/// What every delivery task shares.
 struct Engine {
     config: Arc<Config>,
+    /// Reads only; every write goes through `committer`, so each is durable when it returns.
     store: AsyncStore,
     committer: Committer,
     resolver: Arc<dyn Resolver>,
     tls: ClientTls,
+    /// The tvungen TLS list, reloaded behind this handle; an attempt uses the one it started
+    /// with.
     domain_list: Arc<DomainListHandle>,
     metrics: Arc<Metrics>,
     audit: Option<Arc<AuditLog>>,
+    /// Idle connections kept for the next message to the same host and TLS mode.
     pool: ConnectionPool,
+    /// Which message is due when, and which are being worked on.
     timetable: Mutex<Timetable>,
+    /// Wakes the scheduler when a message is released (it may be due at once).
     wake: Notify,
+    /// `delivery.max_concurrent`: messages worked on at once.
     global: Arc<Semaphore>,
+    /// `delivery.max_per_destination`: attempts at once per destination, so one slow domain
+    /// cannot take every slot.
     per_destination: Mutex<HashMap<Destination, Arc<Semaphore>>>,
+    /// Cancelled at shutdown: the scheduler stops taking due messages.
     shutdown: CancellationToken,
+    /// The tasks working on messages, waited for (up to a grace time) at shutdown.
     tasks: TaskTracker,
 }
 
