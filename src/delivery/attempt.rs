@@ -18,7 +18,7 @@ use crate::metrics::Metrics;
 use crate::policy::domain_list::DomainList;
 use crate::policy::{self, PolicySource, ResolvedPolicy, TlsLevel};
 use crate::queue::message::{MessageMeta, Recipient};
-use crate::smtp::reply::Reply;
+use crate::smtp::reply::{EnhancedStatus, Reply};
 use crate::tls::client::{ClientTls, TlsFailure};
 use crate::tls::TlsInfo;
 use std::sync::Arc;
@@ -44,7 +44,8 @@ pub enum Outcome {
     },
     Deferred {
         host: Option<String>,
-        status: String,
+        /// RFC 3463 status for the DSN and the queue listing.
+        status: EnhancedStatus,
         reason: String,
         remote: bool,
         /// The TLS policy could not be met (issue 4 warns senders early about these).
@@ -52,7 +53,8 @@ pub enum Outcome {
     },
     Failed {
         host: Option<String>,
-        status: String,
+        /// RFC 3463 status; a 4.x cause (expiry) is reported as 5.x ([`super::outcome`]).
+        status: EnhancedStatus,
         reason: String,
         remote: bool,
     },
@@ -143,7 +145,7 @@ pub async fn deliver(
         Err(RouteError::Permanent { status, reason }) => {
             return everyone(Outcome::Failed {
                 host: None,
-                status: status.into(),
+                status,
                 reason,
                 remote: false,
             })
@@ -151,7 +153,7 @@ pub async fn deliver(
         Err(RouteError::Temporary { status, reason }) => {
             return everyone(Outcome::Deferred {
                 host: None,
-                status: status.into(),
+                status,
                 reason,
                 remote: false,
                 tls: false,
@@ -311,7 +313,7 @@ pub async fn deliver(
         // Only hosts without REQUIRETLS took part: RFC 8689 4.2.1 makes that permanent.
         (Some(host), None | Some((_, Problem::Client(_)))) => Outcome::Failed {
             host: Some(host.clone()),
-            status: "5.7.30".into(),
+            status: EnhancedStatus::new(5, 7, 30),
             reason: format!(
                 "the sender required REQUIRETLS (RFC 8689) but {host} does not support it"
             ),
@@ -319,17 +321,14 @@ pub async fn deliver(
         },
         (_, None) => Outcome::Deferred {
             host: None,
-            status: "4.4.4".into(),
+            status: EnhancedStatus::new(4, 4, 4),
             reason: format!("no host to try for {destination}"),
             remote: false,
             tls: false,
         },
         (_, Some((host, Problem::Reply(reply)))) => Outcome::Deferred {
             host: Some(host),
-            status: reply
-                .enhanced
-                .map(|e| e.to_string())
-                .unwrap_or_else(|| "4.0.0".into()),
+            status: reply.enhanced.unwrap_or(EnhancedStatus::new(4, 0, 0)),
             reason: reply.to_string(),
             remote: true,
             tls: false,
@@ -348,26 +347,23 @@ fn moves_on(step: Step, reply: &Reply) -> bool {
 
 /// The deferral for recipients no address could take, from the last connection problem.
 fn deferral(level: TlsLevel, host: String, error: ClientError) -> Outcome {
-    let (status, tls) = match &error {
+    let ((class, subject, detail), tls) = match &error {
         ClientError::Tls(TlsFailure::NoStarttls | TlsFailure::StarttlsRefused(_)) => {
-            ("4.7.4", true)
+            ((4, 7, 4), true)
         }
-        ClientError::Tls(_) => ("4.7.5", true),
-        ClientError::Connect { .. } => ("4.4.1", false),
-        ClientError::Timeout(_) | ClientError::Io(_) => ("4.4.2", false),
-        ClientError::Protocol(_) => ("4.5.0", false),
-        ClientError::Refused { .. } => ("4.4.0", false),
+        ClientError::Tls(_) => ((4, 7, 5), true),
+        ClientError::Connect { .. } => ((4, 4, 1), false),
+        ClientError::Timeout(_) | ClientError::Io(_) | ClientError::Closed(_) => ((4, 4, 2), false),
+        ClientError::Protocol(_) => ((4, 5, 0), false),
+        ClientError::Refused { .. } => ((4, 4, 0), false),
     };
+    let status = EnhancedStatus::new(class, subject, detail);
     // A refused greeting or EHLO is the remote's own reply; everything else is what tlsgate
     // saw or decided.
     if let ClientError::Refused { reply, .. } = &error {
         return Outcome::Deferred {
             host: Some(host),
-            status: reply
-                .enhanced
-                .filter(|e| e.class == 4)
-                .map(|e| e.to_string())
-                .unwrap_or_else(|| status.into()),
+            status: reply.enhanced.filter(|e| e.class == 4).unwrap_or(status),
             reason: reply.to_string(),
             remote: true,
             tls,
@@ -380,7 +376,7 @@ fn deferral(level: TlsLevel, host: String, error: ClientError) -> Outcome {
     };
     Outcome::Deferred {
         host: Some(host),
-        status: status.into(),
+        status,
         reason,
         remote: false,
         tls,
@@ -437,7 +433,7 @@ fn refuse_before_sending(
         if size > limit {
             return Some(Outcome::Failed {
                 host: Some(conn.host.clone()),
-                status: "5.3.4".into(),
+                status: EnhancedStatus::new(5, 3, 4),
                 reason: format!(
                     "message is {size} octets, {} accepts at most {limit} (its EHLO SIZE)",
                     conn.host
@@ -449,7 +445,7 @@ fn refuse_before_sending(
     if !conn.caps.smtputf8 && needs_smtputf8(meta, rcpts, body) {
         return Some(Outcome::Failed {
             host: Some(conn.host.clone()),
-            status: "5.6.7".into(),
+            status: EnhancedStatus::new(5, 6, 7),
             reason: format!(
                 "the message needs SMTPUTF8 (a non-ASCII address or header) but {} does not \
                  offer it",
@@ -493,12 +489,7 @@ struct Delivery<'a> {
 
 fn outcome_of(with: &Delivery<'_>, reply: &Reply) -> Outcome {
     let host = with.host;
-    let status = |default: &str| {
-        reply
-            .enhanced
-            .map(|e| e.to_string())
-            .unwrap_or_else(|| default.to_string())
-    };
+    let status = |default: EnhancedStatus| reply.enhanced.unwrap_or(default);
     match reply.code / 100 {
         2 => Outcome::Delivered {
             host: host.to_string(),
@@ -510,14 +501,14 @@ fn outcome_of(with: &Delivery<'_>, reply: &Reply) -> Outcome {
         },
         4 => Outcome::Deferred {
             host: Some(host.to_string()),
-            status: status("4.0.0"),
+            status: status(EnhancedStatus::new(4, 0, 0)),
             reason: reply.to_string(),
             remote: true,
             tls: false,
         },
         _ => Outcome::Failed {
             host: Some(host.to_string()),
-            status: status("5.0.0"),
+            status: status(EnhancedStatus::new(5, 0, 0)),
             reason: reply.to_string(),
             remote: true,
         },

@@ -57,14 +57,22 @@ pub struct Timeouts {
 }
 
 /// Why a connection or transaction could not proceed.
-#[derive(Debug, Clone, thiserror::Error)]
+///
+/// Each variant's message is complete (it embeds its cause, e.g. the `io::Error`) and none
+/// reports a `source()`, so an error chain printed link by link says every cause once.
+#[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("cannot connect to {addr}: {reason}")]
-    Connect { addr: SocketAddr, reason: String },
+    /// The TCP connection could not be made (refused, unreachable, `TimedOut`).
+    #[error("cannot connect to {addr}: {error}")]
+    Connect { addr: SocketAddr, error: io::Error },
     #[error("timeout waiting for {0}")]
     Timeout(&'static str),
+    /// Reading or writing the connection failed (reset, broken pipe).
     #[error("connection lost: {0}")]
-    Io(String),
+    Io(io::Error),
+    /// The server closed the connection while we waited for this (a reply, the handshake).
+    #[error("connection lost: closed while waiting for {0}")]
+    Closed(&'static str),
     #[error("protocol error: {0}")]
     Protocol(String),
     /// The server answered the greeting, EHLO/HELO or STARTTLS with an error.
@@ -73,12 +81,6 @@ pub enum ClientError {
     /// The TLS policy could not be met on this connection.
     #[error("{0}")]
     Tls(TlsFailure),
-}
-
-impl ClientError {
-    fn io(e: io::Error) -> ClientError {
-        ClientError::Io(e.to_string())
-    }
 }
 
 /// ESMTP capabilities announced in the EHLO reply.
@@ -189,11 +191,11 @@ impl SmtpConnection {
             .await
             .map_err(|_| ClientError::Connect {
                 addr: p.addr,
-                reason: "timed out".into(),
+                error: io::ErrorKind::TimedOut.into(),
             })?
-            .map_err(|e| ClientError::Connect {
+            .map_err(|error| ClientError::Connect {
                 addr: p.addr,
-                reason: e.to_string(),
+                error,
             })?;
         let _ = tcp.set_nodelay(true);
         let mut conn = SmtpConnection {
@@ -279,10 +281,10 @@ impl SmtpConnection {
         // Bytes that arrived in a later segment than the 220 are just as injected.
         let mut probe = [0u8; 1];
         match tcp.try_read(&mut probe) {
-            Ok(0) => return Err(ClientError::Io("closed after STARTTLS reply".into())),
+            Ok(0) => return Err(ClientError::Closed("the TLS handshake")),
             Ok(_) => return Err(ClientError::Tls(TlsFailure::ResponseInjection)),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err(ClientError::io(e)),
+            Err(e) => return Err(ClientError::Io(e)),
         }
         let config = match p.tls_mode {
             TlsMode::Verified => p
@@ -552,7 +554,7 @@ impl SmtpConnection {
         tokio::time::timeout(self.timeouts.command, write)
             .await
             .map_err(|_| ClientError::Timeout("the server to take our data"))?
-            .map_err(ClientError::io)
+            .map_err(ClientError::Io)
     }
 
     async fn read_reply(&mut self, what: &'static str) -> Result<Reply, ClientError> {
@@ -587,9 +589,9 @@ impl SmtpConnection {
             let n = tokio::time::timeout_at(deadline, self.stream.read(&mut chunk))
                 .await
                 .map_err(|_| ClientError::Timeout(what))?
-                .map_err(ClientError::io)?;
+                .map_err(ClientError::Io)?;
             if n == 0 {
-                return Err(ClientError::Io(format!("closed while waiting for {what}")));
+                return Err(ClientError::Closed(what));
             }
             self.buf.extend_from_slice(&chunk[..n]);
         }
@@ -638,6 +640,39 @@ mod tests {
         assert_eq!(
             crate::smtp::command::decode_xtext(&encoded, 100).as_deref(),
             Some("a+b=c d\u{e6}")
+        );
+    }
+
+    /// The I/O cause is kept as an `io::Error` (a caller can ask its kind) and said once in the
+    /// message, with no `source()` to print it a second time.
+    #[test]
+    fn connection_errors_keep_their_cause_and_say_it_once() {
+        use std::error::Error;
+        let addr: SocketAddr = "192.0.2.7:25".parse().unwrap();
+        let timeout = ClientError::Connect {
+            addr,
+            error: io::ErrorKind::TimedOut.into(),
+        };
+        assert_eq!(
+            timeout.to_string(),
+            "cannot connect to 192.0.2.7:25: timed out"
+        );
+        let reset = ClientError::Io(io::Error::new(
+            io::ErrorKind::ConnectionReset,
+            "connection reset by peer",
+        ));
+        assert_eq!(
+            reset.to_string(),
+            "connection lost: connection reset by peer"
+        );
+        assert!(reset.source().is_none() && timeout.source().is_none());
+        let ClientError::Io(cause) = &reset else {
+            unreachable!()
+        };
+        assert_eq!(cause.kind(), io::ErrorKind::ConnectionReset);
+        assert_eq!(
+            ClientError::Closed("EHLO reply").to_string(),
+            "connection lost: closed while waiting for EHLO reply"
         );
     }
 }

@@ -1,31 +1,42 @@
-//! The delivery engine: the scheduler that takes due recipients from the queue, delivers them
-//! ([`attempt`] over [`client`] connections, reused through the [`pool`]), records every result
-//! durably and tells senders what happened ([`crate::dsn`]).
+//! The delivery engine (RFC 5321 section 5; T3, T6): it starts and stops delivery, runs the
+//! scheduler loop and works on one due message at a time per task.
 //!
-//! The store is the truth: at start every message in it is scheduled again from its recipient
-//! states, so a restart resumes where the last run stopped. In memory there is only the
-//! timetable (which message is due when) and the set of messages being worked on, so a
-//! message is never handled by two tasks at once.
+//! A message's turn: its due recipients are grouped by destination ([`route`]), each group is
+//! delivered in one attempt ([`attempt`] over [`client`] connections, reused through the
+//! [`pool`]), and every outcome becomes the recipient's new state, DSN and audit entry
+//! (`outcome.rs`), written durably through the [`Committer`] — DSNs first, so a crash repeats
+//! a report rather than losing one. Which message is due when lives in the timetable
+//! (`schedule.rs`), operator actions on queued messages in `control.rs`.
+//!
+//! The store is the truth (S5): at start every message in it is planned again from its
+//! recipient states, so a restart resumes where the last run stopped.
 
 pub mod attempt;
 pub mod client;
+mod control;
+mod outcome;
 pub mod pool;
 pub mod retry;
 pub mod route;
+mod schedule;
 
-use crate::audit::{AuditEvent, AuditLog};
+pub use control::{AdminError, EngineHandle};
+
+use crate::audit::AuditLog;
 use crate::config::Config;
 use crate::dns::Resolver;
-use crate::dsn::{self, DsnKind, DsnRequest, ReportedRecipient};
 use crate::metrics::Metrics;
 use crate::policy::domain_list::DomainListHandle;
-use crate::queue::message::{unix_now, MessageMeta, QueueId, RecipientState, RecipientStatus};
-use crate::queue::{Committer, NewMessages, Store, StoreError};
+use crate::queue::message::{unix_now, MessageMeta, QueueId, Recipient, RecipientState};
+use crate::queue::{AsyncStore, Committer, NewMessages, Store, StoreError, StoredMessage};
+use crate::smtp::reply::EnhancedStatus;
 use crate::tls::client::ClientTls;
 use attempt::{AttemptContext, HostLog, Outcome};
+use outcome::{Recorded, Results};
 use pool::ConnectionPool;
 use route::Destination;
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use schedule::Timetable;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{Notify, Semaphore};
@@ -35,76 +46,33 @@ use tokio_util::task::TaskTracker;
 /// Wait after a store error before the message is looked at again.
 const STORE_ERROR_RETRY: u64 = 60;
 
-/// The timetable: which idle message is due when, and which are being worked on.
-#[derive(Default)]
-struct Timetable {
-    due: BTreeSet<(u64, QueueId)>,
-    /// When each idle message is due (to move it without scanning `due`).
-    planned: HashMap<QueueId, u64>,
-    active: HashSet<QueueId>,
-}
-
-impl Timetable {
-    fn add(&mut self, id: QueueId, at: u64) {
-        if self.active.contains(&id) {
-            return;
-        }
-        if let Some(old) = self.planned.insert(id.clone(), at) {
-            self.due.remove(&(old, id.clone()));
-        }
-        self.due.insert((at, id));
-    }
-
-    /// Removes the messages due at `now` and marks them active.
-    fn take_due(&mut self, now: u64) -> Vec<QueueId> {
-        let mut ready = Vec::new();
-        while let Some((at, _)) = self.due.first() {
-            if *at > now {
-                break;
-            }
-            if let Some((_, id)) = self.due.pop_first() {
-                self.planned.remove(&id);
-                self.active.insert(id.clone());
-                ready.push(id);
-            }
-        }
-        ready
-    }
-
-    /// Queue size and the age of the oldest message (queue ids encode their arrival time).
-    fn update_gauges(&self, metrics: &Metrics) {
-        let count = self.planned.len() + self.active.len();
-        metrics.queue_messages.set(count as i64);
-        let oldest = self
-            .planned
-            .keys()
-            .chain(self.active.iter())
-            .filter_map(QueueId::arrival_micros)
-            .min();
-        let age = oldest.map_or(0, |micros| unix_now().saturating_sub(micros / 1_000_000));
-        metrics.queue_oldest_message_age_seconds.set(age as i64);
-    }
-
-    fn next_due(&self) -> Option<u64> {
-        self.due.first().map(|(at, _)| *at)
-    }
-}
-
+/// What every delivery task shares.
 struct Engine {
     config: Arc<Config>,
-    store: Arc<dyn Store>,
+    /// Reads only; every write goes through `committer`, so each is durable when it returns.
+    store: AsyncStore,
     committer: Committer,
     resolver: Arc<dyn Resolver>,
     tls: ClientTls,
+    /// The tvungen TLS list, reloaded behind this handle; an attempt uses the one it started
+    /// with.
     domain_list: Arc<DomainListHandle>,
     metrics: Arc<Metrics>,
     audit: Option<Arc<AuditLog>>,
+    /// Idle connections kept for the next message to the same host and TLS mode.
     pool: ConnectionPool,
+    /// Which message is due when, and which are being worked on.
     timetable: Mutex<Timetable>,
+    /// Wakes the scheduler when a message is released (it may be due at once).
     wake: Notify,
+    /// `delivery.max_concurrent`: messages worked on at once.
     global: Arc<Semaphore>,
+    /// `delivery.max_per_destination`: attempts at once per destination, so one slow domain
+    /// cannot take every slot.
     per_destination: Mutex<HashMap<Destination, Arc<Semaphore>>>,
+    /// Cancelled at shutdown: the scheduler stops taking due messages.
     shutdown: CancellationToken,
+    /// The tasks working on messages, waited for (up to a grace time) at shutdown.
     tasks: TaskTracker,
 }
 
@@ -120,6 +88,15 @@ pub struct EngineParts {
     pub domain_list: Arc<DomainListHandle>,
     pub metrics: Arc<Metrics>,
     pub audit: Option<Arc<AuditLog>>,
+}
+
+impl Engine {
+    /// Ends the work on a message (claimed by the scheduler or an admin operation): plans it
+    /// for `next`, or forgets it when `None`, and wakes the scheduler to look again.
+    fn release(&self, id: &QueueId, next: Option<u64>) {
+        lock(&self.timetable).release(id, next);
+        self.wake.notify_one();
+    }
 }
 
 /// Handle to the running engine.
@@ -142,10 +119,8 @@ impl DeliveryEngine {
             metrics,
             audit,
         } = parts;
-        let loader = store.clone();
-        let backlog = tokio::task::spawn_blocking(move || load_backlog(loader.as_ref()))
-            .await
-            .map_err(|e| StoreError::Engine(format!("queue scan panicked: {e}")))??;
+        let store = AsyncStore::new(store);
+        let backlog = store.run("scan", schedule::load_backlog).await?;
         tracing::info!(messages = backlog.len(), "delivery engine starting");
         let mut timetable = Timetable::default();
         for (id, at) in backlog {
@@ -191,145 +166,6 @@ impl DeliveryEngine {
     }
 }
 
-/// Why an administrative queue operation could not be done.
-#[derive(Debug, thiserror::Error)]
-pub enum AdminError {
-    #[error("no such message in the queue")]
-    NotFound,
-    #[error("the message is being delivered right now; try again in a moment")]
-    Busy,
-    #[error(transparent)]
-    Store(#[from] StoreError),
-}
-
-/// A cheap, cloneable handle for the admin API.
-#[derive(Clone)]
-pub struct EngineHandle {
-    engine: Arc<Engine>,
-}
-
-impl DeliveryEngine {
-    pub fn handle(&self) -> EngineHandle {
-        EngineHandle {
-            engine: self.engine.clone(),
-        }
-    }
-}
-
-impl EngineHandle {
-    /// Takes the message out of the timetable so that nothing else works on it meanwhile.
-    async fn claim(&self, id: &QueueId) -> Result<(), AdminError> {
-        let store = self.engine.store.clone();
-        let key = id.clone();
-        let exists = tokio::task::spawn_blocking(move || store.message(&key))
-            .await
-            .map_err(|e| StoreError::Engine(e.to_string()))??
-            .is_some();
-        if !exists {
-            return Err(AdminError::NotFound);
-        }
-        let mut timetable = lock(&self.engine.timetable);
-        if timetable.active.contains(id) {
-            return Err(AdminError::Busy);
-        }
-        if let Some(at) = timetable.planned.remove(id) {
-            timetable.due.remove(&(at, id.clone()));
-        }
-        timetable.active.insert(id.clone());
-        Ok(())
-    }
-
-    fn release(&self, id: &QueueId, next: Option<u64>) {
-        let mut timetable = lock(&self.engine.timetable);
-        timetable.active.remove(id);
-        if let Some(at) = next {
-            timetable.add(id.clone(), at);
-        }
-        drop(timetable);
-        self.engine.wake.notify_one();
-    }
-
-    /// `tlsgate queue retry`: every undelivered recipient is due now.
-    pub async fn retry_now(&self, id: &QueueId) -> Result<(), AdminError> {
-        self.claim(id).await?;
-        let store = self.engine.store.clone();
-        let key = id.clone();
-        let states = tokio::task::spawn_blocking(move || store.recipient_states(&key))
-            .await
-            .map_err(|e| StoreError::Engine(e.to_string()));
-        let now = unix_now();
-        let result = match states {
-            Ok(Ok(states)) => {
-                let updates: Vec<(usize, RecipientState)> = states
-                    .into_iter()
-                    .enumerate()
-                    .filter(|(_, s)| !s.status.is_final())
-                    .map(|(i, mut s)| {
-                        s.next_attempt = now;
-                        (i, s)
-                    })
-                    .collect();
-                self.engine
-                    .committer
-                    .update_states(id.clone(), updates)
-                    .await
-                    .map_err(AdminError::from)
-            }
-            Ok(Err(e)) | Err(e) => Err(AdminError::from(e)),
-        };
-        self.release(id, Some(now));
-        result
-    }
-
-    /// `tlsgate queue bounce`: every undelivered recipient fails now, with a failure DSN.
-    pub async fn bounce(&self, id: &QueueId, reason: &str) -> Result<(), AdminError> {
-        self.claim(id).await?;
-        let result = work_on(&self.engine, id, Some(reason)).await;
-        let next = match &result {
-            Ok(next) => *next,
-            Err(_) => Some(unix_now() + STORE_ERROR_RETRY),
-        };
-        self.release(id, next);
-        result.map(|_| ()).map_err(AdminError::from)
-    }
-
-    /// `tlsgate queue delete`: removes the message without telling anyone.
-    pub async fn delete(&self, id: &QueueId) -> Result<(), AdminError> {
-        self.claim(id).await?;
-        let result = self.engine.committer.remove(id.clone()).await;
-        let next = result.is_err().then(unix_now);
-        self.release(id, next);
-        result.map_err(AdminError::from)
-    }
-
-    pub fn store(&self) -> Arc<dyn Store> {
-        self.engine.store.clone()
-    }
-}
-
-/// Every message in the store with the time it is next due.
-fn load_backlog(store: &dyn Store) -> Result<Vec<(QueueId, u64)>, StoreError> {
-    let now = unix_now();
-    let mut out = Vec::new();
-    let ids = store.message_ids()?;
-    // Ids sort by time: the last one is the newest.
-    if let Some(newest) = ids.last() {
-        QueueId::observe(newest);
-    }
-    for id in ids {
-        let states = store.recipient_states(&id)?;
-        let due = states
-            .iter()
-            .filter(|s| !s.status.is_final())
-            .map(|s| s.next_attempt)
-            .min()
-            // All final: a crash came between the last result and the removal; finish it.
-            .unwrap_or(now);
-        out.push((id, due));
-    }
-    Ok(out)
-}
-
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -371,52 +207,34 @@ async fn run_scheduler(engine: Arc<Engine>, mut announced: NewMessages) {
     }
 }
 
-/// What a message's recipients need after an attempt.
-#[derive(Default)]
-struct Results {
-    updates: Vec<(usize, RecipientState)>,
-    reports: BTreeMap<DsnKindKey, Vec<ReportedRecipient>>,
-}
-
-/// `DsnKind` ordered, so reports go out in a stable order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum DsnKindKey {
-    Failure,
-    Delay,
-    Relayed,
-}
-
-impl DsnKindKey {
-    fn kind(self) -> DsnKind {
-        match self {
-            DsnKindKey::Failure => DsnKind::Failure,
-            DsnKindKey::Delay => DsnKind::Delay,
-            DsnKindKey::Relayed => DsnKind::Relayed,
-        }
-    }
-}
-
+/// A due message's turn, taken by the scheduler.
 async fn process_message(engine: &Arc<Engine>, id: &QueueId) {
-    let next = match work_on(engine, id, None).await {
-        Ok(next) => next,
-        Err(e) => {
-            engine.metrics.store_errors.inc();
-            tracing::error!(queue_id = %id, error = %e, "queue store error during delivery");
-            Some(unix_now() + STORE_ERROR_RETRY)
-        }
-    };
-    let mut timetable = lock(&engine.timetable);
-    timetable.active.remove(id);
-    if let Some(at) = next {
-        timetable.add(id.clone(), at);
+    if let Err(e) = work_on(engine, id, None).await {
+        engine.metrics.store_errors.inc();
+        tracing::error!(queue_id = %id, error = %e, "queue store error during delivery");
     }
-    drop(timetable);
-    engine.wake.notify_one();
+}
+
+/// Works on a claimed message — delivers what is due, or with `bounce` fails every open
+/// recipient — then releases it: planned again when next due, forgotten when done (and
+/// removed), looked at again after [`STORE_ERROR_RETRY`] when the store failed.
+async fn work_on(
+    engine: &Arc<Engine>,
+    id: &QueueId,
+    bounce: Option<&str>,
+) -> Result<(), StoreError> {
+    let result = deliver_due(engine, id, bounce).await;
+    let next = match &result {
+        Ok(next) => *next,
+        Err(_) => Some(unix_now() + STORE_ERROR_RETRY),
+    };
+    engine.release(id, next);
+    result.map(|_| ())
 }
 
 /// Delivers what is due of one message. Returns when it is next due, or `None` when it is
 /// done (and removed).
-async fn work_on(
+async fn deliver_due(
     engine: &Arc<Engine>,
     id: &QueueId,
     bounce: Option<&str>,
@@ -427,19 +245,7 @@ async fn work_on(
         .acquire_owned()
         .await
         .map_err(|_| StoreError::Closed)?;
-    let store = engine.store.clone();
-    let key = id.clone();
-    let loaded = tokio::task::spawn_blocking(move || {
-        let Some(meta) = store.message(&key)? else {
-            return Ok(None);
-        };
-        let states = store.recipient_states(&key)?;
-        let body = store.body(&key)?.unwrap_or_default();
-        Ok::<_, StoreError>(Some((meta, states, body)))
-    })
-    .await
-    .map_err(|e| StoreError::Engine(format!("queue read panicked: {e}")))??;
-    let Some((meta, states, body)) = loaded else {
+    let Some(StoredMessage { meta, states, body }) = engine.store.load(id).await? else {
         return Ok(None);
     };
     let meta = Arc::new(meta);
@@ -450,18 +256,26 @@ async fn work_on(
 
     let expired = retry::older_than(meta.reception.received_at, config.delivery.expiry, now);
     let mut groups: BTreeMap<Destination, Vec<usize>> = BTreeMap::new();
-    for (i, state) in states.iter().enumerate() {
+    for (i, (state, recipient)) in states.iter().zip(&meta.recipients).enumerate() {
         if state.status.is_final() {
             continue;
         }
         if let Some(reason) = bounce {
             let outcome = Outcome::Failed {
                 host: None,
-                status: "5.0.0".into(),
+                status: EnhancedStatus::new(5, 0, 0),
                 reason: reason.to_string(),
                 remote: false,
             };
-            record(engine, &meta, i, state, &outcome, now, &mut results);
+            note(
+                engine,
+                &meta,
+                (i, recipient),
+                state,
+                &outcome,
+                now,
+                &mut results,
+            );
             continue;
         }
         if state.next_attempt > now {
@@ -473,7 +287,11 @@ async fn work_on(
                 humantime::format_duration(config.delivery.expiry),
                 state.last_reply.as_deref().unwrap_or("none recorded")
             );
-            let status = state.last_status.clone().unwrap_or_else(|| "4.4.7".into());
+            let status = state
+                .last_status
+                .as_deref()
+                .and_then(EnhancedStatus::parse)
+                .unwrap_or(EnhancedStatus::new(4, 4, 7));
             // Expiry is tlsgate's decision: no Remote-MTA, whatever the last host said.
             let outcome = Outcome::Failed {
                 host: None,
@@ -481,19 +299,35 @@ async fn work_on(
                 reason,
                 remote: false,
             };
-            record(engine, &meta, i, state, &outcome, now, &mut results);
+            note(
+                engine,
+                &meta,
+                (i, recipient),
+                state,
+                &outcome,
+                now,
+                &mut results,
+            );
             continue;
         }
-        match route::destination_of(config, &meta.recipients[i].address) {
+        match route::destination_of(config, &recipient.address) {
             Ok(d) => groups.entry(d).or_default().push(i),
             Err(e) => {
                 let outcome = Outcome::Failed {
                     host: None,
-                    status: e.status().into(),
+                    status: e.status(),
                     reason: e.to_string(),
                     remote: false,
                 };
-                record(engine, &meta, i, state, &outcome, now, &mut results);
+                note(
+                    engine,
+                    &meta,
+                    (i, recipient),
+                    state,
+                    &outcome,
+                    now,
+                    &mut results,
+                );
             }
         }
     }
@@ -551,15 +385,23 @@ async fn work_on(
         };
         log_attempt(&meta, &destination, &outcomes, &log);
         for (i, outcome) in outcomes {
-            if let Some(state) = states.get(i) {
-                record(engine, &meta, i, state, &outcome, now, &mut results);
+            if let (Some(state), Some(recipient)) = (states.get(i), meta.recipients.get(i)) {
+                note(
+                    engine,
+                    &meta,
+                    (i, recipient),
+                    state,
+                    &outcome,
+                    now,
+                    &mut results,
+                );
             }
         }
     }
 
     // DSNs first, then the states: a crash in between repeats a DSN rather than losing one.
     for (kind, recipients) in std::mem::take(&mut results.reports) {
-        send_dsn(engine, &meta, &body, kind.kind(), recipients, now).await;
+        outcome::send_dsn(engine, &meta, &body, kind.kind(), recipients, now).await;
     }
     let mut final_states = states.clone();
     for (i, state) in &results.updates {
@@ -579,138 +421,28 @@ async fn work_on(
             .update_states(id.clone(), results.updates)
             .await?;
     }
-    Ok(final_states
-        .iter()
-        .filter(|s| !s.status.is_final())
-        .map(|s| s.next_attempt)
-        .min())
+    Ok(schedule::next_attempt(&final_states))
 }
 
-/// Turns an outcome into the recipient's new state and the DSN it calls for.
-fn record(
+/// Records an outcome for the recipient at `index` of `meta`: decides ([`outcome::record`]),
+/// audits and logs the decision, and adds it to the message's `results`.
+fn note(
     engine: &Engine,
     meta: &MessageMeta,
-    index: usize,
+    (index, recipient): (usize, &Recipient),
     old: &RecipientState,
     outcome: &Outcome,
     now: u64,
     results: &mut Results,
 ) {
-    let d = &engine.config.delivery;
-    let recipient = &meta.recipients[index];
-    let mut state = old.clone();
-    state.attempts += 1;
-    state.last_attempt = now;
-    // RFC 3464 2.3.5/2.3.6: Remote-MTA and an `smtp` diagnostic only for a remote's own reply.
-    let report =
-        |status: &str, host: &Option<String>, remote: bool, diagnostic: &str| ReportedRecipient {
-            recipient: recipient.clone(),
-            status: status.to_string(),
-            remote_mta: host.clone().filter(|_| remote),
-            diagnostic: diagnostic.to_string(),
-            last_attempt: now,
-        };
-    match outcome {
-        Outcome::Delivered {
-            host,
-            reply,
-            peer_does_dsn,
-            tls_version,
-            level,
-            source,
-        } => {
-            crate::audit::submit(
-                &engine.audit,
-                AuditEvent::Delivered {
-                    queue_id: meta.id.to_string(),
-                    domain: recipient_domain(&recipient.address),
-                    host: host.clone(),
-                    tls_version: tls_version.clone().unwrap_or_else(|| "none".into()),
-                    level: level.to_string(),
-                    policy_source: source.label().to_string(),
-                },
-            );
-            state.status = RecipientStatus::Delivered;
-            state.last_reply = Some(reply.clone());
-            state.last_status = Some("2.0.0".into());
-            state.remote_mta = Some(host.clone());
-            state.tls_deferral = false;
-            if !peer_does_dsn && DsnKind::Relayed.wanted_by(&recipient.notify) {
-                results
-                    .reports
-                    .entry(DsnKindKey::Relayed)
-                    .or_default()
-                    .push(report("2.0.0", &Some(host.clone()), true, reply));
-            }
-        }
-        Outcome::Deferred {
-            host,
-            status,
-            reason,
-            remote,
-            tls,
-        } => {
-            state.status = RecipientStatus::Deferred;
-            state.last_reply = Some(reason.clone());
-            state.last_status = Some(status.clone());
-            state.remote_mta = host.clone();
-            state.tls_deferral = *tls;
-            state.next_attempt = retry::next_attempt(&d.retry_schedule, state.attempts, now)
-                .min(retry::expires_at(meta.reception.received_at, d.expiry));
-            // T6: a TLS-policy deferral is worth telling the sender about much sooner than an
-            // ordinary one; a silent multi-day deferral is the worst outcome for the user.
-            let received = meta.reception.received_at;
-            let warn = retry::older_than(received, d.delay_warning, now)
-                || (*tls
-                    && retry::older_than(
-                        received,
-                        engine.config.outbound.tls_failure_warning_after,
-                        now,
-                    ));
-            if warn && !state.delay_notified && DsnKind::Delay.wanted_by(&recipient.notify) {
-                state.delay_notified = true;
-                results
-                    .reports
-                    .entry(DsnKindKey::Delay)
-                    .or_default()
-                    .push(report(status, host, *remote, reason));
-            }
-        }
-        Outcome::Failed {
-            host,
-            status,
-            reason,
-            remote,
-        } => {
-            state.status = RecipientStatus::Failed;
-            state.last_reply = Some(reason.clone());
-            // A failure is reported with a permanent class even when its last cause was
-            // temporary (expiry): RFC 3464 2.3.4 wants the status to match the action.
-            let status = match status.strip_prefix("4.") {
-                Some(rest) => format!("5.{rest}"),
-                None => status.clone(),
-            };
-            state.last_status = Some(status.clone());
-            state.remote_mta = host.clone();
-            crate::audit::submit(
-                &engine.audit,
-                AuditEvent::DeliveryFailed {
-                    queue_id: meta.id.to_string(),
-                    domain: recipient_domain(&recipient.address),
-                    host: host.clone(),
-                    status: status.clone(),
-                    by: if *remote { "remote" } else { "tlsgate" }.into(),
-                    reason: (!remote).then(|| reason.clone()),
-                },
-            );
-            if DsnKind::Failure.wanted_by(&recipient.notify) {
-                results
-                    .reports
-                    .entry(DsnKindKey::Failure)
-                    .or_default()
-                    .push(report(&status, host, *remote, reason));
-            }
-        }
+    let rules = outcome::Rules::of(&engine.config);
+    let Recorded {
+        state,
+        report,
+        audit,
+    } = outcome::record(&rules, meta, recipient, old, outcome, now);
+    if let Some(event) = audit {
+        crate::audit::submit(&engine.audit, event);
     }
     tracing::info!(
         queue_id = %meta.id,
@@ -720,66 +452,7 @@ fn record(
         reply = state.last_reply.as_deref().unwrap_or(""),
         "recipient result"
     );
-    results.updates.push((index, state));
-}
-
-/// The domain of an address, for audit entries (which name domains, never whole addresses).
-fn recipient_domain(address: &str) -> String {
-    address
-        .rsplit_once('@')
-        .map(|(_, d)| d.to_ascii_lowercase())
-        .unwrap_or_default()
-}
-
-async fn send_dsn(
-    engine: &Engine,
-    meta: &MessageMeta,
-    body: &[u8],
-    kind: DsnKind,
-    recipients: Vec<ReportedRecipient>,
-    now: u64,
-) {
-    let config = &engine.config;
-    let request = DsnRequest {
-        kind,
-        reporting_mta: &config.server.hostname,
-        admin_contact: config.server.admin_contact.as_deref(),
-        original: meta,
-        original_body: Some(body),
-        recipients,
-        delivery: &config.delivery,
-        now,
-    };
-    let Some(message) = dsn::build(&request) else {
-        return;
-    };
-    let dsn_id = message.meta.id.clone();
-    match engine.committer.commit(message).await {
-        Ok(()) => {
-            engine
-                .metrics
-                .dsn_sent
-                .with_label_values(&[kind.as_str()])
-                .inc();
-            crate::audit::submit(
-                &engine.audit,
-                AuditEvent::DsnSent {
-                    queue_id: meta.id.to_string(),
-                    dsn_id: dsn_id.to_string(),
-                    kind: kind.as_str().to_string(),
-                },
-            );
-            tracing::info!(
-            queue_id = %meta.id,
-            dsn_id = %dsn_id,
-            kind = kind.as_str(),
-            to = meta.sender.as_deref().unwrap_or(""),
-            "DSN queued"
-            )
-        }
-        Err(e) => tracing::error!(queue_id = %meta.id, error = %e, kind = kind.as_str(),
-            "could not queue a DSN"),
-    }
+    results.add(index, state, report);
 }
 
 fn log_attempt(

@@ -8,6 +8,7 @@
 use crate::config::Config;
 use crate::dns::{DnsError, MxRecord, Resolver};
 use crate::domain::Domain;
+use crate::smtp::reply::EnhancedStatus;
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
 use std::net::{IpAddr, SocketAddr};
@@ -36,7 +37,7 @@ pub fn destination_of(config: &Config, recipient: &str) -> Result<Destination, R
         .rsplit_once('@')
         .and_then(|(_, d)| Domain::parse(d).ok())
         .ok_or_else(|| RouteError::Permanent {
-            status: "5.1.3",
+            status: EnhancedStatus::new(5, 1, 3),
             reason: format!("recipient address {recipient} has no usable domain"),
         })?;
     // Local domains only ever go to the next hop: their MX is this gateway itself, and
@@ -60,20 +61,22 @@ pub struct Host {
 pub enum RouteError {
     #[error("{reason}")]
     Permanent {
-        status: &'static str,
+        /// RFC 3463 status for the DSN.
+        status: EnhancedStatus,
         reason: String,
     },
     #[error("{reason}")]
     Temporary {
-        status: &'static str,
+        /// RFC 3463 status for the DSN.
+        status: EnhancedStatus,
         reason: String,
     },
 }
 
 impl RouteError {
-    pub fn status(&self) -> &'static str {
+    pub fn status(&self) -> EnhancedStatus {
         match self {
-            RouteError::Permanent { status, .. } | RouteError::Temporary { status, .. } => status,
+            RouteError::Permanent { status, .. } | RouteError::Temporary { status, .. } => *status,
         }
     }
 }
@@ -91,7 +94,7 @@ pub async fn hosts_for(
                 .next_hop
                 .as_deref()
                 .ok_or_else(|| RouteError::Temporary {
-                    status: "4.3.5",
+                    status: EnhancedStatus::new(4, 3, 5),
                     reason: "inbound.next_hop is not configured".into(),
                 })?;
             next_hop_hosts(resolver, hop).await
@@ -105,7 +108,7 @@ async fn next_hop_hosts(resolver: &dyn Resolver, hop: &str) -> Result<Vec<Host>,
         .rsplit_once(':')
         .and_then(|(h, p)| Some((h, p.parse::<u16>().ok()?)))
         .ok_or_else(|| RouteError::Temporary {
-            status: "4.3.5",
+            status: EnhancedStatus::new(4, 3, 5),
             reason: format!("inbound.next_hop {hop:?} is not host:port"),
         })?;
     let host = host.trim_start_matches('[').trim_end_matches(']');
@@ -119,12 +122,12 @@ async fn next_hop_hosts(resolver: &dyn Resolver, hop: &str) -> Result<Vec<Host>,
         .addresses(host)
         .await
         .map_err(|e| RouteError::Temporary {
-            status: "4.4.3",
+            status: EnhancedStatus::new(4, 4, 3),
             reason: format!("cannot resolve next hop {host}: {e}"),
         })?;
     if addrs.is_empty() {
         return Err(RouteError::Temporary {
-            status: "4.4.3",
+            status: EnhancedStatus::new(4, 4, 3),
             reason: format!("next hop {host} has no address"),
         });
     }
@@ -146,20 +149,20 @@ async fn mx_hosts(
         Ok(records) => records,
         Err(DnsError::NoSuchDomain(_)) => {
             return Err(RouteError::Permanent {
-                status: "5.1.2",
+                status: EnhancedStatus::new(5, 1, 2),
                 reason: format!("the domain {domain} does not exist"),
             })
         }
         Err(e) => {
             return Err(RouteError::Temporary {
-                status: "4.4.3",
+                status: EnhancedStatus::new(4, 4, 3),
                 reason: e.to_string(),
             })
         }
     };
     if is_null_mx(&records) {
         return Err(RouteError::Permanent {
-            status: "5.1.10",
+            status: EnhancedStatus::new(5, 1, 10),
             reason: format!("the domain {domain} accepts no mail (null MX, RFC 7505)"),
         });
     }
@@ -190,7 +193,7 @@ async fn mx_hosts(
     }
     if hosts.is_empty() {
         return Err(RouteError::Temporary {
-            status: "4.4.4",
+            status: EnhancedStatus::new(4, 4, 4),
             reason: format!(
                 "no reachable mail host for {domain}: {}",
                 last_error.unwrap_or_else(|| "no MX host".into())

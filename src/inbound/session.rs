@@ -638,15 +638,11 @@ impl Session {
         // client forever. It then gets a 4xx and retries; if the write completes after all,
         // the message is sent twice, never lost.
         let limit = self.ctx.config.limits.data_timeout;
-        let committed =
-            tokio::time::timeout(limit, self.ctx.committer.commit(NewMessage { meta, body }))
-                .await
-                .unwrap_or_else(|_| {
-                    Err(StoreError::Engine(format!(
-                        "queue commit did not finish within {}",
-                        humantime::format_duration(limit)
-                    )))
-                });
+        let committed = self
+            .ctx
+            .committer
+            .commit_within(NewMessage { meta, body }, limit)
+            .await;
         match committed {
             Ok(()) => {
                 self.accepted += 1;

@@ -13,7 +13,7 @@ pub mod store;
 
 pub use message::{MessageMeta, NewMessage, QueueId, RecipientState, RecipientStatus};
 pub use sled_store::SledStore;
-pub use store::{Store, StoreError};
+pub use store::{AsyncStore, Store, StoreError, StoredMessage};
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
@@ -103,6 +103,18 @@ impl Committer {
     /// Writes the message durably. Returns only after the data is on disk (or an error).
     pub async fn commit(&self, message: NewMessage) -> Result<(), StoreError> {
         self.submit(Work::Message(Box::new(message))).await
+    }
+
+    /// [`Committer::commit`], waiting at most `limit` for the answer ([`StoreError::Timeout`]
+    /// after that). The write itself is not cancelled: it may still complete.
+    pub async fn commit_within(
+        &self,
+        message: NewMessage,
+        limit: std::time::Duration,
+    ) -> Result<(), StoreError> {
+        tokio::time::timeout(limit, self.commit(message))
+            .await
+            .unwrap_or(Err(StoreError::Timeout { limit }))
     }
 
     /// Durably records new states for recipients of a message.

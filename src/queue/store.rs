@@ -2,9 +2,10 @@
 //! "sled caveat"), so the storage engine, or an encrypting wrapper (S3), can change behind it.
 //!
 //! Methods are blocking: callers run them off the async threads (the group committer's own
-//! thread, or `spawn_blocking`).
+//! thread, or [`AsyncStore`], which runs each read on the blocking pool).
 
 use super::message::{MessageMeta, NewMessage, QueueId, RecipientState};
+use std::sync::Arc;
 
 /// Each variant's message is complete (it embeds its cause) and none reports a `source()`, so
 /// an error chain printed link by link says every cause once.
@@ -20,6 +21,16 @@ pub enum StoreError {
     DiskFull { available: u64 },
     #[error("the queue committer has stopped")]
     Closed,
+    /// A durable write was not confirmed in time (a stuck disk or store). It may still
+    /// complete: the caller treats it as failed, so a message is sent twice, never lost.
+    #[error("queue commit did not finish within {}", humantime::format_duration(*.limit))]
+    Timeout { limit: std::time::Duration },
+    /// A store call run on the blocking pool panicked or was cancelled before it returned.
+    #[error("queue {operation} did not complete: {reason}")]
+    Aborted {
+        operation: &'static str,
+        reason: String,
+    },
 }
 
 impl From<std::io::Error> for StoreError {
@@ -66,4 +77,82 @@ pub trait Store: Send + Sync + 'static {
     fn message_ids(&self) -> Result<Vec<QueueId>, StoreError>;
 
     fn remove_message(&self, id: &QueueId) -> Result<(), StoreError>;
+}
+
+/// The store for async callers (the delivery engine and its admin operations).
+///
+/// The [`Store`] methods block on disk I/O; run on an async worker thread they would stall
+/// every session and delivery scheduled on it. Each call here runs on tokio's blocking pool
+/// instead, and a call that panics there comes back as [`StoreError::Aborted`].
+#[derive(Clone)]
+pub struct AsyncStore(Arc<dyn Store>);
+
+/// One queued message as read for delivery: envelope, recipient states and body.
+pub struct StoredMessage {
+    pub meta: MessageMeta,
+    pub states: Vec<RecipientState>,
+    pub body: Vec<u8>,
+}
+
+impl AsyncStore {
+    pub fn new(store: Arc<dyn Store>) -> AsyncStore {
+        AsyncStore(store)
+    }
+
+    /// The blocking store, for callers that run their own blocking work.
+    pub fn blocking(&self) -> Arc<dyn Store> {
+        self.0.clone()
+    }
+
+    /// Runs `f` on the blocking pool; `operation` names it in the error if it panics.
+    pub async fn run<T, F>(&self, operation: &'static str, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
+    {
+        let store = self.0.clone();
+        tokio::task::spawn_blocking(move || f(store.as_ref()))
+            .await
+            .map_err(|e| StoreError::Aborted {
+                operation,
+                reason: e.to_string(),
+            })?
+    }
+
+    /// The envelope of a message, `None` when it is not (or no longer) queued.
+    pub async fn message(&self, id: &QueueId) -> Result<Option<MessageMeta>, StoreError> {
+        let id = id.clone();
+        self.run("read", move |store| store.message(&id)).await
+    }
+
+    pub async fn recipient_states(&self, id: &QueueId) -> Result<Vec<RecipientState>, StoreError> {
+        let id = id.clone();
+        self.run("read", move |store| store.recipient_states(&id))
+            .await
+    }
+
+    /// Everything delivery needs of a message, `None` when it is not (or no longer) queued.
+    pub async fn load(&self, id: &QueueId) -> Result<Option<StoredMessage>, StoreError> {
+        let id = id.clone();
+        self.run("read", move |store| {
+            let Some(meta) = store.message(&id)? else {
+                return Ok(None);
+            };
+            let states = store.recipient_states(&id)?;
+            // Delivery pairs each state with its recipient by position.
+            if states.len() != meta.recipients.len() {
+                return Err(StoreError::Corrupt {
+                    key: id.to_string(),
+                    reason: format!(
+                        "{} recipient states for {} recipients",
+                        states.len(),
+                        meta.recipients.len()
+                    ),
+                });
+            }
+            let body = store.body(&id)?.unwrap_or_default();
+            Ok(Some(StoredMessage { meta, states, body }))
+        })
+        .await
+    }
 }

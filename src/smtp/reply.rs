@@ -14,6 +14,15 @@ pub struct EnhancedStatus {
 }
 
 impl EnhancedStatus {
+    /// A status tlsgate states itself, e.g. `EnhancedStatus::new(4, 4, 1)`.
+    pub const fn new(class: u8, subject: u16, detail: u16) -> EnhancedStatus {
+        EnhancedStatus {
+            class,
+            subject,
+            detail,
+        }
+    }
+
     /// Parses `2.0.0`; RFC 3463 2: class 2, 4 or 5, subject and detail 1–3 digits.
     pub fn parse(text: &str) -> Option<EnhancedStatus> {
         let mut parts = text.split('.');

@@ -159,3 +159,53 @@ async fn concurrent_commits_share_syncs() {
     ids.sort();
     assert_eq!(store.message_ids().unwrap(), ids);
 }
+
+/// S5: a commit that is not confirmed in time is refused (the client retries) with a typed
+/// timeout; the write is not cancelled and still completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_not_confirmed_in_time_is_a_timeout_and_still_completes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(SledStore::open(dir.path()).unwrap());
+    let (committer, _announced) = Committer::start(Arc::new(SlowSync(store.clone()))).unwrap();
+    let msg = sample_message(b"hello".to_vec(), 1);
+    let id = msg.meta.id.clone();
+    let limit = std::time::Duration::from_millis(5);
+    match committer.commit_within(msg, limit).await {
+        Err(StoreError::Timeout { limit: l }) => assert_eq!(l, limit),
+        other => panic!("expected a timeout, got {other:?}"),
+    }
+    assert!(committer.close(std::time::Duration::from_secs(5)).await);
+    assert!(store.message(&id).unwrap().is_some());
+}
+
+/// Delivery pairs recipient states with recipients by position: a message whose counts
+/// differ is reported corrupt, not read.
+#[tokio::test]
+async fn a_message_with_more_states_than_recipients_is_corrupt() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(SledStore::open(dir.path()).unwrap());
+    let msg = sample_message(b"hello".to_vec(), 2);
+    let id = msg.meta.id.clone();
+    store
+        .write_message(
+            &msg,
+            &[
+                RecipientState::new_pending(1),
+                RecipientState::new_pending(1),
+            ],
+        )
+        .unwrap();
+    let reader = crate::queue::AsyncStore::new(store.clone());
+    assert!(reader.load(&id).await.unwrap().is_some());
+    store
+        .set_recipient_state(&id, 2, &RecipientState::new_pending(1))
+        .unwrap();
+    match reader.load(&id).await {
+        Err(StoreError::Corrupt { key, reason }) => {
+            assert_eq!(key, id.to_string());
+            assert_eq!(reason, "3 recipient states for 2 recipients");
+        }
+        Err(e) => panic!("expected a corrupt record, got {e}"),
+        Ok(_) => panic!("expected a corrupt record, got the message"),
+    }
+}

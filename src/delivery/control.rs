@@ -1,0 +1,98 @@
+//! Operator control of queued messages: retry now, bounce, delete (`tlsgate queue
+//! retry|bounce|delete`, served by [`crate::admin`], which audits every action for S1).
+//!
+//! An operation first claims the message in the timetable, so it never races a delivery
+//! attempt on the same message: a message being delivered right now answers [`AdminError::Busy`]
+//! (the API's `409`) instead of waiting. A bounce goes through the same path as a delivery
+//! result, so the sender gets the failure DSN T6 promises and the audit log its entry.
+
+use super::{lock, schedule, work_on, DeliveryEngine, Engine};
+use crate::queue::message::{unix_now, QueueId, RecipientState};
+use crate::queue::{Store, StoreError};
+use std::sync::Arc;
+
+/// Why an administrative queue operation could not be done.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error("no such message in the queue")]
+    NotFound,
+    #[error("the message is being delivered right now; try again in a moment")]
+    Busy,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A cheap, cloneable handle for the admin API.
+#[derive(Clone)]
+pub struct EngineHandle {
+    engine: Arc<Engine>,
+}
+
+impl DeliveryEngine {
+    pub fn handle(&self) -> EngineHandle {
+        EngineHandle {
+            engine: self.engine.clone(),
+        }
+    }
+}
+
+impl EngineHandle {
+    /// Takes the message out of the timetable so that nothing else works on it meanwhile.
+    async fn claim(&self, id: &QueueId) -> Result<(), AdminError> {
+        if self.engine.store.message(id).await?.is_none() {
+            return Err(AdminError::NotFound);
+        }
+        lock(&self.engine.timetable)
+            .claim(id)
+            .map_err(|schedule::Busy| AdminError::Busy)
+    }
+
+    /// `tlsgate queue retry`: every undelivered recipient is due now.
+    pub async fn retry_now(&self, id: &QueueId) -> Result<(), AdminError> {
+        self.claim(id).await?;
+        let now = unix_now();
+        let result = match self.engine.store.recipient_states(id).await {
+            Ok(states) => {
+                let updates: Vec<(usize, RecipientState)> = states
+                    .into_iter()
+                    .enumerate()
+                    .filter(|(_, s)| !s.status.is_final())
+                    .map(|(i, mut s)| {
+                        s.next_attempt = now;
+                        (i, s)
+                    })
+                    .collect();
+                self.engine
+                    .committer
+                    .update_states(id.clone(), updates)
+                    .await
+                    .map_err(AdminError::from)
+            }
+            Err(e) => Err(AdminError::from(e)),
+        };
+        self.engine.release(id, Some(now));
+        result
+    }
+
+    /// `tlsgate queue bounce`: every undelivered recipient fails now, with a failure DSN.
+    pub async fn bounce(&self, id: &QueueId, reason: &str) -> Result<(), AdminError> {
+        self.claim(id).await?;
+        work_on(&self.engine, id, Some(reason))
+            .await
+            .map_err(AdminError::from)
+    }
+
+    /// `tlsgate queue delete`: removes the message without telling anyone.
+    pub async fn delete(&self, id: &QueueId) -> Result<(), AdminError> {
+        self.claim(id).await?;
+        let result = self.engine.committer.remove(id.clone()).await;
+        let next = result.is_err().then(unix_now);
+        self.engine.release(id, next);
+        result.map_err(AdminError::from)
+    }
+
+    /// The blocking store, for the admin API's queue listing.
+    pub fn store(&self) -> Arc<dyn Store> {
+        self.engine.store.blocking()
+    }
+}
