@@ -199,7 +199,10 @@ fn run_committer(
                         // if this fails too, a duplicate is still better than a loss.
                         let _ = store.remove_message(&message.meta.id);
                     }
-                    Err(StoreError::Engine(format!("sync failed: {e}")))
+                    Err(StoreError::SyncFailed {
+                        reason: e.to_string(),
+                        disk_full: e.is_disk_full(),
+                    })
                 }
             };
             if outcome.is_err() {

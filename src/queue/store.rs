@@ -21,6 +21,10 @@ pub enum StoreError {
     DiskFull { available: u64 },
     #[error("the queue committer has stopped")]
     Closed,
+    /// The group's sync failed; every message of the group gets this (the one cause, told to
+    /// each), keeping whether the file system was full so that the reply can say so.
+    #[error("queue sync failed: {reason}")]
+    SyncFailed { reason: String, disk_full: bool },
     /// A durable write was not confirmed in time (a stuck disk or store). It may still
     /// complete: the caller treats it as failed, so a message is sent twice, never lost.
     #[error("queue commit did not finish within {}", humantime::format_duration(*.limit))]
@@ -44,6 +48,7 @@ impl StoreError {
     pub fn is_disk_full(&self) -> bool {
         match self {
             StoreError::DiskFull { .. } => true,
+            StoreError::SyncFailed { disk_full, .. } => *disk_full,
             StoreError::Io(e) => {
                 matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
             }

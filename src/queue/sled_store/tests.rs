@@ -93,15 +93,27 @@ fn recipient_state_updates_and_removal() {
     assert!(store.message_ids().unwrap().is_empty());
 }
 
-/// The real store, with a sync as slow as a busy disk's, so that commits pile up behind it.
-struct SlowSync(Arc<SledStore>);
+/// The real store with something done before each sync: `slow` (as slow as a busy disk's, so
+/// that commits pile up behind it) or `disk_full`.
+struct HookedSync(Arc<SledStore>, fn() -> Result<(), StoreError>);
 
-impl Store for SlowSync {
+fn slow() -> Result<(), StoreError> {
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    Ok(())
+}
+
+fn disk_full() -> Result<(), StoreError> {
+    Err(StoreError::Io(std::io::Error::from_raw_os_error(
+        libc::ENOSPC,
+    )))
+}
+
+impl Store for HookedSync {
     fn write_message(&self, m: &NewMessage, s: &[RecipientState]) -> Result<(), StoreError> {
         self.0.write_message(m, s)
     }
     fn sync(&self) -> Result<(), StoreError> {
-        std::thread::sleep(std::time::Duration::from_millis(50));
+        (self.1)()?;
         self.0.sync()
     }
     fn message(&self, id: &QueueId) -> Result<Option<MessageMeta>, StoreError> {
@@ -133,7 +145,8 @@ impl Store for SlowSync {
 async fn concurrent_commits_share_syncs() {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(SledStore::open(dir.path()).unwrap());
-    let (committer, _announced) = Committer::start(Arc::new(SlowSync(store.clone()))).unwrap();
+    let (committer, _announced) =
+        Committer::start(Arc::new(HookedSync(store.clone(), slow))).unwrap();
     let mut tasks = Vec::new();
     for n in 0..64u8 {
         let committer = committer.clone();
@@ -166,7 +179,8 @@ async fn concurrent_commits_share_syncs() {
 async fn a_commit_not_confirmed_in_time_is_a_timeout_and_still_completes() {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(SledStore::open(dir.path()).unwrap());
-    let (committer, _announced) = Committer::start(Arc::new(SlowSync(store.clone()))).unwrap();
+    let (committer, _announced) =
+        Committer::start(Arc::new(HookedSync(store.clone(), slow))).unwrap();
     let msg = sample_message(b"hello".to_vec(), 1);
     let id = msg.meta.id.clone();
     let limit = std::time::Duration::from_millis(5);
@@ -208,4 +222,19 @@ async fn a_message_with_more_states_than_recipients_is_corrupt() {
         Err(e) => panic!("expected a corrupt record, got {e}"),
         Ok(_) => panic!("expected a corrupt record, got the message"),
     }
+}
+
+/// A file system that fills up at the sync: the commit fails, says the disk is full (so the
+/// session answers `452 4.3.1 Insufficient system storage`, RFC 3463), and the message that
+/// was written but not made durable is taken back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_at_the_sync_is_reported_as_a_full_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(SledStore::open(dir.path()).unwrap());
+    let (committer, _announced) =
+        Committer::start(Arc::new(HookedSync(store.clone(), disk_full))).unwrap();
+    let msg = sample_message(b"hello".to_vec(), 1);
+    let err = committer.commit(msg).await.unwrap_err();
+    assert!(err.is_disk_full(), "{err:?}");
+    assert!(store.message_ids().unwrap().is_empty(), "taken back");
 }
