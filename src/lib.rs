@@ -12,6 +12,7 @@ pub mod audit;
 pub mod auth;
 pub mod compliance;
 pub mod config;
+pub mod datetime;
 pub mod delivery;
 pub mod dns;
 pub mod domain;

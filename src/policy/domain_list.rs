@@ -303,7 +303,8 @@ fn split_csv(line: &str, sep: char) -> Vec<String> {
     cells
 }
 
-/// `YYYY-MM-DD` or `DD.MM.YYYY` → days since 1970-01-01.
+/// `YYYY-MM-DD` or `DD.MM.YYYY` → days since 1970-01-01; `None` for anything else, a year
+/// outside 1970..=9999 or a day the calendar does not have.
 pub fn parse_date(text: &str) -> Option<i64> {
     let (y, m, d) = if let Some((y, rest)) = text.split_once('-') {
         let (m, d) = rest.split_once('-')?;
@@ -313,22 +314,11 @@ pub fn parse_date(text: &str) -> Option<i64> {
         let (m, y) = rest.split_once('.')?;
         (y, m, d)
     };
-    let (y, m, d): (i64, u32, u32) = (y.parse().ok()?, m.parse().ok()?, d.parse().ok()?);
-    if !(1970..=9999).contains(&y) || !(1..=12).contains(&m) || !(1..=31).contains(&d) {
+    let (y, m, d): (i32, u8, u8) = (y.parse().ok()?, m.parse().ok()?, d.parse().ok()?);
+    if !(1970..=9999).contains(&y) {
         return None;
     }
-    Some(days_from_civil(y, m, d))
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's civil-from-days inverse).
-fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let m = i64::from(m);
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(d) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
+    crate::datetime::days_since_epoch(y, m, d)
 }
 
 /// How the list's age is measured (`domain_list.age_from`).
@@ -527,6 +517,7 @@ mod tests {
         assert_eq!(parse_date("2000-03-01"), Some(11_017));
         assert_eq!(parse_date("01.03.2000"), Some(11_017));
         assert_eq!(parse_date("2024-13-01"), None);
+        assert_eq!(parse_date("31.04.2020"), None);
     }
 
     #[test]
