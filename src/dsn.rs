@@ -224,7 +224,7 @@ fn human_text(req: &DsnRequest<'_>) -> String {
              It has been given up; the details are below.\n",
         ),
         DsnKind::Delay => {
-            let until = crate::delivery::retry::expires_at(
+            let until = crate::queue::retry::expires_at(
                 req.original.reception.received_at,
                 req.delivery.expiry,
             );
@@ -332,7 +332,7 @@ fn delivery_status(req: &DsnRequest<'_>) -> String {
             let _ = write!(s, "Last-Attempt-Date: {}\r\n", date(r.last_attempt));
         }
         if req.kind == DsnKind::Delay {
-            let until = crate::delivery::retry::expires_at(
+            let until = crate::queue::retry::expires_at(
                 req.original.reception.received_at,
                 req.delivery.expiry,
             );

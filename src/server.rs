@@ -611,3 +611,24 @@ impl RunningServer {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A start-up error wrapped for the CLI names its cause once (the CLI prints the whole
+    /// chain, anyhow's `{:#}`).
+    #[test]
+    fn a_start_error_says_its_cause_once() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let missing = dir.path().join("missing");
+        let cause = tls::keys::load_cert_chain(&missing).expect_err("no such file");
+        let error = ServerError::from(StartError {
+            file: "t.toml".into(),
+            key: "tls.cert".into(),
+            fault: Fault::Key(cause),
+        });
+        let text = format!("{:#}", anyhow::Error::from(error));
+        assert_eq!(text.matches("(os error").count(), 1, "{text}");
+    }
+}

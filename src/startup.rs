@@ -13,10 +13,10 @@
 use crate::admin::AccessError;
 use crate::audit::AuditError;
 use crate::auth::{OutboundSigner, SignerError};
-use crate::config::{Config, PolicyTarget};
+use crate::config::Config;
 use crate::domain::Domain;
-use crate::policy;
 use crate::policy::domain_list::{DomainListHandle, ListError};
+use crate::policy::{self, PolicyTarget};
 use crate::queue::StoreError;
 use crate::tls::client::ClientTls;
 use crate::tls::{keys, KeyError};
@@ -327,11 +327,6 @@ mod tests {
             printed(crate::delivery::AdminError::from(
                 StoreError::from(enoent()),
             )),
-            printed(crate::server::ServerError::from(StartError {
-                file: "t.toml".into(),
-                key: "tls.cert".into(),
-                fault: Fault::Key(keys::load_cert_chain(&missing).expect_err("no such file")),
-            })),
         ];
         // The audit log cannot create its directory below the missing one's place if that is
         // a file: ENOTDIR instead of ENOENT.

@@ -39,6 +39,9 @@ mod strip;
 pub use sign::{DkimAlgorithm, OutboundSigner, SignerError, DEFAULT_SIGNED_HEADERS};
 pub use strip::strip_our_authentication_results;
 
+/// The configured actions ([`AuthPolicy::decide`] below applies them).
+pub use crate::config::{AuthPolicy, PolicyAction};
+
 use mail_auth::dkim::Signature;
 use mail_auth::dmarc::verify::DmarcParameters;
 use mail_auth::dmarc::Policy;
@@ -192,40 +195,7 @@ pub struct AuthOutcome {
     pub action: AuthAction,
 }
 
-/// What to do for each case, `[inbound.auth]` in the configuration.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum PolicyAction {
-    Accept,
-    Tag,
-    Reject,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AuthPolicy {
-    /// DMARC fails and the domain's policy is `reject`. Default: reject (550 5.7.1).
-    pub dmarc_reject: PolicyAction,
-    /// DMARC fails and the domain's policy is `quarantine`. Default: tag.
-    pub dmarc_quarantine: PolicyAction,
-    /// SPF `fail` (a `-` qualifier, typically `-all`) and the From domain has no DMARC
-    /// record. Default: tag.
-    pub spf_fail_without_dmarc: PolicyAction,
-    /// Name of the header field added by [`PolicyAction::Tag`]. Default
-    /// `X-Tlsgate-Quarantine`; the value says why (`dmarc=fail` or `spf=fail`).
-    pub tag_header: String,
-}
-
-impl Default for AuthPolicy {
-    fn default() -> Self {
-        AuthPolicy {
-            dmarc_reject: PolicyAction::Reject,
-            dmarc_quarantine: PolicyAction::Tag,
-            spf_fail_without_dmarc: PolicyAction::Tag,
-            tag_header: "X-Tlsgate-Quarantine".to_string(),
-        }
-    }
-}
-
+/// The decision on one message's results; the policy's settings are read by `config`.
 impl AuthPolicy {
     /// The action for these results. Temporary errors fail temporarily (451) only where the
     /// policy would reject on a failure; otherwise the message is accepted (the header still

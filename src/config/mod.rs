@@ -11,7 +11,7 @@ mod raw;
 
 use crate::domain::Domain;
 use crate::policy::domain_list::AgeFrom;
-use crate::policy::TlsLevel;
+use crate::policy::{PolicyEntry, PolicyTarget, TlsLevel};
 use ipnet::IpNet;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
@@ -152,7 +152,43 @@ pub struct OutboundSection {
 pub struct InboundAuth {
     /// A check never holds a session longer than this.
     pub timeout: Duration,
-    pub policy: crate::auth::AuthPolicy,
+    pub policy: AuthPolicy,
+}
+
+/// What to do for each case, `[inbound.auth]` in the configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PolicyAction {
+    Accept,
+    Tag,
+    Reject,
+}
+
+/// What sender authentication does with failed results (`[inbound.auth]`); the decision on a
+/// message's results is `AuthPolicy::decide` in `auth`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthPolicy {
+    /// DMARC fails and the domain's policy is `reject`. Default: reject (550 5.7.1).
+    pub dmarc_reject: PolicyAction,
+    /// DMARC fails and the domain's policy is `quarantine`. Default: tag.
+    pub dmarc_quarantine: PolicyAction,
+    /// SPF `fail` (a `-` qualifier, typically `-all`) and the From domain has no DMARC
+    /// record. Default: tag.
+    pub spf_fail_without_dmarc: PolicyAction,
+    /// Name of the header field added by [`PolicyAction::Tag`]. Default
+    /// `X-Tlsgate-Quarantine`; the value says why (`dmarc=fail` or `spf=fail`).
+    pub tag_header: String,
+}
+
+impl Default for AuthPolicy {
+    fn default() -> Self {
+        AuthPolicy {
+            dmarc_reject: PolicyAction::Reject,
+            dmarc_quarantine: PolicyAction::Tag,
+            spf_fail_without_dmarc: PolicyAction::Tag,
+            tag_header: "X-Tlsgate-Quarantine".to_string(),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -205,23 +241,6 @@ pub struct DomainListSection {
     pub age_from: AgeFrom,
     /// How often the file is checked for changes.
     pub check_interval: Duration,
-}
-
-/// What a `[[policy]]` entry applies to.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PolicyTarget {
-    /// Exactly this domain.
-    Exact(Domain),
-    /// Every subdomain of this domain (written `.partner.no`), not the domain itself.
-    Suffix(Domain),
-}
-
-#[derive(Debug, Clone)]
-pub struct PolicyEntry {
-    pub target: PolicyTarget,
-    pub tls: TlsLevel,
-    /// Extra names the peer's certificate may carry (exact, or `.suffix`).
-    pub match_names: Vec<String>,
 }
 
 /// The audit log (S1).
@@ -573,7 +592,7 @@ fn validate(raw: raw::RawConfig, file: &str) -> Result<Config, ConfigError> {
     }
     let a = inbound.auth.unwrap_or_default();
     let auth = if a.enabled.unwrap_or(true) {
-        let defaults = crate::auth::AuthPolicy::default();
+        let defaults = AuthPolicy::default();
         let tag_header = a.tag_header.unwrap_or(defaults.tag_header);
         if tag_header.is_empty()
             || !tag_header
@@ -590,7 +609,7 @@ fn validate(raw: raw::RawConfig, file: &str) -> Result<Config, ConfigError> {
                 "inbound.auth.timeout",
                 a.timeout.as_deref().unwrap_or("10s"),
             )?,
-            policy: crate::auth::AuthPolicy {
+            policy: AuthPolicy {
                 dmarc_reject: a.dmarc_reject.unwrap_or(defaults.dmarc_reject),
                 dmarc_quarantine: a.dmarc_quarantine.unwrap_or(defaults.dmarc_quarantine),
                 spf_fail_without_dmarc: a

@@ -10,7 +10,6 @@
 pub mod attempt;
 pub mod client;
 pub mod pool;
-pub mod retry;
 pub mod route;
 
 use crate::audit::{AuditEvent, AuditLog};
@@ -20,6 +19,7 @@ use crate::dsn::{self, DsnKind, DsnRequest, ReportedRecipient};
 use crate::metrics::Metrics;
 use crate::policy::domain_list::DomainListHandle;
 use crate::queue::message::{unix_now, MessageMeta, QueueId, RecipientState, RecipientStatus};
+use crate::queue::retry;
 use crate::queue::{Committer, NewMessages, Store, StoreError};
 use crate::tls::client::ClientTls;
 use attempt::{AttemptContext, HostLog, Outcome};
