@@ -19,6 +19,7 @@ pub mod domain;
 pub mod dsn;
 pub mod inbound;
 pub mod metrics;
+pub mod ops;
 pub mod policy;
 pub mod queue;
 pub mod server;

@@ -40,7 +40,7 @@ pub enum ConfigError {
     },
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     /// The file this was read from (or [`EMBEDDED_DEFAULT_NAME`]).
     pub source: String,
@@ -60,7 +60,7 @@ pub struct Config {
     pub log: LogSection,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ServerSection {
     pub hostname: String,
     pub data_dir: PathBuf,
@@ -69,7 +69,7 @@ pub struct ServerSection {
     pub min_free_space: u64,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Limits {
     pub max_connections: usize,
     pub max_connections_per_ip: usize,
@@ -91,7 +91,7 @@ pub struct Limits {
 
 /// Server certificate for STARTTLS. `None` means: generate a self-signed one into
 /// `data_dir/certs` on first start (development only).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct TlsSection {
     pub cert_and_key: Option<(PathBuf, PathBuf)>,
 }
@@ -114,14 +114,14 @@ impl fmt::Display for Role {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ListenerConfig {
     pub bind: SocketAddr,
     pub role: Role,
     pub require_tls: bool,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct InboundSection {
     /// Sender authentication (SPF, DKIM, DMARC, ARC; D4); `None` when turned off.
     pub auth: Option<InboundAuth>,
@@ -136,7 +136,7 @@ pub struct InboundSection {
     pub next_hop_tls: TlsLevel,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct OutboundSection {
     pub relay_networks: Vec<IpNet>,
     pub smtp_port: u16,
@@ -148,7 +148,7 @@ pub struct OutboundSection {
     pub dkim: Vec<DkimKey>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct InboundAuth {
     /// A check never holds a session longer than this.
     pub timeout: Duration,
@@ -191,7 +191,7 @@ impl Default for AuthPolicy {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct DkimKey {
     pub domain: Domain,
     pub selector: String,
@@ -201,7 +201,7 @@ pub struct DkimKey {
 
 /// How queued mail is delivered: retries, expiry, concurrency, timeouts (design.md, "Queue and
 /// delivery"; T6).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct DeliverySection {
     /// Waits between attempts; the last one repeats until expiry.
     pub retry_schedule: Vec<Duration>,
@@ -229,12 +229,12 @@ pub enum DsnLanguage {
     Norwegian,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct DnsSection {
     pub nameservers: Vec<SocketAddr>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct DomainListSection {
     pub path: Option<PathBuf>,
     pub max_age_days: u32,
@@ -244,7 +244,7 @@ pub struct DomainListSection {
 }
 
 /// The audit log (S1).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct AuditSection {
     pub dir: PathBuf,
     pub retention: Duration,
@@ -256,7 +256,7 @@ pub struct AuditSection {
 /// Locked by default: a Unix socket that only the service user, root and `socket_group` can
 /// open (file mode and `SO_PEERCRED`, like Postfix's `private/` sockets); a TCP `bind` always
 /// needs a bearer token, loopback included, because any local user can reach loopback.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct AdminSection {
     /// The Unix socket (default `data_dir/admin.sock`); `None` when `admin.socket = ""`.
     pub socket: Option<PathBuf>,
@@ -277,7 +277,7 @@ pub enum LogFormat {
     Json,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct LogSection {
     pub format: LogFormat,
     pub level: String,
@@ -878,6 +878,48 @@ fn validate(raw: raw::RawConfig, file: &str) -> Result<Config, ConfigError> {
         audit,
         log,
     })
+}
+
+/// The sections of `new` whose values differ from `old`'s, in file order; `[tls]` is left
+/// out (SIGHUP puts the new certificate in force) and so is `source`. A SIGHUP reload names
+/// these in its warning: they take effect at the next restart.
+pub fn changed_sections(old: &Config, new: &Config) -> Vec<&'static str> {
+    // Destructured, so that a new section cannot be forgotten here.
+    let Config {
+        source: _,
+        server,
+        limits,
+        tls: _,
+        listeners,
+        inbound,
+        outbound,
+        delivery,
+        dns,
+        domain_list,
+        policies,
+        metrics,
+        admin,
+        audit,
+        log,
+    } = new;
+    [
+        ("server", *server != old.server),
+        ("limits", *limits != old.limits),
+        ("listener", *listeners != old.listeners),
+        ("inbound", *inbound != old.inbound),
+        ("outbound", *outbound != old.outbound),
+        ("delivery", *delivery != old.delivery),
+        ("dns", *dns != old.dns),
+        ("domain_list", *domain_list != old.domain_list),
+        ("policy", *policies != old.policies),
+        ("metrics", *metrics != old.metrics),
+        ("admin", *admin != old.admin),
+        ("audit", *audit != old.audit),
+        ("log", *log != old.log),
+    ]
+    .into_iter()
+    .filter_map(|(name, changed)| changed.then_some(name))
+    .collect()
 }
 
 #[cfg(test)]

@@ -342,11 +342,22 @@ struct Loaded {
     modified: Option<SystemTime>,
 }
 
-/// What a reload did.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What a successful reload did; its `Display` is the admin API's `result` text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reloaded {
-    Unchanged,
+    /// The list in force stays (the file holds the same list, or did not change).
+    Unchanged { domains: usize },
+    /// A different list is in force now.
     Replaced { old: usize, new: usize },
+}
+
+impl fmt::Display for Reloaded {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Reloaded::Unchanged { domains } => write!(f, "unchanged: {domains} domains"),
+            Reloaded::Replaced { old, new } => write!(f, "reloaded: {old} → {new} domains"),
+        }
+    }
 }
 
 impl fmt::Debug for DomainListHandle {
@@ -408,13 +419,15 @@ impl DomainListHandle {
     /// Reloads the file. On error the old list stays in force.
     pub fn reload(&self) -> Result<Reloaded, ListError> {
         let Some(path) = &self.path else {
-            return Ok(Reloaded::Unchanged);
+            return Ok(self.unchanged());
         };
         let list = DomainList::load(path)?;
         let mut current = self.current.write().unwrap_or_else(|p| p.into_inner());
         current.modified = modified(path);
         if *current.list == list {
-            return Ok(Reloaded::Unchanged);
+            return Ok(Reloaded::Unchanged {
+                domains: list.len(),
+            });
         }
         let old = current.list.len();
         let new = list.len();
@@ -425,7 +438,7 @@ impl DomainListHandle {
     /// Reloads when the file's modification time changed since the last load.
     pub fn reload_if_changed(&self) -> Result<Reloaded, ListError> {
         let Some(path) = &self.path else {
-            return Ok(Reloaded::Unchanged);
+            return Ok(self.unchanged());
         };
         let seen = self
             .current
@@ -433,9 +446,15 @@ impl DomainListHandle {
             .unwrap_or_else(|p| p.into_inner())
             .modified;
         if modified(path) == seen {
-            return Ok(Reloaded::Unchanged);
+            return Ok(self.unchanged());
         }
         self.reload()
+    }
+
+    fn unchanged(&self) -> Reloaded {
+        Reloaded::Unchanged {
+            domains: self.current().len(),
+        }
     }
 
     /// Age of the list in days, measured as configured.
@@ -557,5 +576,22 @@ mod tests {
             Reloaded::Replaced { old: 1, new: 2 }
         );
         assert!(handle.current().is_listed(&d("fno.no")));
+    }
+
+    /// `tlsgate domains reload` prints these (the admin API's `result`).
+    #[test]
+    fn reload_results_read_as_the_admin_api_reports_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("list.txt");
+        std::fs::write(&path, "bits.no\n").unwrap();
+        let handle = DomainListHandle::load(Some(&path)).unwrap();
+        let unchanged = handle.reload().unwrap();
+        assert_eq!(unchanged, Reloaded::Unchanged { domains: 1 });
+        assert_eq!(unchanged.to_string(), "unchanged: 1 domains");
+        std::fs::write(&path, "bits.no\nfno.no\n").unwrap();
+        assert_eq!(
+            handle.reload().unwrap().to_string(),
+            "reloaded: 1 → 2 domains"
+        );
     }
 }
