@@ -46,12 +46,7 @@ pub enum ServerError {
     },
     #[error("admin.socket: {0}")]
     AdminSocket(std::io::Error),
-    #[error("sender authentication: {0}")]
-    Auth(String),
 }
-
-/// How long one DNS query may take before it counts as a temporary failure.
-const DNS_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A started relay.
 pub struct RunningServer {
@@ -88,18 +83,18 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
     let (committer, announced) =
         Committer::start(store.clone() as Arc<dyn Store>).map_err(ServerError::Committer)?;
     let client_tls = files.client_tls;
-    let sender_auth = match &config.inbound.auth {
-        Some(a) => Some(Arc::new(
-            crate::auth::Verifier::new(
-                &config.dns.nameservers,
-                config.server.hostname.clone(),
-                a.timeout,
-                a.policy.clone(),
-            )
-            .map_err(|e| ServerError::Auth(e.to_string()))?,
-        )),
-        None => None,
-    };
+    // One resolver for the whole relay: delivery and sender authentication share its cache.
+    let resolver = HickoryResolver::new(&config.dns.nameservers, crate::dns::QUERY_TIMEOUT)
+        .map_err(ServerError::Dns)?;
+    let sender_auth = config.inbound.auth.as_ref().map(|a| {
+        Arc::new(crate::auth::Verifier::with_resolver(
+            resolver.tokio_resolver(),
+            config.server.hostname.clone(),
+            a.timeout,
+            a.policy.clone(),
+        ))
+    });
+    let resolver = Arc::new(resolver);
     let dkim = files.dkim;
     let domain_list = Arc::new(files.domain_list);
     let metrics = Metrics::new();
@@ -126,8 +121,6 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
         Some(audit_log.clone()),
     ));
     list_service.announce();
-    let resolver =
-        HickoryResolver::new(&config.dns.nameservers, DNS_TIMEOUT).map_err(ServerError::Dns)?;
 
     let bind_fault =
         |key: &str, addr, cause| StartError::new(&config, key, Fault::Bind { addr, cause });
@@ -185,7 +178,7 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
         store: store.clone(),
         committer: committer.clone(),
         announced,
-        resolver: Arc::new(resolver),
+        resolver,
         tls: client_tls,
         domain_list: domain_list.clone(),
         metrics: metrics.clone(),
