@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 /// How often retention runs after the first time (at start).
 const EVERY: Duration = Duration::from_secs(6 * 3600);
 
-/// Applies retention now and every [`EVERY`] until `shutdown`, off the async threads.
+/// Applies retention now and every six hours until `shutdown`, off the async threads.
 pub async fn apply_audit_retention(log: Arc<AuditLog>, shutdown: CancellationToken) {
     loop {
         let log2 = log.clone();
