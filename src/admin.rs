@@ -13,7 +13,7 @@
 use crate::audit::{AuditEvent, AuditLog};
 use crate::config::{AdminSection, Config};
 use crate::delivery::{AdminError, EngineHandle};
-use crate::policy::domain_list::DomainListHandle;
+use crate::policy::domain_list::{DomainListHandle, ListError, Reloaded};
 use crate::queue::message::{unix_now, QueueId};
 use axum::extract::connect_info::Connected;
 use axum::extract::{ConnectInfo, FromRequestParts, Path as UrlPath, State};
@@ -134,7 +134,9 @@ pub enum AccessError {
 pub struct AdminState {
     pub engine: EngineHandle,
     pub domain_list: Arc<DomainListHandle>,
-    pub reload_list: Arc<dyn Fn() -> Result<String, String> + Send + Sync>,
+    /// `tlsgate domains reload`: logged, counted and audited by the caller's reload
+    /// (`ops::domain_list`); on error the old list stays in force.
+    pub reload_list: Arc<dyn Fn() -> Result<Reloaded, ListError> + Send + Sync>,
     pub audit: Option<Arc<AuditLog>>,
     access: Arc<Access>,
 }
@@ -143,7 +145,7 @@ impl AdminState {
     pub fn new(
         engine: EngineHandle,
         domain_list: Arc<DomainListHandle>,
-        reload_list: Arc<dyn Fn() -> Result<String, String> + Send + Sync>,
+        reload_list: Arc<dyn Fn() -> Result<Reloaded, ListError> + Send + Sync>,
         audit: Option<Arc<AuditLog>>,
         access: Access,
     ) -> AdminState {
@@ -407,8 +409,11 @@ async fn reload_domains(State(state): State<AdminState>, Caller(caller): Caller)
     let outcome = (state.reload_list)();
     audit(&state, "domains reload", "domain list", &caller);
     match outcome {
-        Ok(text) => Ok(Json(serde_json::json!({ "ok": true, "result": text })).into_response()),
-        Err(e) => Err(error(StatusCode::UNPROCESSABLE_ENTITY, e)),
+        Ok(done) => {
+            let result = done.to_string();
+            Ok(Json(serde_json::json!({ "ok": true, "result": result })).into_response())
+        }
+        Err(e) => Err(error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string())),
     }
 }
 

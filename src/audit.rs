@@ -94,7 +94,10 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
+
+/// The `time` field: RFC 3339 UTC with milliseconds (and its reader, for `audit verify`).
+pub use crate::datetime::{format_rfc3339, parse_rfc3339};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -555,7 +558,7 @@ fn record_batch_locked(
         if line.len() > MAX_LINE_BYTES {
             return Err(AuditError::TooLarge(line.len()));
         }
-        let date = utc_date(*at);
+        let date = crate::datetime::utc_date_number(*at);
         let rotate = match &inner.current {
             None => true,
             Some(c) => {
@@ -1135,221 +1138,9 @@ fn last_entry_of(files: &[AuditFile]) -> Result<Option<Parsed>, AuditError> {
     Ok(None)
 }
 
-// ---------------------------------------------------------------------------------------------
-// Time: RFC 3339 UTC without a date library.
-
-/// Seconds and milliseconds since the epoch (times before 1970 count as the epoch).
-fn unix_parts(t: SystemTime) -> (u64, u32) {
-    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-    (d.as_secs(), d.subsec_millis())
-}
-
-/// `YYYY-MM-DDTHH:MM:SS.mmmZ`.
-pub fn format_rfc3339(t: SystemTime) -> String {
-    let (secs, millis) = unix_parts(t);
-    let days = secs / 86_400;
-    let rem = secs % 86_400;
-    let (y, m, d) = civil_from_days(i64::try_from(days).unwrap_or(i64::MAX / 2));
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{millis:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
-/// Parse `YYYY-MM-DDTHH:MM:SS[.fraction]Z` (UTC only, as written by [`format_rfc3339`]).
-pub fn parse_rfc3339(s: &str) -> Option<SystemTime> {
-    let b = s.as_bytes();
-    if b.len() < 20 || !s.is_ascii() {
-        return None;
-    }
-    let num = |r: std::ops::Range<usize>| -> Option<u32> {
-        let part = s.get(r)?;
-        if part.bytes().all(|c| c.is_ascii_digit()) {
-            part.parse().ok()
-        } else {
-            None
-        }
-    };
-    let seps = b[4] == b'-'
-        && b[7] == b'-'
-        && matches!(b[10], b'T' | b't')
-        && b[13] == b':'
-        && b[16] == b':';
-    if !seps {
-        return None;
-    }
-    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
-    let (h, mi, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    if y < 1970 || !(1..=12).contains(&mo) || d < 1 || d > days_in_month(y, mo) {
-        return None;
-    }
-    if h > 23 || mi > 59 || sec > 60 {
-        return None;
-    }
-    let rest = &s[19..];
-    let (frac, zone) = match rest.strip_prefix('.') {
-        Some(r) => {
-            let digits = r.bytes().take_while(u8::is_ascii_digit).count();
-            if digits == 0 || digits > 9 {
-                return None;
-            }
-            (&r[..digits], &r[digits..])
-        }
-        None => ("", rest),
-    };
-    if !matches!(zone, "Z" | "z") {
-        return None;
-    }
-    let nanos = if frac.is_empty() {
-        0
-    } else {
-        let n: u32 = frac.parse().ok()?;
-        n * 10u32.pow(9 - frac.len() as u32)
-    };
-    let days = u64::try_from(days_from_civil(i64::from(y), mo, d)).ok()?;
-    let secs = days * 86_400 + u64::from(h) * 3600 + u64::from(mi) * 60 + u64::from(sec);
-    UNIX_EPOCH.checked_add(Duration::new(secs, nanos))
-}
-
-fn is_leap(y: u32) -> bool {
-    (y % 4 == 0 && y % 100 != 0) || y % 400 == 0
-}
-
-fn days_in_month(y: u32, m: u32) -> u32 {
-    match m {
-        2 if is_leap(y) => 29,
-        2 => 28,
-        4 | 6 | 9 | 11 => 30,
-        _ => 31,
-    }
-}
-
-/// The UTC date of `t` as the number `YYYYMMDD`.
-fn utc_date(t: SystemTime) -> u32 {
-    let (secs, _) = unix_parts(t);
-    let (y, m, d) = civil_from_days(i64::try_from(secs / 86_400).unwrap_or(0));
-    u32::try_from(y.clamp(0, 9999)).unwrap_or(0) * 10_000 + m * 100 + d
-}
-
-/// (year, month, day) of a day count since 1970-01-01 (H. Hinnant's `civil_from_days`).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date.
-fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let m = i64::from(m);
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(d) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn at(secs: u64, millis: u32) -> SystemTime {
-        UNIX_EPOCH + Duration::new(secs, millis * 1_000_000)
-    }
-
-    #[test]
-    fn formats_known_instants() {
-        assert_eq!(format_rfc3339(at(0, 0)), "1970-01-01T00:00:00.000Z");
-        assert_eq!(
-            format_rfc3339(at(951_782_400, 5)),
-            "2000-02-29T00:00:00.005Z"
-        );
-        assert_eq!(
-            format_rfc3339(at(951_868_799, 999)),
-            "2000-02-29T23:59:59.999Z"
-        );
-        assert_eq!(
-            format_rfc3339(at(1_700_000_000, 123)),
-            "2023-11-14T22:13:20.123Z"
-        );
-        assert_eq!(
-            format_rfc3339(at(4_107_542_400, 0)),
-            "2100-03-01T00:00:00.000Z"
-        );
-        assert_eq!(
-            format_rfc3339(UNIX_EPOCH - Duration::from_secs(5)),
-            "1970-01-01T00:00:00.000Z"
-        );
-    }
-
-    #[test]
-    fn parses_and_round_trips() {
-        for secs in [
-            0,
-            68_169_600,
-            951_782_400,
-            1_700_000_000,
-            4_107_542_399,
-            253_402_300_799,
-        ] {
-            for millis in [0, 1, 500, 999] {
-                let t = at(secs, millis);
-                assert_eq!(
-                    parse_rfc3339(&format_rfc3339(t)),
-                    Some(t),
-                    "{secs}.{millis}"
-                );
-            }
-        }
-        assert_eq!(
-            parse_rfc3339("2023-11-14T22:13:20Z"),
-            Some(at(1_700_000_000, 0))
-        );
-        assert_eq!(
-            parse_rfc3339("2023-11-14T22:13:20.123456789Z"),
-            Some(UNIX_EPOCH + Duration::new(1_700_000_000, 123_456_789))
-        );
-    }
-
-    #[test]
-    fn rejects_bad_times() {
-        for bad in [
-            "",
-            "2023-11-14",
-            "2023-11-14T22:13:20",
-            "2023-11-14T22:13:20+01:00",
-            "2023-02-29T00:00:00Z",
-            "2023-13-01T00:00:00Z",
-            "2023-11-14T24:00:00Z",
-            "2023-11-14T22:13:20.Z",
-            "2023-11-14T22:13:20.1234567890Z",
-            "1969-12-31T23:59:59Z",
-            "2023-11-14T22:13:2xZ",
-            "2023-11-14T22:13:20Zjunk",
-            "2023-11-14T22:13:20.12é",
-            "+023-11-14T22:13:20Z",
-        ] {
-            assert_eq!(parse_rfc3339(bad), None, "{bad:?}");
-        }
-    }
-
-    #[test]
-    fn civil_conversions_agree() {
-        for days in -1000..200_000 {
-            let (y, m, d) = civil_from_days(days);
-            assert_eq!(days_from_civil(y, m, d), days);
-        }
-        assert_eq!(utc_date(at(951_782_400, 0)), 20_000_229);
-    }
 
     #[test]
     fn file_names() {

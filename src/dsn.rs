@@ -8,7 +8,7 @@
 //! message whose sender is null (RFC 5321 6.1: no bounce loops).
 
 use crate::config::{DeliverySection, DsnLanguage};
-use crate::inbound::received::rfc5322_date;
+use crate::datetime::rfc5322;
 use crate::queue::message::{
     BodyType, DsnNotify, DsnRet, MessageMeta, NewMessage, QueueId, Reception, Recipient,
 };
@@ -94,7 +94,7 @@ pub fn build(req: &DsnRequest<'_>) -> Option<NewMessage> {
     }
     let id = QueueId::generate();
     let boundary = format!("{}.{}/{}", id, req.now, req.reporting_mta);
-    let date = rfc5322_date(UNIX_EPOCH + Duration::from_secs(req.now));
+    let date = rfc5322(UNIX_EPOCH + Duration::from_secs(req.now));
     let subject = match req.kind {
         DsnKind::Failure => "Undelivered Mail Returned to Sender",
         DsnKind::Delay => "Delayed Mail (still being retried)",
@@ -224,7 +224,7 @@ fn human_text(req: &DsnRequest<'_>) -> String {
              It has been given up; the details are below.\n",
         ),
         DsnKind::Delay => {
-            let until = crate::delivery::retry::expires_at(
+            let until = crate::queue::retry::expires_at(
                 req.original.reception.received_at,
                 req.delivery.expiry,
             );
@@ -232,7 +232,7 @@ fn human_text(req: &DsnRequest<'_>) -> String {
                 t,
                 "Your message has not been delivered yet to one or more recipients.\n\
                  Delivery is being retried until {}. You do not need to resend it.",
-                rfc5322_date(UNIX_EPOCH + Duration::from_secs(until))
+                rfc5322(UNIX_EPOCH + Duration::from_secs(until))
             );
         }
         DsnKind::Relayed => t.push_str(
@@ -299,7 +299,7 @@ fn norwegian_text(req: &DsnRequest<'_>) -> String {
 
 /// The `message/delivery-status` part (RFC 3464 2.2, 2.3).
 fn delivery_status(req: &DsnRequest<'_>) -> String {
-    let date = |secs: u64| rfc5322_date(UNIX_EPOCH + Duration::from_secs(secs));
+    let date = |secs: u64| rfc5322(UNIX_EPOCH + Duration::from_secs(secs));
     let mut s = String::new();
     let _ = write!(s, "Reporting-MTA: dns; {}\r\n", req.reporting_mta);
     if let Some(envid) = &req.original.envid {
@@ -332,7 +332,7 @@ fn delivery_status(req: &DsnRequest<'_>) -> String {
             let _ = write!(s, "Last-Attempt-Date: {}\r\n", date(r.last_attempt));
         }
         if req.kind == DsnKind::Delay {
-            let until = crate::delivery::retry::expires_at(
+            let until = crate::queue::retry::expires_at(
                 req.original.reception.received_at,
                 req.delivery.expiry,
             );

@@ -14,15 +14,16 @@ use crate::dns::{DnsError, HickoryResolver};
 use crate::inbound::limits::ConnectionLimiter;
 use crate::inbound::{self, SessionContext};
 use crate::metrics::Metrics;
-use crate::policy::domain_list::{DomainListHandle, Reloaded};
+use crate::ops::domain_list::DomainListService;
+use crate::ops::reload::{reload_config, ConfigReloadError};
+use crate::ops::retention::apply_audit_retention;
+use crate::policy::domain_list::DomainListHandle;
 use crate::queue::{Committer, SledStore, Store};
 use crate::startup::{self, ConfigFiles, Fault, StartError};
-use crate::tls;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -45,182 +46,14 @@ pub enum ServerError {
     },
     #[error("admin.socket: {0}")]
     AdminSocket(std::io::Error),
-    #[error("sender authentication: {0}")]
-    Auth(String),
 }
-
-/// Logs what list is in force and warns when it is old (T10).
-fn log_domain_list(handle: &DomainListHandle, config: &Config) {
-    if let Some(path) = handle.path() {
-        tracing::info!(path = %path.display(), domains = handle.current().len(), "tvungen TLS domain list loaded");
-    } else {
-        tracing::warn!(
-            "no domain_list.path configured: no domain gets mandatory TLS from the list"
-        );
-    }
-    warn_if_old(handle, config);
-}
-
-/// T10: the list must be updated at least quarterly.
-fn warn_if_old(handle: &DomainListHandle, config: &Config) {
-    let max = i64::from(config.domain_list.max_age_days);
-    if let Some(age) = handle.age_days(config.domain_list.age_from, std::time::SystemTime::now()) {
-        if age > max {
-            tracing::warn!(age_days = age, max_age_days = max,
-                "the tvungen TLS domain list is older than domain_list.max_age_days: fetch the current list from bits.no/tls (T10)");
-        }
-    }
-}
-
-/// Reloads the list (SIGHUP, admin API): logged, counted, audited; the old list stays in
-/// force when the new file is refused.
-pub fn reload_list(
-    handle: &DomainListHandle,
-    metrics: &Metrics,
-    config: &Config,
-    audit_log: &Option<Arc<AuditLog>>,
-) -> Result<String, String> {
-    let before = handle.current().len();
-    let result = match handle.reload() {
-        Ok(Reloaded::Replaced { old, new }) => {
-            tracing::info!(old, new, "tvungen TLS domain list reloaded");
-            crate::audit::submit(
-                audit_log,
-                AuditEvent::DomainListReload {
-                    old,
-                    new,
-                    ok: true,
-                    error: None,
-                },
-            );
-            Ok(format!("reloaded: {old} → {new} domains"))
-        }
-        Ok(Reloaded::Unchanged) => {
-            tracing::info!("tvungen TLS domain list unchanged");
-            Ok(format!("unchanged: {before} domains"))
-        }
-        Err(e) => {
-            metrics.domain_list_reload_failures.inc();
-            tracing::error!(error = %e, "domain list reload refused, the old list stays in force");
-            crate::audit::submit(
-                audit_log,
-                AuditEvent::DomainListReload {
-                    old: before,
-                    new: before,
-                    ok: false,
-                    error: Some(e.to_string()),
-                },
-            );
-            Err(e.to_string())
-        }
-    };
-    update_list_gauges(metrics, handle, config);
-    result
-}
-
-/// Removes whole audit files past `audit.retention_days`, at start and every six hours.
-async fn apply_audit_retention(log: Arc<AuditLog>, shutdown: CancellationToken) {
-    loop {
-        let log2 = log.clone();
-        match tokio::task::spawn_blocking(move || {
-            log2.apply_retention(std::time::SystemTime::now())
-        })
-        .await
-        {
-            Ok(Ok(removed)) if !removed.is_empty() => {
-                tracing::info!(files = removed.len(), "old audit files removed (retention)")
-            }
-            Ok(Err(e)) => tracing::error!(error = %e, "audit retention failed"),
-            _ => {}
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(6 * 3600)) => {}
-            _ = shutdown.cancelled() => return,
-        }
-    }
-}
-
-fn update_list_gauges(metrics: &Metrics, handle: &DomainListHandle, config: &Config) {
-    metrics
-        .domain_list_domains
-        .set(handle.current().len() as i64);
-    metrics
-        .domain_list_max_age_days
-        .set(i64::from(config.domain_list.max_age_days));
-    if let Some(age) = handle.age_days(config.domain_list.age_from, std::time::SystemTime::now()) {
-        metrics.domain_list_age_days.set(age);
-    }
-}
-
-/// Reloads the list when its file changes (T10: "reloaded on change without restart").
-async fn watch_domain_list(
-    handle: Arc<DomainListHandle>,
-    config: Arc<Config>,
-    metrics: Arc<Metrics>,
-    audit_log: Option<Arc<AuditLog>>,
-    shutdown: CancellationToken,
-) {
-    if handle.path().is_none() {
-        return;
-    }
-    let mut last_age_warning = tokio::time::Instant::now();
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(config.domain_list.check_interval) => {}
-            _ = shutdown.cancelled() => return,
-        }
-        // Reading and parsing the file is blocking work: keep it off the async threads.
-        let reader = handle.clone();
-        let reloaded = tokio::task::spawn_blocking(move || reader.reload_if_changed())
-            .await
-            .unwrap_or(Ok(Reloaded::Unchanged));
-        match reloaded {
-            Ok(Reloaded::Replaced { old, new }) => {
-                tracing::info!(
-                    old,
-                    new,
-                    "tvungen TLS domain list changed on disk, reloaded"
-                );
-                let event = AuditEvent::DomainListReload {
-                    old,
-                    new,
-                    ok: true,
-                    error: None,
-                };
-                crate::audit::submit(&audit_log, event);
-            }
-            Ok(Reloaded::Unchanged) => {}
-            Err(e) => {
-                metrics.domain_list_reload_failures.inc();
-                tracing::error!(error = %e,
-                    "changed domain list refused, the old list stays in force");
-                let size = handle.current().len();
-                let event = AuditEvent::DomainListReload {
-                    old: size,
-                    new: size,
-                    ok: false,
-                    error: Some(e.to_string()),
-                };
-                crate::audit::submit(&audit_log, event);
-            }
-        }
-        update_list_gauges(&metrics, &handle, &config);
-        if last_age_warning.elapsed() >= Duration::from_secs(86_400) {
-            last_age_warning = tokio::time::Instant::now();
-            warn_if_old(&handle, &config);
-        }
-    }
-}
-
-/// How long one DNS query may take before it counts as a temporary failure.
-const DNS_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A started relay.
 pub struct RunningServer {
     admin_addr: Option<SocketAddr>,
     admin_socket: Option<std::path::PathBuf>,
     metrics_addr: Option<SocketAddr>,
-    domain_list: Arc<DomainListHandle>,
+    domain_list: Arc<DomainListService>,
     sessions_ctx: Arc<SessionContext>,
     listeners: Vec<(Role, SocketAddr)>,
     store: Arc<SledStore>,
@@ -231,38 +64,12 @@ pub struct RunningServer {
     accept_loops: TaskTracker,
 }
 
-/// Loads the server certificate: the configured pair, or a generated self-signed one (which
-/// needs `data_dir` to exist).
-pub fn load_tls(config: &Config) -> Result<TlsAcceptor, StartError> {
-    let server = match startup::server_tls(config)? {
-        Some(server) => server,
-        None => generated_tls(config)?,
-    };
-    Ok(TlsAcceptor::from(server))
-}
-
-/// No `[tls]`: a self-signed pair in `data_dir/certs`, generated on first start.
-fn generated_tls(config: &Config) -> Result<Arc<rustls::ServerConfig>, StartError> {
-    let fault = |e| StartError::new(config, "server.data_dir", Fault::Key(e));
-    let (cert, key) =
-        tls::keys::ensure_self_signed(&config.generated_cert_dir(), &config.server.hostname)
-            .map_err(fault)?;
-    tracing::warn!(
-        cert = %cert.display(),
-        "no [tls] certificate configured: using a self-signed one (development only)"
-    );
-    tls::server_config(&cert, &key).map_err(fault)
-}
-
 /// Starts the relay: checks every file the configuration names, then creates `data_dir`,
 /// opens the queue and the audit log, and binds every listener.
 pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
     let files = ConfigFiles::load(&config)?;
     startup::create_directory(&config, "server.data_dir", &config.server.data_dir)?;
-    let acceptor = TlsAcceptor::from(match files.server_tls {
-        Some(server) => server,
-        None => generated_tls(&config)?,
-    });
+    let acceptor = startup::tls_acceptor(&config, files.server_tls)?;
 
     let queue_dir = config.queue_dir();
     let store = tokio::task::spawn_blocking(move || SledStore::open(&queue_dir))
@@ -276,20 +83,19 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
     let (committer, announced) =
         Committer::start(store.clone() as Arc<dyn Store>).map_err(ServerError::Committer)?;
     let client_tls = files.client_tls;
-    let sender_auth = match &config.inbound.auth {
-        Some(a) => Some(Arc::new(
-            crate::auth::Verifier::new(
-                &config.dns.nameservers,
-                config.server.hostname.clone(),
-                a.timeout,
-                a.policy.clone(),
-            )
-            .map_err(|e| ServerError::Auth(e.to_string()))?,
-        )),
-        None => None,
-    };
+    // One resolver for the whole relay: delivery and sender authentication share its cache.
+    let resolver = HickoryResolver::new(&config.dns.nameservers, crate::dns::QUERY_TIMEOUT)
+        .map_err(ServerError::Dns)?;
+    let sender_auth = config.inbound.auth.as_ref().map(|a| {
+        Arc::new(crate::auth::Verifier::with_resolver(
+            resolver.tokio_resolver(),
+            config.server.hostname.clone(),
+            a.timeout,
+            a.policy.clone(),
+        ))
+    });
+    let resolver = Arc::new(resolver);
     let dkim = files.dkim;
-    log_domain_list(&files.domain_list, &config);
     let domain_list = Arc::new(files.domain_list);
     let metrics = Metrics::new();
     let audit_config = AuditConfig {
@@ -308,9 +114,13 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
             version: env!("CARGO_PKG_VERSION").to_string(),
         },
     );
-    update_list_gauges(&metrics, &domain_list, &config);
-    let resolver =
-        HickoryResolver::new(&config.dns.nameservers, DNS_TIMEOUT).map_err(ServerError::Dns)?;
+    let list_service = Arc::new(DomainListService::new(
+        domain_list.clone(),
+        config.domain_list.clone(),
+        metrics.clone(),
+        Some(audit_log.clone()),
+    ));
+    list_service.announce();
 
     let bind_fault =
         |key: &str, addr, cause| StartError::new(&config, key, Fault::Bind { addr, cause });
@@ -368,7 +178,7 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
         store: store.clone(),
         committer: committer.clone(),
         announced,
-        resolver: Arc::new(resolver),
+        resolver,
         tls: client_tls,
         domain_list: domain_list.clone(),
         metrics: metrics.clone(),
@@ -410,13 +220,7 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
         ));
     }
     accept_loops.close();
-    tokio::spawn(watch_domain_list(
-        domain_list.clone(),
-        config.clone(),
-        metrics.clone(),
-        Some(audit_log.clone()),
-        shutdown.clone(),
-    ));
+    tokio::spawn(list_service.clone().watch(shutdown.clone()));
     let metrics_addr = match metrics_listener {
         Some(listener) => {
             let addr = listener.local_addr().ok();
@@ -433,13 +237,8 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
     let mut admin_socket = None;
     if let Some(access) = admin_access {
         let reload = {
-            let (handle, metrics, config, audit_log) = (
-                domain_list.clone(),
-                metrics.clone(),
-                config.clone(),
-                audit_log.clone(),
-            );
-            Arc::new(move || reload_list(&handle, &metrics, &config, &Some(audit_log.clone())))
+            let service = list_service.clone();
+            Arc::new(move || service.reload())
         };
         let state = AdminState::new(
             delivery.handle(),
@@ -466,7 +265,7 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
         admin_addr,
         admin_socket,
         metrics_addr,
-        domain_list,
+        domain_list: list_service,
         sessions_ctx: ctx,
         listeners,
         store,
@@ -525,59 +324,19 @@ impl RunningServer {
 
     /// The tvungen TLS list in force.
     pub fn domain_list(&self) -> &Arc<DomainListHandle> {
-        &self.domain_list
+        self.domain_list.handle()
     }
 
-    /// Reloads the domain list now (SIGHUP); on error the old list stays in force.
-    /// SIGHUP: re-reads the configuration file and reloads the certificate (new sessions use
-    /// it) and the domain list. A configuration or certificate that fails to load is refused
-    /// and logged; the running one stays in force. Settings other than `[tls]` and the domain
-    /// list take effect at the next restart (the log says so when they changed).
-    pub fn reload(&self) -> Result<(), String> {
-        let ctx = &self.sessions_ctx;
-        let current = &ctx.config;
-        let refuse = |error: String| {
-            tracing::error!(error = %error, "reload refused, the running configuration stays in force");
-            crate::audit::submit(
-                &ctx.audit,
-                AuditEvent::ConfigReload {
-                    ok: false,
-                    error: Some(error.clone()),
-                },
-            );
-            Err(error)
-        };
-        let new = if current.source == crate::config::EMBEDDED_DEFAULT_NAME {
-            (**current).clone()
-        } else {
-            match Config::load(std::path::Path::new(&current.source)) {
-                Ok(config) => config,
-                Err(e) => return refuse(e.to_string()),
-            }
-        };
-        let acceptor = match load_tls(&new) {
-            Ok(acceptor) => acceptor,
-            Err(e) => return refuse(e.to_string()),
-        };
-        ctx.set_tls_acceptor(acceptor);
-        if crate::config::summary(&new) != crate::config::summary(current) {
-            tracing::warn!("the configuration file changed beyond [tls] and the domain list: those changes take effect at the next restart");
-        }
-        tracing::info!("configuration reloaded: new sessions use the reloaded certificate");
-        crate::audit::submit(
-            &ctx.audit,
-            AuditEvent::ConfigReload {
-                ok: true,
-                error: None,
-            },
-        );
-        self.reload_domain_list();
-        Ok(())
+    /// SIGHUP: re-reads the configuration, puts its certificate in force for new sessions and
+    /// reloads the domain list ([`crate::ops::reload`]). A refused configuration is logged and
+    /// the running one stays in force.
+    pub fn reload(&self) -> Result<(), ConfigReloadError> {
+        reload_config(&self.sessions_ctx, &self.domain_list)
     }
 
+    /// Reloads the domain list now; on error (logged) the old list stays in force.
     pub fn reload_domain_list(&self) {
-        let ctx = &self.sessions_ctx;
-        let _ = reload_list(&self.domain_list, &ctx.metrics, &ctx.config, &ctx.audit);
+        let _ = self.domain_list.reload();
     }
 
     /// Stops accepting, tells idle sessions to go (421), waits up to `grace` for sessions in
@@ -609,5 +368,26 @@ impl RunningServer {
         } else {
             tracing::warn!("queue committer still busy at the end of shutdown");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A start-up error wrapped for the CLI names its cause once (the CLI prints the whole
+    /// chain, anyhow's `{:#}`).
+    #[test]
+    fn a_start_error_says_its_cause_once() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let missing = dir.path().join("missing");
+        let cause = crate::tls::keys::load_cert_chain(&missing).expect_err("no such file");
+        let error = ServerError::from(StartError {
+            file: "t.toml".into(),
+            key: "tls.cert".into(),
+            fault: Fault::Key(cause),
+        });
+        let text = format!("{:#}", anyhow::Error::from(error));
+        assert_eq!(text.matches("(os error").count(), 1, "{text}");
     }
 }

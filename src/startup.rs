@@ -8,15 +8,16 @@
 //! `source()`, so a chain printed link by link does not repeat them.
 //!
 //! [`ConfigFiles::load`] creates and writes nothing: a refused start leaves no trace behind (no
-//! empty `data_dir`). `serve` creates its directories only after everything here passed.
+//! empty `data_dir`). `serve` creates its directories ([`create_directory`]) and, without
+//! `[tls]`, its development certificate ([`tls_acceptor`]) only after everything here passed.
 
 use crate::admin::AccessError;
 use crate::audit::AuditError;
 use crate::auth::{OutboundSigner, SignerError};
-use crate::config::{Config, PolicyTarget};
+use crate::config::Config;
 use crate::domain::Domain;
-use crate::policy;
 use crate::policy::domain_list::{DomainListHandle, ListError};
+use crate::policy::{self, PolicyTarget};
 use crate::queue::StoreError;
 use crate::tls::client::ClientTls;
 use crate::tls::{keys, KeyError};
@@ -24,6 +25,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
+use tokio_rustls::TlsAcceptor;
 
 /// A start-up problem: the configuration file, the key at fault, and what is wrong.
 #[derive(Debug, thiserror::Error)]
@@ -255,6 +257,38 @@ fn writable(dir: &Path) -> std::io::Result<()> {
     }
 }
 
+/// The STARTTLS acceptor for `serve` and SIGHUP: the pair `tls.cert` and `tls.key` name
+/// (`configured`, from [`server_tls`]), or without `[tls]` a self-signed pair in
+/// `data_dir/certs`, generated on first start (development only; needs `data_dir` to exist).
+pub fn tls_acceptor(
+    config: &Config,
+    configured: Option<Arc<rustls::ServerConfig>>,
+) -> Result<TlsAcceptor, StartError> {
+    let server = match configured {
+        Some(server) => server,
+        None => generated_tls(config)?,
+    };
+    Ok(TlsAcceptor::from(server))
+}
+
+/// Reads `[tls]` again (SIGHUP) and builds the acceptor from it.
+pub fn load_tls(config: &Config) -> Result<TlsAcceptor, StartError> {
+    tls_acceptor(config, server_tls(config)?)
+}
+
+/// No `[tls]`: a self-signed pair in `data_dir/certs`, generated on first start.
+fn generated_tls(config: &Config) -> Result<Arc<rustls::ServerConfig>, StartError> {
+    let fault = |e| StartError::new(config, "server.data_dir", Fault::Key(e));
+    let (cert, key) =
+        keys::ensure_self_signed(&config.generated_cert_dir(), &config.server.hostname)
+            .map_err(fault)?;
+    tracing::warn!(
+        cert = %cert.display(),
+        "no [tls] certificate configured: using a self-signed one (development only)"
+    );
+    crate::tls::server_config(&cert, &key).map_err(fault)
+}
+
 /// `serve`: creates a directory that [`ConfigFiles::load`] checked.
 pub fn create_directory(config: &Config, key: &str, dir: &Path) -> Result<(), StartError> {
     std::fs::create_dir_all(dir).map_err(|cause| {
@@ -327,11 +361,6 @@ mod tests {
             printed(crate::delivery::AdminError::from(
                 StoreError::from(enoent()),
             )),
-            printed(crate::server::ServerError::from(StartError {
-                file: "t.toml".into(),
-                key: "tls.cert".into(),
-                fault: Fault::Key(keys::load_cert_chain(&missing).expect_err("no such file")),
-            })),
         ];
         // The audit log cannot create its directory below the missing one's place if that is
         // a file: ENOTDIR instead of ENOENT.

@@ -758,6 +758,38 @@ async fn answers_are_cached_for_their_ttl() {
     assert_eq!(third.spf.result, AuthResult::TempError, "{third:#?}");
 }
 
+/// The relay builds one resolver at start and shares it (architecture issue: no second
+/// resolver with a cache of its own): an address delivery looked up is in the cache sender
+/// authentication reads. RFC 7208 5.3: the `a:` mechanism looks up the host's addresses.
+#[tokio::test]
+async fn the_shared_resolver_has_one_cache_for_delivery_and_sender_authentication() {
+    use tlsgate::dns::{HickoryResolver, Resolver};
+    let dns = TestDns::start().await;
+    dns.add_txt("example.org", "v=spf1 a:mx.example.org -all");
+    dns.add_ip("mx.example.org", CLIENT);
+    let shared = HickoryResolver::new(&[dns.addr], tlsgate::dns::QUERY_TIMEOUT).unwrap();
+    // Delivery's look-up fills the cache; then the authority for the host breaks.
+    assert_eq!(
+        shared.addresses("mx.example.org").await.unwrap(),
+        vec![CLIENT]
+    );
+    dns.servfail("mx.example.org");
+    let body = message("alice@example.org");
+
+    let on_shared = Verifier::with_resolver(
+        shared.tokio_resolver(),
+        ID,
+        Duration::from_secs(10),
+        AuthPolicy::default(),
+    );
+    let out = check(&on_shared, CLIENT, Some("alice@example.org"), &body).await;
+    assert_eq!(out.spf.result, AuthResult::Pass, "{out:#?}");
+    // A resolver of its own would not have the address: the authority answers SERVFAIL.
+    let own = verifier(&dns, AuthPolicy::default());
+    let out = check(&own, CLIENT, Some("alice@example.org"), &body).await;
+    assert_eq!(out.spf.result, AuthResult::TempError, "{out:#?}");
+}
+
 // ---------------------------------------------------------------- ARC
 
 /// A forwarder verifies the original DKIM signature, records it and seals an ARC set.

@@ -63,7 +63,7 @@ async fn a_reloaded_certificate_is_used_by_new_sessions_and_a_bad_config_is_refu
     let path = server.dir.path().join("tlsgate.toml");
     let good = std::fs::read_to_string(&path).unwrap();
     std::fs::write(&path, format!("{good}\n[server.typo]\n")).unwrap();
-    let err = server.running().reload().unwrap_err();
+    let err = server.running().reload().unwrap_err().to_string();
     assert!(err.contains("tlsgate.toml"), "{err}");
     assert_eq!(
         presented_certificate(server.inbound(), &server.ca).await,

@@ -9,9 +9,9 @@
 //!    field claiming our authserv-id ([`strip_our_authentication_results`]) and prepends
 //!    ours (and the tag header, when the action is [`AuthAction::Tag`]).
 //!
-//! DNS goes through a hickory resolver on the configured nameservers (the same
-//! `dns.nameservers` delivery uses); hickory caches answers for their TTL and SPF, DKIM
-//! and ARC run concurrently. The whole check is bounded by one deadline: whatever has not
+//! DNS goes through the relay's one hickory resolver ([`crate::dns::HickoryResolver`], on
+//! `dns.nameservers`, shared with delivery); hickory caches answers for their TTL and SPF,
+//! DKIM and ARC run concurrently. The whole check is bounded by one deadline: whatever has not
 //! finished by then is recorded as `temperror`, so a slow DNS server cannot hold a session.
 //!
 //! Configuration (parsed by `config`; see config/tlsgate.example.toml), with the defaults:
@@ -39,11 +39,14 @@ mod strip;
 pub use sign::{DkimAlgorithm, OutboundSigner, SignerError, DEFAULT_SIGNED_HEADERS};
 pub use strip::strip_our_authentication_results;
 
+/// The configured actions ([`AuthPolicy::decide`] below applies them).
+pub use crate::config::{AuthPolicy, PolicyAction};
+
+use crate::dns::{DnsError, HickoryResolver};
+
 use mail_auth::dkim::Signature;
 use mail_auth::dmarc::verify::DmarcParameters;
 use mail_auth::dmarc::Policy;
-use mail_auth::hickory_resolver::config::{NameServerConfig, ResolverConfig, ResolverOpts};
-use mail_auth::hickory_resolver::net::runtime::TokioRuntimeProvider;
 use mail_auth::hickory_resolver::TokioResolver;
 use mail_auth::spf::verify::SpfParameters;
 use mail_auth::{
@@ -192,40 +195,7 @@ pub struct AuthOutcome {
     pub action: AuthAction,
 }
 
-/// What to do for each case, `[inbound.auth]` in the configuration.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum PolicyAction {
-    Accept,
-    Tag,
-    Reject,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AuthPolicy {
-    /// DMARC fails and the domain's policy is `reject`. Default: reject (550 5.7.1).
-    pub dmarc_reject: PolicyAction,
-    /// DMARC fails and the domain's policy is `quarantine`. Default: tag.
-    pub dmarc_quarantine: PolicyAction,
-    /// SPF `fail` (a `-` qualifier, typically `-all`) and the From domain has no DMARC
-    /// record. Default: tag.
-    pub spf_fail_without_dmarc: PolicyAction,
-    /// Name of the header field added by [`PolicyAction::Tag`]. Default
-    /// `X-Tlsgate-Quarantine`; the value says why (`dmarc=fail` or `spf=fail`).
-    pub tag_header: String,
-}
-
-impl Default for AuthPolicy {
-    fn default() -> Self {
-        AuthPolicy {
-            dmarc_reject: PolicyAction::Reject,
-            dmarc_quarantine: PolicyAction::Tag,
-            spf_fail_without_dmarc: PolicyAction::Tag,
-            tag_header: "X-Tlsgate-Quarantine".to_string(),
-        }
-    }
-}
-
+/// The decision on one message's results; the policy's settings are read by `config`.
 impl AuthPolicy {
     /// The action for these results. Temporary errors fail temporarily (451) only where the
     /// policy would reject on a failure; otherwise the message is accepted (the header still
@@ -334,7 +304,7 @@ pub struct CheckInput<'a> {
 
 #[derive(Debug, thiserror::Error)]
 #[error("DNS resolver set-up for sender authentication: {0}")]
-pub struct VerifierError(String);
+pub struct VerifierError(DnsError);
 
 pub struct Verifier {
     auth: MessageAuthenticator,
@@ -344,45 +314,36 @@ pub struct Verifier {
 }
 
 impl Verifier {
-    /// A verifier resolving through `nameservers` (UDP and TCP, each on its own port; empty:
-    /// the system configuration). `timeout` bounds a whole [`Verifier::check`]; a single DNS
-    /// query gets at most half of it (two attempts).
+    /// A verifier with a resolver of its own on `nameservers` (UDP and TCP, each on its own
+    /// port; empty: the system configuration), for tools and tests; the relay shares its one
+    /// resolver ([`Verifier::with_resolver`]). `timeout` bounds a whole [`Verifier::check`]; a
+    /// single DNS query gets at most half of it (two attempts).
     pub fn new(
         nameservers: &[SocketAddr],
         authserv_id: impl Into<String>,
         timeout: Duration,
         policy: AuthPolicy,
     ) -> Result<Verifier, VerifierError> {
-        let mut builder = if nameservers.is_empty() {
-            TokioResolver::builder_tokio().map_err(|e| VerifierError(e.to_string()))?
-        } else {
-            let servers = nameservers
-                .iter()
-                .map(|addr| {
-                    let mut ns = NameServerConfig::udp_and_tcp(addr.ip());
-                    for conn in &mut ns.connections {
-                        conn.port = addr.port();
-                    }
-                    ns
-                })
-                .collect();
-            TokioResolver::builder_with_config(
-                ResolverConfig::from_name_servers(servers),
-                TokioRuntimeProvider::default(),
-            )
-        };
-        let opts: &mut ResolverOpts = builder.options_mut();
-        opts.timeout = (timeout / 2).clamp(Duration::from_millis(100), Duration::from_secs(5));
-        opts.attempts = 2;
-        // mail-auth asks fully qualified names: no search-list expansion.
-        opts.ndots = 0;
-        let resolver = builder.build().map_err(|e| VerifierError(e.to_string()))?;
-        Ok(Self::from_authenticator(
-            MessageAuthenticator(resolver),
+        let query_timeout = (timeout / 2).clamp(Duration::from_millis(100), Duration::from_secs(5));
+        let resolver = HickoryResolver::new(nameservers, query_timeout).map_err(VerifierError)?;
+        Ok(Self::with_resolver(
+            resolver.tokio_resolver(),
             authserv_id,
             timeout,
             policy,
         ))
+    }
+
+    /// A verifier on the relay's shared resolver (built once at start, its cache shared with
+    /// delivery). `timeout` bounds a whole [`Verifier::check`] whatever the resolver's own
+    /// per-query timeout.
+    pub fn with_resolver(
+        resolver: TokioResolver,
+        authserv_id: impl Into<String>,
+        timeout: Duration,
+        policy: AuthPolicy,
+    ) -> Verifier {
+        Self::from_authenticator(MessageAuthenticator(resolver), authserv_id, timeout, policy)
     }
 
     pub fn from_authenticator(

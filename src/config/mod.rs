@@ -11,7 +11,7 @@ mod raw;
 
 use crate::domain::Domain;
 use crate::policy::domain_list::AgeFrom;
-use crate::policy::TlsLevel;
+use crate::policy::{PolicyEntry, PolicyTarget, TlsLevel};
 use ipnet::IpNet;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
@@ -40,7 +40,7 @@ pub enum ConfigError {
     },
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     /// The file this was read from (or [`EMBEDDED_DEFAULT_NAME`]).
     pub source: String,
@@ -60,7 +60,7 @@ pub struct Config {
     pub log: LogSection,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ServerSection {
     pub hostname: String,
     pub data_dir: PathBuf,
@@ -69,7 +69,7 @@ pub struct ServerSection {
     pub min_free_space: u64,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Limits {
     pub max_connections: usize,
     pub max_connections_per_ip: usize,
@@ -91,7 +91,7 @@ pub struct Limits {
 
 /// Server certificate for STARTTLS. `None` means: generate a self-signed one into
 /// `data_dir/certs` on first start (development only).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct TlsSection {
     pub cert_and_key: Option<(PathBuf, PathBuf)>,
 }
@@ -114,14 +114,14 @@ impl fmt::Display for Role {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ListenerConfig {
     pub bind: SocketAddr,
     pub role: Role,
     pub require_tls: bool,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct InboundSection {
     /// Sender authentication (SPF, DKIM, DMARC, ARC; D4); `None` when turned off.
     pub auth: Option<InboundAuth>,
@@ -136,7 +136,7 @@ pub struct InboundSection {
     pub next_hop_tls: TlsLevel,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct OutboundSection {
     pub relay_networks: Vec<IpNet>,
     pub smtp_port: u16,
@@ -148,14 +148,50 @@ pub struct OutboundSection {
     pub dkim: Vec<DkimKey>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct InboundAuth {
     /// A check never holds a session longer than this.
     pub timeout: Duration,
-    pub policy: crate::auth::AuthPolicy,
+    pub policy: AuthPolicy,
 }
 
-#[derive(Debug, Clone)]
+/// What to do for each case, `[inbound.auth]` in the configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PolicyAction {
+    Accept,
+    Tag,
+    Reject,
+}
+
+/// What sender authentication does with failed results (`[inbound.auth]`); the decision on a
+/// message's results is `AuthPolicy::decide` in `auth`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthPolicy {
+    /// DMARC fails and the domain's policy is `reject`. Default: reject (550 5.7.1).
+    pub dmarc_reject: PolicyAction,
+    /// DMARC fails and the domain's policy is `quarantine`. Default: tag.
+    pub dmarc_quarantine: PolicyAction,
+    /// SPF `fail` (a `-` qualifier, typically `-all`) and the From domain has no DMARC
+    /// record. Default: tag.
+    pub spf_fail_without_dmarc: PolicyAction,
+    /// Name of the header field added by [`PolicyAction::Tag`]. Default
+    /// `X-Tlsgate-Quarantine`; the value says why (`dmarc=fail` or `spf=fail`).
+    pub tag_header: String,
+}
+
+impl Default for AuthPolicy {
+    fn default() -> Self {
+        AuthPolicy {
+            dmarc_reject: PolicyAction::Reject,
+            dmarc_quarantine: PolicyAction::Tag,
+            spf_fail_without_dmarc: PolicyAction::Tag,
+            tag_header: "X-Tlsgate-Quarantine".to_string(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
 pub struct DkimKey {
     pub domain: Domain,
     pub selector: String,
@@ -165,7 +201,7 @@ pub struct DkimKey {
 
 /// How queued mail is delivered: retries, expiry, concurrency, timeouts (design.md, "Queue and
 /// delivery"; T6).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct DeliverySection {
     /// Waits between attempts; the last one repeats until expiry.
     pub retry_schedule: Vec<Duration>,
@@ -193,12 +229,12 @@ pub enum DsnLanguage {
     Norwegian,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct DnsSection {
     pub nameservers: Vec<SocketAddr>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct DomainListSection {
     pub path: Option<PathBuf>,
     pub max_age_days: u32,
@@ -207,25 +243,8 @@ pub struct DomainListSection {
     pub check_interval: Duration,
 }
 
-/// What a `[[policy]]` entry applies to.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PolicyTarget {
-    /// Exactly this domain.
-    Exact(Domain),
-    /// Every subdomain of this domain (written `.partner.no`), not the domain itself.
-    Suffix(Domain),
-}
-
-#[derive(Debug, Clone)]
-pub struct PolicyEntry {
-    pub target: PolicyTarget,
-    pub tls: TlsLevel,
-    /// Extra names the peer's certificate may carry (exact, or `.suffix`).
-    pub match_names: Vec<String>,
-}
-
 /// The audit log (S1).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct AuditSection {
     pub dir: PathBuf,
     pub retention: Duration,
@@ -237,7 +256,7 @@ pub struct AuditSection {
 /// Locked by default: a Unix socket that only the service user, root and `socket_group` can
 /// open (file mode and `SO_PEERCRED`, like Postfix's `private/` sockets); a TCP `bind` always
 /// needs a bearer token, loopback included, because any local user can reach loopback.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct AdminSection {
     /// The Unix socket (default `data_dir/admin.sock`); `None` when `admin.socket = ""`.
     pub socket: Option<PathBuf>,
@@ -258,7 +277,7 @@ pub enum LogFormat {
     Json,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct LogSection {
     pub format: LogFormat,
     pub level: String,
@@ -573,7 +592,7 @@ fn validate(raw: raw::RawConfig, file: &str) -> Result<Config, ConfigError> {
     }
     let a = inbound.auth.unwrap_or_default();
     let auth = if a.enabled.unwrap_or(true) {
-        let defaults = crate::auth::AuthPolicy::default();
+        let defaults = AuthPolicy::default();
         let tag_header = a.tag_header.unwrap_or(defaults.tag_header);
         if tag_header.is_empty()
             || !tag_header
@@ -590,7 +609,7 @@ fn validate(raw: raw::RawConfig, file: &str) -> Result<Config, ConfigError> {
                 "inbound.auth.timeout",
                 a.timeout.as_deref().unwrap_or("10s"),
             )?,
-            policy: crate::auth::AuthPolicy {
+            policy: AuthPolicy {
                 dmarc_reject: a.dmarc_reject.unwrap_or(defaults.dmarc_reject),
                 dmarc_quarantine: a.dmarc_quarantine.unwrap_or(defaults.dmarc_quarantine),
                 spf_fail_without_dmarc: a
@@ -859,6 +878,48 @@ fn validate(raw: raw::RawConfig, file: &str) -> Result<Config, ConfigError> {
         audit,
         log,
     })
+}
+
+/// The sections of `new` whose values differ from `old`'s, in file order; `[tls]` is left
+/// out (SIGHUP puts the new certificate in force) and so is `source`. A SIGHUP reload names
+/// these in its warning: they take effect at the next restart.
+pub fn changed_sections(old: &Config, new: &Config) -> Vec<&'static str> {
+    // Destructured, so that a new section cannot be forgotten here.
+    let Config {
+        source: _,
+        server,
+        limits,
+        tls: _,
+        listeners,
+        inbound,
+        outbound,
+        delivery,
+        dns,
+        domain_list,
+        policies,
+        metrics,
+        admin,
+        audit,
+        log,
+    } = new;
+    [
+        ("server", *server != old.server),
+        ("limits", *limits != old.limits),
+        ("listener", *listeners != old.listeners),
+        ("inbound", *inbound != old.inbound),
+        ("outbound", *outbound != old.outbound),
+        ("delivery", *delivery != old.delivery),
+        ("dns", *dns != old.dns),
+        ("domain_list", *domain_list != old.domain_list),
+        ("policy", *policies != old.policies),
+        ("metrics", *metrics != old.metrics),
+        ("admin", *admin != old.admin),
+        ("audit", *audit != old.audit),
+        ("log", *log != old.log),
+    ]
+    .into_iter()
+    .filter_map(|(name, changed)| changed.then_some(name))
+    .collect()
 }
 
 #[cfg(test)]

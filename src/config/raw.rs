@@ -94,9 +94,9 @@ pub(super) struct RawOutbound {
 pub(super) struct RawInboundAuth {
     pub enabled: Option<bool>,
     pub timeout: Option<String>,
-    pub dmarc_reject: Option<crate::auth::PolicyAction>,
-    pub dmarc_quarantine: Option<crate::auth::PolicyAction>,
-    pub spf_fail_without_dmarc: Option<crate::auth::PolicyAction>,
+    pub dmarc_reject: Option<super::PolicyAction>,
+    pub dmarc_quarantine: Option<super::PolicyAction>,
+    pub spf_fail_without_dmarc: Option<super::PolicyAction>,
     pub tag_header: Option<String>,
 }
 

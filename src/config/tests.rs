@@ -166,3 +166,30 @@ fn delivery_defaults_follow_design_md_and_bad_values_are_refused() {
     let (key, _) = invalid(&format!("{MINIMAL}[delivery]\nmax_per_destination = 0\n"));
     assert_eq!(key, "delivery.max_per_destination");
 }
+
+/// SIGHUP applies `[tls]` at once and names every other changed section (they wait for a
+/// restart); values are compared, so a reformatted file or another spelling of the same
+/// value (`Example.NO.`) changes nothing.
+#[test]
+fn changed_sections_compare_values_not_text() {
+    let old = Config::from_toml(MINIMAL, "t.toml").unwrap();
+    let same = Config::from_toml(
+        "[inbound]\nlocal_domains = [\"example.no\"]\n\n[[listener]]\nrole = \"inbound\"\n\
+         bind = \"127.0.0.1:2525\"\n[server]\ndata_dir = \"/var/lib/tlsgate\"\n",
+        "t.toml",
+    )
+    .unwrap();
+    assert_eq!(changed_sections(&old, &same), Vec::<&str>::new());
+    let tls_only = Config::from_toml(
+        &format!("{MINIMAL}[tls]\ncert = \"/etc/c.pem\"\nkey = \"/etc/k.pem\"\n"),
+        "t.toml",
+    )
+    .unwrap();
+    assert_eq!(changed_sections(&old, &tls_only), Vec::<&str>::new());
+    let more = Config::from_toml(
+        &format!("{MINIMAL}[limits]\nmax_errors = 30\n[delivery]\nexpiry = \"2d\"\n"),
+        "t.toml",
+    )
+    .unwrap();
+    assert_eq!(changed_sections(&old, &more), vec!["limits", "delivery"]);
+}

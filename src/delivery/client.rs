@@ -7,11 +7,12 @@
 //! buffered byte is an attack (CVE-2021-38371 style response injection): the connection is
 //! dropped. After the handshake the capabilities are learnt again from a new EHLO.
 
+use crate::policy::NamePattern;
 use crate::queue::message::{BodyType, DsnRet, MessageMeta, Recipient};
 use crate::smtp::reply::{reply_complete, reply_lines, Reply};
 use crate::tls::client::{ClientTls, TlsFailure};
 use crate::tls::stream::Stream;
-use crate::tls::verify::{describe, NamePattern};
+use crate::tls::verify::describe;
 use crate::tls::TlsInfo;
 use rustls::pki_types::{CertificateDer, ServerName};
 use std::io;

@@ -16,7 +16,6 @@ pub mod client;
 mod control;
 mod outcome;
 pub mod pool;
-pub mod retry;
 pub mod route;
 mod schedule;
 
@@ -28,6 +27,7 @@ use crate::dns::Resolver;
 use crate::metrics::Metrics;
 use crate::policy::domain_list::DomainListHandle;
 use crate::queue::message::{unix_now, MessageMeta, QueueId, Recipient, RecipientState};
+use crate::queue::retry;
 use crate::queue::{AsyncStore, Committer, NewMessages, Store, StoreError, StoredMessage};
 use crate::smtp::reply::EnhancedStatus;
 use crate::tls::client::ClientTls;

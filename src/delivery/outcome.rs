@@ -12,12 +12,12 @@
 //! and queues the reports ([`send_dsn`]).
 
 use super::attempt::Outcome;
-use super::retry;
 use super::Engine;
 use crate::audit::AuditEvent;
 use crate::config::Config;
 use crate::dsn::{self, DsnKind, DsnRequest, ReportedRecipient};
 use crate::queue::message::{MessageMeta, Recipient, RecipientState, RecipientStatus};
+use crate::queue::retry;
 use crate::smtp::reply::EnhancedStatus;
 use std::collections::BTreeMap;
 use std::time::Duration;

@@ -5,7 +5,7 @@
 //! a connection is only ever reused under the same TLS requirements it was checked against.
 
 use super::client::{SmtpConnection, TlsMode};
-use crate::tls::verify::NamePattern;
+use crate::policy::NamePattern;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Mutex;

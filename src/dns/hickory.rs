@@ -10,6 +10,9 @@ use hickory_resolver::TokioResolver;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
+/// hickory's resolver with its cache. Built once per process (`server` at start) and shared:
+/// delivery and `probe` use it through [`Resolver`], sender authentication through
+/// [`HickoryResolver::tokio_resolver`].
 pub struct HickoryResolver {
     inner: TokioResolver,
 }
@@ -46,6 +49,12 @@ impl HickoryResolver {
         opts.ndots = 0;
         let inner = builder.build().map_err(setup)?;
         Ok(HickoryResolver { inner })
+    }
+
+    /// The same resolver, cache included, as mail-auth takes it (mail-auth names hickory's
+    /// type through its own dependency; Cargo.lock holds one hickory-resolver for both).
+    pub fn tokio_resolver(&self) -> TokioResolver {
+        self.inner.clone()
     }
 }
 

@@ -12,6 +12,12 @@ use crate::domain::Domain;
 use std::future::Future;
 use std::net::IpAddr;
 use std::pin::Pin;
+use std::time::Duration;
+
+/// How long the relay's resolver waits for one answer before it asks again (two attempts);
+/// a lookup that gets no answer is a temporary failure. resolv.conf's default, and what the
+/// sender authentication check's default bound (`inbound.auth.timeout`, 10s) gives each query.
+pub const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// One MX record.
 #[derive(Debug, Clone, PartialEq, Eq)]

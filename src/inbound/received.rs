@@ -19,17 +19,6 @@ pub struct ReceivedFields<'a> {
     pub when: SystemTime,
 }
 
-/// RFC 5322 date-time, e.g. `Sun, 22 Nov 2026 14:03:24 +0000`.
-pub fn rfc5322_date(when: SystemTime) -> String {
-    // httpdate writes the same fields with the obsolete zone name "GMT"; RFC 5322 3.3 prefers
-    // the numeric form.
-    let http = httpdate::fmt_http_date(when);
-    match http.strip_suffix(" GMT") {
-        Some(stem) => format!("{stem} +0000"),
-        None => http,
-    }
-}
-
 /// Characters from the client (its HELO name) are reduced to a safe subset: a CR or LF would
 /// inject header fields, and parentheses would break the comment structure.
 fn sanitize(text: &str) -> String {
@@ -71,7 +60,7 @@ pub fn received_header(f: &ReceivedFields<'_>) -> String {
     if let Some(rcpt) = f.single_recipient {
         h.push_str(&format!("\r\n\tfor <{rcpt}>"));
     }
-    h.push_str(&format!(";\r\n\t{}\r\n", rfc5322_date(f.when)));
+    h.push_str(&format!(";\r\n\t{}\r\n", crate::datetime::rfc5322(f.when)));
     h
 }
 

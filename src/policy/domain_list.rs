@@ -303,7 +303,8 @@ fn split_csv(line: &str, sep: char) -> Vec<String> {
     cells
 }
 
-/// `YYYY-MM-DD` or `DD.MM.YYYY` → days since 1970-01-01.
+/// `YYYY-MM-DD` or `DD.MM.YYYY` → days since 1970-01-01; `None` for anything else, a year
+/// outside 1970..=9999 or a day the calendar does not have.
 pub fn parse_date(text: &str) -> Option<i64> {
     let (y, m, d) = if let Some((y, rest)) = text.split_once('-') {
         let (m, d) = rest.split_once('-')?;
@@ -313,22 +314,11 @@ pub fn parse_date(text: &str) -> Option<i64> {
         let (m, y) = rest.split_once('.')?;
         (y, m, d)
     };
-    let (y, m, d): (i64, u32, u32) = (y.parse().ok()?, m.parse().ok()?, d.parse().ok()?);
-    if !(1970..=9999).contains(&y) || !(1..=12).contains(&m) || !(1..=31).contains(&d) {
+    let (y, m, d): (i32, u8, u8) = (y.parse().ok()?, m.parse().ok()?, d.parse().ok()?);
+    if !(1970..=9999).contains(&y) {
         return None;
     }
-    Some(days_from_civil(y, m, d))
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's civil-from-days inverse).
-fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let m = i64::from(m);
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(d) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
+    crate::datetime::days_since_epoch(y, m, d)
 }
 
 /// How the list's age is measured (`domain_list.age_from`).
@@ -352,11 +342,22 @@ struct Loaded {
     modified: Option<SystemTime>,
 }
 
-/// What a reload did.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What a successful reload did; its `Display` is the admin API's `result` text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reloaded {
-    Unchanged,
+    /// The list in force stays (the file holds the same list, or did not change).
+    Unchanged { domains: usize },
+    /// A different list is in force now.
     Replaced { old: usize, new: usize },
+}
+
+impl fmt::Display for Reloaded {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Reloaded::Unchanged { domains } => write!(f, "unchanged: {domains} domains"),
+            Reloaded::Replaced { old, new } => write!(f, "reloaded: {old} → {new} domains"),
+        }
+    }
 }
 
 impl fmt::Debug for DomainListHandle {
@@ -418,13 +419,15 @@ impl DomainListHandle {
     /// Reloads the file. On error the old list stays in force.
     pub fn reload(&self) -> Result<Reloaded, ListError> {
         let Some(path) = &self.path else {
-            return Ok(Reloaded::Unchanged);
+            return Ok(self.unchanged());
         };
         let list = DomainList::load(path)?;
         let mut current = self.current.write().unwrap_or_else(|p| p.into_inner());
         current.modified = modified(path);
         if *current.list == list {
-            return Ok(Reloaded::Unchanged);
+            return Ok(Reloaded::Unchanged {
+                domains: list.len(),
+            });
         }
         let old = current.list.len();
         let new = list.len();
@@ -435,7 +438,7 @@ impl DomainListHandle {
     /// Reloads when the file's modification time changed since the last load.
     pub fn reload_if_changed(&self) -> Result<Reloaded, ListError> {
         let Some(path) = &self.path else {
-            return Ok(Reloaded::Unchanged);
+            return Ok(self.unchanged());
         };
         let seen = self
             .current
@@ -443,9 +446,15 @@ impl DomainListHandle {
             .unwrap_or_else(|p| p.into_inner())
             .modified;
         if modified(path) == seen {
-            return Ok(Reloaded::Unchanged);
+            return Ok(self.unchanged());
         }
         self.reload()
+    }
+
+    fn unchanged(&self) -> Reloaded {
+        Reloaded::Unchanged {
+            domains: self.current().len(),
+        }
     }
 
     /// Age of the list in days, measured as configured.
@@ -527,6 +536,7 @@ mod tests {
         assert_eq!(parse_date("2000-03-01"), Some(11_017));
         assert_eq!(parse_date("01.03.2000"), Some(11_017));
         assert_eq!(parse_date("2024-13-01"), None);
+        assert_eq!(parse_date("31.04.2020"), None);
     }
 
     #[test]
@@ -566,5 +576,22 @@ mod tests {
             Reloaded::Replaced { old: 1, new: 2 }
         );
         assert!(handle.current().is_listed(&d("fno.no")));
+    }
+
+    /// `tlsgate domains reload` prints these (the admin API's `result`).
+    #[test]
+    fn reload_results_read_as_the_admin_api_reports_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("list.txt");
+        std::fs::write(&path, "bits.no\n").unwrap();
+        let handle = DomainListHandle::load(Some(&path)).unwrap();
+        let unchanged = handle.reload().unwrap();
+        assert_eq!(unchanged, Reloaded::Unchanged { domains: 1 });
+        assert_eq!(unchanged.to_string(), "unchanged: 1 domains");
+        std::fs::write(&path, "bits.no\nfno.no\n").unwrap();
+        assert_eq!(
+            handle.reload().unwrap().to_string(),
+            "reloaded: 1 → 2 domains"
+        );
     }
 }

@@ -4,13 +4,14 @@
 //! and MTA-STS are added to its inputs as they come (issue order in design.md).
 
 pub mod domain_list;
+mod names;
 
-use crate::config::{PolicyEntry, PolicyTarget};
 use crate::domain::Domain;
-use crate::tls::verify::NamePattern;
 use domain_list::DomainList;
 use serde::{Deserialize, Serialize};
 use std::fmt;
+
+pub use names::NamePattern;
 
 /// How much TLS a hop requires, in Postfix's `smtp_tls_policy_maps` vocabulary.
 ///
@@ -57,6 +58,24 @@ impl fmt::Display for TlsLevel {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }
+}
+
+/// What a `[[policy]]` entry applies to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PolicyTarget {
+    /// Exactly this domain.
+    Exact(Domain),
+    /// Every subdomain of this domain (written `.partner.no`), not the domain itself.
+    Suffix(Domain),
+}
+
+/// One `[[policy]]` entry of the configuration (validated by `config`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyEntry {
+    pub target: PolicyTarget,
+    pub tls: TlsLevel,
+    /// Extra names the peer's certificate may carry (exact, or `.suffix`).
+    pub match_names: Vec<String>,
 }
 
 /// Where a destination's TLS level came from (logs, `tlsgate probe`).

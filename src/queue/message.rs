@@ -1,10 +1,12 @@
 //! What the queue stores: one [`MessageMeta`] per message (envelope, DSN parameters, how it was
 //! received), its body, and one [`RecipientState`] per recipient for the delivery engine.
 //!
-//! These are the queue's own types, independent of the protocol parser, because they are
-//! persisted: changing them changes the on-disk format.
+//! These types are persisted (postcard): changing them changes the on-disk format. The
+//! protocol's own vocabulary that a message keeps, BODY and RET, is defined once in
+//! [`crate::smtp::command`] and stored as it is; a test below pins its encoding.
 
 use crate::config::Role;
+pub use crate::smtp::command::{BodyType, DsnRet};
 use crate::tls::TlsInfo;
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -82,13 +84,6 @@ pub fn unix_now() -> u64 {
     now_micros() / 1_000_000
 }
 
-/// RFC 3461 RET: how much of the message a failure DSN returns.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum DsnRet {
-    Full,
-    Headers,
-}
-
 /// RFC 3461 NOTIFY for one recipient. Without an explicit NOTIFY the default is failure and
 /// delay (RFC 3461 4.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -108,14 +103,6 @@ impl Default for DsnNotify {
             delay: true,
         }
     }
-}
-
-/// RFC 5321 / 6152 / 3030 BODY parameter.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum BodyType {
-    SevenBit,
-    EightBitMime,
-    BinaryMime,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -249,5 +236,20 @@ mod tests {
         let existing = QueueId::parse(&format!("{ahead:014X}")).unwrap();
         QueueId::observe(&existing);
         assert!(QueueId::generate() > existing);
+    }
+
+    /// BODY and RET live in `smtp` and are stored as they are: their postcard encoding (the
+    /// variant index) must never change, or queued messages would read back wrong after an
+    /// upgrade (S5: an acknowledged message survives).
+    #[test]
+    fn protocol_vocabulary_keeps_its_stored_encoding() {
+        fn encoded(value: &impl Serialize) -> Vec<u8> {
+            postcard::to_allocvec(value).expect("encodes")
+        }
+        assert_eq!(encoded(&BodyType::SevenBit), [0]);
+        assert_eq!(encoded(&BodyType::EightBitMime), [1]);
+        assert_eq!(encoded(&BodyType::BinaryMime), [2]);
+        assert_eq!(encoded(&DsnRet::Full), [0]);
+        assert_eq!(encoded(&DsnRet::Headers), [1]);
     }
 }

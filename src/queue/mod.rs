@@ -1,5 +1,6 @@
-//! The durable queue: a [`Store`] (sled behind a trait) and the [`Committer`] that makes new
-//! messages durable in groups.
+//! The durable queue: a [`Store`] (sled behind a trait), the [`Committer`] that makes new
+//! messages durable in groups, and the [`retry`] schedule (when a message is due, when it
+//! expires) that delivery and DSNs share.
 //!
 //! S5 / non-negotiable 1: a session answers `250` only after [`Committer::commit`] returned,
 //! i.e. after the message was written *and* the store was synced to disk. Syncing costs an
@@ -8,6 +9,7 @@
 //! fsync, and neither sled nor fsync ever blocks an async worker thread.
 
 pub mod message;
+pub mod retry;
 pub mod sled_store;
 pub mod store;
 

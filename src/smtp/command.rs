@@ -8,8 +8,27 @@
 
 use super::address::{self, Address, AddressError, ForwardPath, ReversePath};
 use super::reply::Reply;
+use serde::{Deserialize, Serialize};
 
-pub use crate::queue::message::{BodyType, DsnRet as Ret};
+/// RFC 5321 / 6152 / 3030 BODY parameter. Stored with every queued message: the variants'
+/// order is part of the queue's on-disk format (postcard writes the index).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BodyType {
+    SevenBit,
+    EightBitMime,
+    BinaryMime,
+}
+
+/// RFC 3461 RET: how much of the message a failure DSN returns. Stored with every queued
+/// message: the variants' order is part of the queue's on-disk format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DsnRet {
+    Full,
+    Headers,
+}
+
+/// RET by its short name in this module's parser.
+pub use DsnRet as Ret;
 
 const MAX_PARAMS: usize = 16;
 const MAX_ENVID: usize = 100;

@@ -12,7 +12,8 @@
 //! say precisely what went wrong.
 
 use super::keys::{self, KeyError};
-use super::verify::{NamePattern, PolicyVerifier};
+use super::verify::PolicyVerifier;
+use crate::policy::NamePattern;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};

@@ -1,0 +1,187 @@
+//! The tvungen TLS domain list in a running relay (T10): announced at start (with the age
+//! warning), reloaded on SIGHUP and through the admin API, reloaded by the watcher when the
+//! file changes, and warned about daily when it is older than `domain_list.max_age_days`.
+//!
+//! Every reload is logged, audited (S1) and counted; a refused file leaves the old list in
+//! force ([`DomainListHandle::reload`]). Parsing and the list itself are pure code in
+//! [`crate::policy::domain_list`]; this module is the list's life around it.
+
+use crate::audit::{AuditEvent, AuditLog};
+use crate::config::DomainListSection;
+use crate::metrics::Metrics;
+use crate::policy::domain_list::{DomainListHandle, ListError, Reloaded};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use tokio_util::sync::CancellationToken;
+
+/// The list in force and what its reloads report to: log, metrics, audit log.
+pub struct DomainListService {
+    /// Shared with sessions and delivery, which read the list in force from it.
+    handle: Arc<DomainListHandle>,
+    /// Check interval and age limits (read at start; a changed section needs a restart).
+    settings: DomainListSection,
+    /// `tlsgate_domain_list_*` gauges and the reload failure counter.
+    metrics: Arc<Metrics>,
+    /// Reloads are S1 evidence; `None` only in tests.
+    audit: Option<Arc<AuditLog>>,
+}
+
+/// Why a reload happened (the log says which).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Trigger {
+    /// SIGHUP or the admin API.
+    Request,
+    /// The watcher saw the file's modification time change.
+    FileChanged,
+}
+
+impl DomainListService {
+    /// The service for the list `handle` holds, with the `[domain_list]` settings read at start.
+    pub fn new(
+        handle: Arc<DomainListHandle>,
+        settings: DomainListSection,
+        metrics: Arc<Metrics>,
+        audit: Option<Arc<AuditLog>>,
+    ) -> DomainListService {
+        DomainListService {
+            handle,
+            settings,
+            metrics,
+            audit,
+        }
+    }
+
+    /// The list in force.
+    pub fn handle(&self) -> &Arc<DomainListHandle> {
+        &self.handle
+    }
+
+    /// At start: logs which list is in force, warns when it is old, sets the gauges.
+    pub fn announce(&self) {
+        match self.handle.path() {
+            Some(path) => tracing::info!(
+                path = %path.display(),
+                domains = self.handle.current().len(),
+                "tvungen TLS domain list loaded"
+            ),
+            None => tracing::warn!(
+                "no domain_list.path configured: no domain gets mandatory TLS from the list"
+            ),
+        }
+        self.warn_if_old();
+        self.update_gauges();
+    }
+
+    /// Reloads the file now (SIGHUP, admin API). On error the old list stays in force.
+    pub fn reload(&self) -> Result<Reloaded, ListError> {
+        let result = self.handle.reload();
+        self.record(result, Trigger::Request)
+    }
+
+    /// Reloads the list whenever its file changes (T10: "reloaded on change without restart")
+    /// and repeats the age warning daily, until `shutdown`.
+    pub async fn watch(self: Arc<Self>, shutdown: CancellationToken) {
+        if self.handle.path().is_none() {
+            return;
+        }
+        let mut last_age_warning = tokio::time::Instant::now();
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(self.settings.check_interval) => {}
+                _ = shutdown.cancelled() => return,
+            }
+            // Reading and parsing the file is blocking work: keep it off the async threads.
+            let reader = self.handle.clone();
+            let result = tokio::task::spawn_blocking(move || reader.reload_if_changed())
+                .await
+                .unwrap_or_else(|_| {
+                    Ok(Reloaded::Unchanged {
+                        domains: self.handle.current().len(),
+                    })
+                });
+            let _ = self.record(result, Trigger::FileChanged);
+            if last_age_warning.elapsed() >= Duration::from_secs(86_400) {
+                last_age_warning = tokio::time::Instant::now();
+                self.warn_if_old();
+            }
+        }
+    }
+
+    /// Logs, audits and counts one reload's result, and updates the gauges.
+    fn record(
+        &self,
+        result: Result<Reloaded, ListError>,
+        trigger: Trigger,
+    ) -> Result<Reloaded, ListError> {
+        match &result {
+            Ok(Reloaded::Replaced { old, new }) => {
+                match trigger {
+                    Trigger::Request => {
+                        tracing::info!(old, new, "tvungen TLS domain list reloaded")
+                    }
+                    Trigger::FileChanged => tracing::info!(
+                        old,
+                        new,
+                        "tvungen TLS domain list changed on disk, reloaded"
+                    ),
+                }
+                self.audit_reload(*old, *new, None);
+            }
+            Ok(Reloaded::Unchanged { .. }) => {
+                if trigger == Trigger::Request {
+                    tracing::info!("tvungen TLS domain list unchanged");
+                }
+            }
+            Err(e) => {
+                self.metrics.domain_list_reload_failures.inc();
+                match trigger {
+                    Trigger::Request => tracing::error!(error = %e,
+                        "domain list reload refused, the old list stays in force"),
+                    Trigger::FileChanged => tracing::error!(error = %e,
+                        "changed domain list refused, the old list stays in force"),
+                }
+                let size = self.handle.current().len();
+                self.audit_reload(size, size, Some(e.to_string()));
+            }
+        }
+        self.update_gauges();
+        result
+    }
+
+    fn audit_reload(&self, old: usize, new: usize, error: Option<String>) {
+        let event = AuditEvent::DomainListReload {
+            old,
+            new,
+            ok: error.is_none(),
+            error,
+        };
+        crate::audit::submit(&self.audit, event);
+    }
+
+    /// T10: the list must be updated at least quarterly.
+    fn warn_if_old(&self) {
+        let max = i64::from(self.settings.max_age_days);
+        if let Some(age) = self.age_days() {
+            if age > max {
+                tracing::warn!(age_days = age, max_age_days = max,
+                    "the tvungen TLS domain list is older than domain_list.max_age_days: fetch the current list from bits.no/tls (T10)");
+            }
+        }
+    }
+
+    fn age_days(&self) -> Option<i64> {
+        self.handle
+            .age_days(self.settings.age_from, SystemTime::now())
+    }
+
+    fn update_gauges(&self) {
+        let m = &self.metrics;
+        m.domain_list_domains
+            .set(self.handle.current().len() as i64);
+        m.domain_list_max_age_days
+            .set(i64::from(self.settings.max_age_days));
+        if let Some(age) = self.age_days() {
+            m.domain_list_age_days.set(age);
+        }
+    }
+}
