@@ -28,10 +28,15 @@ pub const EMBEDDED_DEFAULT_NAME: &str = "<embedded development default>";
 /// the I/O cause is part of the message and not also reported as `source()`.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// The file could not be read (missing, unreadable); `cause` is the I/O error.
     #[error("{file}: cannot read: {cause}")]
     Read { file: String, cause: std::io::Error },
+    /// The file is not valid TOML for the schema (bad syntax, wrong type, unknown key); `message`
+    /// is the TOML parser's text, which names the line and key.
     #[error("{file}: {message}")]
     Syntax { file: String, message: String },
+    /// A value parsed but is not acceptable; `key` is the dotted TOML path (`limits.max_errors`,
+    /// `listener[0].bind`), `reason` says why.
     #[error("{file}: {key}: {reason}")]
     Invalid {
         file: String,
@@ -40,40 +45,74 @@ pub enum ConfigError {
     },
 }
 
+/// A validated configuration: every value checked, every default filled in, relative paths
+/// resolved against the file's directory. Built by [`Config::load`] / [`Config::from_toml`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     /// The file this was read from (or [`EMBEDDED_DEFAULT_NAME`]).
     pub source: String,
+    /// `[server]`.
     pub server: ServerSection,
+    /// `[limits]`: bounds on inbound sessions (non-negotiable 4).
     pub limits: Limits,
+    /// `[tls]`: the STARTTLS server certificate.
     pub tls: TlsSection,
+    /// `[[listener]]`, at least one, no address bound twice.
     pub listeners: Vec<ListenerConfig>,
+    /// `[inbound]`: the MX front.
     pub inbound: InboundSection,
+    /// `[outbound]`: the smarthost.
     pub outbound: OutboundSection,
+    /// `[delivery]`: retries, expiry and the SMTP client.
     pub delivery: DeliverySection,
+    /// `[dns]`.
     pub dns: DnsSection,
+    /// `[domain_list]`: the tvungen TLS domain list (T10).
     pub domain_list: DomainListSection,
+    /// `[[policy]]` overrides, in file order, no domain twice.
     pub policies: Vec<PolicyEntry>,
+    /// `[metrics] bind`: the Prometheus endpoint; `None` when not configured (no endpoint).
     pub metrics: Option<SocketAddr>,
+    /// `[admin]`; `None` when `admin.enabled = false`.
     pub admin: Option<AdminSection>,
+    /// `[audit]`: the audit log (S1).
     pub audit: AuditSection,
+    /// `[log]`.
     pub log: LogSection,
 }
 
+/// `[server]`: identity, storage and message size.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServerSection {
+    /// Name used in the banner, EHLO, `Received:` and as Reporting-MTA in DSNs; a validated
+    /// domain (default `localhost`).
     pub hostname: String,
+    /// Queue, generated certificates, default audit directory and admin socket live here
+    /// (required).
     pub data_dir: PathBuf,
+    /// Largest message accepted, in bytes (1024 ..= 2^32, default 50 MiB); announced as EHLO
+    /// `SIZE`, larger messages get `552 5.3.4`.
     pub max_message_size: u64,
+    /// The administrator address of the tvungen TLS scheme (T11), named in DSNs and warnings;
+    /// `None` when not configured.
     pub admin_contact: Option<String>,
+    /// Free space, in bytes, below which new messages are refused with `452 4.3.1` (default
+    /// 256 MiB; non-negotiable 4).
     pub min_free_space: u64,
 }
 
+/// `[limits]`: bounds on inbound sessions (non-negotiable 4: too many connections, slow
+/// clients, long lines).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Limits {
+    /// Connections open at once over all listeners (default 1000); more get `421 4.7.0`.
     pub max_connections: usize,
+    /// Connections open at once from one client IP address (default 50).
     pub max_connections_per_ip: usize,
+    /// Recipients per message (default 100); more get `452 4.5.3`.
     pub max_recipients: usize,
+    /// Longest command line in bytes, CRLF included (512 ..= 65536, default 2048; RFC 5321
+    /// 4.5.3.1.4); longer gets `500 5.5.6`.
     pub max_line_length: usize,
     /// Errors (4xx/5xx replies) after which the session is closed with `421 4.7.0`; Postfix's
     /// `smtpd_hard_error_limit` (20).
@@ -83,9 +122,14 @@ pub struct Limits {
     pub soft_errors: u32,
     /// The wait before each error reply past `soft_errors`; Postfix's `smtpd_error_sleep_time`.
     pub error_sleep_time: Duration,
+    /// Wait for a command line (default 5 min, RFC 5321 4.5.3.2.7).
     pub command_timeout: Duration,
+    /// Wait for each chunk of message data (default 3 min, RFC 5321 4.5.3.2.5).
     pub data_timeout: Duration,
+    /// Upper bound on the whole DATA phase of one message, whatever the client's pace (default
+    /// 15 min).
     pub data_total_timeout: Duration,
+    /// Time allowed for the TLS handshake after STARTTLS (default 30 s).
     pub tls_handshake_timeout: Duration,
 }
 
@@ -93,9 +137,11 @@ pub struct Limits {
 /// `data_dir/certs` on first start (development only).
 #[derive(Debug, Clone, PartialEq)]
 pub struct TlsSection {
+    /// Certificate chain (PEM) and private key (PEM) paths, both or neither.
     pub cert_and_key: Option<(PathBuf, PathBuf)>,
 }
 
+/// What a listener is for; decides who may send to whom (S6).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
@@ -114,17 +160,24 @@ impl fmt::Display for Role {
     }
 }
 
+/// One `[[listener]]`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ListenerConfig {
+    /// Address and port to listen on; port 0 picks a free port (tests).
     pub bind: SocketAddr,
+    /// Inbound (MX front) or outbound (smarthost).
     pub role: Role,
+    /// Refuse `MAIL FROM` before STARTTLS with `530 5.7.0` (default false; S2).
     pub require_tls: bool,
 }
 
+/// `[inbound]`: the MX front.
 #[derive(Debug, Clone, PartialEq)]
 pub struct InboundSection {
     /// Sender authentication (SPF, DKIM, DMARC, ARC; D4); `None` when turned off.
     pub auth: Option<InboundAuth>,
+    /// Domains this gateway receives mail for; other recipients from clients outside
+    /// `outbound.relay_networks` are refused (S6). Required when an inbound listener exists.
     pub local_domains: Vec<Domain>,
     /// T5: refuse plaintext sessions and messages from listed senders (default on).
     pub refuse_plaintext_from_listed: bool,
@@ -132,14 +185,22 @@ pub struct InboundSection {
     /// clients outside `outbound.relay_networks`; default false, as Postfix's
     /// `allow_untrusted_routing = no` (S6).
     pub allow_routed_local_parts: bool,
+    /// The internal mail system inbound mail is handed to, `host:port` or `[ip]:port`; `None`:
+    /// mail for local domains is accepted and stays deferred until one is configured.
     pub next_hop: Option<String>,
+    /// TLS level of the hop to `next_hop` (default `verify`).
     pub next_hop_tls: TlsLevel,
 }
 
+/// `[outbound]`: the smarthost.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OutboundSection {
+    /// Client networks allowed to relay through outbound listeners (S6); a bare address is a
+    /// host route, a `/0` network is refused (open relay).
     pub relay_networks: Vec<IpNet>,
+    /// TCP port of remote MX hosts (default 25; tests set their own; never 0).
     pub smtp_port: u16,
+    /// PEM CA files trusted besides the bundled web PKI roots (T2); empty by default.
     pub extra_trust_roots: Vec<PathBuf>,
     /// A recipient deferred because the TLS policy could not be met gets its delay DSN after
     /// this long instead of `delivery.delay_warning` (T6).
@@ -148,10 +209,12 @@ pub struct OutboundSection {
     pub dkim: Vec<DkimKey>,
 }
 
+/// `[inbound.auth]` when enabled: sender authentication of inbound mail (D4).
 #[derive(Debug, Clone, PartialEq)]
 pub struct InboundAuth {
     /// A check never holds a session longer than this.
     pub timeout: Duration,
+    /// What to do with failed results.
     pub policy: AuthPolicy,
 }
 
@@ -159,8 +222,11 @@ pub struct InboundAuth {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum PolicyAction {
+    /// Deliver as if the check had passed.
     Accept,
+    /// Deliver with the [`AuthPolicy::tag_header`] header field added.
     Tag,
+    /// Refuse the message (`550 5.7.1` for DMARC, `550 5.7.23` for SPF).
     Reject,
 }
 
@@ -191,11 +257,17 @@ impl Default for AuthPolicy {
     }
 }
 
+/// One `[[outbound.dkim]]` signing key.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DkimKey {
+    /// The sender domain (`d=`) whose mail this key signs.
     pub domain: Domain,
+    /// The DKIM selector (`s=`), no whitespace.
     pub selector: String,
+    /// Private key file: PKCS#8 RSA or Ed25519, or PKCS#1 RSA (mode 0600, S4).
     pub key: PathBuf,
+    /// Header fields to sign; empty means the default set. A non-empty list must include
+    /// `From` (RFC 6376 5.4).
     pub headers: Vec<String>,
 }
 
@@ -209,35 +281,51 @@ pub struct DeliverySection {
     pub expiry: Duration,
     /// A recipient still undelivered this long after arrival gets one delay DSN.
     pub delay_warning: Duration,
+    /// Delivery attempts running at once, in total (default 100).
     pub max_concurrent: usize,
+    /// Delivery attempts running at once per destination, recipient domain or next hop
+    /// (default 10).
     pub max_per_destination: usize,
+    /// TCP connect timeout of the SMTP client (default 30 s).
     pub connect_timeout: Duration,
+    /// Wait for each command reply (default 5 min).
     pub command_timeout: Duration,
     /// Wait for the reply after the final `.` (RFC 5321 4.5.3.2.6 suggests 10 minutes).
     pub data_timeout: Duration,
     /// How long an idle connection is kept for the next message to the same destination.
     pub idle_timeout: Duration,
+    /// Messages one connection carries before it is closed (default 100).
     pub max_messages_per_connection: u32,
+    /// Language of the DSN text (`"en"` default, `"no"`/`"nb"`).
     pub dsn_language: DsnLanguage,
 }
 
 /// Language of the human-readable part of DSNs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DsnLanguage {
+    /// English only.
     English,
     /// Norwegian bokmål, followed by the English text.
     Norwegian,
 }
 
+/// `[dns]`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DnsSection {
+    /// Resolvers as `ip:port`; empty means the system resolver (`/etc/resolv.conf`).
     pub nameservers: Vec<SocketAddr>,
 }
 
+/// `[domain_list]`: where the tvungen TLS domain list is read from and how its age is
+/// watched (T10).
 #[derive(Debug, Clone, PartialEq)]
 pub struct DomainListSection {
+    /// The list file (Bits CSV or one domain per line); `None`: no domain list.
     pub path: Option<PathBuf>,
+    /// Age in days past which a warning is logged (default 92, T10: updated at least
+    /// quarterly; at least 1).
     pub max_age_days: u32,
+    /// How the age is measured: file modification time or newest `Dato innmeldt`.
     pub age_from: AgeFrom,
     /// How often the file is checked for changes.
     pub check_interval: Duration,
@@ -246,8 +334,12 @@ pub struct DomainListSection {
 /// The audit log (S1).
 #[derive(Debug, Clone, PartialEq)]
 pub struct AuditSection {
+    /// Directory of the log files (default `data_dir/audit`).
     pub dir: PathBuf,
+    /// Whole files older than this are removed (`retention_days`, default 730 days, S1).
     pub retention: Duration,
+    /// A new file is started past this size in bytes (default 64 MiB, at least 4096), and at
+    /// every new UTC day.
     pub max_file_bytes: u64,
 }
 
@@ -271,15 +363,21 @@ pub struct AdminSection {
     pub token_file: Option<PathBuf>,
 }
 
+/// Format of the process log (`[log] format`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
+    /// Human-readable lines (default).
     Text,
+    /// One JSON object per line.
     Json,
 }
 
+/// `[log]`: the process log (not the audit log).
 #[derive(Debug, Clone, PartialEq)]
 pub struct LogSection {
+    /// Text or JSON.
     pub format: LogFormat,
+    /// A `tracing` filter such as `info` or `tlsgate=debug,info` (validated at load).
     pub level: String,
 }
 
