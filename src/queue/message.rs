@@ -23,6 +23,8 @@ pub struct QueueId(String);
 static LAST_ID_MICROS: AtomicU64 = AtomicU64::new(0);
 
 impl QueueId {
+    /// A new id from the current time in microseconds, at least one above every id generated or
+    /// [observed](QueueId::observe) before in this process.
     pub fn generate() -> QueueId {
         let now = now_micros();
         let mut last = LAST_ID_MICROS.load(Ordering::Relaxed);
@@ -56,6 +58,7 @@ impl QueueId {
         valid.then(|| QueueId(s.to_string()))
     }
 
+    /// The 14 hex digits.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -88,9 +91,13 @@ pub fn unix_now() -> u64 {
 /// delay (RFC 3461 4.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DsnNotify {
+    /// `NOTIFY=NEVER`: no DSN at all; the other flags are then false.
     pub never: bool,
+    /// `SUCCESS`: a DSN on delivery (T12).
     pub success: bool,
+    /// `FAILURE`: a DSN when delivery fails.
     pub failure: bool,
+    /// `DELAY`: a DSN when delivery is delayed.
     pub delay: bool,
 }
 
@@ -105,10 +112,12 @@ impl Default for DsnNotify {
     }
 }
 
+/// One envelope recipient (`RCPT TO`) with its RFC 3461 DSN parameters.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Recipient {
     /// `local@domain`, domain normalised to A-label.
     pub address: String,
+    /// NOTIFY, or its default (failure and delay) when absent.
     pub notify: DsnNotify,
     /// RFC 3461 ORCPT: (address type, original address).
     pub orcpt: Option<(String, String)>,
@@ -117,26 +126,38 @@ pub struct Recipient {
 /// How and from whom the message was received.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Reception {
+    /// The connecting client's address.
     pub client_ip: IpAddr,
+    /// The HELO/EHLO argument as the client sent it.
     pub helo: String,
+    /// The role of the listener that accepted it.
     pub role: Role,
     /// `None` when the session was plaintext.
     pub tls: Option<TlsInfo>,
+    /// Seconds since the Unix epoch when it was accepted; expiry and delay DSNs count from here.
     pub received_at: u64,
 }
 
+/// The envelope and metadata of one queued message (persisted; see the module doc).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MessageMeta {
+    /// Queue id, also the store key.
     pub id: QueueId,
     /// `None` for the null reverse-path `<>` (bounces: never a DSN about them).
     pub sender: Option<String>,
+    /// In `RCPT TO` order; [`RecipientState`]s pair with them by position.
     pub recipients: Vec<Recipient>,
+    /// RFC 3461 RET (full message or headers in a DSN); `None` when not given.
     pub ret: Option<DsnRet>,
+    /// RFC 3461 ENVID, as given (xtext-decoded); `None` when not given.
     pub envid: Option<String>,
+    /// RFC 6152 / 3030 BODY parameter (7BIT default).
     pub body_type: BodyType,
+    /// RFC 6531 SMTPUTF8 was given with MAIL FROM.
     pub smtputf8: bool,
     /// RFC 8689 REQUIRETLS was requested with MAIL FROM.
     pub requiretls: bool,
+    /// How and from whom it was received.
     pub reception: Reception,
     /// The `Received:` header field tlsgate added (with CRLF), prepended at delivery.
     pub received_header: String,
@@ -144,12 +165,17 @@ pub struct MessageMeta {
     pub size: u64,
 }
 
+/// Where one recipient is in delivery.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RecipientStatus {
     /// Not tried yet.
     Pending,
+    /// Tried and failed temporarily; tried again at `next_attempt`.
     Deferred,
+    /// Accepted by the next hop (final).
     Delivered,
+    /// Failed permanently or expired (final); the sender gets a failure DSN unless NOTIFY
+    /// says otherwise.
     Failed,
 }
 
@@ -174,7 +200,9 @@ impl fmt::Display for RecipientStatus {
 /// Delivery state of one recipient, updated by the delivery engine.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RecipientState {
+    /// Where the recipient is in delivery.
     pub status: RecipientStatus,
+    /// Delivery attempts made so far.
     pub attempts: u32,
     /// Unix seconds of the next attempt (pending / deferred).
     pub next_attempt: u64,
@@ -193,6 +221,7 @@ pub struct RecipientState {
 }
 
 impl RecipientState {
+    /// A recipient not tried yet, due at `now` (seconds since the Unix epoch).
     pub fn new_pending(now: u64) -> RecipientState {
         RecipientState {
             status: RecipientStatus::Pending,
@@ -211,7 +240,10 @@ impl RecipientState {
 /// A message ready to be committed to the queue.
 #[derive(Debug)]
 pub struct NewMessage {
+    /// The envelope; its `size` is `body.len()`.
     pub meta: MessageMeta,
+    /// The message data to deliver (header and body), without the `Received:` header that
+    /// `meta.received_header` holds.
     pub body: Vec<u8>,
 }
 

@@ -45,8 +45,11 @@ struct Job {
 /// Commit statistics, for tests, benchmarks and metrics.
 #[derive(Debug, Default)]
 pub struct CommitStats {
+    /// New messages made durable.
     pub messages: AtomicU64,
+    /// Store syncs (one per group that wrote anything).
     pub syncs: AtomicU64,
+    /// Jobs (messages, state updates, removals) that failed to write or sync.
     pub failures: AtomicU64,
 }
 
@@ -141,6 +144,7 @@ impl Committer {
         result.await.map_err(|_| StoreError::Closed)?
     }
 
+    /// Counters since the committer started.
     pub fn stats(&self) -> &CommitStats {
         &self.stats
     }

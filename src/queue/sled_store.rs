@@ -27,6 +27,7 @@ const META: &[u8] = b"m\0";
 const BODY: &[u8] = b"b\0";
 const RCPT: &[u8] = b"r\0";
 
+/// The [`Store`](super::Store) on sled, with the key layout of the module doc.
 pub struct SledStore {
     dir: PathBuf,
     db: sled::Db,
@@ -74,6 +75,8 @@ fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
 }
 
 impl SledStore {
+    /// Opens (creating it on first start) the store in `dir`, and syncs the directory so that
+    /// sled's new files are durable.
     pub fn open(dir: &Path) -> Result<SledStore, StoreError> {
         std::fs::create_dir_all(dir)?;
         let db = sled::Config::new().path(dir).open().map_err(engine)?;
@@ -90,6 +93,7 @@ impl SledStore {
         })
     }
 
+    /// The store's directory.
     pub fn dir(&self) -> &Path {
         &self.dir
     }

@@ -11,14 +11,20 @@ use std::sync::Arc;
 /// an error chain printed link by link says every cause once.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// An I/O error of the store's files.
     #[error("queue store I/O error: {0}")]
     Io(std::io::Error),
+    /// An error of the storage engine other than I/O (sled's message), or an encoding error.
     #[error("queue store error: {0}")]
     Engine(String),
+    /// A stored record does not decode or does not match its envelope; `key` names the record
+    /// (`m/<id>`, `b/<id>` …).
     #[error("queue record {key} is corrupt: {reason}")]
     Corrupt { key: String, reason: String },
+    /// The queue's file system has less than `server.min_free_space`; `available` in bytes.
     #[error("not enough free disk space in the queue directory ({available} bytes left)")]
     DiskFull { available: u64 },
+    /// The committer thread has ended (shutdown); nothing was written.
     #[error("the queue committer has stopped")]
     Closed,
     /// The group's sync failed; every message of the group gets this (the one cause, told to
@@ -57,6 +63,8 @@ impl StoreError {
     }
 }
 
+/// The queue's storage engine. Blocking calls (see the module doc); only the
+/// [`Committer`](super::Committer) writes, so durability has one owner (S5).
 pub trait Store: Send + Sync + 'static {
     /// Writes a message, its body and the initial recipient states atomically: after a crash
     /// either all of it or none of it is there. Not durable until [`Store::sync`] returns.
@@ -65,12 +73,18 @@ pub trait Store: Send + Sync + 'static {
     /// Makes everything written so far durable (survives power loss).
     fn sync(&self) -> Result<(), StoreError>;
 
+    /// The envelope of a message, `None` when it is not queued.
     fn message(&self, id: &QueueId) -> Result<Option<MessageMeta>, StoreError>;
 
+    /// The body of a message, `None` when it is not queued; [`StoreError::Corrupt`] when its
+    /// length differs from `MessageMeta::size`.
     fn body(&self, id: &QueueId) -> Result<Option<Vec<u8>>, StoreError>;
 
+    /// The recipient states in recipient order; empty when the message is not queued.
     fn recipient_states(&self, id: &QueueId) -> Result<Vec<RecipientState>, StoreError>;
 
+    /// Replaces the state of the recipient at position `index`. Not durable until
+    /// [`Store::sync`].
     fn set_recipient_state(
         &self,
         id: &QueueId,
@@ -81,6 +95,8 @@ pub trait Store: Send + Sync + 'static {
     /// Every message in the queue, oldest first.
     fn message_ids(&self) -> Result<Vec<QueueId>, StoreError>;
 
+    /// Removes a message, body and states in one batch; removing a message that is not there
+    /// is not an error. Not durable until [`Store::sync`].
     fn remove_message(&self, id: &QueueId) -> Result<(), StoreError>;
 }
 
@@ -94,12 +110,16 @@ pub struct AsyncStore(Arc<dyn Store>);
 
 /// One queued message as read for delivery: envelope, recipient states and body.
 pub struct StoredMessage {
+    /// The envelope.
     pub meta: MessageMeta,
+    /// One state per recipient, in `meta.recipients` order (checked on load).
     pub states: Vec<RecipientState>,
+    /// The message as received (empty when the store had none).
     pub body: Vec<u8>,
 }
 
 impl AsyncStore {
+    /// Wraps a blocking store.
     pub fn new(store: Arc<dyn Store>) -> AsyncStore {
         AsyncStore(store)
     }
@@ -130,6 +150,7 @@ impl AsyncStore {
         self.run("read", move |store| store.message(&id)).await
     }
 
+    /// The recipient states of a message in recipient order; empty when it is not queued.
     pub async fn recipient_states(&self, id: &QueueId) -> Result<Vec<RecipientState>, StoreError> {
         let id = id.clone();
         self.run("read", move |store| store.recipient_states(&id))
