@@ -7,19 +7,28 @@
 use std::fmt;
 use std::str::FromStr;
 
+/// A validated domain name in the normalised form above; build it with [`Domain::parse`]
+/// (or `str::parse`). `Display` and [`Domain::as_str`] give the A-label form.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Domain(String);
 
+/// Why [`Domain::parse`] refused a name.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DomainError {
+    /// Nothing (or only a dot) was given.
     #[error("empty domain name")]
     Empty,
+    /// Over 253 characters in A-label form (RFC 1035 2.3.4).
     #[error("domain name is longer than 253 characters")]
     TooLong,
+    /// A non-ASCII name that IDNA (UTS #46) cannot convert to A-labels.
     #[error("invalid internationalised domain name")]
     Idna,
+    /// A label that is empty, longer than 63, starts or ends with `-`, or holds other than
+    /// letters, digits and `-` (RFC 1123 2.1); carries the label (at most 64 characters).
     #[error("label {0:?} is not a valid host name label")]
     BadLabel(String),
+    /// A name without a dot where one is required.
     #[error("a domain needs at least one dot")]
     SingleLabel,
 }
@@ -55,6 +64,7 @@ impl Domain {
         Ok(Domain(ascii))
     }
 
+    /// The normalised name: lower case, A-labels, no trailing dot.
     pub fn as_str(&self) -> &str {
         &self.0
     }

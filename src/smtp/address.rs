@@ -23,11 +23,14 @@ pub struct Address {
 /// MAIL FROM's reverse-path: `<>` (the null sender of bounces) or an address.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReversePath {
+    /// `<>`: the null reverse-path of DSNs and other automatic replies (RFC 5321 4.5.5).
     Null,
+    /// A sender mailbox.
     Address(Address),
 }
 
 impl ReversePath {
+    /// The sender's address; `None` for `<>`.
     pub fn address(&self) -> Option<&Address> {
         match self {
             ReversePath::Null => None,
@@ -40,31 +43,45 @@ impl ReversePath {
 /// every server must accept.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ForwardPath {
+    /// A recipient mailbox.
     Address(Address),
+    /// The bare `<Postmaster>` with no domain.
     Postmaster,
 }
 
+/// Why a path or mailbox was refused; the parser's caller turns it into a `553` reply.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AddressError {
+    /// The path is not enclosed in `<` … `>`.
     #[error("missing angle brackets")]
     Brackets,
+    /// `<>` or an empty mailbox where an address is required.
     #[error("empty address")]
     Empty,
+    /// No `@` separating local part and domain.
     #[error("no @domain")]
     NoDomain,
+    /// The local part is neither a dot-string nor a quoted string (RFC 5321 4.1.2).
     #[error("invalid local part")]
     LocalPart,
+    /// The path exceeds 256 octets (RFC 5321 4.5.3.1.3).
     #[error("path longer than 256 octets")]
     TooLong,
+    /// The domain is an address literal (`[192.0.2.1]`), which tlsgate refuses (see the module
+    /// doc).
     #[error("address literals are not accepted")]
     AddressLiteral,
+    /// The domain part is not a valid domain; carries the [`DomainError`](crate::domain::DomainError) text.
     #[error("invalid domain: {0}")]
     Domain(String),
+    /// A malformed source route (`@a,@b:`, RFC 5321 4.1.2).
     #[error("invalid source route")]
     Route,
 }
 
 impl Address {
+    /// An address from its parts; the local part must be a valid dot-string or quoted string
+    /// ([`AddressError::LocalPart`] otherwise).
     pub fn new(local_part: &str, domain: Domain) -> Result<Address, AddressError> {
         check_local_part(local_part)?;
         Ok(Address {
@@ -81,15 +98,18 @@ impl Address {
         }
     }
 
+    /// The local part exactly as sent (quotes included).
     pub fn local_part(&self) -> &str {
         &self.local_part
     }
 
+    /// The normalised domain.
     pub fn domain(&self) -> &Domain {
         &self.domain
     }
 
-    /// True when any part needs SMTPUTF8 (RFC 6531).
+    /// True when the local part is ASCII; false means the address needs SMTPUTF8 (RFC 6531).
+    /// The domain is always ASCII (A-labels).
     pub fn is_ascii(&self) -> bool {
         self.local_part.is_ascii()
     }

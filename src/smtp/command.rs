@@ -14,8 +14,11 @@ use serde::{Deserialize, Serialize};
 /// order is part of the queue's on-disk format (postcard writes the index).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum BodyType {
+    /// `7BIT` (also the default when BODY is absent).
     SevenBit,
+    /// `8BITMIME` (RFC 6152).
     EightBitMime,
+    /// `BINARYMIME` (RFC 3030; needs BDAT).
     BinaryMime,
 }
 
@@ -23,7 +26,9 @@ pub enum BodyType {
 /// message: the variants' order is part of the queue's on-disk format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum DsnRet {
+    /// `RET=FULL`: the whole message.
     Full,
+    /// `RET=HDRS`: the header only.
     Headers,
 }
 
@@ -34,38 +39,65 @@ const MAX_PARAMS: usize = 16;
 const MAX_ENVID: usize = 100;
 const MAX_ORCPT: usize = 500;
 
+/// One parsed SMTP command (RFC 5321 4.1.1), as [`parse_command`] returns it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
+    /// `HELO name`; the argument as sent (printable ASCII, at most 255 octets).
     Helo(String),
+    /// `EHLO name`; same rules as HELO.
     Ehlo(String),
+    /// `MAIL FROM:<path> params`.
     Mail(MailFrom),
+    /// `RCPT TO:<path> params`.
     Rcpt(RcptTo),
+    /// `DATA`.
     Data,
+    /// `BDAT size [LAST]` (RFC 3030): `size` octets of message data follow the command; `last`
+    /// ends the message.
     Bdat { size: u64, last: bool },
+    /// `RSET`.
     Rset,
+    /// `NOOP` (any argument ignored).
     Noop,
+    /// `QUIT`.
     Quit,
+    /// `STARTTLS` (RFC 3207).
     StartTls,
+    /// `VRFY arg` (argument required).
     Vrfy(String),
+    /// `EXPN arg` (argument required).
     Expn(String),
+    /// `HELP [topic]`.
     Help(Option<String>),
 }
 
+/// `MAIL FROM` with its ESMTP parameters.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MailFrom {
+    /// The reverse-path.
     pub sender: ReversePath,
+    /// RFC 1870 SIZE: the client's estimate in octets; `None` when not given.
     pub size: Option<u64>,
+    /// BODY; `None` when not given (7BIT).
     pub body: Option<BodyType>,
+    /// RFC 6531 SMTPUTF8: UTF-8 in addresses and header allowed.
     pub smtputf8: bool,
+    /// RFC 3461 RET; `None` when not given.
     pub ret: Option<Ret>,
+    /// RFC 3461 ENVID, xtext-decoded; `None` when not given.
     pub envid: Option<String>,
+    /// RFC 8689 REQUIRETLS.
     pub requiretls: bool,
 }
 
+/// `RCPT TO` with its ESMTP parameters.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RcptTo {
+    /// The forward-path.
     pub recipient: ForwardPath,
+    /// RFC 3461 NOTIFY.
     pub notify: Notify,
+    /// RFC 3461 ORCPT; `None` when not given.
     pub orcpt: Option<OriginalRecipient>,
 }
 
@@ -73,43 +105,62 @@ pub struct RcptTo {
 /// failure and delay).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Notify {
+    /// `NEVER` (alone).
     pub never: bool,
+    /// `SUCCESS`.
     pub success: bool,
+    /// `FAILURE`.
     pub failure: bool,
+    /// `DELAY`.
     pub delay: bool,
+    /// The parameter was given.
     pub explicit: bool,
 }
 
 /// RFC 3461 ORCPT: address type (e.g. `rfc822`) and the xtext-decoded original address.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OriginalRecipient {
+    /// The address type, e.g. `rfc822`.
     pub addr_type: String,
+    /// The original recipient, xtext-decoded.
     pub address: String,
 }
 
+/// Why a command line was refused; [`CommandError::reply`] gives the SMTP reply.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CommandError {
+    /// An unknown verb (`500 5.5.2`).
     #[error("command not recognized")]
     UnknownCommand,
+    /// The line is not UTF-8 (`500 5.5.2`).
     #[error("line is not valid UTF-8")]
     InvalidUtf8,
+    /// Wrong arguments for a known command (`501 5.5.4`).
     #[error("syntax error: {0}")]
     Syntax(&'static str),
+    /// The MAIL FROM path does not parse (`553 5.1.7`).
     #[error("bad sender address: {0}")]
     BadSender(AddressError),
+    /// The RCPT TO path does not parse (`553 5.1.3`).
     #[error("bad recipient address: {0}")]
     BadRecipient(AddressError),
+    /// An ESMTP parameter tlsgate does not support (`555 5.5.4`); carries its name.
     #[error("unsupported parameter {0}")]
     UnknownParameter(String),
+    /// A supported parameter with a bad or repeated value.
     #[error("bad parameter {name}: {reason}")]
     BadParameter { name: String, reason: &'static str },
+    /// More parameters than the parser accepts on one command.
     #[error("too many parameters")]
     TooManyParameters,
+    /// A non-ASCII address without the SMTPUTF8 parameter (RFC 6531 3.4).
     #[error("non-ASCII address without SMTPUTF8")]
     NeedsSmtputf8,
 }
 
 impl CommandError {
+    /// The SMTP reply for this error: `500`/`501`/`553`/`555` with the matching RFC 3463 code;
+    /// client input in it is bounded (see the module doc).
     pub fn reply(&self) -> Reply {
         match self {
             CommandError::UnknownCommand => Reply::new(500, "5.5.2", "Command not recognized"),

@@ -21,6 +21,7 @@ enum State {
     Cr,
 }
 
+/// What one [`DataDecoder::feed`] call found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Feed {
     /// The end of data has not been seen; all of the input was used.
@@ -30,8 +31,10 @@ pub enum Feed {
     Done { consumed: usize },
 }
 
+/// Whether a complete message may be accepted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DataOutcome {
+    /// Neither fault: the message may be accepted.
     Ok,
     /// More than the size limit was sent; the body was truncated and must be refused (552).
     TooLarge,
@@ -39,6 +42,7 @@ pub enum DataOutcome {
     BareLineEnding,
 }
 
+/// Decodes the DATA phase of one message incrementally (see the module doc).
 #[derive(Debug)]
 pub struct DataDecoder {
     state: State,
@@ -49,6 +53,8 @@ pub struct DataDecoder {
 }
 
 impl DataDecoder {
+    /// A decoder that keeps at most `max_size` octets of decoded data (more marks
+    /// [`DataOutcome::TooLarge`]).
     pub fn new(max_size: usize) -> DataDecoder {
         DataDecoder {
             state: State::LineStart,
@@ -85,6 +91,8 @@ impl DataDecoder {
         }
     }
 
+    /// Decodes `input` (any chunk of the stream), appending the unstuffed data to `out` up to
+    /// the size limit; says whether the end of data was reached and where.
     pub fn feed(&mut self, input: &[u8], out: &mut Vec<u8>) -> Feed {
         let mut i = 0;
         while i < input.len() {

@@ -13,9 +13,13 @@ pub use reply::{EnhancedStatus, Reply};
 /// What the server offers in its EHLO reply.
 #[derive(Debug, Clone, Copy)]
 pub struct Capabilities {
+    /// The `SIZE` limit announced, in octets (RFC 1870).
     pub size: u64,
+    /// Offer `STARTTLS` (RFC 3207).
     pub starttls: bool,
+    /// Offer `REQUIRETLS` (RFC 8689).
     pub requiretls: bool,
+    /// Offer `CHUNKING`, i.e. BDAT (RFC 3030).
     pub chunking: bool,
 }
 

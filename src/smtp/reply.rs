@@ -8,8 +8,11 @@ use std::fmt;
 /// RFC 3463 `class.subject.detail`, e.g. 5.7.1.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct EnhancedStatus {
+    /// 2 (success), 4 (persistent transient failure) or 5 (permanent failure).
     pub class: u8,
+    /// The subject (RFC 3463 3), e.g. 7 for security or policy.
     pub subject: u16,
+    /// The detail within the subject.
     pub detail: u16,
 }
 
@@ -54,27 +57,38 @@ impl fmt::Display for EnhancedStatus {
     }
 }
 
+/// One SMTP reply: code, optional enhanced status code, text.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reply {
+    /// The three-digit reply code (RFC 5321 4.2).
     pub code: u16,
+    /// The enhanced status code; `None` when absent (e.g. a peer without
+    /// ENHANCEDSTATUSCODES).
     pub enhanced: Option<EnhancedStatus>,
     /// One or more lines separated by '\n'.
     pub text: String,
 }
 
+/// Why a peer's reply could not be parsed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ReplyParseError {
+    /// A line that is not `NNN text` / `NNN-text`; carries its first 80 characters.
     #[error("reply line is not `NNN text`: {0:?}")]
     Malformed(String),
+    /// The lines of a multi-line reply carry different codes (RFC 5321 4.2.1).
     #[error("reply lines carry different codes")]
     MixedCodes,
+    /// No reply line.
     #[error("empty reply")]
     Empty,
+    /// A line longer than the limit, in octets.
     #[error("reply line longer than {0} octets")]
     TooLong(usize),
 }
 
 impl Reply {
+    /// A reply; `enhanced` is `"5.7.1"` style text, and text that does not parse (e.g. `""`)
+    /// means no enhanced code.
     pub fn new(code: u16, enhanced: &str, text: impl Into<String>) -> Reply {
         Reply {
             code,
@@ -83,14 +97,17 @@ impl Reply {
         }
     }
 
+    /// 2xx or 3xx.
     pub fn is_positive(&self) -> bool {
         (200..400).contains(&self.code)
     }
 
+    /// 4xx: try again later.
     pub fn is_transient(&self) -> bool {
         (400..500).contains(&self.code)
     }
 
+    /// 5xx (or any code above 599).
     pub fn is_permanent(&self) -> bool {
         self.code >= 500
     }
