@@ -22,11 +22,13 @@ pub const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
 /// One MX record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MxRecord {
+    /// Lower is preferred (RFC 5321 5.1).
     pub preference: u16,
     /// The exchange host, normalised; `.` (the root) for a null MX.
     pub exchange: String,
 }
 
+/// Why a lookup failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DnsError {
     /// The name does not exist (NXDOMAIN): a permanent condition.
@@ -37,8 +39,11 @@ pub enum DnsError {
     Temporary { name: String, reason: String },
 }
 
+/// The future every [`Resolver`] method returns (boxed, so that the trait stays object-safe).
 pub type DnsFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, DnsError>> + Send + 'a>>;
 
+/// The DNS lookups delivery needs (MX, addresses); implemented over hickory by
+/// [`HickoryResolver`].
 pub trait Resolver: Send + Sync + 'static {
     /// MX records of `domain`; an empty list when the domain exists but has none.
     fn mx<'a>(&'a self, domain: &'a Domain) -> DnsFuture<'a, Vec<MxRecord>>;

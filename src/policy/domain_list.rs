@@ -22,8 +22,11 @@ use std::time::SystemTime;
 /// One listed domain and what the list says about its organisation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListedDomain {
+    /// The listed domain (one row may list several; each gets its own entry).
     pub domain: Domain,
+    /// "Selskapsnavn"; empty when the list has no such column (one domain per line).
     pub company: String,
+    /// "Organisasjonsnummer" as written; empty when the list has no such column.
     pub org_number: String,
     /// "Dato innmeldt" as days since 1970-01-01.
     pub joined: Option<i64>,
@@ -37,16 +40,22 @@ pub struct DomainList {
     domains: BTreeMap<Domain, ListedDomain>,
 }
 
+/// One refused line of a list file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LineError {
+    /// Line number in the file, from 1.
     pub line: usize,
+    /// What is wrong with it.
     pub reason: String,
 }
 
+/// Why a list file was refused as a whole; the list in force stays (T10).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ListError {
+    /// The file could not be read.
     #[error("{path}: cannot read: {reason}")]
     Read { path: String, reason: String },
+    /// Some lines are bad; every bad line is reported (the message shows the first ten).
     #[error("{path}: {} bad line(s): {}", .errors.len(), format_errors(.errors))]
     Parse {
         path: String,
@@ -55,6 +64,7 @@ pub enum ListError {
     #[error(
         "{path}: the list names no domain (refused: an empty list would turn tvungen TLS off)"
     )]
+    /// The file names no domain.
     Empty { path: String },
 }
 
@@ -73,22 +83,27 @@ fn format_errors(errors: &[LineError]) -> String {
 }
 
 impl DomainList {
+    /// Is exactly this domain on the list? (No subdomain matching: the list names domains.)
     pub fn is_listed(&self, domain: &Domain) -> bool {
         self.domains.contains_key(domain)
     }
 
+    /// The list's entry for exactly this domain.
     pub fn get(&self, domain: &Domain) -> Option<&ListedDomain> {
         self.domains.get(domain)
     }
 
+    /// Number of listed domains.
     pub fn len(&self) -> usize {
         self.domains.len()
     }
 
+    /// No domain listed.
     pub fn is_empty(&self) -> bool {
         self.domains.is_empty()
     }
 
+    /// Every entry, in domain order.
     pub fn iter(&self) -> impl Iterator<Item = &ListedDomain> {
         self.domains.values()
     }
@@ -412,6 +427,7 @@ impl DomainListHandle {
             .clone()
     }
 
+    /// The list file; `None` when no list is configured (or for [`DomainListHandle::fixed`]).
     pub fn path(&self) -> Option<&Path> {
         self.path.as_deref()
     }

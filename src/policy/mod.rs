@@ -41,6 +41,8 @@ impl TlsLevel {
         !matches!(self, TlsLevel::None | TlsLevel::May | TlsLevel::Dane)
     }
 
+    /// The configuration spelling (`none`, `may`, …, `dane-only`), also used in logs and audit
+    /// entries.
     pub fn as_str(self) -> &'static str {
         match self {
             TlsLevel::None => "none",
@@ -72,7 +74,9 @@ pub enum PolicyTarget {
 /// One `[[policy]]` entry of the configuration (validated by `config`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PolicyEntry {
+    /// The domain or suffix the entry applies to.
     pub target: PolicyTarget,
+    /// The level it sets (never below `verify` for a listed domain: checked at load, T3).
     pub tls: TlsLevel,
     /// Extra names the peer's certificate may carry (exact, or `.suffix`).
     pub match_names: Vec<String>,
@@ -117,7 +121,9 @@ impl fmt::Display for PolicySource {
 /// The policy for one recipient domain.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ResolvedPolicy {
+    /// The level delivery enforces.
     pub level: TlsLevel,
+    /// Which rule set the level.
     pub source: PolicySource,
     /// The domain is on the tvungen TLS list: never below `verify`, failures logged at warn.
     pub listed: bool,

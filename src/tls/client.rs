@@ -3,7 +3,7 @@
 //! * [`ClientTls::opportunistic`]: levels `may` and `encrypt`. The peer's certificate is not
 //!   authenticated (RFC 7435: opportunistic security protects against passive listeners only),
 //!   but the handshake itself is verified, and only TLS 1.2 and 1.3 are spoken (T8).
-//! * [`ClientTls::verified`]: levels `verify` and stricter (T2, T3, T9). The chain must lead to
+//! * [`ClientTls::verified_for`]: levels `verify` and stricter (T2, T3, T9). The chain must lead to
 //!   a public root (webpki-roots, Mozilla's list) or to a root from
 //!   `outbound.extra_trust_roots`, the certificate must be time-valid, and its subjectAltName
 //!   must match the name delivery asks for.
@@ -25,20 +25,30 @@ use std::sync::Arc;
 /// DSNs and administrators in logs.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TlsFailure {
+    /// The peer's EHLO reply did not offer STARTTLS.
     #[error("no STARTTLS offered")]
     NoStarttls,
+    /// The peer answered STARTTLS with an error; carries its reply.
     #[error("STARTTLS refused: {0}")]
     StarttlsRefused(String),
+    /// The chain does not lead to a trusted root (T2), or is otherwise invalid (bad
+    /// signature, wrong purpose, revoked).
     #[error("certificate not trusted")]
     CertUntrusted,
+    /// The certificate's validity has ended.
     #[error("certificate expired")]
     CertExpired,
+    /// The certificate's validity has not begun.
     #[error("certificate not yet valid")]
     CertNotYetValid,
+    /// No certificate name matches what the policy requires (T9); carries the name that was
+    /// checked.
     #[error("certificate does not match {0}")]
     HostnameMismatch(String),
+    /// The peer does not speak TLS 1.2 or 1.3 (T8).
     #[error("TLS protocol version not acceptable (TLS 1.2 or newer required)")]
     ProtocolVersion,
+    /// Any other handshake error; carries its text.
     #[error("TLS handshake failed: {0}")]
     Handshake(String),
     /// Bytes arrived after the `220` to STARTTLS, before the handshake (CVE-2021-38371 style
@@ -110,6 +120,8 @@ impl TlsFailure {
 /// names each connection accepts.
 #[derive(Clone)]
 pub struct ClientTls {
+    /// For levels that do not validate (`may`, `encrypt`): accepts any certificate, TLS 1.2+
+    /// only.
     pub opportunistic: Arc<ClientConfig>,
     webpki: Arc<WebPkiServerVerifier>,
     provider: Arc<rustls::crypto::CryptoProvider>,

@@ -10,20 +10,28 @@ use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+/// Why a certificate or key file could not be used; every message names the file.
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
+    /// The file could not be read.
     #[error("{path}: cannot read: {cause}")]
     Unreadable { path: String, cause: std::io::Error },
+    /// A private key file that group or others may access (S4); `mode` is the permission bits.
     #[error("{path}: private key is accessible by group or others (mode {mode:04o}); run `chmod 600 {path}`")]
     InsecurePermissions { path: String, mode: u32 },
+    /// No PEM certificate in the file.
     #[error("{path}: no PEM certificate found")]
     NoCertificate { path: String },
+    /// No PEM private key in the file.
     #[error("{path}: no PEM private key found (PKCS#8, PKCS#1 or SEC1 expected)")]
     NoPrivateKey { path: String },
+    /// The file's content is not usable (bad PEM, a key that does not fit the certificate …).
     #[error("{path}: {reason}")]
     Rejected { path: String, reason: String },
+    /// Generating a self-signed certificate failed.
     #[error("cannot generate certificate: {0}")]
     Generate(String),
+    /// Writing a generated certificate or key failed.
     #[error("{path}: cannot write: {cause}")]
     Write { path: String, cause: std::io::Error },
 }
@@ -76,7 +84,9 @@ pub fn load_private_key(path: &Path) -> Result<PrivateKeyDer<'static>, KeyError>
 
 /// A freshly generated self-signed certificate and its key, both PEM.
 pub struct GeneratedCert {
+    /// The certificate, PEM.
     pub cert_pem: String,
+    /// The PKCS#8 private key, PEM.
     pub key_pem: String,
 }
 

@@ -66,6 +66,8 @@ pub struct TlsInfo {
 }
 
 impl TlsInfo {
+    /// Reads the negotiated version and suite of a finished handshake (`"unknown"` where rustls
+    /// has none).
     pub fn from_connection(conn: &rustls::CommonState) -> TlsInfo {
         let version = match conn.protocol_version() {
             Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3".to_string(),

@@ -8,8 +8,11 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsStream;
 
+/// The connection of one SMTP session, before or after STARTTLS.
 pub enum Stream {
+    /// Plaintext TCP (before STARTTLS, or a peer without it).
     Plain(TcpStream),
+    /// TLS, client or server side.
     Tls(Box<TlsStream<TcpStream>>),
     /// While the TCP stream is inside a TLS handshake (and after a failed one): every I/O
     /// fails.

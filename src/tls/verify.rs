@@ -68,6 +68,8 @@ pub struct PolicyVerifier {
 }
 
 impl PolicyVerifier {
+    /// A verifier that accepts a chain `webpki` accepts whose certificate names match one of
+    /// `patterns` (T9).
     pub fn new(webpki: Arc<WebPkiServerVerifier>, patterns: Vec<NamePattern>) -> PolicyVerifier {
         PolicyVerifier { webpki, patterns }
     }
