@@ -31,8 +31,11 @@ use std::sync::Arc;
 /// connection, expiry: `Diagnostic-Code: x-tlsgate`, RFC 3464 2.3.6; issue 10 item 5).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
+    /// The next hop accepted the recipient (2xx after the data).
     Delivered {
+        /// The host that accepted it.
         host: String,
+        /// Its reply, as text.
         reply: String,
         /// The next hop announced DSN, so it reports success itself (RFC 3461 6.2).
         peer_does_dsn: bool,
@@ -40,35 +43,50 @@ pub enum Outcome {
         tls_version: Option<String>,
         /// The TLS level applied and where it came from.
         level: TlsLevel,
+        /// Where `level` came from.
         source: PolicySource,
     },
+    /// A temporary failure: try again later.
     Deferred {
+        /// The host involved; `None` when no host was reached (DNS, no usable address).
         host: Option<String>,
         /// RFC 3463 status for the DSN and the queue listing.
         status: EnhancedStatus,
+        /// Why, in words for the DSN and the queue listing.
         reason: String,
+        /// See the enum doc.
         remote: bool,
         /// The TLS policy could not be met (issue 4 warns senders early about these).
         tls: bool,
     },
+    /// A permanent failure: the recipient is final, the sender gets a failure DSN.
     Failed {
+        /// The host involved; `None` when no host was reached.
         host: Option<String>,
-        /// RFC 3463 status; a 4.x cause (expiry) is reported as 5.x ([`super::outcome`]).
+        /// RFC 3463 status; a 4.x cause (expiry) is reported as 5.x (`delivery::outcome`).
         status: EnhancedStatus,
+        /// Why, in words for the DSN.
         reason: String,
+        /// See the enum doc.
         remote: bool,
     },
 }
 
 /// What the engine needs to run attempts.
 pub struct AttemptContext<'a> {
+    /// The configuration in force.
     pub config: &'a Config,
+    /// The relay's DNS resolver.
     pub resolver: &'a dyn Resolver,
+    /// Client TLS.
     pub tls: &'a ClientTls,
+    /// Idle connections to reuse.
     pub pool: &'a ConnectionPool,
     /// The tvungen TLS list in force when the attempt started.
     pub domain_list: &'a DomainList,
+    /// Counters.
     pub metrics: &'a Metrics,
+    /// The audit log (S1); `None` in tools and tests without one.
     pub audit: &'a Option<Arc<AuditLog>>,
 }
 
@@ -113,9 +131,13 @@ pub fn tls_mode(level: TlsLevel) -> TlsMode {
 /// One line per attempt on a host, for the log (issue 3: the queue must be inspectable).
 #[derive(Debug, Clone)]
 pub struct HostLog {
+    /// The host name tried.
     pub host: String,
+    /// The address tried.
     pub addr: String,
+    /// The TLS negotiated; `None` when the connection failed before or stayed plaintext.
     pub tls: Option<TlsInfo>,
+    /// What happened, as text (the error or the replies).
     pub result: String,
 }
 

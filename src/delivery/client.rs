@@ -44,6 +44,8 @@ pub enum TlsMode {
 }
 
 impl TlsMode {
+    /// Must the connection be TLS (`Encrypted`, `Verified`)? Without STARTTLS it then fails
+    /// with [`TlsFailure::NoStarttls`] instead of going on in plaintext (T3).
     pub fn required(self) -> bool {
         matches!(self, TlsMode::Encrypted | TlsMode::Verified)
     }
@@ -52,8 +54,11 @@ impl TlsMode {
 /// Timeouts for one connection.
 #[derive(Debug, Clone, Copy)]
 pub struct Timeouts {
+    /// TCP connect (`delivery.connect_timeout`).
     pub connect: Duration,
+    /// Each command reply (`delivery.command_timeout`).
     pub command: Duration,
+    /// The reply after the final `.` (`delivery.data_timeout`).
     pub data: Duration,
 }
 
@@ -66,6 +71,7 @@ pub enum ClientError {
     /// The TCP connection could not be made (refused, unreachable, `TimedOut`).
     #[error("cannot connect to {addr}: {error}")]
     Connect { addr: SocketAddr, error: io::Error },
+    /// No answer in time; carries what was awaited (e.g. "the server to take our data").
     #[error("timeout waiting for {0}")]
     Timeout(&'static str),
     /// Reading or writing the connection failed (reset, broken pipe).
@@ -74,6 +80,7 @@ pub enum ClientError {
     /// The server closed the connection while we waited for this (a reply, the handshake).
     #[error("connection lost: closed while waiting for {0}")]
     Closed(&'static str),
+    /// The server broke the protocol (malformed or missing reply, …); carries what was wrong.
     #[error("protocol error: {0}")]
     Protocol(String),
     /// The server answered the greeting, EHLO/HELO or STARTTLS with an error.
@@ -87,14 +94,21 @@ pub enum ClientError {
 /// ESMTP capabilities announced in the EHLO reply.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Capabilities {
+    /// The server answered EHLO (not only HELO).
     pub esmtp: bool,
+    /// `STARTTLS` (RFC 3207).
     pub starttls: bool,
+    /// `PIPELINING` (RFC 2920).
     pub pipelining: bool,
     /// SIZE limit; `Some(0)` means "announced without a limit".
     pub size: Option<u64>,
+    /// `8BITMIME` (RFC 6152).
     pub eight_bit_mime: bool,
+    /// `SMTPUTF8` (RFC 6531).
     pub smtputf8: bool,
+    /// `DSN` (RFC 3461).
     pub dsn: bool,
+    /// `REQUIRETLS` (RFC 8689).
     pub requiretls: bool,
 }
 
@@ -128,9 +142,13 @@ impl Capabilities {
 /// what a temporary failure means (issue 10 item 1: try the next MX, or defer one recipient).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Step {
+    /// `MAIL FROM`.
     Mail,
+    /// `RCPT TO` (one recipient).
     Rcpt,
+    /// `DATA` (the `354` or its refusal).
     Data,
+    /// The final `.` (or the last BDAT chunk).
     EndOfData,
 }
 
@@ -150,20 +168,26 @@ impl Step {
 /// that reply answered.
 #[derive(Debug, Clone)]
 pub struct TransactionResult {
+    /// One `(step, reply)` per recipient, in recipient order; the step says whether the reply
+    /// was that recipient's own (`Rcpt`) or the whole transaction's.
     pub replies: Vec<(Step, Reply)>,
 }
 
 /// Everything needed to connect to one peer.
 pub struct ConnectParams<'a> {
+    /// The address to connect to.
     pub addr: SocketAddr,
     /// The peer's host name: for logs, and the name checked in its certificate (`Verified`).
     pub host: &'a str,
     /// Our name in EHLO.
     pub helo_name: &'a str,
+    /// The TLS the caller requires.
     pub tls_mode: TlsMode,
     /// Names the certificate may carry when `tls_mode` is `Verified`.
     pub cert_names: &'a [NamePattern],
+    /// Client TLS configurations and trust roots.
     pub tls: &'a ClientTls,
+    /// Connect and reply timeouts.
     pub timeouts: Timeouts,
 }
 
@@ -171,16 +195,23 @@ pub struct ConnectParams<'a> {
 pub struct SmtpConnection {
     stream: Stream,
     buf: Vec<u8>,
+    /// What the server announced in its last EHLO reply (after STARTTLS: the second one).
     pub caps: Capabilities,
+    /// The peer's address.
     pub addr: SocketAddr,
+    /// The peer's host name, as in [`ConnectParams::host`].
     pub host: String,
+    /// The negotiated TLS; `None` when plaintext.
     pub tls: Option<TlsInfo>,
     /// The peer's end-entity certificate, when TLS is up.
     pub peer_certificate: Option<CertificateDer<'static>>,
+    /// The TLS mode it was opened with (the pool reuses it only under the same mode).
     pub tls_mode: TlsMode,
     timeouts: Timeouts,
     /// Transactions completed on this connection.
     pub transactions: u32,
+    /// When the connection was opened or its last transaction ended; the pool drops it after
+    /// `delivery.idle_timeout`.
     pub idle_since: Instant,
 }
 

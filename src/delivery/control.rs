@@ -14,10 +14,13 @@ use std::sync::Arc;
 /// Why an administrative queue operation could not be done.
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
+    /// The id is not (or no longer) queued.
     #[error("no such message in the queue")]
     NotFound,
+    /// A delivery attempt holds the message.
     #[error("the message is being delivered right now; try again in a moment")]
     Busy,
+    /// The queue store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -29,6 +32,7 @@ pub struct EngineHandle {
 }
 
 impl DeliveryEngine {
+    /// A handle for queue operations (the admin API's `queue …` commands).
     pub fn handle(&self) -> EngineHandle {
         EngineHandle {
             engine: self.engine.clone(),

@@ -78,15 +78,23 @@ struct Engine {
 
 /// What the engine is built from.
 pub struct EngineParts {
+    /// The configuration in force.
     pub config: Arc<Config>,
+    /// The queue store (reads; writes go through `committer`).
     pub store: Arc<dyn Store>,
+    /// The only writer of the queue (S5).
     pub committer: Committer,
     /// Ids of newly committed messages (from [`Committer::start`]).
     pub announced: NewMessages,
+    /// The relay's one DNS resolver, shared with sender authentication.
     pub resolver: Arc<dyn Resolver>,
+    /// Client TLS, built once at start.
     pub tls: ClientTls,
+    /// The tvungen TLS list (reloadable; each attempt takes the list in force, T3).
     pub domain_list: Arc<DomainListHandle>,
+    /// Counters and gauges.
     pub metrics: Arc<Metrics>,
+    /// The audit log (S1); `None` only in tools and tests without one.
     pub audit: Option<Arc<AuditLog>>,
 }
 

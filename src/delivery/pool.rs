@@ -11,15 +11,21 @@ use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+/// What a pooled connection was opened and checked for (see the module doc).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PoolKey {
+    /// The peer's address.
     pub addr: SocketAddr,
+    /// The host name it was opened for.
     pub host: String,
+    /// The TLS mode it was opened with.
     pub tls_mode: TlsMode,
     /// The certificate names it was validated for (`Verified`).
     pub names: Vec<NamePattern>,
 }
 
+/// Idle connections by [`PoolKey`], each kept at most `idle_timeout` and for at most
+/// `max_transactions` transactions.
 pub struct ConnectionPool {
     idle: Mutex<HashMap<PoolKey, Vec<SmtpConnection>>>,
     idle_timeout: Duration,
@@ -27,6 +33,7 @@ pub struct ConnectionPool {
 }
 
 impl ConnectionPool {
+    /// An empty pool (`delivery.idle_timeout`, `delivery.max_messages_per_connection`).
     pub fn new(idle_timeout: Duration, max_transactions: u32) -> ConnectionPool {
         ConnectionPool {
             idle: Mutex::new(HashMap::new()),

@@ -54,26 +54,34 @@ pub fn destination_of(config: &Config, recipient: &str) -> Result<Destination, R
 pub struct Host {
     /// The host name (checked against its certificate), or the literal address.
     pub name: String,
+    /// Its addresses with the port to use, in the order to try.
     pub addrs: Vec<SocketAddr>,
 }
 
+/// Why no host could be found for a destination.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RouteError {
+    /// The destination cannot receive mail (no usable domain, no such domain, null MX of
+    /// RFC 7505): fail the recipients.
     #[error("{reason}")]
     Permanent {
         /// RFC 3463 status for the DSN.
         status: EnhancedStatus,
+        /// What was found, for the DSN and the log.
         reason: String,
     },
+    /// Something that may change (a DNS failure, no next hop configured, no address): defer.
     #[error("{reason}")]
     Temporary {
         /// RFC 3463 status for the DSN.
         status: EnhancedStatus,
+        /// What was found, for the DSN and the log.
         reason: String,
     },
 }
 
 impl RouteError {
+    /// The RFC 3463 status of either variant.
     pub fn status(&self) -> EnhancedStatus {
         match self {
             RouteError::Permanent { status, .. } | RouteError::Temporary { status, .. } => *status,
