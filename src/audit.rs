@@ -145,36 +145,52 @@ impl AuditConfig {
 pub enum AuditEvent {
     /// A session was refused because mail for a listed domain came in plaintext (T5).
     PlaintextRefused {
+        /// The client's IP address.
         peer: String,
+        /// The listed domain the mail came from.
         domain: String,
         /// `"mail_from"` or `"header_from"`.
         stage: String,
     },
     /// A message was delivered over TLS to a listed domain.
     TlsDelivery {
+        /// The message.
         queue_id: String,
+        /// The recipient domain.
         domain: String,
+        /// The MX host delivered to.
         host: String,
+        /// `TLSv1.2` or `TLSv1.3`.
         tls_version: String,
+        /// The negotiated cipher suite.
         cipher: String,
         /// SHA-256 of the server's end-entity certificate, hex.
         cert_sha256: Option<String>,
+        /// The TLS level applied (`verify`, `secure`, …).
         level: String,
     },
     /// TLS with a remote host failed (or was not offered) where policy required it.
     TlsFailure {
+        /// The message.
         queue_id: String,
+        /// The recipient domain.
         domain: String,
+        /// The MX host tried.
         host: String,
+        /// What failed (the [`TlsFailure`](crate::tls::client::TlsFailure) text).
         reason: String,
+        /// The TLS level that was required.
         level: String,
     },
     /// A recipient was delivered (S1: every delivery decision, listed or not). `tls_version` is
     /// `"none"` for plaintext; `level` is the TLS level applied and `policy_source` where it
     /// came from (`list`, `config`, `requiretls`, `opportunistic`).
     Delivered {
+        /// The message.
         queue_id: String,
+        /// The recipient domain.
         domain: String,
+        /// The host that accepted it.
         host: String,
         tls_version: String,
         level: String,
@@ -184,9 +200,13 @@ pub enum AuditEvent {
     /// text is not copied: it may name the recipient) and `"tlsgate"` for our own decision,
     /// whose `reason` is then given.
     DeliveryFailed {
+        /// The message.
         queue_id: String,
+        /// The recipient domain.
         domain: String,
+        /// The host whose reply decided it; `None` when no host was reached.
         host: Option<String>,
+        /// RFC 3463 status, e.g. `5.1.1`.
         status: String,
         by: String,
         reason: Option<String>,
@@ -194,7 +214,9 @@ pub enum AuditEvent {
     /// A recipient was refused at RCPT because this client may not relay to its domain (S6),
     /// or routes onwards through a local part (`reason`: `relay_denied`, `routed_local_part`).
     RelayRefused {
+        /// The client's IP address.
         peer: String,
+        /// The recipient domain.
         domain: String,
         /// The listener role (`inbound` / `outbound`).
         listener: String,
@@ -202,23 +224,33 @@ pub enum AuditEvent {
     },
     /// A delivery status notification was sent.
     DsnSent {
+        /// The message the DSN is about.
         queue_id: String,
+        /// The queue id of the DSN itself.
         dsn_id: String,
+        /// `failure`, `delay` or `success`.
         kind: String,
     },
     /// The tvungen TLS domain list was reloaded (or a reload was refused).
     DomainListReload {
+        /// Domains in the list before.
         old: usize,
+        /// Domains in the list after (equal to `old` when refused).
         new: usize,
+        /// The reload succeeded.
         ok: bool,
+        /// Why it was refused; `None` when `ok`.
         error: Option<String>,
     },
     /// The configuration was reloaded (or a reload was refused).
     ConfigReload { ok: bool, error: Option<String> },
     /// An administrator acted through the admin interface or CLI.
     AdminAction {
+        /// What was done (e.g. a queue operation).
         action: String,
+        /// What it was done to (e.g. a queue id).
         target: String,
+        /// Who did it (`uid 1001 (kari)` or `token ops from …`).
         client: String,
     },
     /// A request to the admin API was refused (wrong uid on the socket, bad token on TCP).
@@ -227,8 +259,11 @@ pub enum AuditEvent {
     Started { version: String },
     /// Written by [`AuditLog::open`] after it cut a torn last line (from a crash) off `file`.
     LogRepaired {
+        /// The file that was repaired.
         file: String,
+        /// Length of the cut-off torn line, in bytes.
         discarded_bytes: u64,
+        /// SHA-256 of the cut-off bytes, hex.
         discarded_sha256: String,
     },
     /// Written by [`AuditLog::apply_retention`] after removing whole files.
@@ -240,22 +275,29 @@ pub enum AuditEvent {
     },
 }
 
+/// Why the audit log could not be opened, written or read.
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {
+    /// An I/O error on `path`.
     #[error("audit log {}: {cause}", path.display())]
     Io { path: PathBuf, cause: io::Error },
+    /// A line that does not parse where one must (`line` is 1-based).
     #[error("audit log {}:{line}: {what}", file.display())]
     Corrupt {
         file: PathBuf,
         line: usize,
         what: String,
     },
+    /// Another process holds the directory's lock.
     #[error("audit log {} is in use by another process", .0.display())]
     Locked(PathBuf),
+    /// An entry longer than [`MAX_LINE_BYTES`]; carries its length in bytes.
     #[error("audit entry of {0} bytes exceeds the limit of {MAX_LINE_BYTES} bytes")]
     TooLarge(usize),
+    /// The event could not be turned into JSON.
     #[error("audit entry cannot be serialised: {0}")]
     Serialize(serde_json::Error),
+    /// The sequence number reached `u64::MAX`.
     #[error("audit sequence number exhausted")]
     SeqExhausted,
 }
@@ -271,8 +313,11 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> AuditError + '_ {
 /// the argument) as a whole.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Problem {
+    /// The file the problem is in.
     pub file: PathBuf,
+    /// 1-based line number; 0 for the file as a whole.
     pub line: usize,
+    /// What is wrong.
     pub what: String,
 }
 
@@ -294,10 +339,12 @@ pub struct VerifyReport {
     pub first_seq: Option<u64>,
     /// `seq` of the last entry that passed.
     pub last_seq: Option<u64>,
+    /// The first problem found; `None` when everything checked out.
     pub first_problem: Option<Problem>,
 }
 
 impl VerifyReport {
+    /// No problem found.
     pub fn is_ok(&self) -> bool {
         self.first_problem.is_none()
     }
@@ -504,6 +551,7 @@ impl AuditLog {
         self.lock().current.as_ref().map(|c| c.path.clone())
     }
 
+    /// The settings the log was opened with.
     pub fn config(&self) -> &AuditConfig {
         &self.config
     }

@@ -60,16 +60,24 @@ use tokio::time::{timeout_at, Instant};
 /// One result value of RFC 8601 §2.7 (the subset SPF, DKIM, DMARC and ARC use).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum AuthResult {
+    /// `pass`.
     Pass,
+    /// `fail`.
     Fail,
+    /// `softfail` (SPF `~`).
     SoftFail,
+    /// `neutral` (also a malformed DKIM signature here).
     Neutral,
+    /// `none`: nothing to check (no record, no signature).
     None,
+    /// `temperror`: a DNS failure or the check's deadline; may pass later.
     TempError,
+    /// `permerror`: a broken record.
     PermError,
 }
 
 impl AuthResult {
+    /// The RFC 8601 spelling, as written in `Authentication-Results`.
     pub fn as_str(self) -> &'static str {
         match self {
             AuthResult::Pass => "pass",
@@ -92,16 +100,23 @@ impl std::fmt::Display for AuthResult {
 /// The identity SPF checked: MAIL FROM, or the HELO name when the reverse-path is null.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SpfIdentity {
+    /// The MAIL FROM address (`smtp.mailfrom`).
     MailFrom(String),
+    /// The HELO/EHLO name (`smtp.helo`).
     Helo(String),
 }
 
+/// The SPF result (RFC 7208) for the message's sender.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SpfCheck {
+    /// The result.
     pub result: AuthResult,
+    /// Which identity was checked.
     pub identity: SpfIdentity,
     /// The domain whose record was evaluated.
     pub domain: String,
+    /// A short explanation (e.g. `timeout`), written as a comment in the header; `None` when
+    /// there is nothing to add.
     pub reason: Option<String>,
 }
 
@@ -109,6 +124,7 @@ pub struct SpfCheck {
 /// come first, as `neutral`, without domain or selector).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DkimCheck {
+    /// The signature's result.
     pub result: AuthResult,
     /// `d=`
     pub domain: Option<String>,
@@ -118,17 +134,23 @@ pub struct DkimCheck {
     pub identity: Option<String>,
     /// The first 8 base64 characters of `b=` (RFC 6008), to tell signatures apart.
     pub b_prefix: Option<String>,
+    /// A short explanation, written as a comment in the header.
     pub reason: Option<String>,
 }
 
+/// A DMARC record's policy (`p=`, RFC 7489 6.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DmarcPolicy {
+    /// `p=none`: monitor only.
     None,
+    /// `p=quarantine`.
     Quarantine,
+    /// `p=reject`.
     Reject,
 }
 
 impl DmarcPolicy {
+    /// The record's spelling.
     pub fn as_str(self) -> &'static str {
         match self {
             DmarcPolicy::None => "none",
@@ -138,6 +160,7 @@ impl DmarcPolicy {
     }
 }
 
+/// The DMARC result (RFC 7489) for the RFC5322.From domain.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DmarcCheck {
     /// `pass`, `fail`, `none` (no record, or no single RFC5322.From domain), `temperror`,
@@ -148,31 +171,39 @@ pub struct DmarcCheck {
     /// The policy to apply (after `sp`/`np`/`t=y`); `None` when no record was found, or when
     /// the record could not be fetched (then `result` is `temperror`).
     pub policy: Option<DmarcPolicy>,
+    /// SPF passed for a domain aligned with the From domain.
     pub spf_aligned: bool,
+    /// A DKIM signature passed for a domain aligned with the From domain.
     pub dkim_aligned: bool,
+    /// A short explanation, written as a comment in the header.
     pub reason: Option<String>,
 }
 
+/// The ARC chain result (RFC 8617).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ArcCheck {
+    /// The chain's result.
     pub result: AuthResult,
+    /// A short explanation, written as a comment in the header.
     pub reason: Option<String>,
 }
 
 /// What the session should do with the message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AuthAction {
+    /// Accept the message as it is (with the `Authentication-Results` header).
     Accept,
     /// Accept, adding `header` (a complete CRLF-terminated field, e.g.
     /// `"X-Tlsgate-Quarantine: dmarc=fail\r\n"`).
-    Tag {
-        header: String,
-    },
+    Tag { header: String },
+    /// Refuse the message: `550` with `5.7.1` (DMARC) or `5.7.23` (SPF).
     Reject {
         code: u16,
         enhanced: &'static str,
         text: String,
     },
+    /// Refuse for now: `451` with `4.7.1` (DMARC) or `4.7.24` (SPF), after a DNS failure where
+    /// the policy would reject.
     TempFail {
         code: u16,
         enhanced: &'static str,
@@ -180,10 +211,14 @@ pub enum AuthAction {
     },
 }
 
+/// Everything [`Verifier::check`] found about one message, and what to do with it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuthOutcome {
+    /// SPF.
     pub spf: SpfCheck,
+    /// One entry per DKIM signature; empty when the message has none.
     pub dkim: Vec<DkimCheck>,
+    /// DMARC.
     pub dmarc: DmarcCheck,
     /// `None` when the message carries no ARC header fields.
     pub arc: Option<ArcCheck>,
@@ -192,6 +227,7 @@ pub struct AuthOutcome {
     /// The complete `Authentication-Results: <authserv-id>; spf=...; dkim=...; dmarc=...\r\n`
     /// field, folded, CRLF-terminated.
     pub header: String,
+    /// The decision ([`AuthPolicy::decide`]).
     pub action: AuthAction,
 }
 
@@ -293,6 +329,7 @@ impl AuthPolicy {
 /// What the session knows about the transaction.
 #[derive(Debug, Clone, Copy)]
 pub struct CheckInput<'a> {
+    /// The connecting client's address (SPF).
     pub client_ip: IpAddr,
     /// The EHLO/HELO argument.
     pub helo: &'a str,
@@ -302,10 +339,13 @@ pub struct CheckInput<'a> {
     pub message: &'a [u8],
 }
 
+/// The resolver for [`Verifier::new`] could not be set up.
 #[derive(Debug, thiserror::Error)]
 #[error("DNS resolver set-up for sender authentication: {0}")]
 pub struct VerifierError(DnsError);
 
+/// Sender authentication of inbound mail (D4): SPF, DKIM, DMARC and ARC with the `mail-auth`
+/// crate, bounded by a timeout, and the policy that turns results into an action.
 pub struct Verifier {
     auth: MessageAuthenticator,
     authserv_id: String,
@@ -346,6 +386,7 @@ impl Verifier {
         Self::from_authenticator(MessageAuthenticator(resolver), authserv_id, timeout, policy)
     }
 
+    /// A verifier on an existing `mail-auth` authenticator (the other constructors end here).
     pub fn from_authenticator(
         auth: MessageAuthenticator,
         authserv_id: impl Into<String>,
@@ -360,14 +401,17 @@ impl Verifier {
         }
     }
 
+    /// The authserv-id written in `Authentication-Results` (`server.hostname`).
     pub fn authserv_id(&self) -> &str {
         &self.authserv_id
     }
 
+    /// What is done with failed results.
     pub fn policy(&self) -> &AuthPolicy {
         &self.policy
     }
 
+    /// The bound of one whole [`Verifier::check`].
     pub fn timeout(&self) -> Duration {
         self.timeout
     }

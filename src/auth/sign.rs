@@ -28,26 +28,33 @@ pub const DEFAULT_SIGNED_HEADERS: &[&str] = &[
 /// Messages embed their cause; no variant reports a `source()` (the cause would be said twice).
 #[derive(Debug, thiserror::Error)]
 pub enum SignerError {
+    /// The key file could not be read.
     #[error("{path}: cannot read: {cause}")]
     Read { path: String, cause: std::io::Error },
     /// [`OutboundSigner::load`]: the file holds no key the signer can use.
     #[error("{path}: not a usable DKIM private key: {reason}")]
     KeyFile { path: String, reason: String },
+    /// The key material is not usable (no PEM key, not RSA or Ed25519, bad encoding).
     #[error("DKIM key: {0}")]
     Key(String),
     /// RFC 6376 §5.4: From must always be signed.
     #[error("the signed header fields must include From")]
     HeadersWithoutFrom,
+    /// Signing the message failed.
     #[error("DKIM signing: {0}")]
     Sign(String),
 }
 
+/// The signature algorithm of a key (RFC 6376 3.3, RFC 8463).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DkimAlgorithm {
+    /// `rsa-sha256`.
     RsaSha256,
+    /// `ed25519-sha256`.
     Ed25519Sha256,
 }
 
+/// Signs outgoing mail of one sender domain with one `[[outbound.dkim]]` key (RFC 6376).
 pub struct OutboundSigner {
     signer: DkimSigner<DkimKey, Done>,
     algorithm: DkimAlgorithm,
@@ -125,6 +132,7 @@ impl OutboundSigner {
         })
     }
 
+    /// The key's algorithm.
     pub fn algorithm(&self) -> DkimAlgorithm {
         self.algorithm
     }
