@@ -34,9 +34,13 @@ use tokio_util::sync::CancellationToken;
 /// One recipient in a queue listing.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RecipientEntry {
+    /// The recipient address.
     pub address: String,
+    /// `pending`, `deferred`, `delivered` or `failed`.
     pub status: String,
+    /// Delivery attempts so far.
     pub attempts: u32,
+    /// The last reply or local reason; `None` before the first attempt.
     pub last_reply: Option<String>,
     /// Seconds until the next attempt (0: due now); absent when final.
     pub next_attempt_in: Option<u64>,
@@ -45,12 +49,19 @@ pub struct RecipientEntry {
 /// One message in a queue listing (never the body).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct QueueEntry {
+    /// Queue id.
     pub id: String,
+    /// Seconds since it was received.
     pub age_seconds: u64,
+    /// Body size in octets.
     pub size: u64,
+    /// The envelope sender, `<>` for the null sender.
     pub sender: String,
+    /// RFC 8689 REQUIRETLS was requested.
     pub requiretls: bool,
+    /// TLS version of the session it came in on; `None` for plaintext.
     pub received_tls: Option<String>,
+    /// Its recipients, in order.
     pub recipients: Vec<RecipientEntry>,
 }
 
@@ -124,24 +135,31 @@ impl Access {
 /// not also a `source()` (it would be printed twice).
 #[derive(Debug, thiserror::Error)]
 pub enum AccessError {
+    /// The token file could not be read or is readable by others (S4).
     #[error("admin.token_file: {0}")]
     Token(crate::tls::KeyError),
+    /// The group does not exist or cannot be looked up (group name, reason).
     #[error("admin.socket_group: {0}: {1}")]
     Group(String, String),
 }
 
+/// What the admin API's handlers share.
 #[derive(Clone)]
 pub struct AdminState {
+    /// Queue operations.
     pub engine: EngineHandle,
+    /// The domain list in force.
     pub domain_list: Arc<DomainListHandle>,
     /// `tlsgate domains reload`: logged, counted and audited by the caller's reload
     /// (`ops::domain_list`); on error the old list stays in force.
     pub reload_list: Arc<dyn Fn() -> Result<Reloaded, ListError> + Send + Sync>,
+    /// The audit log (S1); `None` in tests without one.
     pub audit: Option<Arc<AuditLog>>,
     access: Arc<Access>,
 }
 
 impl AdminState {
+    /// The state for `serve`; `access` decides who may call it.
     pub fn new(
         engine: EngineHandle,
         domain_list: Arc<DomainListHandle>,
@@ -431,6 +449,7 @@ fn router(state: AdminState) -> axum::Router {
 pub enum AdminListener {
     /// The Unix socket and its path (removed again at shutdown).
     Socket(UnixListener, PathBuf),
+    /// A TCP listener (`admin.bind`; every request needs the bearer token).
     Tcp(TcpListener),
 }
 

@@ -14,17 +14,26 @@ use tokio_util::sync::CancellationToken;
 /// Why a message or recipient was refused, as a metric label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RejectReason {
+    /// A recipient this client may not relay to (S6).
     RelayDenied,
+    /// A local recipient whose local part routes onwards (S6).
     RoutedAddress,
+    /// Plaintext from a listed sender (T5).
     PlaintextListed,
+    /// MAIL FROM before STARTTLS on a `require_tls` listener.
     TlsRequired,
+    /// Over `server.max_message_size` (552).
     TooLarge,
+    /// Bare CR or LF in the data (SMTP smuggling).
     BareLineEnding,
+    /// The queue could not commit the message (452).
     StoreError,
+    /// Over `limits.max_recipients`.
     TooManyRecipients,
 }
 
 impl RejectReason {
+    /// The `reason` label value.
     pub fn as_str(self) -> &'static str {
         match self {
             RejectReason::RelayDenied => "relay_denied",
@@ -39,22 +48,38 @@ impl RejectReason {
     }
 }
 
+/// Every Prometheus metric tlsgate exports (`/metrics`), registered once at start.
 pub struct Metrics {
     registry: Registry,
+    /// `tlsgate_connections_total`: sessions ended, by listener role and TLS.
     pub connections: IntCounterVec,
+    /// `tlsgate_messages_accepted_total`: messages durably queued, by listener role.
     pub messages_accepted: IntCounterVec,
+    /// `tlsgate_messages_rejected_total`: refusals by listener role and [`RejectReason`].
     pub messages_rejected: IntCounterVec,
+    /// `tlsgate_plaintext_refused_total`: plaintext from listed domains refused (T5).
     pub plaintext_refused: IntCounter,
+    /// `tlsgate_deliveries_total`: recipient delivery results, by result and TLS level.
     pub deliveries: IntCounterVec,
+    /// `tlsgate_tls_failures_total`: TLS failures toward listed domains, by reason.
     pub tls_failures: IntCounterVec,
+    /// `tlsgate_dsn_sent_total`: DSNs queued, by kind.
     pub dsn_sent: IntCounterVec,
+    /// `tlsgate_store_errors_total`: queue store errors.
     pub store_errors: IntCounter,
+    /// `tlsgate_auth_results_total`: sender authentication results (D4), by method and result.
     pub auth_results: IntCounterVec,
+    /// `tlsgate_queue_messages`: messages in the queue.
     pub queue_messages: IntGauge,
+    /// `tlsgate_queue_oldest_message_age_seconds`: age of the oldest message, in seconds.
     pub queue_oldest_message_age_seconds: IntGauge,
+    /// `tlsgate_domain_list_domains`: domains on the list in force.
     pub domain_list_domains: IntGauge,
+    /// `tlsgate_domain_list_age_days`: the list's age in days (T10).
     pub domain_list_age_days: IntGauge,
+    /// `tlsgate_domain_list_max_age_days`: `domain_list.max_age_days`.
     pub domain_list_max_age_days: IntGauge,
+    /// `tlsgate_domain_list_reload_failures_total`: list files refused at reload.
     pub domain_list_reload_failures: IntCounter,
     /// Listeners bound and queue open (`/readyz`).
     ready: AtomicBool,
@@ -82,6 +107,8 @@ fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
 }
 
 impl Metrics {
+    /// A fresh registry with every metric registered (label sets pre-created where known, so
+    /// they export 0).
     pub fn new() -> Arc<Metrics> {
         let r = Registry::new();
         let metrics = Metrics {
@@ -184,16 +211,19 @@ impl Metrics {
         Arc::new(metrics)
     }
 
+    /// Counts one refusal on a listener role (`inbound`/`outbound`).
     pub fn reject(&self, listener: &str, reason: RejectReason) {
         self.messages_rejected
             .with_label_values(&[listener, reason.as_str()])
             .inc();
     }
 
+    /// Sets what `/readyz` reports.
     pub fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::Relaxed);
     }
 
+    /// Listeners bound and queue open (`/readyz` answers 200).
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Relaxed)
     }

@@ -34,16 +34,21 @@ pub enum ServerError {
     /// A file, directory or address a configuration key names: file, key and reason.
     #[error(transparent)]
     Config(#[from] StartError),
+    /// The committer thread could not be started.
     #[error("cannot start the queue committer: {0}")]
     Committer(std::io::Error),
+    /// The DNS resolver could not be set up.
     #[error("DNS resolver: {0}")]
     Dns(DnsError),
     /// The admin API's address (the cause is the `source()`).
     #[error("admin API {bind}: cannot bind")]
     Bind {
+        /// `admin.bind`.
         bind: SocketAddr,
+        /// Why it could not be bound.
         source: std::io::Error,
     },
+    /// The admin Unix socket could not be set up.
     #[error("admin.socket: {0}")]
     AdminSocket(std::io::Error),
 }
@@ -291,18 +296,22 @@ impl RunningServer {
             .map(|(_, addr)| *addr)
     }
 
+    /// The queue store.
     pub fn store(&self) -> Arc<dyn Store> {
         self.store.clone()
     }
 
+    /// The queue's committer.
     pub fn committer(&self) -> &Committer {
         &self.committer
     }
 
+    /// The delivery engine.
     pub fn delivery(&self) -> &DeliveryEngine {
         &self.delivery
     }
 
+    /// The metrics.
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.sessions_ctx.metrics
     }

@@ -1,7 +1,7 @@
 //! Configuration: one TOML file → a validated [`Config`].
 //!
 //! Parsing happens in two steps: serde reads the file into the `raw` structs (unknown keys are
-//! refused, so a typo can never silently weaken a policy), then [`validate`] checks every value
+//! refused, so a typo can never silently weaken a policy), then `validate` checks every value
 //! that serde cannot (addresses, domains, durations, paths, policy sanity) and builds [`Config`].
 //! Every error names the file, the key and the reason (non-negotiable 5: config errors are caught
 //! at start). The files and directories keys name are opened and checked by

@@ -18,12 +18,16 @@ const READ_CHUNK: usize = 64 * 1024;
 /// Messages embed their cause; no variant reports a `source()` (the cause would be said twice).
 #[derive(Debug, thiserror::Error)]
 pub enum ConnError {
+    /// The client sent nothing within the phase's timeout.
     #[error("timed out waiting for the client")]
     Timeout,
+    /// The client closed the connection (or the stream is gone after a failed upgrade).
     #[error("client closed the connection")]
     Closed,
+    /// Reading or writing failed.
     #[error("I/O error: {0}")]
     Io(std::io::Error),
+    /// The STARTTLS handshake failed.
     #[error("TLS handshake failed: {0}")]
     Handshake(std::io::Error),
 }
@@ -48,6 +52,8 @@ pub enum Line {
     Unterminated,
 }
 
+/// The client socket of one session with its input and output buffers; the only code that
+/// reads from or writes to it.
 pub struct Connection {
     /// `None` only while the stream is being upgraded to TLS.
     stream: Option<Stream>,
@@ -56,6 +62,7 @@ pub struct Connection {
 }
 
 impl Connection {
+    /// A plaintext connection with empty buffers.
     pub fn new(tcp: TcpStream) -> Connection {
         Connection {
             stream: Some(Stream::Plain(tcp)),
@@ -78,6 +85,8 @@ impl Connection {
         &mut self.output
     }
 
+    /// Writes everything queued; [`ConnError::Timeout`] when the client does not take it within
+    /// `limit`.
     pub async fn flush(&mut self, limit: Duration) -> Result<(), ConnError> {
         if self.output.is_empty() {
             return Ok(());

@@ -6,9 +6,12 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
+/// Which limit refused a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LimitExceeded {
+    /// `limits.max_connections` over all listeners.
     Total,
+    /// `limits.max_connections_per_ip` for this client address.
     PerIp,
 }
 
@@ -18,6 +21,8 @@ struct Counts {
     per_ip: HashMap<IpAddr, usize>,
 }
 
+/// Counts open connections, in total and per client IP (cheap to clone; clones share the
+/// counts).
 #[derive(Debug, Clone)]
 pub struct ConnectionLimiter {
     max_total: usize,
@@ -33,6 +38,7 @@ pub struct ConnectionPermit {
 }
 
 impl ConnectionLimiter {
+    /// A limiter for `limits.max_connections` and `limits.max_connections_per_ip`.
     pub fn new(max_total: usize, max_per_ip: usize) -> ConnectionLimiter {
         ConnectionLimiter {
             max_total,
@@ -44,6 +50,7 @@ impl ConnectionLimiter {
         }
     }
 
+    /// Takes a slot for a connection from `ip`, or says which limit is reached.
     pub fn try_acquire(&self, ip: IpAddr) -> Result<ConnectionPermit, LimitExceeded> {
         // A poisoned lock only means another thread panicked while counting; the counts
         // themselves are still consistent enough to go on with.
@@ -63,6 +70,7 @@ impl ConnectionLimiter {
         })
     }
 
+    /// Connections open now, over all clients.
     pub fn open_connections(&self) -> usize {
         self.counts.lock().unwrap_or_else(|p| p.into_inner()).total
     }

@@ -27,9 +27,11 @@ use tokio_util::task::TaskTracker;
 
 /// What every session shares.
 pub struct SessionContext {
+    /// The configuration in force.
     pub config: Arc<Config>,
     /// The tvungen TLS list, for refusing plaintext from listed senders (T5).
     pub domain_list: Arc<DomainListHandle>,
+    /// Counters and gauges.
     pub metrics: Arc<Metrics>,
     /// Sender authentication for inbound listeners (D4); `None` when turned off.
     pub auth: Option<Arc<crate::auth::Verifier>>,
@@ -41,8 +43,11 @@ pub struct SessionContext {
     /// Replaced whole when the certificate is reloaded (SIGHUP): sessions that start after
     /// that use the new certificate.
     pub tls: std::sync::RwLock<Option<TlsAcceptor>>,
+    /// The queue's only writer: a message is answered `250` after it returns (S5).
     pub committer: Committer,
+    /// Total and per-IP connection limits (`421 4.7.0` past them).
     pub limiter: ConnectionLimiter,
+    /// Cancelled at shutdown: a session waiting for a command answers `421 4.3.2` and closes.
     pub shutdown: CancellationToken,
 }
 
@@ -52,6 +57,8 @@ impl SessionContext {
         self.tls.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    /// Puts a new STARTTLS acceptor in force (certificate reload); sessions already in TLS keep
+    /// theirs.
     pub fn set_tls_acceptor(&self, acceptor: TlsAcceptor) {
         *self.tls.write().unwrap_or_else(|p| p.into_inner()) = Some(acceptor);
     }

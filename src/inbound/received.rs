@@ -6,16 +6,24 @@ use crate::tls::TlsInfo;
 use std::net::IpAddr;
 use std::time::SystemTime;
 
+/// What goes into one `Received:` header field ([`received_header`]).
 pub struct ReceivedFields<'a> {
+    /// The client's HELO/EHLO name (sanitised on output).
     pub helo: &'a str,
+    /// The client's address.
     pub client_ip: IpAddr,
+    /// Our name (`server.hostname`), after `by`.
     pub hostname: &'a str,
+    /// The client said EHLO (`ESMTP`/`ESMTPS` rather than `SMTP`/`SMTPS`, RFC 3848).
     pub esmtp: bool,
+    /// The session's TLS; `None` for plaintext.
     pub tls: Option<&'a TlsInfo>,
+    /// The queue id, after `id`.
     pub queue_id: &'a str,
     /// Named in `for <…>` only when the message has exactly one recipient, so the header
     /// never discloses the other (possibly Bcc) recipients.
     pub single_recipient: Option<&'a str>,
+    /// The date-time written after `;`.
     pub when: SystemTime,
 }
 

@@ -47,6 +47,8 @@ struct AcceptedRecipient {
     rcpt: RcptTo,
 }
 
+/// One SMTP session on an inbound or outbound listener: the command loop, STARTTLS, the
+/// per-phase checks and the durable commit before `250` (S5).
 pub struct Session {
     conn: Connection,
     ctx: Arc<SessionContext>,
@@ -64,6 +66,7 @@ pub struct Session {
 }
 
 impl Session {
+    /// A session for a connection accepted from `peer` on `listener`; [`Session::run`] drives it.
     pub fn new(
         conn: Connection,
         ctx: Arc<SessionContext>,

@@ -27,7 +27,7 @@ const META: &[u8] = b"m\0";
 const BODY: &[u8] = b"b\0";
 const RCPT: &[u8] = b"r\0";
 
-/// The [`Store`](super::Store) on sled, with the key layout of the module doc.
+/// The [`Store`] on sled, with the key layout of the module doc.
 pub struct SledStore {
     dir: PathBuf,
     db: sled::Db,

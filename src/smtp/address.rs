@@ -6,7 +6,7 @@
 //! Length: the local part has no limit of its own. RFC 5321 4.5.3.1.1 gives 64 octets as the
 //! least a server must accept, and 4.5.3.1 asks servers to avoid fixed maximums where they
 //! can; SRS-rewritten senders and mailing-list confirmation addresses exceed 64 in daily use.
-//! What is bounded is the whole path (256 octets, 4.5.3.1.3, [`split_path`]) and, before that,
+//! What is bounded is the whole path (256 octets, 4.5.3.1.3, `split_path`) and, before that,
 //! the command line (`limits.max_line_length`).
 
 use crate::domain::Domain;
@@ -71,7 +71,8 @@ pub enum AddressError {
     /// doc).
     #[error("address literals are not accepted")]
     AddressLiteral,
-    /// The domain part is not a valid domain; carries the [`DomainError`](crate::domain::DomainError) text.
+    /// The domain part is not a valid domain; carries the
+    /// [`DomainError`](crate::domain::DomainError) text.
     #[error("invalid domain: {0}")]
     Domain(String),
     /// A malformed source route (`@a,@b:`, RFC 5321 4.1.2).
