@@ -22,14 +22,23 @@ use std::time::Duration;
 /// What was found on one MX address.
 #[derive(Debug, Clone, Serialize)]
 pub struct HostReport {
+    /// The MX host name.
     pub mx_host: String,
+    /// The address connected to.
     pub address: String,
+    /// This host meets the domain's policy.
     pub pass: bool,
+    /// Why it passes or fails, in words.
     pub reason: String,
+    /// `TLSv1.2`/`TLSv1.3`; `None` when no TLS session was made.
     pub tls_version: Option<String>,
+    /// The negotiated cipher suite; `None` without TLS.
     pub cipher: Option<String>,
+    /// The certificate's subject DN; `None` without a certificate.
     pub cert_subject: Option<String>,
+    /// The certificate's issuer DN; `None` without a certificate.
     pub cert_issuer: Option<String>,
+    /// End of the certificate's validity (RFC 2822 date); `None` without a certificate.
     pub cert_not_after: Option<String>,
     /// SHA-256 of the certificate, hex (for audit and comparison over time).
     pub cert_sha256: Option<String>,
@@ -38,14 +47,20 @@ pub struct HostReport {
 /// The verdict for one domain.
 #[derive(Debug, Clone, Serialize)]
 pub struct DomainReport {
+    /// The domain checked.
     pub domain: String,
+    /// It is on the tvungen TLS domain list.
     pub listed: bool,
+    /// The TLS level delivery would apply.
     pub level: String,
+    /// Where the level came from, in words ([`PolicySource`](crate::policy::PolicySource)'s
+    /// display text).
     pub policy_source: String,
     /// Delivery would succeed: at least one host meets the policy.
     pub pass: bool,
     /// Why the domain fails when no host could be checked (DNS, null MX).
     pub reason: Option<String>,
+    /// One report per MX address tried.
     pub hosts: Vec<HostReport>,
 }
 

@@ -61,6 +61,7 @@ impl DsnKind {
 /// One recipient in a DSN.
 #[derive(Debug, Clone)]
 pub struct ReportedRecipient {
+    /// The recipient as queued (address, NOTIFY, ORCPT).
     pub recipient: Recipient,
     /// RFC 3463 status, e.g. "5.1.1".
     pub status: String,
@@ -68,20 +69,28 @@ pub struct ReportedRecipient {
     pub remote_mta: Option<String>,
     /// The remote reply ("550 5.1.1 no such user") or local reason.
     pub diagnostic: String,
+    /// Seconds since the Unix epoch of the last attempt; 0 (none yet) leaves out
+    /// `Last-Attempt-Date` (RFC 3464 2.3.7).
     pub last_attempt: u64,
 }
 
 /// Everything a DSN is built from.
 pub struct DsnRequest<'a> {
+    /// Failure, delay or success (relayed) report.
     pub kind: DsnKind,
     /// Our host name (`server.hostname`): Reporting-MTA and the From address's domain.
     pub reporting_mta: &'a str,
+    /// `server.admin_contact`, named in the text for help (T11); `None` leaves the sentence out.
     pub admin_contact: Option<&'a str>,
+    /// The envelope of the message reported on (sender, ENVID, RET, received time).
     pub original: &'a MessageMeta,
     /// The original body (without our `Received:`); `None` attaches nothing.
     pub original_body: Option<&'a [u8]>,
+    /// The recipients this DSN reports.
     pub recipients: Vec<ReportedRecipient>,
+    /// Expiry (for `Will-Retry-Until` in delay DSNs) and the text's language.
     pub delivery: &'a DeliverySection,
+    /// Seconds since the Unix epoch: the DSN's `Date:` and its queue arrival time.
     pub now: u64,
 }
 
