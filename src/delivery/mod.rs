@@ -268,22 +268,19 @@ async fn deliver_due(
         if state.status.is_final() {
             continue;
         }
-        if let Some(reason) = bounce {
+        // A failure tlsgate decides itself (no remote reply: no Remote-MTA in the DSN).
+        let mut fail_here = |status: EnhancedStatus, reason: String| {
             let outcome = Outcome::Failed {
                 host: None,
-                status: EnhancedStatus::new(5, 0, 0),
-                reason: reason.to_string(),
+                status,
+                reason,
                 remote: false,
             };
-            note(
-                engine,
-                &meta,
-                (i, recipient),
-                state,
-                &outcome,
-                now,
-                &mut results,
-            );
+            let target = (i, recipient);
+            note(engine, &meta, target, state, &outcome, now, &mut results);
+        };
+        if let Some(reason) = bounce {
+            fail_here(EnhancedStatus::new(5, 0, 0), reason.to_string());
             continue;
         }
         if state.next_attempt > now {
@@ -300,43 +297,13 @@ async fn deliver_due(
                 .as_deref()
                 .and_then(EnhancedStatus::parse)
                 .unwrap_or(EnhancedStatus::new(4, 4, 7));
-            // Expiry is tlsgate's decision: no Remote-MTA, whatever the last host said.
-            let outcome = Outcome::Failed {
-                host: None,
-                status,
-                reason,
-                remote: false,
-            };
-            note(
-                engine,
-                &meta,
-                (i, recipient),
-                state,
-                &outcome,
-                now,
-                &mut results,
-            );
+            // Expiry is tlsgate's decision, whatever the last host said.
+            fail_here(status, reason);
             continue;
         }
         match route::destination_of(config, &recipient.address) {
             Ok(d) => groups.entry(d).or_default().push(i),
-            Err(e) => {
-                let outcome = Outcome::Failed {
-                    host: None,
-                    status: e.status(),
-                    reason: e.to_string(),
-                    remote: false,
-                };
-                note(
-                    engine,
-                    &meta,
-                    (i, recipient),
-                    state,
-                    &outcome,
-                    now,
-                    &mut results,
-                );
-            }
+            Err(e) => fail_here(e.status(), e.to_string()),
         }
     }
 
