@@ -173,6 +173,13 @@ fn check_config_accepts_a_valid_file() {
     );
     assert!(run.stdout.contains(&cert.display().to_string()), "{run:?}");
     assert!(run.stdout.contains("example.no"), "{run:?}");
+    // And where the admin tools connect and the audit log is written (the defaults here).
+    let data = dir.path().join("data");
+    let socket = format!("admin socket:      {}", data.join("admin.sock").display());
+    assert!(run.stdout.contains(&socket), "{run:?}");
+    assert!(run.stdout.contains("mode 0660"), "{run:?}");
+    let audit = format!("audit log:         {}", data.join("audit").display());
+    assert!(run.stdout.contains(&audit), "{run:?}");
 }
 
 #[test]

@@ -1089,5 +1089,32 @@ pub fn summary(config: &Config) -> String {
         };
         let _ = writeln!(out, "policy:            {target} → {}", p.tls);
     }
+    // Where the operator's tools connect and where the evidence goes.
+    match &config.admin {
+        None => {
+            let _ = writeln!(out, "admin:             off");
+        }
+        Some(admin) => {
+            if let Some(socket) = &admin.socket {
+                let group = admin
+                    .socket_group
+                    .as_deref()
+                    .unwrap_or("(service user only)");
+                let _ = writeln!(
+                    out,
+                    "admin socket:      {} (mode {:04o}, group {group})",
+                    socket.display(),
+                    admin.socket_mode
+                );
+            }
+            if let Some(bind) = admin.bind {
+                let _ = writeln!(out, "admin tcp:         {bind} (token required)");
+            }
+        }
+    }
+    if let Some(metrics) = config.metrics {
+        let _ = writeln!(out, "metrics:           http://{metrics}/metrics");
+    }
+    let _ = writeln!(out, "audit log:         {}", config.audit.dir.display());
     out
 }
