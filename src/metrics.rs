@@ -5,7 +5,9 @@
 //! TLS level, a DSN kind): never an address, a host name or a free-form error, so the number
 //! of series stays bounded whatever the traffic.
 
-use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -98,6 +100,13 @@ fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
     let c = IntCounter::new(name, help).unwrap_or_else(|e| panic!("metric {name}: {e}"));
     let _ = registry.register(Box::new(c.clone()));
     c
+}
+
+fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels)
+        .unwrap_or_else(|e| panic!("metric {name} is malformed: {e}"));
+    let _ = registry.register(Box::new(g.clone()));
+    g
 }
 
 fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
@@ -208,6 +217,17 @@ impl Metrics {
         for kind in ["failure", "delay", "success"] {
             metrics.dsn_sent.with_label_values(&[kind]);
         }
+        // `tlsgate_build_info{version} 1`, the Prometheus convention for "which build runs
+        // here" (issue 14 item 4): joins with other series to tell versions apart in a fleet.
+        let build_info = gauge_vec(
+            &metrics.registry,
+            "tlsgate_build_info",
+            "The running tlsgate build (always 1), by version",
+            &["version"],
+        );
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
         Arc::new(metrics)
     }
 
