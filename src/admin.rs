@@ -106,9 +106,22 @@ impl Access {
         })
     }
 
-    /// May a local process with these credentials use the socket? Root, the service user, and
-    /// members of `admin.socket_group` (primary or supplementary) may.
-    pub fn allows_local(&self, uid: u32, gid: u32) -> bool {
+    /// Looks the local caller up once (the user database can be slow, e.g. over NSS/LDAP:
+    /// call it off the async threads) and decides: root, the service user, and members of
+    /// `admin.socket_group` (primary or supplementary) may use the socket. Returns the caller's
+    /// name for logs and the audit log (`uid 1001 (kari)`) and whether it may proceed.
+    pub fn check_local(&self, uid: u32, gid: u32) -> (String, bool) {
+        let user = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+            .ok()
+            .flatten();
+        let who = format!(
+            "uid {uid} ({})",
+            user.as_ref().map_or("unknown user", |u| u.name.as_str())
+        );
+        (who, self.allows_local(uid, gid, user.as_ref()))
+    }
+
+    fn allows_local(&self, uid: u32, gid: u32, user: Option<&nix::unistd::User>) -> bool {
         if uid == 0 || uid == self.service_uid {
             return true;
         }
@@ -120,10 +133,10 @@ impl Access {
         }
         // Supplementary groups come from the group database, looked up per request so that
         // adding or removing an administrator needs no restart.
-        let Ok(Some(user)) = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)) else {
+        let Some(user) = user else {
             return false;
         };
-        let Ok(name) = std::ffi::CString::new(user.name) else {
+        let Ok(name) = std::ffi::CString::new(user.name.as_str()) else {
             return false;
         };
         nix::unistd::getgrouplist(&name, user.gid)
@@ -214,13 +227,12 @@ impl FromRequestParts<AdminState> for Caller {
             .ok_or_else(|| error(StatusCode::FORBIDDEN, "unknown peer"))?;
         match peer {
             Peer::Local(Some((uid, gid))) => {
-                let user = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
-                    .ok()
-                    .flatten()
-                    .map(|u| u.name)
-                    .unwrap_or_else(|| "unknown user".into());
-                let who = format!("uid {uid} ({user})");
-                if state.access.allows_local(uid, gid) {
+                let access = state.access.clone();
+                let (who, allowed) =
+                    tokio::task::spawn_blocking(move || access.check_local(uid, gid))
+                        .await
+                        .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+                if allowed {
                     Ok(Caller(who))
                 } else {
                     tracing::warn!(caller = %who, "admin API: local user refused");
