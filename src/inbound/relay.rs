@@ -43,6 +43,14 @@ impl RelayRefusal {
         }
     }
 
+    /// The refusal's name in the log and the audit log (`relay_denied`, `routed_local_part`).
+    pub fn label(self) -> &'static str {
+        match self {
+            RelayRefusal::RelayDenied => "relay_denied",
+            RelayRefusal::RoutedLocalPart => "routed_local_part",
+        }
+    }
+
     /// The metric label of the refusal.
     pub fn reason(self) -> crate::metrics::RejectReason {
         match self {

@@ -362,7 +362,7 @@ impl Session {
                 peer = %self.peer,
                 listener = %role,
                 recipient = %address,
-                refusal = ?refusal,
+                refusal = refusal.label(),
                 "relay access denied"
             );
             crate::audit::submit(
@@ -371,11 +371,7 @@ impl Session {
                     peer: self.peer.to_string(),
                     domain: address.domain().to_string(),
                     listener: role.to_string(),
-                    reason: match refusal {
-                        relay::RelayRefusal::RelayDenied => "relay_denied",
-                        relay::RelayRefusal::RoutedLocalPart => "routed_local_part",
-                    }
-                    .into(),
+                    reason: refusal.label().into(),
                 },
             );
             return self.reply(refusal.reply());
