@@ -487,7 +487,8 @@ impl AuditLog {
             // The previous holder of the lock wrote this entry with its own.
             return Ok(());
         }
-        record_batch_locked(&self.config, &mut inner, &batch).map(|_| ())
+        let entries = batch.iter().map(|(event, at)| (event, *at));
+        record_batch_locked(&self.config, &mut inner, entries).map(|_| ())
     }
 
     fn queued_lock(&self) -> MutexGuard<'_, Vec<(AuditEvent, SystemTime)>> {
@@ -571,16 +572,16 @@ fn record_locked(
     event: &AuditEvent,
     at: SystemTime,
 ) -> Result<u64, AuditError> {
-    record_batch_locked(config, inner, std::slice::from_ref(&(event.clone(), at)))
+    record_batch_locked(config, inner, [(event, at)])
 }
 
 /// Appends `events` in order and syncs once per file touched. Returns the last sequence number.
 /// On a failed write or sync the current file is cut back to its last synced length and the
 /// sequence numbers and hash of the lost lines are given back.
-fn record_batch_locked(
+fn record_batch_locked<'a>(
     config: &AuditConfig,
     inner: &mut Inner,
-    events: &[(AuditEvent, SystemTime)],
+    events: impl IntoIterator<Item = (&'a AuditEvent, SystemTime)>,
 ) -> Result<u64, AuditError> {
     if inner.dirty {
         if let Some(c) = &inner.current {
@@ -595,7 +596,7 @@ fn record_batch_locked(
     for (event, at) in events {
         let seq = inner.next_seq;
         let next = seq.checked_add(1).ok_or(AuditError::SeqExhausted)?;
-        let time = format_rfc3339(*at);
+        let time = format_rfc3339(at);
         let event_json = serde_json::to_string(event).map_err(AuditError::Serialize)?;
         let head = format!(
             "{{\"seq\":{seq},\"time\":\"{time}\",\"prev\":\"{}\",\"event\":{event_json}",
@@ -606,7 +607,7 @@ fn record_batch_locked(
         if line.len() > MAX_LINE_BYTES {
             return Err(AuditError::TooLarge(line.len()));
         }
-        let date = crate::datetime::utc_date_number(*at);
+        let date = crate::datetime::utc_date_number(at);
         let rotate = match &inner.current {
             None => true,
             Some(c) => {
