@@ -239,7 +239,7 @@ fn audit_text(s: &Setup) -> String {
 /// Runs `tlsgate queue list` as another user (uid/gid 65534, `nobody`/`nogroup`).
 async fn queue_list_as_nobody(config: &std::path::Path) -> (bool, String) {
     use std::os::unix::process::CommandExt;
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_tlsgate"));
+    let mut cmd = std::process::Command::new(binary_for_nobody(config));
     cmd.args(["queue", "list", "--config"])
         .arg(config)
         .uid(65534)
@@ -261,6 +261,19 @@ async fn queue_list_as_nobody(config: &std::path::Path) -> (bool, String) {
             String::from_utf8_lossy(&out.stderr)
         ),
     )
+}
+
+/// A copy of the tlsgate binary that `nobody` can run: the build directory may sit in a folder
+/// other users cannot enter (a checkout in a `mktemp -d` folder is 0700). The copy goes next to
+/// `config`, in the test's directory that [`open_directories`] opened.
+fn binary_for_nobody(config: &std::path::Path) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let copy = config.with_file_name("tlsgate");
+    if !copy.exists() {
+        std::fs::copy(env!("CARGO_BIN_EXE_tlsgate"), &copy).unwrap();
+        std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    copy
 }
 
 /// Opens the test's directories to everyone, so that only the socket's own protection is
@@ -335,7 +348,7 @@ async fn a_member_of_the_socket_group_is_allowed_and_audited() {
     assert!(out.contains("Mail queue is empty"), "{out}");
 
     // A state-changing call by the group member is audited with its uid.
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_tlsgate"));
+    let mut cmd = std::process::Command::new(binary_for_nobody(&cli_config(&s)));
     use std::os::unix::process::CommandExt;
     cmd.args(["domains", "reload", "--config"])
         .arg(cli_config(&s))
