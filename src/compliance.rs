@@ -85,7 +85,7 @@ pub async fn check_domain(
     };
     let destination = Destination::Domain(domain.clone());
     let hosts = match route::hosts_for(config, resolver, &destination).await {
-        Ok(hosts) => hosts,
+        Ok(route) => route.hosts,
         Err(e) => {
             report.reason = Some(e.to_string());
             return report;

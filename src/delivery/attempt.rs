@@ -163,7 +163,7 @@ pub async fn deliver(
         recipients.iter().map(|&i| (i, outcome.clone())).collect()
     };
     let hosts = match route::hosts_for(ctx.config, ctx.resolver, destination).await {
-        Ok(hosts) => hosts,
+        Ok(route) => route.hosts,
         Err(RouteError::Permanent { status, reason }) => {
             return everyone(Outcome::Failed {
                 host: None,

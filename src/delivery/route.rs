@@ -6,7 +6,7 @@
 //! not exist are permanent failures; DNS trouble is temporary.
 
 use crate::config::Config;
-use crate::dns::{DnsError, MxRecord, Resolver};
+use crate::dns::{DnsError, MxRecord, Resolver, Security};
 use crate::domain::Domain;
 use crate::smtp::reply::EnhancedStatus;
 use std::collections::hash_map::RandomState;
@@ -56,6 +56,19 @@ pub struct Host {
     pub name: String,
     /// Its addresses with the port to use, in the order to try.
     pub addrs: Vec<SocketAddr>,
+    /// Whether its address records validated (RFC 7672 section 2.2.2: TLSA records are looked
+    /// up only for hosts whose addresses are secure). A literal address is insecure.
+    pub security: Security,
+}
+
+/// The hosts of a destination and whether the MX answer they came from validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// The hosts to try, in order.
+    pub hosts: Vec<Host>,
+    /// The DNSSEC status of the MX RRset (or of its denial, for an implicit MX); the next hop
+    /// and literal addresses are insecure. DANE needs it secure (RFC 7672 section 2.2.1).
+    pub mx_security: Security,
 }
 
 /// Why no host could be found for a destination.
@@ -89,12 +102,13 @@ impl RouteError {
     }
 }
 
-/// The hosts to try for `destination`, in order.
+/// The hosts to try for `destination`, in order. DNSSEC-bogus answers are temporary failures
+/// (`4.7.5`, D5): never a reason to go on without the signatures.
 pub async fn hosts_for(
     config: &Config,
     resolver: &dyn Resolver,
     destination: &Destination,
-) -> Result<Vec<Host>, RouteError> {
+) -> Result<Route, RouteError> {
     match destination {
         Destination::NextHop => {
             let hop = config
@@ -111,7 +125,7 @@ pub async fn hosts_for(
     }
 }
 
-async fn next_hop_hosts(resolver: &dyn Resolver, hop: &str) -> Result<Vec<Host>, RouteError> {
+async fn next_hop_hosts(resolver: &dyn Resolver, hop: &str) -> Result<Route, RouteError> {
     let (host, port) = hop
         .rsplit_once(':')
         .and_then(|(h, p)| Some((h, p.parse::<u16>().ok()?)))
@@ -121,38 +135,57 @@ async fn next_hop_hosts(resolver: &dyn Resolver, hop: &str) -> Result<Vec<Host>,
         })?;
     let host = host.trim_start_matches('[').trim_end_matches(']');
     if let Ok(ip) = host.parse::<IpAddr>() {
-        return Ok(vec![Host {
-            name: host.to_string(),
-            addrs: vec![SocketAddr::new(ip, port)],
-        }]);
+        return Ok(Route {
+            hosts: vec![Host {
+                name: host.to_string(),
+                addrs: vec![SocketAddr::new(ip, port)],
+                security: Security::Insecure,
+            }],
+            mx_security: Security::Insecure,
+        });
     }
     let addrs = resolver
         .addresses(host)
         .await
         .map_err(|e| RouteError::Temporary {
-            status: EnhancedStatus::new(4, 4, 3),
+            status: dns_status(&e),
             reason: format!("cannot resolve next hop {host}: {e}"),
         })?;
+    let security = addrs.security;
+    let addrs = addrs.value;
     if addrs.is_empty() {
         return Err(RouteError::Temporary {
             status: EnhancedStatus::new(4, 4, 3),
             reason: format!("next hop {host} has no address"),
         });
     }
-    Ok(vec![Host {
-        name: host.to_string(),
-        addrs: addrs
-            .into_iter()
-            .map(|ip| SocketAddr::new(ip, port))
-            .collect(),
-    }])
+    Ok(Route {
+        hosts: vec![Host {
+            name: host.to_string(),
+            addrs: addrs
+                .into_iter()
+                .map(|ip| SocketAddr::new(ip, port))
+                .collect(),
+            security,
+        }],
+        mx_security: Security::Insecure,
+    })
+}
+
+/// The status of a temporary DNS failure: `4.7.5` when the data was DNSSEC-bogus (a security
+/// failure, D5), else `4.4.3` (RFC 3463: directory server failure).
+fn dns_status(e: &DnsError) -> EnhancedStatus {
+    match e {
+        DnsError::Bogus { .. } => EnhancedStatus::new(4, 7, 5),
+        _ => EnhancedStatus::new(4, 4, 3),
+    }
 }
 
 async fn mx_hosts(
     resolver: &dyn Resolver,
     domain: &Domain,
     port: u16,
-) -> Result<Vec<Host>, RouteError> {
+) -> Result<Route, RouteError> {
     let records = match resolver.mx(domain).await {
         Ok(records) => records,
         Err(DnsError::NoSuchDomain(_)) => {
@@ -163,11 +196,13 @@ async fn mx_hosts(
         }
         Err(e) => {
             return Err(RouteError::Temporary {
-                status: EnhancedStatus::new(4, 4, 3),
+                status: dns_status(&e),
                 reason: e.to_string(),
             })
         }
     };
+    let mx_security = records.security;
+    let records = records.value;
     if is_null_mx(&records) {
         return Err(RouteError::Permanent {
             status: EnhancedStatus::new(5, 1, 10),
@@ -188,12 +223,14 @@ async fn mx_hosts(
     let mut last_error = None;
     for name in names {
         match resolver.addresses(&name).await {
-            Ok(ips) if !ips.is_empty() => hosts.push(Host {
+            Ok(ips) if !ips.value.is_empty() => hosts.push(Host {
                 addrs: ips
+                    .value
                     .into_iter()
                     .map(|ip| SocketAddr::new(ip, port))
                     .collect(),
                 name,
+                security: ips.security,
             }),
             Ok(_) => last_error = Some(format!("{name} has no address")),
             Err(e) => last_error = Some(e.to_string()),
@@ -208,7 +245,7 @@ async fn mx_hosts(
             ),
         });
     }
-    Ok(hosts)
+    Ok(Route { hosts, mx_security })
 }
 
 /// RFC 7505: a single MX record with the root as exchange.

@@ -1,6 +1,6 @@
 //! [`Resolver`] over hickory-resolver.
 
-use super::{DnsError, DnsFuture, MxRecord, Resolver};
+use super::{DnsError, DnsFuture, MxRecord, Resolver, Secured, Tlsa};
 use crate::domain::Domain;
 use hickory_resolver::config::{NameServerConfig, ResolverConfig, ResolverOpts};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
@@ -78,28 +78,32 @@ fn fqdn(name: &str) -> String {
 }
 
 impl Resolver for HickoryResolver {
-    fn mx<'a>(&'a self, domain: &'a Domain) -> DnsFuture<'a, Vec<MxRecord>> {
+    fn mx<'a>(&'a self, domain: &'a Domain) -> DnsFuture<'a, Secured<Vec<MxRecord>>> {
         Box::pin(async move {
             let lookup = match self.inner.mx_lookup(fqdn(domain.as_str())).await {
                 Ok(lookup) => lookup,
-                Err(e) if e.is_no_records_found() && !e.is_nx_domain() => return Ok(Vec::new()),
+                Err(e) if e.is_no_records_found() && !e.is_nx_domain() => {
+                    return Ok(Secured::insecure(Vec::new()))
+                }
                 Err(e) => return Err(classify(domain.as_str(), e)),
             };
-            Ok(lookup
-                .answers()
-                .iter()
-                .filter_map(|record| match &record.data {
-                    RData::MX(mx) => Some(MxRecord {
-                        preference: mx.preference,
-                        exchange: normalise_host(&mx.exchange.to_ascii()),
-                    }),
-                    _ => None,
-                })
-                .collect())
+            Ok(Secured::insecure(
+                lookup
+                    .answers()
+                    .iter()
+                    .filter_map(|record| match &record.data {
+                        RData::MX(mx) => Some(MxRecord {
+                            preference: mx.preference,
+                            exchange: normalise_host(&mx.exchange.to_ascii()),
+                        }),
+                        _ => None,
+                    })
+                    .collect(),
+            ))
         })
     }
 
-    fn addresses<'a>(&'a self, host: &'a str) -> DnsFuture<'a, Vec<IpAddr>> {
+    fn addresses<'a>(&'a self, host: &'a str) -> DnsFuture<'a, Secured<Vec<IpAddr>>> {
         Box::pin(async move {
             let mut addresses = Vec::new();
             let mut last_error = None;
@@ -118,8 +122,33 @@ impl Resolver for HickoryResolver {
             }
             match (addresses.is_empty(), last_error) {
                 (true, Some(e)) => Err(e),
-                _ => Ok(addresses),
+                _ => Ok(Secured::insecure(addresses)),
             }
+        })
+    }
+
+    fn tlsa<'a>(&'a self, name: &'a str) -> DnsFuture<'a, Secured<Vec<Tlsa>>> {
+        Box::pin(async move {
+            let lookup = match self.inner.lookup(fqdn(name), RecordType::TLSA).await {
+                Ok(lookup) => lookup,
+                Err(e) if e.is_no_records_found() => return Ok(Secured::insecure(Vec::new())),
+                Err(e) => return Err(classify(name, e)),
+            };
+            Ok(Secured::insecure(
+                lookup
+                    .answers()
+                    .iter()
+                    .filter_map(|r| match &r.data {
+                        RData::TLSA(t) => Some(Tlsa {
+                            usage: t.cert_usage.into(),
+                            selector: t.selector.into(),
+                            matching: t.matching.into(),
+                            data: t.cert_data.clone(),
+                        }),
+                        _ => None,
+                    })
+                    .collect(),
+            ))
         })
     }
 }

@@ -19,6 +19,75 @@ use std::time::Duration;
 /// sender authentication check's default bound (`inbound.auth.timeout`, 10s) gives each query.
 pub const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How far an answer can be trusted (RFC 4033 section 5, RFC 4035 section 4.3). Bogus data
+/// is never a value: it is [`DnsError::Bogus`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Security {
+    /// Validated by a chain of signatures from the trust anchor (`dns.dnssec = "validate"`), or
+    /// carried the AD bit from a trusted local resolver (`"resolver"`).
+    Secure,
+    /// Provably unsigned, or DNSSEC is off or unavailable on the resolver path (D5).
+    Insecure,
+}
+
+impl Security {
+    /// `secure` or `insecure`, for logs, `probe` and audit entries.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Security::Secure => "secure",
+            Security::Insecure => "insecure",
+        }
+    }
+}
+
+/// A lookup result with its DNSSEC status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Secured<T> {
+    /// The records (empty when the name exists without records of the type).
+    pub value: T,
+    /// Whether the answer (or its denial) validated.
+    pub security: Security,
+}
+
+impl<T> Secured<T> {
+    /// An answer from a path without DNSSEC.
+    pub fn insecure(value: T) -> Secured<T> {
+        Secured {
+            value,
+            security: Security::Insecure,
+        }
+    }
+
+    /// True when the answer validated.
+    pub fn is_secure(&self) -> bool {
+        self.security == Security::Secure
+    }
+}
+
+/// One TLSA record (RFC 6698 section 2.1; the DANE for SMTP subset is RFC 7672 section 3.1).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Tlsa {
+    /// Certificate usage: 0 PKIX-TA, 1 PKIX-EE, 2 DANE-TA, 3 DANE-EE.
+    pub usage: u8,
+    /// Selector: 0 the full certificate, 1 the SubjectPublicKeyInfo.
+    pub selector: u8,
+    /// Matching type: 0 exact, 1 SHA-256, 2 SHA-512.
+    pub matching: u8,
+    /// The association data (the certificate, SPKI or digest).
+    pub data: Vec<u8>,
+}
+
+impl std::fmt::Display for Tlsa {
+    /// Zone-file presentation: `3 1 1 <hex>`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {} {} ", self.usage, self.selector, self.matching)?;
+        for b in &self.data {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
 /// One MX record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MxRecord {
@@ -34,6 +103,11 @@ pub enum DnsError {
     /// The name does not exist (NXDOMAIN): a permanent condition.
     #[error("domain {0} does not exist")]
     NoSuchDomain(String),
+    /// The answer is signed but does not validate (RFC 4035 section 5.5), or a validating
+    /// resolver said so (SERVFAIL with an extended DNS error, RFC 8914): a temporary failure
+    /// of the destination, never a reason to go on without DNSSEC (D5).
+    #[error("DNSSEC bogus: {name}: {reason}")]
+    Bogus { name: String, reason: String },
     /// A server failure, timeout or network error: try again later.
     #[error("DNS lookup for {name} failed temporarily: {reason}")]
     Temporary { name: String, reason: String },
@@ -42,12 +116,17 @@ pub enum DnsError {
 /// The future every [`Resolver`] method returns (boxed, so that the trait stays object-safe).
 pub type DnsFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, DnsError>> + Send + 'a>>;
 
-/// The DNS lookups delivery needs (MX, addresses); implemented over hickory by
-/// [`HickoryResolver`].
+/// The DNS lookups delivery needs (MX, addresses, TLSA), each with its DNSSEC status;
+/// implemented over hickory by [`HickoryResolver`].
 pub trait Resolver: Send + Sync + 'static {
     /// MX records of `domain`; an empty list when the domain exists but has none.
-    fn mx<'a>(&'a self, domain: &'a Domain) -> DnsFuture<'a, Vec<MxRecord>>;
+    fn mx<'a>(&'a self, domain: &'a Domain) -> DnsFuture<'a, Secured<Vec<MxRecord>>>;
 
-    /// IPv4 and IPv6 addresses of `host`; an empty list when it has none.
-    fn addresses<'a>(&'a self, host: &'a str) -> DnsFuture<'a, Vec<IpAddr>>;
+    /// IPv4 and IPv6 addresses of `host`; an empty list when it has none. Secure only when
+    /// every address RRset that exists validated.
+    fn addresses<'a>(&'a self, host: &'a str) -> DnsFuture<'a, Secured<Vec<IpAddr>>>;
+
+    /// TLSA records at `name` (`_25._tcp.mx.example.no`, RFC 7672 section 2.2), following
+    /// CNAMEs; an empty list when there are none.
+    fn tlsa<'a>(&'a self, name: &'a str) -> DnsFuture<'a, Secured<Vec<Tlsa>>>;
 }
