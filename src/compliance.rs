@@ -1,19 +1,20 @@
 //! The compliance check (T7: "after any change or replacement of the server, test that the
 //! domain list configuration still holds"): `tlsgate domains check` and `tlsgate probe`.
 //!
-//! Each domain is checked exactly as delivery would treat it: the same policy resolution, the
-//! same routing (MX, implicit MX, null MX), the same SMTP client with the same TLS mode and
-//! certificate names. The only difference is that the connection ends with QUIT instead of a
-//! transaction.
+//! Each domain is checked exactly as delivery would treat it: the same routing (MX, implicit
+//! MX, null MX), the same DNS facts (DNSSEC status, TLSA records), the same TLS decision
+//! (`policy::decision::decide`) and the same connection opening (`delivery::attempt::
+//! open_for_policy`, plaintext retry for `may` included). The only difference is that the
+//! connection ends with QUIT instead of a transaction (issue 12 item 1).
 
 use crate::config::Config;
-use crate::delivery::attempt::tls_mode;
-use crate::delivery::client::{ClientError, ConnectParams, SmtpConnection, Timeouts, TlsMode};
+use crate::delivery::attempt::{self, open_for_policy};
+use crate::delivery::client::{ClientError, ConnectParams, Timeouts};
 use crate::delivery::route::{self, Destination};
 use crate::dns::Resolver;
 use crate::domain::Domain;
+use crate::policy::decision::{self, Demands, HostFacts, Requirement, TlsaFacts};
 use crate::policy::domain_list::DomainList;
-use crate::policy::{self, ResolvedPolicy};
 use crate::tls::client::ClientTls;
 use serde::Serialize;
 use std::sync::Arc;
@@ -26,8 +27,19 @@ pub struct HostReport {
     pub mx_host: String,
     /// The address connected to.
     pub address: String,
-    /// This host meets the domain's policy.
+    /// This host meets the domain's policy: delivery would hand mail to it.
     pub pass: bool,
+    /// The TLS level delivery would apply to this host.
+    pub level: String,
+    /// Which rule set it (`list`, `config`, `dane`, `requiretls`, `opportunistic`).
+    pub policy_source: String,
+    /// The DNSSEC status of the MX records (`secure`/`insecure`).
+    pub mx_dnssec: String,
+    /// The host's TLSA records as found: `secure: 3 1 1 …`, `insecure`, `not looked up (…)`
+    /// or `lookup failed: …`.
+    pub tlsa: Vec<String>,
+    /// The connection went on in plaintext after opportunistic TLS failed, and why TLS failed.
+    pub tls_failed_then_plaintext: Option<String>,
     /// Why it passes or fails, in words.
     pub reason: String,
     /// `TLSv1.2`/`TLSv1.3`; `None` when no TLS session was made.
@@ -73,35 +85,71 @@ pub async fn check_domain(
     domain: &Domain,
     timeout: Duration,
 ) -> DomainReport {
-    let policy: ResolvedPolicy = policy::resolve(&config.policies, list, domain, false);
+    let destination = Destination::Domain(domain.clone());
+    let rules = attempt::rules(config, list);
+    let target = attempt::target_of(config, &destination);
+    let demands = Demands::default();
+    let base = decision::base_policy(rules, target, demands);
     let mut report = DomainReport {
         domain: domain.to_string(),
-        listed: policy.listed,
-        level: policy.level.to_string(),
-        policy_source: policy.source.to_string(),
+        listed: base.listed,
+        level: base.level.to_string(),
+        policy_source: base.source.to_string(),
         pass: false,
         reason: None,
         hosts: Vec::new(),
     };
-    let destination = Destination::Domain(domain.clone());
-    let hosts = match route::hosts_for(config, resolver, &destination).await {
-        Ok(route) => route.hosts,
+    let route = match route::hosts_for(config, resolver, &destination).await {
+        Ok(route) => route,
         Err(e) => {
             report.reason = Some(e.to_string());
             return report;
         }
     };
-    let mode = tls_mode(policy.level);
-    for host in &hosts {
-        let names =
-            policy::certificate_names(policy.level, &host.name, Some(domain), &policy.match_names);
+    let wants_tlsa = decision::wants_tlsa(rules, target);
+    for host in &route.hosts {
+        let tlsa = route::tlsa_facts(resolver, &route, host, wants_tlsa).await;
+        let policy = decision::decide(
+            rules,
+            target,
+            demands,
+            HostFacts {
+                host: &host.name,
+                mx_security: route.mx_security,
+                tlsa: &tlsa,
+            },
+        );
+        let empty = HostReport {
+            mx_host: host.name.clone(),
+            address: String::new(),
+            pass: false,
+            level: policy.level.to_string(),
+            policy_source: policy.source.label().to_string(),
+            mx_dnssec: route.mx_security.as_str().to_string(),
+            tlsa: describe_tlsa(&tlsa),
+            tls_failed_then_plaintext: None,
+            reason: String::new(),
+            tls_version: None,
+            cipher: None,
+            cert_subject: None,
+            cert_issuer: None,
+            cert_not_after: None,
+            cert_sha256: None,
+        };
+        if let Requirement::Skip { reason, .. } = &policy.require {
+            report.hosts.push(HostReport {
+                address: "-".into(),
+                reason: reason.clone(),
+                ..empty
+            });
+            continue;
+        }
         for addr in &host.addrs {
             let params = ConnectParams {
                 addr: *addr,
                 host: &host.name,
                 helo_name: &config.server.hostname,
-                tls_mode: mode,
-                cert_names: &names,
+                require: &policy.require,
                 tls,
                 timeouts: Timeouts {
                     connect: timeout,
@@ -109,23 +157,37 @@ pub async fn check_domain(
                     data: timeout,
                 },
             };
-            let host_report = match SmtpConnection::open(&params).await {
-                Ok(conn) => {
+            let host_report = match open_for_policy(&params).await {
+                Ok((conn, tls_failure)) => {
                     let mut r = HostReport {
-                        mx_host: host.name.clone(),
                         address: addr.to_string(),
                         pass: true,
-                        reason: match (&conn.tls, mode) {
-                            (Some(_), TlsMode::Verified) => "certificate valid for policy".into(),
+                        reason: match (&conn.tls, &policy.require) {
+                            (Some(_), Requirement::Dane { pkix: true, .. }) => {
+                                "certificate matches a TLSA record and is valid for the policy"
+                                    .into()
+                            }
+                            (Some(_), Requirement::Dane { .. }) => {
+                                "certificate matches a TLSA record (DANE)".into()
+                            }
+                            (Some(_), Requirement::Pkix { .. }) => {
+                                "certificate valid for policy".into()
+                            }
                             (Some(_), _) => "TLS (certificate not checked at this level)".into(),
-                            (None, _) => "plaintext (allowed at this level)".into(),
+                            (None, _) => match &tls_failure {
+                                Some(f) => format!(
+                                    "would deliver without TLS: TLS failed ({f}), plaintext \
+                                     allowed at this level"
+                                ),
+                                None => "would deliver without TLS: no STARTTLS offered, \
+                                         plaintext allowed at this level"
+                                    .into(),
+                            },
                         },
                         tls_version: conn.tls.as_ref().map(|t| t.version.clone()),
                         cipher: conn.tls.as_ref().map(|t| t.cipher.clone()),
-                        cert_subject: None,
-                        cert_issuer: None,
-                        cert_not_after: None,
-                        cert_sha256: None,
+                        tls_failed_then_plaintext: tls_failure.map(|f| f.to_string()),
+                        ..empty.clone()
                     };
                     if let Some(cert) = &conn.peer_certificate {
                         describe_certificate(cert.as_ref(), &mut r);
@@ -134,16 +196,9 @@ pub async fn check_domain(
                     r
                 }
                 Err(e) => HostReport {
-                    mx_host: host.name.clone(),
                     address: addr.to_string(),
-                    pass: false,
                     reason: failure_text(&e),
-                    tls_version: None,
-                    cipher: None,
-                    cert_subject: None,
-                    cert_issuer: None,
-                    cert_not_after: None,
-                    cert_sha256: None,
+                    ..empty.clone()
                 },
             };
             report.hosts.push(host_report);
@@ -153,10 +208,31 @@ pub async fn check_domain(
     if !report.pass && report.reason.is_none() {
         report.reason = Some(format!(
             "no MX host meets the {} policy: mail would be deferred",
-            policy.level
+            base.level
         ));
     }
     report
+}
+
+/// The TLSA facts in words for the report.
+fn describe_tlsa(facts: &TlsaFacts) -> Vec<String> {
+    match facts {
+        TlsaFacts::NotLooked(why) => vec![format!("not looked up ({why})")],
+        TlsaFacts::Insecure => vec!["insecure answer (not used)".into()],
+        TlsaFacts::Secure(records) if records.is_empty() => vec!["none (secure denial)".into()],
+        TlsaFacts::Secure(records) => records
+            .iter()
+            .map(|r| {
+                let usable = if decision::usable(r) {
+                    ""
+                } else {
+                    " (unusable)"
+                };
+                format!("secure: {r}{usable}")
+            })
+            .collect(),
+        TlsaFacts::Failed { reason, .. } => vec![format!("lookup failed: {reason}")],
+    }
 }
 
 fn failure_text(e: &ClientError) -> String {
@@ -252,6 +328,17 @@ pub fn render_table(reports: &[DomainReport]) -> String {
                 if h.pass { "pass" } else { "FAIL" },
                 h.reason,
                 cert
+            );
+            let _ = writeln!(
+                out,
+                "{:<24}   {} {}: policy {} ({}), MX DNSSEC {}, TLSA {}",
+                "",
+                h.mx_host,
+                h.address,
+                h.level,
+                h.policy_source,
+                h.mx_dnssec,
+                h.tlsa.join("; ")
             );
         }
         let _ = writeln!(

@@ -147,8 +147,9 @@ impl Metrics {
             deliveries: counter_vec(
                 &r,
                 "tlsgate_deliveries_total",
-                "Recipient delivery results, by result and TLS level",
-                &["result", "tls_level"],
+                "Recipient delivery results, by result, TLS level and the rule that set the \
+                 level (list, config, dane, requiretls, opportunistic)",
+                &["result", "tls_level", "policy_source"],
             ),
             tls_failures: counter_vec(
                 &r,
@@ -312,7 +313,7 @@ mod tests {
         let m = Metrics::new();
         m.reject("inbound", RejectReason::RelayDenied);
         m.deliveries
-            .with_label_values(&["delivered", "verify"])
+            .with_label_values(&["delivered", "verify", "list"])
             .inc();
         m.tls_failures.with_label_values(&["no_starttls"]).inc();
         m.dsn_sent.with_label_values(&["failure"]).inc();

@@ -42,6 +42,19 @@ async fn world() -> World {
     )
     .await
     .expect("second sink on the same port");
+    // STARTTLS offered, then garbage instead of a TLS handshake.
+    let broken = Sink::try_start(
+        SocketAddr::new("127.0.0.4".parse().unwrap(), port),
+        Behaviour {
+            tls: Some(server_tls(&ca, &["mx1.broken.test"])),
+            break_handshake: true,
+            ..Behaviour::default()
+        },
+    )
+    .await
+    .expect("third sink on the same port");
+    dns.add_mx("broken.test", 10, "mx1.broken.test");
+    dns.add_ip("mx1.broken.test", "127.0.0.4".parse().unwrap());
     dns.add_mx("good.test", 10, "mx1.good.test");
     dns.add_ip("mx1.good.test", "127.0.0.2".parse().unwrap());
     dns.add_mx("bad.test", 10, "mx1.bad.test");
@@ -78,7 +91,7 @@ async fn world() -> World {
         _dir: dir,
         config,
         _dns: dns,
-        _sinks: vec![good, plain],
+        _sinks: vec![good, plain, broken],
     }
 }
 
@@ -139,6 +152,33 @@ async fn domains_check_reports_every_listed_domain_and_fails_on_any_failure() {
     assert_eq!(bad["hosts"][0]["reason"], "no STARTTLS offered");
 }
 
+/// Issue 12 item 1: the probe reports what delivery would do. For an unlisted domain whose MX
+/// breaks the TLS handshake, delivery retries in plaintext (`may`, RFC 7435), so the probe
+/// passes and says so, naming the TLS failure; it does not report "fail".
+#[tokio::test]
+async fn probe_of_a_may_domain_with_broken_tls_says_it_would_deliver_without_tls() {
+    let w = world().await;
+    let (ok, stdout, stderr) = tlsgate(&w.config, &["probe", "broken.test", "--json"]).await;
+    assert!(ok, "{stdout}{stderr}");
+    let reports: serde_json::Value = serde_json::from_str(&stdout).expect("JSON");
+    let host = &reports[0]["hosts"][0];
+    assert_eq!(host["pass"], true, "{host}");
+    assert_eq!(host["level"], "may");
+    assert_eq!(host["policy_source"], "opportunistic");
+    assert_eq!(host["tls_version"], serde_json::Value::Null);
+    assert!(
+        host["reason"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("would deliver without TLS: TLS failed (")),
+        "{host}"
+    );
+    assert!(host["tls_failed_then_plaintext"].is_string(), "{host}");
+    assert_eq!(
+        host["tlsa"][0],
+        "not looked up (the MX records are not DNSSEC-signed)"
+    );
+}
+
 #[tokio::test]
 async fn domains_check_of_passing_domains_exits_zero_with_a_table() {
     let w = world().await;
@@ -161,7 +201,9 @@ async fn probe_shows_the_policy_of_an_unlisted_domain() {
         "{stdout}"
     );
     assert!(
-        stdout.contains("plaintext (allowed at this level)"),
+        stdout.contains(
+            "would deliver without TLS: no STARTTLS offered, plaintext allowed at this level"
+        ),
         "{stdout}"
     );
     let (ok, stdout, _) = tlsgate(&w.config, &["probe", "bad.test"]).await;

@@ -13,7 +13,8 @@ mod common;
 use common::*;
 use std::net::SocketAddr;
 use std::time::Duration;
-use tlsgate::delivery::client::{ClientError, ConnectParams, SmtpConnection, Timeouts, TlsMode};
+use tlsgate::delivery::client::{ClientError, ConnectParams, SmtpConnection, Timeouts};
+use tlsgate::policy::decision::Requirement;
 use tlsgate::tls::client::ClientTls;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::OwnedReadHalf;
@@ -251,8 +252,7 @@ async fn open(addr: SocketAddr) -> Result<SmtpConnection, ClientError> {
         addr,
         host: "endless.test",
         helo_name: "mx.tlsgate.test",
-        tls_mode: TlsMode::Off,
-        cert_names: &[],
+        require: &Requirement::Plaintext,
         tls: &tls,
         timeouts: Timeouts {
             connect: STEP,

@@ -8,15 +8,16 @@
 //! the recipients it answered. When no address took the message, the open recipients are
 //! deferred with the last problem seen.
 
-use super::client::{ClientError, ConnectParams, SmtpConnection, Step, Timeouts, TlsMode};
+use super::client::{ClientError, ConnectParams, SmtpConnection, Step, Timeouts};
 use super::pool::{ConnectionPool, PoolKey};
 use super::route::{self, Destination, RouteError};
 use crate::audit::{AuditEvent, AuditLog};
 use crate::config::Config;
 use crate::dns::Resolver;
 use crate::metrics::Metrics;
+use crate::policy::decision::{self, Demands, HostFacts, Requirement, Rules, Target, TlsDecision};
 use crate::policy::domain_list::DomainList;
-use crate::policy::{self, PolicySource, ResolvedPolicy, TlsLevel};
+use crate::policy::{PolicySource, TlsLevel};
 use crate::queue::message::{MessageMeta, Recipient};
 use crate::smtp::reply::{EnhancedStatus, Reply};
 use crate::tls::client::{ClientTls, TlsFailure};
@@ -90,41 +91,20 @@ pub struct AttemptContext<'a> {
     pub audit: &'a Option<Arc<AuditLog>>,
 }
 
-/// The TLS policy for a destination: `inbound.next_hop_tls` for the next hop, otherwise the
-/// policy engine's answer for the recipient domain.
-pub fn policy_for(
-    config: &Config,
-    list: &DomainList,
-    destination: &Destination,
-    requiretls: bool,
-) -> ResolvedPolicy {
+/// The policy target of a destination: the next hop with its configured level, or the
+/// recipient domain.
+pub fn target_of<'a>(config: &Config, destination: &'a Destination) -> Target<'a> {
     match destination {
-        Destination::NextHop => {
-            let configured = config.inbound.next_hop_tls;
-            let raised = requiretls && configured < TlsLevel::Verify;
-            ResolvedPolicy {
-                level: if raised { TlsLevel::Verify } else { configured },
-                source: if raised {
-                    PolicySource::RequireTls
-                } else {
-                    PolicySource::Config
-                },
-                listed: false,
-                match_names: Vec::new(),
-            }
-        }
-        Destination::Domain(domain) => policy::resolve(&config.policies, list, domain, requiretls),
+        Destination::NextHop => Target::NextHop(config.inbound.next_hop_tls),
+        Destination::Domain(domain) => Target::Domain(domain),
     }
 }
 
-/// How a level is enforced on the wire. Levels that need DANE fail closed to certificate
-/// validation until DANE lookups exist; `dane` without TLSA records is opportunistic.
-pub fn tls_mode(level: TlsLevel) -> TlsMode {
-    match level {
-        TlsLevel::None => TlsMode::Off,
-        TlsLevel::May | TlsLevel::Dane => TlsMode::Opportunistic,
-        TlsLevel::Encrypt => TlsMode::Encrypted,
-        TlsLevel::DaneOnly | TlsLevel::Verify | TlsLevel::Secure => TlsMode::Verified,
+/// The rules in force for an attempt: the `[[policy]]` entries and the domain list.
+pub fn rules<'a>(config: &'a Config, list: &'a DomainList) -> Rules<'a> {
+    Rules {
+        policies: &config.policies,
+        list,
     }
 }
 
@@ -139,10 +119,29 @@ pub struct HostLog {
     pub tls: Option<TlsInfo>,
     /// What happened, as text (the error or the replies).
     pub result: String,
+    /// The TLS level applied to the host (issue 12 item 5).
+    pub level: TlsLevel,
+    /// Which rule set it: `list`, `config`, `dane`, `requiretls`, `opportunistic`.
+    pub source: PolicySource,
+}
+
+/// The result of [`deliver`]: one outcome per recipient, and the TLS policy that applied (the
+/// last host's decision; the destination's base policy when no host was tried), for the
+/// delivery metric's labels.
+pub struct Attempted {
+    /// One outcome per recipient, in no particular order.
+    pub outcomes: Vec<(usize, Outcome)>,
+    /// The TLS level applied.
+    pub level: TlsLevel,
+    /// Where it came from.
+    pub source: PolicySource,
 }
 
 /// The last reason an address could not take the open recipients.
 enum Problem {
+    /// The TLS policy forbids using the host now (a failed TLSA lookup, `dane-only` without
+    /// records): the decision's reason.
+    Policy(String),
     /// Connecting, greeting, EHLO, TLS or the connection itself.
     Client(ClientError),
     /// A temporary reply to the whole transaction (or a `421`), in the remote's words.
@@ -150,7 +149,7 @@ enum Problem {
 }
 
 /// Delivers `recipients` (indices into `meta.recipients`) of one message to `destination`.
-/// Returns one outcome per recipient, in no particular order.
+/// Each host gets the TLS the policy decision (`policy::decision::decide`) gives it.
 pub async fn deliver(
     ctx: &AttemptContext<'_>,
     meta: &MessageMeta,
@@ -158,12 +157,45 @@ pub async fn deliver(
     destination: &Destination,
     recipients: &[usize],
     log: &mut Vec<HostLog>,
+) -> Attempted {
+    let rules = rules(ctx.config, ctx.domain_list);
+    let target = target_of(ctx.config, destination);
+    let demands = Demands {
+        requiretls: meta.requiretls,
+    };
+    let base = decision::base_policy(rules, target, demands);
+    let (mut level, mut source) = (base.level, base.source);
+    let outcomes = deliver_to_hosts(
+        ctx,
+        meta,
+        body,
+        destination,
+        recipients,
+        log,
+        (&mut level, &mut source),
+    )
+    .await;
+    Attempted {
+        outcomes,
+        level,
+        source,
+    }
+}
+
+async fn deliver_to_hosts(
+    ctx: &AttemptContext<'_>,
+    meta: &MessageMeta,
+    body: &[u8],
+    destination: &Destination,
+    recipients: &[usize],
+    log: &mut Vec<HostLog>,
+    applied: (&mut TlsLevel, &mut PolicySource),
 ) -> Vec<(usize, Outcome)> {
     let everyone = |outcome: Outcome| -> Vec<(usize, Outcome)> {
         recipients.iter().map(|&i| (i, outcome.clone())).collect()
     };
-    let hosts = match route::hosts_for(ctx.config, ctx.resolver, destination).await {
-        Ok(route) => route.hosts,
+    let route = match route::hosts_for(ctx.config, ctx.resolver, destination).await {
+        Ok(route) => route,
         Err(RouteError::Permanent { status, reason }) => {
             return everyone(Outcome::Failed {
                 host: None,
@@ -182,21 +214,54 @@ pub async fn deliver(
             })
         }
     };
-    let policy = policy_for(ctx.config, ctx.domain_list, destination, meta.requiretls);
-    let level = policy.level;
-    let mode = tls_mode(level);
+    let rules = rules(ctx.config, ctx.domain_list);
+    let target = target_of(ctx.config, destination);
+    let demands = Demands {
+        requiretls: meta.requiretls,
+    };
     let domain = match destination {
         Destination::Domain(d) => Some(d),
         Destination::NextHop => None,
     };
+    let wants_tlsa = decision::wants_tlsa(rules, target);
 
     // Recipients without a final answer yet, and the answers given so far.
     let mut open: Vec<usize> = recipients.to_vec();
     let mut done: Vec<(usize, Outcome)> = Vec::with_capacity(recipients.len());
     let mut last_problem: Option<(String, Problem)> = None;
     let mut requiretls_refused: Option<String> = None;
-    'hosts: for host in &hosts {
-        let names = policy::certificate_names(level, &host.name, domain, &policy.match_names);
+    // The last decision made, for the deferral's wording.
+    let mut level = *applied.0;
+    'hosts: for host in &route.hosts {
+        if open.is_empty() {
+            break;
+        }
+        let tlsa = route::tlsa_facts(ctx.resolver, &route, host, wants_tlsa).await;
+        let policy: TlsDecision = decision::decide(
+            rules,
+            target,
+            demands,
+            HostFacts {
+                host: &host.name,
+                mx_security: route.mx_security,
+                tlsa: &tlsa,
+            },
+        );
+        level = policy.level;
+        (*applied.0, *applied.1) = (policy.level, policy.source);
+        if let Requirement::Skip { reason, label } = &policy.require {
+            tls_policy_failure(ctx, meta, destination, &host.name, &policy, reason, label);
+            log.push(HostLog {
+                host: host.name.clone(),
+                addr: "-".into(),
+                tls: None,
+                result: reason.clone(),
+                level: policy.level,
+                source: policy.source,
+            });
+            last_problem = Some((host.name.clone(), Problem::Policy(reason.clone())));
+            continue;
+        }
         for &addr in &host.addrs {
             if open.is_empty() {
                 break 'hosts;
@@ -204,36 +269,31 @@ pub async fn deliver(
             let key = PoolKey {
                 addr,
                 host: host.name.clone(),
-                tls_mode: mode,
-                names: names.clone(),
+                require: policy.require.clone(),
             };
             let conn = match connect(ctx, &key).await {
                 Ok(conn) => conn,
                 Err(e) => {
-                    if let (true, ClientError::Tls(failure)) = (policy.listed, &e) {
-                        ctx.metrics
-                            .tls_failures
-                            .with_label_values(&[failure.metric_label()])
-                            .inc();
-                        crate::audit::submit(
-                            ctx.audit,
-                            AuditEvent::TlsFailure {
-                                queue_id: meta.id.to_string(),
-                                domain: destination.to_string(),
-                                host: host.name.clone(),
-                                reason: failure.to_string(),
-                                level: level.to_string(),
-                            },
+                    if let (true, ClientError::Tls(failure)) =
+                        (policy.listed || policy.require.authenticated(), &e)
+                    {
+                        tls_policy_failure(
+                            ctx,
+                            meta,
+                            destination,
+                            &host.name,
+                            &policy,
+                            &failure.to_string(),
+                            failure.metric_label(),
                         );
-                        tracing::warn!(queue_id = %meta.id, destination = %destination,
-                            host = %host.name, %addr, level = %level, reason = %e,
-                            "TLS policy not met toward a listed domain, host skipped");
                     }
                     log.push(HostLog {
                         host: host.name.clone(),
                         addr: addr.to_string(),
                         tls: None,
                         result: e.to_string(),
+                        level: policy.level,
+                        source: policy.source,
                     });
                     last_problem = Some((host.name.clone(), Problem::Client(e)));
                     continue;
@@ -249,6 +309,8 @@ pub async fn deliver(
                     addr: addr.to_string(),
                     tls: conn.tls.clone(),
                     result: "REQUIRETLS not offered".into(),
+                    level: policy.level,
+                    source: policy.source,
                 });
                 park(ctx, key, conn);
                 continue;
@@ -269,12 +331,14 @@ pub async fn deliver(
                         addr: addr.to_string(),
                         tls: conn.tls.clone(),
                         result: summarise(&result.replies),
+                        level: policy.level,
+                        source: policy.source,
                     });
                     let delivered_with = Delivery {
                         host: &host.name,
                         peer_does_dsn: conn.caps.dsn,
                         tls_version: conn.tls.as_ref().map(|t| t.version.clone()),
-                        level,
+                        level: policy.level,
                         source: policy.source,
                     };
                     let delivered = result.replies.iter().any(|(_, r)| r.code / 100 == 2);
@@ -294,7 +358,7 @@ pub async fn deliver(
                                         .map(|b| format!("{b:02x}"))
                                         .collect()
                                 }),
-                                level: level.to_string(),
+                                level: policy.level.to_string(),
                             },
                         );
                     }
@@ -322,6 +386,8 @@ pub async fn deliver(
                         addr: addr.to_string(),
                         tls: conn.tls.clone(),
                         result: e.to_string(),
+                        level: policy.level,
+                        source: policy.source,
                     });
                     last_problem = Some((host.name.clone(), Problem::Client(e)));
                 }
@@ -333,14 +399,16 @@ pub async fn deliver(
     }
     let outcome = match (requiretls_refused, last_problem) {
         // Only hosts without REQUIRETLS took part: RFC 8689 4.2.1 makes that permanent.
-        (Some(host), None | Some((_, Problem::Client(_)))) => Outcome::Failed {
-            host: Some(host.clone()),
-            status: EnhancedStatus::new(5, 7, 30),
-            reason: format!(
-                "the sender required REQUIRETLS (RFC 8689) but {host} does not support it"
-            ),
-            remote: false,
-        },
+        (Some(host), None | Some((_, Problem::Client(_) | Problem::Policy(_)))) => {
+            Outcome::Failed {
+                host: Some(host.clone()),
+                status: EnhancedStatus::new(5, 7, 30),
+                reason: format!(
+                    "the sender required REQUIRETLS (RFC 8689) but {host} does not support it"
+                ),
+                remote: false,
+            }
+        }
         (_, None) => Outcome::Deferred {
             host: None,
             status: EnhancedStatus::new(4, 4, 4),
@@ -356,9 +424,46 @@ pub async fn deliver(
             tls: false,
         },
         (_, Some((host, Problem::Client(error)))) => deferral(level, host, error),
+        (_, Some((host, Problem::Policy(reason)))) => Outcome::Deferred {
+            host: Some(host.clone()),
+            status: EnhancedStatus::new(4, 7, 5),
+            reason: format!("TLS required ({level}) but not possible with {host}: {reason}"),
+            remote: false,
+            tls: true,
+        },
     };
     done.extend(open.into_iter().map(|i| (i, outcome.clone())));
     done
+}
+
+/// A host that cannot meet a mandatory TLS policy (a listed domain, DANE): the metric, the
+/// audit entry and the warning that T3 promises, in one place.
+fn tls_policy_failure(
+    ctx: &AttemptContext<'_>,
+    meta: &MessageMeta,
+    destination: &Destination,
+    host: &str,
+    policy: &TlsDecision,
+    reason: &str,
+    metric_label: &'static str,
+) {
+    ctx.metrics
+        .tls_failures
+        .with_label_values(&[metric_label])
+        .inc();
+    crate::audit::submit(
+        ctx.audit,
+        AuditEvent::TlsFailure {
+            queue_id: meta.id.to_string(),
+            domain: destination.to_string(),
+            host: host.to_string(),
+            reason: reason.to_string(),
+            level: policy.level.to_string(),
+        },
+    );
+    tracing::warn!(queue_id = %meta.id, destination = %destination, host = %host,
+        level = %policy.level, policy_source = policy.source.label(), reason = %reason,
+        "TLS policy not met, host skipped");
 }
 
 /// Does this reply send the recipient on to the next MX address (issue 10 item 1)? A
@@ -405,9 +510,8 @@ fn deferral(level: TlsLevel, host: String, error: ClientError) -> Outcome {
     }
 }
 
-/// A pooled connection when one is idle and still answers, else a new one. Opportunistic TLS
-/// that fails in the handshake is retried once in plaintext, as `may` promises no more than
-/// that (Postfix does the same).
+/// A pooled connection when one is idle and still answers, else a new one (see
+/// [`open_for_policy`]).
 async fn connect(ctx: &AttemptContext<'_>, key: &PoolKey) -> Result<SmtpConnection, ClientError> {
     while let Some(mut idle) = ctx.pool.take(key) {
         if idle.reset().await.is_ok() {
@@ -415,12 +519,11 @@ async fn connect(ctx: &AttemptContext<'_>, key: &PoolKey) -> Result<SmtpConnecti
         }
     }
     let d = &ctx.config.delivery;
-    let params = |tls_mode| ConnectParams {
+    let params = ConnectParams {
         addr: key.addr,
         host: &key.host,
         helo_name: &ctx.config.server.hostname,
-        tls_mode,
-        cert_names: &key.names,
+        require: &key.require,
         tls: ctx.tls,
         timeouts: Timeouts {
             connect: d.connect_timeout,
@@ -428,17 +531,33 @@ async fn connect(ctx: &AttemptContext<'_>, key: &PoolKey) -> Result<SmtpConnecti
             data: d.data_timeout,
         },
     };
-    match SmtpConnection::open(&params(key.tls_mode)).await {
+    open_for_policy(&params).await.map(|(conn, _)| conn)
+}
+
+/// Opens a connection under `params.require` exactly as delivery does: opportunistic TLS that
+/// fails is retried once in plaintext, as `may` promises no more than that (RFC 7435; Postfix
+/// does the same). Returns the connection and, after such a retry, the TLS failure that caused
+/// it (`tlsgate probe` reports it). Delivery and the compliance check both open connections
+/// here, so the check reports what delivery would do.
+pub async fn open_for_policy(
+    params: &ConnectParams<'_>,
+) -> Result<(SmtpConnection, Option<TlsFailure>), ClientError> {
+    match SmtpConnection::open(params).await {
         // Response injection is an attack, not a broken TLS stack: no plaintext retry then.
         Err(ClientError::Tls(failure))
-            if key.tls_mode == TlsMode::Opportunistic
+            if *params.require == Requirement::Opportunistic
                 && failure != TlsFailure::ResponseInjection =>
         {
-            tracing::info!(host = %key.host, addr = %key.addr, reason = %failure,
+            tracing::info!(host = %params.host, addr = %params.addr, reason = %failure,
                 "opportunistic TLS failed, retrying in plaintext");
-            SmtpConnection::open(&params(TlsMode::Off)).await
+            let plaintext = ConnectParams {
+                require: &Requirement::Plaintext,
+                ..*params
+            };
+            let conn = SmtpConnection::open(&plaintext).await?;
+            Ok((conn, Some(failure)))
         }
-        other => other,
+        other => other.map(|conn| (conn, None)),
     }
 }
 

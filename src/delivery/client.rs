@@ -7,7 +7,7 @@
 //! buffered byte is an attack (CVE-2021-38371 style response injection): the connection is
 //! dropped. After the handshake the capabilities are learnt again from a new EHLO.
 
-use crate::policy::NamePattern;
+use crate::policy::decision::Requirement;
 use crate::queue::message::{BodyType, DsnRet, MessageMeta, Recipient};
 use crate::smtp::reply::{reply_complete, reply_lines, Reply};
 use crate::tls::client::{ClientTls, TlsFailure};
@@ -29,27 +29,6 @@ const MAX_REPLY: usize = 64 * 1024;
 /// Body bytes collected before a write: large enough for few syscalls, small enough to keep
 /// memory flat with many deliveries in flight.
 const WRITE_CHUNK: usize = 64 * 1024;
-
-/// What kind of TLS the caller requires on this connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum TlsMode {
-    /// Never STARTTLS (`none`).
-    Off,
-    /// STARTTLS when offered, certificate not checked (`may`).
-    Opportunistic,
-    /// STARTTLS required, certificate not checked (`encrypt`).
-    Encrypted,
-    /// STARTTLS required, certificate validated for the expected name (`verify`, `secure`).
-    Verified,
-}
-
-impl TlsMode {
-    /// Must the connection be TLS (`Encrypted`, `Verified`)? Without STARTTLS it then fails
-    /// with [`TlsFailure::NoStarttls`] instead of going on in plaintext (T3).
-    pub fn required(self) -> bool {
-        matches!(self, TlsMode::Encrypted | TlsMode::Verified)
-    }
-}
 
 /// Timeouts for one connection.
 #[derive(Debug, Clone, Copy)]
@@ -181,10 +160,9 @@ pub struct ConnectParams<'a> {
     pub host: &'a str,
     /// Our name in EHLO.
     pub helo_name: &'a str,
-    /// The TLS the caller requires.
-    pub tls_mode: TlsMode,
-    /// Names the certificate may carry when `tls_mode` is `Verified`.
-    pub cert_names: &'a [NamePattern],
+    /// What TLS must prove on this connection: the output of the TLS policy decision
+    /// (`policy::decision::decide`), enforced here and nowhere else decided.
+    pub require: &'a Requirement,
     /// Client TLS configurations and trust roots.
     pub tls: &'a ClientTls,
     /// Connect and reply timeouts.
@@ -205,8 +183,6 @@ pub struct SmtpConnection {
     pub tls: Option<TlsInfo>,
     /// The peer's end-entity certificate, when TLS is up.
     pub peer_certificate: Option<CertificateDer<'static>>,
-    /// The TLS mode it was opened with (the pool reuses it only under the same mode).
-    pub tls_mode: TlsMode,
     timeouts: Timeouts,
     /// Transactions completed on this connection.
     pub transactions: u32,
@@ -238,7 +214,6 @@ impl SmtpConnection {
             host: p.host.to_string(),
             tls: None,
             peer_certificate: None,
-            tls_mode: p.tls_mode,
             timeouts: p.timeouts,
             transactions: 0,
             idle_since: Instant::now(),
@@ -251,11 +226,16 @@ impl SmtpConnection {
             });
         }
         conn.hello(p.helo_name).await?;
-        if p.tls_mode == TlsMode::Off {
-            return Ok(conn);
-        }
+        let required = match p.require {
+            Requirement::Plaintext => return Ok(conn),
+            // The caller never connects for a skipped host; refusing here keeps it closed.
+            Requirement::Skip { reason, .. } => {
+                return Err(ClientError::Tls(TlsFailure::Handshake(reason.clone())))
+            }
+            other => other.tls_required(),
+        };
         if !conn.caps.starttls {
-            if p.tls_mode.required() {
+            if required {
                 return Err(ClientError::Tls(TlsFailure::NoStarttls));
             }
             return Ok(conn);
@@ -263,7 +243,7 @@ impl SmtpConnection {
         conn.send_line("STARTTLS").await?;
         let reply = conn.read_reply("STARTTLS reply").await?;
         if reply.code != 220 {
-            if p.tls_mode.required() {
+            if required {
                 return Err(ClientError::Tls(TlsFailure::StarttlsRefused(
                     reply.to_string(),
                 )));
@@ -318,11 +298,16 @@ impl SmtpConnection {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             Err(e) => return Err(ClientError::Io(e)),
         }
-        let config = match p.tls_mode {
-            TlsMode::Verified => p
+        let config = match p.require {
+            Requirement::Pkix { names } => p
                 .tls
-                .verified_for(p.cert_names.to_vec())
+                .verified_for(names.clone())
                 .map_err(ClientError::Tls)?,
+            Requirement::Dane { .. } => {
+                return Err(ClientError::Tls(TlsFailure::Handshake(
+                    "DANE authentication is not built yet".into(),
+                )))
+            }
             _ => p.tls.opportunistic.clone(),
         };
         let name = ServerName::try_from(p.host.to_string()).map_err(|_| {
@@ -338,7 +323,7 @@ impl SmtpConnection {
         let tls = handshake.map_err(|e| {
             ClientError::Tls(TlsFailure::from_handshake_error(
                 &e,
-                &describe(p.cert_names),
+                &describe(checked_names(p.require)),
             ))
         })?;
         let session = tls.get_ref().1;
@@ -627,6 +612,14 @@ impl SmtpConnection {
             }
             self.buf.extend_from_slice(&chunk[..n]);
         }
+    }
+}
+
+/// The names a requirement checks in the certificate (none for unauthenticated levels).
+fn checked_names(require: &Requirement) -> &[crate::policy::NamePattern] {
+    match require {
+        Requirement::Pkix { names } | Requirement::Dane { names, .. } => names,
+        _ => &[],
     }
 }
 

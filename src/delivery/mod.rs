@@ -333,12 +333,9 @@ async fn deliver_due(
                 audit: &engine.audit,
             };
             let mut log = Vec::new();
-            let outcomes =
+            let attempted =
                 attempt::deliver(&ctx, &meta, &body, &destination, &indices, &mut log).await;
-            let level =
-                attempt::policy_for(&engine.config, &domain_list, &destination, meta.requiretls)
-                    .level;
-            for (_, outcome) in &outcomes {
+            for (_, outcome) in &attempted.outcomes {
                 let result = match outcome {
                     Outcome::Delivered { .. } => "delivered",
                     Outcome::Deferred { .. } => "deferred",
@@ -347,9 +344,14 @@ async fn deliver_due(
                 engine
                     .metrics
                     .deliveries
-                    .with_label_values(&[result, level.as_str()])
+                    .with_label_values(&[
+                        result,
+                        attempted.level.as_str(),
+                        attempted.source.label(),
+                    ])
                     .inc();
             }
+            let outcomes = attempted.outcomes;
             (destination, outcomes, log)
         });
     }
@@ -444,6 +446,8 @@ fn log_attempt(
             addr = %entry.addr,
             tls_version = entry.tls.as_ref().map(|t| t.version.as_str()).unwrap_or("none"),
             tls_cipher = entry.tls.as_ref().map(|t| t.cipher.as_str()).unwrap_or("none"),
+            tls_level = entry.level.as_str(),
+            policy_source = entry.source.label(),
             result = %entry.result,
             "delivery attempt"
         );

@@ -1,11 +1,11 @@
 //! Idle connections kept for the next message to the same peer (design.md: "deliveries to the
 //! same destination reuse connections and send several messages per connection").
 //!
-//! A connection is keyed by the address, the host name it was opened for and its TLS mode, so
+//! A connection is keyed by the address, the host name it was opened for and its TLS requirement, so
 //! a connection is only ever reused under the same TLS requirements it was checked against.
 
-use super::client::{SmtpConnection, TlsMode};
-use crate::policy::NamePattern;
+use super::client::SmtpConnection;
+use crate::policy::decision::Requirement;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Mutex;
@@ -18,10 +18,8 @@ pub struct PoolKey {
     pub addr: SocketAddr,
     /// The host name it was opened for.
     pub host: String,
-    /// The TLS mode it was opened with.
-    pub tls_mode: TlsMode,
-    /// The certificate names it was validated for (`Verified`).
-    pub names: Vec<NamePattern>,
+    /// The TLS requirement it was opened and checked under (level, names, TLSA records).
+    pub require: Requirement,
 }
 
 /// Idle connections by [`PoolKey`], each kept at most `idle_timeout` and for at most

@@ -8,6 +8,7 @@
 use crate::config::Config;
 use crate::dns::{DnsError, MxRecord, Resolver, Security};
 use crate::domain::Domain;
+use crate::policy::decision::TlsaFacts;
 use crate::smtp::reply::EnhancedStatus;
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
@@ -246,6 +247,43 @@ async fn mx_hosts(
         });
     }
     Ok(Route { hosts, mx_security })
+}
+
+/// The TLSA facts of one host for the policy decision (RFC 7672 section 2.2): looked up only
+/// when the policy reads them (`wanted`, from `policy::decision::wants_tlsa`), the MX RRset is
+/// secure (2.2.1) and the host's addresses are secure (2.2.2), at `_<port>._tcp.<host>` with
+/// the port connected to. A lookup error is a failure of this host, never "no records".
+pub async fn tlsa_facts(
+    resolver: &dyn Resolver,
+    route: &Route,
+    host: &Host,
+    wanted: bool,
+) -> TlsaFacts {
+    let not_looked = |why: &str| TlsaFacts::NotLooked(why.to_string());
+    if !wanted {
+        return not_looked("the policy does not use DANE");
+    }
+    if route.mx_security != Security::Secure {
+        return not_looked("the MX records are not DNSSEC-signed");
+    }
+    if host.security != Security::Secure {
+        return TlsaFacts::NotLooked(format!(
+            "the address records of {} are not DNSSEC-signed",
+            host.name
+        ));
+    }
+    let Some(port) = host.addrs.first().map(SocketAddr::port) else {
+        return not_looked("the host has no address");
+    };
+    let name = format!("_{port}._tcp.{}", host.name);
+    match resolver.tlsa(&name).await {
+        Ok(answer) if answer.is_secure() => TlsaFacts::Secure(answer.value),
+        Ok(_) => TlsaFacts::Insecure,
+        Err(e) => TlsaFacts::Failed {
+            bogus: matches!(e, DnsError::Bogus { .. }),
+            reason: e.to_string(),
+        },
+    }
 }
 
 /// RFC 7505: a single MX record with the root as exchange.

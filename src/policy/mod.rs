@@ -3,6 +3,7 @@
 //! [`resolve`] finds the level for a recipient domain. It is pure code: the domain list, DANE
 //! and MTA-STS are added to its inputs as they come (issue order in design.md).
 
+pub mod decision;
 pub mod domain_list;
 mod names;
 
@@ -91,6 +92,8 @@ pub enum PolicySource {
     DomainList,
     /// The sender asked for REQUIRETLS (RFC 8689).
     RequireTls,
+    /// DNSSEC-secure TLSA records of the MX host (RFC 7672; D1).
+    Dane,
     /// Nothing applies: opportunistic TLS.
     Default,
 }
@@ -102,6 +105,7 @@ impl PolicySource {
             PolicySource::Config => "config",
             PolicySource::DomainList => "list",
             PolicySource::RequireTls => "requiretls",
+            PolicySource::Dane => "dane",
             PolicySource::Default => "opportunistic",
         }
     }
@@ -113,6 +117,7 @@ impl fmt::Display for PolicySource {
             PolicySource::Config => "[[policy]] entry",
             PolicySource::DomainList => "tvungen TLS domain list",
             PolicySource::RequireTls => "REQUIRETLS",
+            PolicySource::Dane => "DANE (DNSSEC-signed TLSA records)",
             PolicySource::Default => "default (opportunistic)",
         })
     }
@@ -171,7 +176,8 @@ pub fn resolve(
         level = TlsLevel::Verify;
         source = PolicySource::DomainList;
     }
-    if requiretls && level < TlsLevel::Verify {
+    // `dane-only` authenticates by DANE, which REQUIRETLS accepts (RFC 8689 section 4.2.1).
+    if requiretls && level < TlsLevel::Verify && level != TlsLevel::DaneOnly {
         level = TlsLevel::Verify;
         source = PolicySource::RequireTls;
     }
