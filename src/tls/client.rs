@@ -11,8 +11,10 @@
 //! Failures are classified into [`TlsFailure`] so that deferrals, DSNs, logs and metrics can
 //! say precisely what went wrong.
 
+use super::dane::{self, DaneError, DaneVerifier};
 use super::keys::{self, KeyError};
 use super::verify::PolicyVerifier;
+use crate::dns::Tlsa;
 use crate::policy::NamePattern;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
@@ -55,6 +57,11 @@ pub enum TlsFailure {
     /// response injection).
     #[error("server sent data after its STARTTLS reply (response injection)")]
     ResponseInjection,
+    /// DANE authentication failed (RFC 7672 §3): no usable TLSA record matched the chain, or a
+    /// DANE-TA(2) anchor matched but the chain to it or the name is wrong. Carries the reason
+    /// ([`DaneError`]'s text: the records, the leaf's key digest).
+    #[error("{0}")]
+    DaneMismatch(String),
 }
 
 impl TlsFailure {
@@ -67,6 +74,7 @@ impl TlsFailure {
             TlsFailure::HostnameMismatch(_) => "hostname_mismatch",
             TlsFailure::ProtocolVersion => "protocol_version",
             TlsFailure::Handshake(_) | TlsFailure::ResponseInjection => "handshake",
+            TlsFailure::DaneMismatch(_) => "dane_mismatch",
         }
     }
 
@@ -75,6 +83,9 @@ impl TlsFailure {
         let rustls_error = error
             .get_ref()
             .and_then(|inner| inner.downcast_ref::<rustls::Error>());
+        if let Some(dane) = rustls_error.and_then(DaneError::from_rustls) {
+            return TlsFailure::DaneMismatch(dane.to_string());
+        }
         match rustls_error {
             Some(rustls::Error::InvalidCertificate(cert)) => match cert {
                 CertificateError::Expired | CertificateError::ExpiredContext { .. } => {
@@ -169,6 +180,44 @@ impl ClientTls {
     /// A validating configuration that accepts a certificate for any of `names` (T9).
     pub fn verified_for(&self, names: Vec<NamePattern>) -> Result<Arc<ClientConfig>, TlsFailure> {
         let verifier = PolicyVerifier::new(self.webpki.clone(), names);
+        let config = ClientConfig::builder_with_provider(self.provider.clone())
+            .with_protocol_versions(super::PROTOCOL_VERSIONS)
+            .map_err(|e| TlsFailure::Handshake(format!("client configuration: {e}")))?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(verifier))
+            .with_no_client_auth();
+        Ok(Arc::new(config))
+    }
+
+    /// A configuration that authenticates the peer by the TLSA records of its MX host
+    /// (RFC 7672, D1; see [`super::dane`]). `names`: the reference names a DANE-TA(2) chain
+    /// must carry (RFC 7672 §3.2.2: the MX host name and the recipient domain), and with
+    /// `pkix` the names the PKIX check uses; `pkix`: also require the public-root validation
+    /// (for a listed domain: DANE only ever adds to what `verify` demands, T2, T9).
+    ///
+    /// `tlsa` should be the [`dane::usable`] records; if none of them is usable this is an
+    /// error, not a configuration that accepts anything: a TLSA RRset without usable records
+    /// calls for unauthenticated TLS (RFC 7672 §2.2), which is [`ClientTls::opportunistic`]
+    /// with STARTTLS required — a decision for the caller.
+    pub fn dane_for(
+        &self,
+        tlsa: Vec<Tlsa>,
+        names: Vec<NamePattern>,
+        pkix: bool,
+    ) -> Result<Arc<ClientConfig>, TlsFailure> {
+        let usable = dane::usable(&tlsa);
+        if usable.is_empty() {
+            return Err(TlsFailure::DaneMismatch(format!(
+                "none of the {} TLSA record(s) is usable (RFC 7672 §3.1)",
+                tlsa.len()
+            )));
+        }
+        let verifier = DaneVerifier::new(
+            &usable,
+            names,
+            pkix.then(|| self.webpki.clone()),
+            self.provider.clone(),
+        );
         let config = ClientConfig::builder_with_provider(self.provider.clone())
             .with_protocol_versions(super::PROTOCOL_VERSIONS)
             .map_err(|e| TlsFailure::Handshake(format!("client configuration: {e}")))?

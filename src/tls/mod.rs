@@ -3,8 +3,10 @@
 //! * [`keys`]: loading certificate chains and private keys from PEM files, with the permission
 //!   check of S4, and generating self-signed certificates (`tlsgate gen-cert`, first start).
 //! * [`server_config`]: the STARTTLS server side, TLS 1.2 and 1.3 only (T8).
+//! * [`dane`]: authenticating a delivery peer by its TLSA records (RFC 7672, D1).
 
 pub mod client;
+pub mod dane;
 pub mod keys;
 pub mod stream;
 pub mod verify;

@@ -27,7 +27,8 @@ pub fn describe(patterns: &[NamePattern]) -> String {
 
 /// A certificate name that some pattern allows, as a name webpki can check: a plain SAN as it
 /// is; for a wildcard SAN (`*.example.no`), the name it would stand for that a pattern allows.
-fn candidate(san: &str, patterns: &[NamePattern], sni_host: &str) -> Option<String> {
+/// Also used by `tls::dane` for DANE-TA(2) names, so both checks read names alike.
+pub(super) fn candidate(san: &str, patterns: &[NamePattern], sni_host: &str) -> Option<String> {
     let san = san.trim_end_matches('.').to_ascii_lowercase();
     match san.strip_prefix("*.") {
         None => patterns.iter().any(|p| p.allows(&san)).then_some(san),
