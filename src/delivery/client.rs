@@ -303,11 +303,10 @@ impl SmtpConnection {
                 .tls
                 .verified_for(names.clone())
                 .map_err(ClientError::Tls)?,
-            Requirement::Dane { .. } => {
-                return Err(ClientError::Tls(TlsFailure::Handshake(
-                    "DANE authentication is not built yet".into(),
-                )))
-            }
+            Requirement::Dane { tlsa, names, pkix } => p
+                .tls
+                .dane_for(tlsa.clone(), names.clone(), *pkix)
+                .map_err(ClientError::Tls)?,
             _ => p.tls.opportunistic.clone(),
         };
         let name = ServerName::try_from(p.host.to_string()).map_err(|_| {

@@ -337,15 +337,29 @@ fn dane_names(host: &str, domain: Option<&Domain>, match_names: &[String]) -> Ve
 
 /// RFC 7672 section 3.1.3: only DANE-TA(2) and DANE-EE(3) are usable for SMTP, with a known
 /// selector (0 certificate, 1 SPKI) and matching type (0 exact, 1 SHA-256, 2 SHA-512) whose
-/// digest has the right length.
+/// data can match: a digest of the right length, or for an exact match the DER of a whole
+/// certificate or SubjectPublicKeyInfo. A record that cannot match is as useless as one with an
+/// unknown parameter (section 2.2: none usable means unauthenticated TLS, not a failure).
 pub fn usable(record: &Tlsa) -> bool {
-    let length_ok = match record.matching {
-        0 => !record.data.is_empty(),
-        1 => record.data.len() == 32,
-        2 => record.data.len() == 64,
+    if !matches!(record.usage, 2 | 3) {
+        return false;
+    }
+    match (record.selector, record.matching) {
+        (0 | 1, 1) => record.data.len() == 32,
+        (0 | 1, 2) => record.data.len() == 64,
+        (0, 0) => matches!(
+            x509_parser::parse_x509_certificate(&record.data),
+            Ok((rest, _)) if rest.is_empty()
+        ),
+        (1, 0) => {
+            use x509_parser::prelude::FromDer;
+            matches!(
+                x509_parser::x509::SubjectPublicKeyInfo::from_der(&record.data),
+                Ok((rest, _)) if rest.is_empty()
+            )
+        }
         _ => false,
-    };
-    matches!(record.usage, 2 | 3) && matches!(record.selector, 0 | 1) && length_ok
+    }
 }
 
 #[cfg(test)]

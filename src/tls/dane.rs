@@ -61,30 +61,11 @@ pub const DANE_EE: u8 = 3;
 ///
 /// An empty result for non-empty `records` means: STARTTLS still required, no authentication.
 pub fn usable(records: &[Tlsa]) -> Vec<Tlsa> {
-    records.iter().filter(|r| is_usable(r)).cloned().collect()
-}
-
-/// Whether one record passes the tests of [`usable`].
-fn is_usable(record: &Tlsa) -> bool {
-    if record.usage != DANE_TA && record.usage != DANE_EE {
-        return false;
-    }
-    match (record.selector, record.matching) {
-        (0 | 1, 1) => record.data.len() == 32,
-        (0 | 1, 2) => record.data.len() == 64,
-        (0, 0) => matches!(
-            x509_parser::parse_x509_certificate(&record.data),
-            Ok((rest, _)) if rest.is_empty()
-        ),
-        (1, 0) => {
-            use x509_parser::prelude::FromDer;
-            matches!(
-                x509_parser::x509::SubjectPublicKeyInfo::from_der(&record.data),
-                Ok((rest, _)) if rest.is_empty()
-            )
-        }
-        _ => false,
-    }
+    records
+        .iter()
+        .filter(|r| crate::policy::decision::usable(r))
+        .cloned()
+        .collect()
 }
 
 /// Why a certificate chain failed DANE authentication. Travels inside the rustls error
