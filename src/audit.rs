@@ -168,6 +168,8 @@ pub enum AuditEvent {
         cert_sha256: Option<String>,
         /// The TLS level applied (`verify`, `secure`, …).
         level: String,
+        /// Where the level came from (`list`, `config`, `dane`, `requiretls`).
+        policy_source: String,
     },
     /// TLS with a remote host failed (or was not offered) where policy required it.
     TlsFailure {
@@ -181,10 +183,12 @@ pub enum AuditEvent {
         reason: String,
         /// The TLS level that was required.
         level: String,
+        /// Where the level came from (`list`, `config`, `dane`, `requiretls`).
+        policy_source: String,
     },
     /// A recipient was delivered (S1: every delivery decision, listed or not). `tls_version` is
     /// `"none"` for plaintext; `level` is the TLS level applied and `policy_source` where it
-    /// came from (`list`, `config`, `requiretls`, `opportunistic`).
+    /// came from (`list`, `config`, `dane`, `requiretls`, `opportunistic`).
     Delivered {
         /// The message.
         queue_id: String,

@@ -28,6 +28,7 @@ fn delivery(i: usize) -> AuditEvent {
         cipher: "TLS13_AES_256_GCM_SHA384".into(),
         cert_sha256: Some("ab".repeat(32)),
         level: "verify".into(),
+        policy_source: "list".into(),
     }
 }
 

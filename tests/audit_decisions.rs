@@ -121,6 +121,12 @@ async fn a_tls_delivery_under_a_policy_entry_is_audited_with_its_source() {
     assert_eq!(delivered["tls_version"], "TLSv1.3");
     assert_eq!(delivered["level"], "verify");
     assert_eq!(delivered["policy_source"], "config");
+    // An authenticated delivery (here by a `verify` entry, not the list) also records the
+    // certificate, with the policy source (issue 12 item 5).
+    let tls = wait_for_entry(&s, "tls_delivery", |e| e["queue_id"] == id.as_str()).await;
+    assert_eq!(tls["policy_source"], "config");
+    assert_eq!(tls["level"], "verify");
+    assert_eq!(tls["cert_sha256"].as_str().map(str::len), Some(64));
 }
 
 /// tlsgate's own permanent decision (here SMTPUTF8 not offered) carries its reason.

@@ -342,7 +342,8 @@ async fn deliver_to_hosts(
                         source: policy.source,
                     };
                     let delivered = result.replies.iter().any(|(_, r)| r.code / 100 == 2);
-                    if let (true, true, Some(tls)) = (delivered, policy.listed, &conn.tls) {
+                    let audited = policy.listed || policy.require.authenticated();
+                    if let (true, true, Some(tls)) = (delivered, audited, &conn.tls) {
                         crate::audit::submit(
                             ctx.audit,
                             AuditEvent::TlsDelivery {
@@ -359,6 +360,7 @@ async fn deliver_to_hosts(
                                         .collect()
                                 }),
                                 level: policy.level.to_string(),
+                                policy_source: policy.source.label().to_string(),
                             },
                         );
                     }
@@ -459,6 +461,7 @@ fn tls_policy_failure(
             host: host.to_string(),
             reason: reason.to_string(),
             level: policy.level.to_string(),
+            policy_source: policy.source.label().to_string(),
         },
     );
     tracing::warn!(queue_id = %meta.id, destination = %destination, host = %host,
