@@ -229,3 +229,199 @@ async fn resolver_mode_servfail_with_ede_6_is_bogus() {
         Err(DnsError::Temporary { .. })
     ));
 }
+
+// ---- configuration (D5 defaults and refusals) ----
+
+const CONFIG: &str = r#"
+[server]
+data_dir = "/var/lib/tlsgate"
+[[listener]]
+bind = "127.0.0.1:2525"
+role = "inbound"
+[inbound]
+local_domains = ["example.no"]
+"#;
+
+fn config(dns: &str) -> Result<tlsgate::config::Config, tlsgate::config::ConfigError> {
+    tlsgate::config::Config::from_toml(&format!("{CONFIG}\n[dns]\n{dns}\n"), "/etc/t.toml")
+}
+
+fn refused_key(dns: &str) -> (String, String) {
+    match config(dns) {
+        Err(tlsgate::config::ConfigError::Invalid { key, reason, .. }) => (key, reason),
+        other => panic!("expected a refusal of {dns:?}, got {other:?}"),
+    }
+}
+
+/// D5 defaults: `validate` with the system resolver, `resolver` when every nameserver is on
+/// loopback (a local unbound), `off` with a warning for a resolver across the network.
+#[test]
+fn dnssec_defaults_follow_the_nameservers() {
+    let system = config("").unwrap();
+    assert_eq!(system.dns.dnssec, DnssecMode::Validate);
+    assert!(system.dns.trust_anchor.is_none());
+    assert!(system.dns.dnssec_warning().is_none());
+    let local = config(r#"nameservers = ["127.0.0.1:53", "[::1]:53"]"#).unwrap();
+    assert_eq!(local.dns.dnssec, DnssecMode::Resolver);
+    let far = config(r#"nameservers = ["192.0.2.53:53"]"#).unwrap();
+    assert_eq!(far.dns.dnssec, DnssecMode::Off);
+    let warning = far.dns.dnssec_warning().expect("a warning");
+    assert!(warning.contains("DANE is unavailable"), "{warning}");
+    // Written explicitly, off is no surprise: no warning.
+    let off = config("nameservers = [\"192.0.2.53:53\"]\ndnssec = \"off\"").unwrap();
+    assert!(off.dns.dnssec_warning().is_none());
+    let summary = tlsgate::config::summary(&far);
+    assert!(summary.contains("dnssec:            off"), "{summary}");
+}
+
+/// RFC 6840 section 5.7: the AD bit is only as good as the path to the resolver, so
+/// `resolver` with a nameserver off loopback (or the system resolver) is a configuration error
+/// naming `dns.dnssec`.
+#[test]
+fn resolver_mode_with_a_non_loopback_nameserver_is_refused() {
+    let (key, reason) =
+        refused_key("nameservers = [\"127.0.0.1:53\", \"192.0.2.53:53\"]\ndnssec = \"resolver\"");
+    assert_eq!(key, "dns.dnssec");
+    assert!(reason.contains("192.0.2.53:53"), "{reason}");
+    let (key, _) = refused_key("dnssec = \"resolver\"");
+    assert_eq!(key, "dns.dnssec");
+    let (key, reason) = refused_key("dnssec = \"maybe\"");
+    assert_eq!(key, "dns.dnssec");
+    assert!(reason.contains("maybe"), "{reason}");
+}
+
+/// `dns.trust_anchor`: the root's DNSKEY in zone-file form, with an optional DS that must
+/// match it (RFC 4034 section 5.1.4); a mismatch or an unreadable file is refused at load.
+#[tokio::test]
+async fn trust_anchor_file_is_checked_at_load() {
+    let pki = SignedDns::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let with_ds = dir.path().join("with-ds.key");
+    std::fs::write(
+        &with_ds,
+        format!("{}{}", pki.trust_anchor_text(), pki.trust_anchor_ds()),
+    )
+    .unwrap();
+    let ok = config(&format!(
+        "dnssec = \"validate\"\ntrust_anchor = \"{}\"",
+        with_ds.display()
+    ))
+    .unwrap();
+    assert_eq!(ok.dns.trust_anchor.as_deref(), Some(with_ds.as_path()));
+
+    let wrong = dir.path().join("wrong.key");
+    let other = SignedDns::start().await;
+    std::fs::write(
+        &wrong,
+        format!("{}{}", pki.trust_anchor_text(), other.trust_anchor_ds()),
+    )
+    .unwrap();
+    let (key, reason) = refused_key(&format!("trust_anchor = \"{}\"", wrong.display()));
+    assert_eq!(key, "dns.trust_anchor");
+    assert!(reason.contains("matches none"), "{reason}");
+    let (key, _) = refused_key("trust_anchor = \"/nonexistent/root.key\"");
+    assert_eq!(key, "dns.trust_anchor");
+}
+
+// ---- through the relay ----
+
+/// D5 and RFC 4035 section 5.5: a bogus MX RRset of a signed destination is a temporary
+/// failure of that destination (4.7.5, the reason says "DNSSEC bogus"), never a silent fall
+/// back to unvalidated data: the MX host is not even contacted.
+#[tokio::test]
+async fn a_bogus_mx_defers_with_4_7_5() {
+    use common::relay::{ip, setup_dnssec, MX1};
+    let pki = SignedDns::start().await;
+    pki.zone("partner.test", Signed::Yes)
+        .add_mx("partner.test", 10, "mx1.partner.test")
+        .add_ip("mx1.partner.test", ip(MX1));
+    pki.corrupt_signature("partner.test", RecordType::MX);
+    let s = setup_dnssec(
+        (*pki).clone(),
+        &format!(
+            "dnssec = \"validate\"\ntrust_anchor = \"{}\"",
+            pki.trust_anchor_file().display()
+        ),
+        "retry_schedule = [\"1h\"]",
+        "",
+    )
+    .await;
+    let sink = s.sink(MX1, common::mx_sink::Behaviour::default()).await;
+    s.submit("kari@example.no", &["ola@partner.test"], "bogus MX")
+        .await;
+    let state = wait_for_deferral(&s).await;
+    assert_eq!(state.last_status.as_deref(), Some("4.7.5"), "{state:?}");
+    let reply = state.last_reply.clone().unwrap_or_default();
+    assert!(reply.contains("DNSSEC bogus"), "{reply}");
+    assert_eq!(sink.connections(), 0, "the bogus MX host was contacted");
+}
+
+/// D5: with a DNSSEC-stripping resolver path the relay does not defer mail to signed domains:
+/// the self-check reports DNSSEC unavailable (`tlsgate_dnssec_available{mode="validate"} 0`)
+/// and the MX answer is used as insecure.
+#[tokio::test]
+async fn a_stripping_resolver_is_reported_and_mail_still_flows() {
+    use common::relay::{ip, setup_dnssec, MX1};
+    let pki = SignedDns::start().await;
+    pki.zone("partner.test", Signed::Yes)
+        .add_mx("partner.test", 10, "mx1.partner.test")
+        .add_ip("mx1.partner.test", ip(MX1));
+    pki.strip_dnssec(true);
+    let s = setup_dnssec(
+        (*pki).clone(),
+        &format!(
+            "dnssec = \"validate\"\ntrust_anchor = \"{}\"",
+            pki.trust_anchor_file().display()
+        ),
+        "",
+        "[metrics]\nbind = \"127.0.0.1:0\"",
+    )
+    .await;
+    let metrics = s.relay.running().metrics_addr().expect("metrics bound");
+    let deadline = tokio::time::Instant::now() + common::STEP;
+    loop {
+        let body = scrape(metrics).await;
+        if body.contains("tlsgate_dnssec_available{mode=\"validate\"} 0") {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the self-check never reported DNSSEC unavailable:\n{body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let sink = s.sink(MX1, common::mx_sink::Behaviour::default()).await;
+    s.submit("kari@example.no", &["ola@partner.test"], "stripped")
+        .await;
+    s.wait_queue_empty().await;
+    assert_eq!(sink.messages().len(), 1);
+}
+
+async fn scrape(addr: std::net::SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    tokio::time::timeout(common::STEP, stream.read_to_end(&mut response))
+        .await
+        .expect("metrics in time")
+        .unwrap();
+    String::from_utf8_lossy(&response).into_owned()
+}
+
+/// Waits until the first recipient of the only queued message is deferred.
+async fn wait_for_deferral(s: &common::relay::Setup) -> tlsgate::queue::RecipientState {
+    let deadline = tokio::time::Instant::now() + common::STEP;
+    loop {
+        let store = s.relay.running().store();
+        if let Some(id) = store.message_ids().unwrap().first() {
+            let state = store.recipient_states(id).unwrap().remove(0);
+            if state.status == tlsgate::queue::RecipientStatus::Deferred {
+                return state;
+            }
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no deferral");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
