@@ -8,6 +8,7 @@
 #                     tests/peers/old_tls_smtp.py (a TLS 1.0/1.1-only OpenSSL peer)
 #   promtool          tests/deploy_files.rs (alert rules checked and unit-tested)
 #   nmap              tests/open_relay_scan.rs (the smtp-open-relay audit script)
+#   unbound           tests/dnssec.rs (a validating resolver on loopback, dns.dnssec = "resolver")
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -30,5 +31,7 @@ if ! python3 -c "import dkim" 2>/dev/null; then
 fi
 command -v promtool >/dev/null || apt_install prometheus || echo "scripts/test.sh: promtool not installed; tests/deploy_files.rs checks the rules structurally only" >&2
 command -v nmap >/dev/null || apt_install nmap
+# The tests start their own unbound on a free loopback port (the package's service is not used).
+[ -x /usr/sbin/unbound ] || command -v unbound >/dev/null || apt_install unbound
 
 exec cargo test --locked "$@"

@@ -295,6 +295,10 @@ fn check_config(path: Option<&Path>) -> anyhow::Result<()> {
         println!("domain_list:       {} domains", list.current().len());
     }
     print!("{}", tlsgate::config::summary(&config));
+    if config.dns.dnssec != tlsgate::dns::DnssecMode::Off {
+        // No network here: whether the resolver path carries DNSSEC is `probe`'s to check.
+        println!("dnssec self-check: run `tlsgate probe DOMAIN` to check the resolver path");
+    }
     println!("configuration ok");
     Ok(())
 }
@@ -356,7 +360,27 @@ fn domains_check(
     let tls = tlsgate::startup::client_tls(&config)?;
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     let reports = runtime.block_on(async {
-        let resolver = tlsgate::dns::HickoryResolver::new(&config.dns.nameservers, timeout)?;
+        let resolver = tlsgate::dns::HickoryResolver::with_dnssec(
+            &config.dns.nameservers,
+            timeout,
+            config.dns.dnssec,
+            config.dns.trust_anchor.as_deref(),
+        )?;
+        // The DNSSEC self-check first (D5): where the resolver path carries no DNSSEC, DANE is
+        // unavailable and every answer below is insecure. On stderr with --json, so that
+        // stdout stays JSON.
+        let dnssec = match resolver.check_dnssec().await {
+            Ok(status) => format!("dnssec: {}, {status}", config.dns.dnssec),
+            Err(e) => format!(
+                "dnssec: {}, self-check got no answer ({e}); treated as available",
+                config.dns.dnssec
+            ),
+        };
+        if json {
+            eprintln!("{dnssec}");
+        } else {
+            println!("{dnssec}");
+        }
         anyhow::Ok(
             tlsgate::compliance::check_domains(
                 std::sync::Arc::new(config),

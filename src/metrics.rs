@@ -83,6 +83,10 @@ pub struct Metrics {
     pub domain_list_max_age_days: IntGauge,
     /// `tlsgate_domain_list_reload_failures_total`: list files refused at reload.
     pub domain_list_reload_failures: IntCounter,
+    /// `tlsgate_dnssec_available{mode}`: 1 when the resolver path carries DNSSEC (the last
+    /// self-check passed, or none has concluded yet), 0 when DANE is unavailable (D5); `mode`
+    /// is `dns.dnssec` (`off` is always 0).
+    pub dnssec_available: IntGaugeVec,
     /// Listeners bound and queue open (`/readyz`).
     ready: AtomicBool,
 }
@@ -199,6 +203,13 @@ impl Metrics {
                 &r,
                 "tlsgate_domain_list_reload_failures_total",
                 "Domain list files refused at reload (the old list stayed in force)",
+            ),
+            dnssec_available: gauge_vec(
+                &r,
+                "tlsgate_dnssec_available",
+                "1 when the resolver path carries DNSSEC (self-check passed), 0 when DANE is \
+                 unavailable (D5), by dns.dnssec mode",
+                &["mode"],
             ),
             registry: r,
             ready: AtomicBool::new(false),

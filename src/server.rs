@@ -88,9 +88,18 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
     let (committer, announced) =
         Committer::start(store.clone() as Arc<dyn Store>).map_err(ServerError::Committer)?;
     let client_tls = files.client_tls;
-    // One resolver for the whole relay: delivery and sender authentication share its cache.
-    let resolver = HickoryResolver::new(&config.dns.nameservers, crate::dns::QUERY_TIMEOUT)
-        .map_err(ServerError::Dns)?;
+    // One resolver for the whole relay: delivery and sender authentication share it; its
+    // DNSSEC mode is `dns.dnssec` (D5).
+    let resolver = HickoryResolver::with_dnssec(
+        &config.dns.nameservers,
+        crate::dns::QUERY_TIMEOUT,
+        config.dns.dnssec,
+        config.dns.trust_anchor.as_deref(),
+    )
+    .map_err(ServerError::Dns)?;
+    if let Some(warning) = config.dns.dnssec_warning() {
+        tracing::warn!("{warning}");
+    }
     let sender_auth = config.inbound.auth.as_ref().map(|a| {
         Arc::new(crate::auth::Verifier::with_resolver(
             resolver.tokio_resolver(),
@@ -183,7 +192,7 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
         store: store.clone(),
         committer: committer.clone(),
         announced,
-        resolver,
+        resolver: resolver.clone(),
         tls: client_tls,
         domain_list: domain_list.clone(),
         metrics: metrics.clone(),
@@ -265,6 +274,11 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
         }
     }
     tokio::spawn(apply_audit_retention(audit_log.clone(), shutdown.clone()));
+    tokio::spawn(crate::ops::dnssec::self_check(
+        resolver.clone(),
+        metrics.clone(),
+        shutdown.clone(),
+    ));
     metrics.set_ready(true);
     Ok(RunningServer {
         admin_addr,

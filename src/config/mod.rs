@@ -9,6 +9,7 @@
 
 mod raw;
 
+use crate::dns::DnssecMode;
 use crate::domain::Domain;
 use crate::policy::domain_list::AgeFrom;
 use crate::policy::{PolicyEntry, PolicyTarget, TlsLevel};
@@ -314,6 +315,27 @@ pub enum DsnLanguage {
 pub struct DnsSection {
     /// Resolvers as `ip:port`; empty means the system resolver (`/etc/resolv.conf`).
     pub nameservers: Vec<SocketAddr>,
+    /// `dns.dnssec`, or its default: `validate` with the system resolver, `resolver` when
+    /// every nameserver is on loopback, else `off` (D5).
+    pub dnssec: DnssecMode,
+    /// True when `dns.dnssec` was written, false when defaulted.
+    pub dnssec_explicit: bool,
+    /// `dns.trust_anchor`: the root's DNSKEY records for `validate`; `None`: the IANA root
+    /// KSKs built in.
+    pub trust_anchor: Option<PathBuf>,
+}
+
+impl DnsSection {
+    /// The warning to log at start when DNSSEC is off by default (D5): the nameservers are
+    /// not on loopback, so their AD bit could be forged on the way.
+    pub fn dnssec_warning(&self) -> Option<String> {
+        (self.dnssec == DnssecMode::Off && !self.dnssec_explicit).then(|| {
+            "dns.dnssec defaults to \"off\": dns.nameservers are not all on loopback, so their \
+             AD bit cannot be trusted; DANE is unavailable. Set dns.dnssec = \"validate\" to \
+             validate in-process, or run a validating resolver on loopback"
+                .to_string()
+        })
+    }
 }
 
 /// `[domain_list]`: where the tvungen TLS domain list is read from and how its age is
@@ -501,6 +523,73 @@ pub fn canonical_ip(ip: IpAddr) -> IpAddr {
             .unwrap_or(IpAddr::V6(v6)),
         v4 => v4,
     }
+}
+
+/// `[dns]`, with the DNSSEC mode's defaults and rules (D5).
+fn dns_section(
+    c: &Checker<'_>,
+    raw: raw::RawDns,
+    resolve: &dyn Fn(PathBuf) -> PathBuf,
+) -> Result<DnsSection, ConfigError> {
+    let nameservers: Vec<SocketAddr> = raw
+        .nameservers
+        .unwrap_or_default()
+        .iter()
+        .map(|ns| c.socket_addr("dns.nameservers", ns))
+        .collect::<Result<_, _>>()?;
+    let all_loopback = nameservers.iter().all(|a| a.ip().is_loopback());
+    let dnssec = match raw.dnssec.as_deref() {
+        Some("off") => DnssecMode::Off,
+        Some("resolver") => DnssecMode::Resolver,
+        Some("validate") => DnssecMode::Validate,
+        Some(other) => {
+            return Err(c.err(
+                "dns.dnssec",
+                format!("{other:?} is not \"off\", \"resolver\" or \"validate\""),
+            ))
+        }
+        None if nameservers.is_empty() => DnssecMode::Validate,
+        None if all_loopback => DnssecMode::Resolver,
+        None => DnssecMode::Off,
+    };
+    if dnssec == DnssecMode::Resolver {
+        // The AD bit is only as good as the path to the resolver (RFC 6840 section 5.7).
+        if nameservers.is_empty() {
+            return Err(c.err(
+                "dns.dnssec",
+                "\"resolver\" trusts the AD bit of dns.nameservers, and none is set (the \
+                 system resolver's path is unknown); use \"validate\", or name a validating \
+                 resolver on loopback",
+            ));
+        }
+        if let Some(far) = nameservers.iter().find(|a| !a.ip().is_loopback()) {
+            return Err(c.err(
+                "dns.dnssec",
+                format!(
+                    "\"resolver\" trusts the AD bit, which is only as good as the path to the \
+                     resolver: dns.nameservers has {far}, not a loopback address; use \
+                     \"validate\", or a validating resolver on loopback"
+                ),
+            ));
+        }
+    }
+    let trust_anchor = raw.trust_anchor.map(resolve);
+    if let Some(path) = &trust_anchor {
+        if dnssec != DnssecMode::Validate {
+            return Err(c.err(
+                "dns.trust_anchor",
+                format!("used only with dns.dnssec = \"validate\" (it is \"{dnssec}\")"),
+            ));
+        }
+        crate::dns::anchor::load(Some(path))
+            .map_err(|e| c.err("dns.trust_anchor", e.to_string()))?;
+    }
+    Ok(DnsSection {
+        nameservers,
+        dnssec,
+        dnssec_explicit: raw.dnssec.is_some(),
+        trust_anchor,
+    })
 }
 
 struct Checker<'a> {
@@ -869,16 +958,7 @@ fn validate(raw: raw::RawConfig, file: &str) -> Result<Config, ConfigError> {
         }
     }
 
-    let dns = DnsSection {
-        nameservers: raw
-            .dns
-            .unwrap_or_default()
-            .nameservers
-            .unwrap_or_default()
-            .iter()
-            .map(|ns| c.socket_addr("dns.nameservers", ns))
-            .collect::<Result<_, _>>()?,
-    };
+    let dns = dns_section(&c, raw.dns.unwrap_or_default(), &resolve)?;
 
     let dl = raw.domain_list.unwrap_or_default();
     let domain_list = DomainListSection {
@@ -1116,5 +1196,39 @@ pub fn summary(config: &Config) -> String {
         let _ = writeln!(out, "metrics:           http://{metrics}/metrics");
     }
     let _ = writeln!(out, "audit log:         {}", config.audit.dir.display());
+    let resolvers = if config.dns.nameservers.is_empty() {
+        "system resolver".to_string()
+    } else {
+        let list: Vec<String> = config
+            .dns
+            .nameservers
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        list.join(", ")
+    };
+    let _ = writeln!(out, "dns:               {resolvers}");
+    let how = match config.dns.dnssec {
+        DnssecMode::Off => "off: every answer insecure, no DANE".to_string(),
+        DnssecMode::Resolver => "resolver: the AD bit of the loopback resolver".to_string(),
+        DnssecMode::Validate => format!(
+            "validate: in-process, trust anchor {}",
+            config
+                .dns
+                .trust_anchor
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| "the IANA root KSKs (built in)".to_string())
+        ),
+    };
+    let defaulted = if config.dns.dnssec_explicit {
+        ""
+    } else {
+        " (default)"
+    };
+    let _ = writeln!(out, "dnssec:            {how}{defaulted}");
+    if let Some(warning) = config.dns.dnssec_warning() {
+        let _ = writeln!(out, "warning:           {warning}");
+    }
     out
 }

@@ -129,6 +129,8 @@ pub(super) struct RawDelivery {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawDns {
     pub nameservers: Option<Vec<String>>,
+    pub dnssec: Option<String>,
+    pub trust_anchor: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]

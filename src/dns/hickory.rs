@@ -1,72 +1,208 @@
-//! [`Resolver`] over hickory-resolver.
+//! [`Resolver`] over hickory-resolver, with the DNSSEC status of every answer (D5).
+//!
+//! Three engines answer, by `dns.dnssec` and by the last self-check:
+//! * `validate`: hickory's validating resolver (RFC 4035 section 5) from the trust anchor;
+//!   each record carries hickory's proof, and an answer is secure when all its records are.
+//! * `resolver`: the [`Stub`] asks the loopback resolver with AD and DO set, and trusts the
+//!   AD bit of the reply (RFC 6840 section 5.7); its SERVFAIL with a DNSSEC extended error
+//!   (RFC 8914) is bogus data.
+//! * `off`, and either mode while the self-check finds no DNSSEC on the path: hickory without
+//!   validation, every answer insecure.
 
-use super::{DnsError, DnsFuture, MxRecord, Resolver, Secured, Tlsa};
+use super::stub::{extended_errors, Stub};
+use super::{
+    DnsError, DnsFuture, DnssecMode, DnssecStatus, MxRecord, Resolver, Secured, Security, Tlsa,
+};
 use crate::domain::Domain;
 use hickory_resolver::config::{NameServerConfig, ResolverConfig, ResolverOpts};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
-use hickory_resolver::net::NetError;
-use hickory_resolver::proto::rr::{RData, RecordType};
+use hickory_resolver::net::{DnsError as HickoryDnsError, NetError};
+use hickory_resolver::proto::dnssec::rdata::DNSSECRData;
+use hickory_resolver::proto::dnssec::{DnssecSummary, Proof};
+use hickory_resolver::proto::op::ResponseCode;
+use hickory_resolver::proto::rr::{Name, RData, Record, RecordType};
 use hickory_resolver::TokioResolver;
 use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-/// hickory's resolver with its cache. Built once per process (`server` at start) and shared:
-/// delivery and `probe` use it through [`Resolver`], sender authentication through
-/// [`HickoryResolver::tokio_resolver`].
+/// hickory's resolver with its cache, and the DNSSEC engine of `dns.dnssec`. Built once per
+/// process (`server` at start) and shared: delivery and `probe` use it through [`Resolver`],
+/// sender authentication through [`HickoryResolver::tokio_resolver`].
 pub struct HickoryResolver {
-    inner: TokioResolver,
+    /// Without validation: `dnssec = "off"`, the fallback while the path carries no DNSSEC,
+    /// and sender authentication's resolver (SPF and DKIM do not depend on DNSSEC, and a
+    /// broken signature must not turn their lookups into temporary errors).
+    plain: TokioResolver,
+    /// The DNSSEC engine of the configured mode.
+    engine: Engine,
+    /// `dns.dnssec`.
+    mode: DnssecMode,
+    /// What the last conclusive self-check found; shared with the task that repeats it.
+    status: Arc<RwLock<DnssecStatus>>,
+}
+
+enum Engine {
+    Off,
+    /// hickory's validating resolver (its own cache, DO bit set on every query).
+    Validate(TokioResolver),
+    /// The loopback validating resolver, asked directly so that the AD bit can be read.
+    Resolver(Stub),
+}
+
+/// One RRset lookup's outcome: the records of the asked type (empty for NODATA) and how far
+/// they can be trusted.
+struct Answer {
+    records: Vec<RData>,
+    security: Security,
 }
 
 impl HickoryResolver {
-    /// `nameservers` empty: the system configuration (/etc/resolv.conf).
+    /// `nameservers` empty: the system configuration (/etc/resolv.conf). DNSSEC off: every
+    /// answer insecure (for uses that need no DNSSEC).
     pub fn new(nameservers: &[SocketAddr], timeout: Duration) -> Result<HickoryResolver, DnsError> {
-        let setup = |e: NetError| DnsError::Temporary {
+        Self::with_dnssec(nameservers, timeout, DnssecMode::Off, None)
+    }
+
+    /// A resolver whose answers carry their DNSSEC status as `mode` decides (`dns.dnssec`);
+    /// `trust_anchor` is `dns.trust_anchor` (`validate` only; `None`: the IANA root KSKs).
+    /// The self-check has not run yet ([`DnssecStatus::Unchecked`]).
+    pub fn with_dnssec(
+        nameservers: &[SocketAddr],
+        timeout: Duration,
+        mode: DnssecMode,
+        trust_anchor: Option<&Path>,
+    ) -> Result<HickoryResolver, DnsError> {
+        let setup = |reason: String| DnsError::Temporary {
             name: "resolver set-up".into(),
-            reason: e.to_string(),
+            reason,
         };
-        let mut builder = if nameservers.is_empty() {
-            TokioResolver::builder_tokio().map_err(setup)?
+        let plain = build(nameservers, timeout, None).map_err(|e| setup(e.to_string()))?;
+        let engine = match mode {
+            DnssecMode::Off => Engine::Off,
+            DnssecMode::Validate => {
+                let anchors =
+                    super::anchor::load(trust_anchor).map_err(|e| DnsError::Temporary {
+                        name: "dns.trust_anchor".into(),
+                        reason: e.to_string(),
+                    })?;
+                Engine::Validate(
+                    build(nameservers, timeout, Some(anchors)).map_err(|e| setup(e.to_string()))?,
+                )
+            }
+            DnssecMode::Resolver => {
+                // The AD bit is only as good as the path to the resolver (RFC 6840 section
+                // 5.7); the configuration refuses this too, with the key's name.
+                if nameservers.is_empty() || !nameservers.iter().all(|a| a.ip().is_loopback()) {
+                    return Err(setup(
+                        "dns.dnssec = \"resolver\" needs dns.nameservers, all on loopback".into(),
+                    ));
+                }
+                Engine::Resolver(Stub::new(nameservers.to_vec(), timeout, 2))
+            }
+        };
+        let status = if mode == DnssecMode::Off {
+            DnssecStatus::Off
         } else {
-            let servers = nameservers
-                .iter()
-                .map(|addr| {
-                    let mut ns = NameServerConfig::udp_and_tcp(addr.ip());
-                    for conn in &mut ns.connections {
-                        conn.port = addr.port();
-                    }
-                    ns
-                })
-                .collect();
-            TokioResolver::builder_with_config(
-                ResolverConfig::from_name_servers(servers),
-                TokioRuntimeProvider::default(),
-            )
+            DnssecStatus::Unchecked
         };
-        let opts: &mut ResolverOpts = builder.options_mut();
-        opts.timeout = timeout;
-        opts.attempts = 2;
-        // Names are always fully qualified here: no search-list expansion.
-        opts.ndots = 0;
-        let inner = builder.build().map_err(setup)?;
-        Ok(HickoryResolver { inner })
+        Ok(HickoryResolver {
+            plain,
+            engine,
+            mode,
+            status: Arc::new(RwLock::new(status)),
+        })
     }
 
     /// The same resolver, cache included, as mail-auth takes it (mail-auth names hickory's
     /// type through its own dependency; Cargo.lock holds one hickory-resolver for both).
+    /// Never validating: sender authentication does not depend on DNSSEC.
     pub fn tokio_resolver(&self) -> TokioResolver {
-        self.inner.clone()
+        self.plain.clone()
+    }
+
+    /// `dns.dnssec` as configured (or defaulted).
+    pub fn dnssec_mode(&self) -> DnssecMode {
+        self.mode
+    }
+
+    /// Whether the resolver path carries DNSSEC, as the last conclusive self-check found.
+    pub fn dnssec_status(&self) -> DnssecStatus {
+        self.status
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// The DNSSEC self-check (D5): the root's DNSKEY RRset must come with its signatures and
+    /// validate against the trust anchor (`validate`), or come with the AD bit set
+    /// (`resolver`). A conclusive answer becomes the status every later lookup follows; a
+    /// lookup that gets no answer at all (`Err`) leaves the status as it was, so that a
+    /// network fault does not switch DANE off.
+    pub async fn check_dnssec(&self) -> Result<DnssecStatus, DnsError> {
+        let status = match &self.engine {
+            Engine::Off => DnssecStatus::Off,
+            Engine::Validate(resolver) => check_validating(resolver).await?,
+            Engine::Resolver(stub) => check_resolver(stub).await?,
+        };
+        *self
+            .status
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = status.clone();
+        Ok(status)
+    }
+
+    /// One RRset, through the engine the mode and the self-check select.
+    async fn lookup(&self, name: &str, record_type: RecordType) -> Result<Answer, DnsError> {
+        let in_use = self.dnssec_status().in_use();
+        match (&self.engine, in_use) {
+            (Engine::Validate(resolver), true) => hickory_lookup(resolver, name, record_type).await,
+            (Engine::Resolver(stub), _) => stub_lookup(stub, name, record_type, in_use).await,
+            _ => {
+                let mut answer = hickory_lookup(&self.plain, name, record_type).await?;
+                answer.security = Security::Insecure;
+                Ok(answer)
+            }
+        }
     }
 }
 
-fn classify(name: &str, e: NetError) -> DnsError {
-    if e.is_nx_domain() {
-        DnsError::NoSuchDomain(name.to_string())
+/// A hickory resolver on `nameservers` (the system's when empty); validating from `anchors`
+/// when given.
+fn build(
+    nameservers: &[SocketAddr],
+    timeout: Duration,
+    anchors: Option<hickory_resolver::proto::dnssec::TrustAnchors>,
+) -> Result<TokioResolver, NetError> {
+    let mut builder = if nameservers.is_empty() {
+        TokioResolver::builder_tokio()?
     } else {
-        DnsError::Temporary {
-            name: name.to_string(),
-            reason: e.to_string(),
-        }
+        let servers = nameservers
+            .iter()
+            .map(|addr| {
+                let mut ns = NameServerConfig::udp_and_tcp(addr.ip());
+                for conn in &mut ns.connections {
+                    conn.port = addr.port();
+                }
+                ns
+            })
+            .collect();
+        TokioResolver::builder_with_config(
+            ResolverConfig::from_name_servers(servers),
+            TokioRuntimeProvider::default(),
+        )
+    };
+    let opts: &mut ResolverOpts = builder.options_mut();
+    opts.timeout = timeout;
+    opts.attempts = 2;
+    // Names are always fully qualified here: no search-list expansion.
+    opts.ndots = 0;
+    if let Some(anchors) = anchors {
+        opts.validate = true;
+        builder = builder.with_trust_anchor(Arc::new(anchors));
     }
+    builder.build()
 }
 
 fn fqdn(name: &str) -> String {
@@ -77,29 +213,244 @@ fn fqdn(name: &str) -> String {
     }
 }
 
+fn bogus(name: &str, reason: impl Into<String>) -> DnsError {
+    DnsError::Bogus {
+        name: name.to_string(),
+        reason: reason.into(),
+    }
+}
+
+fn temporary(name: &str, reason: impl Into<String>) -> DnsError {
+    DnsError::Temporary {
+        name: name.to_string(),
+        reason: reason.into(),
+    }
+}
+
+/// The security hickory's proofs give a set of records (RRSIGs skipped: only the one used
+/// carries the RRset's proof). Unvalidated records (the plain resolver) are insecure.
+fn summary<'a>(
+    name: &str,
+    records: impl Iterator<Item = &'a Record>,
+) -> Result<Security, DnsError> {
+    match DnssecSummary::from_records(records) {
+        DnssecSummary::Secure => Ok(Security::Secure),
+        DnssecSummary::Insecure => Ok(Security::Insecure),
+        DnssecSummary::Bogus => Err(bogus(
+            name,
+            "the answer's signatures do not validate (RFC 4035 section 5.5)",
+        )),
+    }
+}
+
+async fn hickory_lookup(
+    resolver: &TokioResolver,
+    name: &str,
+    record_type: RecordType,
+) -> Result<Answer, DnsError> {
+    match resolver.lookup(fqdn(name), record_type).await {
+        Ok(lookup) => {
+            let answers = lookup.answers();
+            let security = summary(
+                name,
+                answers.iter().filter(|r| {
+                    r.record_type() == record_type || r.record_type() == RecordType::CNAME
+                }),
+            )?;
+            Ok(Answer {
+                records: answers
+                    .iter()
+                    .filter(|r| r.record_type() == record_type)
+                    .map(|r| r.data.clone())
+                    .collect(),
+                security,
+            })
+        }
+        Err(NetError::Dns(HickoryDnsError::DnssecBogus)) => Err(bogus(
+            name,
+            "the answer (or its denial) does not validate from the trust anchor \
+             (RFC 4035 section 5.5)",
+        )),
+        Err(NetError::Dns(HickoryDnsError::Nsec { proof, .. })) if proof == Proof::Bogus => {
+            Err(bogus(
+                name,
+                "the denial of existence does not validate (RFC 4035 section 5.4)",
+            ))
+        }
+        // A denial hickory could not prove secure but that is not bogus (NSEC3 opt-out or
+        // iterations over the limit, RFC 9276): an insecure empty answer.
+        Err(NetError::Dns(HickoryDnsError::Nsec { .. })) => Ok(Answer {
+            records: Vec::new(),
+            security: Security::Insecure,
+        }),
+        Err(NetError::Dns(HickoryDnsError::NoRecordsFound(none))) => {
+            if none.response_code == ResponseCode::NXDomain {
+                return Err(DnsError::NoSuchDomain(name.to_string()));
+            }
+            let security = match &none.authorities {
+                Some(authorities) if !authorities.is_empty() => summary(name, authorities.iter())?,
+                _ => Security::Insecure,
+            };
+            Ok(Answer {
+                records: Vec::new(),
+                security,
+            })
+        }
+        Err(e) if e.is_nx_domain() => Err(DnsError::NoSuchDomain(name.to_string())),
+        Err(e) => Err(temporary(name, e.to_string())),
+    }
+}
+
+async fn stub_lookup(
+    stub: &Stub,
+    name: &str,
+    record_type: RecordType,
+    dnssec_in_use: bool,
+) -> Result<Answer, DnsError> {
+    let qname = Name::from_ascii(fqdn(name))
+        .map_err(|e| temporary(name, format!("not a DNS name: {e}")))?;
+    let reply = stub
+        .query(&qname, record_type)
+        .await
+        .map_err(|e| temporary(name, e))?;
+    match reply.metadata.response_code {
+        ResponseCode::NoError => Ok(Answer {
+            records: reply
+                .answers
+                .iter()
+                .filter(|r| r.record_type() == record_type)
+                .map(|r| r.data.clone())
+                .collect(),
+            security: if dnssec_in_use && reply.metadata.authentic_data {
+                Security::Secure
+            } else {
+                Security::Insecure
+            },
+        }),
+        ResponseCode::NXDomain => Err(DnsError::NoSuchDomain(name.to_string())),
+        ResponseCode::ServFail => {
+            let errors = extended_errors(&reply);
+            match errors.iter().find(|e| e.is_dnssec_failure()) {
+                // A validating resolver answers bogus data with SERVFAIL (RFC 4035 section
+                // 5.5); the extended error says that this is why (RFC 8914).
+                Some(e) if dnssec_in_use => {
+                    Err(bogus(name, format!("the validating resolver reports {e}")))
+                }
+                _ => {
+                    let detail: Vec<String> = errors.iter().map(ToString::to_string).collect();
+                    Err(temporary(
+                        name,
+                        if detail.is_empty() {
+                            "SERVFAIL".to_string()
+                        } else {
+                            format!("SERVFAIL, {}", detail.join("; "))
+                        },
+                    ))
+                }
+            }
+        }
+        other => Err(temporary(name, format!("{other}"))),
+    }
+}
+
+/// The self-check of `validate`: the root DNSKEY RRset, its RRSIGs present, validated
+/// against the trust anchor.
+async fn check_validating(resolver: &TokioResolver) -> Result<DnssecStatus, DnsError> {
+    let unavailable = |reason: &str| DnssecStatus::Unavailable {
+        reason: reason.to_string(),
+    };
+    match resolver.lookup(Name::root(), RecordType::DNSKEY).await {
+        Ok(lookup) => {
+            let answers = lookup.answers();
+            let keys: Vec<&Record> = answers
+                .iter()
+                .filter(|r| r.record_type() == RecordType::DNSKEY)
+                .collect();
+            let signed = answers.iter().any(|r| {
+                matches!(&r.data, RData::DNSSEC(DNSSECRData::RRSIG(sig))
+                    if sig.input().type_covered == RecordType::DNSKEY)
+            });
+            Ok(if keys.is_empty() {
+                unavailable("the resolver returns no DNSKEY for the root zone")
+            } else if !signed {
+                unavailable(
+                    "the resolver returns the root DNSKEY without its signatures (RRSIG): \
+                     it strips DNSSEC records",
+                )
+            } else if !keys.iter().all(|r| r.proof == Proof::Secure) {
+                unavailable("the root DNSKEY does not validate against the trust anchor")
+            } else {
+                DnssecStatus::Available
+            })
+        }
+        Err(NetError::Dns(HickoryDnsError::DnssecBogus)) => Ok(unavailable(
+            "the root DNSKEY does not validate against the trust anchor (its signatures are \
+             missing or wrong on the resolver path)",
+        )),
+        Err(e) if e.is_no_records_found() || e.is_nx_domain() => Ok(unavailable(
+            "the resolver returns no DNSKEY for the root zone",
+        )),
+        Err(e) => Err(temporary(".", e.to_string())),
+    }
+}
+
+/// The self-check of `resolver`: the root DNSKEY RRset with its RRSIGs and the AD bit.
+async fn check_resolver(stub: &Stub) -> Result<DnssecStatus, DnsError> {
+    let unavailable = |reason: &str| DnssecStatus::Unavailable {
+        reason: reason.to_string(),
+    };
+    let reply = stub
+        .query(&Name::root(), RecordType::DNSKEY)
+        .await
+        .map_err(|e| temporary(".", e))?;
+    if reply.metadata.response_code == ResponseCode::ServFail {
+        // The resolver could not get (or validate) the root's keys: no conclusion about the
+        // path, try again later.
+        return Err(temporary(".", "SERVFAIL for the root DNSKEY"));
+    }
+    let keys = reply
+        .answers
+        .iter()
+        .any(|r| r.record_type() == RecordType::DNSKEY);
+    let signed = reply
+        .answers
+        .iter()
+        .any(|r| r.record_type() == RecordType::RRSIG);
+    Ok(if !keys {
+        unavailable("the resolver returns no DNSKEY for the root zone")
+    } else if !signed {
+        unavailable(
+            "the resolver returns the root DNSKEY without its signatures (RRSIG): it strips \
+             DNSSEC records",
+        )
+    } else if !reply.metadata.authentic_data {
+        unavailable(
+            "the resolver does not set the AD bit on the root DNSKEY: it does not validate \
+             (configure a trust anchor in it)",
+        )
+    } else {
+        DnssecStatus::Available
+    })
+}
+
+fn mx_record(data: &RData) -> Option<MxRecord> {
+    match data {
+        RData::MX(mx) => Some(MxRecord {
+            preference: mx.preference,
+            exchange: normalise_host(&mx.exchange.to_ascii()),
+        }),
+        _ => None,
+    }
+}
+
 impl Resolver for HickoryResolver {
     fn mx<'a>(&'a self, domain: &'a Domain) -> DnsFuture<'a, Secured<Vec<MxRecord>>> {
         Box::pin(async move {
-            let lookup = match self.inner.mx_lookup(fqdn(domain.as_str())).await {
-                Ok(lookup) => lookup,
-                Err(e) if e.is_no_records_found() && !e.is_nx_domain() => {
-                    return Ok(Secured::insecure(Vec::new()))
-                }
-                Err(e) => return Err(classify(domain.as_str(), e)),
-            };
-            Ok(Secured::insecure(
-                lookup
-                    .answers()
-                    .iter()
-                    .filter_map(|record| match &record.data {
-                        RData::MX(mx) => Some(MxRecord {
-                            preference: mx.preference,
-                            exchange: normalise_host(&mx.exchange.to_ascii()),
-                        }),
-                        _ => None,
-                    })
-                    .collect(),
-            ))
+            let answer = self.lookup(domain.as_str(), RecordType::MX).await?;
+            Ok(Secured {
+                value: answer.records.iter().filter_map(mx_record).collect(),
+                security: answer.security,
+            })
         })
     }
 
@@ -107,38 +458,61 @@ impl Resolver for HickoryResolver {
         Box::pin(async move {
             let mut addresses = Vec::new();
             let mut last_error = None;
+            // Secure only when every RRset that exists validated (and, with none, when both
+            // denials did).
+            let mut with_records = Vec::new();
+            let mut all = Vec::new();
             for record_type in [RecordType::AAAA, RecordType::A] {
-                match self.inner.lookup(fqdn(host), record_type).await {
-                    Ok(lookup) => {
-                        addresses.extend(lookup.answers().iter().filter_map(|r| match &r.data {
+                match self.lookup(host, record_type).await {
+                    Ok(answer) => {
+                        all.push(answer.security);
+                        if !answer.records.is_empty() {
+                            with_records.push(answer.security);
+                        }
+                        addresses.extend(answer.records.iter().filter_map(|r| match r {
                             RData::A(a) => Some(IpAddr::V4(a.0)),
                             RData::AAAA(aaaa) => Some(IpAddr::V6(aaaa.0)),
                             _ => None,
                         }))
                     }
-                    Err(e) if e.is_no_records_found() && !e.is_nx_domain() => {}
-                    Err(e) => last_error = Some(classify(host, e)),
+                    // Bogus data is never outweighed by the other family (D5).
+                    Err(e @ DnsError::Bogus { .. }) => return Err(e),
+                    Err(e) => last_error = Some(e),
                 }
             }
+            let judged = if with_records.is_empty() {
+                &all
+            } else {
+                &with_records
+            };
+            let security = if !judged.is_empty() && judged.iter().all(|s| *s == Security::Secure) {
+                Security::Secure
+            } else {
+                Security::Insecure
+            };
             match (addresses.is_empty(), last_error) {
                 (true, Some(e)) => Err(e),
-                _ => Ok(Secured::insecure(addresses)),
+                _ => Ok(Secured {
+                    value: addresses,
+                    security,
+                }),
             }
         })
     }
 
     fn tlsa<'a>(&'a self, name: &'a str) -> DnsFuture<'a, Secured<Vec<Tlsa>>> {
         Box::pin(async move {
-            let lookup = match self.inner.lookup(fqdn(name), RecordType::TLSA).await {
-                Ok(lookup) => lookup,
-                Err(e) if e.is_no_records_found() => return Ok(Secured::insecure(Vec::new())),
-                Err(e) => return Err(classify(name, e)),
+            let answer = match self.lookup(name, RecordType::TLSA).await {
+                Ok(answer) => answer,
+                // No such name: no TLSA records (RFC 7672 section 2.2).
+                Err(DnsError::NoSuchDomain(_)) => return Ok(Secured::insecure(Vec::new())),
+                Err(e) => return Err(e),
             };
-            Ok(Secured::insecure(
-                lookup
-                    .answers()
+            Ok(Secured {
+                value: answer
+                    .records
                     .iter()
-                    .filter_map(|r| match &r.data {
+                    .filter_map(|r| match r {
                         RData::TLSA(t) => Some(Tlsa {
                             usage: t.cert_usage.into(),
                             selector: t.selector.into(),
@@ -148,7 +522,8 @@ impl Resolver for HickoryResolver {
                         _ => None,
                     })
                     .collect(),
-            ))
+                security: answer.security,
+            })
         })
     }
 }

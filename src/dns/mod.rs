@@ -1,10 +1,19 @@
-//! DNS behind a small interface: what delivery needs to know about a domain (MX, A/AAAA).
+//! DNS behind a small interface: what delivery needs to know about a domain (MX, A/AAAA,
+//! TLSA), each answer with its DNSSEC status (D5).
 //!
 //! [`Resolver`] is the seam: production uses [`HickoryResolver`] (the system resolver, or
 //! `dns.nameservers`); tests point `dns.nameservers` at a DNS server of their own on loopback,
 //! so the same code path runs against zones the test controls.
+//!
+//! DNSSEC comes in three modes ([`DnssecMode`], `dns.dnssec`): validated in-process against a
+//! trust anchor ([`anchor`]), taken from the AD bit of a validating resolver on loopback
+//! ([`stub`]), or off. A self-check ([`HickoryResolver::check_dnssec`]) decides whether the
+//! resolver path carries DNSSEC at all; where it does not, every answer is insecure instead of
+//! bogus, so a resolver that strips signatures costs DANE, not all mail to signed domains.
 
+pub mod anchor;
 mod hickory;
+mod stub;
 
 pub use hickory::HickoryResolver;
 
@@ -36,6 +45,77 @@ impl Security {
         match self {
             Security::Secure => "secure",
             Security::Insecure => "insecure",
+        }
+    }
+}
+
+/// How DNS answers get their DNSSEC status (`dns.dnssec`, D5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DnssecMode {
+    /// No DNSSEC: every answer is insecure (DANE never applies).
+    Off,
+    /// Trust the AD bit of the configured resolvers, which must all be on loopback: a local
+    /// validating resolver such as unbound (RFC 6840 section 5.7: the AD bit is only as good
+    /// as the path to the resolver).
+    Resolver,
+    /// Validate in-process from the trust anchor (`dns.trust_anchor`, default the IANA root
+    /// KSKs), RFC 4035 section 5.
+    Validate,
+}
+
+impl DnssecMode {
+    /// `off`, `resolver` or `validate`, as in the configuration.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DnssecMode::Off => "off",
+            DnssecMode::Resolver => "resolver",
+            DnssecMode::Validate => "validate",
+        }
+    }
+}
+
+impl std::fmt::Display for DnssecMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Whether the resolver path carries DNSSEC, as the last self-check found (D5).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DnssecStatus {
+    /// `dns.dnssec = "off"`: nothing to check, every answer is insecure.
+    Off,
+    /// No conclusive self-check yet: answers are treated as if DNSSEC were available, so that
+    /// bogus data is never accepted on the strength of a check that has not run.
+    Unchecked,
+    /// The root's DNSKEY validated (or came with the AD bit): answers are secure, insecure or
+    /// bogus as they validate.
+    Available,
+    /// The resolver path strips or breaks DNSSEC: DANE is unavailable and every answer counts
+    /// as insecure (never bogus) until a later check passes.
+    Unavailable {
+        /// What the self-check saw.
+        reason: String,
+    },
+}
+
+impl DnssecStatus {
+    /// True when answers are validated (or their AD bit trusted): available or not yet checked.
+    pub fn in_use(&self) -> bool {
+        matches!(self, DnssecStatus::Available | DnssecStatus::Unchecked)
+    }
+}
+
+impl std::fmt::Display for DnssecStatus {
+    /// One line for logs, `probe` and `check-config`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DnssecStatus::Off => f.write_str("off (DANE unavailable)"),
+            DnssecStatus::Unchecked => f.write_str("not checked yet"),
+            DnssecStatus::Available => f.write_str("available"),
+            DnssecStatus::Unavailable { reason } => {
+                write!(f, "UNAVAILABLE, DANE is off: {reason}")
+            }
         }
     }
 }

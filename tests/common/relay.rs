@@ -52,7 +52,31 @@ pub async fn setup_full(
     extra: &str,
     next_hop_host: Option<&str>,
 ) -> Setup {
-    let dns = TestDns::start().await;
+    setup_on_dns(
+        TestDns::start().await,
+        "",
+        outbound,
+        delivery,
+        extra,
+        next_hop_host,
+    )
+    .await
+}
+
+/// As [`setup`], against `dns` (e.g. a [`super::dns::SignedDns`]'s server) with `dns_keys`
+/// added to `[dns]` (e.g. `dnssec = "validate"` and `trust_anchor`).
+pub async fn setup_dnssec(dns: TestDns, dns_keys: &str, delivery: &str, extra: &str) -> Setup {
+    setup_on_dns(dns, dns_keys, "", delivery, extra, None).await
+}
+
+async fn setup_on_dns(
+    dns: TestDns,
+    dns_keys: &str,
+    outbound: &str,
+    delivery: &str,
+    extra: &str,
+    next_hop_host: Option<&str>,
+) -> Setup {
     let mut next_hop = None;
     for _ in 0..200 {
         let port = super::mx_sink::free_port();
@@ -101,6 +125,7 @@ extra_trust_roots = ["{ca}"]
 
 [dns]
 nameservers = ["{dns}"]
+{dns_keys}
 
 [delivery]
 connect_timeout = "2s"
