@@ -69,6 +69,33 @@ pub async fn setup_dnssec(dns: TestDns, dns_keys: &str, delivery: &str, extra: &
     setup_on_dns(dns, dns_keys, "", delivery, extra, None).await
 }
 
+/// As [`setup_dnssec`], with `outbound` keys added to `[outbound]`.
+pub async fn setup_dnssec_with(
+    dns: TestDns,
+    dns_keys: &str,
+    outbound: &str,
+    delivery: &str,
+    extra: &str,
+) -> Setup {
+    setup_on_dns(dns, dns_keys, outbound, delivery, extra, None).await
+}
+
+/// As [`setup_dnssec`], but tlsgate asks `nameserver` (e.g. a validating unbound in front of
+/// `dns`) instead of `dns` itself.
+pub async fn setup_behind_resolver(
+    dns: TestDns,
+    nameserver: SocketAddr,
+    dns_keys: &str,
+    delivery: &str,
+    extra: &str,
+) -> Setup {
+    let mut behind = dns.clone();
+    behind.addr = nameserver;
+    let mut s = setup_on_dns(behind, dns_keys, "", delivery, extra, None).await;
+    s.dns = dns;
+    s
+}
+
 async fn setup_on_dns(
     dns: TestDns,
     dns_keys: &str,
