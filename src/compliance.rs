@@ -15,6 +15,7 @@ use crate::domain::Domain;
 use crate::policy::domain_list::DomainList;
 use crate::policy::{self, ResolvedPolicy};
 use crate::tls::client::ClientTls;
+use crate::tls::verify::PresentedChain;
 use serde::Serialize;
 use std::sync::Arc;
 use std::time::Duration;
@@ -109,7 +110,8 @@ pub async fn check_domain(
                     data: timeout,
                 },
             };
-            let host_report = match SmtpConnection::open(&params).await {
+            let presented = PresentedChain::default();
+            let host_report = match SmtpConnection::open_observed(&params, &presented).await {
                 Ok(conn) => {
                     let mut r = HostReport {
                         mx_host: host.name.clone(),
@@ -133,18 +135,7 @@ pub async fn check_domain(
                     conn.quit().await;
                     r
                 }
-                Err(e) => HostReport {
-                    mx_host: host.name.clone(),
-                    address: addr.to_string(),
-                    pass: false,
-                    reason: failure_text(&e),
-                    tls_version: None,
-                    cipher: None,
-                    cert_subject: None,
-                    cert_issuer: None,
-                    cert_not_after: None,
-                    cert_sha256: None,
-                },
+                Err(e) => failure_report(&host.name, addr, &e, &presented),
             };
             report.hosts.push(host_report);
         }
@@ -157,6 +148,32 @@ pub async fn check_domain(
         ));
     }
     report
+}
+
+/// A host that fails still shows the certificate it presented, when the handshake got that far
+/// (issue 12 item 4): "expired" or "not trusted" is only half an answer without it.
+fn failure_report(
+    mx_host: &str,
+    addr: &std::net::SocketAddr,
+    e: &ClientError,
+    presented: &PresentedChain,
+) -> HostReport {
+    let mut r = HostReport {
+        mx_host: mx_host.to_string(),
+        address: addr.to_string(),
+        pass: false,
+        reason: failure_text(e),
+        tls_version: None,
+        cipher: None,
+        cert_subject: None,
+        cert_issuer: None,
+        cert_not_after: None,
+        cert_sha256: None,
+    };
+    if let Some(leaf) = presented.get().first() {
+        describe_certificate(leaf.as_ref(), &mut r);
+    }
+    r
 }
 
 fn failure_text(e: &ClientError) -> String {
@@ -239,7 +256,10 @@ pub fn render_table(reports: &[DomainReport]) -> String {
         }
         for h in &r.hosts {
             let cert = match (&h.cert_subject, &h.cert_issuer, &h.cert_not_after) {
-                (Some(s), Some(i), Some(n)) => format!(" [subject {s}; issuer {i}; expires {n}]"),
+                (Some(s), Some(i), Some(n)) => format!(
+                    " [subject {s}; issuer {i}; expires {n}; sha256 {}]",
+                    h.cert_sha256.as_deref().unwrap_or("-")
+                ),
                 _ => String::new(),
             };
             let _ = writeln!(

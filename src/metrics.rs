@@ -204,14 +204,7 @@ impl Metrics {
         };
         // Series that alerts watch exist from the start at 0, so `increase()` sees the first
         // event of each kind too.
-        for reason in [
-            "no_starttls",
-            "cert_untrusted",
-            "cert_expired",
-            "hostname_mismatch",
-            "protocol_version",
-            "handshake",
-        ] {
+        for reason in crate::tls::client::TlsFailure::METRIC_LABELS {
             metrics.tls_failures.with_label_values(&[reason]);
         }
         for kind in ["failure", "delay", "success"] {

@@ -370,9 +370,14 @@ fn moves_on(step: Step, reply: &Reply) -> bool {
 /// The deferral for recipients no address could take, from the last connection problem.
 fn deferral(level: TlsLevel, host: String, error: ClientError) -> Outcome {
     let ((class, subject, detail), tls) = match &error {
-        ClientError::Tls(TlsFailure::NoStarttls | TlsFailure::StarttlsRefused(_)) => {
-            ((4, 7, 4), true)
-        }
+        // RFC 3463 X.7.4 "security features not supported": STARTTLS missing, refused or never
+        // answered; X.7.5 "cryptographic failure": everything from the 220 on.
+        ClientError::Tls(
+            TlsFailure::NoStarttls
+            | TlsFailure::StarttlsRefused(_)
+            | TlsFailure::StarttlsTimeout(_)
+            | TlsFailure::StarttlsLost(_),
+        ) => ((4, 7, 4), true),
         ClientError::Tls(_) => ((4, 7, 5), true),
         ClientError::Connect { .. } => ((4, 4, 1), false),
         ClientError::Timeout(_) | ClientError::Io(_) | ClientError::Closed(_) => ((4, 4, 2), false),
