@@ -436,3 +436,39 @@ async fn an_ip_next_hop_without_that_ip_address_san_is_refused_naming_it() {
     );
     assert!(hop.messages().is_empty());
 }
+
+/// Delivers to the listed domain over an MX whose certificate has a key of `alg`; returns the
+/// TLS version the MX saw.
+async fn deliver_with_key(alg: &'static rcgen::SignatureAlgorithm) -> Option<String> {
+    let (s, _dir) = listed("").await;
+    let (cert, key) = s.relay.ca.issue_with(alg, &["mx1.partner.test"]);
+    let mx = s
+        .sink(
+            MX1,
+            Behaviour {
+                tls: Some(server_tls_from_pem(&cert, &key)),
+                ..Behaviour::default()
+            },
+        )
+        .await;
+    s.submit("kari@example.no", &["ola@partner.test"], "key types")
+        .await;
+    let got = mx.wait_for_messages(1, WAIT).await;
+    s.wait_queue_empty().await;
+    got[0].tls.clone()
+}
+
+#[tokio::test]
+async fn an_mx_with_an_ecdsa_p521_key_is_reached() {
+    // RFC 8446 4.2.3 ecdsa_secp521r1_sha512: ring can neither load nor verify P-521 keys;
+    // aws-lc-rs does both (issue 12 item 4).
+    let tls = deliver_with_key(&rcgen::PKCS_ECDSA_P521_SHA512).await;
+    assert_eq!(tls.as_deref(), Some("TLSv1_3"));
+}
+
+#[tokio::test]
+async fn an_mx_with_an_rsa_key_is_reached_with_rsa_pss_signatures() {
+    // RFC 8446 4.2.3: TLS 1.3 signs with RSA only as RSASSA-PSS (rsa_pss_rsae_*).
+    let tls = deliver_with_key(&rcgen::PKCS_RSA_SHA256).await;
+    assert_eq!(tls.as_deref(), Some("TLSv1_3"));
+}

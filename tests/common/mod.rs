@@ -58,6 +58,20 @@ impl TestCa {
         (cert.pem(), key.serialize_pem())
     }
 
+    /// A leaf for `names` with a key of `alg` (e.g. ECDSA P-521, RSA), signed by this CA:
+    /// (chain PEM, key PEM).
+    pub fn issue_with(
+        &self,
+        alg: &'static rcgen::SignatureAlgorithm,
+        names: &[&str],
+    ) -> (String, String) {
+        let key = rcgen::KeyPair::generate_for(alg).unwrap();
+        let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+        let params = rcgen::CertificateParams::new(names).unwrap();
+        let cert = params.signed_by(&key, &self.ca_cert, &self.ca_key).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+
     /// A leaf for `names` whose validity ended in 2021.
     pub fn issue_expired(&self, names: &[&str]) -> (String, String) {
         let key = rcgen::KeyPair::generate().unwrap();
