@@ -16,6 +16,7 @@ use crate::domain::Domain;
 use crate::policy::decision::{self, Demands, HostFacts, Requirement, TlsaFacts};
 use crate::policy::domain_list::DomainList;
 use crate::tls::client::ClientTls;
+use crate::tls::verify::PresentedChain;
 use serde::Serialize;
 use std::sync::Arc;
 use std::time::Duration;
@@ -157,7 +158,8 @@ pub async fn check_domain(
                     data: timeout,
                 },
             };
-            let host_report = match open_for_policy(&params).await {
+            let presented = PresentedChain::default();
+            let host_report = match open_for_policy(&params, Some(&presented)).await {
                 Ok((conn, tls_failure)) => {
                     let mut r = HostReport {
                         address: addr.to_string(),
@@ -195,11 +197,19 @@ pub async fn check_domain(
                     conn.quit().await;
                     r
                 }
-                Err(e) => HostReport {
-                    address: addr.to_string(),
-                    reason: failure_text(&e),
-                    ..empty.clone()
-                },
+                Err(e) => {
+                    let mut r = HostReport {
+                        address: addr.to_string(),
+                        reason: failure_text(&e),
+                        ..empty.clone()
+                    };
+                    // A host that fails still shows the certificate it presented, when the
+                    // handshake got that far (issue 12 item 4).
+                    if let Some(leaf) = presented.get().first() {
+                        describe_certificate(leaf.as_ref(), &mut r);
+                    }
+                    r
+                }
             };
             report.hosts.push(host_report);
         }
@@ -315,7 +325,10 @@ pub fn render_table(reports: &[DomainReport]) -> String {
         }
         for h in &r.hosts {
             let cert = match (&h.cert_subject, &h.cert_issuer, &h.cert_not_after) {
-                (Some(s), Some(i), Some(n)) => format!(" [subject {s}; issuer {i}; expires {n}]"),
+                (Some(s), Some(i), Some(n)) => format!(
+                    " [subject {s}; issuer {i}; expires {n}; sha256 {}]",
+                    h.cert_sha256.as_deref().unwrap_or("-")
+                ),
                 _ => String::new(),
             };
             let _ = writeln!(

@@ -216,14 +216,11 @@ impl Metrics {
         };
         // Series that alerts watch exist from the start at 0, so `increase()` sees the first
         // event of each kind too.
-        for reason in [
-            "no_starttls",
-            "cert_untrusted",
-            "cert_expired",
-            "hostname_mismatch",
-            "protocol_version",
-            "handshake",
-        ] {
+        let skips = crate::policy::decision::SKIP_LABELS;
+        for reason in crate::tls::client::TlsFailure::METRIC_LABELS
+            .iter()
+            .chain(skips)
+        {
             metrics.tls_failures.with_label_values(&[reason]);
         }
         for kind in ["failure", "delay", "success"] {

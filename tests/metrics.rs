@@ -118,7 +118,7 @@ async fn metrics_move_after_a_relayed_and_a_refused_message() {
         let after = parse(&get(addr, "/metrics").await.1);
         let value = |k: &str| after.get(k).copied().unwrap_or(0.0);
         let done = value("tlsgate_messages_accepted_total{listener=\"outbound\"}") == 1.0
-            && value("tlsgate_deliveries_total{result=\"delivered\",tls_level=\"may\",policy_source=\"opportunistic\"}") == 1.0
+            && value("tlsgate_deliveries_total{policy_source=\"opportunistic\",result=\"delivered\",tls_level=\"may\"}") == 1.0
             && value(
                 "tlsgate_messages_rejected_total{listener=\"inbound\",reason=\"relay_denied\"}",
             ) == 1.0

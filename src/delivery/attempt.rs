@@ -21,6 +21,7 @@ use crate::policy::{PolicySource, TlsLevel};
 use crate::queue::message::{MessageMeta, Recipient};
 use crate::smtp::reply::{EnhancedStatus, Reply};
 use crate::tls::client::{ClientTls, TlsFailure};
+use crate::tls::verify::PresentedChain;
 use crate::tls::TlsInfo;
 use std::sync::Arc;
 
@@ -478,9 +479,14 @@ fn moves_on(step: Step, reply: &Reply) -> bool {
 /// The deferral for recipients no address could take, from the last connection problem.
 fn deferral(level: TlsLevel, host: String, error: ClientError) -> Outcome {
     let ((class, subject, detail), tls) = match &error {
-        ClientError::Tls(TlsFailure::NoStarttls | TlsFailure::StarttlsRefused(_)) => {
-            ((4, 7, 4), true)
-        }
+        // RFC 3463 X.7.4 "security features not supported": STARTTLS missing, refused or never
+        // answered; X.7.5 "cryptographic failure": everything from the 220 on.
+        ClientError::Tls(
+            TlsFailure::NoStarttls
+            | TlsFailure::StarttlsRefused(_)
+            | TlsFailure::StarttlsTimeout(_)
+            | TlsFailure::StarttlsLost(_),
+        ) => ((4, 7, 4), true),
         ClientError::Tls(_) => ((4, 7, 5), true),
         ClientError::Connect { .. } => ((4, 4, 1), false),
         ClientError::Timeout(_) | ClientError::Io(_) | ClientError::Closed(_) => ((4, 4, 2), false),
@@ -534,18 +540,24 @@ async fn connect(ctx: &AttemptContext<'_>, key: &PoolKey) -> Result<SmtpConnecti
             data: d.data_timeout,
         },
     };
-    open_for_policy(&params).await.map(|(conn, _)| conn)
+    open_for_policy(&params, None).await.map(|(conn, _)| conn)
 }
 
 /// Opens a connection under `params.require` exactly as delivery does: opportunistic TLS that
 /// fails is retried once in plaintext, as `may` promises no more than that (RFC 7435; Postfix
 /// does the same). Returns the connection and, after such a retry, the TLS failure that caused
 /// it (`tlsgate probe` reports it). Delivery and the compliance check both open connections
-/// here, so the check reports what delivery would do.
+/// here, so the check reports what delivery would do. `observer` keeps the chain the server
+/// presents, also when it is refused (reports only).
 pub async fn open_for_policy(
     params: &ConnectParams<'_>,
+    observer: Option<&PresentedChain>,
 ) -> Result<(SmtpConnection, Option<TlsFailure>), ClientError> {
-    match SmtpConnection::open(params).await {
+    let first = match observer {
+        Some(chain) => SmtpConnection::open_observed(params, chain).await,
+        None => SmtpConnection::open(params).await,
+    };
+    match first {
         // Response injection is an attack, not a broken TLS stack: no plaintext retry then.
         Err(ClientError::Tls(failure))
             if *params.require == Requirement::Opportunistic

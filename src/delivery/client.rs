@@ -6,13 +6,19 @@
 //! the public roots and the host name (T3, T8, T9). After the server's `220` to STARTTLS any
 //! buffered byte is an attack (CVE-2021-38371 style response injection): the connection is
 //! dropped. After the handshake the capabilities are learnt again from a new EHLO.
+//!
+//! Everything from sending `STARTTLS` up to and including the reply to that new EHLO is the TLS
+//! attempt (issue 12 item 4): a close, a timeout, an I/O error or a TLS alert anywhere in it is
+//! a [`ClientError::Tls`] naming what happened, never a plain "connection lost". A TLS 1.3
+//! server that demands a client certificate only says so at our first read after the
+//! handshake, and an MX that answers `220` and hangs up has no TLS to speak of either.
 
 use crate::policy::decision::Requirement;
 use crate::queue::message::{BodyType, DsnRet, MessageMeta, Recipient};
 use crate::smtp::reply::{reply_complete, reply_lines, Reply};
 use crate::tls::client::{ClientTls, TlsFailure};
 use crate::tls::stream::Stream;
-use crate::tls::verify::describe;
+use crate::tls::verify::{describe, PresentedChain};
 use crate::tls::TlsInfo;
 use rustls::pki_types::{CertificateDer, ServerName};
 use std::io;
@@ -195,6 +201,22 @@ impl SmtpConnection {
     /// Connects, reads the greeting, says EHLO (HELO if refused) and runs STARTTLS as the TLS
     /// mode requires.
     pub async fn open(p: &ConnectParams<'_>) -> Result<SmtpConnection, ClientError> {
+        Self::open_inner(p, None).await
+    }
+
+    /// As [`SmtpConnection::open`], keeping the certificates the server presents in `chain`,
+    /// also when the handshake or the certificate check fails (`probe`, `domains check`: T7).
+    pub async fn open_observed(
+        p: &ConnectParams<'_>,
+        chain: &PresentedChain,
+    ) -> Result<SmtpConnection, ClientError> {
+        Self::open_inner(p, Some(chain)).await
+    }
+
+    async fn open_inner(
+        p: &ConnectParams<'_>,
+        observer: Option<&PresentedChain>,
+    ) -> Result<SmtpConnection, ClientError> {
         let tcp = tokio::time::timeout(p.timeouts.connect, TcpStream::connect(p.addr))
             .await
             .map_err(|_| ClientError::Connect {
@@ -240,8 +262,14 @@ impl SmtpConnection {
             }
             return Ok(conn);
         }
-        conn.send_line("STARTTLS").await?;
-        let reply = conn.read_reply("STARTTLS reply").await?;
+        let limit = p.timeouts.command;
+        conn.send_line("STARTTLS")
+            .await
+            .map_err(|e| at_starttls(e, limit))?;
+        let reply = conn
+            .read_reply("STARTTLS reply")
+            .await
+            .map_err(|e| at_starttls(e, limit))?;
         if reply.code != 220 {
             if required {
                 return Err(ClientError::Tls(TlsFailure::StarttlsRefused(
@@ -252,8 +280,10 @@ impl SmtpConnection {
             // allows it, and `may` promises no more).
             return Ok(conn);
         }
-        conn.start_tls(p).await?;
-        conn.hello(p.helo_name).await?;
+        conn.start_tls(p, observer).await?;
+        conn.hello(p.helo_name)
+            .await
+            .map_err(|e| after_handshake(e, limit))?;
         Ok(conn)
     }
 
@@ -283,7 +313,11 @@ impl SmtpConnection {
         Ok(())
     }
 
-    async fn start_tls(&mut self, p: &ConnectParams<'_>) -> Result<(), ClientError> {
+    async fn start_tls(
+        &mut self,
+        p: &ConnectParams<'_>,
+        observer: Option<&PresentedChain>,
+    ) -> Result<(), ClientError> {
         if !self.buf.is_empty() {
             return Err(ClientError::Tls(TlsFailure::ResponseInjection));
         }
@@ -293,19 +327,28 @@ impl SmtpConnection {
         // Bytes that arrived in a later segment than the 220 are just as injected.
         let mut probe = [0u8; 1];
         match tcp.try_read(&mut probe) {
-            Ok(0) => return Err(ClientError::Closed("the TLS handshake")),
+            Ok(0) => return Err(ClientError::Tls(TlsFailure::ClosedAfterStarttls)),
             Ok(_) => return Err(ClientError::Tls(TlsFailure::ResponseInjection)),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err(ClientError::Io(e)),
+            Err(e) => {
+                return Err(ClientError::Tls(TlsFailure::Handshake(format!(
+                    "connection lost: {e}"
+                ))))
+            }
         }
+        let slot = || observer.cloned().unwrap_or_default();
         let config = match p.require {
             Requirement::Pkix { names } => p
                 .tls
-                .verified_for(names.clone())
+                .verified_recording(names.clone(), slot())
                 .map_err(ClientError::Tls)?,
             Requirement::Dane { tlsa, names, pkix } => p
                 .tls
-                .dane_for(tlsa.clone(), names.clone(), *pkix)
+                .dane_recording(tlsa.clone(), names.clone(), *pkix, slot())
+                .map_err(ClientError::Tls)?,
+            _ if observer.is_some() => p
+                .tls
+                .opportunistic_recording(slot())
                 .map_err(ClientError::Tls)?,
             _ => p.tls.opportunistic.clone(),
         };
@@ -318,7 +361,7 @@ impl SmtpConnection {
         let connector = TlsConnector::from(config);
         let handshake = tokio::time::timeout(p.timeouts.command, connector.connect(name, tcp))
             .await
-            .map_err(|_| ClientError::Tls(TlsFailure::Handshake("timed out".into())))?;
+            .map_err(|_| ClientError::Tls(TlsFailure::HandshakeTimeout(p.timeouts.command)))?;
         let tls = handshake.map_err(|e| {
             ClientError::Tls(TlsFailure::from_handshake_error(
                 &e,
@@ -620,6 +663,40 @@ fn checked_names(require: &Requirement) -> &[crate::policy::NamePattern] {
         Requirement::Pkix { names } | Requirement::Dane { names, .. } => names,
         _ => &[],
     }
+}
+
+/// A failure while `STARTTLS` is sent or its reply awaited is a TLS failure: the server offered
+/// STARTTLS and then did not go through with it (issue 12 item 4).
+fn at_starttls(error: ClientError, limit: Duration) -> ClientError {
+    let failure = match error {
+        ClientError::Timeout(_) => TlsFailure::StarttlsTimeout(limit),
+        ClientError::Closed(_) => {
+            TlsFailure::StarttlsLost("the server closed the connection instead of answering".into())
+        }
+        ClientError::Io(e) => TlsFailure::StarttlsLost(e.to_string()),
+        ClientError::Protocol(text) => TlsFailure::StarttlsLost(format!("malformed reply: {text}")),
+        other => return other,
+    };
+    ClientError::Tls(failure)
+}
+
+/// A failure of the first exchange over TLS (our EHLO and its reply) still belongs to the TLS
+/// attempt: TLS 1.3 delivers a refusal of the client (no certificate) only here (RFC 8446
+/// 4.4.2.4), and a peer that hangs up or stalls right after the handshake has not given us a
+/// usable TLS session. A reply the server did send (a refusal) stays the server's reply.
+fn after_handshake(error: ClientError, limit: Duration) -> ClientError {
+    let failure = match error {
+        ClientError::Io(e) => TlsFailure::after_handshake(&e),
+        ClientError::Closed(_) => {
+            TlsFailure::AfterHandshake("the server closed the connection".into())
+        }
+        ClientError::Timeout(_) => TlsFailure::AfterHandshake(format!(
+            "no reply to EHLO within {}",
+            humantime::format_duration(limit)
+        )),
+        other => return other,
+    };
+    ClientError::Tls(failure)
 }
 
 /// RFC 3461 4: xtext encoding of ENVID and ORCPT values.

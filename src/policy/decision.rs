@@ -121,6 +121,9 @@ pub enum Requirement {
     },
 }
 
+/// Every metric label a [`Requirement::Skip`] can carry (registered at start by `metrics`).
+pub const SKIP_LABELS: &[&str] = &["dnssec_bogus", "tlsa_lookup_failed", "dane_required"];
+
 impl Requirement {
     /// Must the connection be TLS? Everything but `Plaintext` and `Opportunistic`.
     pub fn tls_required(&self) -> bool {

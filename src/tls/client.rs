@@ -13,18 +13,28 @@
 
 use super::dane::{self, DaneError, DaneVerifier};
 use super::keys::{self, KeyError};
-use super::verify::PolicyVerifier;
+use super::verify::{PolicyVerifier, PresentedChain};
 use crate::dns::Tlsa;
 use crate::policy::NamePattern;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore};
+use rustls::{
+    AlertDescription, CertificateError, ClientConfig, DigitallySignedStruct, PeerIncompatible,
+    RootCertStore,
+};
+use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Why a TLS connection to a peer could not be used. The `Display` text is what senders read in
-/// DSNs and administrators in logs.
+/// DSNs and administrators in logs: plain words, never a Rust `Debug` rendering.
+///
+/// Everything from sending `STARTTLS` up to and including the first reply after the handshake
+/// belongs to the TLS attempt (issue 12 item 4): a peer that closes, stalls or sends an alert
+/// anywhere in there fails TLS, not "the connection", so that a listed domain gets the TLS
+/// deferral, warning, audit entry and metric (T3, T6) and `may` gets its plaintext retry.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TlsFailure {
     /// The peer's EHLO reply did not offer STARTTLS.
@@ -50,9 +60,47 @@ pub enum TlsFailure {
     /// The peer does not speak TLS 1.2 or 1.3 (T8).
     #[error("TLS protocol version not acceptable (TLS 1.2 or newer required)")]
     ProtocolVersion,
-    /// Any other handshake error; carries its text.
+    /// Any other handshake error; carries its description in words.
     #[error("TLS handshake failed: {0}")]
     Handshake(String),
+    /// No reply to `STARTTLS` within the command timeout (or the server did not take the
+    /// command in that time).
+    #[error("no reply to STARTTLS within {}", humantime::format_duration(*.0))]
+    StarttlsTimeout(Duration),
+    /// The connection broke between sending `STARTTLS` and its reply; carries how.
+    #[error("connection lost at STARTTLS: {0}")]
+    StarttlsLost(String),
+    /// The server said `220` to STARTTLS and then closed the connection instead of completing
+    /// a handshake.
+    #[error("server closed the connection after its 220 to STARTTLS")]
+    ClosedAfterStarttls,
+    /// The handshake did not finish within the command timeout.
+    #[error("TLS handshake not finished within {}", humantime::format_duration(*.0))]
+    HandshakeTimeout(Duration),
+    /// The server demands a client certificate (tlsgate presents none). In TLS 1.3 the alert
+    /// arrives with the first read after the client's side of the handshake is done.
+    #[error("the server demands a client certificate (TLS alert certificate_required)")]
+    ClientCertificateRequired,
+    /// An intermediate certificate of the chain has expired while the server's own is valid.
+    #[error("intermediate certificate {subject} expired on {not_after}")]
+    IntermediateExpired {
+        /// The intermediate's subject DN.
+        subject: String,
+        /// Its end of validity (RFC 2822 date).
+        not_after: String,
+    },
+    /// An intermediate certificate of the chain is not valid yet.
+    #[error("intermediate certificate {subject} not valid before {not_before}")]
+    IntermediateNotYetValid {
+        /// The intermediate's subject DN.
+        subject: String,
+        /// Its start of validity (RFC 2822 date).
+        not_before: String,
+    },
+    /// The handshake finished but the session failed before the server's first reply over it
+    /// (its EHLO reply): an alert, a close, a reset or silence; carries which, in words.
+    #[error("TLS session failed before the first reply after the handshake: {0}")]
+    AfterHandshake(String),
     /// Bytes arrived after the `220` to STARTTLS, before the handshake (CVE-2021-38371 style
     /// response injection).
     #[error("server sent data after its STARTTLS reply (response injection)")]
@@ -65,29 +113,89 @@ pub enum TlsFailure {
 }
 
 impl TlsFailure {
-    /// A low-cardinality label for metrics (design.md, "Metrics").
+    /// A low-cardinality label for metrics (design.md, "Metrics"). Every label is registered at
+    /// start by `metrics.rs` ([`TlsFailure::METRIC_LABELS`]).
     pub fn metric_label(&self) -> &'static str {
         match self {
             TlsFailure::NoStarttls | TlsFailure::StarttlsRefused(_) => "no_starttls",
             TlsFailure::CertUntrusted => "cert_untrusted",
-            TlsFailure::CertExpired | TlsFailure::CertNotYetValid => "cert_expired",
+            TlsFailure::CertExpired
+            | TlsFailure::CertNotYetValid
+            | TlsFailure::IntermediateExpired { .. }
+            | TlsFailure::IntermediateNotYetValid { .. } => "cert_expired",
             TlsFailure::HostnameMismatch(_) => "hostname_mismatch",
             TlsFailure::ProtocolVersion => "protocol_version",
+            TlsFailure::StarttlsTimeout(_) | TlsFailure::StarttlsLost(_) => "starttls_no_reply",
+            TlsFailure::ClosedAfterStarttls | TlsFailure::HandshakeTimeout(_) => {
+                "handshake_aborted"
+            }
+            TlsFailure::ClientCertificateRequired => "client_cert_required",
+            TlsFailure::AfterHandshake(_) => "after_handshake",
             TlsFailure::Handshake(_) | TlsFailure::ResponseInjection => "handshake",
             TlsFailure::DaneMismatch(_) => "dane_mismatch",
         }
     }
 
+    /// Every value [`TlsFailure::metric_label`] can return, so that each series exists (at 0)
+    /// from the start and alerts see the first failure of each kind.
+    pub const METRIC_LABELS: &'static [&'static str] = &[
+        "no_starttls",
+        "cert_untrusted",
+        "cert_expired",
+        "hostname_mismatch",
+        "protocol_version",
+        "starttls_no_reply",
+        "handshake_aborted",
+        "client_cert_required",
+        "after_handshake",
+        "handshake",
+        "dane_mismatch",
+    ];
+
     /// Classifies the error of a failed client handshake; `name` is the name that was checked.
-    pub fn from_handshake_error(error: &std::io::Error, name: &str) -> TlsFailure {
-        let rustls_error = error
-            .get_ref()
-            .and_then(|inner| inner.downcast_ref::<rustls::Error>());
-        if let Some(dane) = rustls_error.and_then(DaneError::from_rustls) {
+    pub fn from_handshake_error(error: &io::Error, name: &str) -> TlsFailure {
+        match rustls_error(error) {
+            Some(e) => TlsFailure::from_rustls(e, name),
+            // tokio-rustls reports the end of the stream in mid-handshake as UnexpectedEof
+            // ("tls handshake eof"): the server hung up instead of answering our hello.
+            None if error.kind() == io::ErrorKind::UnexpectedEof => TlsFailure::ClosedAfterStarttls,
+            None => TlsFailure::Handshake(format!("connection lost: {error}")),
+        }
+    }
+
+    /// Classifies an I/O error of the first exchange after the handshake (our EHLO, its reply).
+    /// In TLS 1.3 the client's side of the handshake ends before the server has checked the
+    /// client's (empty) certificate message, so a demand for a client certificate arrives here
+    /// as an alert (RFC 8446 4.4.2.4: `certificate_required`).
+    pub fn after_handshake(error: &io::Error) -> TlsFailure {
+        match rustls_error(error) {
+            Some(rustls::Error::AlertReceived(AlertDescription::CertificateRequired)) => {
+                TlsFailure::ClientCertificateRequired
+            }
+            Some(rustls::Error::AlertReceived(alert)) => {
+                let mut text = format!("{} alert from the server", alert_name(*alert));
+                if *alert == AlertDescription::HandshakeFailure {
+                    text.push_str(
+                        " (servers that demand a client certificate send it at this point)",
+                    );
+                }
+                TlsFailure::AfterHandshake(text)
+            }
+            Some(e) => TlsFailure::AfterHandshake(rustls_words(e)),
+            None if error.kind() == io::ErrorKind::UnexpectedEof => {
+                TlsFailure::AfterHandshake("the server closed the connection".into())
+            }
+            None => TlsFailure::AfterHandshake(error.to_string()),
+        }
+    }
+
+    fn from_rustls(error: &rustls::Error, name: &str) -> TlsFailure {
+        // The DANE verifier's own error travels inside rustls' (RFC 7672 section 3.1).
+        if let Some(dane) = DaneError::from_rustls(error) {
             return TlsFailure::DaneMismatch(dane.to_string());
         }
-        match rustls_error {
-            Some(rustls::Error::InvalidCertificate(cert)) => match cert {
+        match error {
+            rustls::Error::InvalidCertificate(cert) => match cert {
                 CertificateError::Expired | CertificateError::ExpiredContext { .. } => {
                     TlsFailure::CertExpired
                 }
@@ -102,27 +210,123 @@ impl TlsFailure {
                 | CertificateError::BadSignature
                 | CertificateError::UnhandledCriticalExtension
                 | CertificateError::InvalidPurpose
+                | CertificateError::InvalidPurposeContext { .. }
                 | CertificateError::Revoked => TlsFailure::CertUntrusted,
-                other => TlsFailure::Handshake(format!("invalid certificate: {other:?}")),
+                // A precise failure found by our own verifier (`verify::name_time_fault`).
+                CertificateError::Other(other) => match other.0.downcast_ref::<TlsFailure>() {
+                    Some(failure) => failure.clone(),
+                    None => TlsFailure::Handshake(format!("invalid certificate: {}", other.0)),
+                },
+                other => TlsFailure::Handshake(certificate_words(other).to_string()),
             },
-            Some(rustls::Error::PeerIncompatible(p)) => {
-                let text = format!("{p:?}");
-                if text.contains("Version") || text.contains("version") {
-                    TlsFailure::ProtocolVersion
-                } else {
-                    TlsFailure::Handshake(format!("peer incompatible: {text}"))
-                }
+            rustls::Error::PeerIncompatible(p) => match p {
+                PeerIncompatible::ServerDoesNotSupportTls12Or13
+                | PeerIncompatible::ServerTlsVersionIsDisabledByOurConfig
+                | PeerIncompatible::SupportedVersionsExtensionRequired
+                | PeerIncompatible::Tls12NotOffered
+                | PeerIncompatible::Tls12NotOfferedOrEnabled => TlsFailure::ProtocolVersion,
+                other => TlsFailure::Handshake(incompatibility_words(other).to_string()),
+            },
+            rustls::Error::AlertReceived(AlertDescription::ProtocolVersion) => {
+                TlsFailure::ProtocolVersion
             }
-            Some(rustls::Error::AlertReceived(alert)) => {
-                if *alert == rustls::AlertDescription::ProtocolVersion {
-                    TlsFailure::ProtocolVersion
-                } else {
-                    TlsFailure::Handshake(format!("peer sent alert {alert:?}"))
-                }
+            rustls::Error::AlertReceived(AlertDescription::CertificateRequired) => {
+                TlsFailure::ClientCertificateRequired
             }
-            Some(other) => TlsFailure::Handshake(other.to_string()),
-            None => TlsFailure::Handshake(error.to_string()),
+            rustls::Error::AlertReceived(AlertDescription::HandshakeFailure) => {
+                // RFC 8446 6.2 / RFC 5246 7.2.2: the server found nothing acceptable in our
+                // hello. It does not say what; these are the usual causes.
+                TlsFailure::Handshake(
+                    "handshake_failure alert from the server: it found no cipher suite, key \
+                     exchange group or signature algorithm in common with ours, or it wants a \
+                     client certificate"
+                        .into(),
+                )
+            }
+            other => TlsFailure::Handshake(rustls_words(other)),
         }
+    }
+}
+
+/// The rustls error inside an I/O error from tokio-rustls, if there is one.
+fn rustls_error(error: &io::Error) -> Option<&rustls::Error> {
+    error
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+}
+
+/// An alert's name as the TLS RFCs write it (`handshake_failure`), from rustls' variant name.
+pub fn alert_name(alert: AlertDescription) -> String {
+    let Some(camel) = alert.as_str() else {
+        return match alert {
+            AlertDescription::Unknown(code) => format!("unknown ({code})"),
+            _ => "unknown".into(),
+        };
+    };
+    let mut name = String::with_capacity(camel.len() + 4);
+    for (i, c) in camel.chars().enumerate() {
+        if c.is_ascii_uppercase() && i > 0 {
+            name.push('_');
+        }
+        name.push(c.to_ascii_lowercase());
+    }
+    name
+}
+
+/// Words for a rustls error that has no [`TlsFailure`] of its own.
+fn rustls_words(error: &rustls::Error) -> String {
+    match error {
+        rustls::Error::AlertReceived(alert) => {
+            format!("{} alert from the server", alert_name(*alert))
+        }
+        rustls::Error::InvalidMessage(_)
+        | rustls::Error::InappropriateMessage { .. }
+        | rustls::Error::InappropriateHandshakeMessage { .. } => {
+            "the server sent something that is not valid TLS".into()
+        }
+        rustls::Error::PeerMisbehaved(_) => "the server broke the TLS protocol".into(),
+        rustls::Error::PeerIncompatible(p) => incompatibility_words(p).into(),
+        rustls::Error::DecryptError => "cannot decrypt the server's data".into(),
+        rustls::Error::PeerSentOversizedRecord => "the server sent an oversized record".into(),
+        rustls::Error::InvalidCertificate(c) => certificate_words(c).into(),
+        rustls::Error::General(text) => text.clone(),
+        _ => "TLS error".into(),
+    }
+}
+
+fn incompatibility_words(p: &PeerIncompatible) -> &'static str {
+    match p {
+        PeerIncompatible::NoCipherSuitesInCommon => "no cipher suite in common",
+        PeerIncompatible::NoKxGroupsInCommon => "no key exchange group in common",
+        PeerIncompatible::NoSignatureSchemesInCommon
+        | PeerIncompatible::NoCertificateRequestSignatureSchemesInCommon => {
+            "no signature algorithm in common"
+        }
+        PeerIncompatible::ServerDoesNotSupportTls12Or13
+        | PeerIncompatible::ServerTlsVersionIsDisabledByOurConfig
+        | PeerIncompatible::Tls12NotOffered
+        | PeerIncompatible::Tls12NotOfferedOrEnabled
+        | PeerIncompatible::SupportedVersionsExtensionRequired => "no TLS version in common",
+        PeerIncompatible::NoEcPointFormatsInCommon
+        | PeerIncompatible::UncompressedEcPointsRequired
+        | PeerIncompatible::EcPointsExtensionRequired => "no elliptic curve point format in common",
+        _ => "the server's TLS is incompatible with ours",
+    }
+}
+
+fn certificate_words(c: &CertificateError) -> &'static str {
+    match c {
+        CertificateError::BadEncoding => "the server's certificate cannot be parsed",
+        CertificateError::UnsupportedSignatureAlgorithmContext { .. }
+        | CertificateError::UnsupportedSignatureAlgorithmForPublicKeyContext { .. } => {
+            "a certificate of the chain is signed with an algorithm tlsgate cannot check"
+        }
+        CertificateError::UnknownRevocationStatus
+        | CertificateError::ExpiredRevocationList
+        | CertificateError::ExpiredRevocationListContext { .. } => {
+            "the certificate's revocation status is unknown"
+        }
+        _ => "the server's certificate is not acceptable",
     }
 }
 
@@ -168,6 +372,7 @@ impl ClientTls {
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(UnauthenticatedPeer {
                 provider: provider.clone(),
+                presented: None,
             }))
             .with_no_client_auth();
         Ok(ClientTls {
@@ -179,12 +384,41 @@ impl ClientTls {
 
     /// A validating configuration that accepts a certificate for any of `names` (T9).
     pub fn verified_for(&self, names: Vec<NamePattern>) -> Result<Arc<ClientConfig>, TlsFailure> {
-        let verifier = PolicyVerifier::new(self.webpki.clone(), names);
+        self.verified_recording(names, PresentedChain::default())
+    }
+
+    /// As [`ClientTls::verified_for`], keeping the chain the server presents in `slot`, also
+    /// when it is refused (for `probe` and `domains check`, T7).
+    pub fn verified_recording(
+        &self,
+        names: Vec<NamePattern>,
+        slot: PresentedChain,
+    ) -> Result<Arc<ClientConfig>, TlsFailure> {
+        let verifier = PolicyVerifier::new(self.webpki.clone(), names).recording(slot);
+        self.with_verifier(Arc::new(verifier))
+    }
+
+    /// As [`ClientTls::opportunistic`], keeping the chain the server presents in `slot`. A
+    /// configuration of its own (the shared one records nothing), so only for reports.
+    pub fn opportunistic_recording(
+        &self,
+        slot: PresentedChain,
+    ) -> Result<Arc<ClientConfig>, TlsFailure> {
+        self.with_verifier(Arc::new(UnauthenticatedPeer {
+            provider: self.provider.clone(),
+            presented: Some(slot),
+        }))
+    }
+
+    fn with_verifier(
+        &self,
+        verifier: Arc<dyn ServerCertVerifier>,
+    ) -> Result<Arc<ClientConfig>, TlsFailure> {
         let config = ClientConfig::builder_with_provider(self.provider.clone())
             .with_protocol_versions(super::PROTOCOL_VERSIONS)
             .map_err(|e| TlsFailure::Handshake(format!("client configuration: {e}")))?
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(verifier))
+            .with_custom_certificate_verifier(verifier)
             .with_no_client_auth();
         Ok(Arc::new(config))
     }
@@ -205,6 +439,18 @@ impl ClientTls {
         names: Vec<NamePattern>,
         pkix: bool,
     ) -> Result<Arc<ClientConfig>, TlsFailure> {
+        self.dane_recording(tlsa, names, pkix, PresentedChain::default())
+    }
+
+    /// As [`ClientTls::dane_for`], keeping the chain the server presents in `slot`, also when
+    /// it is refused (for `probe` and `domains check`).
+    pub fn dane_recording(
+        &self,
+        tlsa: Vec<Tlsa>,
+        names: Vec<NamePattern>,
+        pkix: bool,
+        slot: PresentedChain,
+    ) -> Result<Arc<ClientConfig>, TlsFailure> {
         let usable = dane::usable(&tlsa);
         if usable.is_empty() {
             return Err(TlsFailure::DaneMismatch(format!(
@@ -217,14 +463,9 @@ impl ClientTls {
             names,
             pkix.then(|| self.webpki.clone()),
             self.provider.clone(),
-        );
-        let config = ClientConfig::builder_with_provider(self.provider.clone())
-            .with_protocol_versions(super::PROTOCOL_VERSIONS)
-            .map_err(|e| TlsFailure::Handshake(format!("client configuration: {e}")))?
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(verifier))
-            .with_no_client_auth();
-        Ok(Arc::new(config))
+        )
+        .recording(slot);
+        self.with_verifier(Arc::new(verifier))
     }
 }
 
@@ -233,17 +474,22 @@ impl ClientTls {
 #[derive(Debug)]
 struct UnauthenticatedPeer {
     provider: Arc<rustls::crypto::CryptoProvider>,
+    /// Where the presented chain is kept, for reports only.
+    presented: Option<PresentedChain>,
 }
 
 impl ServerCertVerifier for UnauthenticatedPeer {
     fn verify_server_cert(
         &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
         _server_name: &ServerName<'_>,
         _ocsp_response: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
+        if let Some(slot) = &self.presented {
+            slot.record(end_entity, intermediates);
+        }
         Ok(ServerCertVerified::assertion())
     }
 
@@ -279,5 +525,148 @@ impl ServerCertVerifier for UnauthenticatedPeer {
         self.provider
             .signature_verification_algorithms
             .supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tls_error(e: rustls::Error) -> io::Error {
+        // What tokio-rustls hands back for a rustls error.
+        io::Error::new(io::ErrorKind::InvalidData, e)
+    }
+
+    #[test]
+    fn alerts_are_named_as_the_rfcs_name_them() {
+        assert_eq!(
+            alert_name(AlertDescription::HandshakeFailure),
+            "handshake_failure"
+        );
+        assert_eq!(
+            alert_name(AlertDescription::CertificateRequired),
+            "certificate_required"
+        );
+        assert_eq!(alert_name(AlertDescription::Unknown(200)), "unknown (200)");
+    }
+
+    /// Issue 12 item 4: the reasons are words, not rustls' Debug names.
+    #[test]
+    fn handshake_errors_are_said_in_words() {
+        let classify = |e: rustls::Error| TlsFailure::from_handshake_error(&tls_error(e), "mx");
+        assert_eq!(
+            classify(rustls::Error::PeerIncompatible(
+                PeerIncompatible::NoCipherSuitesInCommon
+            )),
+            TlsFailure::Handshake("no cipher suite in common".into())
+        );
+        assert_eq!(
+            classify(rustls::Error::PeerIncompatible(
+                PeerIncompatible::NoSignatureSchemesInCommon
+            ))
+            .to_string(),
+            "TLS handshake failed: no signature algorithm in common"
+        );
+        assert_eq!(
+            classify(rustls::Error::PeerIncompatible(
+                PeerIncompatible::ServerDoesNotSupportTls12Or13
+            )),
+            TlsFailure::ProtocolVersion
+        );
+        assert_eq!(
+            classify(rustls::Error::AlertReceived(
+                AlertDescription::CertificateRequired
+            )),
+            TlsFailure::ClientCertificateRequired
+        );
+        let text = classify(rustls::Error::AlertReceived(AlertDescription::DecodeError));
+        assert_eq!(
+            text.to_string(),
+            "TLS handshake failed: decode_error alert from the server"
+        );
+        let text = classify(rustls::Error::AlertReceived(
+            AlertDescription::HandshakeFailure,
+        ))
+        .to_string();
+        assert!(
+            text.contains("handshake_failure alert from the server"),
+            "{text}"
+        );
+        assert!(!text.contains("HandshakeFailure"), "{text}");
+        let eof = io::Error::new(io::ErrorKind::UnexpectedEof, "tls handshake eof");
+        assert_eq!(
+            TlsFailure::from_handshake_error(&eof, "mx"),
+            TlsFailure::ClosedAfterStarttls
+        );
+        // A precise failure from our verifier comes back out of rustls' error unchanged.
+        let precise = TlsFailure::IntermediateExpired {
+            subject: "CN=x".into(),
+            not_after: "then".into(),
+        };
+        let wrapped = rustls::Error::InvalidCertificate(CertificateError::Other(
+            rustls::OtherError(Arc::new(precise.clone())),
+        ));
+        assert_eq!(classify(wrapped), precise);
+    }
+
+    #[test]
+    fn the_first_read_after_the_handshake_names_a_client_certificate_demand() {
+        let alert = |a| TlsFailure::after_handshake(&tls_error(rustls::Error::AlertReceived(a)));
+        assert_eq!(
+            alert(AlertDescription::CertificateRequired),
+            TlsFailure::ClientCertificateRequired
+        );
+        assert_eq!(
+            alert(AlertDescription::BadCertificate).to_string(),
+            "TLS session failed before the first reply after the handshake: bad_certificate \
+             alert from the server"
+        );
+        let reset = io::Error::new(io::ErrorKind::ConnectionReset, "connection reset by peer");
+        assert_eq!(
+            TlsFailure::after_handshake(&reset),
+            TlsFailure::AfterHandshake("connection reset by peer".into())
+        );
+    }
+
+    /// Every label a failure can be counted under exists from the start (alerts use
+    /// `increase()`, which misses the first event of a series that did not exist).
+    #[test]
+    fn every_metric_label_is_registered() {
+        let all = [
+            TlsFailure::NoStarttls,
+            TlsFailure::StarttlsRefused(String::new()),
+            TlsFailure::CertUntrusted,
+            TlsFailure::CertExpired,
+            TlsFailure::CertNotYetValid,
+            TlsFailure::HostnameMismatch(String::new()),
+            TlsFailure::ProtocolVersion,
+            TlsFailure::Handshake(String::new()),
+            TlsFailure::StarttlsTimeout(Duration::from_secs(1)),
+            TlsFailure::StarttlsLost(String::new()),
+            TlsFailure::ClosedAfterStarttls,
+            TlsFailure::HandshakeTimeout(Duration::from_secs(1)),
+            TlsFailure::ClientCertificateRequired,
+            TlsFailure::IntermediateExpired {
+                subject: String::new(),
+                not_after: String::new(),
+            },
+            TlsFailure::IntermediateNotYetValid {
+                subject: String::new(),
+                not_before: String::new(),
+            },
+            TlsFailure::AfterHandshake(String::new()),
+            TlsFailure::ResponseInjection,
+            TlsFailure::DaneMismatch(String::new()),
+        ];
+        for failure in &all {
+            assert!(
+                TlsFailure::METRIC_LABELS.contains(&failure.metric_label()),
+                "{failure}"
+            );
+        }
+        assert_eq!(
+            TlsFailure::StarttlsTimeout(Duration::from_secs(30)).to_string(),
+            "no reply to STARTTLS within 30s"
+        );
     }
 }

@@ -31,7 +31,7 @@
 //! [`TlsFailure::from_handshake_error`](super::client::TlsFailure::from_handshake_error) can turn
 //! them into `TlsFailure::DaneMismatch` for the DSN, the log and the `dane_mismatch` metric.
 
-use super::verify::{self, PolicyVerifier};
+use super::verify::{self, PolicyVerifier, PresentedChain};
 use crate::dns::Tlsa;
 use crate::policy::NamePattern;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -144,6 +144,8 @@ pub struct DaneVerifier {
     pkix: Option<PolicyVerifier>,
     /// Signature algorithms for the handshake signatures and the DANE-TA chain.
     provider: Arc<rustls::crypto::CryptoProvider>,
+    /// Where the presented chain is kept for reports, also when it is refused.
+    presented: PresentedChain,
 }
 
 impl DaneVerifier {
@@ -161,7 +163,14 @@ impl DaneVerifier {
             pkix: pkix.map(|webpki| PolicyVerifier::new(webpki, names.clone())),
             names,
             provider,
+            presented: PresentedChain::default(),
         }
+    }
+
+    /// Keeps every chain the server presents in `slot` (for `probe` and `domains check`).
+    pub fn recording(mut self, slot: PresentedChain) -> DaneVerifier {
+        self.presented = slot;
+        self
     }
 
     /// Whether any record authenticates the chain (RFC 6698 §4.1: one match is enough).
@@ -274,6 +283,7 @@ impl ServerCertVerifier for DaneVerifier {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
+        self.presented.record(end_entity, intermediates);
         self.authenticate(end_entity, intermediates, server_name, now)
             .map_err(DaneError::into_rustls)?;
         if let Some(pkix) = &self.pkix {

@@ -22,9 +22,11 @@ pub use keys::{generate_self_signed, KeyError};
 pub static PROTOCOL_VERSIONS: &[&rustls::SupportedProtocolVersion] =
     &[&rustls::version::TLS13, &rustls::version::TLS12];
 
-/// The cryptographic provider used everywhere, so that client and server agree on suites.
+/// The cryptographic provider used everywhere, so that client and server agree on suites:
+/// aws-lc-rs, whose signature algorithms include ECDSA P-521 and RSA-PSS (issue 12 item 4:
+/// ring has neither, and MXes with such certificates could not be reached).
 pub fn crypto_provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
 /// Builds the STARTTLS server configuration from a PEM chain and key file.

@@ -58,6 +58,20 @@ impl TestCa {
         (cert.pem(), key.serialize_pem())
     }
 
+    /// A leaf for `names` with a key of `alg` (e.g. ECDSA P-521, RSA), signed by this CA:
+    /// (chain PEM, key PEM).
+    pub fn issue_with(
+        &self,
+        alg: &'static rcgen::SignatureAlgorithm,
+        names: &[&str],
+    ) -> (String, String) {
+        let key = rcgen::KeyPair::generate_for(alg).unwrap();
+        let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+        let params = rcgen::CertificateParams::new(names).unwrap();
+        let cert = params.signed_by(&key, &self.ca_cert, &self.ca_key).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+
     /// A leaf for `names` whose validity ended in 2021.
     pub fn issue_expired(&self, names: &[&str]) -> (String, String) {
         let key = rcgen::KeyPair::generate().unwrap();
@@ -67,6 +81,33 @@ impl TestCa {
         params.not_after = rcgen::date_time_ymd(2021, 1, 1);
         let cert = params.signed_by(&key, &self.ca_cert, &self.ca_key).unwrap();
         (cert.pem(), key.serialize_pem())
+    }
+
+    /// A leaf for `names`, valid now, issued by an intermediate CA ("tlsgate test
+    /// intermediate") whose validity ended in 2021: (chain PEM, leaf then intermediate; key PEM).
+    pub fn issue_under_expired_intermediate(&self, names: &[&str]) -> (String, String) {
+        let mid_key = rcgen::KeyPair::generate().unwrap();
+        let mut mid = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        mid.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        mid.distinguished_name
+            .push(rcgen::DnType::CommonName, "tlsgate test intermediate");
+        mid.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+        ];
+        mid.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        mid.not_after = rcgen::date_time_ymd(2021, 1, 1);
+        let mid_cert = mid
+            .signed_by(&mid_key, &self.ca_cert, &self.ca_key)
+            .unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+        let leaf = rcgen::CertificateParams::new(names).unwrap();
+        let leaf = leaf.signed_by(&key, &mid_cert, &mid_key).unwrap();
+        (
+            format!("{}{}", leaf.pem(), mid_cert.pem()),
+            key.serialize_pem(),
+        )
     }
 
     /// Writes a leaf for `names` as server.pem / server.key (mode 0600) into `dir`.

@@ -36,6 +36,10 @@ pub struct Behaviour {
     pub inject_after_starttls: Option<Vec<u8>>,
     /// After the `220` to STARTTLS, answer the client's hello with bytes that are not TLS.
     pub break_handshake: bool,
+    /// Close the connection right after the `220` to STARTTLS.
+    pub close_after_starttls: bool,
+    /// Never answer STARTTLS: read on (and throw away) until the client goes.
+    pub ignore_starttls: bool,
     pub extensions: Vec<String>,
     pub ehlo_reply_override: Option<String>,
     pub mail_reply: String,
@@ -55,6 +59,8 @@ impl Default for Behaviour {
             starttls_reply: "220 2.0.0 ready".into(),
             inject_after_starttls: None,
             break_handshake: false,
+            close_after_starttls: false,
+            ignore_starttls: false,
             extensions: [
                 "PIPELINING",
                 "8BITMIME",
@@ -342,6 +348,10 @@ async fn serve(
                     conn.write(b.reply_delay, "502 5.5.1 no TLS here").await?;
                     continue;
                 };
+                if b.ignore_starttls {
+                    while conn.read_line().await.is_some() {}
+                    return None;
+                }
                 if !b.starttls_reply.starts_with("220") {
                     conn.write(b.reply_delay, &b.starttls_reply).await?;
                     continue;
@@ -351,6 +361,9 @@ async fn serve(
                     reply.extend_from_slice(extra);
                 }
                 conn.write_raw(b.reply_delay, reply).await?;
+                if b.close_after_starttls {
+                    return None;
+                }
                 // Plaintext pipelined behind STARTTLS is discarded, as a careful server does.
                 conn.buf.clear();
                 if b.break_handshake {

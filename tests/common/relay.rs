@@ -52,21 +52,13 @@ pub async fn setup_full(
     extra: &str,
     next_hop_host: Option<&str>,
 ) -> Setup {
-    setup_on_dns(
-        TestDns::start().await,
-        "",
-        outbound,
-        delivery,
-        extra,
-        next_hop_host,
-    )
-    .await
+    setup_next_hop(outbound, delivery, extra, next_hop_host, "may").await
 }
 
 /// As [`setup`], against `dns` (e.g. a [`super::dns::SignedDns`]'s server) with `dns_keys`
 /// added to `[dns]` (e.g. `dnssec = "validate"` and `trust_anchor`).
 pub async fn setup_dnssec(dns: TestDns, dns_keys: &str, delivery: &str, extra: &str) -> Setup {
-    setup_on_dns(dns, dns_keys, "", delivery, extra, None).await
+    setup_on_dns(dns, dns_keys, "", delivery, extra, None, "may").await
 }
 
 /// As [`setup_dnssec`], with `outbound` keys added to `[outbound]`.
@@ -77,7 +69,7 @@ pub async fn setup_dnssec_with(
     delivery: &str,
     extra: &str,
 ) -> Setup {
-    setup_on_dns(dns, dns_keys, outbound, delivery, extra, None).await
+    setup_on_dns(dns, dns_keys, outbound, delivery, extra, None, "may").await
 }
 
 /// As [`setup_dnssec`], but tlsgate asks `nameserver` (e.g. a validating unbound in front of
@@ -91,9 +83,30 @@ pub async fn setup_behind_resolver(
 ) -> Setup {
     let mut behind = dns.clone();
     behind.addr = nameserver;
-    let mut s = setup_on_dns(behind, dns_keys, "", delivery, extra, None).await;
+    let mut s = setup_on_dns(behind, dns_keys, "", delivery, extra, None, "may").await;
     s.dns = dns;
     s
+}
+
+/// As [`setup_full`], with `inbound.next_hop_tls` set to `next_hop_tls`. A timeout key in
+/// `delivery` replaces the harness's default for it (TOML allows a key once).
+pub async fn setup_next_hop(
+    outbound: &str,
+    delivery: &str,
+    extra: &str,
+    next_hop_host: Option<&str>,
+    next_hop_tls: &str,
+) -> Setup {
+    setup_on_dns(
+        TestDns::start().await,
+        "",
+        outbound,
+        delivery,
+        extra,
+        next_hop_host,
+        next_hop_tls,
+    )
+    .await
 }
 
 async fn setup_on_dns(
@@ -103,6 +116,7 @@ async fn setup_on_dns(
     delivery: &str,
     extra: &str,
     next_hop_host: Option<&str>,
+    next_hop_tls: &str,
 ) -> Setup {
     let mut next_hop = None;
     for _ in 0..200 {
@@ -142,7 +156,7 @@ role = "outbound"
 [inbound]
 local_domains = ["example.no"]
 next_hop = "{hop}:{port}"
-next_hop_tls = "may"
+next_hop_tls = "{next_hop_tls}"
 
 [outbound]
 relay_networks = ["127.0.0.0/8"]
@@ -155,13 +169,20 @@ nameservers = ["{dns}"]
 {dns_keys}
 
 [delivery]
-connect_timeout = "2s"
-command_timeout = "3s"
-data_timeout = "5s"
-idle_timeout = "3s"
+{defaults}
 {delivery}
 {extra}
 "#,
+        defaults = [
+            ("connect_timeout", "2s"),
+            ("command_timeout", "3s"),
+            ("data_timeout", "5s"),
+            ("idle_timeout", "3s"),
+        ]
+        .iter()
+        .filter(|(key, _)| !delivery.contains(&format!("{key} =")))
+        .map(|(key, value)| format!("{key} = \"{value}\"\n"))
+        .collect::<String>(),
         data = dir.path().join("data").display(),
         cert = cert.display(),
         key = key.display(),
@@ -262,6 +283,41 @@ pub fn server_tls_from_pem(cert: &str, key: &str) -> Arc<rustls::ServerConfig> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600)).unwrap();
     tlsgate::tls::server_config(&cert_path, &key_path).unwrap()
+}
+
+/// A STARTTLS server configuration for `names` (certificate from `ca`) that demands a client
+/// certificate issued by `ca`, speaking only `versions`.
+pub fn server_tls_demanding_client_cert(
+    ca: &TestCa,
+    names: &[&str],
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Arc<rustls::ServerConfig> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let (cert, key) = ca.issue(names);
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert.as_bytes())
+        .map(|c| c.unwrap())
+        .collect();
+    let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(ca.cert_pem.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let provider = tlsgate::tls::crypto_provider();
+    // Client authentication is mandatory unless `allow_unauthenticated` is called.
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(versions)
+        .unwrap()
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .unwrap();
+    Arc::new(config)
 }
 
 pub fn reply_for(rules: &'static [(&'static str, &'static str)]) -> Behaviour {
