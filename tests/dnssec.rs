@@ -433,3 +433,49 @@ async fn wait_for_deferral(s: &common::relay::Setup) -> tlsgate::queue::Recipien
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
+
+/// D5: `tlsgate probe` runs the self-check first and says whether DANE is available; with a
+/// stripping resolver path it says UNAVAILABLE and why, and still probes (insecure answers).
+#[tokio::test]
+async fn probe_reports_the_dnssec_self_check() {
+    let pki = hierarchy().await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = common::TestCa::new();
+    let (cert, key) = ca.write_server_files(dir.path(), &[common::HOSTNAME]);
+    let text = common::base_config(dir.path(), &cert, &key, "").replace(
+        "nameservers = [\"127.0.0.1:9\"]",
+        &format!(
+            "nameservers = [\"{}\"]\ndnssec = \"validate\"\ntrust_anchor = \"{}\"",
+            pki.addr,
+            pki.trust_anchor_file().display()
+        ),
+    );
+    assert!(
+        text.contains("dnssec = \"validate\""),
+        "base config changed"
+    );
+    let config = dir.path().join("tlsgate.toml");
+    std::fs::write(&config, text).unwrap();
+    let probe = || async {
+        let out = tokio::time::timeout(
+            Duration::from_secs(60),
+            tokio::process::Command::new(env!("CARGO_BIN_EXE_tlsgate"))
+                .args(["probe", "dane.test", "--timeout", "2s", "--config"])
+                .arg(&config)
+                .kill_on_drop(true)
+                .output(),
+        )
+        .await
+        .expect("probe finished in time")
+        .expect("probe ran");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let stdout = probe().await;
+    assert!(stdout.contains("dnssec: validate, available"), "{stdout}");
+    pki.strip_dnssec(true);
+    let stdout = probe().await;
+    assert!(
+        stdout.contains("dnssec: validate, UNAVAILABLE, DANE is off"),
+        "{stdout}"
+    );
+}

@@ -39,8 +39,8 @@ pub struct HickoryResolver {
     engine: Engine,
     /// `dns.dnssec`.
     mode: DnssecMode,
-    /// What the last conclusive self-check found; shared with the task that repeats it.
-    status: Arc<RwLock<DnssecStatus>>,
+    /// What the last conclusive self-check found (the task in `ops::dnssec` repeats it).
+    status: RwLock<DnssecStatus>,
 }
 
 enum Engine {
@@ -124,7 +124,7 @@ impl HickoryResolver {
             plain,
             engine,
             mode,
-            status: Arc::new(RwLock::new(status)),
+            status: RwLock::new(status),
         })
     }
 
