@@ -503,6 +503,7 @@ fn prometheus_alert_rules_are_valid() {
         "tlsgate_queue_oldest_message_age_seconds",
         "tlsgate_store_errors_total",
         "tlsgate_domain_list_reload_failures_total",
+        "tlsgate_dnssec_available",
     ] {
         assert!(exprs.contains(needle), "no alert uses {needle}");
     }

@@ -127,15 +127,22 @@ async fn validate_corrupted_signature_is_bogus() {
 
 /// D5: a resolver path that strips RRSIGs must not turn into an outage. The self-check sees
 /// the root DNSKEY without signatures, DANE becomes unavailable, and answers from the signed
-/// zone are insecure, not bogus.
+/// zone are insecure, not bogus. Each check looks at the path as it is now (not at a cached
+/// root DNSKEY): stripping that starts after a passed check is seen at the next one, and the
+/// check after the path is repaired restores validation.
 #[tokio::test]
 async fn validate_stripping_resolver_makes_dnssec_unavailable_not_bogus() {
     let pki = hierarchy().await;
-    pki.strip_dnssec(true);
     let resolver = validating(&pki);
+    assert_eq!(
+        resolver.check_dnssec().await.unwrap(),
+        DnssecStatus::Available
+    );
+
+    pki.strip_dnssec(true);
     let status = resolver.check_dnssec().await.expect("self-check answered");
     assert!(
-        matches!(&status, DnssecStatus::Unavailable { .. }),
+        matches!(&status, DnssecStatus::Unavailable { reason } if reason.contains("signatures")),
         "{status:?}"
     );
     assert_eq!(resolver.dnssec_status(), status);
@@ -149,12 +156,13 @@ async fn validate_stripping_resolver_makes_dnssec_unavailable_not_bogus() {
     assert_eq!(tlsa.value.len(), 1);
     assert_eq!(tlsa.security, Security::Insecure);
 
-    // The path carries DNSSEC again: the next check restores validation.
     pki.strip_dnssec(false);
-    let fresh = validating(&pki);
-    assert_eq!(fresh.check_dnssec().await.unwrap(), DnssecStatus::Available);
     assert_eq!(
-        fresh.mx(&domain("dane.test")).await.unwrap().security,
+        resolver.check_dnssec().await.unwrap(),
+        DnssecStatus::Available
+    );
+    assert_eq!(
+        resolver.mx(&domain("dane.test")).await.unwrap().security,
         Security::Secure
     );
 }
@@ -424,4 +432,50 @@ async fn wait_for_deferral(s: &common::relay::Setup) -> tlsgate::queue::Recipien
         assert!(tokio::time::Instant::now() < deadline, "no deferral");
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
+}
+
+/// D5: `tlsgate probe` runs the self-check first and says whether DANE is available; with a
+/// stripping resolver path it says UNAVAILABLE and why, and still probes (insecure answers).
+#[tokio::test]
+async fn probe_reports_the_dnssec_self_check() {
+    let pki = hierarchy().await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = common::TestCa::new();
+    let (cert, key) = ca.write_server_files(dir.path(), &[common::HOSTNAME]);
+    let text = common::base_config(dir.path(), &cert, &key, "").replace(
+        "nameservers = [\"127.0.0.1:9\"]",
+        &format!(
+            "nameservers = [\"{}\"]\ndnssec = \"validate\"\ntrust_anchor = \"{}\"",
+            pki.addr,
+            pki.trust_anchor_file().display()
+        ),
+    );
+    assert!(
+        text.contains("dnssec = \"validate\""),
+        "base config changed"
+    );
+    let config = dir.path().join("tlsgate.toml");
+    std::fs::write(&config, text).unwrap();
+    let probe = || async {
+        let out = tokio::time::timeout(
+            Duration::from_secs(60),
+            tokio::process::Command::new(env!("CARGO_BIN_EXE_tlsgate"))
+                .args(["probe", "dane.test", "--timeout", "2s", "--config"])
+                .arg(&config)
+                .kill_on_drop(true)
+                .output(),
+        )
+        .await
+        .expect("probe finished in time")
+        .expect("probe ran");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let stdout = probe().await;
+    assert!(stdout.contains("dnssec: validate, available"), "{stdout}");
+    pki.strip_dnssec(true);
+    let stdout = probe().await;
+    assert!(
+        stdout.contains("dnssec: validate, UNAVAILABLE, DANE is off"),
+        "{stdout}"
+    );
 }

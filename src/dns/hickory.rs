@@ -18,7 +18,7 @@ use hickory_resolver::config::{NameServerConfig, ResolverConfig, ResolverOpts};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::net::{DnsError as HickoryDnsError, NetError};
 use hickory_resolver::proto::dnssec::rdata::DNSSECRData;
-use hickory_resolver::proto::dnssec::{DnssecSummary, Proof};
+use hickory_resolver::proto::dnssec::{DnssecSummary, Proof, TrustAnchors};
 use hickory_resolver::proto::op::ResponseCode;
 use hickory_resolver::proto::rr::{Name, RData, Record, RecordType};
 use hickory_resolver::TokioResolver;
@@ -39,16 +39,24 @@ pub struct HickoryResolver {
     engine: Engine,
     /// `dns.dnssec`.
     mode: DnssecMode,
-    /// What the last conclusive self-check found; shared with the task that repeats it.
-    status: Arc<RwLock<DnssecStatus>>,
+    /// What the last conclusive self-check found (the task in `ops::dnssec` repeats it).
+    status: RwLock<DnssecStatus>,
 }
 
 enum Engine {
     Off,
     /// hickory's validating resolver (its own cache, DO bit set on every query).
-    Validate(TokioResolver),
+    Validate(Box<Validating>),
     /// The loopback validating resolver, asked directly so that the AD bit can be read.
     Resolver(Stub),
+}
+
+/// `validate`: the resolver delivery uses, and what the self-check needs to build a fresh one.
+struct Validating {
+    resolver: TokioResolver,
+    nameservers: Vec<SocketAddr>,
+    timeout: Duration,
+    anchors: Arc<TrustAnchors>,
 }
 
 /// One RRset lookup's outcome: the records of the asked type (empty for NODATA) and how far
@@ -87,9 +95,14 @@ impl HickoryResolver {
                         name: "dns.trust_anchor".into(),
                         reason: e.to_string(),
                     })?;
-                Engine::Validate(
-                    build(nameservers, timeout, Some(anchors)).map_err(|e| setup(e.to_string()))?,
-                )
+                let anchors = Arc::new(anchors);
+                Engine::Validate(Box::new(Validating {
+                    resolver: build(nameservers, timeout, Some(anchors.clone()))
+                        .map_err(|e| setup(e.to_string()))?,
+                    nameservers: nameservers.to_vec(),
+                    timeout,
+                    anchors,
+                }))
             }
             DnssecMode::Resolver => {
                 // The AD bit is only as good as the path to the resolver (RFC 6840 section
@@ -111,7 +124,7 @@ impl HickoryResolver {
             plain,
             engine,
             mode,
-            status: Arc::new(RwLock::new(status)),
+            status: RwLock::new(status),
         })
     }
 
@@ -143,7 +156,13 @@ impl HickoryResolver {
     pub async fn check_dnssec(&self) -> Result<DnssecStatus, DnsError> {
         let status = match &self.engine {
             Engine::Off => DnssecStatus::Off,
-            Engine::Validate(resolver) => check_validating(resolver).await?,
+            Engine::Validate(v) => {
+                // A fresh resolver each time: the root DNSKEY stays in a cache for up to a
+                // day, and the check must see the path as it is now.
+                let fresh = build(&v.nameservers, v.timeout, Some(v.anchors.clone()))
+                    .map_err(|e| temporary(".", e.to_string()))?;
+                check_validating(&fresh).await?
+            }
             Engine::Resolver(stub) => check_resolver(stub).await?,
         };
         *self
@@ -157,7 +176,7 @@ impl HickoryResolver {
     async fn lookup(&self, name: &str, record_type: RecordType) -> Result<Answer, DnsError> {
         let in_use = self.dnssec_status().in_use();
         match (&self.engine, in_use) {
-            (Engine::Validate(resolver), true) => hickory_lookup(resolver, name, record_type).await,
+            (Engine::Validate(v), true) => hickory_lookup(&v.resolver, name, record_type).await,
             (Engine::Resolver(stub), _) => stub_lookup(stub, name, record_type, in_use).await,
             _ => {
                 let mut answer = hickory_lookup(&self.plain, name, record_type).await?;
@@ -173,7 +192,7 @@ impl HickoryResolver {
 fn build(
     nameservers: &[SocketAddr],
     timeout: Duration,
-    anchors: Option<hickory_resolver::proto::dnssec::TrustAnchors>,
+    anchors: Option<Arc<TrustAnchors>>,
 ) -> Result<TokioResolver, NetError> {
     let mut builder = if nameservers.is_empty() {
         TokioResolver::builder_tokio()?
@@ -200,7 +219,7 @@ fn build(
     opts.ndots = 0;
     if let Some(anchors) = anchors {
         opts.validate = true;
-        builder = builder.with_trust_anchor(Arc::new(anchors));
+        builder = builder.with_trust_anchor(anchors);
     }
     builder.build()
 }
@@ -271,12 +290,13 @@ async fn hickory_lookup(
             "the answer (or its denial) does not validate from the trust anchor \
              (RFC 4035 section 5.5)",
         )),
-        Err(NetError::Dns(HickoryDnsError::Nsec { proof, .. })) if proof == Proof::Bogus => {
-            Err(bogus(
-                name,
-                "the denial of existence does not validate (RFC 4035 section 5.4)",
-            ))
-        }
+        Err(NetError::Dns(HickoryDnsError::Nsec {
+            proof: Proof::Bogus,
+            ..
+        })) => Err(bogus(
+            name,
+            "the denial of existence does not validate (RFC 4035 section 5.4)",
+        )),
         // A denial hickory could not prove secure but that is not bogus (NSEC3 opt-out or
         // iterations over the limit, RFC 9276): an insecure empty answer.
         Err(NetError::Dns(HickoryDnsError::Nsec { .. })) => Ok(Answer {

@@ -7,7 +7,7 @@
 //!
 //! DNSSEC comes in three modes ([`DnssecMode`], `dns.dnssec`): validated in-process against a
 //! trust anchor ([`anchor`]), taken from the AD bit of a validating resolver on loopback
-//! ([`stub`]), or off. A self-check ([`HickoryResolver::check_dnssec`]) decides whether the
+//! (`stub.rs`), or off. A self-check ([`HickoryResolver::check_dnssec`]) decides whether the
 //! resolver path carries DNSSEC at all; where it does not, every answer is insecure instead of
 //! bogus, so a resolver that strips signatures costs DANE, not all mail to signed domains.
 
