@@ -236,23 +236,43 @@ fn audit_text(s: &Setup) -> String {
     text
 }
 
+/// Runs the copied tlsgate as `nobody` (uid/gid 65534) with `args` and `--config config`.
+///
+/// ETXTBSY ("Text file busy") is retried, boundedly: while the copy was being written, another
+/// test thread may have forked, and its child holds the write descriptor until it execs; exec of
+/// the copy fails until then (a race of the test harness, not of tlsgate).
+async fn run_as_nobody(args: &[&str], config: &std::path::Path) -> std::process::Output {
+    use std::os::unix::process::CommandExt;
+    let binary = binary_for_nobody(config);
+    let mut last = None;
+    for _ in 0..50 {
+        let mut cmd = std::process::Command::new(&binary);
+        cmd.args(args)
+            .arg("--config")
+            .arg(config)
+            .uid(65534)
+            .gid(65534);
+        let run = tokio::process::Command::from(cmd)
+            .kill_on_drop(true)
+            .output();
+        match tokio::time::timeout(Duration::from_secs(60), run)
+            .await
+            .expect("tlsgate finished in time")
+        {
+            Ok(out) => return out,
+            Err(e) if e.raw_os_error() == Some(nix::libc::ETXTBSY) => {
+                last = Some(e);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("tlsgate did not run: {e}"),
+        }
+    }
+    panic!("tlsgate copy still busy after 50 tries: {last:?}");
+}
+
 /// Runs `tlsgate queue list` as another user (uid/gid 65534, `nobody`/`nogroup`).
 async fn queue_list_as_nobody(config: &std::path::Path) -> (bool, String) {
-    use std::os::unix::process::CommandExt;
-    let mut cmd = std::process::Command::new(binary_for_nobody(config));
-    cmd.args(["queue", "list", "--config"])
-        .arg(config)
-        .uid(65534)
-        .gid(65534);
-    let out = tokio::time::timeout(
-        Duration::from_secs(60),
-        tokio::process::Command::from(cmd)
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .expect("tlsgate finished in time")
-    .expect("tlsgate ran");
+    let out = run_as_nobody(&["queue", "list"], config).await;
     (
         out.status.success(),
         format!(
@@ -348,17 +368,7 @@ async fn a_member_of_the_socket_group_is_allowed_and_audited() {
     assert!(out.contains("Mail queue is empty"), "{out}");
 
     // A state-changing call by the group member is audited with its uid.
-    let mut cmd = std::process::Command::new(binary_for_nobody(&cli_config(&s)));
-    use std::os::unix::process::CommandExt;
-    cmd.args(["domains", "reload", "--config"])
-        .arg(cli_config(&s))
-        .uid(65534)
-        .gid(65534);
-    let out = tokio::process::Command::from(cmd)
-        .kill_on_drop(true)
-        .output()
-        .await
-        .unwrap();
+    let out = run_as_nobody(&["domains", "reload"], &cli_config(&s)).await;
     assert!(out.status.success(), "{out:?}");
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
