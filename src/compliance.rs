@@ -165,13 +165,15 @@ pub async fn check_domain(
                         address: addr.to_string(),
                         pass: true,
                         reason: match (&conn.tls, &policy.require) {
-                            (Some(_), Requirement::Dane { pkix: true, .. }) => {
-                                "certificate matches a TLSA record and is valid for the policy"
-                                    .into()
-                            }
-                            (Some(_), Requirement::Dane { .. }) => {
-                                "certificate matches a TLSA record (DANE)".into()
-                            }
+                            (Some(_), Requirement::Dane { pkix, .. }) => format!(
+                                "certificate matches TLSA {}{}",
+                                presented.tlsa_match().unwrap_or_default(),
+                                if *pkix {
+                                    " and is valid for the policy"
+                                } else {
+                                    " (DANE)"
+                                }
+                            ),
                             (Some(_), Requirement::Pkix { .. }) => {
                                 "certificate valid for policy".into()
                             }

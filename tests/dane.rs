@@ -482,7 +482,10 @@ async fn probe_reports_dnssec_tlsa_and_the_dane_verdict() {
     tlsa.sort();
     got.sort();
     assert_eq!(got, tlsa);
-    assert_eq!(host["reason"], "certificate matches a TLSA record (DANE)");
+    assert_eq!(
+        host["reason"],
+        format!("certificate matches TLSA 3 1 1 {} (DANE)", hex(&spki))
+    );
 }
 
 /// A certificate that matches no record fails the probe, saying why.

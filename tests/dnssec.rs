@@ -351,7 +351,7 @@ async fn a_bogus_mx_defers_with_4_7_5() {
             pki.trust_anchor_file().display()
         ),
         "retry_schedule = [\"1h\"]",
-        "",
+        "[metrics]\nbind = \"127.0.0.1:0\"",
     )
     .await;
     let sink = s.sink(MX1, common::mx_sink::Behaviour::default()).await;
@@ -362,6 +362,12 @@ async fn a_bogus_mx_defers_with_4_7_5() {
     let reply = state.last_reply.clone().unwrap_or_default();
     assert!(reply.contains("DNSSEC bogus"), "{reply}");
     assert_eq!(sink.connections(), 0, "the bogus MX host was contacted");
+    let metrics = s.relay.running().metrics_addr().expect("metrics bound");
+    let body = scrape(metrics).await;
+    assert!(
+        body.contains("tlsgate_tls_failures_total{reason=\"dnssec_bogus\"} 1"),
+        "{body}"
+    );
 }
 
 /// D5: with a DNSSEC-stripping resolver path the relay does not defer mail to signed domains:

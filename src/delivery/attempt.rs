@@ -206,13 +206,23 @@ async fn deliver_to_hosts(
             })
         }
         Err(RouteError::Temporary { status, reason }) => {
+            // `route` gives 4.7.5 only for DNSSEC-bogus answers (D5): counted with the TLS
+            // policy failures, as the MX host can then not be authenticated at all.
+            if status == EnhancedStatus::new(4, 7, 5) {
+                ctx.metrics
+                    .tls_failures
+                    .with_label_values(&["dnssec_bogus"])
+                    .inc();
+                tracing::warn!(queue_id = %meta.id, destination = %destination, reason = %reason,
+                    "DNSSEC-bogus answer for the destination, deferred");
+            }
             return everyone(Outcome::Deferred {
                 host: None,
                 status,
                 reason,
                 remote: false,
                 tls: false,
-            })
+            });
         }
     };
     let rules = rules(ctx.config, ctx.domain_list);

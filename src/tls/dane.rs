@@ -173,21 +173,21 @@ impl DaneVerifier {
         self
     }
 
-    /// Whether any record authenticates the chain (RFC 6698 §4.1: one match is enough).
+    /// The record that authenticates the chain, if any (RFC 6698 §4.1: one match is enough).
     fn authenticate(
         &self,
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
         server_name: &ServerName<'_>,
         now: UnixTime,
-    ) -> Result<(), DaneError> {
+    ) -> Result<&Tlsa, DaneError> {
         let leaf_spki = spki(end_entity);
         // DANE-EE(3) first: cheapest, and the common deployment (RFC 7672 §3.1.1).
-        let ee_match = self.tlsa.iter().filter(|r| r.usage == DANE_EE).any(|r| {
+        let ee_match = self.tlsa.iter().filter(|r| r.usage == DANE_EE).find(|r| {
             selected(r.selector, end_entity, leaf_spki).is_some_and(|data| matches_data(r, data))
         });
-        if ee_match {
-            return Ok(());
+        if let Some(record) = ee_match {
+            return Ok(record);
         }
         // DANE-TA(2): a certificate above the leaf is the anchor. The leaf itself is never a
         // trust anchor (a self-signed leaf is published as DANE-EE; OpenSSL and Postfix match
@@ -201,7 +201,7 @@ impl DaneVerifier {
                     continue;
                 }
                 match self.chain_to(record, index, end_entity, intermediates, server_name, now) {
-                    Ok(()) => return Ok(()),
+                    Ok(()) => return Ok(record),
                     Err(e) => {
                         first_failure.get_or_insert(e);
                     }
@@ -284,8 +284,10 @@ impl ServerCertVerifier for DaneVerifier {
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
         self.presented.record(end_entity, intermediates);
-        self.authenticate(end_entity, intermediates, server_name, now)
+        let record = self
+            .authenticate(end_entity, intermediates, server_name, now)
             .map_err(DaneError::into_rustls)?;
+        self.presented.record_tlsa_match(record.to_string());
         if let Some(pkix) = &self.pkix {
             // A listed domain: DANE does not replace what its level demands (T2, T9).
             pkix.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)?;

@@ -31,8 +31,15 @@ use std::sync::{Arc, Mutex};
 /// The certificates a server presented in the handshake of one connection (end entity first),
 /// filled in by the verifier whether or not they are accepted, so that a report can describe
 /// them after a failed handshake too. Clones share the slot.
+/// The DANE verifier also notes which TLSA record matched.
 #[derive(Debug, Clone, Default)]
-pub struct PresentedChain(Arc<Mutex<Vec<CertificateDer<'static>>>>);
+pub struct PresentedChain(Arc<Mutex<Presented>>);
+
+#[derive(Debug, Default)]
+struct Presented {
+    chain: Vec<CertificateDer<'static>>,
+    tlsa_match: Option<String>,
+}
 
 impl PresentedChain {
     /// Keeps `end_entity` and `intermediates`, replacing what an earlier handshake left.
@@ -42,12 +49,32 @@ impl PresentedChain {
         chain.extend(intermediates.iter().map(|c| c.clone().into_owned()));
         // A poisoned slot only means another thread panicked while writing a Vec: the data is
         // still a chain, so it is taken over rather than lost.
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = chain;
+        let mut slot = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        slot.chain = chain;
+        slot.tlsa_match = None;
     }
 
     /// The chain recorded last (empty when the server presented none).
     pub fn get(&self) -> Vec<CertificateDer<'static>> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .chain
+            .clone()
+    }
+
+    /// Notes the TLSA record that authenticated the chain recorded last (DANE, RFC 7672).
+    pub fn record_tlsa_match(&self, record: String) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).tlsa_match = Some(record);
+    }
+
+    /// The TLSA record that authenticated the chain recorded last, as `3 1 1 <hex>`.
+    pub fn tlsa_match(&self) -> Option<String> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .tlsa_match
+            .clone()
     }
 }
 
