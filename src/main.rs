@@ -296,11 +296,36 @@ fn check_config(path: Option<&Path>) -> anyhow::Result<()> {
     }
     print!("{}", tlsgate::config::summary(&config));
     if config.dns.dnssec != tlsgate::dns::DnssecMode::Off {
-        // No network here: whether the resolver path carries DNSSEC is `probe`'s to check.
-        println!("dnssec self-check: run `tlsgate probe DOMAIN` to check the resolver path");
+        if config.dns.nameservers.is_empty() {
+            // The system resolver may be anywhere: no network from check-config then.
+            println!("dnssec self-check: run `tlsgate probe DOMAIN` to check the resolver path");
+        } else {
+            // The configured resolvers (loopback for `resolver`): D5 wants check-config to say
+            // whether they carry DNSSEC at all.
+            let resolver = tlsgate::dns::HickoryResolver::with_dnssec(
+                &config.dns.nameservers,
+                tlsgate::dns::QUERY_TIMEOUT,
+                config.dns.dnssec,
+                config.dns.trust_anchor.as_deref(),
+            )?;
+            let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+            println!("{}", runtime.block_on(dnssec_line(&config, &resolver)));
+        }
     }
     println!("configuration ok");
     Ok(())
+}
+
+/// The DNSSEC self-check (D5) in one line: `dnssec: <mode>, <status>`; a check without an
+/// answer says so (the status then stays "available", as the server's check does).
+async fn dnssec_line(config: &Config, resolver: &tlsgate::dns::HickoryResolver) -> String {
+    match resolver.check_dnssec().await {
+        Ok(status) => format!("dnssec: {}, {status}", config.dns.dnssec),
+        Err(e) => format!(
+            "dnssec: {}, self-check got no answer ({e}); treated as available",
+            config.dns.dnssec
+        ),
+    }
 }
 
 fn gen_cert(hosts: &[String], out: &Path) -> anyhow::Result<()> {
@@ -369,13 +394,7 @@ fn domains_check(
         // The DNSSEC self-check first (D5): where the resolver path carries no DNSSEC, DANE is
         // unavailable and every answer below is insecure. On stderr with --json, so that
         // stdout stays JSON.
-        let dnssec = match resolver.check_dnssec().await {
-            Ok(status) => format!("dnssec: {}, {status}", config.dns.dnssec),
-            Err(e) => format!(
-                "dnssec: {}, self-check got no answer ({e}); treated as available",
-                config.dns.dnssec
-            ),
-        };
+        let dnssec = dnssec_line(&config, &resolver).await;
         if json {
             eprintln!("{dnssec}");
         } else {

@@ -484,4 +484,22 @@ async fn probe_reports_the_dnssec_self_check() {
         stdout.contains("dnssec: validate, UNAVAILABLE, DANE is off"),
         "{stdout}"
     );
+    // check-config runs the same self-check against the configured resolvers (D5).
+    let check = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_tlsgate"))
+            .args(["check-config", "--config"])
+            .arg(&config)
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("check-config finished in time")
+    .expect("check-config ran");
+    let stdout = String::from_utf8_lossy(&check.stdout);
+    assert!(check.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("dnssec: validate, UNAVAILABLE, DANE is off"),
+        "{stdout}"
+    );
 }
