@@ -187,6 +187,47 @@ pub(super) fn candidate(san: &str, patterns: &[NamePattern], sni_host: &str) -> 
     }
 }
 
+/// The handshake signature of TLS 1.2 (the server's key exchange), checked with `provider`'s
+/// algorithms: what every verifier checks, also one that does not authenticate the peer, so
+/// that the session is bound to the key in the certificate presented.
+pub fn tls12_signature(
+    provider: &rustls::crypto::CryptoProvider,
+    message: &[u8],
+    cert: &CertificateDer<'_>,
+    dss: &DigitallySignedStruct,
+) -> Result<HandshakeSignatureValid, rustls::Error> {
+    rustls::crypto::verify_tls12_signature(
+        message,
+        cert,
+        dss,
+        &provider.signature_verification_algorithms,
+    )
+}
+
+/// The TLS 1.3 CertificateVerify signature, as [`tls12_signature`].
+pub fn tls13_signature(
+    provider: &rustls::crypto::CryptoProvider,
+    message: &[u8],
+    cert: &CertificateDer<'_>,
+    dss: &DigitallySignedStruct,
+) -> Result<HandshakeSignatureValid, rustls::Error> {
+    rustls::crypto::verify_tls13_signature(
+        message,
+        cert,
+        dss,
+        &provider.signature_verification_algorithms,
+    )
+}
+
+/// The signature schemes `provider` can check.
+pub fn signature_schemes(
+    provider: &rustls::crypto::CryptoProvider,
+) -> Vec<rustls::SignatureScheme> {
+    provider
+        .signature_verification_algorithms
+        .supported_schemes()
+}
+
 /// Validates the chain with webpki and the name against the connection's patterns.
 #[derive(Debug)]
 pub struct PolicyVerifier {
