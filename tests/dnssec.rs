@@ -61,7 +61,8 @@ async fn validate_secure_answers_are_secure() {
     assert_eq!(mx.value[0].exchange, "mx.dane.test");
     assert_eq!(mx.security, Security::Secure);
     let addresses = resolver.addresses("mx.dane.test").await.expect("A");
-    assert_eq!(addresses.value, vec![ip("127.0.0.1")]);
+    assert_eq!(addresses.value.ips, vec![ip("127.0.0.1")]);
+    assert_eq!(addresses.value.canonical, None);
     assert_eq!(addresses.security, Security::Secure);
     let tlsa = resolver.tlsa("_25._tcp.mx.dane.test").await.expect("TLSA");
     assert_eq!(tlsa.value.len(), 1);
@@ -92,7 +93,7 @@ async fn validate_unsigned_zone_is_insecure() {
     assert_eq!(mx.value[0].exchange, "mx.plain.test");
     assert_eq!(mx.security, Security::Insecure);
     let addresses = resolver.addresses("mx.plain.test").await.expect("A");
-    assert_eq!(addresses.value, vec![ip("127.0.0.2")]);
+    assert_eq!(addresses.value.ips, vec![ip("127.0.0.2")]);
     assert_eq!(addresses.security, Security::Insecure);
     let tlsa = resolver
         .tlsa("_25._tcp.mx.plain.test")
