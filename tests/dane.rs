@@ -620,5 +620,10 @@ async fn insecure_expansion_is_no_dane_ta_name() {
     send(&s).await;
     let state = deferred(&s).await;
     assert_eq!(state.last_status.as_deref(), Some("4.7.5"), "{state:?}");
+    let reason = state.last_reply.clone().unwrap_or_default();
+    assert!(
+        reason.contains("the certificate does not match mx1.partner.test or partner.test"),
+        "{reason}"
+    );
     assert!(sink.messages().is_empty());
 }

@@ -369,9 +369,12 @@ mod tests {
         }
     }
 
+    /// One TLSA answer of [`TlsaZone`].
+    type TlsaAnswer = Result<Secured<Vec<Tlsa>>, DnsError>;
+
     /// TLSA answers by owner name (a secure denial for any other name), and the names asked.
     struct TlsaZone {
-        answers: std::collections::HashMap<String, Result<Secured<Vec<Tlsa>>, DnsError>>,
+        answers: std::collections::HashMap<String, TlsaAnswer>,
         asked: std::sync::Mutex<Vec<String>>,
     }
 
@@ -401,7 +404,7 @@ mod tests {
         }
     }
 
-    fn zone(answers: &[(&str, Result<Secured<Vec<Tlsa>>, DnsError>)]) -> TlsaZone {
+    fn zone(answers: &[(&str, TlsaAnswer)]) -> TlsaZone {
         TlsaZone {
             answers: answers
                 .iter()
@@ -411,7 +414,7 @@ mod tests {
         }
     }
 
-    fn secure(records: Vec<Tlsa>) -> Result<Secured<Vec<Tlsa>>, DnsError> {
+    fn secure(records: Vec<Tlsa>) -> TlsaAnswer {
         Ok(Secured {
             value: records,
             security: Security::Secure,
