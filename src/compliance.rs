@@ -116,8 +116,10 @@ pub async fn check_domain(
             demands,
             HostFacts {
                 host: &host.name,
+                expanded: host.expanded.as_deref(),
+                tlsa_base: &tlsa.base,
                 mx_security: route.mx_security,
-                tlsa: &tlsa,
+                tlsa: &tlsa.facts,
             },
         );
         let empty = HostReport {
@@ -127,7 +129,7 @@ pub async fn check_domain(
             level: policy.level.to_string(),
             policy_source: policy.source.label().to_string(),
             mx_dnssec: route.mx_security.as_str().to_string(),
-            tlsa: describe_tlsa(&tlsa),
+            tlsa: describe_tlsa(&tlsa, &host.name),
             tls_failed_then_plaintext: None,
             reason: String::new(),
             tls_version: None,
@@ -227,8 +229,15 @@ pub async fn check_domain(
 }
 
 /// The TLSA facts in words for the report.
-fn describe_tlsa(facts: &TlsaFacts) -> Vec<String> {
-    match facts {
+/// The TLSA facts of a host as `probe` shows them; records found at a CNAME'd host's expanded
+/// name say so (RFC 7672 section 2.2.2).
+fn describe_tlsa(tlsa: &route::HostTlsa, host: &str) -> Vec<String> {
+    let at = if tlsa.base == host {
+        String::new()
+    } else {
+        format!(" at {}", tlsa.base)
+    };
+    match &tlsa.facts {
         TlsaFacts::NotLooked(why) => vec![format!("not looked up ({why})")],
         TlsaFacts::Insecure => vec!["insecure answer (not used)".into()],
         TlsaFacts::Secure(records) if records.is_empty() => vec!["none (secure denial)".into()],
@@ -240,7 +249,7 @@ fn describe_tlsa(facts: &TlsaFacts) -> Vec<String> {
                 } else {
                     " (unusable)"
                 };
-                format!("secure: {r}{usable}")
+                format!("secure{at}: {r}{usable}")
             })
             .collect(),
         TlsaFacts::Failed { reason, .. } => vec![format!("lookup failed: {reason}")],

@@ -508,3 +508,122 @@ async fn probe_says_why_no_tlsa_record_matched() {
         "{host}"
     );
 }
+
+/// `partner.test` (signed) whose MX `mx1.partner.test` is a CNAME of `real.hosting.test`, at
+/// [`MX1`] in `hosting.test`, signed or not.
+async fn partner_behind_cname(target_zone: Signed) -> SignedDns {
+    let pki = SignedDns::start().await;
+    pki.zone("partner.test", Signed::Yes)
+        .add_mx("partner.test", 10, "mx1.partner.test")
+        .add_cname("mx1.partner.test", "real.hosting.test");
+    pki.zone("hosting.test", target_zone)
+        .add_ip("real.hosting.test", ip(MX1));
+    pki
+}
+
+/// The TLSA owner name for `host` at the port connected to.
+fn tlsa_name_of(s: &Setup, host: &str) -> String {
+    format!("_{}._tcp.{host}", s.port)
+}
+
+/// RFC 7672 2.2.2: the MX host is an alias and the whole chain is signed, so the TLSA base
+/// domain is the CNAME-expanded name; DANE-TA's reference identifiers include it (3.2.2), and
+/// the SNI is the TLSA base domain (8.1). The certificate names only `real.hosting.test`.
+#[tokio::test]
+async fn tlsa_at_the_cname_expanded_mx_host_is_used() {
+    let pki = partner_behind_cname(Signed::Yes).await;
+    let s = relay(&pki, "").await;
+    let private_ca = TestCa::new();
+    let (leaf, key) = private_ca.issue(&["real.hosting.test"]);
+    let chain = format!("{leaf}{}", private_ca.cert_pem);
+    pki.zone("hosting.test", Signed::Yes).add_tlsa(
+        &tlsa_name_of(&s, "real.hosting.test"),
+        2,
+        0,
+        1,
+        &Sha256::digest(der(&private_ca.cert_pem)),
+    );
+    let sink = mx(&s, &chain, &key).await;
+    send(&s).await;
+    let got = sink.wait_for_messages(1, WAIT).await;
+    assert_eq!(got[0].sni.as_deref(), Some("real.hosting.test"));
+    let delivered = wait_audit(&s, "delivered").await;
+    assert_eq!(delivered["level"], "dane");
+    assert_eq!(delivered["policy_source"], "dane");
+}
+
+/// RFC 7672 2.2.2: with no TLSA records at the expanded name, the original MX host name is
+/// tried: DANE-EE there authenticates the server, and the SNI is the original name (8.1).
+#[tokio::test]
+async fn tlsa_only_at_the_original_mx_host_name_is_used() {
+    let pki = partner_behind_cname(Signed::Yes).await;
+    let s = relay(&pki, "").await;
+    let (cert, key, spki) = self_signed("mx1.partner.test");
+    pki.zone("partner.test", Signed::Yes).add_tlsa(
+        &tlsa_name_of(&s, "mx1.partner.test"),
+        3,
+        1,
+        1,
+        &spki,
+    );
+    let sink = mx(&s, &cert, &key).await;
+    send(&s).await;
+    let got = sink.wait_for_messages(1, WAIT).await;
+    assert_eq!(got[0].sni.as_deref(), Some("mx1.partner.test"));
+    let delivered = wait_audit(&s, "delivered").await;
+    assert_eq!(delivered["level"], "dane");
+    assert_eq!(delivered["policy_source"], "dane");
+}
+
+/// RFC 7672 2.2.2: a signed alias whose target zone is unsigned: the expansion is insecure, so
+/// the TLSA records are those at the original name only, and they apply (the alias itself is
+/// signed): DANE-EE delivered, although the address records are insecure.
+#[tokio::test]
+async fn alias_into_an_unsigned_zone_uses_tlsa_at_the_original_name() {
+    let pki = partner_behind_cname(Signed::No).await;
+    let s = relay(&pki, "").await;
+    let (cert, key, spki) = self_signed("mx1.partner.test");
+    pki.zone("partner.test", Signed::Yes).add_tlsa(
+        &tlsa_name_of(&s, "mx1.partner.test"),
+        3,
+        1,
+        1,
+        &spki,
+    );
+    let sink = mx(&s, &cert, &key).await;
+    send(&s).await;
+    let got = sink.wait_for_messages(1, WAIT).await;
+    assert_eq!(got[0].sni.as_deref(), Some("mx1.partner.test"));
+    let delivered = wait_audit(&s, "delivered").await;
+    assert_eq!(delivered["level"], "dane");
+    assert_eq!(delivered["policy_source"], "dane");
+}
+
+/// RFC 7672 2.2.2 and 3.2.2: the name an insecure expansion leads to is no name of the host:
+/// a DANE-TA match for a certificate that names only `real.hosting.test` (in an unsigned zone)
+/// is refused, the recipient deferred with 4.7.5 and nothing delivered.
+#[tokio::test]
+async fn insecure_expansion_is_no_dane_ta_name() {
+    let pki = partner_behind_cname(Signed::No).await;
+    let s = relay(&pki, "").await;
+    let private_ca = TestCa::new();
+    let (leaf, key) = private_ca.issue(&["real.hosting.test"]);
+    let chain = format!("{leaf}{}", private_ca.cert_pem);
+    pki.zone("partner.test", Signed::Yes).add_tlsa(
+        &tlsa_name_of(&s, "mx1.partner.test"),
+        2,
+        0,
+        1,
+        &Sha256::digest(der(&private_ca.cert_pem)),
+    );
+    let sink = mx(&s, &chain, &key).await;
+    send(&s).await;
+    let state = deferred(&s).await;
+    assert_eq!(state.last_status.as_deref(), Some("4.7.5"), "{state:?}");
+    let reason = state.last_reply.clone().unwrap_or_default();
+    assert!(
+        reason.contains("the certificate does not match mx1.partner.test or partner.test"),
+        "{reason}"
+    );
+    assert!(sink.messages().is_empty());
+}

@@ -61,7 +61,8 @@ async fn validate_secure_answers_are_secure() {
     assert_eq!(mx.value[0].exchange, "mx.dane.test");
     assert_eq!(mx.security, Security::Secure);
     let addresses = resolver.addresses("mx.dane.test").await.expect("A");
-    assert_eq!(addresses.value, vec![ip("127.0.0.1")]);
+    assert_eq!(addresses.value.ips, vec![ip("127.0.0.1")]);
+    assert_eq!(addresses.value.canonical, None);
     assert_eq!(addresses.security, Security::Secure);
     let tlsa = resolver.tlsa("_25._tcp.mx.dane.test").await.expect("TLSA");
     assert_eq!(tlsa.value.len(), 1);
@@ -92,7 +93,7 @@ async fn validate_unsigned_zone_is_insecure() {
     assert_eq!(mx.value[0].exchange, "mx.plain.test");
     assert_eq!(mx.security, Security::Insecure);
     let addresses = resolver.addresses("mx.plain.test").await.expect("A");
-    assert_eq!(addresses.value, vec![ip("127.0.0.2")]);
+    assert_eq!(addresses.value.ips, vec![ip("127.0.0.2")]);
     assert_eq!(addresses.security, Security::Insecure);
     let tlsa = resolver
         .tlsa("_25._tcp.mx.plain.test")
@@ -100,6 +101,47 @@ async fn validate_unsigned_zone_is_insecure() {
         .expect("no TLSA");
     assert!(tlsa.value.is_empty());
     assert_eq!(tlsa.security, Security::Insecure);
+}
+
+/// RFC 7672 section 2.2.2 needs two facts about an alias: where its chain ends and whether
+/// the chain is secure. A signed alias into a signed zone: both secure, the expanded name
+/// given; into an unsigned zone: the answer is insecure but the alias's own CNAME is secure.
+/// The targets are IPv4-only, so the AAAA answer is a denial behind a CNAME (RFC 4035 section
+/// 3.1.3), which must validate too.
+#[tokio::test]
+async fn validate_reports_the_cname_expansion_and_the_alias_status() {
+    let pki = hierarchy().await;
+    pki.zone("dane.test", Signed::Yes)
+        .add_cname("alias.dane.test", "mx.dane.test")
+        .add_cname("away.dane.test", "mx.plain.test")
+        .add_cname("twice.dane.test", "alias.dane.test");
+    pki.zone("plain.test", Signed::No)
+        .add_cname("alias.plain.test", "mx.dane.test");
+    let resolver = validating(&pki);
+    for alias in ["alias.dane.test", "twice.dane.test"] {
+        let secure = resolver.addresses(alias).await.expect("A");
+        assert_eq!(secure.value.ips, vec![ip("127.0.0.1")]);
+        assert_eq!(secure.value.canonical.as_deref(), Some("mx.dane.test"));
+        assert_eq!(secure.security, Security::Secure);
+        assert_eq!(secure.value.own, Security::Secure);
+    }
+    let away = resolver.addresses("away.dane.test").await.expect("A");
+    assert_eq!(away.value.ips, vec![ip("127.0.0.2")]);
+    assert_eq!(away.value.canonical.as_deref(), Some("mx.plain.test"));
+    assert_eq!(away.security, Security::Insecure);
+    assert_eq!(away.value.own, Security::Secure);
+    // An unsigned alias stays insecure even when its target is signed.
+    let unsigned = resolver.addresses("alias.plain.test").await.expect("A");
+    assert_eq!(unsigned.value.ips, vec![ip("127.0.0.1")]);
+    assert_eq!(unsigned.security, Security::Insecure);
+    assert_eq!(unsigned.value.own, Security::Insecure);
+    // A forged signature on the alias's target is still bogus.
+    pki.corrupt_signature("mx.dane.test", RecordType::A);
+    let fresh = validating(&pki);
+    assert!(matches!(
+        fresh.addresses("alias.dane.test").await,
+        Err(DnsError::Bogus { .. })
+    ));
 }
 
 /// RFC 4035 section 5.5: a signature that does not verify makes the RRset bogus: an error

@@ -254,8 +254,10 @@ async fn deliver_to_hosts(
             demands,
             HostFacts {
                 host: &host.name,
+                expanded: host.expanded.as_deref(),
+                tlsa_base: &tlsa.base,
                 mx_security: route.mx_security,
-                tlsa: &tlsa,
+                tlsa: &tlsa.facts,
             },
         );
         level = policy.level;

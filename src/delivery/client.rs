@@ -342,7 +342,9 @@ impl SmtpConnection {
                 .tls
                 .verified_recording(names.clone(), slot())
                 .map_err(ClientError::Tls)?,
-            Requirement::Dane { tlsa, names, pkix } => p
+            Requirement::Dane {
+                tlsa, names, pkix, ..
+            } => p
                 .tls
                 .dane_recording(tlsa.clone(), names.clone(), *pkix, slot())
                 .map_err(ClientError::Tls)?,
@@ -352,10 +354,15 @@ impl SmtpConnection {
                 .map_err(ClientError::Tls)?,
             _ => p.tls.opportunistic.clone(),
         };
-        let name = ServerName::try_from(p.host.to_string()).map_err(|_| {
+        // SNI: the host's name, or with DANE the TLSA base domain (RFC 7672 section 8.1), which
+        // for a CNAME'd MX host can be its expanded name.
+        let sni = match p.require {
+            Requirement::Dane { server_name, .. } => server_name.as_str(),
+            _ => p.host,
+        };
+        let name = ServerName::try_from(sni.to_string()).map_err(|_| {
             ClientError::Tls(TlsFailure::Handshake(format!(
-                "{} is not a valid TLS server name",
-                p.host
+                "{sni} is not a valid TLS server name"
             )))
         })?;
         let connector = TlsConnector::from(config);

@@ -6,7 +6,7 @@
 //! not exist are permanent failures; DNS trouble is temporary.
 
 use crate::config::Config;
-use crate::dns::{DnsError, MxRecord, Resolver, Security};
+use crate::dns::{Addresses, DnsError, MxRecord, Resolver, Secured, Security};
 use crate::domain::Domain;
 use crate::policy::decision::TlsaFacts;
 use crate::smtp::reply::EnhancedStatus;
@@ -53,13 +53,46 @@ pub fn destination_of(config: &Config, recipient: &str) -> Result<Destination, R
 /// One host to try, with the addresses to connect to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Host {
-    /// The host name (checked against its certificate), or the literal address.
+    /// The host name as the MX record (or the configuration) gives it, or the literal address:
+    /// checked against the certificate by PKIX, the SMTP client's name for the host.
     pub name: String,
+    /// The fully CNAME-expanded name, when `name` is an alias and every CNAME of the chain and
+    /// the address records at its end validated (RFC 7672 section 2.2.2): the first TLSA base
+    /// domain to try, and a DANE-TA reference identifier (section 3.2.2). `None` for a name
+    /// that is no alias, and for an alias whose expansion is not secure (its target must not
+    /// be trusted as a name of the host).
+    pub expanded: Option<String>,
     /// Its addresses with the port to use, in the order to try.
     pub addrs: Vec<SocketAddr>,
-    /// Whether its address records validated (RFC 7672 section 2.2.2: TLSA records are looked
-    /// up only for hosts whose addresses are secure). A literal address is insecure.
+    /// Whether `name`'s own records validated: its address records, or for an alias its
+    /// CNAME (RFC 7672 section 2.2.2: TLSA records are looked up only for hosts whose name is
+    /// secure; an alias into an unsigned zone keeps its TLSA records at the alias). A literal
+    /// address is insecure.
     pub security: Security,
+}
+
+impl Host {
+    /// A host from its name and the answer to its address lookup (empty addresses: `None`).
+    fn resolved(name: String, port: u16, answer: Secured<Addresses>) -> Option<Host> {
+        if answer.value.ips.is_empty() {
+            return None;
+        }
+        let expanded = match answer.security {
+            Security::Secure => answer.value.canonical,
+            Security::Insecure => None,
+        };
+        Some(Host {
+            addrs: answer
+                .value
+                .ips
+                .into_iter()
+                .map(|ip| SocketAddr::new(ip, port))
+                .collect(),
+            expanded,
+            security: answer.value.own,
+            name,
+        })
+    }
 }
 
 /// The hosts of a destination and whether the MX answer they came from validated.
@@ -139,6 +172,7 @@ async fn next_hop_hosts(resolver: &dyn Resolver, hop: &str) -> Result<Route, Rou
         return Ok(Route {
             hosts: vec![Host {
                 name: host.to_string(),
+                expanded: None,
                 addrs: vec![SocketAddr::new(ip, port)],
                 security: Security::Insecure,
             }],
@@ -152,23 +186,13 @@ async fn next_hop_hosts(resolver: &dyn Resolver, hop: &str) -> Result<Route, Rou
             status: dns_status(&e),
             reason: format!("cannot resolve next hop {host}: {e}"),
         })?;
-    let security = addrs.security;
-    let addrs = addrs.value;
-    if addrs.is_empty() {
-        return Err(RouteError::Temporary {
+    let host =
+        Host::resolved(host.to_string(), port, addrs).ok_or_else(|| RouteError::Temporary {
             status: EnhancedStatus::new(4, 4, 3),
             reason: format!("next hop {host} has no address"),
-        });
-    }
+        })?;
     Ok(Route {
-        hosts: vec![Host {
-            name: host.to_string(),
-            addrs: addrs
-                .into_iter()
-                .map(|ip| SocketAddr::new(ip, port))
-                .collect(),
-            security,
-        }],
+        hosts: vec![host],
         mx_security: Security::Insecure,
     })
 }
@@ -224,16 +248,10 @@ async fn mx_hosts(
     let mut last_error = None;
     for name in names {
         match resolver.addresses(&name).await {
-            Ok(ips) if !ips.value.is_empty() => hosts.push(Host {
-                addrs: ips
-                    .value
-                    .into_iter()
-                    .map(|ip| SocketAddr::new(ip, port))
-                    .collect(),
-                name,
-                security: ips.security,
-            }),
-            Ok(_) => last_error = Some(format!("{name} has no address")),
+            Ok(answer) => match Host::resolved(name.clone(), port, answer) {
+                Some(host) => hosts.push(host),
+                None => last_error = Some(format!("{name} has no address")),
+            },
             Err(e) => last_error = Some(e.to_string()),
         }
     }
@@ -249,34 +267,70 @@ async fn mx_hosts(
     Ok(Route { hosts, mx_security })
 }
 
+/// A host's TLSA facts and the TLSA base domain they belong to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostTlsa {
+    /// Where the records were looked up last: the host's expanded name when records were
+    /// found there, else its own name (RFC 7672 section 2.2.2). The SNI of a DANE connection
+    /// (section 8.1).
+    pub base: String,
+    /// What was found.
+    pub facts: TlsaFacts,
+}
+
 /// The TLSA facts of one host for the policy decision (RFC 7672 section 2.2): looked up only
 /// when the policy reads them (`wanted`, from `policy::decision::wants_tlsa`), the MX RRset is
-/// secure (2.2.1) and the host's addresses are secure (2.2.2), at `_<port>._tcp.<host>` with
-/// the port connected to. A lookup error is a failure of this host, never "no records".
+/// secure (2.2.1) and the host's name is secure (2.2.2), with the port connected to.
+///
+/// Where (RFC 7672 section 2.2.2): for an alias whose whole CNAME chain validated, first at
+/// `_<port>._tcp.<expanded name>`; when no secure records are there, at
+/// `_<port>._tcp.<host>`. For an alias whose expansion is not secure, and for a name that is no
+/// alias, only at `_<port>._tcp.<host>`. A lookup error is a failure of this host, never "no
+/// records", and is not passed over for the original name.
 pub async fn tlsa_facts(
     resolver: &dyn Resolver,
     route: &Route,
     host: &Host,
     wanted: bool,
-) -> TlsaFacts {
-    let not_looked = |why: &str| TlsaFacts::NotLooked(why.to_string());
+) -> HostTlsa {
+    let not_looked = |why: String| HostTlsa {
+        base: host.name.clone(),
+        facts: TlsaFacts::NotLooked(why),
+    };
     if !wanted {
-        return not_looked("the policy does not use DANE");
+        return not_looked("the policy does not use DANE".into());
     }
     if route.mx_security != Security::Secure {
-        return not_looked("the MX records are not DNSSEC-signed");
+        return not_looked("the MX records are not DNSSEC-signed".into());
     }
     if host.security != Security::Secure {
-        return TlsaFacts::NotLooked(format!(
+        return not_looked(format!(
             "the address records of {} are not DNSSEC-signed",
             host.name
         ));
     }
     let Some(port) = host.addrs.first().map(SocketAddr::port) else {
-        return not_looked("the host has no address");
+        return not_looked("the host has no address".into());
     };
-    let name = format!("_{port}._tcp.{}", host.name);
-    match resolver.tlsa(&name).await {
+    if let Some(expanded) = &host.expanded {
+        let facts = tlsa_at(resolver, port, expanded).await;
+        let found = matches!(&facts, TlsaFacts::Secure(records) if !records.is_empty());
+        if found || matches!(facts, TlsaFacts::Failed { .. }) {
+            return HostTlsa {
+                base: expanded.clone(),
+                facts,
+            };
+        }
+    }
+    HostTlsa {
+        base: host.name.clone(),
+        facts: tlsa_at(resolver, port, &host.name).await,
+    }
+}
+
+/// The TLSA records at `_<port>._tcp.<base>`.
+async fn tlsa_at(resolver: &dyn Resolver, port: u16, base: &str) -> TlsaFacts {
+    match resolver.tlsa(&format!("_{port}._tcp.{base}")).await {
         Ok(answer) if answer.is_secure() => TlsaFacts::Secure(answer.value),
         Ok(_) => TlsaFacts::Insecure,
         Err(e) => TlsaFacts::Failed {
@@ -306,12 +360,172 @@ pub fn order_mx(mut records: Vec<MxRecord>) -> Vec<MxRecord> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dns::{DnsFuture, Tlsa};
 
     fn mx(preference: u16, exchange: &str) -> MxRecord {
         MxRecord {
             preference,
             exchange: exchange.into(),
         }
+    }
+
+    /// One TLSA answer of [`TlsaZone`].
+    type TlsaAnswer = Result<Secured<Vec<Tlsa>>, DnsError>;
+
+    /// TLSA answers by owner name (a secure denial for any other name), and the names asked.
+    struct TlsaZone {
+        answers: std::collections::HashMap<String, TlsaAnswer>,
+        asked: std::sync::Mutex<Vec<String>>,
+    }
+
+    impl Resolver for TlsaZone {
+        fn mx<'a>(&'a self, _: &'a Domain) -> DnsFuture<'a, Secured<Vec<MxRecord>>> {
+            Box::pin(async { Ok(Secured::insecure(Vec::new())) })
+        }
+        fn addresses<'a>(&'a self, _: &'a str) -> DnsFuture<'a, Secured<Addresses>> {
+            unreachable!("tlsa_facts looks up TLSA records only")
+        }
+        fn tlsa<'a>(&'a self, name: &'a str) -> DnsFuture<'a, Secured<Vec<Tlsa>>> {
+            self.asked.lock().unwrap().push(name.to_string());
+            let answer = self.answers.get(name).cloned().unwrap_or(Ok(Secured {
+                value: Vec::new(),
+                security: Security::Secure,
+            }));
+            Box::pin(async move { answer })
+        }
+    }
+
+    fn record() -> Tlsa {
+        Tlsa {
+            usage: 3,
+            selector: 1,
+            matching: 1,
+            data: vec![7; 32],
+        }
+    }
+
+    fn zone(answers: &[(&str, TlsaAnswer)]) -> TlsaZone {
+        TlsaZone {
+            answers: answers
+                .iter()
+                .map(|(n, a)| (n.to_string(), a.clone()))
+                .collect(),
+            asked: Default::default(),
+        }
+    }
+
+    fn secure(records: Vec<Tlsa>) -> TlsaAnswer {
+        Ok(Secured {
+            value: records,
+            security: Security::Secure,
+        })
+    }
+
+    /// `mx1.partner.example`, an alias of `real.hosting.example` (securely expanded or not).
+    fn alias(expanded: bool) -> (Route, Host) {
+        let host = Host {
+            name: "mx1.partner.example".into(),
+            expanded: expanded.then(|| "real.hosting.example".into()),
+            addrs: vec!["127.0.0.1:25".parse().unwrap()],
+            security: Security::Secure,
+        };
+        let route = Route {
+            hosts: vec![host.clone()],
+            mx_security: Security::Secure,
+        };
+        (route, host)
+    }
+
+    const EXPANDED: &str = "_25._tcp.real.hosting.example";
+    const ORIGINAL: &str = "_25._tcp.mx1.partner.example";
+
+    /// RFC 7672 section 2.2.2: a secure alias's TLSA records are looked up at the expanded
+    /// name first; found there, that is the TLSA base domain and the original is not asked.
+    #[tokio::test]
+    async fn tlsa_at_the_expanded_name_first() {
+        let dns = zone(&[(EXPANDED, secure(vec![record()]))]);
+        let (route, host) = alias(true);
+        let got = tlsa_facts(&dns, &route, &host, true).await;
+        assert_eq!(got.base, "real.hosting.example");
+        assert_eq!(got.facts, TlsaFacts::Secure(vec![record()]));
+        assert_eq!(*dns.asked.lock().unwrap(), vec![EXPANDED]);
+    }
+
+    /// RFC 7672 section 2.2.2: no records at the expanded name (securely denied, or an
+    /// insecure answer): the original name is tried and is the TLSA base domain.
+    #[tokio::test]
+    async fn tlsa_falls_back_to_the_original_name() {
+        for at_expanded in [secure(Vec::new()), Ok(Secured::insecure(vec![record()]))] {
+            let dns = zone(&[(EXPANDED, at_expanded), (ORIGINAL, secure(vec![record()]))]);
+            let (route, host) = alias(true);
+            let got = tlsa_facts(&dns, &route, &host, true).await;
+            assert_eq!(got.base, "mx1.partner.example");
+            assert_eq!(got.facts, TlsaFacts::Secure(vec![record()]));
+            assert_eq!(*dns.asked.lock().unwrap(), vec![EXPANDED, ORIGINAL]);
+        }
+    }
+
+    /// A failed lookup at the expanded name is a failure of the host (RFC 7672 section 2.2),
+    /// not an absence to pass over: records at the original name would let an attacker who can
+    /// block the expanded name's answers choose the weaker of two policies.
+    #[tokio::test]
+    async fn tlsa_failure_at_the_expanded_name_is_not_passed_over() {
+        let failed = Err(DnsError::Temporary {
+            name: EXPANDED.into(),
+            reason: "SERVFAIL".into(),
+        });
+        let dns = zone(&[(EXPANDED, failed), (ORIGINAL, secure(vec![record()]))]);
+        let (route, host) = alias(true);
+        let got = tlsa_facts(&dns, &route, &host, true).await;
+        assert_eq!(got.base, "real.hosting.example");
+        assert!(matches!(got.facts, TlsaFacts::Failed { bogus: false, .. }));
+        assert_eq!(*dns.asked.lock().unwrap(), vec![EXPANDED]);
+    }
+
+    /// RFC 7672 section 2.2.2: an alias whose expansion is not secure has its TLSA records at
+    /// the original name only; the expanded name is never asked.
+    #[tokio::test]
+    async fn insecure_expansion_looks_at_the_original_name_only() {
+        let dns = zone(&[
+            (EXPANDED, secure(vec![record()])),
+            (ORIGINAL, secure(Vec::new())),
+        ]);
+        let (route, host) = alias(false);
+        let got = tlsa_facts(&dns, &route, &host, true).await;
+        assert_eq!(got.base, "mx1.partner.example");
+        assert_eq!(got.facts, TlsaFacts::Secure(Vec::new()));
+        assert_eq!(*dns.asked.lock().unwrap(), vec![ORIGINAL]);
+    }
+
+    /// Only a secure expansion names the host (RFC 7672 section 2.2.2); the alias's own
+    /// status decides whether TLSA records are looked up at all.
+    #[test]
+    fn a_host_keeps_only_a_secure_expansion() {
+        let answer = |security, own| Secured {
+            value: Addresses {
+                ips: vec!["127.0.0.1".parse().unwrap()],
+                canonical: Some("real.hosting.example".into()),
+                own,
+            },
+            security,
+        };
+        let secure = Host::resolved(
+            "mx1.partner.example".into(),
+            25,
+            answer(Security::Secure, Security::Secure),
+        )
+        .unwrap();
+        assert_eq!(secure.expanded.as_deref(), Some("real.hosting.example"));
+        assert_eq!(secure.security, Security::Secure);
+        let into_unsigned = Host::resolved(
+            "mx1.partner.example".into(),
+            25,
+            answer(Security::Insecure, Security::Secure),
+        )
+        .unwrap();
+        assert_eq!(into_unsigned.expanded, None);
+        assert_eq!(into_unsigned.security, Security::Secure);
+        assert_eq!(into_unsigned.addrs, vec!["127.0.0.1:25".parse().unwrap()]);
     }
 
     #[test]

@@ -11,7 +11,8 @@
 
 use super::stub::{extended_errors, Stub};
 use super::{
-    DnsError, DnsFuture, DnssecMode, DnssecStatus, MxRecord, Resolver, Secured, Security, Tlsa,
+    Addresses, DnsError, DnsFuture, DnssecMode, DnssecStatus, MxRecord, Resolver, Secured,
+    Security, Tlsa,
 };
 use crate::domain::Domain;
 use hickory_resolver::config::{NameServerConfig, ResolverConfig, ResolverOpts};
@@ -59,11 +60,13 @@ struct Validating {
     anchors: Arc<TrustAnchors>,
 }
 
-/// One RRset lookup's outcome: the records of the asked type (empty for NODATA) and how far
-/// they can be trusted.
+/// One RRset lookup's outcome: the records of the asked type (empty for NODATA), how far they
+/// can be trusted (the CNAMEs on the way included), and where a CNAME chain led.
 struct Answer {
     records: Vec<RData>,
     security: Security,
+    /// The end of the CNAME chain from the asked name, when it is an alias.
+    canonical: Option<String>,
 }
 
 impl HickoryResolver {
@@ -262,7 +265,63 @@ fn summary<'a>(
     }
 }
 
+/// How many CNAMEs [`hickory_lookup`] follows by itself before it gives up (RFC 1034 section
+/// 3.6.2 asks for a bound; resolvers use about 8 to 16).
+const MAX_CNAME_HOPS: usize = 8;
+
+/// One RRset through hickory, with the DNSSEC status of the whole CNAME chain on the way.
+///
+/// hickory's validator (0.26) judges the NSEC denial behind a CNAME against the alias's own
+/// name, so a signed alias whose target has no records of the type (an IPv4-only host asked
+/// for AAAA, RFC 4035 section 3.1.3) comes back bogus. On a bogus answer the chain is followed
+/// here one alias at a time: the alias validated on its own (a CNAME query), the type asked
+/// again at its target, where the denial is the target's own. Real bogus data stays bogus at
+/// the hop it is in.
 async fn hickory_lookup(
+    resolver: &TokioResolver,
+    name: &str,
+    record_type: RecordType,
+) -> Result<Answer, DnsError> {
+    let mut current = name.to_string();
+    let mut chain = Security::Secure;
+    for _ in 0..MAX_CNAME_HOPS {
+        let error = match hickory_lookup_once(resolver, &current, record_type).await {
+            Ok(mut answer) => {
+                if current != name {
+                    if chain == Security::Insecure {
+                        answer.security = Security::Insecure;
+                    }
+                    answer.canonical = answer.canonical.or(Some(normalise_host(&current)));
+                }
+                return Ok(answer);
+            }
+            Err(e @ DnsError::Bogus { .. }) if record_type != RecordType::CNAME => e,
+            Err(e) => return Err(e),
+        };
+        // Bogus: perhaps only the denial behind an alias. The alias on its own (a CNAME query
+        // is never chased); no CNAME there, or a bogus one, and the answer is bogus.
+        let Ok(alias) = hickory_lookup_once(resolver, &current, RecordType::CNAME).await else {
+            return Err(error);
+        };
+        let Some(target) = alias.records.iter().find_map(|r| match r {
+            RData::CNAME(target) => Some(normalise_host(&target.0.to_ascii())),
+            _ => None,
+        }) else {
+            return Err(error);
+        };
+        if alias.security == Security::Insecure {
+            chain = Security::Insecure;
+        }
+        current = target;
+    }
+    Err(temporary(
+        name,
+        format!("more than {MAX_CNAME_HOPS} CNAMEs in a row"),
+    ))
+}
+
+/// One query through hickory, CNAMEs followed by hickory.
+async fn hickory_lookup_once(
     resolver: &TokioResolver,
     name: &str,
     record_type: RecordType,
@@ -283,6 +342,7 @@ async fn hickory_lookup(
                     .map(|r| r.data.clone())
                     .collect(),
                 security,
+                canonical: canonical_name(name, answers),
             })
         }
         Err(NetError::Dns(HickoryDnsError::DnssecBogus)) => Err(bogus(
@@ -302,6 +362,7 @@ async fn hickory_lookup(
         Err(NetError::Dns(HickoryDnsError::Nsec { .. })) => Ok(Answer {
             records: Vec::new(),
             security: Security::Insecure,
+            canonical: None,
         }),
         Err(NetError::Dns(HickoryDnsError::NoRecordsFound(none))) => {
             if none.response_code == ResponseCode::NXDomain {
@@ -314,6 +375,7 @@ async fn hickory_lookup(
             Ok(Answer {
                 records: Vec::new(),
                 security,
+                canonical: None,
             })
         }
         Err(e) if e.is_nx_domain() => Err(DnsError::NoSuchDomain(name.to_string())),
@@ -346,6 +408,7 @@ async fn stub_lookup(
             } else {
                 Security::Insecure
             },
+            canonical: canonical_name(name, &reply.answers),
         }),
         ResponseCode::NXDomain => Err(DnsError::NoSuchDomain(name.to_string())),
         ResponseCode::ServFail => {
@@ -453,6 +516,26 @@ async fn check_resolver(stub: &Stub) -> Result<DnssecStatus, DnsError> {
     })
 }
 
+/// The end of the CNAME chain that starts at `name` in an answer section (RFC 1034 section
+/// 3.6.2), when `name` is an alias. At most one step per record, so a loop ends.
+fn canonical_name(name: &str, records: &[Record]) -> Option<String> {
+    let start = normalise_host(name);
+    let mut current = start.clone();
+    for _ in 0..records.len() {
+        let next = records.iter().find_map(|r| match &r.data {
+            RData::CNAME(target) if normalise_host(&r.name.to_ascii()) == current => {
+                Some(normalise_host(&target.0.to_ascii()))
+            }
+            _ => None,
+        });
+        match next {
+            Some(next) => current = next,
+            None => break,
+        }
+    }
+    (current != start).then_some(current)
+}
+
 fn mx_record(data: &RData) -> Option<MxRecord> {
     match data {
         RData::MX(mx) => Some(MxRecord {
@@ -474,12 +557,13 @@ impl Resolver for HickoryResolver {
         })
     }
 
-    fn addresses<'a>(&'a self, host: &'a str) -> DnsFuture<'a, Secured<Vec<IpAddr>>> {
+    fn addresses<'a>(&'a self, host: &'a str) -> DnsFuture<'a, Secured<Addresses>> {
         Box::pin(async move {
-            let mut addresses = Vec::new();
+            let mut ips = Vec::new();
+            let mut canonical = None;
             let mut last_error = None;
             // Secure only when every RRset that exists validated (and, with none, when both
-            // denials did).
+            // denials did); the CNAMEs on the way count as part of each answer.
             let mut with_records = Vec::new();
             let mut all = Vec::new();
             for record_type in [RecordType::AAAA, RecordType::A] {
@@ -488,8 +572,9 @@ impl Resolver for HickoryResolver {
                         all.push(answer.security);
                         if !answer.records.is_empty() {
                             with_records.push(answer.security);
+                            canonical = canonical.or(answer.canonical);
                         }
-                        addresses.extend(answer.records.iter().filter_map(|r| match r {
+                        ips.extend(answer.records.iter().filter_map(|r| match r {
                             RData::A(a) => Some(IpAddr::V4(a.0)),
                             RData::AAAA(aaaa) => Some(IpAddr::V6(aaaa.0)),
                             _ => None,
@@ -510,13 +595,31 @@ impl Resolver for HickoryResolver {
             } else {
                 Security::Insecure
             };
-            match (addresses.is_empty(), last_error) {
-                (true, Some(e)) => Err(e),
-                _ => Ok(Secured {
-                    value: addresses,
-                    security,
-                }),
+            if let (true, Some(e)) = (ips.is_empty(), last_error) {
+                return Err(e);
             }
+            let own = match (&canonical, security) {
+                (None, _) | (_, Security::Secure) => security,
+                // The chain as a whole is not secure: the alias itself may still be (a signed
+                // zone pointing into an unsigned one). A CNAME query is answered by the alias
+                // alone, never chased (RFC 1034 section 3.6.2), so its status is the alias's
+                // own; RFC 7672 section 2.2.2 then allows TLSA records at the alias only.
+                // Anything but a secure answer leaves it insecure.
+                (Some(_), Security::Insecure) => match self.lookup(host, RecordType::CNAME).await {
+                    Ok(answer) if !answer.records.is_empty() => answer.security,
+                    Ok(_) => Security::Insecure,
+                    Err(e @ DnsError::Bogus { .. }) => return Err(e),
+                    Err(_) => Security::Insecure,
+                },
+            };
+            Ok(Secured {
+                value: Addresses {
+                    ips,
+                    canonical,
+                    own,
+                },
+                security,
+            })
         })
     }
 

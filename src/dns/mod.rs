@@ -168,6 +168,25 @@ impl std::fmt::Display for Tlsa {
     }
 }
 
+/// The addresses of a host and the name they were found at (RFC 7672 section 2.2.2: a CNAME'd
+/// MX host's TLSA base domain depends on how far its alias chain is DNSSEC-secure).
+///
+/// In [`Secured<Addresses>`], `security` covers the whole answer: every CNAME of the chain and
+/// the address RRsets at its end.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Addresses {
+    /// The IPv4 and IPv6 addresses (empty when there are none).
+    pub ips: Vec<IpAddr>,
+    /// The fully CNAME-expanded name (lower case, no trailing dot), when the asked name is an
+    /// alias; `None` when the address records are at the asked name itself.
+    pub canonical: Option<String>,
+    /// The DNSSEC status of the asked name's own records: its CNAME when it is an alias (known
+    /// from a CNAME query when the whole chain is not secure), else the same as the whole
+    /// answer's. A secure alias whose target zone is unsigned has a secure `own` and an insecure
+    /// whole answer: its TLSA records are then looked up at the asked name only.
+    pub own: Security,
+}
+
 /// One MX record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MxRecord {
@@ -202,9 +221,11 @@ pub trait Resolver: Send + Sync + 'static {
     /// MX records of `domain`; an empty list when the domain exists but has none.
     fn mx<'a>(&'a self, domain: &'a Domain) -> DnsFuture<'a, Secured<Vec<MxRecord>>>;
 
-    /// IPv4 and IPv6 addresses of `host`; an empty list when it has none. Secure only when
-    /// every address RRset that exists validated.
-    fn addresses<'a>(&'a self, host: &'a str) -> DnsFuture<'a, Secured<Vec<IpAddr>>>;
+    /// IPv4 and IPv6 addresses of `host`, following CNAMEs; an empty list when it has none.
+    /// Secure only when every CNAME of the chain and every address RRset that exists
+    /// validated; [`Addresses::canonical`] names the end of the chain and [`Addresses::own`]
+    /// the status of `host`'s own records.
+    fn addresses<'a>(&'a self, host: &'a str) -> DnsFuture<'a, Secured<Addresses>>;
 
     /// TLSA records at `name` (`_25._tcp.mx.example.no`, RFC 7672 section 2.2), following
     /// CNAMEs; an empty list when there are none.

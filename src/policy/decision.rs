@@ -77,6 +77,13 @@ pub enum TlsaFacts {
 pub struct HostFacts<'a> {
     /// The host name connected to (MX host, next hop name or its literal address).
     pub host: &'a str,
+    /// The fully CNAME-expanded name of `host` when it is an alias whose whole chain is
+    /// DNSSEC-secure (RFC 7672 section 2.2.2); a DANE-TA reference identifier beside `host`
+    /// (section 3.2.2). `None` for no alias or an insecure expansion.
+    pub expanded: Option<&'a str>,
+    /// The TLSA base domain `tlsa` belongs to: `expanded` when the records were found there,
+    /// else `host` (RFC 7672 section 2.2.2). A DANE connection sends it as SNI (section 8.1).
+    pub tlsa_base: &'a str,
     /// The DNSSEC status of the MX RRset the host came from.
     pub mx_security: Security,
     /// The host's TLSA records.
@@ -111,6 +118,9 @@ pub enum Requirement {
         names: Vec<NamePattern>,
         /// PKIX validation is required as well.
         pkix: bool,
+        /// The TLS server name (SNI) to send: the TLSA base domain (RFC 7672 section 8.1),
+        /// which for a CNAME'd MX host may be its expanded name (section 2.2.2).
+        server_name: String,
     },
     /// The host must not be used now: a temporary TLS failure (4.7.5).
     Skip {
@@ -298,9 +308,10 @@ pub fn decide(
             names: if strict {
                 pkix_names()
             } else {
-                dane_names(facts.host, domain, &base.match_names)
+                dane_names(facts.host, facts.expanded, domain, &base.match_names)
             },
             pkix: strict,
+            server_name: facts.tlsa_base.to_string(),
         },
     }
 }
@@ -324,14 +335,20 @@ fn plain_requirement(level: TlsLevel, names: Vec<NamePattern>) -> Requirement {
     }
 }
 
-/// RFC 7672 section 3.2.2: the reference identifiers for a DANE-TA match are the MX host name
-/// and the recipient domain (plus the entry's `match` names).
-fn dane_names(host: &str, domain: Option<&Domain>, match_names: &[String]) -> Vec<NamePattern> {
+/// RFC 7672 section 3.2.2: the reference identifiers for a DANE-TA match are the MX host
+/// name, its securely CNAME-expanded name when it is an alias (section 2.2.2: both are TLSA
+/// base domain candidates), and the recipient domain (plus the entry's `match` names).
+fn dane_names(
+    host: &str,
+    expanded: Option<&str>,
+    domain: Option<&Domain>,
+    match_names: &[String],
+) -> Vec<NamePattern> {
     let mut names = vec![NamePattern::parse(host)];
-    if let Some(d) = domain {
-        let own = NamePattern::parse(d.as_str());
-        if !names.contains(&own) {
-            names.push(own);
+    for name in expanded.into_iter().chain(domain.map(Domain::as_str)) {
+        let pattern = NamePattern::parse(name);
+        if !names.contains(&pattern) {
+            names.push(pattern);
         }
     }
     names.extend(match_names.iter().map(|m| NamePattern::parse(m)));
@@ -409,6 +426,8 @@ mod tests {
             Demands { requiretls },
             HostFacts {
                 host: &host,
+                expanded: None,
+                tlsa_base: &host,
                 mx_security: SECURE,
                 tlsa: &tlsa,
             },
@@ -614,6 +633,8 @@ mod tests {
             Demands::default(),
             HostFacts {
                 host: "mx.signed.example",
+                expanded: None,
+                tlsa_base: "mx.signed.example",
                 mx_security: Security::Insecure,
                 tlsa: &facts,
             },
@@ -664,6 +685,8 @@ mod tests {
         let facts = TlsaFacts::Secure(vec![tlsa(3, 1, 1)]);
         let host = HostFacts {
             host: "127.0.0.9",
+            expanded: None,
+            tlsa_base: "127.0.0.9",
             mx_security: Security::Insecure,
             tlsa: &facts,
         };
@@ -688,6 +711,81 @@ mod tests {
             (TlsLevel::Secure, "config", "pkix")
         );
         assert!(!wants_tlsa(rules, Target::NextHop(TlsLevel::Verify)));
+    }
+
+    /// RFC 7672 section 2.2.2, 3.2.2 and 8.1: for an MX host that is a secure alias, the
+    /// expanded name is a DANE-TA reference identifier beside the MX host name and the domain,
+    /// and the TLSA base domain the records were found at is the SNI. A listed domain's PKIX
+    /// names stay the MX host's (T3).
+    #[test]
+    fn cname_expanded_host_names_and_sni() {
+        let none = DomainList::default();
+        let domain = d("partner.example");
+        let facts = TlsaFacts::Secure(vec![tlsa(2, 0, 1)]);
+        let decide_at = |list: &DomainList, expanded: Option<&str>, base: &str| {
+            decide(
+                Rules {
+                    policies: &[],
+                    list,
+                },
+                Target::Domain(&domain),
+                Demands::default(),
+                HostFacts {
+                    host: "mx1.partner.example",
+                    expanded,
+                    tlsa_base: base,
+                    mx_security: SECURE,
+                    tlsa: &facts,
+                },
+            )
+            .require
+        };
+        let Requirement::Dane {
+            names, server_name, ..
+        } = decide_at(&none, Some("real.hosting.example"), "real.hosting.example")
+        else {
+            unreachable!()
+        };
+        assert_eq!(
+            names,
+            vec![
+                NamePattern::parse("mx1.partner.example"),
+                NamePattern::parse("real.hosting.example"),
+                NamePattern::parse("partner.example"),
+            ]
+        );
+        assert_eq!(server_name, "real.hosting.example");
+        // Records found at the original name: that is the SNI; the expanded name still counts.
+        let Requirement::Dane {
+            names, server_name, ..
+        } = decide_at(&none, Some("real.hosting.example"), "mx1.partner.example")
+        else {
+            unreachable!()
+        };
+        assert!(names.contains(&NamePattern::parse("real.hosting.example")));
+        assert_eq!(server_name, "mx1.partner.example");
+        // An insecure expansion is no name of the host.
+        let Requirement::Dane { names, .. } = decide_at(&none, None, "mx1.partner.example") else {
+            unreachable!()
+        };
+        assert!(!names.contains(&NamePattern::parse("real.hosting.example")));
+        // A listed domain keeps its PKIX names: the MX host name, not the alias target.
+        let listed = DomainList::parse("partner.example\n").unwrap();
+        let Requirement::Dane {
+            names,
+            pkix: true,
+            server_name,
+            ..
+        } = decide_at(
+            &listed,
+            Some("real.hosting.example"),
+            "real.hosting.example",
+        )
+        else {
+            unreachable!()
+        };
+        assert!(!names.contains(&NamePattern::parse("real.hosting.example")));
+        assert_eq!(server_name, "real.hosting.example");
     }
 
     #[test]

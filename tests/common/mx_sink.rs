@@ -95,6 +95,8 @@ pub struct SinkMessage {
     pub data: Vec<u8>,
     /// Negotiated TLS version, e.g. "TLSv1_3", when the transaction ran over TLS.
     pub tls: Option<String>,
+    /// The server name (SNI) the client sent in its TLS hello, if any.
+    pub sni: Option<String>,
     /// Index of the connection (0-based, in accept order) that carried it.
     pub connection: usize,
 }
@@ -309,6 +311,7 @@ async fn serve(
         return None;
     }
     let mut tls: Option<String> = None;
+    let mut sni: Option<String> = None;
     let mut mail_from: Option<String> = None;
     let mut rcpts = Vec::new();
     let mut rcpt_params = Vec::new();
@@ -384,6 +387,7 @@ async fn serve(
                     .1
                     .protocol_version()
                     .map(|v| format!("{v:?}"));
+                sni = stream.get_ref().1.server_name().map(str::to_string);
                 conn.io = Box::new(stream);
                 mail_from = None;
                 rcpts.clear();
@@ -453,6 +457,7 @@ async fn serve(
                         rcpt_params: std::mem::take(&mut rcpt_params),
                         data,
                         tls: tls.clone(),
+                        sni: sni.clone(),
                         connection: index,
                     });
                 }
