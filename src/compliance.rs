@@ -13,7 +13,7 @@ use crate::delivery::client::{ClientError, ConnectParams, Timeouts};
 use crate::delivery::route::{self, Destination};
 use crate::dns::Resolver;
 use crate::domain::Domain;
-use crate::policy::decision::{self, Demands, HostFacts, Requirement, TlsaFacts};
+use crate::policy::decision::{self, Demands, Requirement, TlsaFacts};
 use crate::policy::domain_list::DomainList;
 use crate::tls::client::ClientTls;
 use crate::tls::verify::PresentedChain;
@@ -109,19 +109,9 @@ pub async fn check_domain(
     };
     let wants_tlsa = decision::wants_tlsa(rules, target);
     for host in &route.hosts {
-        let tlsa = route::tlsa_facts(resolver, &route, host, wants_tlsa).await;
-        let policy = decision::decide(
-            rules,
-            target,
-            demands,
-            HostFacts {
-                host: &host.name,
-                expanded: host.expanded.as_deref(),
-                tlsa_base: &tlsa.base,
-                mx_security: route.mx_security,
-                tlsa: &tlsa.facts,
-            },
-        );
+        let (tlsa, policy) =
+            attempt::decide_for_host(resolver, (rules, target, demands), &route, host, wants_tlsa)
+                .await;
         let empty = HostReport {
             mx_host: host.name.clone(),
             address: String::new(),

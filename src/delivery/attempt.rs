@@ -10,7 +10,7 @@
 
 use super::client::{ClientError, ConnectParams, SmtpConnection, Step, Timeouts};
 use super::pool::{ConnectionPool, PoolKey};
-use super::route::{self, Destination, RouteError};
+use super::route::{self, Destination, Host, HostTlsa, Route, RouteError};
 use crate::audit::{AuditEvent, AuditLog};
 use crate::config::Config;
 use crate::dns::Resolver;
@@ -99,6 +99,33 @@ pub fn target_of<'a>(config: &Config, destination: &'a Destination) -> Target<'a
         Destination::NextHop => Target::NextHop(config.inbound.next_hop_tls),
         Destination::Domain(domain) => Target::Domain(domain),
     }
+}
+
+/// Gathers the DNS facts of one host (its TLSA records, where the policy reads them) and makes
+/// the TLS decision for it: the one sequence delivery and the compliance check share, so that
+/// `probe` reports what delivery would do (issue 12 item 1). Returns the facts (for reports)
+/// and the decision.
+pub async fn decide_for_host(
+    resolver: &dyn Resolver,
+    (rules, target, demands): (Rules<'_>, Target<'_>, Demands),
+    route: &Route,
+    host: &Host,
+    wants_tlsa: bool,
+) -> (HostTlsa, TlsDecision) {
+    let tlsa = route::tlsa_facts(resolver, route, host, wants_tlsa).await;
+    let decision = decision::decide(
+        rules,
+        target,
+        demands,
+        HostFacts {
+            host: &host.name,
+            expanded: host.expanded.as_deref(),
+            tlsa_base: &tlsa.base,
+            mx_security: route.mx_security,
+            tlsa: &tlsa.facts,
+        },
+    );
+    (tlsa, decision)
 }
 
 /// The rules in force for an attempt: the `[[policy]]` entries and the domain list.
@@ -247,19 +274,14 @@ async fn deliver_to_hosts(
         if open.is_empty() {
             break;
         }
-        let tlsa = route::tlsa_facts(ctx.resolver, &route, host, wants_tlsa).await;
-        let policy: TlsDecision = decision::decide(
-            rules,
-            target,
-            demands,
-            HostFacts {
-                host: &host.name,
-                expanded: host.expanded.as_deref(),
-                tlsa_base: &tlsa.base,
-                mx_security: route.mx_security,
-                tlsa: &tlsa.facts,
-            },
-        );
+        let (_, policy) = decide_for_host(
+            ctx.resolver,
+            (rules, target, demands),
+            &route,
+            host,
+            wants_tlsa,
+        )
+        .await;
         level = policy.level;
         (*applied.0, *applied.1) = (policy.level, policy.source);
         if let Requirement::Skip { reason, label } = &policy.require {
