@@ -220,7 +220,7 @@ pub async fn check_domain(
 
 /// The TLSA facts in words for the report.
 /// The TLSA facts of a host as `probe` shows them; records found at a CNAME'd host's expanded
-/// name say so (RFC 7672 section 2.2.2).
+/// name say so (RFC 7672 section 2.2.3).
 fn describe_tlsa(tlsa: &route::HostTlsa, host: &str) -> Vec<String> {
     let at = if tlsa.base == host {
         String::new()

@@ -526,7 +526,7 @@ fn tlsa_name_of(s: &Setup, host: &str) -> String {
     format!("_{}._tcp.{host}", s.port)
 }
 
-/// RFC 7672 2.2.2: the MX host is an alias and the whole chain is signed, so the TLSA base
+/// RFC 7672 2.2.3: the MX host is an alias and the whole chain is signed, so the TLSA base
 /// domain is the CNAME-expanded name; DANE-TA's reference identifiers include it (3.2.2), and
 /// the SNI is the TLSA base domain (8.1). The certificate names only `real.hosting.test`.
 #[tokio::test]
@@ -552,7 +552,7 @@ async fn tlsa_at_the_cname_expanded_mx_host_is_used() {
     assert_eq!(delivered["policy_source"], "dane");
 }
 
-/// RFC 7672 2.2.2: with no TLSA records at the expanded name, the original MX host name is
+/// RFC 7672 2.2.3: with no TLSA records at the expanded name, the original MX host name is
 /// tried: DANE-EE there authenticates the server, and the SNI is the original name (8.1).
 #[tokio::test]
 async fn tlsa_only_at_the_original_mx_host_name_is_used() {
@@ -575,7 +575,7 @@ async fn tlsa_only_at_the_original_mx_host_name_is_used() {
     assert_eq!(delivered["policy_source"], "dane");
 }
 
-/// RFC 7672 2.2.2: a signed alias whose target zone is unsigned: the expansion is insecure, so
+/// RFC 7672 2.2.3: a signed alias whose target zone is unsigned: the expansion is insecure, so
 /// the TLSA records are those at the original name only, and they apply (the alias itself is
 /// signed): DANE-EE delivered, although the address records are insecure.
 #[tokio::test]
@@ -599,7 +599,7 @@ async fn alias_into_an_unsigned_zone_uses_tlsa_at_the_original_name() {
     assert_eq!(delivered["policy_source"], "dane");
 }
 
-/// RFC 7672 2.2.2 and 3.2.2: the name an insecure expansion leads to is no name of the host:
+/// RFC 7672 2.2.3 and 3.2.2: the name an insecure expansion leads to is no name of the host:
 /// a DANE-TA match for a certificate that names only `real.hosting.test` (in an unsigned zone)
 /// is refused, the recipient deferred with 4.7.5 and nothing delivered.
 #[tokio::test]

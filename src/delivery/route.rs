@@ -57,7 +57,7 @@ pub struct Host {
     /// checked against the certificate by PKIX, the SMTP client's name for the host.
     pub name: String,
     /// The fully CNAME-expanded name, when `name` is an alias and every CNAME of the chain and
-    /// the address records at its end validated (RFC 7672 section 2.2.2): the first TLSA base
+    /// the address records at its end validated (RFC 7672 section 2.2.3): the first TLSA base
     /// domain to try, and a DANE-TA reference identifier (section 3.2.2). `None` for a name
     /// that is no alias, and for an alias whose expansion is not secure (its target must not
     /// be trusted as a name of the host).
@@ -65,7 +65,7 @@ pub struct Host {
     /// Its addresses with the port to use, in the order to try.
     pub addrs: Vec<SocketAddr>,
     /// Whether `name`'s own records validated: its address records, or for an alias its
-    /// CNAME (RFC 7672 section 2.2.2: TLSA records are looked up only for hosts whose name is
+    /// CNAME (RFC 7672 section 2.2.3: TLSA records are looked up only for hosts whose name is
     /// secure; an alias into an unsigned zone keeps its TLSA records at the alias). A literal
     /// address is insecure.
     pub security: Security,
@@ -271,7 +271,7 @@ async fn mx_hosts(
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostTlsa {
     /// Where the records were looked up last: the host's expanded name when records were
-    /// found there, else its own name (RFC 7672 section 2.2.2). The SNI of a DANE connection
+    /// found there, else its own name (RFC 7672 section 2.2.3). The SNI of a DANE connection
     /// (section 8.1).
     pub base: String,
     /// What was found.
@@ -280,9 +280,9 @@ pub struct HostTlsa {
 
 /// The TLSA facts of one host for the policy decision (RFC 7672 section 2.2): looked up only
 /// when the policy reads them (`wanted`, from `policy::decision::wants_tlsa`), the MX RRset is
-/// secure (2.2.1) and the host's name is secure (2.2.2), with the port connected to.
+/// secure (2.2.1) and the host's name is secure (2.2.3), with the port connected to.
 ///
-/// Where (RFC 7672 section 2.2.2): for an alias whose whole CNAME chain validated, first at
+/// Where (RFC 7672 section 2.2.3): for an alias whose whole CNAME chain validated, first at
 /// `_<port>._tcp.<expanded name>`; when no secure records are there, at
 /// `_<port>._tcp.<host>`. For an alias whose expansion is not secure, and for a name that is no
 /// alias, only at `_<port>._tcp.<host>`. A lookup error is a failure of this host, never "no
@@ -439,7 +439,7 @@ mod tests {
     const EXPANDED: &str = "_25._tcp.real.hosting.example";
     const ORIGINAL: &str = "_25._tcp.mx1.partner.example";
 
-    /// RFC 7672 section 2.2.2: a secure alias's TLSA records are looked up at the expanded
+    /// RFC 7672 section 2.2.3: a secure alias's TLSA records are looked up at the expanded
     /// name first; found there, that is the TLSA base domain and the original is not asked.
     #[tokio::test]
     async fn tlsa_at_the_expanded_name_first() {
@@ -451,7 +451,7 @@ mod tests {
         assert_eq!(*dns.asked.lock().unwrap(), vec![EXPANDED]);
     }
 
-    /// RFC 7672 section 2.2.2: no records at the expanded name (securely denied, or an
+    /// RFC 7672 section 2.2.3: no records at the expanded name (securely denied, or an
     /// insecure answer): the original name is tried and is the TLSA base domain.
     #[tokio::test]
     async fn tlsa_falls_back_to_the_original_name() {
@@ -482,7 +482,7 @@ mod tests {
         assert_eq!(*dns.asked.lock().unwrap(), vec![EXPANDED]);
     }
 
-    /// RFC 7672 section 2.2.2: an alias whose expansion is not secure has its TLSA records at
+    /// RFC 7672 section 2.2.3: an alias whose expansion is not secure has its TLSA records at
     /// the original name only; the expanded name is never asked.
     #[tokio::test]
     async fn insecure_expansion_looks_at_the_original_name_only() {
@@ -497,7 +497,7 @@ mod tests {
         assert_eq!(*dns.asked.lock().unwrap(), vec![ORIGINAL]);
     }
 
-    /// Only a secure expansion names the host (RFC 7672 section 2.2.2); the alias's own
+    /// Only a secure expansion names the host (RFC 7672 section 2.2.3); the alias's own
     /// status decides whether TLSA records are looked up at all.
     #[test]
     fn a_host_keeps_only_a_secure_expansion() {

@@ -603,7 +603,7 @@ impl Resolver for HickoryResolver {
                 // The chain as a whole is not secure: the alias itself may still be (a signed
                 // zone pointing into an unsigned one). A CNAME query is answered by the alias
                 // alone, never chased (RFC 1034 section 3.6.2), so its status is the alias's
-                // own; RFC 7672 section 2.2.2 then allows TLSA records at the alias only.
+                // own; RFC 7672 section 2.2.3 then allows TLSA records at the alias only.
                 // Anything but a secure answer leaves it insecure.
                 (Some(_), Security::Insecure) => match self.lookup(host, RecordType::CNAME).await {
                     Ok(answer) if !answer.records.is_empty() => answer.security,

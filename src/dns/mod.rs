@@ -168,7 +168,7 @@ impl std::fmt::Display for Tlsa {
     }
 }
 
-/// The addresses of a host and the name they were found at (RFC 7672 section 2.2.2: a CNAME'd
+/// The addresses of a host and the name they were found at (RFC 7672 section 2.2.3: a CNAME'd
 /// MX host's TLSA base domain depends on how far its alias chain is DNSSEC-secure).
 ///
 /// In [`Secured<Addresses>`], `security` covers the whole answer: every CNAME of the chain and

@@ -56,7 +56,7 @@ pub enum Target<'a> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TlsaFacts {
     /// Not looked up, and why: DNSSEC off or unavailable, the MX RRset or the host's addresses
-    /// not secure (section 2.2.1, 2.2.2), or the policy does not read TLSA records.
+    /// not secure (section 2.2.1, 2.2.3), or the policy does not read TLSA records.
     NotLooked(String),
     /// The TLSA answer was not DNSSEC-secure: as if there were none (section 2.2).
     Insecure,
@@ -78,11 +78,11 @@ pub struct HostFacts<'a> {
     /// The host name connected to (MX host, next hop name or its literal address).
     pub host: &'a str,
     /// The fully CNAME-expanded name of `host` when it is an alias whose whole chain is
-    /// DNSSEC-secure (RFC 7672 section 2.2.2); a DANE-TA reference identifier beside `host`
+    /// DNSSEC-secure (RFC 7672 section 2.2.3); a DANE-TA reference identifier beside `host`
     /// (section 3.2.2). `None` for no alias or an insecure expansion.
     pub expanded: Option<&'a str>,
     /// The TLSA base domain `tlsa` belongs to: `expanded` when the records were found there,
-    /// else `host` (RFC 7672 section 2.2.2). A DANE connection sends it as SNI (section 8.1).
+    /// else `host` (RFC 7672 section 2.2.3). A DANE connection sends it as SNI (section 8.1).
     pub tlsa_base: &'a str,
     /// The DNSSEC status of the MX RRset the host came from.
     pub mx_security: Security,
@@ -119,7 +119,7 @@ pub enum Requirement {
         /// PKIX validation is required as well.
         pkix: bool,
         /// The TLS server name (SNI) to send: the TLSA base domain (RFC 7672 section 8.1),
-        /// which for a CNAME'd MX host may be its expanded name (section 2.2.2).
+        /// which for a CNAME'd MX host may be its expanded name (section 2.2.3).
         server_name: String,
     },
     /// The host must not be used now: a temporary TLS failure (4.7.5).
@@ -336,7 +336,7 @@ fn plain_requirement(level: TlsLevel, names: Vec<NamePattern>) -> Requirement {
 }
 
 /// RFC 7672 section 3.2.2: the reference identifiers for a DANE-TA match are the MX host
-/// name, its securely CNAME-expanded name when it is an alias (section 2.2.2: both are TLSA
+/// name, its securely CNAME-expanded name when it is an alias (section 2.2.3: both are TLSA
 /// base domain candidates), and the recipient domain (plus the entry's `match` names).
 fn dane_names(
     host: &str,
@@ -713,7 +713,7 @@ mod tests {
         assert!(!wants_tlsa(rules, Target::NextHop(TlsLevel::Verify)));
     }
 
-    /// RFC 7672 section 2.2.2, 3.2.2 and 8.1: for an MX host that is a secure alias, the
+    /// RFC 7672 section 2.2.3, 3.2.2 and 8.1: for an MX host that is a secure alias, the
     /// expanded name is a DANE-TA reference identifier beside the MX host name and the domain,
     /// and the TLSA base domain the records were found at is the SNI. A listed domain's PKIX
     /// names stay the MX host's (T3).
