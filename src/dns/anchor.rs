@@ -173,6 +173,24 @@ fn dnskey(rdata: &[&str]) -> Result<DNSKEY, String> {
     if flags & 0x0100 == 0 {
         return Err("the Zone Key flag (256) is not set (RFC 4034 section 2.1.1)".into());
     }
+    if flags & 0x0001 == 0 {
+        return Err(
+            "the Secure Entry Point flag (1) is not set: a trust anchor is the root's KSK \
+             (flags 257, RFC 4034 section 2.1.1), not a ZSK"
+                .into(),
+        );
+    }
+    // hickory asserts on algorithms it cannot verify: refuse them here with a message instead
+    // of a panic (an anchor file is input).
+    let number: u8 = algorithm
+        .parse()
+        .map_err(|_| format!("algorithm {algorithm:?} is not a number"))?;
+    if !Algorithm::from_u8(number).is_supported() {
+        return Err(format!(
+            "algorithm {number} is not supported for validation (supported: 5, 7, 8, 10, 13, 14, \
+             15; the root uses 8)"
+        ));
+    }
     // hickory parses the key itself (base64, algorithm, key format): one record at a time, so
     // that its flags stay ours.
     let text = format!(". IN DNSKEY {flags} 3 {algorithm} {}", key.concat());
@@ -220,6 +238,22 @@ fn hex(text: &str) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An anchor file is input: an algorithm hickory cannot verify, or a ZSK, is refused with
+    /// a reason instead of a panic (or a silent "available").
+    #[test]
+    fn unsupported_algorithms_and_zsks_are_refused() {
+        let alg99 = parse(
+            ". 300 IN DNSKEY 257 3 99 AwEAAaz/tAm8yTn4Mfeh5eyI96WSVexTBAvkMgJzkKTOiW1vkIbzxeF3\n",
+        );
+        let err = alg99.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("algorithm 99 is not supported"), "{err}");
+        let zsk = parse(
+            ". 300 IN DNSKEY 256 3 8 AwEAAaz/tAm8yTn4Mfeh5eyI96WSVexTBAvkMgJzkKTOiW1vkIbzxeF3\n",
+        );
+        let err = zsk.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("Secure Entry Point"), "{err}");
+    }
 
     // IANA's root KSK-2017 (key tag 20326), as `dig . DNSKEY` prints it, and its DS as
     // published in root-anchors.xml (RFC 7958).
