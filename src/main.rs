@@ -309,21 +309,39 @@ fn check_config(path: Option<&Path>) -> anyhow::Result<()> {
                 config.dns.trust_anchor.as_deref(),
             )?;
             let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-            println!("{}", runtime.block_on(dnssec_line(&config, &resolver)));
+            println!(
+                "{}",
+                runtime.block_on(dnssec_line(&config, &resolver, Duration::from_secs(10)))
+            );
         }
     }
     println!("configuration ok");
     Ok(())
 }
 
-/// The DNSSEC self-check (D5) in one line: `dnssec: <mode>, <status>`; a check without an
-/// answer says so (the status then stays "available", as the server's check does).
-async fn dnssec_line(config: &Config, resolver: &tlsgate::dns::HickoryResolver) -> String {
-    match resolver.check_dnssec().await {
-        Ok(status) => format!("dnssec: {}, {status}", config.dns.dnssec),
-        Err(e) => format!(
-            "dnssec: {}, self-check got no answer ({e}); treated as available",
-            config.dns.dnssec
+/// The DNSSEC self-check (D5) in one line: `dnssec: <mode>, <status>`, prefixed `warning:`
+/// when DANE is unavailable or the check got no answer within `bound` (the check is bounded:
+/// a validating resolver behind a dead nameserver would otherwise keep retrying).
+async fn dnssec_line(
+    config: &Config,
+    resolver: &tlsgate::dns::HickoryResolver,
+    bound: Duration,
+) -> String {
+    use tlsgate::dns::DnssecStatus;
+    let mode = config.dns.dnssec;
+    match tokio::time::timeout(bound, resolver.check_dnssec()).await {
+        Ok(Ok(status @ (DnssecStatus::Available | DnssecStatus::Off))) => {
+            format!("dnssec: {mode}, {status}")
+        }
+        Ok(Ok(status)) => format!("warning: dnssec: {mode}, {status}"),
+        Ok(Err(e)) => format!(
+            "warning: dnssec: {mode}, the self-check got no answer ({e}): check dns.nameservers; \
+             until a check answers, DNSSEC counts as available"
+        ),
+        Err(_) => format!(
+            "warning: dnssec: {mode}, the self-check got no answer within {}: check \
+             dns.nameservers; until a check answers, DNSSEC counts as available",
+            humantime::format_duration(bound)
         ),
     }
 }
@@ -394,7 +412,7 @@ fn domains_check(
         // The DNSSEC self-check first (D5): where the resolver path carries no DNSSEC, DANE is
         // unavailable and every answer below is insecure. On stderr with --json, so that
         // stdout stays JSON.
-        let dnssec = dnssec_line(&config, &resolver).await;
+        let dnssec = dnssec_line(&config, &resolver, timeout).await;
         if json {
             eprintln!("{dnssec}");
         } else {

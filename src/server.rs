@@ -97,7 +97,7 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
         config.dns.trust_anchor.as_deref(),
     )
     .map_err(ServerError::Dns)?;
-    if let Some(warning) = config.dns.dnssec_warning() {
+    for warning in config.dnssec_warnings() {
         tracing::warn!("{warning}");
     }
     let sender_auth = config.inbound.auth.as_ref().map(|a| {

@@ -541,7 +541,35 @@ async fn probe_reports_the_dnssec_self_check() {
     let stdout = String::from_utf8_lossy(&check.stdout);
     assert!(check.status.success(), "{stdout}");
     assert!(
-        stdout.contains("dnssec: validate, UNAVAILABLE, DANE is off"),
+        stdout.contains("warning: dnssec: validate, UNAVAILABLE, DANE is off"),
         "{stdout}"
     );
+}
+
+/// A `dane-only` entry can never be met with DNSSEC off: said at start and by check-config,
+/// so that nobody learns it from a bounce five days later.
+#[test]
+fn dane_only_with_dnssec_off_is_warned_about() {
+    let off = tlsgate::config::Config::from_toml(
+        &format!(
+            "{CONFIG}\n[[policy]]\ndomain = \"bank.test\"\ntls = \"dane-only\"\n[dns]\nnameservers = [\"127.0.0.1:53\"]\ndnssec = \"off\"\n"
+        ),
+        "/etc/t.toml",
+    )
+    .unwrap();
+    let warnings = off.dnssec_warnings();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0].contains("[[policy]] bank.test is \"dane-only\" but dns.dnssec is \"off\""),
+        "{warnings:?}"
+    );
+    assert!(tlsgate::config::summary(&off).contains("waits in the queue until it expires"));
+    let on = tlsgate::config::Config::from_toml(
+        &format!(
+            "{CONFIG}\n[[policy]]\ndomain = \"bank.test\"\ntls = \"dane-only\"\n[dns]\nnameservers = [\"127.0.0.1:53\"]\n"
+        ),
+        "/etc/t.toml",
+    )
+    .unwrap();
+    assert!(on.dnssec_warnings().is_empty());
 }

@@ -338,6 +338,33 @@ impl DnsSection {
     }
 }
 
+impl Config {
+    /// Every DNSSEC warning of this configuration, for the log at start and `check-config`:
+    /// DNSSEC off by default (D5), and `dane-only` entries that can then never be met (their
+    /// mail waits in the queue until it expires).
+    pub fn dnssec_warnings(&self) -> Vec<String> {
+        let mut warnings: Vec<String> = self.dns.dnssec_warning().into_iter().collect();
+        if self.dns.dnssec == DnssecMode::Off {
+            for p in self
+                .policies
+                .iter()
+                .filter(|p| p.tls == crate::policy::TlsLevel::DaneOnly)
+            {
+                let target = match &p.target {
+                    PolicyTarget::Exact(d) => d.to_string(),
+                    PolicyTarget::Suffix(d) => format!(".{d}"),
+                };
+                warnings.push(format!(
+                    "[[policy]] {target} is \"dane-only\" but dns.dnssec is \"off\": DANE \
+                     is never available, so mail to {target} waits in the queue until it \
+                     expires"
+                ));
+            }
+        }
+        warnings
+    }
+}
+
 /// `[domain_list]`: where the tvungen TLS domain list is read from and how its age is
 /// watched (T10).
 #[derive(Debug, Clone, PartialEq)]
@@ -1227,7 +1254,7 @@ pub fn summary(config: &Config) -> String {
         " (default)"
     };
     let _ = writeln!(out, "dnssec:            {how}{defaulted}");
-    if let Some(warning) = config.dns.dnssec_warning() {
+    for warning in config.dnssec_warnings() {
         let _ = writeln!(out, "warning:           {warning}");
     }
     out

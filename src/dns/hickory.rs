@@ -342,7 +342,15 @@ async fn hickory_lookup_once(
                     .map(|r| r.data.clone())
                     .collect(),
                 security,
-                canonical: canonical_name(name, answers),
+                canonical: canonical_name(name, answers).or_else(|| {
+                    // hickory's cache may hand back the target's records without the CNAMEs
+                    // that led there: their owner is then the end of the chain.
+                    answers
+                        .iter()
+                        .find(|r| r.record_type() == record_type)
+                        .map(|r| normalise_host(&r.name.to_ascii()))
+                        .filter(|owner| *owner != normalise_host(name))
+                }),
             })
         }
         Err(NetError::Dns(HickoryDnsError::DnssecBogus)) => Err(bogus(
