@@ -108,10 +108,13 @@ pub async fn check_domain(
         }
     };
     let wants_tlsa = decision::wants_tlsa(rules, target);
+    // The domain line shows the policy of the first host (DANE is decided per host).
+    let mut shown = None;
     for host in &route.hosts {
         let (tlsa, policy) =
             attempt::decide_for_host(resolver, (rules, target, demands), &route, host, wants_tlsa)
                 .await;
+        shown.get_or_insert((policy.level, policy.source));
         let empty = HostReport {
             mx_host: host.name.clone(),
             address: String::new(),
@@ -208,12 +211,13 @@ pub async fn check_domain(
             report.hosts.push(host_report);
         }
     }
+    if let Some((level, source)) = shown {
+        report.level = level.to_string();
+        report.policy_source = source.to_string();
+    }
     report.pass = report.hosts.iter().any(|h| h.pass);
     if !report.pass && report.reason.is_none() {
-        report.reason = Some(format!(
-            "no MX host meets the {} policy: mail would be deferred",
-            base.level
-        ));
+        report.reason = Some(format!("no MX host meets the {} policy", report.level));
     }
     report
 }

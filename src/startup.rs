@@ -52,7 +52,7 @@ pub enum Fault {
     #[error("{0}")]
     DomainList(ListError),
     /// T3, T4: a `[[policy]]` may strengthen a listed domain, never weaken it.
-    #[error("[[policy]] for {domain} sets tls = \"{level}\", but {domain} is on the tvungen TLS domain list: a listed domain is never below \"verify\" (T3, T4)")]
+    #[error("[[policy]] for {domain} sets tls = \"{level}\", but {domain} is on the tvungen TLS domain list: a listed domain is never below \"verify\" (T3, T4); it already gets DANE in addition to verify where it publishes TLSA records. Remove the entry, or set \"verify\" or \"secure\"")]
     WeakensList { domain: String, level: String },
     #[error("{path}: exists and is not a directory")]
     NotADirectory { path: String },

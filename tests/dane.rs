@@ -499,6 +499,12 @@ async fn probe_says_why_no_tlsa_record_matched() {
     let _sink = mx(&s, &cert, &key).await;
     let (ok, report, _) = probe(&s).await;
     assert!(!ok, "{report}");
+    // The domain's line shows the policy its MX host got, not the base `may`.
+    assert_eq!(report[0]["level"], "dane", "{report}");
+    assert_eq!(
+        report[0]["reason"], "no MX host meets the dane policy",
+        "{report}"
+    );
     let host = &report[0]["hosts"][0];
     assert_eq!(host["pass"], false);
     assert!(

@@ -236,8 +236,9 @@ pub fn decide(
     };
     let published = match tlsa_facts {
         TlsaFacts::Failed { reason, bogus } => {
+            // The records would have been read for DANE: the host needed at least that.
             return TlsDecision {
-                level: base.level,
+                level: base.level.max(TlsLevel::Dane),
                 source: base.source,
                 listed: base.listed,
                 require: Requirement::Skip {
@@ -248,7 +249,7 @@ pub fn decide(
                         "tlsa_lookup_failed"
                     },
                 },
-            }
+            };
         }
         TlsaFacts::Secure(records) if !records.is_empty() => Some(records),
         TlsaFacts::Secure(_) | TlsaFacts::Insecure | TlsaFacts::NotLooked(_) => None,

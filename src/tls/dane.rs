@@ -78,7 +78,7 @@ pub enum DaneError {
     /// digest that a `3 1 1` record for the presented leaf would hold.
     #[error(
         "no TLSA record matched the certificate ({records} usable TLSA record(s) for \
-         _25._tcp.{host}; the leaf's SPKI SHA-256 is {leaf_spki_sha256})"
+         {host}; the leaf's SPKI SHA-256 is {leaf_spki_sha256})"
     )]
     NoMatch {
         /// The MX host name the connection was opened for.
@@ -531,7 +531,7 @@ mod tests {
             text.starts_with("no TLSA record matched the certificate"),
             "{text}"
         );
-        assert!(text.contains("_25._tcp.mx.partner.test"), "{text}");
+        assert!(text.contains("record(s) for mx.partner.test;"), "{text}");
         assert!(text.contains(&expected_digest), "{text}");
     }
 
