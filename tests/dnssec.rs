@@ -64,6 +64,14 @@ async fn validate_secure_answers_are_secure() {
     assert_eq!(addresses.value.ips, vec![ip("127.0.0.1")]);
     assert_eq!(addresses.value.canonical, None);
     assert_eq!(addresses.security, Security::Secure);
+    // A TLSA owner name that does not exist in a signed zone: securely no records (RFC 7672
+    // 2.2.3), not an "unsigned" answer.
+    let none = resolver
+        .tlsa("_2525._tcp.mx.dane.test")
+        .await
+        .expect("no TLSA");
+    assert!(none.value.is_empty());
+    assert_eq!(none.security, Security::Secure);
     let tlsa = resolver.tlsa("_25._tcp.mx.dane.test").await.expect("TLSA");
     assert_eq!(tlsa.value.len(), 1);
     assert_eq!(
@@ -248,6 +256,12 @@ async fn resolver_mode_with_unbound() {
     let tlsa = resolver.tlsa("_25._tcp.mx.dane.test").await.expect("TLSA");
     assert_eq!(tlsa.value.len(), 1);
     assert_eq!(tlsa.security, Security::Secure);
+    let none = resolver
+        .tlsa("_2525._tcp.mx.dane.test")
+        .await
+        .expect("no TLSA");
+    assert!(none.value.is_empty());
+    assert_eq!(none.security, Security::Secure, "{}", unbound.log());
     let plain = resolver.mx(&domain("plain.test")).await.expect("MX");
     assert_eq!(plain.security, Security::Insecure);
     match resolver.mx(&domain("broken.test")).await {

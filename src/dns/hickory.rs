@@ -373,7 +373,9 @@ async fn hickory_lookup_once(
             canonical: None,
         }),
         Err(NetError::Dns(HickoryDnsError::NoRecordsFound(none))) => {
-            if none.response_code == ResponseCode::NXDomain {
+            // A TLSA owner name that does not exist is "no records", and its denial can be
+            // secure like a NODATA one (RFC 7672 section 2.2.3); other names are NXDOMAIN.
+            if none.response_code == ResponseCode::NXDomain && record_type != RecordType::TLSA {
                 return Err(DnsError::NoSuchDomain(name.to_string()));
             }
             let security = match &none.authorities {
@@ -417,6 +419,17 @@ async fn stub_lookup(
                 Security::Insecure
             },
             canonical: canonical_name(name, &reply.answers),
+        }),
+        // As in the validating path: a missing TLSA owner name is an empty answer whose
+        // denial the AD bit vouches for.
+        ResponseCode::NXDomain if record_type == RecordType::TLSA => Ok(Answer {
+            records: Vec::new(),
+            security: if dnssec_in_use && reply.metadata.authentic_data {
+                Security::Secure
+            } else {
+                Security::Insecure
+            },
+            canonical: None,
         }),
         ResponseCode::NXDomain => Err(DnsError::NoSuchDomain(name.to_string())),
         ResponseCode::ServFail => {
