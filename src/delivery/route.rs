@@ -301,7 +301,13 @@ pub async fn tlsa_facts(
         return not_looked("the policy does not use DANE".into());
     }
     if route.mx_security != Security::Secure {
-        return not_looked("the MX records are not DNSSEC-signed".into());
+        // Say why: DNSSEC off or unavailable on the resolver path is not the zone's fault.
+        let status = resolver.dnssec_status();
+        return not_looked(if status.in_use() {
+            "the MX records are not DNSSEC-signed".into()
+        } else {
+            format!("DNSSEC {status}")
+        });
     }
     if host.security != Security::Secure {
         return not_looked(format!(

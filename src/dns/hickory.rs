@@ -644,6 +644,10 @@ impl Resolver for HickoryResolver {
         })
     }
 
+    fn dnssec_status(&self) -> DnssecStatus {
+        HickoryResolver::dnssec_status(self)
+    }
+
     fn tlsa<'a>(&'a self, name: &'a str) -> DnsFuture<'a, Secured<Vec<Tlsa>>> {
         Box::pin(async move {
             let answer = match self.lookup(name, RecordType::TLSA).await {

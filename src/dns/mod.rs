@@ -230,4 +230,11 @@ pub trait Resolver: Send + Sync + 'static {
     /// TLSA records at `name` (`_25._tcp.mx.example.no`, RFC 7672 section 2.2), following
     /// CNAMEs; an empty list when there are none.
     fn tlsa<'a>(&'a self, name: &'a str) -> DnsFuture<'a, Secured<Vec<Tlsa>>>;
+
+    /// The DNSSEC status of the resolver path (D5): every answer is insecure unless it is
+    /// in use, and reports say why (`off`, or what the self-check saw) instead of blaming the
+    /// zone. Resolvers without DNSSEC say `Off`.
+    fn dnssec_status(&self) -> DnssecStatus {
+        DnssecStatus::Off
+    }
 }
