@@ -120,6 +120,16 @@ fn audit(s: &Setup) -> Vec<serde_json::Value> {
     entries
 }
 
+/// Waits for the message at `sink`, sent with SNI `sni` (RFC 7672 8.1), and for its audit
+/// entry saying DANE authenticated the host.
+async fn expect_dane_delivery(s: &Setup, sink: &Sink, sni: &str) {
+    let got = sink.wait_for_messages(1, WAIT).await;
+    assert_eq!(got[0].sni.as_deref(), Some(sni));
+    let delivered = wait_audit(s, "delivered").await;
+    assert_eq!(delivered["level"], "dane");
+    assert_eq!(delivered["policy_source"], "dane");
+}
+
 /// Waits for an audit entry of `kind`; returns its `event` object.
 async fn wait_audit(s: &Setup, kind: &str) -> serde_json::Value {
     let deadline = tokio::time::Instant::now() + WAIT;
@@ -551,11 +561,7 @@ async fn tlsa_at_the_cname_expanded_mx_host_is_used() {
     );
     let sink = mx(&s, &chain, &key).await;
     send(&s).await;
-    let got = sink.wait_for_messages(1, WAIT).await;
-    assert_eq!(got[0].sni.as_deref(), Some("real.hosting.test"));
-    let delivered = wait_audit(&s, "delivered").await;
-    assert_eq!(delivered["level"], "dane");
-    assert_eq!(delivered["policy_source"], "dane");
+    expect_dane_delivery(&s, &sink, "real.hosting.test").await;
 }
 
 /// RFC 7672 2.2.3: with no TLSA records at the expanded name, the original MX host name is
@@ -574,11 +580,7 @@ async fn tlsa_only_at_the_original_mx_host_name_is_used() {
     );
     let sink = mx(&s, &cert, &key).await;
     send(&s).await;
-    let got = sink.wait_for_messages(1, WAIT).await;
-    assert_eq!(got[0].sni.as_deref(), Some("mx1.partner.test"));
-    let delivered = wait_audit(&s, "delivered").await;
-    assert_eq!(delivered["level"], "dane");
-    assert_eq!(delivered["policy_source"], "dane");
+    expect_dane_delivery(&s, &sink, "mx1.partner.test").await;
 }
 
 /// RFC 7672 2.2.3: a signed alias whose target zone is unsigned: the expansion is insecure, so
@@ -598,11 +600,7 @@ async fn alias_into_an_unsigned_zone_uses_tlsa_at_the_original_name() {
     );
     let sink = mx(&s, &cert, &key).await;
     send(&s).await;
-    let got = sink.wait_for_messages(1, WAIT).await;
-    assert_eq!(got[0].sni.as_deref(), Some("mx1.partner.test"));
-    let delivered = wait_audit(&s, "delivered").await;
-    assert_eq!(delivered["level"], "dane");
-    assert_eq!(delivered["policy_source"], "dane");
+    expect_dane_delivery(&s, &sink, "mx1.partner.test").await;
 }
 
 /// RFC 7672 2.2.3 and 3.2.2: the name an insecure expansion leads to is no name of the host:
