@@ -226,6 +226,13 @@ impl Metrics {
         for kind in ["failure", "delay", "success"] {
             metrics.dsn_sent.with_label_values(&[kind]);
         }
+        // The standard process metrics (`process_cpu_seconds_total`,
+        // `process_resident_memory_bytes`, `process_open_fds`, `process_max_fds`,
+        // `process_start_time_seconds`, …) from the prometheus crate's collector, read from
+        // /proc at each scrape (issue 14 item 4: what every exporter offers).
+        let _ = metrics.registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ));
         // `tlsgate_build_info{version} 1`, the Prometheus convention for "which build runs
         // here" (issue 14 item 4): joins with other series to tell versions apart in a fleet.
         let build_info = gauge_vec(

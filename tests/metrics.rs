@@ -54,7 +54,11 @@ fn parse(text: &str) -> HashMap<String, f64> {
         let (series, value) = line.rsplit_once(' ').expect("sample line");
         let value: f64 = value.parse().unwrap_or_else(|_| panic!("value in {line}"));
         let name = series.split('{').next().unwrap();
-        assert!(name.starts_with("tlsgate_"), "{line}");
+        // Ours, or the standard process metrics of the prometheus crate's collector.
+        assert!(
+            name.starts_with("tlsgate_") || name.starts_with("process_"),
+            "{line}"
+        );
         if let Some(labels) = series.strip_prefix(name) {
             if !labels.is_empty() {
                 let inner = labels
@@ -97,6 +101,30 @@ async fn metrics_move_after_a_relayed_and_a_refused_message() {
         env!("CARGO_PKG_VERSION")
     );
     assert_eq!(before.get(&build), Some(&1.0), "{before:?}");
+    // The standard process metrics (issue 14 item 4): this process's memory, descriptors and
+    // start time, read from /proc.
+    assert!(
+        before
+            .get("process_resident_memory_bytes")
+            .is_some_and(|rss| *rss > 1_000_000.0),
+        "{before:?}"
+    );
+    assert!(
+        before.get("process_open_fds").is_some_and(|n| *n >= 3.0),
+        "{before:?}"
+    );
+    let started = before
+        .get("process_start_time_seconds")
+        .copied()
+        .unwrap_or(0.0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(
+        started > 0.0 && started <= now && now - started < 3600.0,
+        "{started} {now}"
+    );
 
     s.dns.add_mx("partner.test", 10, "mx1.partner.test");
     s.dns.add_ip("mx1.partner.test", ip(MX1));
