@@ -34,3 +34,4 @@ pub mod server;
 pub mod smtp;
 pub mod startup;
 pub mod tls;
+pub mod tls_report;

@@ -391,6 +391,9 @@ mod tests {
         fn addresses<'a>(&'a self, _: &'a str) -> DnsFuture<'a, Secured<Addresses>> {
             unreachable!("tlsa_facts looks up TLSA records only")
         }
+        fn txt<'a>(&'a self, _: &'a str) -> DnsFuture<'a, Secured<Vec<String>>> {
+            unreachable!("tlsa_facts looks up TLSA records only")
+        }
         fn tlsa<'a>(&'a self, name: &'a str) -> DnsFuture<'a, Secured<Vec<Tlsa>>> {
             self.asked.lock().unwrap().push(name.to_string());
             let answer = self.answers.get(name).cloned().unwrap_or(Ok(Secured {

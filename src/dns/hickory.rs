@@ -644,6 +644,32 @@ impl Resolver for HickoryResolver {
         })
     }
 
+    fn txt<'a>(&'a self, name: &'a str) -> DnsFuture<'a, Secured<Vec<String>>> {
+        Box::pin(async move {
+            let answer = match self.lookup(name, RecordType::TXT).await {
+                Ok(answer) => answer,
+                Err(DnsError::NoSuchDomain(_)) => return Ok(Secured::insecure(Vec::new())),
+                Err(e) => return Err(e),
+            };
+            Ok(Secured {
+                value: answer
+                    .records
+                    .iter()
+                    .filter_map(|r| match r {
+                        RData::TXT(txt) => Some(
+                            txt.txt_data
+                                .iter()
+                                .map(|part| String::from_utf8_lossy(part))
+                                .collect::<String>(),
+                        ),
+                        _ => None,
+                    })
+                    .collect(),
+                security: answer.security,
+            })
+        })
+    }
+
     fn dnssec_status(&self) -> DnssecStatus {
         HickoryResolver::dnssec_status(self)
     }

@@ -231,6 +231,14 @@ pub trait Resolver: Send + Sync + 'static {
     /// CNAMEs; an empty list when there are none.
     fn tlsa<'a>(&'a self, name: &'a str) -> DnsFuture<'a, Secured<Vec<Tlsa>>>;
 
+    /// TXT records at `name` (`_mta-sts.example.no`, RFC 8461 section 3.1;
+    /// `_smtp._tls.example.no`, RFC 8460 section 3), following CNAMEs: one string per record,
+    /// its character-strings concatenated without separator (RFC 7208 section 3.3 and RFC 8461
+    /// section 3.1 read them so). Bytes that are not UTF-8 are replaced (U+FFFD): the callers'
+    /// grammars are ASCII and reject such a record. An empty list when there are none or the
+    /// name does not exist.
+    fn txt<'a>(&'a self, name: &'a str) -> DnsFuture<'a, Secured<Vec<String>>>;
+
     /// The DNSSEC status of the resolver path (D5): every answer is insecure unless it is
     /// in use, and reports say why (`off`, or what the self-check saw) instead of blaming the
     /// zone. Resolvers without DNSSEC say `Off`.

@@ -26,6 +26,7 @@ use super::domain_list::DomainList;
 use super::{certificate_names, NamePattern, PolicyEntry, PolicySource, ResolvedPolicy, TlsLevel};
 use crate::dns::{Security, Tlsa};
 use crate::domain::Domain;
+use crate::tls_report::{PolicyType, ReportPolicy};
 
 /// What the message demands of every hop.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -158,6 +159,32 @@ pub struct TlsDecision {
     pub listed: bool,
     /// What the client enforces.
     pub require: Requirement,
+}
+
+impl TlsDecision {
+    /// The RFC 8460 policy a session under this decision is reported under (sections 3 and
+    /// 4.4): `tlsa` with the TLSA base domain and the records for DANE, else `no-policy-found`
+    /// for the recipient `domain` (listed domains too, issue 13 item 3). `None` for the next
+    /// hop (`domain` `None`), which is not a policy domain.
+    pub fn report_policy(&self, domain: Option<&Domain>) -> Option<ReportPolicy> {
+        let domain = domain?;
+        Some(match &self.require {
+            Requirement::Dane {
+                tlsa, server_name, ..
+            } => ReportPolicy {
+                policy_type: PolicyType::Tlsa,
+                policy_domain: server_name.trim_end_matches('.').to_ascii_lowercase(),
+                policy_strings: tlsa.iter().map(|r| r.to_string()).collect(),
+                mx_host: Vec::new(),
+            },
+            _ => ReportPolicy {
+                policy_type: PolicyType::NoPolicyFound,
+                policy_domain: domain.as_str().to_string(),
+                policy_strings: Vec::new(),
+                mx_host: Vec::new(),
+            },
+        })
+    }
 }
 
 /// Does the destination's policy read TLSA records? True for a domain without an explicit
