@@ -77,10 +77,15 @@ pub struct Metrics {
     pub queue_oldest_message_age_seconds: IntGauge,
     /// `tlsgate_domain_list_domains`: domains on the list in force.
     pub domain_list_domains: IntGauge,
-    /// `tlsgate_domain_list_age_days`: the list's age in days (T10).
-    pub domain_list_age_days: IntGauge,
-    /// `tlsgate_domain_list_max_age_days`: `domain_list.max_age_days`.
-    pub domain_list_max_age_days: IntGauge,
+    /// `tlsgate_domain_list_age_seconds`: the list's age (T10), in the base unit Prometheus
+    /// asks for (seconds, not days).
+    pub domain_list_age_seconds: IntGauge,
+    /// `tlsgate_domain_list_max_age_seconds`: `domain_list.max_age_days`, in seconds.
+    pub domain_list_max_age_seconds: IntGauge,
+    /// `tlsgate_tls_certificate_expiry_timestamp_seconds`: when our own STARTTLS certificate
+    /// (the leaf of `tls.cert`, or the generated one) expires, Unix seconds; set at start and
+    /// at every reload. Alert rule TlsgateCertificateExpiresSoon fires 14 days before.
+    pub tls_certificate_expiry: IntGauge,
     /// `tlsgate_domain_list_reload_failures_total`: list files refused at reload.
     pub domain_list_reload_failures: IntCounter,
     /// `tlsgate_dnssec_available{mode}`: 1 when the resolver path carries DNSSEC (the last
@@ -189,15 +194,20 @@ impl Metrics {
                 "tlsgate_domain_list_domains",
                 "Domains on the tvungen TLS domain list in force",
             ),
-            domain_list_age_days: gauge(
+            domain_list_age_seconds: gauge(
                 &r,
-                "tlsgate_domain_list_age_days",
-                "Age of the domain list in days (T10)",
+                "tlsgate_domain_list_age_seconds",
+                "Age of the domain list (T10)",
             ),
-            domain_list_max_age_days: gauge(
+            domain_list_max_age_seconds: gauge(
                 &r,
-                "tlsgate_domain_list_max_age_days",
-                "Configured domain_list.max_age_days",
+                "tlsgate_domain_list_max_age_seconds",
+                "Configured domain_list.max_age_days, in seconds",
+            ),
+            tls_certificate_expiry: gauge(
+                &r,
+                "tlsgate_tls_certificate_expiry_timestamp_seconds",
+                "When the STARTTLS certificate tlsgate presents expires (Unix time)",
             ),
             domain_list_reload_failures: counter(
                 &r,
@@ -347,8 +357,9 @@ mod tests {
             "tlsgate_queue_messages",
             "tlsgate_queue_oldest_message_age_seconds",
             "tlsgate_domain_list_domains",
-            "tlsgate_domain_list_age_days",
-            "tlsgate_domain_list_max_age_days",
+            "tlsgate_domain_list_age_seconds",
+            "tlsgate_domain_list_max_age_seconds",
+            "tlsgate_tls_certificate_expiry_timestamp_seconds",
             "tlsgate_domain_list_reload_failures_total",
         ] {
             assert!(text.contains(&format!("# HELP {name} ")), "{name} missing");

@@ -112,6 +112,7 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
     let dkim = files.dkim;
     let domain_list = Arc::new(files.domain_list);
     let metrics = Metrics::new();
+    startup::record_certificate_expiry(&config, &metrics);
     let audit_config = AuditConfig {
         dir: config.audit.dir.clone(),
         max_file_bytes: config.audit.max_file_bytes,

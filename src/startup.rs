@@ -276,6 +276,21 @@ pub fn load_tls(config: &Config) -> Result<TlsAcceptor, StartError> {
     tls_acceptor(config, server_tls(config)?)
 }
 
+/// Sets `tlsgate_tls_certificate_expiry_timestamp_seconds` from the certificate the listeners
+/// present: `tls.cert`, or the generated one in `data_dir/certs` (issue 14 item 4). Called at
+/// start and after every reload that installed a certificate; a leaf that x509-parser cannot
+/// read (rustls took it) leaves the gauge unchanged and logs a warning.
+pub fn record_certificate_expiry(config: &Config, metrics: &crate::metrics::Metrics) {
+    let path = match &config.tls.cert_and_key {
+        Some((cert, _)) => cert.clone(),
+        None => config.generated_cert_dir().join("server.pem"),
+    };
+    match keys::certificate_not_after(&path) {
+        Ok(not_after) => metrics.tls_certificate_expiry.set(not_after),
+        Err(e) => tracing::warn!(error = %e, "the certificate's expiry could not be read"),
+    }
+}
+
 /// No `[tls]`: a self-signed pair in `data_dir/certs`, generated on first start.
 fn generated_tls(config: &Config) -> Result<Arc<rustls::ServerConfig>, StartError> {
     let fault = |e| StartError::new(config, "server.data_dir", Fault::Key(e));

@@ -217,7 +217,8 @@ fn grafana_dashboard_panels_query_tlsgate_metrics_through_the_datasource_variabl
         "tlsgate_queue_messages",
         "tlsgate_queue_oldest_message_age_seconds",
         "tlsgate_domain_list_domains",
-        "tlsgate_domain_list_age_days",
+        "tlsgate_domain_list_age_seconds",
+        "tlsgate_tls_certificate_expiry_timestamp_seconds",
         "tlsgate_dsn_sent_total",
         "tlsgate_connections_total",
         "tlsgate_plaintext_refused_total",
@@ -496,8 +497,9 @@ fn prometheus_alert_rules_are_valid() {
     let exprs: String = rules.iter().filter_map(|r| r.get("expr")).collect();
     for needle in [
         "up{job=\"tlsgate\"}",
-        "tlsgate_domain_list_age_days",
-        "tlsgate_domain_list_max_age_days",
+        "tlsgate_domain_list_age_seconds",
+        "tlsgate_domain_list_max_age_seconds",
+        "tlsgate_tls_certificate_expiry_timestamp_seconds",
         "tlsgate_tls_failures_total",
         "tlsgate_queue_messages",
         "tlsgate_queue_oldest_message_age_seconds",
@@ -511,6 +513,7 @@ fn prometheus_alert_rules_are_valid() {
         "TlsgateDown",
         "TlsgateDomainListTooOld",
         "TlsgateTlsFailuresToListedDomains",
+        "TlsgateCertificateExpiresSoon",
     ] {
         assert!(unique.contains(name), "alert {name} is missing");
     }

@@ -178,10 +178,13 @@ impl DomainListService {
         let m = &self.metrics;
         m.domain_list_domains
             .set(self.handle.current().len() as i64);
-        m.domain_list_max_age_days
-            .set(i64::from(self.settings.max_age_days));
-        if let Some(age) = self.age_days() {
-            m.domain_list_age_days.set(age);
+        m.domain_list_max_age_seconds
+            .set(i64::from(self.settings.max_age_days) * 86_400);
+        if let Some(age) = self
+            .handle
+            .age_seconds(self.settings.age_from, SystemTime::now())
+        {
+            m.domain_list_age_seconds.set(age);
         }
     }
 }

@@ -54,6 +54,7 @@ fn reload_tls(ctx: &SessionContext) -> Result<(), ConfigReloadError> {
         Config::load(Path::new(&current.source))?
     };
     ctx.set_tls_acceptor(startup::load_tls(&new)?);
+    startup::record_certificate_expiry(&new, &ctx.metrics);
     let changed = crate::config::changed_sections(current, &new);
     if !changed.is_empty() {
         tracing::warn!(sections = ?changed, "the configuration file changed beyond [tls] and the domain list: those changes take effect at the next restart");

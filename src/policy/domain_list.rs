@@ -473,19 +473,22 @@ impl DomainListHandle {
         }
     }
 
-    /// Age of the list in days, measured as configured.
+    /// Age of the list in whole days, measured as configured.
     pub fn age_days(&self, from: AgeFrom, now: SystemTime) -> Option<i64> {
+        self.age_seconds(from, now).map(|s| s.div_euclid(86_400))
+    }
+
+    /// Age of the list in seconds, measured as configured: since the file's modification time,
+    /// or since midnight UTC of the newest entry's join date. `None` when that time is unknown.
+    pub fn age_seconds(&self, from: AgeFrom, now: SystemTime) -> Option<i64> {
         let current = self.current.read().unwrap_or_else(|p| p.into_inner());
-        let now_days = now.duration_since(SystemTime::UNIX_EPOCH).ok()?.as_secs() as i64 / 86_400;
+        let now_secs = now.duration_since(SystemTime::UNIX_EPOCH).ok()?.as_secs() as i64;
         match from {
             AgeFrom::File => {
                 let m = current.modified?;
-                Some(
-                    now.duration_since(m)
-                        .map_or(0, |d| d.as_secs() as i64 / 86_400),
-                )
+                Some(now.duration_since(m).map_or(0, |d| d.as_secs() as i64))
             }
-            AgeFrom::NewestEntry => current.list.newest_joined().map(|d| now_days - d),
+            AgeFrom::NewestEntry => current.list.newest_joined().map(|d| now_secs - d * 86_400),
         }
     }
 }
@@ -565,6 +568,12 @@ mod tests {
             + std::time::Duration::from_secs(parse_date("2026-06-01").unwrap() as u64 * 86_400);
         // Newest "Dato innmeldt" 2026-03-01 → 92 days before 2026-06-01.
         assert_eq!(handle.age_days(AgeFrom::NewestEntry, now), Some(92));
+        // In seconds (the metric's unit), 12 hours later: 92.5 days.
+        let later = now + std::time::Duration::from_secs(12 * 3600);
+        assert_eq!(
+            handle.age_seconds(AgeFrom::NewestEntry, later),
+            Some(92 * 86_400 + 12 * 3600)
+        );
         // The file was just written: age 0 days from now.
         assert_eq!(handle.age_days(AgeFrom::File, SystemTime::now()), Some(0));
     }

@@ -60,6 +60,20 @@ pub fn load_cert_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, KeyE
     Ok(chain)
 }
 
+/// The end of the validity of the first (leaf) certificate in `path`, as Unix seconds: the
+/// `tlsgate_tls_certificate_expiry_timestamp_seconds` gauge (issue 14 item 4). Errors when the
+/// file does not read, holds no certificate, or the leaf does not parse as X.509.
+pub fn certificate_not_after(path: &Path) -> Result<i64, KeyError> {
+    let chain = load_cert_chain(path)?;
+    let (_, leaf) =
+        x509_parser::parse_x509_certificate(chain.first().map_or(&[][..], |c| c.as_ref()))
+            .map_err(|e| KeyError::Rejected {
+                path: path.display().to_string(),
+                reason: format!("the certificate does not parse: {e}"),
+            })?;
+    Ok(leaf.validity().not_after.timestamp())
+}
+
 /// Refuses a key file that group or others may read or write (S4).
 pub fn check_key_permissions(path: &Path) -> Result<(), KeyError> {
     let meta = std::fs::metadata(path).map_err(|e| unreadable(path, e))?;
