@@ -65,6 +65,18 @@ enum Commands {
         #[arg(long, default_value = ".")]
         out: PathBuf,
     },
+    /// Write the manual pages (tlsgate.1 and tlsgate-COMMAND.1 for every command) into a
+    /// directory; the .deb installs them under /usr/share/man/man1.
+    Man {
+        /// Directory to write the pages into (created if missing).
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
+    },
+    /// Print the shell completion script for SHELL (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell to complete for.
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Subcommand)]
@@ -175,6 +187,8 @@ fn main() -> ExitCode {
         Commands::Serve { config, grace } => serve(config.as_deref(), grace),
         Commands::CheckConfig { config } => check_config(config.as_deref()),
         Commands::GenCert { hosts, out } => gen_cert(&hosts, &out),
+        Commands::Man { out } => write_man_pages(&out),
+        Commands::Completions { shell } => completions(shell),
         Commands::Domains {
             action: DomainsAction::List { config, json },
         } => domains_list(config.as_deref(), json),
@@ -247,8 +261,10 @@ fn serve(path: Option<&Path>, grace: Duration) -> anyhow::Result<()> {
         // never the default action killing the process mid-start.
         let mut signals = StopSignals::install()?;
         let server = tlsgate::server::start(config).await?;
+        tlsgate::ops::service::notify_ready("accepting mail");
         signals.wait(&server).await;
-        tracing::info!(grace = ?grace, "stop signal received, shutting down");
+        tlsgate::ops::service::notify_stopping();
+        tracing::info!(grace = %humantime::format_duration(grace), "stop signal received, shutting down");
         server.shutdown(grace).await;
         Ok(())
     })
@@ -279,7 +295,9 @@ impl StopSignals {
                 _ = self.int.recv() => return,
                 _ = self.hup.recv() => {
                     tracing::info!("SIGHUP: reloading configuration, certificate and domain list");
+                    tlsgate::ops::service::notify_reloading();
                     let _ = server.reload();
+                    tlsgate::ops::service::notify_ready("accepting mail");
                 }
             }
         }
@@ -344,6 +362,29 @@ async fn dnssec_line(
             humantime::format_duration(bound)
         ),
     }
+}
+
+/// The manual pages, generated from the same clap definitions as `--help` (clap_mangen), so
+/// they never drift from the binary.
+fn write_man_pages(out: &Path) -> anyhow::Result<()> {
+    use clap::CommandFactory;
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    clap_mangen::generate_to(Cli::command(), out)
+        .with_context(|| format!("writing the manual pages into {}", out.display()))?;
+    println!("wrote the manual pages into {}", out.display());
+    Ok(())
+}
+
+/// The completion script (clap_complete), built in memory first: clap_complete panics on a
+/// write error, and a closed pipe (`| head`) is an error to report, not a crash.
+fn completions(shell: clap_complete::Shell) -> anyhow::Result<()> {
+    use clap::CommandFactory;
+    use std::io::Write;
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "tlsgate", &mut script);
+    std::io::stdout()
+        .write_all(&script)
+        .context("writing the completion script")
 }
 
 fn gen_cert(hosts: &[String], out: &Path) -> anyhow::Result<()> {

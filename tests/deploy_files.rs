@@ -619,8 +619,16 @@ fn systemd_unit_is_hardened() {
         ("User", "tlsgate"),
         (
             "ExecStart",
-            "/usr/local/bin/tlsgate serve --config /etc/tlsgate/tlsgate.toml",
+            "tlsgate serve --config /etc/tlsgate/tlsgate.toml",
         ),
+        // The configuration is checked before anything listens (issue 14 item 5).
+        (
+            "ExecStartPre",
+            "tlsgate check-config --config /etc/tlsgate/tlsgate.toml",
+        ),
+        // Readiness through sd_notify (src/ops/service.rs; tests/packaging.rs).
+        ("Type", "notify"),
+        ("NotifyAccess", "main"),
         ("ExecReload", "/bin/kill -HUP $MAINPID"),
         ("KillSignal", "SIGTERM"),
         ("TimeoutStopSec", "60"),
