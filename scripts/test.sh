@@ -9,6 +9,7 @@
 #   promtool          tests/deploy_files.rs (alert rules checked and unit-tested)
 #   nmap              tests/open_relay_scan.rs (the smtp-open-relay audit script)
 #   unbound           tests/dnssec.rs (a validating resolver on loopback, dns.dnssec = "resolver")
+#   cargo-deb         tests/packaging.rs (builds the .deb from the test binary, checks its files)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -33,5 +34,8 @@ command -v promtool >/dev/null || apt_install prometheus || echo "scripts/test.s
 command -v nmap >/dev/null || apt_install nmap
 # The tests start their own unbound on a free loopback port (the package's service is not used).
 [ -x /usr/sbin/unbound ] || command -v unbound >/dev/null || apt_install unbound
+
+# cargo-deb: about 3 minutes to build once; pinned to a version that builds on Rust 1.95.
+cargo deb --version >/dev/null 2>&1 || cargo install --locked --quiet cargo-deb@3.8.0
 
 exec cargo test --locked "$@"

@@ -69,10 +69,6 @@ fn the_deb_ships_binary_config_unit_user_man_pages_and_completions() {
         destination("etc/tlsgate/tlsgate.toml"),
         "config/tlsgate.example.toml"
     );
-    assert_eq!(
-        destination("usr/lib/sysusers.d/tlsgate.conf"),
-        "deploy/tlsgate.sysusers"
-    );
     assert_eq!(destination("usr/share/man/man1/"), "target/assets/man/*.1");
     assert_eq!(
         destination("usr/share/bash-completion/completions/tlsgate"),
@@ -103,10 +99,12 @@ fn the_deb_ships_binary_config_unit_user_man_pages_and_completions() {
     assert_eq!(units["unit-scripts"].as_str(), Some("deploy/"));
     assert_eq!(units["unit-name"].as_str(), Some("tlsgate"));
     assert_eq!(units["start"].as_bool(), Some(false));
+    // cargo-deb installs every unit file of unit-scripts: the service and the sysusers entry
+    // (usr/lib/sysusers.d/tlsgate.conf, the tlsgate user).
     assert!(repo("deploy/tlsgate.service").is_file());
+    assert!(repo("deploy/tlsgate.sysusers").is_file());
     let postinst_path = repo("deploy/debian/postinst");
     let postinst = std::fs::read_to_string(&postinst_path).expect("postinst");
-    assert!(postinst.contains("systemd-sysusers tlsgate.conf"));
     assert!(postinst.contains("install -d -m 0700 -o tlsgate -g tlsgate /var/lib/tlsgate"));
     assert!(postinst.contains("#DEBHELPER#"));
     let mode = std::fs::metadata(&postinst_path)
@@ -114,6 +112,119 @@ fn the_deb_ships_binary_config_unit_user_man_pages_and_completions() {
         .permissions()
         .mode();
     assert!(mode & 0o111 != 0, "postinst is not executable: {mode:o}");
+}
+
+/// The package itself, built by cargo-deb from the test build of the binary (`--profile dev`;
+/// `scripts/package.sh` builds the release one the same way), and its file list, conffiles and
+/// maintainer script as dpkg sees them. Skipped with a note when cargo-deb is absent
+/// (`scripts/test.sh` installs it, so CI always builds the package).
+#[test]
+fn the_deb_builds_and_holds_the_files_an_admin_needs() {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let has_deb = Command::new(&cargo)
+        .args(["deb", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has_deb {
+        println!("cargo-deb not installed: the package's metadata is checked, not the package");
+        return;
+    }
+    // The assets scripts/package.sh generates, from this build of the binary. The binary
+    // cargo-deb packs is target/<profile>/tlsgate, i.e. the one the tests run.
+    let bin = Path::new(env!("CARGO_BIN_EXE_tlsgate"));
+    let target = bin.parent().unwrap().parent().unwrap();
+    let assets = target.join("assets");
+    let _ = std::fs::remove_dir_all(&assets);
+    std::fs::create_dir_all(assets.join("completions")).unwrap();
+    tlsgate(&["man", "--out", assets.join("man").to_str().unwrap()]);
+    for (shell, file) in [
+        ("bash", "tlsgate.bash"),
+        ("zsh", "_tlsgate"),
+        ("fish", "tlsgate.fish"),
+    ] {
+        std::fs::write(
+            assets.join("completions").join(file),
+            tlsgate(&["completions", shell]).stdout,
+        )
+        .unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let deb = dir.path().join("tlsgate.deb");
+    let built = Command::new(&cargo)
+        .args([
+            "deb",
+            "--no-build",
+            "--locked",
+            "--profile",
+            "dev",
+            "--fast",
+        ])
+        .arg("--no-strip")
+        .arg("-o")
+        .arg(&deb)
+        .env("CARGO_TARGET_DIR", target)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    assert!(
+        built.status.success(),
+        "cargo deb: {}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+
+    let dpkg = |args: &[&str]| -> String {
+        let output = Command::new("dpkg-deb")
+            .args(args)
+            .arg(&deb)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "dpkg-deb {args:?}");
+        String::from_utf8(output.stdout).unwrap()
+    };
+    let listing = dpkg(&["--contents"]);
+    let files: Vec<&str> = listing
+        .lines()
+        .filter_map(|l| l.split_whitespace().last())
+        .collect();
+    for expected in [
+        "./usr/bin/tlsgate",
+        "./etc/tlsgate/tlsgate.toml",
+        "./usr/lib/systemd/system/tlsgate.service",
+        "./usr/lib/sysusers.d/tlsgate.conf",
+        "./usr/share/man/man1/tlsgate.1.gz",
+        "./usr/share/man/man1/tlsgate-serve.1.gz",
+        "./usr/share/man/man1/tlsgate-queue-list.1.gz",
+        "./usr/share/bash-completion/completions/tlsgate",
+        "./usr/share/zsh/vendor-completions/_tlsgate",
+        "./usr/share/fish/vendor_completions.d/tlsgate.fish",
+        "./usr/share/doc/tlsgate/README.md",
+        "./usr/share/doc/tlsgate/copyright",
+    ] {
+        assert!(
+            files.contains(&expected),
+            "{expected} not in the package:\n{listing}"
+        );
+    }
+    // The configuration is a conffile: an upgrade never overwrites the admin's edits.
+    assert!(dpkg(&["--info"]).contains("conffiles"));
+    let info_dir = dir.path().join("control");
+    let extracted = Command::new("dpkg-deb")
+        .arg("--control")
+        .arg(&deb)
+        .arg(&info_dir)
+        .status()
+        .unwrap();
+    assert!(extracted.success());
+    let conffiles = std::fs::read_to_string(info_dir.join("conffiles")).unwrap();
+    assert_eq!(conffiles.trim(), "/etc/tlsgate/tlsgate.toml");
+    // The service user before its data directory; the unit enabled.
+    let postinst = std::fs::read_to_string(info_dir.join("postinst")).unwrap();
+    let user = postinst.find("systemd-sysusers").expect("user created");
+    let data = postinst
+        .find("install -d -m 0700 -o tlsgate -g tlsgate /var/lib/tlsgate")
+        .expect("data directory created");
+    assert!(user < data, "{postinst}");
+    assert!(postinst.contains("deb-systemd-helper enable tlsgate.service"));
 }
 
 #[test]
