@@ -187,6 +187,18 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
         );
     }
     let config = Arc::new(config);
+    // MTA-STS (RFC 8461, D6): the durable policy cache and its background refresh. Failed
+    // fetches are not reported anywhere yet: TLS reporting plugs its sink in here.
+    let mta_sts = config.mta_sts.enabled.then(|| {
+        Arc::new(crate::mta_sts::MtaSts::new(
+            &config.mta_sts,
+            crate::mta_sts::open_cache(&config, true),
+            resolver.clone(),
+            client_tls.clone(),
+            Some(metrics.clone()),
+            Arc::new(crate::tls_report::NoReports),
+        ))
+    });
     let delivery = DeliveryEngine::start(EngineParts {
         config: config.clone(),
         store: store.clone(),
@@ -197,6 +209,7 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
         domain_list: domain_list.clone(),
         metrics: metrics.clone(),
         audit: Some(audit_log.clone()),
+        mta_sts: mta_sts.clone(),
     })
     .await
     .map_err(|cause| {
@@ -235,6 +248,9 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
     }
     accept_loops.close();
     tokio::spawn(list_service.clone().watch(shutdown.clone()));
+    if let Some(service) = mta_sts {
+        tokio::spawn(service.refresh_loop(shutdown.clone()));
+    }
     let metrics_addr = match metrics_listener {
         Some(listener) => {
             let addr = listener.local_addr().ok();
