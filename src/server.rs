@@ -72,6 +72,15 @@ pub struct RunningServer {
 /// Starts the relay: checks every file the configuration names, then creates `data_dir`,
 /// opens the queue and the audit log, and binds every listener.
 pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
+    start_with_reports(config, Arc::new(crate::tls_report::NoReports)).await
+}
+
+/// As [`start`], with `reports` receiving what MTA-STS reports for TLS reporting (RFC 8460):
+/// failed policy fetches and `testing`-mode sessions (tests pass a sink that collects them).
+pub async fn start_with_reports(
+    config: Config,
+    reports: Arc<dyn crate::tls_report::TlsReportSink>,
+) -> Result<RunningServer, ServerError> {
     let files = ConfigFiles::load(&config)?;
     startup::create_directory(&config, "server.data_dir", &config.server.data_dir)?;
     let acceptor = startup::tls_acceptor(&config, files.server_tls)?;
@@ -187,8 +196,8 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
         );
     }
     let config = Arc::new(config);
-    // MTA-STS (RFC 8461, D6): the durable policy cache and its background refresh. Failed
-    // fetches are not reported anywhere yet: TLS reporting plugs its sink in here.
+    // MTA-STS (RFC 8461, D6): the durable policy cache and its background refresh; failed
+    // fetches and `testing` sessions go to `reports`.
     let mta_sts = config.mta_sts.enabled.then(|| {
         Arc::new(crate::mta_sts::MtaSts::new(
             &config.mta_sts,
@@ -196,7 +205,7 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
             resolver.clone(),
             client_tls.clone(),
             Some(metrics.clone()),
-            Arc::new(crate::tls_report::NoReports),
+            reports,
         ))
     });
     let delivery = DeliveryEngine::start(EngineParts {

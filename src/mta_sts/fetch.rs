@@ -167,16 +167,21 @@ fn classify(error: reqwest::Error) -> FetchError {
     let mut cause: Option<&(dyn std::error::Error + 'static)> = error.source();
     let mut words = error.to_string();
     while let Some(e) = cause {
-        let tls = e.downcast_ref::<rustls::Error>().or_else(|| {
-            e.downcast_ref::<std::io::Error>()
-                .and_then(|io| io.get_ref())
-                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-        });
-        if let Some(invalid @ rustls::Error::InvalidCertificate(_)) = tls {
+        if let Some(invalid @ rustls::Error::InvalidCertificate(_)) = rustls_in(e) {
             return FetchError::Webpki(invalid.to_string());
         }
         words = format!("{words}: {e}");
         cause = e.source();
     }
     FetchError::Fetch(words)
+}
+
+/// The rustls error `e` is or carries: the connector wraps it in an `io::Error`, sometimes
+/// twice, and `io::Error::source` skips the wrapped error itself, so each layer is opened.
+fn rustls_in<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    if let Some(tls) = e.downcast_ref::<rustls::Error>() {
+        return Some(tls);
+    }
+    let inner = e.downcast_ref::<std::io::Error>()?.get_ref()?;
+    rustls_in(inner)
 }
