@@ -38,7 +38,7 @@ pub fn sts_testing_result(
     let conn = match connection {
         Ok(conn) => conn,
         Err(ClientError::Tls(failure)) => return Err((result_type(failure), failure.to_string())),
-        // Not a TLS session at all (no connection, a refused greeting): nothing to report.
+        // Not a TLS failure ([`record`] does not report these sessions).
         Err(other) => return Err((ResultType::ValidationFailure, other.to_string())),
     };
     if conn.tls.is_none() {
@@ -73,8 +73,8 @@ fn result_type(failure: &TlsFailure) -> ResultType {
 }
 
 /// Evaluates and records one session under a `testing` policy (see the module doc); does
-/// nothing when `decision` carries none or no connection was made (a TCP connect failure is
-/// no TLS session).
+/// nothing when `decision` carries none, or when the connection failed for a reason other
+/// than TLS (no connection, a refused greeting, a timeout: no TLS session to report).
 pub fn record(
     sink: &dyn TlsReportSink,
     tls: &ClientTls,
@@ -87,9 +87,7 @@ pub fn record(
     let Some(policy) = decision.sts_testing() else {
         return;
     };
-    if let Err(ClientError::Connect { .. } | ClientError::Timeout(_) | ClientError::Io(_)) =
-        connection
-    {
+    if matches!(connection, Err(e) if !matches!(e, ClientError::Tls(_))) {
         return;
     }
     let Some(report_policy) = decision.report_policy(domain) else {
