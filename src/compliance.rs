@@ -13,6 +13,7 @@ use crate::delivery::client::{ClientError, ConnectParams, Timeouts};
 use crate::delivery::route::{self, Destination};
 use crate::dns::Resolver;
 use crate::domain::Domain;
+use crate::mta_sts::{MtaSts, StsLookup};
 use crate::policy::decision::{self, Demands, Requirement, TlsaFacts};
 use crate::policy::domain_list::DomainList;
 use crate::tls::client::ClientTls;
@@ -75,14 +76,95 @@ pub struct DomainReport {
     pub reason: Option<String>,
     /// One report per MX address tried.
     pub hosts: Vec<HostReport>,
+    /// The MTA-STS record and policy (RFC 8461); `None` when MTA-STS is off or does not
+    /// count for the domain (an entry or the list decides).
+    pub mta_sts: Option<StsReport>,
 }
 
-/// Checks one domain; `timeout` bounds every connect and reply.
+/// What `probe` shows of a domain's MTA-STS (issue 13 item 4).
+#[derive(Debug, Clone, Serialize)]
+pub struct StsReport {
+    /// The `_mta-sts` record's id, or why there is none.
+    pub record: String,
+    /// The policy in force: `enforce` or `testing`; `None`: no policy.
+    pub mode: Option<String>,
+    /// Its `mx` patterns.
+    pub mx: Vec<String>,
+    /// Its `max_age`, in seconds.
+    pub max_age: Option<u64>,
+    /// When it was fetched (RFC 3339).
+    pub fetched_at: Option<String>,
+    /// When it expires (RFC 3339).
+    pub expires: Option<String>,
+    /// `fetched now` or `cached`.
+    pub from: Option<String>,
+    /// A failed fetch, or `mode: none` (the policy was withdrawn).
+    pub note: Option<String>,
+}
+
+impl StsReport {
+    fn of(found: &StsLookup) -> StsReport {
+        let time = |secs: u64| {
+            crate::datetime::format_rfc3339(std::time::UNIX_EPOCH + Duration::from_secs(secs))
+        };
+        let policy = found.policy.as_ref();
+        StsReport {
+            record: match &found.record {
+                Ok(record) => format!("v=STSv1 id={}", record.id),
+                Err(why) => why.to_string(),
+            },
+            mode: policy.map(|p| p.policy.mode.to_string()),
+            mx: policy.map(|p| p.policy.mx.clone()).unwrap_or_default(),
+            max_age: policy.map(|p| p.policy.max_age),
+            fetched_at: policy.map(|p| time(p.fetched_at)),
+            expires: policy.map(|p| time(p.expires)),
+            from: policy.map(|_| {
+                if found.fetched_now {
+                    "fetched now".to_string()
+                } else {
+                    "cached".to_string()
+                }
+            }),
+            note: match (&found.fetch_error, found.withdrawn) {
+                (Some(e), _) => Some(format!(
+                    "{e} ({}; a cached policy stays in force until it expires)",
+                    e.result_type().as_str()
+                )),
+                (None, true) => Some("mode none: the policy was withdrawn".into()),
+                (None, false) => None,
+            },
+        }
+    }
+
+    /// One line for the table.
+    fn line(&self) -> String {
+        let policy = match &self.mode {
+            Some(mode) => format!(
+                "policy {mode}, mx {}, max_age {}, fetched {} ({}), expires {}",
+                self.mx.join(" "),
+                self.max_age.unwrap_or(0),
+                self.fetched_at.as_deref().unwrap_or("-"),
+                self.from.as_deref().unwrap_or("-"),
+                self.expires.as_deref().unwrap_or("-"),
+            ),
+            None => "no policy".into(),
+        };
+        let note = self
+            .note
+            .as_deref()
+            .map(|n| format!("; {n}"))
+            .unwrap_or_default();
+        format!("MTA-STS: record {}; {policy}{note}", self.record)
+    }
+}
+
+/// Checks one domain; `timeout` bounds every connect and reply. `mta_sts`: the MTA-STS
+/// service (`None` when `mta_sts.enabled = false`), asked exactly as delivery asks it.
 pub async fn check_domain(
     config: &Config,
     list: &DomainList,
     resolver: &dyn Resolver,
-    tls: &ClientTls,
+    (tls, mta_sts): (&ClientTls, Option<&MtaSts>),
     domain: &Domain,
     timeout: Duration,
 ) -> DomainReport {
@@ -99,6 +181,7 @@ pub async fn check_domain(
         pass: false,
         reason: None,
         hosts: Vec::new(),
+        mta_sts: None,
     };
     let route = match route::hosts_for(config, resolver, &destination).await {
         Ok(route) => route,
@@ -108,12 +191,25 @@ pub async fn check_domain(
         }
     };
     let wants_tlsa = decision::wants_tlsa(rules, target);
+    // The same MTA-STS lookup as delivery's (RFC 8461 section 5).
+    let mut sts_policy = None;
+    if let (Some(service), true) = (mta_sts, decision::wants_sts(rules, target)) {
+        let found = service.lookup(domain).await;
+        report.mta_sts = Some(StsReport::of(&found));
+        sts_policy = found.policy.map(|c| c.policy);
+    }
     // The domain line shows the policy of the first host (DANE is decided per host).
     let mut shown = None;
     for host in &route.hosts {
-        let (tlsa, policy) =
-            attempt::decide_for_host(resolver, (rules, target, demands), &route, host, wants_tlsa)
-                .await;
+        let (tlsa, policy) = attempt::decide_for_host(
+            resolver,
+            (rules, target, demands),
+            &route,
+            host,
+            wants_tlsa,
+            sts_policy.as_ref(),
+        )
+        .await;
         shown.get_or_insert((policy.level, policy.source));
         let empty = HostReport {
             mx_host: host.name.clone(),
@@ -273,7 +369,7 @@ pub async fn check_domains(
     config: Arc<Config>,
     list: Arc<DomainList>,
     resolver: Arc<dyn Resolver>,
-    tls: ClientTls,
+    (tls, mta_sts): (ClientTls, Option<Arc<MtaSts>>),
     domains: Vec<Domain>,
     timeout: Duration,
     parallel: usize,
@@ -281,17 +377,25 @@ pub async fn check_domains(
     let limit = Arc::new(tokio::sync::Semaphore::new(parallel.max(1)));
     let mut tasks = tokio::task::JoinSet::new();
     for (index, domain) in domains.into_iter().enumerate() {
-        let (config, list, resolver, tls, limit) = (
+        let (config, list, resolver, tls, mta_sts, limit) = (
             config.clone(),
             list.clone(),
             resolver.clone(),
             tls.clone(),
+            mta_sts.clone(),
             limit.clone(),
         );
         tasks.spawn(async move {
             let _permit = limit.acquire_owned().await;
-            let report =
-                check_domain(&config, &list, resolver.as_ref(), &tls, &domain, timeout).await;
+            let report = check_domain(
+                &config,
+                &list,
+                resolver.as_ref(),
+                (&tls, mta_sts.as_deref()),
+                &domain,
+                timeout,
+            )
+            .await;
             (index, report)
         });
     }
@@ -358,6 +462,9 @@ pub fn render_table(reports: &[DomainReport]) -> String {
                 h.mx_dnssec,
                 h.tlsa.join("; ")
             );
+        }
+        if let Some(sts) = &r.mta_sts {
+            let _ = writeln!(out, "{:<24} {}", r.domain, sts.line());
         }
         let _ = writeln!(
             out,

@@ -7,7 +7,8 @@
 //! * infrastructure: `config` (TOML → validated [`config::Config`]), `tls` (rustls
 //!   configurations, key material), `queue` (durable store, retry schedule), `audit`,
 //!   `metrics`;
-//! * mail: `inbound` (listener → session), `delivery`, `auth`, `dsn`, `compliance`;
+//! * mail: `inbound` (listener → session), `delivery`, `auth`, `dsn`, `compliance`, `mta_sts`
+//!   (MTA-STS policies: fetch, cache, refresh);
 //! * operations: `startup` (opens every file the configuration names, for `serve` and
 //!   `check-config` alike), `admin`, `ops` (reloads, watchers), and `server`, which starts and
 //!   stops the whole and is used by `main.rs` only.
@@ -27,6 +28,7 @@ pub mod domain;
 pub mod dsn;
 pub mod inbound;
 pub mod metrics;
+pub mod mta_sts;
 pub mod ops;
 pub mod policy;
 pub mod queue;

@@ -459,12 +459,28 @@ fn domains_check(
         } else {
             println!("{dnssec}");
         }
+        let resolver: std::sync::Arc<dyn tlsgate::dns::Resolver> = std::sync::Arc::new(resolver);
+        // MTA-STS as delivery sees it (RFC 8461): the relay's cache is read, never written
+        // (the relay owns it), and nothing is reported from here.
+        let mta_sts = config.mta_sts.enabled.then(|| {
+            std::sync::Arc::new(
+                tlsgate::mta_sts::MtaSts::new(
+                    &config.mta_sts,
+                    tlsgate::mta_sts::open_cache(&config, false),
+                    resolver.clone(),
+                    tls.clone(),
+                    None,
+                    std::sync::Arc::new(tlsgate::tls_report::NoReports),
+                )
+                .with_fetch_timeout(timeout),
+            )
+        });
         anyhow::Ok(
             tlsgate::compliance::check_domains(
                 std::sync::Arc::new(config),
                 list,
-                std::sync::Arc::new(resolver),
-                tls,
+                resolver,
+                (tls, mta_sts),
                 domains,
                 timeout,
                 parallel,

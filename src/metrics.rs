@@ -50,6 +50,9 @@ impl RejectReason {
     }
 }
 
+/// Every `result` label of `tlsgate_mta_sts_fetch_total` (registered at start).
+pub const MTA_STS_FETCH_RESULTS: &[&str] = &["ok", "fetch_error", "invalid", "webpki_invalid"];
+
 /// Every Prometheus metric tlsgate exports (`/metrics`), registered once at start.
 pub struct Metrics {
     registry: Registry,
@@ -92,6 +95,11 @@ pub struct Metrics {
     /// self-check passed, or none has concluded yet), 0 when DANE is unavailable (D5); `mode`
     /// is `dns.dnssec` (`off` is always 0).
     pub dnssec_available: IntGaugeVec,
+    /// `tlsgate_mta_sts_fetch_total{result}`: MTA-STS policy fetches (RFC 8461 section 3.3),
+    /// by result: `ok`, `fetch_error`, `invalid`, `webpki_invalid` (RFC 8460 section 4.3.3).
+    pub mta_sts_fetches: IntCounterVec,
+    /// `tlsgate_mta_sts_policies{mode}`: unexpired MTA-STS policies in the cache, by mode.
+    pub mta_sts_policies: IntGaugeVec,
     /// Listeners bound and queue open (`/readyz`).
     ready: AtomicBool,
 }
@@ -221,6 +229,19 @@ impl Metrics {
                  unavailable (D5), by dns.dnssec mode",
                 &["mode"],
             ),
+            mta_sts_fetches: counter_vec(
+                &r,
+                "tlsgate_mta_sts_fetch_total",
+                "MTA-STS policy fetches (RFC 8461), by result: ok, fetch_error, invalid, \
+                 webpki_invalid",
+                &["result"],
+            ),
+            mta_sts_policies: gauge_vec(
+                &r,
+                "tlsgate_mta_sts_policies",
+                "Unexpired MTA-STS policies in the cache, by mode (enforce, testing)",
+                &["mode"],
+            ),
             registry: r,
             ready: AtomicBool::new(false),
         };
@@ -235,6 +256,12 @@ impl Metrics {
         }
         for kind in ["failure", "delay", "success"] {
             metrics.dsn_sent.with_label_values(&[kind]);
+        }
+        for result in MTA_STS_FETCH_RESULTS {
+            metrics.mta_sts_fetches.with_label_values(&[result]);
+        }
+        for mode in ["enforce", "testing"] {
+            metrics.mta_sts_policies.with_label_values(&[mode]);
         }
         // The standard process metrics (`process_cpu_seconds_total`,
         // `process_resident_memory_bytes`, `process_open_fds`, `process_max_fds`,

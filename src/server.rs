@@ -72,6 +72,15 @@ pub struct RunningServer {
 /// Starts the relay: checks every file the configuration names, then creates `data_dir`,
 /// opens the queue and the audit log, and binds every listener.
 pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
+    start_with_reports(config, Arc::new(crate::tls_report::NoReports)).await
+}
+
+/// As [`start`], with `reports` receiving what MTA-STS reports for TLS reporting (RFC 8460):
+/// failed policy fetches and `testing`-mode sessions (tests pass a sink that collects them).
+pub async fn start_with_reports(
+    config: Config,
+    reports: Arc<dyn crate::tls_report::TlsReportSink>,
+) -> Result<RunningServer, ServerError> {
     let files = ConfigFiles::load(&config)?;
     startup::create_directory(&config, "server.data_dir", &config.server.data_dir)?;
     let acceptor = startup::tls_acceptor(&config, files.server_tls)?;
@@ -188,6 +197,18 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
         );
     }
     let config = Arc::new(config);
+    // MTA-STS (RFC 8461, D6): the durable policy cache and its background refresh; failed
+    // fetches and `testing` sessions go to `reports`.
+    let mta_sts = config.mta_sts.enabled.then(|| {
+        Arc::new(crate::mta_sts::MtaSts::new(
+            &config.mta_sts,
+            crate::mta_sts::open_cache(&config, true),
+            resolver.clone(),
+            client_tls.clone(),
+            Some(metrics.clone()),
+            reports,
+        ))
+    });
     let delivery = DeliveryEngine::start(EngineParts {
         config: config.clone(),
         store: store.clone(),
@@ -198,6 +219,7 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
         domain_list: domain_list.clone(),
         metrics: metrics.clone(),
         audit: Some(audit_log.clone()),
+        mta_sts: mta_sts.clone(),
     })
     .await
     .map_err(|cause| {
@@ -236,6 +258,9 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
     }
     accept_loops.close();
     tokio::spawn(list_service.clone().watch(shutdown.clone()));
+    if let Some(service) = mta_sts {
+        tokio::spawn(service.refresh_loop(shutdown.clone()));
+    }
     let metrics_addr = match metrics_listener {
         Some(listener) => {
             let addr = listener.local_addr().ok();

@@ -70,6 +70,8 @@ pub struct Config {
     pub dns: DnsSection,
     /// `[domain_list]`: the tvungen TLS domain list (T10).
     pub domain_list: DomainListSection,
+    /// `[mta_sts]`: MTA-STS policies of recipient domains (RFC 8461, D6).
+    pub mta_sts: MtaStsSection,
     /// `[[policy]]` overrides, in file order, no domain twice.
     pub policies: Vec<PolicyEntry>,
     /// `[metrics] bind`: the Prometheus endpoint; `None` when not configured (no endpoint).
@@ -310,6 +312,16 @@ pub enum DsnLanguage {
     Norwegian,
 }
 
+/// `[mta_sts]`: honouring recipient domains' MTA-STS policies (RFC 8461; D6, issue 13).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MtaStsSection {
+    /// Look up `_mta-sts` records and fetch policies (default true); false: no lookups at all.
+    pub enabled: bool,
+    /// The HTTPS port of `mta-sts.<domain>` (default 443, RFC 8461 section 3.3; tests set
+    /// their own). Never 0.
+    pub https_port: u16,
+}
+
 /// `[dns]`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DnsSection {
@@ -339,6 +351,11 @@ impl DnsSection {
 }
 
 impl Config {
+    /// The durable MTA-STS policy cache (RFC 8461 section 5.1: policies survive a restart).
+    pub fn mta_sts_cache(&self) -> PathBuf {
+        self.server.data_dir.join("mta-sts").join("policies.json")
+    }
+
     /// Every DNSSEC warning of this configuration, for the log at start and `check-config`:
     /// DNSSEC off by default (D5), and `dane-only` entries that can then never be met (their
     /// mail waits in the queue until it expires).
@@ -1010,6 +1027,18 @@ fn validate(raw: raw::RawConfig, file: &str) -> Result<Config, ConfigError> {
         return Err(c.err("domain_list.max_age_days", "must be at least 1"));
     }
 
+    let sts = raw.mta_sts.unwrap_or_default();
+    let mta_sts = MtaStsSection {
+        enabled: sts.enabled.unwrap_or(true),
+        https_port: sts.https_port.unwrap_or(443),
+    };
+    if mta_sts.https_port == 0 {
+        return Err(c.err(
+            "mta_sts.https_port",
+            "must be a port number from 1 to 65535",
+        ));
+    }
+
     let mut policies = Vec::new();
     for (i, p) in raw.policy.into_iter().enumerate() {
         let key = format!("policy[{i}].domain");
@@ -1077,6 +1106,7 @@ fn validate(raw: raw::RawConfig, file: &str) -> Result<Config, ConfigError> {
         delivery,
         dns,
         domain_list,
+        mta_sts,
         policies,
         metrics,
         admin,
@@ -1101,6 +1131,7 @@ pub fn changed_sections(old: &Config, new: &Config) -> Vec<&'static str> {
         delivery,
         dns,
         domain_list,
+        mta_sts,
         policies,
         metrics,
         admin,
@@ -1116,6 +1147,7 @@ pub fn changed_sections(old: &Config, new: &Config) -> Vec<&'static str> {
         ("delivery", *delivery != old.delivery),
         ("dns", *dns != old.dns),
         ("domain_list", *domain_list != old.domain_list),
+        ("mta_sts", *mta_sts != old.mta_sts),
         ("policy", *policies != old.policies),
         ("metrics", *metrics != old.metrics),
         ("admin", *admin != old.admin),
@@ -1196,6 +1228,19 @@ pub fn summary(config: &Config) -> String {
         };
         let _ = writeln!(out, "policy:            {target} → {}", p.tls);
     }
+    let _ = writeln!(
+        out,
+        "mta_sts:           {}",
+        if config.mta_sts.enabled {
+            format!(
+                "on (policies fetched from mta-sts.<domain>:{}, cached in {})",
+                config.mta_sts.https_port,
+                config.mta_sts_cache().display()
+            )
+        } else {
+            "off".to_string()
+        }
+    );
     // Where the operator's tools connect and where the evidence goes.
     match &config.admin {
         None => {

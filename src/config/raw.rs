@@ -19,6 +19,7 @@ pub(super) struct RawConfig {
     pub delivery: Option<RawDelivery>,
     pub dns: Option<RawDns>,
     pub domain_list: Option<RawDomainList>,
+    pub mta_sts: Option<RawMtaSts>,
     #[serde(default)]
     pub policy: Vec<RawPolicy>,
     pub metrics: Option<RawBind>,
@@ -140,6 +141,13 @@ pub(super) struct RawDomainList {
     pub max_age_days: Option<u32>,
     pub age_from: Option<String>,
     pub check_interval: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawMtaSts {
+    pub enabled: Option<bool>,
+    pub https_port: Option<u16>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -15,8 +15,10 @@ use crate::audit::{AuditEvent, AuditLog};
 use crate::config::Config;
 use crate::dns::Resolver;
 use crate::metrics::Metrics;
+use crate::mta_sts::MtaSts;
 use crate::policy::decision::{self, Demands, HostFacts, Requirement, Rules, Target, TlsDecision};
 use crate::policy::domain_list::DomainList;
+use crate::policy::mta_sts::StsPolicy;
 use crate::policy::{PolicySource, TlsLevel};
 use crate::queue::message::{MessageMeta, Recipient};
 use crate::smtp::reply::{EnhancedStatus, Reply};
@@ -90,6 +92,8 @@ pub struct AttemptContext<'a> {
     pub metrics: &'a Metrics,
     /// The audit log (S1); `None` in tools and tests without one.
     pub audit: &'a Option<Arc<AuditLog>>,
+    /// MTA-STS policies (RFC 8461); `None` when disabled.
+    pub mta_sts: Option<&'a MtaSts>,
 }
 
 /// The policy target of a destination: the next hop with its configured level, or the
@@ -104,13 +108,15 @@ pub fn target_of<'a>(config: &Config, destination: &'a Destination) -> Target<'a
 /// Gathers the DNS facts of one host (its TLSA records, where the policy reads them) and makes
 /// the TLS decision for it: the one sequence delivery and the compliance check share, so that
 /// `probe` reports what delivery would do (issue 12 item 1). Returns the facts (for reports)
-/// and the decision.
+/// and the decision. `sts`: the destination's MTA-STS policy in force, looked up beforehand
+/// where [`decision::wants_sts`] says so (`MtaSts::policy_for`).
 pub async fn decide_for_host(
     resolver: &dyn Resolver,
     (rules, target, demands): (Rules<'_>, Target<'_>, Demands),
     route: &Route,
     host: &Host,
     wants_tlsa: bool,
+    sts: Option<&StsPolicy>,
 ) -> (HostTlsa, TlsDecision) {
     let tlsa = route::tlsa_facts(resolver, route, host, wants_tlsa).await;
     let decision = decision::decide(
@@ -123,6 +129,7 @@ pub async fn decide_for_host(
             tlsa_base: &tlsa.base,
             mx_security: route.mx_security,
             tlsa: &tlsa.facts,
+            sts,
         },
     );
     (tlsa, decision)
@@ -262,6 +269,13 @@ async fn deliver_to_hosts(
         Destination::NextHop => None,
     };
     let wants_tlsa = decision::wants_tlsa(rules, target);
+    // RFC 8461 section 5: the policy in force, fetched before the first host when it is new.
+    let sts = match (ctx.mta_sts, domain) {
+        (Some(service), Some(d)) if decision::wants_sts(rules, target) => {
+            service.policy_for(d).await
+        }
+        _ => None,
+    };
 
     // Recipients without a final answer yet, and the answers given so far.
     let mut open: Vec<usize> = recipients.to_vec();
@@ -280,6 +294,7 @@ async fn deliver_to_hosts(
             &route,
             host,
             wants_tlsa,
+            sts.as_ref(),
         )
         .await;
         level = policy.level;
@@ -306,7 +321,19 @@ async fn deliver_to_hosts(
                 host: host.name.clone(),
                 require: policy.require.clone(),
             };
-            let conn = match connect(ctx, &key).await {
+            let connected = connect(ctx, &key).await;
+            if let Some(service) = ctx.mta_sts {
+                super::sts_testing::record(
+                    service.sink(),
+                    ctx.tls,
+                    &policy,
+                    domain,
+                    &host.name,
+                    addr,
+                    connected.as_ref(),
+                );
+            }
+            let conn = match connected {
                 Ok(conn) => conn,
                 Err(e) => {
                     if let (true, ClientError::Tls(failure)) =

@@ -189,6 +189,9 @@ pub struct SmtpConnection {
     pub tls: Option<TlsInfo>,
     /// The peer's end-entity certificate, when TLS is up.
     pub peer_certificate: Option<CertificateDer<'static>>,
+    /// The whole chain the peer presented (leaf first; empty without TLS): MTA-STS `testing`
+    /// checks it afterwards as `enforce` would have (RFC 8461 section 5).
+    pub peer_chain: Vec<CertificateDer<'static>>,
     timeouts: Timeouts,
     /// Transactions completed on this connection.
     pub transactions: u32,
@@ -236,6 +239,7 @@ impl SmtpConnection {
             host: p.host.to_string(),
             tls: None,
             peer_certificate: None,
+            peer_chain: Vec::new(),
             timeouts: p.timeouts,
             transactions: 0,
             idle_since: Instant::now(),
@@ -377,10 +381,11 @@ impl SmtpConnection {
         })?;
         let session = tls.get_ref().1;
         self.tls = Some(TlsInfo::from_connection(session));
-        self.peer_certificate = session
+        self.peer_chain = session
             .peer_certificates()
-            .and_then(|chain| chain.first())
-            .map(|c| c.clone().into_owned());
+            .map(|chain| chain.iter().map(|c| c.clone().into_owned()).collect())
+            .unwrap_or_default();
+        self.peer_certificate = self.peer_chain.first().cloned();
         self.stream = Stream::Tls(Box::new(tls.into()));
         Ok(())
     }

@@ -18,6 +18,7 @@ mod outcome;
 pub mod pool;
 pub mod route;
 mod schedule;
+pub mod sts_testing;
 
 pub use control::{AdminError, EngineHandle};
 
@@ -25,6 +26,7 @@ use crate::audit::AuditLog;
 use crate::config::Config;
 use crate::dns::Resolver;
 use crate::metrics::Metrics;
+use crate::mta_sts::MtaSts;
 use crate::policy::domain_list::DomainListHandle;
 use crate::queue::message::{unix_now, MessageMeta, QueueId, Recipient, RecipientState};
 use crate::queue::retry;
@@ -59,6 +61,8 @@ struct Engine {
     domain_list: Arc<DomainListHandle>,
     metrics: Arc<Metrics>,
     audit: Option<Arc<AuditLog>>,
+    /// MTA-STS policies (RFC 8461); `None` when `mta_sts.enabled = false`.
+    mta_sts: Option<Arc<MtaSts>>,
     /// Idle connections kept for the next message to the same host and TLS mode.
     pool: ConnectionPool,
     /// Which message is due when, and which are being worked on.
@@ -96,6 +100,8 @@ pub struct EngineParts {
     pub metrics: Arc<Metrics>,
     /// The audit log (S1); `None` only in tools and tests without one.
     pub audit: Option<Arc<AuditLog>>,
+    /// MTA-STS policies (RFC 8461, D6); `None` when `mta_sts.enabled = false`.
+    pub mta_sts: Option<Arc<MtaSts>>,
 }
 
 impl Engine {
@@ -126,6 +132,7 @@ impl DeliveryEngine {
             domain_list,
             metrics,
             audit,
+            mta_sts,
         } = parts;
         let store = AsyncStore::new(store);
         let backlog = store.run("scan", schedule::load_backlog).await?;
@@ -146,6 +153,7 @@ impl DeliveryEngine {
             domain_list,
             metrics,
             audit,
+            mta_sts,
             timetable: Mutex::new(timetable),
             wake: Notify::new(),
             per_destination: Mutex::new(HashMap::new()),
@@ -331,6 +339,7 @@ async fn deliver_due(
                 domain_list: &domain_list,
                 metrics: &engine.metrics,
                 audit: &engine.audit,
+                mta_sts: engine.mta_sts.as_deref(),
             };
             let mut log = Vec::new();
             let attempted =

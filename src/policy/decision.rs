@@ -15,7 +15,11 @@
 //!    required *as well* (a listed domain is only ever made stricter);
 //! 3. DNSSEC-secure TLSA records for a destination without an entry: DANE (RFC 7672 section 2.2);
 //!    TLSA records that are all unusable: mandatory unauthenticated TLS (section 2.2);
-//! 4. (MTA-STS, issue 13);
+//! 4. an MTA-STS policy (RFC 8461) of a domain without entry, list or usable DANE records:
+//!    `enforce` is `verify` with the MX host name, and an MX host that matches none of the
+//!    policy's `mx` patterns is skipped (section 4.1, 4.2); `testing` leaves the decision to the
+//!    other rows and rides along in [`TlsDecision::sts`] so that delivery can report what
+//!    `enforce` would have said (RFC 8460);
 //! 5. REQUIRETLS from the sender: `verify`, or DANE where usable (RFC 8689 section 4.2.1);
 //! 6. otherwise `may`.
 //!
@@ -23,6 +27,7 @@
 //! ([`Requirement::Skip`]) whenever the policy would have read the records: never plaintext.
 
 use super::domain_list::DomainList;
+use super::mta_sts::{StsMode, StsPolicy};
 use super::{certificate_names, NamePattern, PolicyEntry, PolicySource, ResolvedPolicy, TlsLevel};
 use crate::dns::{Security, Tlsa};
 use crate::domain::Domain;
@@ -89,6 +94,9 @@ pub struct HostFacts<'a> {
     pub mx_security: Security,
     /// The host's TLSA records.
     pub tlsa: &'a TlsaFacts,
+    /// The recipient domain's MTA-STS policy in force (RFC 8461 section 5), when
+    /// [`wants_sts`] said to look it up and one exists.
+    pub sts: Option<&'a StsPolicy>,
 }
 
 /// What the SMTP client enforces on a connection: the output of [`decide`]. Two connections
@@ -127,13 +135,19 @@ pub enum Requirement {
     Skip {
         /// Why, for the DSN and the log.
         reason: String,
-        /// A metric label: `dnssec_bogus`, `tlsa_lookup_failed` or `dane_required`.
+        /// A metric label: `dnssec_bogus`, `tlsa_lookup_failed`, `dane_required` or
+        /// `mta_sts_mx_mismatch`.
         label: &'static str,
     },
 }
 
 /// Every metric label a [`Requirement::Skip`] can carry (registered at start by `metrics`).
-pub const SKIP_LABELS: &[&str] = &["dnssec_bogus", "tlsa_lookup_failed", "dane_required"];
+pub const SKIP_LABELS: &[&str] = &[
+    "dnssec_bogus",
+    "tlsa_lookup_failed",
+    "dane_required",
+    "mta_sts_mx_mismatch",
+];
 
 impl Requirement {
     /// Must the connection be TLS? Everything but `Plaintext` and `Opportunistic`.
@@ -159,6 +173,10 @@ pub struct TlsDecision {
     pub listed: bool,
     /// What the client enforces.
     pub require: Requirement,
+    /// The MTA-STS policy the decision was made under (`source` is
+    /// [`PolicySource::MtaSts`]) or, in `testing` mode, evaluated beside it (RFC 8461 section
+    /// 5, RFC 8460 section 4.4); `None` where MTA-STS does not apply.
+    pub sts: Option<StsPolicy>,
 }
 
 impl TlsDecision {
@@ -166,8 +184,19 @@ impl TlsDecision {
     /// 4.4): `tlsa` with the TLSA base domain and the records for DANE, else `no-policy-found`
     /// for the recipient `domain` (listed domains too, issue 13 item 3). `None` for the next
     /// hop (`domain` `None`), which is not a policy domain.
+    ///
+    /// A decision made by MTA-STS, or made beside an MTA-STS policy in `testing` mode, reports
+    /// `sts` for the recipient domain with the policy's lines and `mx` patterns.
     pub fn report_policy(&self, domain: Option<&Domain>) -> Option<ReportPolicy> {
         let domain = domain?;
+        if let Some(sts) = &self.sts {
+            return Some(ReportPolicy {
+                policy_type: PolicyType::Sts,
+                policy_domain: domain.as_str().to_string(),
+                policy_strings: sts.lines.clone(),
+                mx_host: sts.mx.clone(),
+            });
+        }
         Some(match &self.require {
             Requirement::Dane {
                 tlsa, server_name, ..
@@ -184,6 +213,30 @@ impl TlsDecision {
                 mx_host: Vec::new(),
             },
         })
+    }
+}
+
+impl TlsDecision {
+    /// The MTA-STS policy in `testing` mode this decision was made beside: delivery evaluates
+    /// what `enforce` would have said and reports it (RFC 8461 section 5, RFC 8460). `None`
+    /// when the decision was made by an `enforce` policy or MTA-STS does not apply.
+    pub fn sts_testing(&self) -> Option<&StsPolicy> {
+        self.sts
+            .as_ref()
+            .filter(|p| p.mode == StsMode::Testing && self.source != PolicySource::MtaSts)
+    }
+}
+
+/// Does the destination's MTA-STS policy count (design.md row 4)? Only for a recipient domain
+/// without an explicit entry and not on the domain list: those rows are stronger. Nobody looks
+/// up `_mta-sts` records for the others.
+pub fn wants_sts(rules: Rules<'_>, target: Target<'_>) -> bool {
+    match target {
+        Target::NextHop(_) => false,
+        Target::Domain(domain) => {
+            super::resolve(rules.policies, rules.list, domain, false).source
+                == PolicySource::Default
+        }
     }
 }
 
@@ -232,6 +285,57 @@ pub fn decide(
     demands: Demands,
     facts: HostFacts<'_>,
 ) -> TlsDecision {
+    let decision = decide_without_sts(rules, target, demands, facts);
+    let Some(sts) = facts.sts.filter(|_| wants_sts(rules, target)) else {
+        return decision;
+    };
+    // Usable DANE records come first (row 3; RFC 8461 section 2: MTA-STS must not override
+    // DANE), and so does a failed TLSA lookup, which never turns into less than DANE.
+    if matches!(
+        decision.require,
+        Requirement::Dane { .. } | Requirement::Skip { .. }
+    ) {
+        return decision;
+    }
+    match sts.mode {
+        StsMode::None => decision,
+        StsMode::Testing => TlsDecision {
+            sts: Some(sts.clone()),
+            ..decision
+        },
+        // RFC 8461 section 4.1: an MX host that matches no pattern is not used; 4.2: the
+        // certificate must be valid for the MX host name under PKIX. REQUIRETLS is satisfied
+        // by that too (RFC 8689 section 4.2.1).
+        StsMode::Enforce => TlsDecision {
+            level: TlsLevel::Verify,
+            source: PolicySource::MtaSts,
+            listed: false,
+            require: if sts.matches_mx(facts.host) {
+                Requirement::Pkix {
+                    names: vec![NamePattern::parse(facts.host)],
+                }
+            } else {
+                Requirement::Skip {
+                    reason: format!(
+                        "MX host {} matches none of the MTA-STS policy's mx patterns ({})",
+                        facts.host,
+                        sts.mx.join(", ")
+                    ),
+                    label: "mta_sts_mx_mismatch",
+                }
+            },
+            sts: Some(sts.clone()),
+        },
+    }
+}
+
+/// Rows 1 to 3, 5 and 6 of the order: everything but MTA-STS.
+fn decide_without_sts(
+    rules: Rules<'_>,
+    target: Target<'_>,
+    demands: Demands,
+    facts: HostFacts<'_>,
+) -> TlsDecision {
     let base = base_policy(rules, target, demands);
     let domain = match target {
         Target::Domain(d) => Some(d),
@@ -243,6 +347,7 @@ pub fn decide(
         source,
         listed: base.listed,
         require: plain_requirement(level, pkix_names()),
+        sts: None,
     };
     if !wants_tlsa(rules, target) {
         return by_level(base.level, base.source);
@@ -276,6 +381,7 @@ pub fn decide(
                         "tlsa_lookup_failed"
                     },
                 },
+                sts: None,
             };
         }
         TlsaFacts::Secure(records) if !records.is_empty() => Some(records),
@@ -292,6 +398,7 @@ pub fn decide(
             ),
             label: "dane_required",
         },
+        sts: None,
     };
     let Some(records) = published else {
         if base.level == TlsLevel::DaneOnly {
@@ -319,6 +426,7 @@ pub fn decide(
                 source: dane_source,
                 listed: base.listed,
                 require: Requirement::Encrypted,
+                sts: None,
             },
             other => by_level(other, base.source),
         };
@@ -341,6 +449,7 @@ pub fn decide(
             pkix: strict,
             server_name: facts.tlsa_base.to_string(),
         },
+        sts: None,
     }
 }
 
@@ -458,6 +567,7 @@ mod tests {
                 tlsa_base: &host,
                 mx_security: SECURE,
                 tlsa: &tlsa,
+                sts: None,
             },
         )
     }
@@ -665,6 +775,7 @@ mod tests {
                 tlsa_base: "mx.signed.example",
                 mx_security: Security::Insecure,
                 tlsa: &facts,
+                sts: None,
             },
         );
         assert_eq!(
@@ -717,6 +828,7 @@ mod tests {
             tlsa_base: "127.0.0.9",
             mx_security: Security::Insecure,
             tlsa: &facts,
+            sts: None,
         };
         let hop = |level, requiretls| {
             summary(&decide(
@@ -764,6 +876,7 @@ mod tests {
                     tlsa_base: base,
                     mx_security: SECURE,
                     tlsa: &facts,
+                    sts: None,
                 },
             )
             .require
@@ -814,6 +927,191 @@ mod tests {
         };
         assert!(!names.contains(&NamePattern::parse("real.hosting.example")));
         assert_eq!(server_name, "real.hosting.example");
+    }
+
+    fn sts(mode: &str) -> StsPolicy {
+        StsPolicy::parse(&format!(
+            "version: STSv1\nmode: {mode}\nmx: *.sts.example\nmax_age: 86400\n"
+        ))
+        .unwrap()
+    }
+
+    /// Decides for `host` of `sts.example` under an MTA-STS policy.
+    fn run_sts(
+        policies: &[PolicyEntry],
+        list: &DomainList,
+        host: &str,
+        requiretls: bool,
+        tlsa: TlsaFacts,
+        policy: &StsPolicy,
+    ) -> TlsDecision {
+        decide(
+            Rules { policies, list },
+            Target::Domain(&d("sts.example")),
+            Demands { requiretls },
+            HostFacts {
+                host,
+                expanded: None,
+                tlsa_base: host,
+                mx_security: SECURE,
+                tlsa: &tlsa,
+                sts: Some(policy),
+            },
+        )
+    }
+
+    /// Row 4 (RFC 8461 sections 4.1, 4.2 and 5): `enforce` is `verify` with the MX host name
+    /// for a matching MX host and a skip for one that matches no pattern; `testing` changes
+    /// nothing but rides along for reports; entries, the list and usable DANE come first.
+    #[test]
+    fn row_4_mta_sts() {
+        let none = DomainList::default();
+        let enforce = sts("enforce");
+        let decision = run_sts(&[], &none, "mx1.sts.example", false, no_tlsa(), &enforce);
+        assert_eq!(summary(&decision), (TlsLevel::Verify, "mta-sts", "pkix"));
+        assert_eq!(
+            decision.require,
+            Requirement::Pkix {
+                names: vec![NamePattern::parse("mx1.sts.example")]
+            }
+        );
+        assert_eq!(decision.sts.as_ref(), Some(&enforce));
+        assert!(decision.sts_testing().is_none());
+        // RFC 8461 4.1: an MX host outside the patterns is not used.
+        let other = run_sts(
+            &[],
+            &none,
+            "mx.elsewhere.example",
+            false,
+            no_tlsa(),
+            &enforce,
+        );
+        assert_eq!(
+            other.require,
+            Requirement::Skip {
+                reason: "MX host mx.elsewhere.example matches none of the MTA-STS policy's \
+                         mx patterns (*.sts.example)"
+                    .into(),
+                label: "mta_sts_mx_mismatch"
+            }
+        );
+        // Unusable TLSA records (encrypt) or unsigned MX: MTA-STS still verifies.
+        let unusable = TlsaFacts::Secure(vec![tlsa(1, 1, 1)]);
+        assert_eq!(
+            summary(&run_sts(
+                &[],
+                &none,
+                "mx1.sts.example",
+                false,
+                unusable,
+                &enforce
+            )),
+            (TlsLevel::Verify, "mta-sts", "pkix")
+        );
+        // REQUIRETLS and MTA-STS: verify, by MTA-STS (RFC 8689 4.2.1 is satisfied by it).
+        assert_eq!(
+            summary(&run_sts(
+                &[],
+                &none,
+                "mx1.sts.example",
+                true,
+                no_tlsa(),
+                &enforce
+            )),
+            (TlsLevel::Verify, "mta-sts", "pkix")
+        );
+        // Usable DANE records win (row 3; RFC 8461 section 2), and so does a failed lookup.
+        let dane = run_sts(
+            &[],
+            &none,
+            "mx1.sts.example",
+            false,
+            TlsaFacts::Secure(vec![tlsa(3, 1, 1)]),
+            &enforce,
+        );
+        assert_eq!(summary(&dane), (TlsLevel::Dane, "dane", "dane"));
+        assert!(dane.sts.is_none());
+        let failed = TlsaFacts::Failed {
+            reason: "SERVFAIL".into(),
+            bogus: false,
+        };
+        assert_eq!(
+            summary(&run_sts(
+                &[],
+                &none,
+                "mx1.sts.example",
+                false,
+                failed,
+                &enforce
+            ))
+            .2,
+            "skip"
+        );
+        // An entry or the list is stronger: MTA-STS is not even consulted.
+        let entry = [entry("sts.example", TlsLevel::May)];
+        let by_entry = run_sts(&entry, &none, "mx.other", false, no_tlsa(), &enforce);
+        assert_eq!(
+            summary(&by_entry),
+            (TlsLevel::May, "config", "opportunistic")
+        );
+        assert!(by_entry.sts.is_none());
+        let list = DomainList::parse("sts.example\n").unwrap();
+        assert_eq!(
+            summary(&run_sts(&[], &list, "mx.other", false, no_tlsa(), &enforce)),
+            (TlsLevel::Verify, "list", "pkix")
+        );
+        // Testing: the decision of the other rows, the policy beside it for the report.
+        let testing = sts("testing");
+        let decision = run_sts(&[], &none, "mx.other", false, no_tlsa(), &testing);
+        assert_eq!(
+            summary(&decision),
+            (TlsLevel::May, "opportunistic", "opportunistic")
+        );
+        assert_eq!(decision.sts_testing(), Some(&testing));
+        // None: as without a policy.
+        let withdrawn = run_sts(
+            &[],
+            &none,
+            "mx1.sts.example",
+            false,
+            no_tlsa(),
+            &sts("none"),
+        );
+        assert_eq!(
+            summary(&withdrawn),
+            (TlsLevel::May, "opportunistic", "opportunistic")
+        );
+        assert!(withdrawn.sts.is_none());
+    }
+
+    /// RFC 8460 section 4.4: an MTA-STS decision (enforce or testing) reports `sts` for the
+    /// recipient domain with the policy's lines and mx patterns.
+    #[test]
+    fn report_policy_of_mta_sts_decisions() {
+        let none = DomainList::default();
+        let domain = d("sts.example");
+        for mode in ["enforce", "testing"] {
+            let policy = sts(mode);
+            let decision = run_sts(&[], &none, "mx1.sts.example", false, no_tlsa(), &policy);
+            let report = decision.report_policy(Some(&domain)).unwrap();
+            assert_eq!(report.policy_type, PolicyType::Sts);
+            assert_eq!(report.policy_domain, "sts.example");
+            assert_eq!(
+                report.policy_strings,
+                vec![
+                    "version: STSv1".to_string(),
+                    format!("mode: {mode}"),
+                    "mx: *.sts.example".into(),
+                    "max_age: 86400".into()
+                ]
+            );
+            assert_eq!(report.mx_host, vec!["*.sts.example".to_string()]);
+        }
+        let plain = run(&[], &none, "sts.example", false, no_tlsa());
+        assert_eq!(
+            plain.report_policy(Some(&domain)).unwrap().policy_type,
+            PolicyType::NoPolicyFound
+        );
     }
 
     #[test]

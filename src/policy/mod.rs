@@ -1,10 +1,12 @@
 //! TLS policy: the levels a destination can require (design.md, "Outbound TLS policy").
 //!
 //! [`resolve`] finds the level for a recipient domain. It is pure code: the domain list, DANE
-//! and MTA-STS are added to its inputs as they come (issue order in design.md).
+//! and MTA-STS are added to its inputs as they come (issue order in design.md); [`mta_sts`]
+//! parses MTA-STS records and policies (RFC 8461).
 
 pub mod decision;
 pub mod domain_list;
+pub mod mta_sts;
 mod names;
 
 use crate::domain::Domain;
@@ -94,6 +96,8 @@ pub enum PolicySource {
     RequireTls,
     /// DNSSEC-secure TLSA records of the MX host (RFC 7672; D1).
     Dane,
+    /// The recipient domain's MTA-STS policy in `enforce` mode (RFC 8461; D6).
+    MtaSts,
     /// Nothing applies: opportunistic TLS.
     Default,
 }
@@ -106,6 +110,7 @@ impl PolicySource {
             PolicySource::DomainList => "list",
             PolicySource::RequireTls => "requiretls",
             PolicySource::Dane => "dane",
+            PolicySource::MtaSts => "mta-sts",
             PolicySource::Default => "opportunistic",
         }
     }
@@ -118,6 +123,7 @@ impl fmt::Display for PolicySource {
             PolicySource::DomainList => "tvungen TLS domain list",
             PolicySource::RequireTls => "REQUIRETLS",
             PolicySource::Dane => "DANE (DNSSEC-signed TLSA records)",
+            PolicySource::MtaSts => "MTA-STS policy (enforce)",
             PolicySource::Default => "default (opportunistic)",
         })
     }

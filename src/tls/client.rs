@@ -410,6 +410,36 @@ impl ClientTls {
         }))
     }
 
+    /// A configuration for HTTPS with the same trust roots (public roots plus
+    /// `outbound.extra_trust_roots`) and the usual web PKI check of the server name: MTA-STS
+    /// policy fetches (RFC 8461 section 3.3). Owned, as an HTTP client takes it by value.
+    pub fn https(&self) -> Result<ClientConfig, TlsFailure> {
+        let config = self.with_verifier(self.webpki.clone())?;
+        Ok(Arc::unwrap_or_clone(config))
+    }
+
+    /// Checks a chain the server presented (leaf first) as `verify` would have: a trusted
+    /// root, time-valid, a name valid for `host` (T9). For MTA-STS `testing` mode, where the
+    /// connection itself does not check (RFC 8461 section 5: report what `enforce` would have
+    /// refused).
+    pub fn check_chain(
+        &self,
+        chain: &[CertificateDer<'static>],
+        host: &str,
+    ) -> Result<(), TlsFailure> {
+        let Some((leaf, intermediates)) = chain.split_first() else {
+            return Err(TlsFailure::Handshake("no certificate presented".into()));
+        };
+        let server_name = ServerName::try_from(host.to_string())
+            .map_err(|_| TlsFailure::Handshake(format!("{host} is not a valid TLS server name")))?;
+        let now = UnixTime::now();
+        let verifier = PolicyVerifier::new(self.webpki.clone(), vec![NamePattern::parse(host)]);
+        verifier
+            .verify_server_cert(leaf, intermediates, &server_name, &[], now)
+            .map(|_| ())
+            .map_err(|e| TlsFailure::from_rustls(&e, host))
+    }
+
     fn with_verifier(
         &self,
         verifier: Arc<dyn ServerCertVerifier>,

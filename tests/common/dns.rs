@@ -206,6 +206,16 @@ impl TestDns {
         self.add(name, RData::TXT(TXT::new(parts)));
     }
 
+    /// Replaces every TXT record at `name` by one with `value` (e.g. a new `_mta-sts` id).
+    pub fn set_txt(&self, name: &str, value: &str) {
+        self.zone
+            .lock()
+            .unwrap()
+            .records
+            .remove(&(key(name), RecordType::TXT));
+        self.add_txt(name, value);
+    }
+
     pub fn add_mx(&self, domain: &str, preference: u16, exchange: &str) {
         let exchange = Name::from_ascii(format!("{}.", exchange.trim_end_matches('.'))).unwrap();
         self.add(domain, RData::MX(MX::new(preference, exchange)));

@@ -260,6 +260,21 @@ impl Setup {
         }
     }
 
+    /// Restarts the relay on the same data directory and configuration, its MTA-STS outcomes
+    /// going to `reports` (RFC 8460).
+    pub async fn restart_with_reports(
+        &mut self,
+        reports: Arc<dyn tlsgate::tls_report::TlsReportSink>,
+    ) {
+        self.relay.stop().await;
+        let config: Config = self.relay.config.clone();
+        self.relay.server = Some(
+            tlsgate::server::start_with_reports(config, reports)
+                .await
+                .unwrap(),
+        );
+    }
+
     /// Restarts the relay on the same data directory and configuration.
     pub async fn restart(&mut self) {
         self.relay.stop().await;
