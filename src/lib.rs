@@ -7,7 +7,8 @@
 //! * infrastructure: `config` (TOML → validated [`config::Config`]), `tls` (rustls
 //!   configurations, key material), `queue` (durable store, retry schedule), `audit`,
 //!   `metrics`;
-//! * mail: `inbound` (listener → session), `delivery`, `auth`, `dsn`, `compliance`;
+//! * mail: `inbound` (listener → session), `delivery`, `auth`, `dsn`, `compliance`,
+//!   `reporting` (TLS reports to partners, RFC 8460);
 //! * operations: `startup` (opens every file the configuration names, for `serve` and
 //!   `check-config` alike), `admin`, `ops` (reloads, watchers), and `server`, which starts and
 //!   stops the whole and is used by `main.rs` only.
@@ -30,6 +31,7 @@ pub mod metrics;
 pub mod ops;
 pub mod policy;
 pub mod queue;
+pub mod reporting;
 pub mod server;
 pub mod smtp;
 pub mod startup;

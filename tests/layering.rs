@@ -32,7 +32,14 @@ const LAYERS: &[(&str, &[&str])] = &[
     // Mail handling: sessions, delivery, sender authentication, reports, the probe.
     (
         "mail",
-        &["inbound", "delivery", "auth", "dsn", "compliance"],
+        &[
+            "inbound",
+            "delivery",
+            "auth",
+            "dsn",
+            "compliance",
+            "reporting",
+        ],
     ),
     // Running the relay: start-up checks, the admin API, operations, start and stop.
     ("operations", &["startup", "admin", "ops", "server"]),

@@ -8,6 +8,9 @@
 //! [`crate::startup::ConfigFiles::load`], which `serve` and `check-config` share.
 
 mod raw;
+mod tls_reporting;
+
+pub use tls_reporting::TlsReportingSection;
 
 use crate::dns::DnssecMode;
 use crate::domain::Domain;
@@ -80,6 +83,8 @@ pub struct Config {
     pub audit: AuditSection,
     /// `[log]`.
     pub log: LogSection,
+    /// `[tls_reporting]` (RFC 8460); `None` when absent or `enabled = false`.
+    pub tls_reporting: Option<TlsReportingSection>,
 }
 
 /// `[server]`: identity, storage and message size.
@@ -1060,6 +1065,8 @@ fn validate(raw: raw::RawConfig, file: &str) -> Result<Config, ConfigError> {
         return Err(c.err("log.level", format!("{:?} is not a log filter", log.level)));
     }
 
+    let tls_reporting = tls_reporting::section(&c, raw.tls_reporting, &hostname)?;
+
     Ok(Config {
         source: file.to_string(),
         server: ServerSection {
@@ -1082,6 +1089,7 @@ fn validate(raw: raw::RawConfig, file: &str) -> Result<Config, ConfigError> {
         admin,
         audit,
         log,
+        tls_reporting,
     })
 }
 
@@ -1106,6 +1114,7 @@ pub fn changed_sections(old: &Config, new: &Config) -> Vec<&'static str> {
         admin,
         audit,
         log,
+        tls_reporting,
     } = new;
     [
         ("server", *server != old.server),
@@ -1121,6 +1130,7 @@ pub fn changed_sections(old: &Config, new: &Config) -> Vec<&'static str> {
         ("admin", *admin != old.admin),
         ("audit", *audit != old.audit),
         ("log", *log != old.log),
+        ("tls_reporting", *tls_reporting != old.tls_reporting),
     ]
     .into_iter()
     .filter_map(|(name, changed)| changed.then_some(name))

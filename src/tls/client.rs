@@ -382,6 +382,19 @@ impl ClientTls {
         })
     }
 
+    /// The configuration of an HTTPS client (TLS reports to `https:` targets, RFC 8460 5.4):
+    /// TLS 1.2/1.3, the same roots as delivery (public roots plus
+    /// `outbound.extra_trust_roots`), standard web PKI checks of the URL's host name, ALPN
+    /// `http/1.1`.
+    pub fn https_client_config(&self) -> Result<ClientConfig, rustls::Error> {
+        let mut config = ClientConfig::builder_with_provider(self.provider.clone())
+            .with_protocol_versions(super::PROTOCOL_VERSIONS)?
+            .with_webpki_verifier(self.webpki.clone())
+            .with_no_client_auth();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(config)
+    }
+
     /// A validating configuration that accepts a certificate for any of `names` (T9).
     pub fn verified_for(&self, names: Vec<NamePattern>) -> Result<Arc<ClientConfig>, TlsFailure> {
         self.verified_recording(names, PresentedChain::default())
