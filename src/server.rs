@@ -19,6 +19,7 @@ use crate::ops::reload::{reload_config, ConfigReloadError};
 use crate::ops::retention::apply_audit_retention;
 use crate::policy::domain_list::DomainListHandle;
 use crate::queue::{Committer, SledStore, Store};
+use crate::reporting::tls::{TlsCounters, TlsReporting};
 use crate::startup::{self, ConfigFiles, Fault, StartError};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -51,6 +52,9 @@ pub enum ServerError {
     /// The admin Unix socket could not be set up.
     #[error("admin.socket: {0}")]
     AdminSocket(std::io::Error),
+    /// TLS reporting could not be set up (its counters' directory, the HTTPS client).
+    #[error("tls_reporting: {0}")]
+    TlsReporting(String),
 }
 
 /// A started relay.
@@ -67,6 +71,7 @@ pub struct RunningServer {
     shutdown: CancellationToken,
     sessions: TaskTracker,
     accept_loops: TaskTracker,
+    tls_reporting: Option<Arc<TlsReporting>>,
 }
 
 /// Starts the relay: checks every file the configuration names, then creates `data_dir`,
@@ -186,6 +191,31 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
              in the queue until it is"
         );
     }
+    let tls_reporting = match &config.tls_reporting {
+        Some(settings) => {
+            let dir = config.server.data_dir.join("tls-reports");
+            let counters = tokio::task::spawn_blocking(move || TlsCounters::open(&dir))
+                .await
+                .map_err(|e| ServerError::TlsReporting(e.to_string()))?
+                .map_err(|e| ServerError::TlsReporting(e.to_string()))?;
+            let signer = crate::reporting::tls::signer_for(&dkim, &settings.submitter).cloned();
+            let parts = crate::reporting::tls::send::Parts {
+                counters: Arc::new(counters),
+                resolver: resolver.clone(),
+                committer: committer.clone(),
+                signer,
+                metrics: metrics.clone(),
+            };
+            let reporting = TlsReporting::new(&config, settings.clone(), parts, &client_tls)
+                .map_err(|e| ServerError::TlsReporting(e.to_string()))?;
+            Some(Arc::new(reporting))
+        }
+        None => None,
+    };
+    let tls_reports: Arc<dyn crate::tls_report::TlsReportSink> = match &tls_reporting {
+        Some(r) => r.counters().clone(),
+        None => Arc::new(crate::tls_report::NoReports),
+    };
     let config = Arc::new(config);
     let delivery = DeliveryEngine::start(EngineParts {
         config: config.clone(),
@@ -197,6 +227,7 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
         domain_list: domain_list.clone(),
         metrics: metrics.clone(),
         audit: Some(audit_log.clone()),
+        tls_reports,
     })
     .await
     .map_err(|cause| {
@@ -260,7 +291,8 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
             reload,
             Some(audit_log.clone()),
             access,
-        );
+        )
+        .with_tls_reporting(tls_reporting.clone());
         for listener in admin_listeners {
             match &listener {
                 AdminListener::Socket(_, path) => admin_socket = Some(path.clone()),
@@ -274,6 +306,10 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
         }
     }
     tokio::spawn(apply_audit_retention(audit_log.clone(), shutdown.clone()));
+    if let Some(reporting) = &tls_reporting {
+        tokio::spawn(reporting.clone().flush_loop(shutdown.clone()));
+        tokio::spawn(reporting.clone().daily_loop(shutdown.clone()));
+    }
     tokio::spawn(crate::ops::dnssec::self_check(
         resolver.clone(),
         metrics.clone(),
@@ -293,6 +329,7 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
         shutdown,
         sessions,
         accept_loops,
+        tls_reporting,
     })
 }
 
@@ -328,6 +365,11 @@ impl RunningServer {
     /// The metrics.
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.sessions_ctx.metrics
+    }
+
+    /// TLS reporting (RFC 8460), when `[tls_reporting]` is enabled.
+    pub fn tls_reporting(&self) -> Option<&Arc<TlsReporting>> {
+        self.tls_reporting.as_ref()
     }
 
     /// The admin API's TCP address, when `admin.bind` is configured.
@@ -378,6 +420,10 @@ impl RunningServer {
             );
         }
         self.delivery.shutdown(grace).await;
+        // After the last delivery: every session counted is on disk.
+        if let Some(reporting) = &self.tls_reporting {
+            reporting.flush().await;
+        }
         let store = self.store.clone();
         match tokio::task::spawn_blocking(move || store.sync()).await {
             Ok(Ok(())) => tracing::info!("queue synced"),

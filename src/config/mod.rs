@@ -1233,6 +1233,18 @@ pub fn summary(config: &Config) -> String {
         let _ = writeln!(out, "metrics:           http://{metrics}/metrics");
     }
     let _ = writeln!(out, "audit log:         {}", config.audit.dir.display());
+    match &config.tls_reporting {
+        Some(t) => {
+            let _ = writeln!(
+                out,
+                "tls_reporting:     on (submitter {}, from {})",
+                t.submitter, t.from
+            );
+        }
+        None => {
+            let _ = writeln!(out, "tls_reporting:     off");
+        }
+    }
     let resolvers = if config.dns.nameservers.is_empty() {
         "system resolver".to_string()
     } else {

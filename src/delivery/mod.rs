@@ -59,6 +59,8 @@ struct Engine {
     domain_list: Arc<DomainListHandle>,
     metrics: Arc<Metrics>,
     audit: Option<Arc<AuditLog>>,
+    /// TLS-RPT sink (RFC 8460): every session with a recipient domain's MX host is counted.
+    tls_reports: Arc<dyn crate::tls_report::TlsReportSink>,
     /// Idle connections kept for the next message to the same host and TLS mode.
     pool: ConnectionPool,
     /// Which message is due when, and which are being worked on.
@@ -96,6 +98,8 @@ pub struct EngineParts {
     pub metrics: Arc<Metrics>,
     /// The audit log (S1); `None` only in tools and tests without one.
     pub audit: Option<Arc<AuditLog>>,
+    /// Where sessions are counted for TLS reports (RFC 8460); `NoReports` when off.
+    pub tls_reports: Arc<dyn crate::tls_report::TlsReportSink>,
 }
 
 impl Engine {
@@ -126,6 +130,7 @@ impl DeliveryEngine {
             domain_list,
             metrics,
             audit,
+            tls_reports,
         } = parts;
         let store = AsyncStore::new(store);
         let backlog = store.run("scan", schedule::load_backlog).await?;
@@ -146,6 +151,7 @@ impl DeliveryEngine {
             domain_list,
             metrics,
             audit,
+            tls_reports,
             timetable: Mutex::new(timetable),
             wake: Notify::new(),
             per_destination: Mutex::new(HashMap::new()),
@@ -331,6 +337,7 @@ async fn deliver_due(
                 domain_list: &domain_list,
                 metrics: &engine.metrics,
                 audit: &engine.audit,
+                tls_reports: engine.tls_reports.as_ref(),
             };
             let mut log = Vec::new();
             let attempted =
