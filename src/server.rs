@@ -406,7 +406,7 @@ impl RunningServer {
 
     /// Stops accepting, tells idle sessions to go (421), waits up to `grace` for sessions in
     /// the middle of a transaction, then syncs the store.
-    pub async fn shutdown(self, grace: Duration) {
+    pub async fn shutdown(mut self, grace: Duration) {
         self.shutdown.cancel();
         self.accept_loops.wait().await;
         self.sessions.close();
@@ -420,8 +420,9 @@ impl RunningServer {
             );
         }
         self.delivery.shutdown(grace).await;
-        // After the last delivery: every session counted is on disk.
-        if let Some(reporting) = &self.tls_reporting {
+        // After the last delivery: every session counted is on disk. Its queue handle goes
+        // with it, so that the committer can close.
+        if let Some(reporting) = self.tls_reporting.take() {
             reporting.flush().await;
         }
         let store = self.store.clone();
