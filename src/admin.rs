@@ -15,8 +15,10 @@ use crate::config::{AdminSection, Config};
 use crate::delivery::{AdminError, EngineHandle};
 use crate::policy::domain_list::{DomainListHandle, ListError, Reloaded};
 use crate::queue::message::{unix_now, QueueId};
+use crate::reporting::tls::counters::{day_name, day_of, Day};
+use crate::reporting::tls::{Sent, TlsReporting};
 use axum::extract::connect_info::Connected;
-use axum::extract::{ConnectInfo, FromRequestParts, Path as UrlPath, State};
+use axum::extract::{ConnectInfo, FromRequestParts, Path as UrlPath, Query, State};
 use axum::http::request::Parts;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -168,6 +170,8 @@ pub struct AdminState {
     pub reload_list: Arc<dyn Fn() -> Result<Reloaded, ListError> + Send + Sync>,
     /// The audit log (S1); `None` in tests without one.
     pub audit: Option<Arc<AuditLog>>,
+    /// TLS reporting (`tlsgate tls-report`); `None` when `[tls_reporting]` is off.
+    pub tls_reporting: Option<Arc<TlsReporting>>,
     access: Arc<Access>,
 }
 
@@ -185,9 +189,26 @@ impl AdminState {
             domain_list,
             reload_list,
             audit,
+            tls_reporting: None,
             access: Arc::new(access),
         }
     }
+
+    /// The same state, answering `tlsgate tls-report` with `reporting`.
+    pub fn with_tls_reporting(mut self, reporting: Option<Arc<TlsReporting>>) -> AdminState {
+        self.tls_reporting = reporting;
+        self
+    }
+}
+
+/// `tlsgate tls-report show`: the counters of the running day and of every day whose reports
+/// are not all finished.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TlsReportView {
+    /// The running UTC day, `YYYY-MM-DD`.
+    pub today: String,
+    /// Oldest first.
+    pub days: Vec<Day>,
 }
 
 /// The other end of an admin connection, as the listener saw it.
@@ -447,6 +468,55 @@ async fn reload_domains(State(state): State<AdminState>, Caller(caller): Caller)
     }
 }
 
+fn tls_reporting(state: &AdminState) -> Result<&Arc<TlsReporting>, ApiError> {
+    state.tls_reporting.as_ref().ok_or_else(|| {
+        error(
+            StatusCode::NOT_FOUND,
+            "TLS reporting is off ([tls_reporting] enabled = true turns it on)",
+        )
+    })
+}
+
+async fn get_tls_report(State(state): State<AdminState>, _caller: Caller) -> AdminResult {
+    let reporting = tls_reporting(&state)?;
+    let today = day_of(std::time::SystemTime::now());
+    let days = reporting
+        .counters()
+        .days()
+        .into_iter()
+        .filter(|(n, d)| *n >= today || d.domains.values().any(|x| !x.report.finished))
+        .map(|(_, d)| d)
+        .collect();
+    let view = TlsReportView {
+        today: day_name(today),
+        days,
+    };
+    Ok(Json(view).into_response())
+}
+
+/// `?include_today=true`: also the running day so far.
+#[derive(Debug, Deserialize)]
+struct SendOptions {
+    #[serde(default)]
+    include_today: bool,
+}
+
+async fn send_tls_report(
+    State(state): State<AdminState>,
+    Caller(caller): Caller,
+    Query(options): Query<SendOptions>,
+) -> AdminResult {
+    let reporting = tls_reporting(&state)?;
+    let target = if options.include_today {
+        "due reports and today's so far"
+    } else {
+        "due reports"
+    };
+    audit(&state, "tls-report send", target, &caller);
+    let sent: Vec<Sent> = reporting.send_due(options.include_today).await;
+    Ok(Json(sent).into_response())
+}
+
 fn router(state: AdminState) -> axum::Router {
     axum::Router::new()
         .route("/queue", get(get_queue))
@@ -454,6 +524,8 @@ fn router(state: AdminState) -> axum::Router {
         .route("/queue/{id}/{action}", post(act))
         .route("/domains", get(get_domains))
         .route("/domains/reload", post(reload_domains))
+        .route("/tls-report", get(get_tls_report))
+        .route("/tls-report/send", post(send_tls_report))
         .with_state(state)
 }
 
@@ -611,6 +683,66 @@ where
     let body = response.into_body().collect().await?.to_bytes();
     driver.abort();
     Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// `tlsgate tls-report show` as text: per day and policy domain, each policy's counts, its
+/// failures by result type, and where the report stands.
+pub fn render_tls_report(view: &TlsReportView) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    if view.days.is_empty() {
+        let _ = writeln!(out, "no TLS report counters (today is {})", view.today);
+        return out;
+    }
+    for day in &view.days {
+        let running = if day.day == view.today {
+            " (running)"
+        } else {
+            ""
+        };
+        let _ = writeln!(out, "{}{running}", day.day);
+        for (domain, d) in &day.domains {
+            let state = if d.report.finished {
+                "finished".to_string()
+            } else if day.day == view.today {
+                "sent after the day ends".to_string()
+            } else {
+                format!("due ({} tries)", d.report.tries)
+            };
+            let sent = if d.report.sent_to.is_empty() {
+                String::new()
+            } else {
+                format!(", sent to {}", d.report.sent_to.join(" "))
+            };
+            let note = d
+                .report
+                .note
+                .as_deref()
+                .map(|n| format!(", {n}"))
+                .unwrap_or_default();
+            let _ = writeln!(out, "  {domain}  report: {state}{sent}{note}");
+            for p in &d.policies {
+                let _ = writeln!(
+                    out,
+                    "    {:<16} successful {:>6}  failed {:>6}",
+                    p.policy.policy_type.as_str(),
+                    p.successes,
+                    p.failures
+                );
+                for f in &p.failure_details {
+                    let _ = writeln!(
+                        out,
+                        "      {:>6} {} {} {}",
+                        f.count,
+                        f.result_type.as_str(),
+                        f.receiving_mx_hostname,
+                        f.receiving_ip.map(|i| i.to_string()).unwrap_or_default()
+                    );
+                }
+            }
+        }
+    }
+    out
 }
 
 /// `mailq`-style rendering of a queue listing.

@@ -8,7 +8,7 @@
 //!   configurations, key material), `queue` (durable store, retry schedule), `audit`,
 //!   `metrics`;
 //! * mail: `inbound` (listener → session), `delivery`, `auth`, `dsn`, `compliance`, `mta_sts`
-//!   (MTA-STS policies: fetch, cache, refresh);
+//!   (MTA-STS policies: fetch, cache, refresh), `reporting` (TLS reports to partners, RFC 8460);
 //! * operations: `startup` (opens every file the configuration names, for `serve` and
 //!   `check-config` alike), `admin`, `ops` (reloads, watchers), and `server`, which starts and
 //!   stops the whole and is used by `main.rs` only.
@@ -32,6 +32,7 @@ pub mod mta_sts;
 pub mod ops;
 pub mod policy;
 pub mod queue;
+pub mod reporting;
 pub mod server;
 pub mod smtp;
 pub mod startup;

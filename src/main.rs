@@ -51,6 +51,11 @@ enum Commands {
         #[command(subcommand)]
         action: QueueAction,
     },
+    /// SMTP TLS reports (RFC 8460) of the running server: its counters, or send due reports.
+    TlsReport {
+        #[command(subcommand)]
+        action: TlsReportAction,
+    },
     /// The audit log (S1).
     Audit {
         #[command(subcommand)]
@@ -111,6 +116,26 @@ enum QueueAction {
         #[arg(long, short)]
         config: Option<PathBuf>,
         id: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum TlsReportAction {
+    /// The counters of the running day and of the days whose reports are not all sent.
+    Show {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send the due reports now (finished days not sent yet).
+    Send {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Also send the running day's report so far (it still goes out in full after
+        /// midnight).
+        #[arg(long)]
+        include_today: bool,
     },
 }
 
@@ -229,6 +254,16 @@ fn main() -> ExitCode {
                 false,
             ),
         },
+        Commands::TlsReport {
+            action: TlsReportAction::Show { config, json },
+        } => tls_report_show(config.as_deref(), json),
+        Commands::TlsReport {
+            action:
+                TlsReportAction::Send {
+                    config,
+                    include_today,
+                },
+        } => tls_report_send(config.as_deref(), include_today),
         Commands::Audit {
             action: AuditAction::Verify { config, paths },
         } => audit_verify(config.as_deref(), paths),
@@ -313,6 +348,9 @@ fn check_config(path: Option<&Path>) -> anyhow::Result<()> {
         println!("domain_list:       {} domains", list.current().len());
     }
     print!("{}", tlsgate::config::summary(&config));
+    if let Some(warning) = tlsgate::reporting::tls::missing_key_warning(&config) {
+        println!("warning: {warning}");
+    }
     if config.dns.dnssec != tlsgate::dns::DnssecMode::Off {
         if config.dns.nameservers.is_empty() {
             // The system resolver may be anywhere: no network from check-config then.
@@ -545,6 +583,49 @@ fn queue_list(path: Option<&Path>, json: bool) -> anyhow::Result<()> {
     let entries: Vec<tlsgate::admin::QueueEntry> =
         serde_json::from_str(&body).context("the admin API answered something unexpected")?;
     print!("{}", tlsgate::admin::render_queue(&entries));
+    Ok(())
+}
+
+fn tls_report_show(path: Option<&Path>, json: bool) -> anyhow::Result<()> {
+    let body = admin_request(path, "GET", "/tls-report")?;
+    if json {
+        println!("{body}");
+        return Ok(());
+    }
+    let view: tlsgate::admin::TlsReportView =
+        serde_json::from_str(&body).context("the admin API answered something unexpected")?;
+    print!("{}", tlsgate::admin::render_tls_report(&view));
+    Ok(())
+}
+
+fn tls_report_send(path: Option<&Path>, include_today: bool) -> anyhow::Result<()> {
+    let url = if include_today {
+        "/tls-report/send?include_today=true"
+    } else {
+        "/tls-report/send"
+    };
+    let body = admin_request(path, "POST", url)?;
+    let sent: Vec<tlsgate::reporting::tls::Sent> =
+        serde_json::from_str(&body).context("the admin API answered something unexpected")?;
+    if sent.is_empty() {
+        println!("no report due");
+    }
+    for s in &sent {
+        println!(
+            "{}  {}  {}  {}: {}",
+            s.day,
+            s.domain,
+            if s.rua.is_empty() { "-" } else { &s.rua },
+            s.result,
+            s.detail
+        );
+    }
+    if sent
+        .iter()
+        .any(|s| s.result == "failed" || s.result == "no_dkim_key")
+    {
+        anyhow::bail!("some reports were not sent (they are tried again at the next daily run)");
+    }
     Ok(())
 }
 

@@ -52,6 +52,10 @@ impl RejectReason {
 
 /// Every `result` label of `tlsgate_mta_sts_fetch_total` (registered at start).
 pub const MTA_STS_FETCH_RESULTS: &[&str] = &["ok", "fetch_error", "invalid", "webpki_invalid"];
+/// The `result` values of `tlsgate_tls_reports_sent_total`: queued as mail (`mailto`), posted
+/// (`https`), not delivered to the target (`failed`), or a `mailto:` target skipped because
+/// no DKIM key signs for the submitter domain (`no_dkim_key`, RFC 8460 3).
+pub const TLS_REPORT_RESULTS: [&str; 4] = ["mailto", "https", "failed", "no_dkim_key"];
 
 /// Every Prometheus metric tlsgate exports (`/metrics`), registered once at start.
 pub struct Metrics {
@@ -72,6 +76,9 @@ pub struct Metrics {
     pub dsn_sent: IntCounterVec,
     /// `tlsgate_store_errors_total`: queue store errors.
     pub store_errors: IntCounter,
+    /// `tlsgate_tls_reports_sent_total{result}`: TLS reports (RFC 8460) per `rua` target:
+    /// [`TLS_REPORT_RESULTS`].
+    pub tls_reports_sent: IntCounterVec,
     /// `tlsgate_auth_results_total`: sender authentication results (D4), by method and result.
     pub auth_results: IntCounterVec,
     /// `tlsgate_queue_messages`: messages in the queue.
@@ -180,6 +187,13 @@ impl Metrics {
                 "Delivery status notifications queued, by kind",
                 &["kind"],
             ),
+            tls_reports_sent: counter_vec(
+                &r,
+                "tlsgate_tls_reports_sent_total",
+                "TLS reports (RFC 8460) per rua target: sent by mailto or https, failed, or \
+                 not sent for want of a DKIM key",
+                &["result"],
+            ),
             store_errors: counter(
                 &r,
                 "tlsgate_store_errors_total",
@@ -262,6 +276,9 @@ impl Metrics {
         }
         for mode in ["enforce", "testing"] {
             metrics.mta_sts_policies.with_label_values(&[mode]);
+        }
+        for result in TLS_REPORT_RESULTS {
+            metrics.tls_reports_sent.with_label_values(&[result]);
         }
         // The standard process metrics (`process_cpu_seconds_total`,
         // `process_resident_memory_bytes`, `process_open_fds`, `process_max_fds`,

@@ -19,6 +19,7 @@ use crate::ops::reload::{reload_config, ConfigReloadError};
 use crate::ops::retention::apply_audit_retention;
 use crate::policy::domain_list::DomainListHandle;
 use crate::queue::{Committer, SledStore, Store};
+use crate::reporting::tls::{TlsCounters, TlsReporting};
 use crate::startup::{self, ConfigFiles, Fault, StartError};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -51,6 +52,9 @@ pub enum ServerError {
     /// The admin Unix socket could not be set up.
     #[error("admin.socket: {0}")]
     AdminSocket(std::io::Error),
+    /// TLS reporting could not be set up (its counters' directory, the HTTPS client).
+    #[error("tls_reporting: {0}")]
+    TlsReporting(String),
 }
 
 /// A started relay.
@@ -67,6 +71,7 @@ pub struct RunningServer {
     shutdown: CancellationToken,
     sessions: TaskTracker,
     accept_loops: TaskTracker,
+    tls_reporting: Option<Arc<TlsReporting>>,
 }
 
 /// Starts the relay: checks every file the configuration names, then creates `data_dir`,
@@ -196,9 +201,39 @@ pub async fn start_with_reports(
              in the queue until it is"
         );
     }
+    let tls_reporting = match &config.tls_reporting {
+        Some(settings) => {
+            let dir = config.server.data_dir.join("tls-reports");
+            let counters = tokio::task::spawn_blocking(move || TlsCounters::open(&dir))
+                .await
+                .map_err(|e| ServerError::TlsReporting(e.to_string()))?
+                .map_err(|e| ServerError::TlsReporting(e.to_string()))?;
+            let signer = crate::reporting::tls::signer_for(&dkim, &settings.submitter).cloned();
+            let parts = crate::reporting::tls::send::Parts {
+                counters: Arc::new(counters),
+                resolver: resolver.clone(),
+                committer: committer.clone(),
+                signer,
+                metrics: metrics.clone(),
+            };
+            let reporting = TlsReporting::new(&config, settings.clone(), parts, &client_tls)
+                .map_err(|e| ServerError::TlsReporting(e.to_string()))?;
+            Some(Arc::new(reporting))
+        }
+        None => None,
+    };
+    let tls_reports: Arc<dyn crate::tls_report::TlsReportSink> = match &tls_reporting {
+        Some(r) => r.counters().clone(),
+        None => Arc::new(crate::tls_report::NoReports),
+    };
     let config = Arc::new(config);
     // MTA-STS (RFC 8461, D6): the durable policy cache and its background refresh; failed
-    // fetches and `testing` sessions go to `reports`.
+    // fetches and `testing` sessions go to the TLS-RPT counters and to `reports`.
+    let reports: Arc<dyn crate::tls_report::TlsReportSink> =
+        Arc::new(crate::tls_report::Fanout(vec![
+            tls_reports.clone(),
+            reports,
+        ]));
     let mta_sts = config.mta_sts.enabled.then(|| {
         Arc::new(crate::mta_sts::MtaSts::new(
             &config.mta_sts,
@@ -220,6 +255,7 @@ pub async fn start_with_reports(
         metrics: metrics.clone(),
         audit: Some(audit_log.clone()),
         mta_sts: mta_sts.clone(),
+        tls_reports,
     })
     .await
     .map_err(|cause| {
@@ -286,7 +322,8 @@ pub async fn start_with_reports(
             reload,
             Some(audit_log.clone()),
             access,
-        );
+        )
+        .with_tls_reporting(tls_reporting.clone());
         for listener in admin_listeners {
             match &listener {
                 AdminListener::Socket(_, path) => admin_socket = Some(path.clone()),
@@ -300,6 +337,10 @@ pub async fn start_with_reports(
         }
     }
     tokio::spawn(apply_audit_retention(audit_log.clone(), shutdown.clone()));
+    if let Some(reporting) = &tls_reporting {
+        tokio::spawn(reporting.clone().flush_loop(shutdown.clone()));
+        tokio::spawn(reporting.clone().daily_loop(shutdown.clone()));
+    }
     tokio::spawn(crate::ops::dnssec::self_check(
         resolver.clone(),
         metrics.clone(),
@@ -319,6 +360,7 @@ pub async fn start_with_reports(
         shutdown,
         sessions,
         accept_loops,
+        tls_reporting,
     })
 }
 
@@ -356,6 +398,11 @@ impl RunningServer {
         &self.sessions_ctx.metrics
     }
 
+    /// TLS reporting (RFC 8460), when `[tls_reporting]` is enabled.
+    pub fn tls_reporting(&self) -> Option<&Arc<TlsReporting>> {
+        self.tls_reporting.as_ref()
+    }
+
     /// The admin API's TCP address, when `admin.bind` is configured.
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.admin_addr
@@ -390,7 +437,7 @@ impl RunningServer {
 
     /// Stops accepting, tells idle sessions to go (421), waits up to `grace` for sessions in
     /// the middle of a transaction, then syncs the store.
-    pub async fn shutdown(self, grace: Duration) {
+    pub async fn shutdown(mut self, grace: Duration) {
         self.shutdown.cancel();
         self.accept_loops.wait().await;
         self.sessions.close();
@@ -404,6 +451,11 @@ impl RunningServer {
             );
         }
         self.delivery.shutdown(grace).await;
+        // After the last delivery: every session counted is on disk. Its queue handle goes
+        // with it, so that the committer can close.
+        if let Some(reporting) = self.tls_reporting.take() {
+            reporting.flush().await;
+        }
         let store = self.store.clone();
         match tokio::task::spawn_blocking(move || store.sync()).await {
             Ok(Ok(())) => tracing::info!("queue synced"),

@@ -89,8 +89,9 @@ pub struct ConfigFiles {
     pub server_tls: Option<Arc<rustls::ServerConfig>>,
     /// The public roots plus `outbound.extra_trust_roots`.
     pub client_tls: ClientTls,
-    /// `[[outbound.dkim]]` signers by sender domain.
-    pub dkim: HashMap<Domain, OutboundSigner>,
+    /// `[[outbound.dkim]]` signers by sender domain (shared by outbound sessions and TLS
+    /// reports).
+    pub dkim: HashMap<Domain, Arc<OutboundSigner>>,
     /// `domain_list.path`, already checked against `[[policy]]`.
     pub domain_list: DomainListHandle,
     /// `[admin]`'s access rules: the token read from `admin.token_file` (S4) and the
@@ -148,7 +149,7 @@ pub fn client_tls(config: &Config) -> Result<ClientTls, StartError> {
 }
 
 /// One signer per `[[outbound.dkim]]` entry; key files are held to S4 like the TLS key.
-fn dkim_signers(config: &Config) -> Result<HashMap<Domain, OutboundSigner>, StartError> {
+fn dkim_signers(config: &Config) -> Result<HashMap<Domain, Arc<OutboundSigner>>, StartError> {
     let mut signers = HashMap::new();
     for (i, k) in config.outbound.dkim.iter().enumerate() {
         let key = format!("outbound.dkim[{i}].key");
@@ -156,7 +157,7 @@ fn dkim_signers(config: &Config) -> Result<HashMap<Domain, OutboundSigner>, Star
             .map_err(|e| StartError::new(config, key.as_str(), Fault::Key(e)))?;
         let signer = OutboundSigner::load(k.domain.as_str(), &k.selector, &k.key, &k.headers)
             .map_err(|e| StartError::new(config, key.as_str(), Fault::Dkim(e)))?;
-        signers.insert(k.domain.clone(), signer);
+        signers.insert(k.domain.clone(), Arc::new(signer));
     }
     Ok(signers)
 }

@@ -39,6 +39,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "dsn",
             "compliance",
             "mta_sts",
+            "reporting",
         ],
     ),
     // Running the relay: start-up checks, the admin API, operations, start and stop.

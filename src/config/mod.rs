@@ -8,6 +8,9 @@
 //! [`crate::startup::ConfigFiles::load`], which `serve` and `check-config` share.
 
 mod raw;
+mod tls_reporting;
+
+pub use tls_reporting::TlsReportingSection;
 
 use crate::dns::DnssecMode;
 use crate::domain::Domain;
@@ -82,6 +85,8 @@ pub struct Config {
     pub audit: AuditSection,
     /// `[log]`.
     pub log: LogSection,
+    /// `[tls_reporting]` (RFC 8460); `None` when absent or `enabled = false`.
+    pub tls_reporting: Option<TlsReportingSection>,
 }
 
 /// `[server]`: identity, storage and message size.
@@ -1089,6 +1094,8 @@ fn validate(raw: raw::RawConfig, file: &str) -> Result<Config, ConfigError> {
         return Err(c.err("log.level", format!("{:?} is not a log filter", log.level)));
     }
 
+    let tls_reporting = tls_reporting::section(&c, raw.tls_reporting, &hostname)?;
+
     Ok(Config {
         source: file.to_string(),
         server: ServerSection {
@@ -1112,6 +1119,7 @@ fn validate(raw: raw::RawConfig, file: &str) -> Result<Config, ConfigError> {
         admin,
         audit,
         log,
+        tls_reporting,
     })
 }
 
@@ -1137,6 +1145,7 @@ pub fn changed_sections(old: &Config, new: &Config) -> Vec<&'static str> {
         admin,
         audit,
         log,
+        tls_reporting,
     } = new;
     [
         ("server", *server != old.server),
@@ -1153,6 +1162,7 @@ pub fn changed_sections(old: &Config, new: &Config) -> Vec<&'static str> {
         ("admin", *admin != old.admin),
         ("audit", *audit != old.audit),
         ("log", *log != old.log),
+        ("tls_reporting", *tls_reporting != old.tls_reporting),
     ]
     .into_iter()
     .filter_map(|(name, changed)| changed.then_some(name))
@@ -1268,6 +1278,18 @@ pub fn summary(config: &Config) -> String {
         let _ = writeln!(out, "metrics:           http://{metrics}/metrics");
     }
     let _ = writeln!(out, "audit log:         {}", config.audit.dir.display());
+    match &config.tls_reporting {
+        Some(t) => {
+            let _ = writeln!(
+                out,
+                "tls_reporting:     on (submitter {}, from {})",
+                t.submitter, t.from
+            );
+        }
+        None => {
+            let _ = writeln!(out, "tls_reporting:     off");
+        }
+    }
     let resolvers = if config.dns.nameservers.is_empty() {
         "system resolver".to_string()
     } else {

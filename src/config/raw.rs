@@ -26,6 +26,7 @@ pub(super) struct RawConfig {
     pub admin: Option<RawAdmin>,
     pub audit: Option<RawAudit>,
     pub log: Option<RawLog>,
+    pub tls_reporting: Option<super::tls_reporting::RawTlsReporting>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -193,3 +193,33 @@ fn changed_sections_compare_values_not_text() {
     .unwrap();
     assert_eq!(changed_sections(&old, &more), vec!["limits", "delivery"]);
 }
+
+/// `[tls_reporting]` (RFC 8460): off unless present and enabled; required keys named; the
+/// submitter defaults to server.hostname.
+#[test]
+fn tls_reporting_section() {
+    assert_eq!(
+        Config::from_toml(MINIMAL, "t.toml").unwrap().tls_reporting,
+        None
+    );
+    let full = format!(
+        "{MINIMAL}[tls_reporting]\norganization_name = \"Bank\"\ncontact_info = \
+         \"mailto:t@bank.no\"\nfrom = \"noreply@bank.no\"\n"
+    );
+    let c = Config::from_toml(&full, "t.toml").unwrap();
+    let t = c.tls_reporting.clone().unwrap();
+    assert_eq!(t.submitter, c.server.hostname);
+    assert_eq!(t.from, "noreply@bank.no");
+    let off = full.replace("[tls_reporting]", "[tls_reporting]\nenabled = false");
+    assert_eq!(
+        Config::from_toml(&off, "t.toml").unwrap().tls_reporting,
+        None
+    );
+    let (key, _) = invalid(&full.replace("organization_name = \"Bank\"\n", ""));
+    assert_eq!(key, "tls_reporting.organization_name");
+    let (key, _) = invalid(&full.replace("noreply@bank.no", "not an address"));
+    assert_eq!(key, "tls_reporting.from");
+    let (key, _) =
+        invalid(&full.replace("[tls_reporting]", "[tls_reporting]\nsubmitter = \"a b\""));
+    assert_eq!(key, "tls_reporting.submitter");
+}

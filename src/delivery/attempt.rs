@@ -21,10 +21,13 @@ use crate::policy::domain_list::DomainList;
 use crate::policy::mta_sts::StsPolicy;
 use crate::policy::{PolicySource, TlsLevel};
 use crate::queue::message::{MessageMeta, Recipient};
+use crate::reporting::tls::{result_type, sending_ip_toward, SessionOutcome};
 use crate::smtp::reply::{EnhancedStatus, Reply};
 use crate::tls::client::{ClientTls, TlsFailure};
 use crate::tls::verify::PresentedChain;
 use crate::tls::TlsInfo;
+use crate::tls_report::{ReportPolicy, SessionResult, TlsReportSink};
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 /// The result for one recipient.
@@ -94,6 +97,8 @@ pub struct AttemptContext<'a> {
     pub audit: &'a Option<Arc<AuditLog>>,
     /// MTA-STS policies (RFC 8461); `None` when disabled.
     pub mta_sts: Option<&'a MtaSts>,
+    /// Where each session's TLS outcome is counted for TLS reports (RFC 8460).
+    pub tls_reports: &'a dyn TlsReportSink,
 }
 
 /// The policy target of a destination: the next hop with its configured level, or the
@@ -299,8 +304,22 @@ async fn deliver_to_hosts(
         .await;
         level = policy.level;
         (*applied.0, *applied.1) = (policy.level, policy.source);
+        // Sessions to recipient domains are reported under this policy; the next hop is ours.
+        // Under an MTA-STS `testing` policy the session is reported by `sts_testing` with the
+        // result `enforce` would have had, not here (RFC 8461 section 5, RFC 8460 4.3.3).
+        let report = match policy.sts_testing() {
+            Some(_) => None,
+            None => policy.report_policy(domain),
+        };
         if let Requirement::Skip { reason, label } = &policy.require {
             tls_policy_failure(ctx, meta, destination, &host.name, &policy, reason, label);
+            let session = Session {
+                policy: report.as_ref(),
+                require: &policy.require,
+                host: &host.name,
+                addr: None,
+            };
+            report_session(ctx, session, SessionOutcome::Skipped(label), Some(reason));
             log.push(HostLog {
                 host: host.name.clone(),
                 addr: "-".into(),
@@ -321,7 +340,7 @@ async fn deliver_to_hosts(
                 host: host.name.clone(),
                 require: policy.require.clone(),
             };
-            let connected = connect(ctx, &key).await;
+            let connected = connect(ctx, &key, report.as_ref()).await;
             if let Some(service) = ctx.mta_sts {
                 super::sts_testing::record(
                     service.sink(),
@@ -580,9 +599,45 @@ fn deferral(level: TlsLevel, host: String, error: ClientError) -> Outcome {
     }
 }
 
+/// One session with one MX host, as TLS reporting names it.
+struct Session<'a> {
+    /// The policy to count it under; `None` for the next hop (not reported).
+    policy: Option<&'a ReportPolicy>,
+    require: &'a Requirement,
+    host: &'a str,
+    addr: Option<SocketAddr>,
+}
+
+/// Counts one session for TLS reporting (RFC 8460 4.4; issue 13 items 2 and 3): recipient
+/// domains only, sessions that got to the TLS decision only ([`result_type`] decides).
+fn report_session(
+    ctx: &AttemptContext<'_>,
+    session: Session<'_>,
+    outcome: SessionOutcome<'_>,
+    detail: Option<&str>,
+) {
+    let (Some(policy), Some(result)) = (session.policy, result_type(session.require, outcome))
+    else {
+        return;
+    };
+    ctx.tls_reports.record(SessionResult {
+        policy: policy.clone(),
+        receiving_mx_hostname: session.host.to_string(),
+        receiving_ip: session.addr.map(|a| a.ip()),
+        sending_mta_ip: session.addr.and_then(sending_ip_toward),
+        result,
+        detail: result.err().and(detail).map(str::to_string),
+    });
+}
+
 /// A pooled connection when one is idle and still answers, else a new one (see
-/// [`open_for_policy`]).
-async fn connect(ctx: &AttemptContext<'_>, key: &PoolKey) -> Result<SmtpConnection, ClientError> {
+/// [`open_for_policy`]). A new connection is one session for TLS reporting under `report`
+/// (a pooled one was counted when it was opened).
+async fn connect(
+    ctx: &AttemptContext<'_>,
+    key: &PoolKey,
+    report: Option<&ReportPolicy>,
+) -> Result<SmtpConnection, ClientError> {
     while let Some(mut idle) = ctx.pool.take(key) {
         if idle.reset().await.is_ok() {
             return Ok(idle);
@@ -601,7 +656,29 @@ async fn connect(ctx: &AttemptContext<'_>, key: &PoolKey) -> Result<SmtpConnecti
             data: d.data_timeout,
         },
     };
-    open_for_policy(&params, None).await.map(|(conn, _)| conn)
+    let opened = open_for_policy(&params, None).await;
+    let (outcome, detail) = match &opened {
+        Ok((conn, _)) if conn.tls.is_some() => (SessionOutcome::Tls, None),
+        Ok((_, fallback)) => (
+            SessionOutcome::Plaintext(fallback.as_ref()),
+            Some(fallback.as_ref().map_or_else(
+                || "no STARTTLS offered, or STARTTLS refused".to_string(),
+                |f| f.to_string(),
+            )),
+        ),
+        Err(ClientError::Tls(failure)) => {
+            (SessionOutcome::Failed(failure), Some(failure.to_string()))
+        }
+        Err(_) => (SessionOutcome::NotReached, None),
+    };
+    let session = Session {
+        policy: report,
+        require: &key.require,
+        host: &key.host,
+        addr: Some(key.addr),
+    };
+    report_session(ctx, session, outcome, detail.as_deref());
+    opened.map(|(conn, _)| conn)
 }
 
 /// Opens a connection under `params.require` exactly as delivery does: opportunistic TLS that

@@ -63,6 +63,8 @@ struct Engine {
     audit: Option<Arc<AuditLog>>,
     /// MTA-STS policies (RFC 8461); `None` when `mta_sts.enabled = false`.
     mta_sts: Option<Arc<MtaSts>>,
+    /// TLS-RPT sink (RFC 8460): every session with a recipient domain's MX host is counted.
+    tls_reports: Arc<dyn crate::tls_report::TlsReportSink>,
     /// Idle connections kept for the next message to the same host and TLS mode.
     pool: ConnectionPool,
     /// Which message is due when, and which are being worked on.
@@ -102,6 +104,8 @@ pub struct EngineParts {
     pub audit: Option<Arc<AuditLog>>,
     /// MTA-STS policies (RFC 8461, D6); `None` when `mta_sts.enabled = false`.
     pub mta_sts: Option<Arc<MtaSts>>,
+    /// Where sessions are counted for TLS reports (RFC 8460); `NoReports` when off.
+    pub tls_reports: Arc<dyn crate::tls_report::TlsReportSink>,
 }
 
 impl Engine {
@@ -133,6 +137,7 @@ impl DeliveryEngine {
             metrics,
             audit,
             mta_sts,
+            tls_reports,
         } = parts;
         let store = AsyncStore::new(store);
         let backlog = store.run("scan", schedule::load_backlog).await?;
@@ -154,6 +159,7 @@ impl DeliveryEngine {
             metrics,
             audit,
             mta_sts,
+            tls_reports,
             timetable: Mutex::new(timetable),
             wake: Notify::new(),
             per_destination: Mutex::new(HashMap::new()),
@@ -340,6 +346,7 @@ async fn deliver_due(
                 metrics: &engine.metrics,
                 audit: &engine.audit,
                 mta_sts: engine.mta_sts.as_deref(),
+                tls_reports: engine.tls_reports.as_ref(),
             };
             let mut log = Vec::new();
             let attempted =

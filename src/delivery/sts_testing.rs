@@ -14,6 +14,7 @@ use super::client::{ClientError, SmtpConnection};
 use crate::domain::Domain;
 use crate::policy::decision::TlsDecision;
 use crate::policy::mta_sts::StsPolicy;
+use crate::reporting::tls::failure_result;
 use crate::tls::client::{ClientTls, TlsFailure};
 use crate::tls_report::{ResultType, SessionResult, TlsReportSink};
 
@@ -37,7 +38,9 @@ pub fn sts_testing_result(
     }
     let conn = match connection {
         Ok(conn) => conn,
-        Err(ClientError::Tls(failure)) => return Err((result_type(failure), failure.to_string())),
+        Err(ClientError::Tls(failure)) => {
+            return Err((failure_result(failure), failure.to_string()))
+        }
         // Not a TLS failure ([`record`] does not report these sessions).
         Err(other) => return Err((ResultType::ValidationFailure, other.to_string())),
     };
@@ -55,21 +58,7 @@ pub fn sts_testing_result(
         });
     }
     tls.check_chain(&conn.peer_chain, host)
-        .map_err(|failure| (result_type(&failure), failure.to_string()))
-}
-
-/// The RFC 8460 section 4.3.1 result type of a TLS failure.
-fn result_type(failure: &TlsFailure) -> ResultType {
-    match failure {
-        TlsFailure::NoStarttls | TlsFailure::StarttlsRefused(_) => ResultType::StarttlsNotSupported,
-        TlsFailure::HostnameMismatch(_) => ResultType::CertificateHostMismatch,
-        TlsFailure::CertExpired
-        | TlsFailure::CertNotYetValid
-        | TlsFailure::IntermediateExpired { .. }
-        | TlsFailure::IntermediateNotYetValid { .. } => ResultType::CertificateExpired,
-        TlsFailure::CertUntrusted => ResultType::CertificateNotTrusted,
-        _ => ResultType::ValidationFailure,
-    }
+        .map_err(|failure| (failure_result(&failure), failure.to_string()))
 }
 
 /// Evaluates and records one session under a `testing` policy (see the module doc); does

@@ -36,7 +36,7 @@ pub struct SessionContext {
     /// Sender authentication for inbound listeners (D4); `None` when turned off.
     pub auth: Option<Arc<crate::auth::Verifier>>,
     /// DKIM signers for outbound mail, by sender domain.
-    pub dkim: std::collections::HashMap<crate::domain::Domain, crate::auth::OutboundSigner>,
+    pub dkim: std::collections::HashMap<crate::domain::Domain, Arc<crate::auth::OutboundSigner>>,
     /// The audit log (S1); `None` only in tests that build a context by hand.
     pub audit: Option<Arc<crate::audit::AuditLog>>,
     /// `None` when no certificate is configured (STARTTLS then not offered).

@@ -108,7 +108,7 @@ async fn fetch_inner(
         .map(|ip| SocketAddr::new(*ip, port))
         .collect();
     let config = tls
-        .https()
+        .https_client_config()
         .map_err(|e| FetchError::Fetch(format!("TLS configuration: {e}")))?;
     let client = reqwest::Client::builder()
         .tls_backend_preconfigured(config)

@@ -382,6 +382,19 @@ impl ClientTls {
         })
     }
 
+    /// The configuration of an HTTPS client (TLS reports to `https:` targets, RFC 8460 5.4):
+    /// TLS 1.2/1.3, the same roots as delivery (public roots plus
+    /// `outbound.extra_trust_roots`), standard web PKI checks of the URL's host name, ALPN
+    /// `http/1.1`.
+    pub fn https_client_config(&self) -> Result<ClientConfig, rustls::Error> {
+        let mut config = ClientConfig::builder_with_provider(self.provider.clone())
+            .with_protocol_versions(super::PROTOCOL_VERSIONS)?
+            .with_webpki_verifier(self.webpki.clone())
+            .with_no_client_auth();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(config)
+    }
+
     /// A validating configuration that accepts a certificate for any of `names` (T9).
     pub fn verified_for(&self, names: Vec<NamePattern>) -> Result<Arc<ClientConfig>, TlsFailure> {
         self.verified_recording(names, PresentedChain::default())
@@ -408,14 +421,6 @@ impl ClientTls {
             provider: self.provider.clone(),
             presented: Some(slot),
         }))
-    }
-
-    /// A configuration for HTTPS with the same trust roots (public roots plus
-    /// `outbound.extra_trust_roots`) and the usual web PKI check of the server name: MTA-STS
-    /// policy fetches (RFC 8461 section 3.3). Owned, as an HTTP client takes it by value.
-    pub fn https(&self) -> Result<ClientConfig, TlsFailure> {
-        let config = self.with_verifier(self.webpki.clone())?;
-        Ok(Arc::unwrap_or_clone(config))
     }
 
     /// Checks a chain the server presented (leaf first) as `verify` would have: a trusted

@@ -6,10 +6,14 @@
 //! same way. The sink keeps counters per UTC day and policy, and the daily report is built from
 //! them.
 
+use serde::{Deserialize, Serialize};
 use std::net::IpAddr;
 
-/// The result types of RFC 8460 section 4.3 (the `result-type` of a failure detail).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// The result types of RFC 8460 section 4.3 (the `result-type` of a failure detail). Serialised
+/// by its RFC name (`starttls-not-supported`, ...), as the report JSON and the counters on disk
+/// write it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum ResultType {
     /// The peer did not offer STARTTLS (section 4.3.1).
     StarttlsNotSupported,
@@ -54,8 +58,9 @@ impl ResultType {
     }
 }
 
-/// The policy type of RFC 8460 section 4.4 (`policy-type`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// The policy type of RFC 8460 section 4.4 (`policy-type`), serialised by its RFC name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum PolicyType {
     /// DANE TLSA records (RFC 7672).
     Tlsa,
@@ -77,7 +82,7 @@ impl PolicyType {
 }
 
 /// The policy a session ran under, as a report names it (RFC 8460 section 4.4).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct ReportPolicy {
     /// `tlsa`, `sts` or `no-policy-found`.
     pub policy_type: PolicyType,
@@ -122,4 +127,44 @@ pub struct NoReports;
 
 impl TlsReportSink for NoReports {
     fn record(&self, _session: SessionResult) {}
+}
+
+/// Records into every sink it holds: the relay's TLS-RPT counters and, in tests, a sink that
+/// collects what MTA-STS reports (`server::start_with_reports`).
+pub struct Fanout(pub Vec<std::sync::Arc<dyn TlsReportSink>>);
+
+impl TlsReportSink for Fanout {
+    fn record(&self, session: SessionResult) {
+        for sink in &self.0 {
+            sink.record(session.clone());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The serialised names are the RFC 8460 names ([`ResultType::as_str`], section 4.3).
+    #[test]
+    fn serde_names_are_the_rfc_names() {
+        for r in [
+            ResultType::StarttlsNotSupported,
+            ResultType::CertificateHostMismatch,
+            ResultType::CertificateExpired,
+            ResultType::CertificateNotTrusted,
+            ResultType::ValidationFailure,
+            ResultType::TlsaInvalid,
+            ResultType::DnssecInvalid,
+            ResultType::DaneRequired,
+            ResultType::StsPolicyFetchError,
+            ResultType::StsPolicyInvalid,
+            ResultType::StsWebpkiInvalid,
+        ] {
+            assert_eq!(serde_json::to_value(r).ok(), Some(r.as_str().into()));
+        }
+        for p in [PolicyType::Tlsa, PolicyType::Sts, PolicyType::NoPolicyFound] {
+            assert_eq!(serde_json::to_value(p).ok(), Some(p.as_str().into()));
+        }
+    }
 }

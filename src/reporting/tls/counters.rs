@@ -1,0 +1,539 @@
+//! The TLS-RPT recorder (RFC 8460 section 4.4; D3): counts delivery sessions per UTC day,
+//! policy domain and policy, and keeps them on disk until the day's report is sent.
+//!
+//! [`TlsCounters::record`] is called on the delivery path: it only updates the in-memory
+//! counters under a short lock. A flusher writes the days that changed every
+//! [`FLUSH_INTERVAL`] (and at shutdown) as one JSON file per day under
+//! `data_dir/tls-reports/YYYY-MM-DD.json`, atomically: temporary file, `fsync`, rename, `fsync`
+//! of the directory. A SIGKILL therefore loses at most the sessions of the last flush
+//! interval; a clean stop loses none. The sending job ([`super::send`]) marks per policy domain
+//! which `rua` targets got the day's report; a day whose domains are all finished is removed,
+//! and so is any day older than [`KEEP_DAYS`].
+
+use crate::tls_report::{ReportPolicy, ResultType, SessionResult, TlsReportSink};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// How often changed counters are written to disk: what a SIGKILL can lose at most.
+pub const FLUSH_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Days kept on disk at most, sent or not (the sending job gives up on a report long before).
+pub const KEEP_DAYS: i64 = 7;
+
+/// Policy domains counted per day at most; sessions to further domains are not counted (a
+/// bound on memory and on the day file whatever the traffic).
+pub const MAX_DOMAINS_PER_DAY: usize = 50_000;
+
+/// Distinct failure rows per policy at most (RFC 8460 4.4 groups by result type, addresses,
+/// MX host and reason); further distinct failures are counted in the summary only.
+pub const MAX_FAILURE_ROWS: usize = 1_000;
+
+/// A day file larger than this is not read (it cannot have been written by tlsgate).
+const MAX_DAY_FILE: u64 = 64 << 20;
+
+/// `failure-reason-code` texts are cut to this many characters.
+const MAX_DETAIL: usize = 200;
+
+/// The number of the UTC day of `t` (days since 1970-01-01).
+pub fn day_of(t: SystemTime) -> i64 {
+    let secs = t
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    secs.div_euclid(86_400)
+}
+
+/// `YYYY-MM-DD` of a day number.
+pub fn day_name(day: i64) -> String {
+    let start = time::OffsetDateTime::from_unix_timestamp(day.saturating_mul(86_400))
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    let d = start.date();
+    format!("{:04}-{:02}-{:02}", d.year(), u8::from(d.month()), d.day())
+}
+
+/// The day number of a `YYYY-MM-DD` name.
+pub fn parse_day_name(name: &str) -> Option<i64> {
+    let mut parts = name.splitn(3, '-');
+    let year = parts.next()?.parse().ok()?;
+    let month = parts.next()?.parse().ok()?;
+    let day = parts.next()?.parse().ok()?;
+    crate::datetime::days_since_epoch(year, month, day)
+}
+
+/// One group of failed sessions (RFC 8460 4.4 `failure-details`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailureCount {
+    /// `result-type`.
+    pub result_type: ResultType,
+    /// `sending-mta-ip`.
+    pub sending_mta_ip: Option<IpAddr>,
+    /// `receiving-mx-hostname` (empty: none, e.g. a policy fetch failure).
+    pub receiving_mx_hostname: String,
+    /// `receiving-ip`.
+    pub receiving_ip: Option<IpAddr>,
+    /// `failure-reason-code`.
+    pub detail: Option<String>,
+    /// `failed-session-count`.
+    pub count: u64,
+}
+
+/// The sessions of one policy on one day.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyCounts {
+    /// The policy (type, domain, strings, MX patterns).
+    pub policy: ReportPolicy,
+    /// `total-successful-session-count`.
+    pub successes: u64,
+    /// `total-failure-session-count` (also the failures beyond [`MAX_FAILURE_ROWS`]).
+    pub failures: u64,
+    /// The failures, grouped.
+    pub failure_details: Vec<FailureCount>,
+}
+
+/// Where the day's report of one policy domain stands.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SendState {
+    /// The `rua` targets that got the report (RFC 8460 3: each at most once).
+    pub sent_to: Vec<String>,
+    /// Runs of the sending job that did not finish the report.
+    pub tries: u32,
+    /// Nothing more to do: sent to every `rua`, no TLSRPT record, or given up.
+    pub finished: bool,
+    /// What the last run saw, for `tls-report show` (`no TLSRPT record`, an error).
+    pub note: Option<String>,
+}
+
+/// Everything counted for one policy domain on one day.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DomainDay {
+    /// One entry per policy the domain's sessions ran under.
+    pub policies: Vec<PolicyCounts>,
+    /// The report's progress.
+    pub report: SendState,
+}
+
+/// One UTC day: the content of one day file.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Day {
+    /// `YYYY-MM-DD`.
+    pub day: String,
+    /// By policy domain.
+    pub domains: BTreeMap<String, DomainDay>,
+}
+
+struct State {
+    days: BTreeMap<i64, Day>,
+    /// Days changed since the last flush.
+    dirty: BTreeSet<i64>,
+    /// Days removed since the last flush (their files go).
+    removed: BTreeSet<i64>,
+    /// A bound was hit today (logged once a day).
+    warned: Option<i64>,
+}
+
+/// The recorder: a [`TlsReportSink`] with durable per-day counters.
+pub struct TlsCounters {
+    dir: PathBuf,
+    state: Mutex<State>,
+    /// Held for a whole flush, so that two flushes never write one file in the wrong order.
+    flushing: Mutex<()>,
+}
+
+/// A day file that could not be read or written.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {reason}")]
+pub struct CountersError {
+    /// The file or directory.
+    pub path: String,
+    /// Why.
+    pub reason: String,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding the lock leaves counters that are still consistent numbers.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl TlsCounters {
+    /// Opens (creates) `dir` and reads the day files in it. A file that is not a day file
+    /// tlsgate wrote is skipped with a warning (kept for the administrator to look at).
+    pub fn open(dir: &Path) -> Result<TlsCounters, CountersError> {
+        let fail = |path: &Path, e: std::io::Error| CountersError {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        };
+        std::fs::create_dir_all(dir).map_err(|e| fail(dir, e))?;
+        let mut days = BTreeMap::new();
+        for entry in std::fs::read_dir(dir).map_err(|e| fail(dir, e))? {
+            let entry = entry.map_err(|e| fail(dir, e))?;
+            let path = entry.path();
+            let Some(number) = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_suffix(".json"))
+                .and_then(parse_day_name)
+            else {
+                continue;
+            };
+            match read_day(&path) {
+                Ok(day) => {
+                    days.insert(number, day);
+                }
+                Err(reason) => {
+                    tracing::warn!(path = %path.display(), %reason, "TLS report counters not read")
+                }
+            }
+        }
+        Ok(TlsCounters {
+            dir: dir.to_path_buf(),
+            state: Mutex::new(State {
+                days,
+                dirty: BTreeSet::new(),
+                removed: BTreeSet::new(),
+                warned: None,
+            }),
+            flushing: Mutex::new(()),
+        })
+    }
+
+    /// Counts `session` in the report of `day` (the sink counts in the current UTC day).
+    pub fn record_on(&self, day: i64, session: SessionResult) {
+        let mut state = lock(&self.state);
+        let state = &mut *state;
+        let entry = state.days.entry(day).or_insert_with(|| Day {
+            day: day_name(day),
+            domains: BTreeMap::new(),
+        });
+        let domain = session.policy.policy_domain.clone();
+        if !entry.domains.contains_key(&domain) && entry.domains.len() >= MAX_DOMAINS_PER_DAY {
+            if state.warned != Some(day) {
+                state.warned = Some(day);
+                tracing::warn!(
+                    limit = MAX_DOMAINS_PER_DAY,
+                    "TLS reporting: too many policy domains today, further ones are not counted"
+                );
+            }
+            return;
+        }
+        let domain_day = entry.domains.entry(domain).or_default();
+        let index = match domain_day
+            .policies
+            .iter()
+            .position(|p| p.policy == session.policy)
+        {
+            Some(i) => i,
+            None => {
+                domain_day.policies.push(PolicyCounts {
+                    policy: session.policy.clone(),
+                    successes: 0,
+                    failures: 0,
+                    failure_details: Vec::new(),
+                });
+                domain_day.policies.len() - 1
+            }
+        };
+        let counts = &mut domain_day.policies[index];
+        match session.result {
+            Ok(()) => counts.successes += 1,
+            Err(result_type) => {
+                counts.failures += 1;
+                let detail = session
+                    .detail
+                    .map(|d| d.chars().take(MAX_DETAIL).collect::<String>());
+                let row = FailureCount {
+                    result_type,
+                    sending_mta_ip: session.sending_mta_ip,
+                    receiving_mx_hostname: session.receiving_mx_hostname,
+                    receiving_ip: session.receiving_ip,
+                    detail,
+                    count: 1,
+                };
+                let same = |f: &FailureCount| {
+                    f.result_type == row.result_type
+                        && f.sending_mta_ip == row.sending_mta_ip
+                        && f.receiving_mx_hostname == row.receiving_mx_hostname
+                        && f.receiving_ip == row.receiving_ip
+                        && f.detail == row.detail
+                };
+                let rows = counts.failure_details.len();
+                match counts.failure_details.iter_mut().find(|f| same(f)) {
+                    Some(existing) => existing.count += 1,
+                    None if rows < MAX_FAILURE_ROWS => counts.failure_details.push(row),
+                    None => {}
+                }
+            }
+        }
+        state.dirty.insert(day);
+    }
+
+    /// A copy of every day kept (for `tls-report show` and the sending job).
+    pub fn days(&self) -> BTreeMap<i64, Day> {
+        lock(&self.state).days.clone()
+    }
+
+    /// Updates the report state of `domain` on `day` (the sending job); written at the next
+    /// flush.
+    pub fn update_report(&self, day: i64, domain: &str, update: impl FnOnce(&mut SendState)) {
+        let mut state = lock(&self.state);
+        let state = &mut *state;
+        if let Some(report) = state
+            .days
+            .get_mut(&day)
+            .and_then(|d| d.domains.get_mut(domain))
+            .map(|d| &mut d.report)
+        {
+            update(report);
+            state.dirty.insert(day);
+        }
+    }
+
+    /// Removes the days before `today` whose reports are all finished, and every day older
+    /// than [`KEEP_DAYS`].
+    pub fn prune(&self, today: i64) {
+        let mut state = lock(&self.state);
+        let state = &mut *state;
+        let gone: Vec<i64> = state
+            .days
+            .iter()
+            .filter(|(number, day)| {
+                **number < today - KEEP_DAYS
+                    || (**number < today && day.domains.values().all(|d| d.report.finished))
+            })
+            .map(|(number, _)| *number)
+            .collect();
+        for number in gone {
+            state.days.remove(&number);
+            state.dirty.remove(&number);
+            state.removed.insert(number);
+        }
+    }
+
+    /// Writes every changed day (atomically, fsynced) and removes the files of pruned days.
+    /// Blocking: run it off the async threads. A day that could not be written stays marked
+    /// and is tried again at the next flush.
+    pub fn flush(&self) -> Result<(), CountersError> {
+        let _one_at_a_time = lock(&self.flushing);
+        let (changed, removed) = {
+            let mut state = lock(&self.state);
+            let dirty = std::mem::take(&mut state.dirty);
+            let removed = std::mem::take(&mut state.removed);
+            let changed: Vec<(i64, Day)> = dirty
+                .into_iter()
+                .filter_map(|n| state.days.get(&n).map(|d| (n, d.clone())))
+                .collect();
+            (changed, removed)
+        };
+        let mut first_error = None;
+        for (number, day) in &changed {
+            if let Err(e) = self.write_day(*number, day) {
+                lock(&self.state).dirty.insert(*number);
+                first_error.get_or_insert(e);
+            }
+        }
+        for number in removed {
+            let path = self.path_of(number);
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    lock(&self.state).removed.insert(number);
+                    first_error.get_or_insert(CountersError {
+                        path: path.display().to_string(),
+                        reason: e.to_string(),
+                    });
+                }
+            }
+        }
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    fn path_of(&self, day: i64) -> PathBuf {
+        self.dir.join(format!("{}.json", day_name(day)))
+    }
+
+    fn write_day(&self, number: i64, day: &Day) -> Result<(), CountersError> {
+        let path = self.path_of(number);
+        let temporary = self.dir.join(format!(".{}.json.tmp", day_name(number)));
+        let fail = |p: &Path, e: std::io::Error| CountersError {
+            path: p.display().to_string(),
+            reason: e.to_string(),
+        };
+        let json = serde_json::to_vec_pretty(day).map_err(|e| CountersError {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        let mut file = std::fs::File::create(&temporary).map_err(|e| fail(&temporary, e))?;
+        file.write_all(&json).map_err(|e| fail(&temporary, e))?;
+        file.sync_all().map_err(|e| fail(&temporary, e))?;
+        drop(file);
+        std::fs::rename(&temporary, &path).map_err(|e| fail(&path, e))?;
+        // The rename is durable only once the directory is synced.
+        std::fs::File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| fail(&self.dir, e))
+    }
+}
+
+fn read_day(path: &Path) -> Result<Day, String> {
+    use std::io::Read;
+    let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    let mut text = Vec::new();
+    file.take(MAX_DAY_FILE + 1)
+        .read_to_end(&mut text)
+        .map_err(|e| e.to_string())?;
+    if text.len() as u64 > MAX_DAY_FILE {
+        return Err(format!("larger than {MAX_DAY_FILE} bytes"));
+    }
+    serde_json::from_slice(&text).map_err(|e| format!("not a TLS report day file: {e}"))
+}
+
+impl TlsReportSink for TlsCounters {
+    fn record(&self, session: SessionResult) {
+        self.record_on(day_of(SystemTime::now()), session);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tls_report::PolicyType;
+
+    fn policy(domain: &str) -> ReportPolicy {
+        ReportPolicy {
+            policy_type: PolicyType::NoPolicyFound,
+            policy_domain: domain.into(),
+            policy_strings: Vec::new(),
+            mx_host: Vec::new(),
+        }
+    }
+
+    fn session(domain: &str, result: Result<(), ResultType>, mx: &str) -> SessionResult {
+        SessionResult {
+            policy: policy(domain),
+            receiving_mx_hostname: mx.into(),
+            receiving_ip: Some("192.0.2.1".parse().unwrap()),
+            sending_mta_ip: Some("198.51.100.7".parse().unwrap()),
+            result,
+            detail: None,
+        }
+    }
+
+    #[test]
+    fn day_names_round_trip() {
+        assert_eq!(day_name(0), "1970-01-01");
+        assert_eq!(day_name(19_844), "2024-05-01");
+        assert_eq!(parse_day_name("2024-05-01"), Some(19_844));
+        assert_eq!(parse_day_name("2024-02-30"), None);
+        assert_eq!(
+            day_of(UNIX_EPOCH + Duration::from_secs(19_844 * 86_400 + 86_399)),
+            19_844
+        );
+    }
+
+    /// RFC 8460 4.4: a summary per policy, and failures grouped by result type, addresses and
+    /// MX host, each group with its count.
+    #[test]
+    fn sessions_are_grouped_per_day_domain_policy_and_failure() {
+        let dir = tempfile::tempdir().unwrap();
+        let counters = TlsCounters::open(dir.path()).unwrap();
+        let mismatch = Err(ResultType::CertificateHostMismatch);
+        counters.record_on(10, session("a.test", Ok(()), "mx.a.test"));
+        counters.record_on(10, session("a.test", Ok(()), "mx.a.test"));
+        counters.record_on(10, session("a.test", mismatch, "mx.a.test"));
+        counters.record_on(10, session("a.test", mismatch, "mx.a.test"));
+        counters.record_on(10, session("a.test", mismatch, "mx2.a.test"));
+        counters.record_on(
+            10,
+            session("a.test", Err(ResultType::StarttlsNotSupported), "mx.a.test"),
+        );
+        counters.record_on(11, session("a.test", Ok(()), "mx.a.test"));
+        counters.record_on(10, session("b.test", Ok(()), "mx.b.test"));
+
+        let days = counters.days();
+        assert_eq!(days.len(), 2);
+        let a = &days[&10].domains["a.test"];
+        assert_eq!(a.policies.len(), 1);
+        let p = &a.policies[0];
+        assert_eq!((p.successes, p.failures), (2, 4));
+        let count = |rt: ResultType, mx: &str| {
+            p.failure_details
+                .iter()
+                .find(|f| f.result_type == rt && f.receiving_mx_hostname == mx)
+                .map(|f| f.count)
+        };
+        assert_eq!(
+            count(ResultType::CertificateHostMismatch, "mx.a.test"),
+            Some(2)
+        );
+        assert_eq!(
+            count(ResultType::CertificateHostMismatch, "mx2.a.test"),
+            Some(1)
+        );
+        assert_eq!(
+            count(ResultType::StarttlsNotSupported, "mx.a.test"),
+            Some(1)
+        );
+        assert_eq!(p.failure_details.len(), 3);
+        assert_eq!(days[&10].domains["b.test"].policies[0].successes, 1);
+        assert_eq!(days[&11].domains["a.test"].policies[0].successes, 1);
+
+        // A second policy of the same domain (DANE records changed) is its own entry.
+        let mut dane = session("a.test", Ok(()), "mx.a.test");
+        dane.policy.policy_type = PolicyType::Tlsa;
+        dane.policy.policy_strings = vec!["3 1 1 AA".into()];
+        counters.record_on(10, dane);
+        assert_eq!(counters.days()[&10].domains["a.test"].policies.len(), 2);
+    }
+
+    #[test]
+    fn counters_survive_a_reopen_and_pruned_days_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let counters = TlsCounters::open(dir.path()).unwrap();
+        counters.record_on(20, session("a.test", Ok(()), "mx.a.test"));
+        counters.record_on(
+            20,
+            session("a.test", Err(ResultType::CertificateExpired), "m"),
+        );
+        counters.record_on(21, session("a.test", Ok(()), "mx.a.test"));
+        counters.update_report(20, "a.test", |r| r.sent_to.push("mailto:x@y.test".into()));
+        counters.flush().unwrap();
+        assert!(dir.path().join("1970-01-21.json").exists());
+        drop(counters);
+
+        let reopened = TlsCounters::open(dir.path()).unwrap();
+        let days = reopened.days();
+        let p = &days[&20].domains["a.test"].policies[0];
+        assert_eq!((p.successes, p.failures), (1, 1));
+        assert_eq!(
+            days[&20].domains["a.test"].report.sent_to,
+            ["mailto:x@y.test"]
+        );
+
+        // Day 20 finished: pruned once it is over; day 21 is today and stays.
+        reopened.update_report(20, "a.test", |r| r.finished = true);
+        reopened.prune(21);
+        reopened.flush().unwrap();
+        assert!(!dir.path().join("1970-01-21.json").exists());
+        assert!(dir.path().join("1970-01-22.json").exists());
+        // Unfinished days older than KEEP_DAYS go too.
+        reopened.prune(21 + KEEP_DAYS + 1);
+        reopened.flush().unwrap();
+        assert!(!dir.path().join("1970-01-22.json").exists());
+    }
+
+    #[test]
+    fn a_foreign_file_is_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("2024-05-01.json"), b"not json").unwrap();
+        std::fs::write(dir.path().join("notes.txt"), b"x").unwrap();
+        let counters = TlsCounters::open(dir.path()).unwrap();
+        assert!(counters.days().is_empty());
+    }
+}

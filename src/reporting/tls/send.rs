@@ -1,0 +1,547 @@
+//! Sending the daily TLS reports (RFC 8460 sections 3 and 5): once a day, for each policy
+//! domain with counters for a finished UTC day, look up its TLSRPT record, build the report and
+//! send it to every `rua`: `mailto:` as a DKIM-signed message through tlsgate's own queue,
+//! `https:` by POST.
+//!
+//! A report is marked sent to a target after the target took it (the queue committed the
+//! mail durably, or the server answered 2xx), and the mark is flushed at once: a crash in
+//! between sends that report again at the next run (the same `report-id` lets the partner see
+//! the duplicate) rather than lose it. A target that fails is tried again at the next daily
+//! run; after [`MAX_TRIES`] runs the day's report for that domain is given up.
+
+use super::counters::{day_of, DomainDay, TlsCounters};
+use super::record::{parse_records, RecordError, Rua};
+use super::report::{self, Reporter};
+use crate::auth::OutboundSigner;
+use crate::config::{Config, Role, TlsReportingSection};
+use crate::dns::Resolver;
+use crate::domain::Domain;
+use crate::metrics::Metrics;
+use crate::queue::message::{
+    unix_now, DsnNotify, MessageMeta, NewMessage, QueueId, Reception, Recipient,
+};
+use crate::queue::Committer;
+use crate::smtp::command::BodyType;
+use crate::tls::client::ClientTls;
+use serde::Serialize;
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use tokio_util::sync::CancellationToken;
+
+/// Daily runs that may fail to send a day's report before it is given up.
+pub const MAX_TRIES: u32 = 3;
+
+/// Bound of one HTTPS POST, connection included (RFC 8460 5.4 sets none; a minute is what a
+/// healthy collector needs at most).
+const HTTPS_TIMEOUT: Duration = Duration::from_secs(60);
+const HTTPS_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Bound of committing a report mail to the queue.
+const COMMIT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What one run did for one target, for the admin API and the log.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct Sent {
+    /// `YYYY-MM-DD`.
+    pub day: String,
+    /// The policy domain.
+    pub domain: String,
+    /// The target URI; empty when the domain has no (valid) TLSRPT record.
+    pub rua: String,
+    /// `mailto`, `https`, `failed`, `no_dkim_key` or `no_record`.
+    pub result: String,
+    /// The report id, or what went wrong.
+    pub detail: String,
+}
+
+/// The relay's TLS reporting: the counters, and what sending needs.
+pub struct TlsReporting {
+    counters: Arc<TlsCounters>,
+    settings: TlsReportingSection,
+    hostname: String,
+    resolver: Arc<dyn Resolver>,
+    committer: Committer,
+    signer: Option<Arc<OutboundSigner>>,
+    http: reqwest::Client,
+    metrics: Arc<Metrics>,
+    /// One run at a time (the daily job and `tls-report send`).
+    running: tokio::sync::Mutex<()>,
+}
+
+/// Why TLS reporting could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// The HTTPS client could not be built.
+    #[error("TLS reporting: HTTPS client: {0}")]
+    Http(String),
+}
+
+/// The `[[outbound.dkim]]` signer for `submitter`: its own key, else the key of the nearest
+/// parent domain (`mx1.example.no` → `example.no`), which RFC 6376 relaxed alignment accepts.
+pub fn signer_for<'a, S>(signers: &'a HashMap<Domain, S>, submitter: &str) -> Option<&'a S> {
+    let mut name = submitter;
+    loop {
+        if let Some(signer) = Domain::parse(name).ok().and_then(|d| signers.get(&d)) {
+            return Some(signer);
+        }
+        let (_, parent) = name.split_once('.')?;
+        if !parent.contains('.') {
+            return None;
+        }
+        name = parent;
+    }
+}
+
+/// The `check-config` warning for `[tls_reporting]` without a DKIM key for the submitter
+/// (RFC 8460 3: `mailto:` reports must be signed, so they are not sent).
+pub fn missing_key_warning(config: &Config) -> Option<String> {
+    let settings = config.tls_reporting.as_ref()?;
+    let covered = config.outbound.dkim.iter().any(|k| {
+        let d = k.domain.as_str();
+        settings.submitter == d || settings.submitter.ends_with(&format!(".{d}"))
+    });
+    (!covered).then(|| {
+        format!(
+            "tls_reporting: no [[outbound.dkim]] key for the submitter domain {} (or a parent): \
+             mailto: TLS reports will not be sent (RFC 8460 3 requires DKIM), https: ones will",
+            settings.submitter
+        )
+    })
+}
+
+/// Resolves host names of `https:` targets through the relay's resolver (the test DNS in
+/// tests, and the same answers delivery sees).
+struct ViaResolver(Arc<dyn Resolver>);
+
+impl reqwest::dns::Resolve for ViaResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let resolver = self.0.clone();
+        let host = name.as_str().to_string();
+        Box::pin(async move {
+            let answer = resolver
+                .addresses(&host)
+                .await
+                .map_err(|e| -> Box<dyn std::error::Error + Send + Sync> { Box::new(e) })?;
+            let addrs: Vec<SocketAddr> = answer
+                .value
+                .ips
+                .into_iter()
+                .map(|ip| SocketAddr::new(ip, 0))
+                .collect();
+            if addrs.is_empty() {
+                return Err(format!("{host} has no address").into());
+            }
+            let addrs: reqwest::dns::Addrs = Box::new(addrs.into_iter());
+            Ok(addrs)
+        })
+    }
+}
+
+/// The parts of the relay TLS reporting uses.
+pub struct Parts {
+    /// The counters (also the delivery path's sink).
+    pub counters: Arc<TlsCounters>,
+    /// The relay's resolver.
+    pub resolver: Arc<dyn Resolver>,
+    /// The queue, for `mailto:` reports.
+    pub committer: Committer,
+    /// The signer of the submitter domain ([`signer_for`]), when configured.
+    pub signer: Option<Arc<OutboundSigner>>,
+    /// Counters and gauges.
+    pub metrics: Arc<Metrics>,
+}
+
+impl TlsReporting {
+    /// Sets TLS reporting up for `settings`; `client_tls` gives the trust roots of `https:`
+    /// targets (the same as delivery's).
+    pub fn new(
+        config: &Config,
+        settings: TlsReportingSection,
+        parts: Parts,
+        client_tls: &ClientTls,
+    ) -> Result<TlsReporting, SetupError> {
+        let Parts {
+            counters,
+            resolver,
+            committer,
+            signer,
+            metrics,
+        } = parts;
+        let tls = client_tls
+            .https_client_config()
+            .map_err(|e| SetupError::Http(e.to_string()))?;
+        let http = reqwest::Client::builder()
+            .tls_backend_preconfigured(tls)
+            // RFC 8460 5.4 posts to the URI as published; a redirect could point anywhere.
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(HTTPS_CONNECT_TIMEOUT)
+            .timeout(HTTPS_TIMEOUT)
+            .user_agent(concat!("tlsgate/", env!("CARGO_PKG_VERSION")))
+            .dns_resolver(Arc::new(ViaResolver(resolver.clone())))
+            .build()
+            .map_err(|e| SetupError::Http(e.to_string()))?;
+        if signer.is_none() {
+            tracing::warn!(
+                submitter = %settings.submitter,
+                "no [[outbound.dkim]] key for the TLS report submitter: mailto: reports will \
+                 not be sent"
+            );
+        }
+        Ok(TlsReporting {
+            counters,
+            settings,
+            hostname: config.server.hostname.clone(),
+            resolver,
+            committer,
+            signer,
+            http,
+            metrics,
+            running: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// The counters.
+    pub fn counters(&self) -> &Arc<TlsCounters> {
+        &self.counters
+    }
+
+    /// Writes the counters to disk now (off the async threads).
+    pub async fn flush(&self) {
+        let counters = self.counters.clone();
+        match tokio::task::spawn_blocking(move || counters.flush()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "TLS report counters not written"),
+            Err(e) => tracing::error!(error = %e, "TLS report counters flush panicked"),
+        }
+    }
+
+    /// Flushes every [`super::counters::FLUSH_INTERVAL`] until `shutdown`, then once more.
+    pub async fn flush_loop(self: Arc<Self>, shutdown: CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(super::counters::FLUSH_INTERVAL) => self.flush().await,
+                _ = shutdown.cancelled() => break,
+            }
+        }
+        self.flush().await;
+    }
+
+    /// Runs [`TlsReporting::send_due`] a minute after start (catching up on days a stopped
+    /// relay missed) and then daily shortly after 00:00 UTC: at a fixed offset of 5 to 35
+    /// minutes derived from the host name, so that many relays do not all post at once.
+    pub async fn daily_loop(self: Arc<Self>, shutdown: CancellationToken) {
+        let offset = 300 + self.hostname.bytes().map(u64::from).sum::<u64>() % 1800;
+        let mut wait = Duration::from_secs(60);
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = shutdown.cancelled() => return,
+            }
+            let sent = self.send_due(false).await;
+            tracing::info!(targets = sent.len(), "daily TLS report run done");
+            let now = unix_now();
+            let next_midnight = (now / 86_400 + 1) * 86_400;
+            wait = Duration::from_secs(next_midnight + offset - now);
+        }
+    }
+
+    /// Sends every due report: the finished days' reports not sent yet (and with
+    /// `include_today`, the running day's so far, without marking it: the full day's report
+    /// still goes out after midnight). Returns one line per target tried.
+    pub async fn send_due(&self, include_today: bool) -> Vec<Sent> {
+        let _one_run = self.running.lock().await;
+        let today = day_of(SystemTime::now());
+        let mut out = Vec::new();
+        for (day, counts) in self.counters.days() {
+            let partial = day == today;
+            if day > today || (partial && !include_today) {
+                continue;
+            }
+            for (domain, domain_day) in &counts.domains {
+                if !partial && domain_day.report.finished {
+                    continue;
+                }
+                self.send_domain(day, partial, domain, domain_day, &mut out)
+                    .await;
+                if !partial {
+                    self.flush().await;
+                }
+            }
+        }
+        self.counters.prune(today);
+        self.flush().await;
+        out
+    }
+
+    async fn send_domain(
+        &self,
+        day: i64,
+        partial: bool,
+        domain: &str,
+        counts: &DomainDay,
+        out: &mut Vec<Sent>,
+    ) {
+        let day_text = super::counters::day_name(day);
+        let line = |rua: &str, result: &str, detail: String| Sent {
+            day: day_text.clone(),
+            domain: domain.to_string(),
+            rua: rua.to_string(),
+            result: result.to_string(),
+            detail,
+        };
+        let ruas = match self.lookup(domain).await {
+            Ok(ruas) => ruas,
+            Err(Lookup::NoPolicy(e)) => {
+                // Nothing to send, ever: the domain takes no reports (RFC 8460 3).
+                if !partial {
+                    self.counters.update_report(day, domain, |r| {
+                        r.finished = true;
+                        r.note = Some(e.to_string());
+                    });
+                }
+                out.push(line("", "no_record", e.to_string()));
+                return;
+            }
+            Err(Lookup::Dns(e)) => {
+                if !partial {
+                    self.give_up_or_retry(day, domain, e.clone());
+                }
+                out.push(line("", "failed", e));
+                return;
+            }
+        };
+        let start = day * 86_400;
+        let end = if partial {
+            i64::try_from(unix_now()).unwrap_or(start)
+        } else {
+            start + 86_399
+        };
+        let reporter = Reporter {
+            organization_name: &self.settings.organization_name,
+            contact_info: &self.settings.contact_info,
+            submitter: &self.settings.submitter,
+        };
+        let report = report::build(reporter, domain, counts, (start, end));
+        let gzipped = match report.gzipped() {
+            Ok(g) => g,
+            Err(e) => {
+                tracing::error!(error = %e, "gzip of a TLS report failed");
+                return;
+            }
+        };
+        let mut all_sent = true;
+        for rua in ruas {
+            let uri = rua.uri();
+            if !partial && counts.report.sent_to.contains(&uri) {
+                continue;
+            }
+            let result = match &rua {
+                Rua::Mailto(address) => self
+                    .send_mail(&report, domain, address, &gzipped, (start, end))
+                    .await
+                    .map(|()| "mailto"),
+                Rua::Https(url) => self.post(url, &gzipped).await.map(|()| "https"),
+            };
+            match result {
+                Ok(how) => {
+                    self.metrics
+                        .tls_reports_sent
+                        .with_label_values(&[how])
+                        .inc();
+                    tracing::info!(domain, rua = %uri, report_id = %report.report_id,
+                        "TLS report sent");
+                    if !partial {
+                        self.counters
+                            .update_report(day, domain, |r| r.sent_to.push(uri.clone()));
+                    }
+                    out.push(line(&uri, how, report.report_id.clone()));
+                }
+                Err(SendError { label, reason }) => {
+                    all_sent = false;
+                    self.metrics
+                        .tls_reports_sent
+                        .with_label_values(&[label])
+                        .inc();
+                    tracing::warn!(domain, rua = %uri, %reason, "TLS report not sent");
+                    out.push(line(&uri, label, reason));
+                }
+            }
+        }
+        if !partial {
+            if all_sent {
+                self.counters.update_report(day, domain, |r| {
+                    r.finished = true;
+                    r.note = None;
+                });
+            } else {
+                self.give_up_or_retry(day, domain, "not every rua took the report".into());
+            }
+        }
+    }
+
+    fn give_up_or_retry(&self, day: i64, domain: &str, note: String) {
+        self.counters.update_report(day, domain, |r| {
+            r.tries += 1;
+            if r.tries >= MAX_TRIES {
+                r.finished = true;
+                tracing::warn!(domain, tries = r.tries, "TLS report given up");
+            }
+            r.note = Some(note);
+        });
+    }
+
+    async fn lookup(&self, domain: &str) -> Result<Vec<Rua>, Lookup> {
+        let name = format!("_smtp._tls.{domain}");
+        let records = self
+            .resolver
+            .txt(&name)
+            .await
+            .map_err(|e| Lookup::Dns(format!("{name}: {e}")))?;
+        parse_records(&records.value).map_err(Lookup::NoPolicy)
+    }
+
+    /// RFC 8460 5.3: the report mail, DKIM-signed (section 3), into the queue from
+    /// `tls_reporting.from` with NOTIFY=NEVER (a report that cannot be delivered makes no
+    /// DSN: no mail loops between reporters).
+    async fn send_mail(
+        &self,
+        report: &report::Report,
+        domain: &str,
+        to: &str,
+        gzipped: &[u8],
+        range: (i64, i64),
+    ) -> Result<(), SendError> {
+        let Some(signer) = &self.signer else {
+            return Err(SendError {
+                label: "no_dkim_key",
+                reason: format!(
+                    "no [[outbound.dkim]] key for {}: mailto: reports must be DKIM-signed \
+                     (RFC 8460 3)",
+                    self.settings.submitter
+                ),
+            });
+        };
+        let failed = |reason: String| SendError {
+            label: "failed",
+            reason,
+        };
+        let mail = report
+            .mail(
+                domain,
+                &self.settings.submitter,
+                &self.settings.from,
+                to,
+                gzipped,
+                range,
+            )
+            .map_err(|e| failed(e.to_string()))?;
+        let body = signer.sign(&mail).map_err(|e| failed(e.to_string()))?;
+        let id = QueueId::generate();
+        let now = unix_now();
+        let received_header = format!(
+            "Received: by {host} (tlsgate) id {id};\r\n\t{date}\r\n",
+            host = self.hostname,
+            date = crate::datetime::rfc5322(SystemTime::now()),
+        );
+        let meta = MessageMeta {
+            id,
+            sender: Some(self.settings.from.clone()),
+            recipients: vec![Recipient {
+                address: to.to_string(),
+                notify: DsnNotify {
+                    never: true,
+                    success: false,
+                    failure: false,
+                    delay: false,
+                },
+                orcpt: None,
+            }],
+            ret: None,
+            envid: None,
+            // The JSON travels base64-encoded; the rest is ASCII.
+            body_type: BodyType::SevenBit,
+            smtputf8: !to.is_ascii(),
+            requiretls: false,
+            reception: Reception {
+                client_ip: IpAddr::V6(Ipv6Addr::LOCALHOST),
+                helo: self.hostname.clone(),
+                role: Role::Outbound,
+                tls: None,
+                received_at: now,
+            },
+            size: body.len() as u64,
+            received_header,
+        };
+        match self
+            .committer
+            .commit_within(NewMessage { meta, body }, COMMIT_TIMEOUT)
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(e) => Err(failed(format!("could not queue the report: {e}"))),
+        }
+    }
+
+    /// RFC 8460 5.4: POST with `Content-Type: application/tlsrpt+gzip`; a 2xx is success.
+    async fn post(&self, url: &str, gzipped: &[u8]) -> Result<(), SendError> {
+        let failed = |reason: String| SendError {
+            label: "failed",
+            reason,
+        };
+        let response = self
+            .http
+            .post(url)
+            .header(reqwest::header::CONTENT_TYPE, "application/tlsrpt+gzip")
+            .body(gzipped.to_vec())
+            .send()
+            .await
+            .map_err(|e| failed(format!("{url}: {}", error_chain(&e))))?;
+        let status = response.status();
+        if status.is_success() {
+            Ok(())
+        } else {
+            Err(failed(format!("{url}: HTTP {status}")))
+        }
+    }
+}
+
+/// reqwest's errors hide the cause (certificate, DNS) in their source chain.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+enum Lookup {
+    /// No usable TLSRPT record: the domain takes no reports.
+    NoPolicy(RecordError),
+    /// The lookup failed (try again later).
+    Dns(String),
+}
+
+struct SendError {
+    label: &'static str,
+    reason: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_submitter_or_a_parent_signs() {
+        let mut signers = HashMap::new();
+        signers.insert(Domain::parse("example.no").unwrap(), 1);
+        assert_eq!(signer_for(&signers, "mx1.example.no"), Some(&1));
+        assert_eq!(signer_for(&signers, "example.no"), Some(&1));
+        assert_eq!(signer_for(&signers, "example.com"), None);
+        assert_eq!(signer_for(&signers, "no"), None);
+    }
+}
