@@ -8,7 +8,13 @@ use std::time::Duration;
 use tlsgate::config::{Config, LogFormat};
 
 #[derive(Parser)]
-#[command(name = "tlsgate", version, about = "SMTP relay enforcing tvungen TLS")]
+#[command(
+    name = "tlsgate",
+    version,
+    about = "SMTP relay enforcing tvungen TLS",
+    after_help = "Every command reads /etc/tlsgate/tlsgate.toml unless --config FILE or the \
+                  environment variable TLSGATE_CONFIG names another file."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Commands,
@@ -16,9 +22,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Commands {
-    /// Run the relay (the embedded development default when no --config is given).
+    /// Run the relay (the embedded development default when no --config is given and
+    /// /etc/tlsgate/tlsgate.toml does not exist).
     Serve {
-        #[arg(long, short)]
+        #[arg(long, short, env = "TLSGATE_CONFIG", help = CONFIG_HELP)]
         config: Option<PathBuf>,
         /// How long sessions may take to finish after SIGTERM.
         #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
@@ -26,7 +33,7 @@ enum Commands {
     },
     /// Validate a configuration file and print what it would do.
     CheckConfig {
-        #[arg(long, short)]
+        #[arg(long, short, env = "TLSGATE_CONFIG", help = CONFIG_HELP)]
         config: Option<PathBuf>,
     },
     /// The tvungen TLS domain list: show it, or check every listed domain (T7).
@@ -37,7 +44,7 @@ enum Commands {
     /// Resolve MX, connect, STARTTLS and validate one domain as delivery would, and print the
     /// policy it resolves to (like posttls-finger).
     Probe {
-        #[arg(long, short)]
+        #[arg(long, short, env = "TLSGATE_CONFIG", help = CONFIG_HELP)]
         config: Option<PathBuf>,
         domain: String,
         #[arg(long)]
@@ -71,32 +78,32 @@ enum Commands {
 enum QueueAction {
     /// One line per message (id, age, size, sender), then its recipients with state.
     List {
-        #[arg(long, short)]
+        #[arg(long, short, env = "TLSGATE_CONFIG", help = CONFIG_HELP)]
         config: Option<PathBuf>,
         #[arg(long)]
         json: bool,
     },
     /// One message in detail (never its body).
     Show {
-        #[arg(long, short)]
+        #[arg(long, short, env = "TLSGATE_CONFIG", help = CONFIG_HELP)]
         config: Option<PathBuf>,
         id: String,
     },
     /// Make every undelivered recipient due now.
     Retry {
-        #[arg(long, short)]
+        #[arg(long, short, env = "TLSGATE_CONFIG", help = CONFIG_HELP)]
         config: Option<PathBuf>,
         id: String,
     },
     /// Fail every undelivered recipient now and send the sender a failure DSN.
     Bounce {
-        #[arg(long, short)]
+        #[arg(long, short, env = "TLSGATE_CONFIG", help = CONFIG_HELP)]
         config: Option<PathBuf>,
         id: String,
     },
     /// Remove the message without telling anyone.
     Delete {
-        #[arg(long, short)]
+        #[arg(long, short, env = "TLSGATE_CONFIG", help = CONFIG_HELP)]
         config: Option<PathBuf>,
         id: String,
     },
@@ -106,7 +113,7 @@ enum QueueAction {
 enum AuditAction {
     /// Check numbering and hash chain; exits non-zero at the first gap or broken link.
     Verify {
-        #[arg(long, short)]
+        #[arg(long, short, env = "TLSGATE_CONFIG", help = CONFIG_HELP)]
         config: Option<PathBuf>,
         /// Files or directories (default: audit.dir of the configuration).
         paths: Vec<PathBuf>,
@@ -117,12 +124,12 @@ enum AuditAction {
 enum DomainsAction {
     /// Ask the running server to reload the domain list now (like SIGHUP).
     Reload {
-        #[arg(long, short)]
+        #[arg(long, short, env = "TLSGATE_CONFIG", help = CONFIG_HELP)]
         config: Option<PathBuf>,
     },
     /// Print the list in force (domain, company, organisation number, date joined).
     List {
-        #[arg(long, short)]
+        #[arg(long, short, env = "TLSGATE_CONFIG", help = CONFIG_HELP)]
         config: Option<PathBuf>,
         #[arg(long)]
         json: bool,
@@ -130,7 +137,7 @@ enum DomainsAction {
     /// T7 compliance check: every listed domain (or the --domain ones) checked exactly as
     /// delivery would; exits non-zero if any would fail.
     Check {
-        #[arg(long, short)]
+        #[arg(long, short, env = "TLSGATE_CONFIG", help = CONFIG_HELP)]
         config: Option<PathBuf>,
         #[arg(long)]
         json: bool,
@@ -146,12 +153,62 @@ enum DomainsAction {
     },
 }
 
+/// Where every command looks for its configuration when neither `--config` nor
+/// `TLSGATE_CONFIG` names one (issue 14 item 1; Postfix's `/etc/postfix/main.cf`).
+const DEFAULT_CONFIG: &str = "/etc/tlsgate/tlsgate.toml";
+
+/// The `--config` help text, the same for every command.
+const CONFIG_HELP: &str =
+    "Configuration file [default: /etc/tlsgate/tlsgate.toml; `serve` without that file runs the embedded development default]";
+
+/// Test seam only, never documented for operators: moves the *default* location, so that the
+/// tests of "no --config given" never read a real /etc/tlsgate on the machine running them.
+const DEFAULT_CONFIG_OVERRIDE_ENV: &str = "TLSGATE_DEFAULT_CONFIG_PATH";
+
+/// The configuration file a command reads: `--config`/`TLSGATE_CONFIG` when given (clap fills
+/// `path` from either; commands without the clap attribute still honour the variable here),
+/// else the default location.
+fn config_path(path: Option<&Path>) -> (PathBuf, bool) {
+    if let Some(path) = path {
+        return (path.to_path_buf(), true);
+    }
+    if let Some(path) = std::env::var_os("TLSGATE_CONFIG").filter(|p| !p.is_empty()) {
+        return (PathBuf::from(path), true);
+    }
+    let default = std::env::var_os(DEFAULT_CONFIG_OVERRIDE_ENV)
+        .filter(|p| !p.is_empty())
+        .map_or_else(|| PathBuf::from(DEFAULT_CONFIG), PathBuf::from);
+    (default, false)
+}
+
+/// Loads the configuration every command but `serve` uses: the named file, else the default
+/// location. A missing default file is an error that says where it looked, never a silent
+/// fall-back to the development default (issue 14 item 1).
 fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
-    let config = match path {
-        Some(path) => Config::load(path)?,
-        None => Config::dev_default()?,
-    };
-    Ok(config)
+    let (path, explicit) = config_path(path);
+    if !explicit && !path.exists() {
+        anyhow::bail!(
+            "no configuration at {} (name one with --config FILE or TLSGATE_CONFIG)",
+            path.display()
+        );
+    }
+    Ok(Config::load(&path)?)
+}
+
+/// `serve`'s configuration: as [`load_config`], except that without `--config` and without a
+/// file at the default location it runs the embedded development default, and says so (the
+/// README's quick start on a fresh machine). Returns the warning to log once logging is up.
+fn load_serve_config(path: Option<&Path>) -> anyhow::Result<(Config, Option<String>)> {
+    let (path, explicit) = config_path(path);
+    if !explicit && !path.exists() {
+        let warning = format!(
+            "no configuration at {}: running the embedded development default (loopback \
+             listeners, data in ./data); write that file or pass --config for production",
+            path.display()
+        );
+        return Ok((Config::dev_default()?, Some(warning)));
+    }
+    Ok((Config::load(&path)?, None))
 }
 
 fn init_logging(config: &Config) {
@@ -237,8 +294,11 @@ fn main() -> ExitCode {
 }
 
 fn serve(path: Option<&Path>, grace: Duration) -> anyhow::Result<()> {
-    let config = load_config(path)?;
+    let (config, warning) = load_serve_config(path)?;
     init_logging(&config);
+    if let Some(warning) = warning {
+        tracing::warn!("{warning}");
+    }
     tracing::info!(config = %config.source, hostname = %config.server.hostname, "starting tlsgate");
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {
@@ -248,7 +308,10 @@ fn serve(path: Option<&Path>, grace: Duration) -> anyhow::Result<()> {
         let mut signals = StopSignals::install()?;
         let server = tlsgate::server::start(config).await?;
         signals.wait(&server).await;
-        tracing::info!(grace = ?grace, "stop signal received, shutting down");
+        tracing::info!(
+            grace = %humantime::format_duration(grace),
+            "stop signal received, shutting down"
+        );
         server.shutdown(grace).await;
         Ok(())
     })

@@ -70,6 +70,13 @@ impl Outputs {
             .args(args)
             .current_dir(cwd)
             .env_remove("RUST_LOG")
+            // Never the real /etc/tlsgate of the machine running the tests: without --config
+            // the binary looks at this (absent) file instead (issue 14 item 1).
+            .env_remove("TLSGATE_CONFIG")
+            .env(
+                "TLSGATE_DEFAULT_CONFIG_PATH",
+                cwd.join("no-default-config").join("tlsgate.toml"),
+            )
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
@@ -604,8 +611,71 @@ fn serve_without_config_runs_the_development_default() {
     // Standard error is a file here, not a terminal: plain text for journald and log
     // shippers, no ANSI colour codes (issue 14 item 3).
     assert!(run.stderr.contains("listening"), "{run:?}");
+    // Issue 14 item 1: the fall-back is said, with the file that was looked for.
+    assert!(
+        run.stderr.contains("no configuration at ")
+            && run
+                .stderr
+                .contains("running the embedded development default"),
+        "{run:?}"
+    );
     assert!(
         !run.stderr.contains('\u{1b}'),
         "colour codes in a log file: {run:?}"
     );
+}
+
+/// Issue 14 item 1: without --config, `check-config` looks at the default location and, with
+/// no file there, fails saying where it looked: never "configuration ok" about the built-in
+/// development default.
+#[test]
+fn check_config_without_a_file_at_the_default_location_fails_naming_it() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let run = tlsgate(dir.path(), "check-default", &["check-config"]);
+    assert!(!run.status.success(), "{run:?}");
+    let expected = dir.path().join("no-default-config").join("tlsgate.toml");
+    assert!(
+        run.stderr
+            .contains(&format!("no configuration at {}", expected.display())),
+        "{run:?}"
+    );
+    assert!(!run.stdout.contains("configuration ok"), "{run:?}");
+}
+
+/// Issue 14 item 1: `TLSGATE_CONFIG` names the file as `--config` does, and `--help` says
+/// where the configuration is read from by default.
+#[test]
+fn tlsgate_config_names_the_file_and_help_names_the_default() {
+    let (dir, config, _, _) = setup("", "127.0.0.1:0");
+    let outputs = Outputs::new(dir.path(), "env-config");
+    let out = File::create(&outputs.stdout).expect("create the stdout file");
+    let err = File::create(&outputs.stderr).expect("create the stderr file");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tlsgate"))
+        .arg("check-config")
+        .env("TLSGATE_CONFIG", &config)
+        .env(
+            "TLSGATE_DEFAULT_CONFIG_PATH",
+            dir.path().join("no-default-config.toml"),
+        )
+        .current_dir(dir.path())
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .expect("spawn tlsgate");
+    let status = wait_exit(&mut child, RUN_LIMIT).expect("check-config finished in time");
+    let run = outputs.collect(status);
+    assert!(run.status.success(), "{run:?}");
+    assert!(run.stdout.contains("configuration ok"), "{run:?}");
+    assert!(
+        run.stdout.contains(&config.display().to_string()),
+        "{run:?}"
+    );
+
+    for args in [&["--help"][..], &["check-config", "--help"][..]] {
+        let run = tlsgate(dir.path(), "help", args);
+        assert!(run.status.success(), "{run:?}");
+        assert!(run.stdout.contains("/etc/tlsgate/tlsgate.toml"), "{run:?}");
+        assert!(run.stdout.contains("TLSGATE_CONFIG"), "{run:?}");
+    }
 }
