@@ -351,7 +351,13 @@ impl StopSignals {
 
 fn check_config(path: Option<&Path>) -> anyhow::Result<()> {
     let config = load_config(path)?;
-    // Every file and directory a key names, checked by the very code `serve` starts with.
+    // Every file and directory a key names, checked by the very code `serve` starts with;
+    // every problem listed, not only the first (issue 14 item 1).
+    let problems = tlsgate::startup::every_problem(&config);
+    if problems.len() > 1 {
+        let lines: Vec<String> = problems.iter().map(|p| format!("{p:#}")).collect();
+        anyhow::bail!("{} problems:\n{}", problems.len(), lines.join("\n"));
+    }
     let files = tlsgate::startup::ConfigFiles::load(&config)?;
     let list = &files.domain_list;
     if list.path().is_some() {

@@ -679,3 +679,34 @@ fn tlsgate_config_names_the_file_and_help_names_the_default() {
         assert!(run.stdout.contains("TLSGATE_CONFIG"), "{run:?}");
     }
 }
+
+/// Issue 14 item 1: `check-config` reports every error it finds, not only the first: three
+/// bad values in three sections, three lines, each naming the file, the key and the reason.
+#[test]
+fn check_config_lists_every_error_in_the_file() {
+    let (dir, config, _, _) = setup_with(
+        r#"
+[limits]
+max_errors = 0
+
+[delivery]
+dsn_language = "fr"
+
+[log]
+format = "xml"
+"#,
+    );
+    let run = check_config(dir.path(), "three-errors", &config);
+    assert!(!run.status.success(), "{run:?}");
+    assert!(!run.stdout.contains("configuration ok"), "{run:?}");
+    let file = config.display().to_string();
+    assert!(run.stderr.contains(&format!("{file}: 3 errors")), "{run:?}");
+    for (key, reason) in [
+        ("limits.max_errors", "must be at least 1"),
+        ("delivery.dsn_language", "\"fr\": use \"en\" or \"no\""),
+        ("log.format", "\"xml\": use \"text\" or \"json\""),
+    ] {
+        let line = format!("{file}: {key}: {reason}");
+        assert_eq!(run.stderr.matches(&line).count(), 1, "{line}\n{run:?}");
+    }
+}
