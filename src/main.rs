@@ -36,6 +36,15 @@ enum Commands {
         #[arg(long, short, env = "TLSGATE_CONFIG", help = CONFIG_HELP)]
         config: Option<PathBuf>,
     },
+    /// Print the effective configuration as TOML: only what differs from the defaults (like
+    /// `postconf -n`), or every setting with --defaults (like `postconf`). Never a secret.
+    ShowConfig {
+        #[arg(long, short, env = "TLSGATE_CONFIG", help = CONFIG_HELP)]
+        config: Option<PathBuf>,
+        /// Every setting, defaults filled in.
+        #[arg(long)]
+        defaults: bool,
+    },
     /// The tvungen TLS domain list: show it, or check every listed domain (T7).
     Domains {
         #[command(subcommand)]
@@ -231,6 +240,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Commands::Serve { config, grace } => serve(config.as_deref(), grace),
         Commands::CheckConfig { config } => check_config(config.as_deref()),
+        Commands::ShowConfig { config, defaults } => load_config(config.as_deref())
+            .map(|config| print!("{}", tlsgate::config::show(&config, defaults))),
         Commands::GenCert { hosts, out } => gen_cert(&hosts, &out),
         Commands::Domains {
             action: DomainsAction::List { config, json },

@@ -710,3 +710,55 @@ format = "xml"
         assert_eq!(run.stderr.matches(&line).count(), 1, "{line}\n{run:?}");
     }
 }
+
+/// Issue 14 item 1: `show-config` prints the effective configuration like `postconf -n` (only
+/// what differs from the defaults) and `show-config --defaults` like `postconf` (everything);
+/// the admin token file's path is shown, its content never (S4).
+#[test]
+fn show_config_prints_changed_or_all_settings_and_never_the_token() {
+    let tokens = tempfile::tempdir().expect("temporary directory");
+    let token_file = tokens.path().join("ops.token");
+    let token = "s3cret-admin-token-0123456789";
+    std::fs::write(&token_file, token).expect("write the token");
+    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600))
+        .expect("chmod the token");
+    let (dir, config, _, _) = setup_with(&format!(
+        "\n[admin]\nbind = \"127.0.0.1:0\"\ntoken_file = \"{}\"\n\n[delivery]\nexpiry = \"3d\"\n",
+        token_file.display()
+    ));
+    let config_arg = config.to_str().expect("UTF-8 temp path");
+
+    let changed = tlsgate(dir.path(), "show", &["show-config", "--config", config_arg]);
+    assert!(changed.status.success(), "{changed:?}");
+    let all = tlsgate(
+        dir.path(),
+        "show-all",
+        &["show-config", "--defaults", "--config", config_arg],
+    );
+    assert!(all.status.success(), "{all:?}");
+    for run in [&changed, &all] {
+        assert!(run.stdout.contains("expiry = \"3days\""), "{run:?}");
+        assert!(
+            run.stdout.contains("hostname = \"mx.cli.tlsgate.test\""),
+            "{run:?}"
+        );
+        assert!(
+            run.stdout
+                .contains(&format!("token_file = \"{}\"", token_file.display())),
+            "{run:?}"
+        );
+        assert!(
+            !run.stdout.contains(token),
+            "the token was printed: {run:?}"
+        );
+        // What it prints is a configuration again.
+        let again = dir.path().join("again.toml");
+        std::fs::write(&again, &run.stdout).expect("write the printed configuration");
+        let reparsed = tlsgate::config::Config::load(&again);
+        assert!(reparsed.is_ok(), "{reparsed:?}\n{run:?}");
+    }
+    // Defaults (Postfix's smtpd_hard_error_limit = 20 here) only with --defaults.
+    assert!(!changed.stdout.contains("max_errors"), "{changed:?}");
+    assert!(all.stdout.contains("max_errors = 20"), "{all:?}");
+    assert!(all.stdout.contains("retry_schedule = ["), "{all:?}");
+}

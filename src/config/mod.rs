@@ -8,6 +8,9 @@
 //! [`crate::startup::ConfigFiles::load`], which `serve` and `check-config` share.
 
 mod raw;
+mod show;
+
+pub use show::show;
 
 use crate::dns::DnssecMode;
 use crate::domain::Domain;
