@@ -83,38 +83,135 @@ enum Commands {
     },
 }
 
+/// Which messages a queue command is about (issue 14 item 2); every condition given must hold.
+#[derive(clap::Args, Clone, Default)]
+struct Select {
+    /// Only messages from this envelope sender (`<>`: the null sender).
+    #[arg(long)]
+    from: Option<String>,
+    /// Only messages to this recipient.
+    #[arg(long)]
+    to: Option<String>,
+    /// Only messages with a recipient in this domain.
+    #[arg(long)]
+    domain: Option<String>,
+    /// Only messages at least this old (e.g. 30m, 2h, 5d).
+    #[arg(long, value_parser = parse_age)]
+    older_than: Option<String>,
+    /// Only messages with a recipient in this state.
+    #[arg(long, value_parser = tlsgate::admin::STATUSES)]
+    status: Option<String>,
+}
+
+/// Checks a duration on the command line, and passes it on as written.
+fn parse_age(text: &str) -> Result<String, String> {
+    humantime::parse_duration(text)
+        .map(|_| text.to_string())
+        .map_err(|e| e.to_string())
+}
+
+impl Select {
+    fn selection(&self) -> tlsgate::admin::Selection {
+        tlsgate::admin::Selection {
+            from: self.from.clone(),
+            to: self.to.clone(),
+            domain: self.domain.clone(),
+            older_than: self.older_than.clone(),
+            status: self.status.clone(),
+            ..Default::default()
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum QueueAction {
-    /// One line per message (id, age, size, sender), then its recipients with state.
+    /// Like mailq: a header row, one line per message (id, arrival time in UTC, size, sender)
+    /// with its recipients below (state, attempts, next attempt, last reply), and a summary.
     List {
         #[arg(long, short, env = "TLSGATE_CONFIG", help = CONFIG_HELP)]
         config: Option<PathBuf>,
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        select: Select,
+    },
+    /// Like qshape: messages per destination domain and age bucket (minutes).
+    Summary {
+        #[arg(long, short, env = "TLSGATE_CONFIG", help = CONFIG_HELP)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        select: Select,
     },
     /// One message in detail (never its body).
     Show {
         #[arg(long, short, env = "TLSGATE_CONFIG", help = CONFIG_HELP)]
         config: Option<PathBuf>,
         id: String,
+        /// Print the stored header section instead, like `postcat -hq` (audited).
+        #[arg(long)]
+        headers: bool,
     },
     /// Make every undelivered recipient due now.
     Retry {
         #[arg(long, short, env = "TLSGATE_CONFIG", help = CONFIG_HELP)]
         config: Option<PathBuf>,
-        id: String,
+        /// Queue ids; without them, the messages the conditions pick (or --all).
+        ids: Vec<String>,
+        #[command(flatten)]
+        select: Select,
+        /// Every message in the queue (required when neither ids nor a condition is given).
+        #[arg(long)]
+        all: bool,
     },
     /// Fail every undelivered recipient now and send the sender a failure DSN.
     Bounce {
         #[arg(long, short, env = "TLSGATE_CONFIG", help = CONFIG_HELP)]
         config: Option<PathBuf>,
-        id: String,
+        /// Queue ids; without them, the messages the conditions pick (or --all).
+        ids: Vec<String>,
+        #[command(flatten)]
+        select: Select,
+        /// Every message in the queue (required when neither ids nor a condition is given).
+        #[arg(long)]
+        all: bool,
     },
     /// Remove the message without telling anyone.
     Delete {
         #[arg(long, short, env = "TLSGATE_CONFIG", help = CONFIG_HELP)]
         config: Option<PathBuf>,
-        id: String,
+        /// Queue ids; without them, the messages the conditions pick (or --all).
+        ids: Vec<String>,
+        #[command(flatten)]
+        select: Select,
+        /// Every message in the queue (required when neither ids nor a condition is given).
+        #[arg(long)]
+        all: bool,
+    },
+    /// Keep the message from delivery (and expiry) until released, like postsuper -h.
+    Hold {
+        #[arg(long, short, env = "TLSGATE_CONFIG", help = CONFIG_HELP)]
+        config: Option<PathBuf>,
+        /// Queue ids; without them, the messages the conditions pick (or --all).
+        ids: Vec<String>,
+        #[command(flatten)]
+        select: Select,
+        /// Every message in the queue (required when neither ids nor a condition is given).
+        #[arg(long)]
+        all: bool,
+    },
+    /// Release held messages: due now, like postsuper -H.
+    Release {
+        #[arg(long, short, env = "TLSGATE_CONFIG", help = CONFIG_HELP)]
+        config: Option<PathBuf>,
+        /// Queue ids; without them, the messages the conditions pick (or --all).
+        ids: Vec<String>,
+        #[command(flatten)]
+        select: Select,
+        /// Every message in the queue (required when neither ids nor a condition is given).
+        #[arg(long)]
+        all: bool,
     },
 }
 
@@ -260,28 +357,56 @@ fn main() -> ExitCode {
             action: DomainsAction::Reload { config },
         } => admin_call(config.as_deref(), "POST", "/domains/reload", false),
         Commands::Queue { action } => match action {
-            QueueAction::List { config, json } => queue_list(config.as_deref(), json),
-            QueueAction::Show { config, id } => {
-                admin_call(config.as_deref(), "GET", &format!("/queue/{id}"), true)
-            }
-            QueueAction::Retry { config, id } => admin_call(
-                config.as_deref(),
-                "POST",
-                &format!("/queue/{id}/retry"),
-                false,
-            ),
-            QueueAction::Bounce { config, id } => admin_call(
-                config.as_deref(),
-                "POST",
-                &format!("/queue/{id}/bounce"),
-                false,
-            ),
-            QueueAction::Delete { config, id } => admin_call(
-                config.as_deref(),
-                "POST",
-                &format!("/queue/{id}/delete"),
-                false,
-            ),
+            QueueAction::List {
+                config,
+                json,
+                select,
+            } => queue_list(config.as_deref(), json, &select),
+            QueueAction::Summary {
+                config,
+                json,
+                select,
+            } => queue_summary(config.as_deref(), json, &select),
+            QueueAction::Show {
+                config,
+                id,
+                headers: false,
+            } => admin_call(config.as_deref(), "GET", &format!("/queue/{id}"), true),
+            QueueAction::Show {
+                config,
+                id,
+                headers: true,
+            } => queue_headers(config.as_deref(), &id),
+            QueueAction::Retry {
+                config,
+                ids,
+                select,
+                all,
+            } => queue_action(config.as_deref(), "retry", &ids, &select, all),
+            QueueAction::Bounce {
+                config,
+                ids,
+                select,
+                all,
+            } => queue_action(config.as_deref(), "bounce", &ids, &select, all),
+            QueueAction::Delete {
+                config,
+                ids,
+                select,
+                all,
+            } => queue_action(config.as_deref(), "delete", &ids, &select, all),
+            QueueAction::Hold {
+                config,
+                ids,
+                select,
+                all,
+            } => queue_action(config.as_deref(), "hold", &ids, &select, all),
+            QueueAction::Release {
+                config,
+                ids,
+                select,
+                all,
+            } => queue_action(config.as_deref(), "release", &ids, &select, all),
         },
         Commands::Audit {
             action: AuditAction::Verify { config, paths },
@@ -559,16 +684,100 @@ fn admin_call(path: Option<&Path>, method: &str, url: &str, pretty: bool) -> any
     Ok(())
 }
 
-fn queue_list(path: Option<&Path>, json: bool) -> anyhow::Result<()> {
-    let body = admin_request(path, "GET", "/queue")?;
+/// `GET /queue` with the selection's conditions.
+fn queue_entries(
+    path: Option<&Path>,
+    select: &Select,
+) -> anyhow::Result<(String, Vec<tlsgate::admin::QueueEntry>)> {
+    let query = select.selection().to_query();
+    let url = if query.is_empty() {
+        "/queue".to_string()
+    } else {
+        format!("/queue?{query}")
+    };
+    let body = admin_request(path, "GET", &url)?;
+    let entries =
+        serde_json::from_str(&body).context("the admin API answered something unexpected")?;
+    Ok((body, entries))
+}
+
+fn queue_list(path: Option<&Path>, json: bool, select: &Select) -> anyhow::Result<()> {
+    let (body, entries) = queue_entries(path, select)?;
     if json {
         println!("{body}");
-        return Ok(());
+    } else {
+        print!("{}", tlsgate::admin::render_queue(&entries));
     }
-    let entries: Vec<tlsgate::admin::QueueEntry> =
-        serde_json::from_str(&body).context("the admin API answered something unexpected")?;
-    print!("{}", tlsgate::admin::render_queue(&entries));
     Ok(())
+}
+
+fn queue_summary(path: Option<&Path>, json: bool, select: &Select) -> anyhow::Result<()> {
+    let (_, entries) = queue_entries(path, select)?;
+    let rows = tlsgate::admin::summarize(&entries);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else {
+        print!("{}", tlsgate::admin::render_summary(&rows));
+    }
+    Ok(())
+}
+
+fn queue_headers(path: Option<&Path>, id: &str) -> anyhow::Result<()> {
+    let body = admin_request(path, "GET", &format!("/queue/{id}/headers"))?;
+    let value: serde_json::Value =
+        serde_json::from_str(&body).context("the admin API answered something unexpected")?;
+    print!("{}", value["headers"].as_str().unwrap_or_default());
+    Ok(())
+}
+
+/// `queue retry|bounce|delete|hold|release`: one id through `/queue/{id}/{action}` (its 404
+/// and 409 as they are), anything else through `/queue/bulk/{action}`, which refuses to act on
+/// everything without --all. Prints how many messages it touched; fails when any could not be.
+fn queue_action(
+    path: Option<&Path>,
+    action: &str,
+    ids: &[String],
+    select: &Select,
+    all: bool,
+) -> anyhow::Result<()> {
+    let mut selection = select.selection();
+    if let [id] = ids {
+        if !selection.has_conditions() && !all {
+            admin_request(path, "POST", &format!("/queue/{id}/{action}"))?;
+            println!("{action}: 1 message ({id})");
+            return Ok(());
+        }
+    }
+    if !ids.is_empty() {
+        selection.ids = Some(ids.join(","));
+    }
+    selection.all = all;
+    let url = format!("/queue/bulk/{action}?{}", selection.to_query());
+    let body = admin_request(path, "POST", &url)?;
+    let result: tlsgate::admin::BulkResult =
+        serde_json::from_str(&body).context("the admin API answered something unexpected")?;
+    println!(
+        "{action}: {} of {} messages ({})",
+        result.done, result.matched, result.selection
+    );
+    let mut problems = Vec::new();
+    if !result.busy.is_empty() {
+        problems.push(format!(
+            "being delivered right now, try again: {}",
+            result.busy.join(", ")
+        ));
+    }
+    if !result.missing.is_empty() {
+        problems.push(format!("not in the queue: {}", result.missing.join(", ")));
+    }
+    if !result.failed.is_empty() {
+        problems.push(format!("failed: {}", result.failed.join("; ")));
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        anyhow::bail!("{action}: {}", problems.join("; "))
+    }
 }
 
 fn audit_verify(path: Option<&Path>, paths: Vec<PathBuf>) -> anyhow::Result<()> {

@@ -26,7 +26,9 @@ use crate::config::Config;
 use crate::dns::Resolver;
 use crate::metrics::Metrics;
 use crate::policy::domain_list::DomainListHandle;
-use crate::queue::message::{unix_now, MessageMeta, QueueId, Recipient, RecipientState};
+use crate::queue::message::{
+    unix_now, MessageMeta, QueueId, Recipient, RecipientState, RecipientStatus,
+};
 use crate::queue::retry;
 use crate::queue::{AsyncStore, Committer, NewMessages, Store, StoreError, StoredMessage};
 use crate::smtp::reply::EnhancedStatus;
@@ -132,7 +134,10 @@ impl DeliveryEngine {
         tracing::info!(messages = backlog.len(), "delivery engine starting");
         let mut timetable = Timetable::default();
         for (id, at) in backlog {
-            timetable.add(id, at);
+            match at {
+                Some(at) => timetable.add(id, at),
+                None => timetable.park(&id),
+            }
         }
         let d = &config.delivery;
         let engine = Arc::new(Engine {
@@ -233,20 +238,34 @@ async fn work_on(
 ) -> Result<(), StoreError> {
     let result = deliver_due(engine, id, bounce).await;
     let next = match &result {
-        Ok(next) => *next,
+        Ok(Due::At(at)) => Some(*at),
+        Ok(Due::Held) => {
+            lock(&engine.timetable).park(id);
+            return Ok(());
+        }
+        Ok(Due::Done) => None,
         Err(_) => Some(unix_now() + STORE_ERROR_RETRY),
     };
     engine.release(id, next);
     result.map(|_| ())
 }
 
-/// Delivers what is due of one message. Returns when it is next due, or `None` when it is
-/// done (and removed).
+/// What is left of a message after its turn.
+enum Due {
+    /// Next due at this Unix second.
+    At(u64),
+    /// Every open recipient is held: not planned until released.
+    Held,
+    /// Done (and removed), or no longer queued.
+    Done,
+}
+
+/// Delivers what is due of one message; says when it is next due.
 async fn deliver_due(
     engine: &Arc<Engine>,
     id: &QueueId,
     bounce: Option<&str>,
-) -> Result<Option<u64>, StoreError> {
+) -> Result<Due, StoreError> {
     let _permit = engine
         .global
         .clone()
@@ -254,7 +273,7 @@ async fn deliver_due(
         .await
         .map_err(|_| StoreError::Closed)?;
     let Some(StoredMessage { meta, states, body }) = engine.store.load(id).await? else {
-        return Ok(None);
+        return Ok(Due::Done);
     };
     let meta = Arc::new(meta);
     let body = Arc::new(body);
@@ -281,6 +300,11 @@ async fn deliver_due(
         };
         if let Some(reason) = bounce {
             fail_here(EnhancedStatus::new(5, 0, 0), reason.to_string());
+            continue;
+        }
+        // Held by the administrator: neither delivered nor expired until released (issue 14,
+        // as Postfix's hold queue).
+        if state.status == RecipientStatus::Held {
             continue;
         }
         if state.next_attempt > now {
@@ -390,7 +414,7 @@ async fn deliver_due(
         // Done: removing the message is the one durable write needed.
         engine.committer.remove(id.clone()).await?;
         tracing::info!(queue_id = %id, "message done, removed from the queue");
-        return Ok(None);
+        return Ok(Due::Done);
     }
     if !results.updates.is_empty() {
         engine
@@ -398,7 +422,10 @@ async fn deliver_due(
             .update_states(id.clone(), results.updates)
             .await?;
     }
-    Ok(schedule::next_attempt(&final_states))
+    if schedule::on_hold(&final_states) {
+        return Ok(Due::Held);
+    }
+    Ok(schedule::next_attempt(&final_states).map_or(Due::Done, Due::At))
 }
 
 /// Records an outcome for the recipient at `index` of `meta`: decides ([`outcome::record`]),
