@@ -574,3 +574,78 @@ async fn queue_tools_list_filter_summarise_show_headers_and_act_in_bulk() {
         "one entry per bulk action: {audit}"
     );
 }
+
+/// The process log of this test binary, captured (plain text, as journald gets it).
+fn captured_log() -> std::sync::Arc<std::sync::Mutex<Vec<u8>>> {
+    use std::sync::{Arc, Mutex, OnceLock};
+    static LOG: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+    LOG.get_or_init(|| {
+        struct Sink(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Sink {
+            fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+                self.0
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .extend_from_slice(data);
+                Ok(data.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buffer = Arc::new(Mutex::new(Vec::new()));
+        let writer = buffer.clone();
+        let _ = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || Sink(writer.clone()))
+            .try_init();
+        buffer
+    })
+    .clone()
+}
+
+/// Issue 14 item 3: the accepted message and each delivered recipient have one log line with
+/// the queue id and the `Message-ID` header (RFC 5322 3.6.4), so that a user's complaint
+/// ("my mail <…> never arrived") can be matched to a queue entry, as with Postfix's
+/// `cleanup: message-id=` line.
+#[tokio::test]
+async fn accepted_and_delivered_log_lines_carry_the_message_id() {
+    let log = captured_log();
+    let s = setup("", "").await;
+    let mx = s.single_mx(Behaviour::default()).await;
+    s.submit_raw(
+        "kari@example.no",
+        "",
+        "ola@partner.test",
+        b"From: <kari@example.no>\r\nMessage-ID: <complaint-42@example.no>\r\nSubject: x\r\n\r\nHi.\r\n",
+    )
+    .await;
+    mx.wait_for_messages(1, WAIT).await;
+    s.wait_queue_empty().await;
+    let text = String::from_utf8_lossy(&log.lock().unwrap()).into_owned();
+    let line = |event: &str| -> String {
+        text.lines()
+            .find(|l| l.contains(event) && l.contains("complaint-42"))
+            .unwrap_or_else(|| panic!("no {event:?} line with the Message-ID:\n{text}"))
+            .to_string()
+    };
+    let queued = line("message queued");
+    let delivered = line(" delivered ");
+    for l in [&queued, &delivered] {
+        assert!(l.contains("message_id=<complaint-42@example.no>"), "{l}");
+        assert!(!l.contains("Some("), "Debug formatting in {l}");
+    }
+    let queue_id = queued
+        .split_whitespace()
+        .find_map(|f| f.strip_prefix("queue_id="))
+        .expect("queue_id on the accepted line");
+    assert!(
+        delivered.contains(&format!("queue_id={queue_id}")),
+        "{delivered}"
+    );
+    assert!(queued.contains("nrcpt=1"), "{queued}");
+    assert!(queued.contains("to=ola@partner.test"), "{queued}");
+    assert!(delivered.contains("to=\"ola@partner.test\""), "{delivered}");
+    assert!(delivered.contains("relay=mx1.partner.test"), "{delivered}");
+    assert!(delivered.contains("tls_level="), "{delivered}");
+}

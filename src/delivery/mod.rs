@@ -275,6 +275,8 @@ async fn deliver_due(
     let Some(StoredMessage { meta, states, body }) = engine.store.load(id).await? else {
         return Ok(Due::Done);
     };
+    // For the log lines only (issue 14 item 3): matching a user's complaint to the queue.
+    let message_id = crate::smtp::headers::message_id(&body).unwrap_or_else(|| "none".into());
     let meta = Arc::new(meta);
     let body = Arc::new(body);
     let config = &engine.config;
@@ -385,6 +387,7 @@ async fn deliver_due(
             continue;
         };
         log_attempt(&meta, &destination, &outcomes, &log);
+        log_delivered(&meta, &message_id, &outcomes, &log);
         for (i, outcome) in outcomes {
             if let (Some(state), Some(recipient)) = (states.get(i), meta.recipients.get(i)) {
                 note(
@@ -459,6 +462,48 @@ fn note(
     results.add(index, state, report);
 }
 
+/// One line per delivered recipient (issue 14 item 3, Postfix's `status=sent` line): queue
+/// id, Message-ID, recipient, relay host, TLS version and cipher, the policy level and its
+/// source, and the next hop's reply.
+fn log_delivered(
+    meta: &MessageMeta,
+    message_id: &str,
+    outcomes: &[(usize, Outcome)],
+    log: &[HostLog],
+) {
+    for (i, outcome) in outcomes {
+        let Outcome::Delivered {
+            host,
+            reply,
+            tls_version,
+            level,
+            source,
+            ..
+        } = outcome
+        else {
+            continue;
+        };
+        let cipher = log
+            .iter()
+            .rev()
+            .find(|entry| &entry.host == host)
+            .and_then(|entry| entry.tls.as_ref())
+            .map_or("none", |tls| tls.cipher.as_str());
+        tracing::info!(
+            queue_id = %meta.id,
+            message_id = %message_id,
+            to = meta.recipients.get(*i).map(|r| r.address.as_str()).unwrap_or(""),
+            relay = %host,
+            tls_version = tls_version.as_deref().unwrap_or("none"),
+            tls_cipher = cipher,
+            tls_level = level.as_str(),
+            policy_source = source.label(),
+            reply = %reply,
+            "delivered"
+        );
+    }
+}
+
 fn log_attempt(
     meta: &MessageMeta,
     destination: &Destination,
@@ -481,11 +526,19 @@ fn log_attempt(
     }
     if log.is_empty() {
         for (i, outcome) in outcomes {
+            let (result, reason) = match outcome {
+                Outcome::Delivered { reply, .. } => ("delivered", reply.clone()),
+                Outcome::Deferred { status, reason, .. } => {
+                    ("deferred", format!("{status} {reason}"))
+                }
+                Outcome::Failed { status, reason, .. } => ("failed", format!("{status} {reason}")),
+            };
             tracing::info!(
                 queue_id = %meta.id,
                 destination = %destination,
                 to = meta.recipients.get(*i).map(|r| r.address.as_str()).unwrap_or(""),
-                outcome = ?outcome,
+                result,
+                reason = %reason,
                 "delivery not attempted"
             );
         }
