@@ -8,7 +8,13 @@ use std::time::Duration;
 use tlsgate::config::{Config, LogFormat};
 
 #[derive(Parser)]
-#[command(name = "tlsgate", version, about = "SMTP relay enforcing tvungen TLS")]
+#[command(
+    name = "tlsgate",
+    version,
+    about = "SMTP relay enforcing tvungen TLS",
+    after_help = "Every command reads /etc/tlsgate/tlsgate.toml unless --config FILE or the \
+                  environment variable TLSGATE_CONFIG names another file."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Commands,
@@ -16,9 +22,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Commands {
-    /// Run the relay (the embedded development default when no --config is given).
+    /// Run the relay (the embedded development default when no --config is given and
+    /// /etc/tlsgate/tlsgate.toml does not exist).
     Serve {
-        #[arg(long, short)]
+        #[arg(long, short, env = "TLSGATE_CONFIG", help = CONFIG_HELP)]
         config: Option<PathBuf>,
         /// How long sessions may take to finish after SIGTERM.
         #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
@@ -26,8 +33,17 @@ enum Commands {
     },
     /// Validate a configuration file and print what it would do.
     CheckConfig {
-        #[arg(long, short)]
+        #[arg(long, short, env = "TLSGATE_CONFIG", help = CONFIG_HELP)]
         config: Option<PathBuf>,
+    },
+    /// Print the effective configuration as TOML: only what differs from the defaults (like
+    /// `postconf -n`), or every setting with --defaults (like `postconf`). Never a secret.
+    ShowConfig {
+        #[arg(long, short, env = "TLSGATE_CONFIG", help = CONFIG_HELP)]
+        config: Option<PathBuf>,
+        /// Every setting, defaults filled in.
+        #[arg(long)]
+        defaults: bool,
     },
     /// The tvungen TLS domain list: show it, or check every listed domain (T7).
     Domains {
@@ -37,7 +53,7 @@ enum Commands {
     /// Resolve MX, connect, STARTTLS and validate one domain as delivery would, and print the
     /// policy it resolves to (like posttls-finger).
     Probe {
-        #[arg(long, short)]
+        #[arg(long, short, env = "TLSGATE_CONFIG", help = CONFIG_HELP)]
         config: Option<PathBuf>,
         domain: String,
         #[arg(long)]
@@ -84,38 +100,135 @@ enum Commands {
     },
 }
 
+/// Which messages a queue command is about (issue 14 item 2); every condition given must hold.
+#[derive(clap::Args, Clone, Default)]
+struct Select {
+    /// Only messages from this envelope sender (`<>`: the null sender).
+    #[arg(long)]
+    from: Option<String>,
+    /// Only messages to this recipient.
+    #[arg(long)]
+    to: Option<String>,
+    /// Only messages with a recipient in this domain.
+    #[arg(long)]
+    domain: Option<String>,
+    /// Only messages at least this old (e.g. 30m, 2h, 5d).
+    #[arg(long, value_parser = parse_age)]
+    older_than: Option<String>,
+    /// Only messages with a recipient in this state.
+    #[arg(long, value_parser = tlsgate::admin::STATUSES)]
+    status: Option<String>,
+}
+
+/// Checks a duration on the command line, and passes it on as written.
+fn parse_age(text: &str) -> Result<String, String> {
+    humantime::parse_duration(text)
+        .map(|_| text.to_string())
+        .map_err(|e| e.to_string())
+}
+
+impl Select {
+    fn selection(&self) -> tlsgate::admin::Selection {
+        tlsgate::admin::Selection {
+            from: self.from.clone(),
+            to: self.to.clone(),
+            domain: self.domain.clone(),
+            older_than: self.older_than.clone(),
+            status: self.status.clone(),
+            ..Default::default()
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum QueueAction {
-    /// One line per message (id, age, size, sender), then its recipients with state.
+    /// Like mailq: a header row, one line per message (id, arrival time in UTC, size, sender)
+    /// with its recipients below (state, attempts, next attempt, last reply), and a summary.
     List {
-        #[arg(long, short)]
+        #[arg(long, short, env = "TLSGATE_CONFIG", help = CONFIG_HELP)]
         config: Option<PathBuf>,
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        select: Select,
+    },
+    /// Like qshape: messages per destination domain and age bucket (minutes).
+    Summary {
+        #[arg(long, short, env = "TLSGATE_CONFIG", help = CONFIG_HELP)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        select: Select,
     },
     /// One message in detail (never its body).
     Show {
-        #[arg(long, short)]
+        #[arg(long, short, env = "TLSGATE_CONFIG", help = CONFIG_HELP)]
         config: Option<PathBuf>,
         id: String,
+        /// Print the stored header section instead, like `postcat -hq` (audited).
+        #[arg(long)]
+        headers: bool,
     },
     /// Make every undelivered recipient due now.
     Retry {
-        #[arg(long, short)]
+        #[arg(long, short, env = "TLSGATE_CONFIG", help = CONFIG_HELP)]
         config: Option<PathBuf>,
-        id: String,
+        /// Queue ids; without them, the messages the conditions pick (or --all).
+        ids: Vec<String>,
+        #[command(flatten)]
+        select: Select,
+        /// Every message in the queue (required when neither ids nor a condition is given).
+        #[arg(long)]
+        all: bool,
     },
     /// Fail every undelivered recipient now and send the sender a failure DSN.
     Bounce {
-        #[arg(long, short)]
+        #[arg(long, short, env = "TLSGATE_CONFIG", help = CONFIG_HELP)]
         config: Option<PathBuf>,
-        id: String,
+        /// Queue ids; without them, the messages the conditions pick (or --all).
+        ids: Vec<String>,
+        #[command(flatten)]
+        select: Select,
+        /// Every message in the queue (required when neither ids nor a condition is given).
+        #[arg(long)]
+        all: bool,
     },
     /// Remove the message without telling anyone.
     Delete {
-        #[arg(long, short)]
+        #[arg(long, short, env = "TLSGATE_CONFIG", help = CONFIG_HELP)]
         config: Option<PathBuf>,
-        id: String,
+        /// Queue ids; without them, the messages the conditions pick (or --all).
+        ids: Vec<String>,
+        #[command(flatten)]
+        select: Select,
+        /// Every message in the queue (required when neither ids nor a condition is given).
+        #[arg(long)]
+        all: bool,
+    },
+    /// Keep the message from delivery (and expiry) until released, like postsuper -h.
+    Hold {
+        #[arg(long, short, env = "TLSGATE_CONFIG", help = CONFIG_HELP)]
+        config: Option<PathBuf>,
+        /// Queue ids; without them, the messages the conditions pick (or --all).
+        ids: Vec<String>,
+        #[command(flatten)]
+        select: Select,
+        /// Every message in the queue (required when neither ids nor a condition is given).
+        #[arg(long)]
+        all: bool,
+    },
+    /// Release held messages: due now, like postsuper -H.
+    Release {
+        #[arg(long, short, env = "TLSGATE_CONFIG", help = CONFIG_HELP)]
+        config: Option<PathBuf>,
+        /// Queue ids; without them, the messages the conditions pick (or --all).
+        ids: Vec<String>,
+        #[command(flatten)]
+        select: Select,
+        /// Every message in the queue (required when neither ids nor a condition is given).
+        #[arg(long)]
+        all: bool,
     },
 }
 
@@ -143,7 +256,7 @@ enum TlsReportAction {
 enum AuditAction {
     /// Check numbering and hash chain; exits non-zero at the first gap or broken link.
     Verify {
-        #[arg(long, short)]
+        #[arg(long, short, env = "TLSGATE_CONFIG", help = CONFIG_HELP)]
         config: Option<PathBuf>,
         /// Files or directories (default: audit.dir of the configuration).
         paths: Vec<PathBuf>,
@@ -154,12 +267,12 @@ enum AuditAction {
 enum DomainsAction {
     /// Ask the running server to reload the domain list now (like SIGHUP).
     Reload {
-        #[arg(long, short)]
+        #[arg(long, short, env = "TLSGATE_CONFIG", help = CONFIG_HELP)]
         config: Option<PathBuf>,
     },
     /// Print the list in force (domain, company, organisation number, date joined).
     List {
-        #[arg(long, short)]
+        #[arg(long, short, env = "TLSGATE_CONFIG", help = CONFIG_HELP)]
         config: Option<PathBuf>,
         #[arg(long)]
         json: bool,
@@ -167,7 +280,7 @@ enum DomainsAction {
     /// T7 compliance check: every listed domain (or the --domain ones) checked exactly as
     /// delivery would; exits non-zero if any would fail.
     Check {
-        #[arg(long, short)]
+        #[arg(long, short, env = "TLSGATE_CONFIG", help = CONFIG_HELP)]
         config: Option<PathBuf>,
         #[arg(long)]
         json: bool,
@@ -183,12 +296,62 @@ enum DomainsAction {
     },
 }
 
+/// Where every command looks for its configuration when neither `--config` nor
+/// `TLSGATE_CONFIG` names one (issue 14 item 1; Postfix's `/etc/postfix/main.cf`).
+const DEFAULT_CONFIG: &str = "/etc/tlsgate/tlsgate.toml";
+
+/// The `--config` help text, the same for every command.
+const CONFIG_HELP: &str =
+    "Configuration file [default: /etc/tlsgate/tlsgate.toml; `serve` without that file runs the embedded development default]";
+
+/// Test seam only, never documented for operators: moves the *default* location, so that the
+/// tests of "no --config given" never read a real /etc/tlsgate on the machine running them.
+const DEFAULT_CONFIG_OVERRIDE_ENV: &str = "TLSGATE_DEFAULT_CONFIG_PATH";
+
+/// The configuration file a command reads: `--config`/`TLSGATE_CONFIG` when given (clap fills
+/// `path` from either; commands without the clap attribute still honour the variable here),
+/// else the default location.
+fn config_path(path: Option<&Path>) -> (PathBuf, bool) {
+    if let Some(path) = path {
+        return (path.to_path_buf(), true);
+    }
+    if let Some(path) = std::env::var_os("TLSGATE_CONFIG").filter(|p| !p.is_empty()) {
+        return (PathBuf::from(path), true);
+    }
+    let default = std::env::var_os(DEFAULT_CONFIG_OVERRIDE_ENV)
+        .filter(|p| !p.is_empty())
+        .map_or_else(|| PathBuf::from(DEFAULT_CONFIG), PathBuf::from);
+    (default, false)
+}
+
+/// Loads the configuration every command but `serve` uses: the named file, else the default
+/// location. A missing default file is an error that says where it looked, never a silent
+/// fall-back to the development default (issue 14 item 1).
 fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
-    let config = match path {
-        Some(path) => Config::load(path)?,
-        None => Config::dev_default()?,
-    };
-    Ok(config)
+    let (path, explicit) = config_path(path);
+    if !explicit && !path.exists() {
+        anyhow::bail!(
+            "no configuration at {} (name one with --config FILE or TLSGATE_CONFIG)",
+            path.display()
+        );
+    }
+    Ok(Config::load(&path)?)
+}
+
+/// `serve`'s configuration: as [`load_config`], except that without `--config` and without a
+/// file at the default location it runs the embedded development default, and says so (the
+/// README's quick start on a fresh machine). Returns the warning to log once logging is up.
+fn load_serve_config(path: Option<&Path>) -> anyhow::Result<(Config, Option<String>)> {
+    let (path, explicit) = config_path(path);
+    if !explicit && !path.exists() {
+        let warning = format!(
+            "no configuration at {}: running the embedded development default (loopback \
+             listeners, data in ./data); write that file or pass --config for production",
+            path.display()
+        );
+        return Ok((Config::dev_default()?, Some(warning)));
+    }
+    Ok((Config::load(&path)?, None))
 }
 
 fn init_logging(config: &Config) {
@@ -211,6 +374,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Commands::Serve { config, grace } => serve(config.as_deref(), grace),
         Commands::CheckConfig { config } => check_config(config.as_deref()),
+        Commands::ShowConfig { config, defaults } => load_config(config.as_deref())
+            .map(|config| print!("{}", tlsgate::config::show(&config, defaults))),
         Commands::GenCert { hosts, out } => gen_cert(&hosts, &out),
         Commands::Man { out } => write_man_pages(&out),
         Commands::Completions { shell } => completions(shell),
@@ -231,28 +396,56 @@ fn main() -> ExitCode {
             action: DomainsAction::Reload { config },
         } => admin_call(config.as_deref(), "POST", "/domains/reload", false),
         Commands::Queue { action } => match action {
-            QueueAction::List { config, json } => queue_list(config.as_deref(), json),
-            QueueAction::Show { config, id } => {
-                admin_call(config.as_deref(), "GET", &format!("/queue/{id}"), true)
-            }
-            QueueAction::Retry { config, id } => admin_call(
-                config.as_deref(),
-                "POST",
-                &format!("/queue/{id}/retry"),
-                false,
-            ),
-            QueueAction::Bounce { config, id } => admin_call(
-                config.as_deref(),
-                "POST",
-                &format!("/queue/{id}/bounce"),
-                false,
-            ),
-            QueueAction::Delete { config, id } => admin_call(
-                config.as_deref(),
-                "POST",
-                &format!("/queue/{id}/delete"),
-                false,
-            ),
+            QueueAction::List {
+                config,
+                json,
+                select,
+            } => queue_list(config.as_deref(), json, &select),
+            QueueAction::Summary {
+                config,
+                json,
+                select,
+            } => queue_summary(config.as_deref(), json, &select),
+            QueueAction::Show {
+                config,
+                id,
+                headers: false,
+            } => admin_call(config.as_deref(), "GET", &format!("/queue/{id}"), true),
+            QueueAction::Show {
+                config,
+                id,
+                headers: true,
+            } => queue_headers(config.as_deref(), &id),
+            QueueAction::Retry {
+                config,
+                ids,
+                select,
+                all,
+            } => queue_action(config.as_deref(), "retry", &ids, &select, all),
+            QueueAction::Bounce {
+                config,
+                ids,
+                select,
+                all,
+            } => queue_action(config.as_deref(), "bounce", &ids, &select, all),
+            QueueAction::Delete {
+                config,
+                ids,
+                select,
+                all,
+            } => queue_action(config.as_deref(), "delete", &ids, &select, all),
+            QueueAction::Hold {
+                config,
+                ids,
+                select,
+                all,
+            } => queue_action(config.as_deref(), "hold", &ids, &select, all),
+            QueueAction::Release {
+                config,
+                ids,
+                select,
+                all,
+            } => queue_action(config.as_deref(), "release", &ids, &select, all),
         },
         Commands::TlsReport {
             action: TlsReportAction::Show { config, json },
@@ -286,8 +479,11 @@ fn main() -> ExitCode {
 }
 
 fn serve(path: Option<&Path>, grace: Duration) -> anyhow::Result<()> {
-    let config = load_config(path)?;
+    let (config, warning) = load_serve_config(path)?;
     init_logging(&config);
+    if let Some(warning) = warning {
+        tracing::warn!("{warning}");
+    }
     tracing::info!(config = %config.source, hostname = %config.server.hostname, "starting tlsgate");
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {
@@ -299,7 +495,10 @@ fn serve(path: Option<&Path>, grace: Duration) -> anyhow::Result<()> {
         tlsgate::ops::service::notify_ready("accepting mail");
         signals.wait(&server).await;
         tlsgate::ops::service::notify_stopping();
-        tracing::info!(grace = %humantime::format_duration(grace), "stop signal received, shutting down");
+        tracing::info!(
+            grace = %humantime::format_duration(grace),
+            "stop signal received, shutting down"
+        );
         server.shutdown(grace).await;
         Ok(())
     })
@@ -341,7 +540,13 @@ impl StopSignals {
 
 fn check_config(path: Option<&Path>) -> anyhow::Result<()> {
     let config = load_config(path)?;
-    // Every file and directory a key names, checked by the very code `serve` starts with.
+    // Every file and directory a key names, checked by the very code `serve` starts with;
+    // every problem listed, not only the first (issue 14 item 1).
+    let problems = tlsgate::startup::every_problem(&config);
+    if problems.len() > 1 {
+        let lines: Vec<String> = problems.iter().map(|p| format!("{p:#}")).collect();
+        anyhow::bail!("{} problems:\n{}", problems.len(), lines.join("\n"));
+    }
     let files = tlsgate::startup::ConfigFiles::load(&config)?;
     let list = &files.domain_list;
     if list.path().is_some() {
@@ -574,15 +779,30 @@ fn admin_call(path: Option<&Path>, method: &str, url: &str, pretty: bool) -> any
     Ok(())
 }
 
-fn queue_list(path: Option<&Path>, json: bool) -> anyhow::Result<()> {
-    let body = admin_request(path, "GET", "/queue")?;
+/// `GET /queue` with the selection's conditions.
+fn queue_entries(
+    path: Option<&Path>,
+    select: &Select,
+) -> anyhow::Result<(String, Vec<tlsgate::admin::QueueEntry>)> {
+    let query = select.selection().to_query();
+    let url = if query.is_empty() {
+        "/queue".to_string()
+    } else {
+        format!("/queue?{query}")
+    };
+    let body = admin_request(path, "GET", &url)?;
+    let entries =
+        serde_json::from_str(&body).context("the admin API answered something unexpected")?;
+    Ok((body, entries))
+}
+
+fn queue_list(path: Option<&Path>, json: bool, select: &Select) -> anyhow::Result<()> {
+    let (body, entries) = queue_entries(path, select)?;
     if json {
         println!("{body}");
-        return Ok(());
+    } else {
+        print!("{}", tlsgate::admin::render_queue(&entries));
     }
-    let entries: Vec<tlsgate::admin::QueueEntry> =
-        serde_json::from_str(&body).context("the admin API answered something unexpected")?;
-    print!("{}", tlsgate::admin::render_queue(&entries));
     Ok(())
 }
 
@@ -627,6 +847,75 @@ fn tls_report_send(path: Option<&Path>, include_today: bool) -> anyhow::Result<(
         anyhow::bail!("some reports were not sent (they are tried again at the next daily run)");
     }
     Ok(())
+}
+
+fn queue_summary(path: Option<&Path>, json: bool, select: &Select) -> anyhow::Result<()> {
+    let (_, entries) = queue_entries(path, select)?;
+    let rows = tlsgate::admin::summarize(&entries);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else {
+        print!("{}", tlsgate::admin::render_summary(&rows));
+    }
+    Ok(())
+}
+
+fn queue_headers(path: Option<&Path>, id: &str) -> anyhow::Result<()> {
+    let body = admin_request(path, "GET", &format!("/queue/{id}/headers"))?;
+    let value: serde_json::Value =
+        serde_json::from_str(&body).context("the admin API answered something unexpected")?;
+    print!("{}", value["headers"].as_str().unwrap_or_default());
+    Ok(())
+}
+
+/// `queue retry|bounce|delete|hold|release`: one id through `/queue/{id}/{action}` (its 404
+/// and 409 as they are), anything else through `/queue/bulk/{action}`, which refuses to act on
+/// everything without --all. Prints how many messages it touched; fails when any could not be.
+fn queue_action(
+    path: Option<&Path>,
+    action: &str,
+    ids: &[String],
+    select: &Select,
+    all: bool,
+) -> anyhow::Result<()> {
+    let mut selection = select.selection();
+    if let [id] = ids {
+        if !selection.has_conditions() && !all {
+            admin_request(path, "POST", &format!("/queue/{id}/{action}"))?;
+            println!("{action}: 1 message ({id})");
+            return Ok(());
+        }
+    }
+    if !ids.is_empty() {
+        selection.ids = Some(ids.join(","));
+    }
+    selection.all = all;
+    let url = format!("/queue/bulk/{action}?{}", selection.to_query());
+    let body = admin_request(path, "POST", &url)?;
+    let result: tlsgate::admin::BulkResult =
+        serde_json::from_str(&body).context("the admin API answered something unexpected")?;
+    println!(
+        "{action}: {} of {} messages ({})",
+        result.done, result.matched, result.selection
+    );
+    let mut problems = Vec::new();
+    if !result.busy.is_empty() {
+        problems.push(format!(
+            "being delivered right now, try again: {}",
+            result.busy.join(", ")
+        ));
+    }
+    if !result.missing.is_empty() {
+        problems.push(format!("not in the queue: {}", result.missing.join(", ")));
+    }
+    if !result.failed.is_empty() {
+        problems.push(format!("failed: {}", result.failed.join("; ")));
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        anyhow::bail!("{action}: {}", problems.join("; "))
+    }
 }
 
 fn audit_verify(path: Option<&Path>, paths: Vec<PathBuf>) -> anyhow::Result<()> {

@@ -283,7 +283,7 @@ pub async fn start_with_reports(
     let accept_loops = TaskTracker::new();
     let mut listeners = Vec::new();
     for (listener_config, local, socket) in bound {
-        tracing::info!(bind = %local, role = %listener_config.role, "listening");
+        tracing::info!(bind = %local, role = %listener_config.role, "SMTP listening");
         listeners.push((listener_config.role, local));
         accept_loops.spawn(inbound::accept_loop(
             socket,
@@ -300,6 +300,9 @@ pub async fn start_with_reports(
     let metrics_addr = match metrics_listener {
         Some(listener) => {
             let addr = listener.local_addr().ok();
+            if let Some(addr) = addr {
+                tracing::info!(bind = %addr, "metrics listening");
+            }
             tokio::spawn(crate::metrics::serve(
                 listener,
                 metrics.clone(),
@@ -325,9 +328,18 @@ pub async fn start_with_reports(
         )
         .with_tls_reporting(tls_reporting.clone());
         for listener in admin_listeners {
+            // Every listening address is in the log at start (issue 14 item 3).
             match &listener {
-                AdminListener::Socket(_, path) => admin_socket = Some(path.clone()),
-                AdminListener::Tcp(l) => admin_addr = l.local_addr().ok(),
+                AdminListener::Socket(_, path) => {
+                    tracing::info!(socket = %path.display(), "admin API listening");
+                    admin_socket = Some(path.clone());
+                }
+                AdminListener::Tcp(l) => {
+                    admin_addr = l.local_addr().ok();
+                    if let Some(addr) = admin_addr {
+                        tracing::info!(bind = %addr, "admin API listening (token required)");
+                    }
+                }
             }
             tokio::spawn(crate::admin::serve(
                 listener,

@@ -126,6 +126,39 @@ impl ConfigFiles {
     }
 }
 
+/// Every problem [`ConfigFiles::load`] would find, not only the first (issue 14 item 1:
+/// `check-config` lists them all); each check runs on its own, in the same order.
+pub fn every_problem(config: &Config) -> Vec<StartError> {
+    let mut problems = Vec::new();
+    let mut note = |result: Result<(), StartError>| {
+        if let Err(e) = result {
+            problems.push(e);
+        }
+    };
+    let data_dir = &config.server.data_dir;
+    let data_dir_ok = check_directory(config, "server.data_dir", data_dir);
+    // A directory inside an unusable data_dir fails for the same reason: said once.
+    let data_dir_failed = data_dir_ok.is_err();
+    let inside_data_dir = |dir: &Path| data_dir_failed && dir.starts_with(data_dir);
+    note(data_dir_ok);
+    note(server_tls(config).map(drop));
+    note(client_tls(config).map(drop));
+    note(dkim_signers(config).map(drop));
+    note(domain_list(config).map(drop));
+    note(admin_access(config).map(drop));
+    if let Some(socket) = config.admin.as_ref().and_then(|a| a.socket.as_deref()) {
+        if let Some(parent) = socket.parent().filter(|p| !p.as_os_str().is_empty()) {
+            if !inside_data_dir(parent) {
+                note(check_directory(config, "admin.socket", parent));
+            }
+        }
+    }
+    if !inside_data_dir(&config.audit.dir) {
+        note(check_directory(config, "audit.dir", &config.audit.dir));
+    }
+    problems
+}
+
 /// The STARTTLS server configuration from `tls.cert` and `tls.key` (`None`: not configured).
 pub fn server_tls(config: &Config) -> Result<Option<Arc<rustls::ServerConfig>>, StartError> {
     let Some((cert, key)) = &config.tls.cert_and_key else {

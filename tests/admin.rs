@@ -380,3 +380,272 @@ async fn a_member_of_the_socket_group_is_allowed_and_audited() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Waits until every message in the queue has a deferred recipient (its first attempt done).
+async fn wait_all_deferred(config: &tlsgate::config::Config, count: usize) -> Vec<QueueEntry> {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let entries = list(config).await;
+        if entries.len() == count
+            && entries
+                .iter()
+                .all(|e| e.recipients.iter().all(|r| r.status == "deferred"))
+        {
+            return entries;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{entries:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Issue 14 item 2: `queue hold` keeps a message from delivery (Postfix's `postsuper -h`),
+/// even when retried and across a restart (the hold is in the stored recipient states);
+/// `queue release` makes it due at once and it is delivered.
+#[tokio::test]
+async fn a_held_message_is_not_delivered_until_released() {
+    let mut s = setup("retry_schedule = [\"1h\"]", "").await;
+    let mx = s.single_mx(always("450 4.2.1 mailbox busy")).await;
+    let id = s
+        .submit("kari@example.no", &["ola@partner.test"], "held")
+        .await;
+    let config = s.relay.config.clone();
+    wait_all_deferred(&config, 1).await;
+    let cli = cli_config(&s);
+
+    let (ok, stdout, stderr) = tlsgate(&cli, &["queue", "hold", &id]).await;
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("hold: 1 message"), "{stdout}");
+    // The MX accepts now, and a retry asks for delivery: a held message still stays put.
+    mx.set_behaviour(Behaviour::default());
+    let (ok, _, stderr) = tlsgate(&cli, &["queue", "retry", &id]).await;
+    assert!(ok, "{stderr}");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(mx.messages().is_empty(), "a held message was delivered");
+    let (ok, stdout, stderr) = tlsgate(&cli, &["queue", "list", "--status", "held"]).await;
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains(&id) && stdout.contains("(held, 1 attempts)"),
+        "{stdout}"
+    );
+
+    // Durable: after a restart it is still held and still not delivered.
+    s.restart().await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(mx.messages().is_empty(), "delivered after a restart");
+    let entries = list(&config).await;
+    assert_eq!(entries[0].recipients[0].status, "held", "{entries:?}");
+
+    let (ok, stdout, stderr) = tlsgate(&cli, &["queue", "release", &id]).await;
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("release: 1 message"), "{stdout}");
+    mx.wait_for_messages(1, WAIT).await;
+    s.wait_queue_empty().await;
+    let audit = audit_text(&s);
+    for action in ["queue hold", "queue release"] {
+        assert!(audit.contains(action), "{action} audited: {audit}");
+    }
+}
+
+/// Issue 14 item 2: `queue list` with a header row, UTC times, the enhanced status code of
+/// the last reply, filters and a summary line; `queue summary` (qshape); `queue show
+/// --headers` (postcat -hq, audited); bulk `delete` by `--domain` and with `--all`, and no
+/// bulk action without a condition or `--all`; each bulk action audited once with its filter.
+#[tokio::test]
+async fn queue_tools_list_filter_summarise_show_headers_and_act_in_bulk() {
+    let s = setup("retry_schedule = [\"1h\"]", "").await;
+    let _mx = s.single_mx(always("450 4.2.1 mailbox busy")).await;
+    s.dns.add_mx("other.test", 10, "mx1.partner.test");
+    let a = s
+        .submit("kari@example.no", &["ola@partner.test"], "one")
+        .await;
+    let b = s
+        .submit("per@example.no", &["kim@partner.test"], "two")
+        .await;
+    let c = s
+        .submit("kari@example.no", &["eva@other.test"], "three")
+        .await;
+    let config = s.relay.config.clone();
+    wait_all_deferred(&config, 3).await;
+    let cli = cli_config(&s);
+
+    let (ok, stdout, stderr) = tlsgate(&cli, &["queue", "list"]).await;
+    assert!(ok, "{stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert!(
+        lines[0].starts_with("QUEUE ID") && lines[0].contains("ARRIVED (UTC)"),
+        "{stdout}"
+    );
+    // Absolute times, RFC 3339 UTC, on every message line.
+    let today = tlsgate::datetime::format_rfc3339(std::time::SystemTime::now());
+    let message_line = lines.iter().find(|l| l.starts_with(&a)).expect("a listed");
+    assert!(message_line.contains(&today[..11]), "{message_line}");
+    assert!(message_line.contains('Z'), "{message_line}");
+    assert!(
+        stdout.contains("[4.2.1] 450 4.2.1 mailbox busy"),
+        "{stdout}"
+    );
+    assert!(
+        stdout
+            .trim_end()
+            .ends_with("-- 3 messages, 3 recipients, 1 KiB"),
+        "{stdout}"
+    );
+
+    let (ok, stdout, _) = tlsgate(&cli, &["queue", "list", "--domain", "partner.test"]).await;
+    assert!(ok);
+    assert!(
+        stdout.contains(&a) && stdout.contains(&b) && !stdout.contains(&c),
+        "{stdout}"
+    );
+    let (ok, stdout, _) = tlsgate(&cli, &["queue", "list", "--from", "per@example.no"]).await;
+    assert!(
+        ok && stdout.contains(&b) && !stdout.contains(&a),
+        "{stdout}"
+    );
+    let (ok, stdout, _) = tlsgate(&cli, &["queue", "list", "--to", "eva@other.test"]).await;
+    assert!(
+        ok && stdout.contains(&c) && !stdout.contains(&b),
+        "{stdout}"
+    );
+    let (ok, stdout, _) = tlsgate(&cli, &["queue", "list", "--older-than", "1h"]).await;
+    assert!(ok && stdout.contains("Mail queue is empty"), "{stdout}");
+    let (ok, stdout, _) = tlsgate(&cli, &["queue", "list", "--status", "deferred", "--json"]).await;
+    assert!(ok);
+    let json: Vec<QueueEntry> = serde_json::from_str(&stdout).expect("JSON listing");
+    assert_eq!(json.len(), 3);
+    assert!(json[0].received_at.ends_with('Z'), "{json:?}");
+    assert_eq!(json[0].recipients[0].last_status.as_deref(), Some("4.2.1"));
+
+    // qshape: all three are younger than five minutes.
+    let (ok, stdout, stderr) = tlsgate(&cli, &["queue", "summary"]).await;
+    assert!(ok, "{stderr}");
+    let row = |name: &str| -> Vec<String> {
+        let line = stdout
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(name))
+            .unwrap_or_else(|| panic!("no {name} row: {stdout}"));
+        line.split_whitespace()
+            .skip(1)
+            .map(str::to_string)
+            .collect()
+    };
+    assert_eq!(row("TOTAL")[..2], ["3", "3"], "{stdout}");
+    assert_eq!(row("partner.test")[..2], ["2", "2"], "{stdout}");
+    assert_eq!(row("other.test")[..2], ["1", "1"], "{stdout}");
+
+    // postcat -hq: the stored header section, our Received: first; audited.
+    let (ok, stdout, stderr) = tlsgate(&cli, &["queue", "show", &c, "--headers"]).await;
+    assert!(ok, "{stderr}");
+    assert!(stdout.starts_with("Received: "), "{stdout}");
+    assert!(stdout.contains("Subject: three\r\n"), "{stdout}");
+    assert!(
+        !stdout.contains("Hello."),
+        "the body is not shown: {stdout}"
+    );
+
+    // No bulk action on everything by accident.
+    let (ok, _, stderr) = tlsgate(&cli, &["queue", "delete"]).await;
+    assert!(!ok && stderr.contains("without --all"), "{stderr}");
+    assert_eq!(list(&config).await.len(), 3);
+
+    let (ok, stdout, stderr) =
+        tlsgate(&cli, &["queue", "delete", "--domain", "partner.test"]).await;
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("delete: 2 of 2 messages"), "{stdout}");
+    let left = list(&config).await;
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].id, c);
+    let (ok, stdout, stderr) = tlsgate(&cli, &["queue", "delete", "--all"]).await;
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("delete: 1 of 1 messages (all)"), "{stdout}");
+    s.wait_queue_empty().await;
+
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let audit = audit_text(&s);
+    assert!(
+        audit.contains("domain=partner.test (2 of 2 messages)"),
+        "{audit}"
+    );
+    assert!(audit.contains("all (1 of 1 messages)"), "{audit}");
+    assert!(audit.contains("queue show --headers"), "{audit}");
+    assert_eq!(
+        audit.matches("\"action\":\"queue delete\"").count(),
+        2,
+        "one entry per bulk action: {audit}"
+    );
+}
+
+/// The process log of this test binary, captured (plain text, as journald gets it).
+fn captured_log() -> std::sync::Arc<std::sync::Mutex<Vec<u8>>> {
+    use std::sync::{Arc, Mutex, OnceLock};
+    static LOG: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+    LOG.get_or_init(|| {
+        struct Sink(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Sink {
+            fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+                self.0
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .extend_from_slice(data);
+                Ok(data.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buffer = Arc::new(Mutex::new(Vec::new()));
+        let writer = buffer.clone();
+        let _ = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || Sink(writer.clone()))
+            .try_init();
+        buffer
+    })
+    .clone()
+}
+
+/// Issue 14 item 3: the accepted message and each delivered recipient have one log line with
+/// the queue id and the `Message-ID` header (RFC 5322 3.6.4), so that a user's complaint
+/// ("my mail <…> never arrived") can be matched to a queue entry, as with Postfix's
+/// `cleanup: message-id=` line.
+#[tokio::test]
+async fn accepted_and_delivered_log_lines_carry_the_message_id() {
+    let log = captured_log();
+    let s = setup("", "").await;
+    let mx = s.single_mx(Behaviour::default()).await;
+    s.submit_raw(
+        "kari@example.no",
+        "",
+        "ola@partner.test",
+        b"From: <kari@example.no>\r\nMessage-ID: <complaint-42@example.no>\r\nSubject: x\r\n\r\nHi.\r\n",
+    )
+    .await;
+    mx.wait_for_messages(1, WAIT).await;
+    s.wait_queue_empty().await;
+    let text = String::from_utf8_lossy(&log.lock().unwrap()).into_owned();
+    let line = |event: &str| -> String {
+        text.lines()
+            .find(|l| l.contains(event) && l.contains("complaint-42"))
+            .unwrap_or_else(|| panic!("no {event:?} line with the Message-ID:\n{text}"))
+            .to_string()
+    };
+    let queued = line("message queued");
+    let delivered = line(" delivered ");
+    for l in [&queued, &delivered] {
+        assert!(l.contains("message_id=<complaint-42@example.no>"), "{l}");
+        assert!(!l.contains("Some("), "Debug formatting in {l}");
+    }
+    let queue_id = queued
+        .split_whitespace()
+        .find_map(|f| f.strip_prefix("queue_id="))
+        .expect("queue_id on the accepted line");
+    assert!(
+        delivered.contains(&format!("queue_id={queue_id}")),
+        "{delivered}"
+    );
+    assert!(queued.contains("nrcpt=1"), "{queued}");
+    assert!(queued.contains("to=ola@partner.test"), "{queued}");
+    assert!(delivered.contains("to=\"ola@partner.test\""), "{delivered}");
+    assert!(delivered.contains("relay=mx1.partner.test"), "{delivered}");
+    assert!(delivered.contains("tls_level="), "{delivered}");
+}

@@ -70,6 +70,13 @@ impl Outputs {
             .args(args)
             .current_dir(cwd)
             .env_remove("RUST_LOG")
+            // Never the real /etc/tlsgate of the machine running the tests: without --config
+            // the binary looks at this (absent) file instead (issue 14 item 1).
+            .env_remove("TLSGATE_CONFIG")
+            .env(
+                "TLSGATE_DEFAULT_CONFIG_PATH",
+                cwd.join("no-default-config").join("tlsgate.toml"),
+            )
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
@@ -604,8 +611,154 @@ fn serve_without_config_runs_the_development_default() {
     // Standard error is a file here, not a terminal: plain text for journald and log
     // shippers, no ANSI colour codes (issue 14 item 3).
     assert!(run.stderr.contains("listening"), "{run:?}");
+    // Issue 14 item 1: the fall-back is said, with the file that was looked for.
+    assert!(
+        run.stderr.contains("no configuration at ")
+            && run
+                .stderr
+                .contains("running the embedded development default"),
+        "{run:?}"
+    );
     assert!(
         !run.stderr.contains('\u{1b}'),
         "colour codes in a log file: {run:?}"
     );
+}
+
+/// Issue 14 item 1: without --config, `check-config` looks at the default location and, with
+/// no file there, fails saying where it looked: never "configuration ok" about the built-in
+/// development default.
+#[test]
+fn check_config_without_a_file_at_the_default_location_fails_naming_it() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let run = tlsgate(dir.path(), "check-default", &["check-config"]);
+    assert!(!run.status.success(), "{run:?}");
+    let expected = dir.path().join("no-default-config").join("tlsgate.toml");
+    assert!(
+        run.stderr
+            .contains(&format!("no configuration at {}", expected.display())),
+        "{run:?}"
+    );
+    assert!(!run.stdout.contains("configuration ok"), "{run:?}");
+}
+
+/// Issue 14 item 1: `TLSGATE_CONFIG` names the file as `--config` does, and `--help` says
+/// where the configuration is read from by default.
+#[test]
+fn tlsgate_config_names_the_file_and_help_names_the_default() {
+    let (dir, config, _, _) = setup("", "127.0.0.1:0");
+    let outputs = Outputs::new(dir.path(), "env-config");
+    let out = File::create(&outputs.stdout).expect("create the stdout file");
+    let err = File::create(&outputs.stderr).expect("create the stderr file");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tlsgate"))
+        .arg("check-config")
+        .env("TLSGATE_CONFIG", &config)
+        .env(
+            "TLSGATE_DEFAULT_CONFIG_PATH",
+            dir.path().join("no-default-config.toml"),
+        )
+        .current_dir(dir.path())
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .expect("spawn tlsgate");
+    let status = wait_exit(&mut child, RUN_LIMIT).expect("check-config finished in time");
+    let run = outputs.collect(status);
+    assert!(run.status.success(), "{run:?}");
+    assert!(run.stdout.contains("configuration ok"), "{run:?}");
+    assert!(
+        run.stdout.contains(&config.display().to_string()),
+        "{run:?}"
+    );
+
+    for args in [&["--help"][..], &["check-config", "--help"][..]] {
+        let run = tlsgate(dir.path(), "help", args);
+        assert!(run.status.success(), "{run:?}");
+        assert!(run.stdout.contains("/etc/tlsgate/tlsgate.toml"), "{run:?}");
+        assert!(run.stdout.contains("TLSGATE_CONFIG"), "{run:?}");
+    }
+}
+
+/// Issue 14 item 1: `check-config` reports every error it finds, not only the first: three
+/// bad values in three sections, three lines, each naming the file, the key and the reason.
+#[test]
+fn check_config_lists_every_error_in_the_file() {
+    let (dir, config, _, _) = setup_with(
+        r#"
+[limits]
+max_errors = 0
+
+[delivery]
+dsn_language = "fr"
+
+[log]
+format = "xml"
+"#,
+    );
+    let run = check_config(dir.path(), "three-errors", &config);
+    assert!(!run.status.success(), "{run:?}");
+    assert!(!run.stdout.contains("configuration ok"), "{run:?}");
+    let file = config.display().to_string();
+    assert!(run.stderr.contains(&format!("{file}: 3 errors")), "{run:?}");
+    for (key, reason) in [
+        ("limits.max_errors", "must be at least 1"),
+        ("delivery.dsn_language", "\"fr\": use \"en\" or \"no\""),
+        ("log.format", "\"xml\": use \"text\" or \"json\""),
+    ] {
+        let line = format!("{file}: {key}: {reason}");
+        assert_eq!(run.stderr.matches(&line).count(), 1, "{line}\n{run:?}");
+    }
+}
+
+/// Issue 14 item 1: `show-config` prints the effective configuration like `postconf -n` (only
+/// what differs from the defaults) and `show-config --defaults` like `postconf` (everything);
+/// the admin token file's path is shown, its content never (S4).
+#[test]
+fn show_config_prints_changed_or_all_settings_and_never_the_token() {
+    let tokens = tempfile::tempdir().expect("temporary directory");
+    let token_file = tokens.path().join("ops.token");
+    let token = "s3cret-admin-token-0123456789";
+    std::fs::write(&token_file, token).expect("write the token");
+    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600))
+        .expect("chmod the token");
+    let (dir, config, _, _) = setup_with(&format!(
+        "\n[admin]\nbind = \"127.0.0.1:0\"\ntoken_file = \"{}\"\n\n[delivery]\nexpiry = \"3d\"\n",
+        token_file.display()
+    ));
+    let config_arg = config.to_str().expect("UTF-8 temp path");
+
+    let changed = tlsgate(dir.path(), "show", &["show-config", "--config", config_arg]);
+    assert!(changed.status.success(), "{changed:?}");
+    let all = tlsgate(
+        dir.path(),
+        "show-all",
+        &["show-config", "--defaults", "--config", config_arg],
+    );
+    assert!(all.status.success(), "{all:?}");
+    for run in [&changed, &all] {
+        assert!(run.stdout.contains("expiry = \"3days\""), "{run:?}");
+        assert!(
+            run.stdout.contains("hostname = \"mx.cli.tlsgate.test\""),
+            "{run:?}"
+        );
+        assert!(
+            run.stdout
+                .contains(&format!("token_file = \"{}\"", token_file.display())),
+            "{run:?}"
+        );
+        assert!(
+            !run.stdout.contains(token),
+            "the token was printed: {run:?}"
+        );
+        // What it prints is a configuration again.
+        let again = dir.path().join("again.toml");
+        std::fs::write(&again, &run.stdout).expect("write the printed configuration");
+        let reparsed = tlsgate::config::Config::load(&again);
+        assert!(reparsed.is_ok(), "{reparsed:?}\n{run:?}");
+    }
+    // Defaults (Postfix's smtpd_hard_error_limit = 20 here) only with --defaults.
+    assert!(!changed.stdout.contains("max_errors"), "{changed:?}");
+    assert!(all.stdout.contains("max_errors = 20"), "{all:?}");
+    assert!(all.stdout.contains("retry_schedule = ["), "{all:?}");
 }

@@ -211,6 +211,18 @@ pub enum AuthAction {
     },
 }
 
+impl AuthAction {
+    /// A stable one-word name for the log (`accept`, `tag`, `reject`, `tempfail`).
+    pub fn label(&self) -> &'static str {
+        match self {
+            AuthAction::Accept => "accept",
+            AuthAction::Tag { .. } => "tag",
+            AuthAction::Reject { .. } => "reject",
+            AuthAction::TempFail { .. } => "tempfail",
+        }
+    }
+}
+
 /// Everything [`Verifier::check`] found about one message, and what to do with it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuthOutcome {

@@ -11,12 +11,16 @@ mod raw;
 mod tls_reporting;
 
 pub use tls_reporting::TlsReportingSection;
+mod show;
+
+pub use show::show;
 
 use crate::dns::DnssecMode;
 use crate::domain::Domain;
 use crate::policy::domain_list::AgeFrom;
 use crate::policy::{PolicyEntry, PolicyTarget, TlsLevel};
 use ipnet::IpNet;
+use std::cell::RefCell;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -47,6 +51,19 @@ pub enum ConfigError {
         key: String,
         reason: String,
     },
+    /// More than one value is not acceptable: every one of them, in file order, one per line
+    /// (issue 14 item 1: `check-config` reports every error it finds).
+    #[error("{file}: {} errors:\n{}", errors.len(), several(errors))]
+    Several {
+        file: String,
+        errors: Vec<ConfigError>,
+    },
+}
+
+/// One error per line, for [`ConfigError::Several`].
+fn several(errors: &[ConfigError]) -> String {
+    let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    lines.join("\n")
 }
 
 /// A validated configuration: every value checked, every default filled in, relative paths
@@ -641,11 +658,62 @@ fn dns_section(
     })
 }
 
+/// The validation's context: the file name for every error, and the errors found so far
+/// (validation goes on after one, so that `check-config` can list them all).
 struct Checker<'a> {
     file: &'a str,
+    errors: RefCell<Vec<ConfigError>>,
 }
 
 impl Checker<'_> {
+    /// Records an error and lets validation go on.
+    fn fail(&self, key: impl Into<String>, reason: impl Into<String>) {
+        self.errors.borrow_mut().push(self.err(key, reason));
+    }
+
+    /// The value, or `None` with the error recorded.
+    fn ok<T>(&self, result: Result<T, ConfigError>) -> Option<T> {
+        result.map_err(|e| self.errors.borrow_mut().push(e)).ok()
+    }
+
+    /// The value, or `fallback` (a stand-in that is never used: the error is recorded).
+    fn or<T>(&self, result: Result<T, ConfigError>, fallback: T) -> T {
+        self.ok(result).unwrap_or(fallback)
+    }
+
+    /// [`Checker::duration`], recording the error and standing in one second.
+    fn soft_duration(&self, key: &str, value: &str) -> Duration {
+        self.or(self.duration(key, value), Duration::from_secs(1))
+    }
+
+    /// Has an error been recorded for `key`?
+    fn has_error(&self, key: &str) -> bool {
+        self.errors
+            .borrow()
+            .iter()
+            .any(|e| matches!(e, ConfigError::Invalid { key: k, .. } if k == key))
+    }
+
+    /// The outcome: the configuration when no error was recorded, else every error (an error
+    /// that ended validation early comes last).
+    fn finish(&self, result: Result<Config, ConfigError>) -> Result<Config, ConfigError> {
+        let mut errors = self.errors.take();
+        match result {
+            Ok(config) if errors.is_empty() => return Ok(config),
+            Ok(_) => {}
+            Err(e) => errors.push(e),
+        }
+        if errors.len() == 1 {
+            if let Some(only) = errors.pop() {
+                return Err(only);
+            }
+        }
+        Err(ConfigError::Several {
+            file: self.file.to_string(),
+            errors,
+        })
+    }
+
     fn err(&self, key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
         ConfigError::Invalid {
             file: self.file.to_string(),
@@ -681,8 +749,20 @@ impl Checker<'_> {
     }
 }
 
+/// Validates `raw` and reports every error found, not only the first (issue 14 item 1:
+/// `check-config` lists them all): the checks record their errors in the [`Checker`] and go on
+/// with a stand-in value; one error comes back as itself, more as [`ConfigError::Several`].
 fn validate(raw: raw::RawConfig, file: &str) -> Result<Config, ConfigError> {
-    let c = Checker { file };
+    let c = Checker {
+        file,
+        errors: RefCell::new(Vec::new()),
+    };
+    let result = validate_all(&c, raw);
+    c.finish(result)
+}
+
+fn validate_all(c: &Checker<'_>, raw: raw::RawConfig) -> Result<Config, ConfigError> {
+    let file = c.file;
     let base_dir = Path::new(file)
         .parent()
         .map(Path::to_path_buf)
@@ -699,22 +779,25 @@ fn validate(raw: raw::RawConfig, file: &str) -> Result<Config, ConfigError> {
 
     let server = raw.server.unwrap_or_default();
     let hostname = server.hostname.unwrap_or_else(|| "localhost".to_string());
-    let hostname = c.domain("server.hostname", &hostname)?.to_string();
-    let data_dir = resolve(
-        server
-            .data_dir
-            .ok_or_else(|| c.err("server.data_dir", "missing: the queue must live somewhere"))?,
+    let hostname = c.or(
+        c.domain("server.hostname", &hostname)
+            .map(|d| d.to_string()),
+        hostname.clone(),
     );
+    let data_dir = resolve(server.data_dir.unwrap_or_else(|| {
+        c.fail("server.data_dir", "missing: the queue must live somewhere");
+        PathBuf::new()
+    }));
     let max_message_size = server.max_message_size.unwrap_or(50 * 1024 * 1024);
     if !(1024..=(1u64 << 32)).contains(&max_message_size) {
-        return Err(c.err(
+        c.fail(
             "server.max_message_size",
             "must be between 1024 and 4294967296",
-        ));
+        );
     }
     if let Some(contact) = &server.admin_contact {
         if !contact.contains('@') || contact.contains(char::is_whitespace) {
-            return Err(c.err("server.admin_contact", "must be an e-mail address"));
+            c.fail("server.admin_contact", "must be an e-mail address");
         }
     }
 
@@ -726,26 +809,26 @@ fn validate(raw: raw::RawConfig, file: &str) -> Result<Config, ConfigError> {
         max_line_length: l.max_line_length.unwrap_or(2048),
         max_errors: l.max_errors.unwrap_or(20),
         soft_errors: l.soft_errors.unwrap_or(10),
-        error_sleep_time: c.duration(
+        error_sleep_time: c.soft_duration(
             "limits.error_sleep_time",
             l.error_sleep_time.as_deref().unwrap_or("1s"),
-        )?,
-        command_timeout: c.duration(
+        ),
+        command_timeout: c.soft_duration(
             "limits.command_timeout",
             l.command_timeout.as_deref().unwrap_or("5m"),
-        )?,
-        data_timeout: c.duration(
+        ),
+        data_timeout: c.soft_duration(
             "limits.data_timeout",
             l.data_timeout.as_deref().unwrap_or("3m"),
-        )?,
-        data_total_timeout: c.duration(
+        ),
+        data_total_timeout: c.soft_duration(
             "limits.data_total_timeout",
             l.data_total_timeout.as_deref().unwrap_or("15m"),
-        )?,
-        tls_handshake_timeout: c.duration(
+        ),
+        tls_handshake_timeout: c.soft_duration(
             "limits.tls_handshake_timeout",
             l.tls_handshake_timeout.as_deref().unwrap_or("30s"),
-        )?,
+        ),
     };
     for (key, value) in [
         ("limits.max_connections", limits.max_connections),
@@ -756,40 +839,49 @@ fn validate(raw: raw::RawConfig, file: &str) -> Result<Config, ConfigError> {
         ("limits.max_recipients", limits.max_recipients),
     ] {
         if value == 0 {
-            return Err(c.err(key, "must be at least 1"));
+            c.fail(key, "must be at least 1");
         }
     }
     // Zero would close every session after its first command, successful or not.
     if limits.max_errors == 0 {
-        return Err(c.err("limits.max_errors", "must be at least 1"));
+        c.fail("limits.max_errors", "must be at least 1");
     }
     // A client waits for each reply; a sleep that long would look like a dead server.
     if limits.error_sleep_time > Duration::from_secs(60) {
-        return Err(c.err("limits.error_sleep_time", "must be at most 1m"));
+        c.fail("limits.error_sleep_time", "must be at most 1m");
     }
     // RFC 5321 4.5.3.1.4: a command line is at most 512 octets; SMTPUTF8 and long ESMTP
     // parameters need more, but a limit below 512 would break conforming clients.
     if !(512..=65536).contains(&limits.max_line_length) {
-        return Err(c.err("limits.max_line_length", "must be between 512 and 65536"));
+        c.fail("limits.max_line_length", "must be between 512 and 65536");
     }
 
     let tls = raw.tls.unwrap_or_default();
     let cert_and_key = match (tls.cert, tls.key) {
         (Some(cert), Some(key)) => Some((resolve(cert), resolve(key))),
         (None, None) => None,
-        (Some(_), None) => return Err(c.err("tls.key", "missing: tls.cert needs its private key")),
-        (None, Some(_)) => return Err(c.err("tls.cert", "missing: tls.key needs its certificate")),
+        (Some(_), None) => {
+            c.fail("tls.key", "missing: tls.cert needs its private key");
+            None
+        }
+        (None, Some(_)) => {
+            c.fail("tls.cert", "missing: tls.key needs its certificate");
+            None
+        }
     };
 
     let mut listeners = Vec::new();
+    let written_listeners = raw.listener.len();
     for (i, l) in raw.listener.into_iter().enumerate() {
         let key = format!("listener[{i}].bind");
-        let bind = c.socket_addr(&key, &l.bind)?;
+        let Some(bind) = c.ok(c.socket_addr(&key, &l.bind)) else {
+            continue;
+        };
         if listeners
             .iter()
             .any(|x: &ListenerConfig| x.bind == bind && bind.port() != 0)
         {
-            return Err(c.err(key, format!("{bind} is bound twice")));
+            c.fail(key, format!("{bind} is bound twice"));
         }
         listeners.push(ListenerConfig {
             bind,
@@ -797,25 +889,24 @@ fn validate(raw: raw::RawConfig, file: &str) -> Result<Config, ConfigError> {
             require_tls: l.require_tls.unwrap_or(false),
         });
     }
-    if listeners.is_empty() {
-        return Err(c.err(
+    if written_listeners == 0 {
+        c.fail(
             "listener",
             "no [[listener]] configured: nothing would accept mail",
-        ));
+        );
     }
 
     let inbound = raw.inbound.unwrap_or_default();
-    let local_domains = inbound
-        .local_domains
-        .unwrap_or_default()
+    let written_domains = inbound.local_domains.unwrap_or_default();
+    let local_domains: Vec<Domain> = written_domains
         .iter()
-        .map(|d| c.domain("inbound.local_domains", d))
-        .collect::<Result<Vec<_>, _>>()?;
-    if listeners.iter().any(|l| l.role == Role::Inbound) && local_domains.is_empty() {
-        return Err(c.err(
+        .filter_map(|d| c.ok(c.domain("inbound.local_domains", d)))
+        .collect();
+    if listeners.iter().any(|l| l.role == Role::Inbound) && written_domains.is_empty() {
+        c.fail(
             "inbound.local_domains",
             "an inbound listener is configured but no local domain: it would refuse all mail",
-        ));
+        );
     }
     if let Some(hop) = &inbound.next_hop {
         if hop
@@ -823,7 +914,7 @@ fn validate(raw: raw::RawConfig, file: &str) -> Result<Config, ConfigError> {
             .and_then(|(_, p)| p.parse::<u16>().ok())
             .is_none()
         {
-            return Err(c.err("inbound.next_hop", format!("{hop:?} is not host:port")));
+            c.fail("inbound.next_hop", format!("{hop:?} is not host:port"));
         }
     }
     let a = inbound.auth.unwrap_or_default();
@@ -835,16 +926,16 @@ fn validate(raw: raw::RawConfig, file: &str) -> Result<Config, ConfigError> {
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-')
         {
-            return Err(c.err(
+            c.fail(
                 "inbound.auth.tag_header",
                 "must be a header field name (letters, digits, -)",
-            ));
+            );
         }
         Some(InboundAuth {
-            timeout: c.duration(
+            timeout: c.soft_duration(
                 "inbound.auth.timeout",
                 a.timeout.as_deref().unwrap_or("10s"),
-            )?,
+            ),
             policy: AuthPolicy {
                 dmarc_reject: a.dmarc_reject.unwrap_or(defaults.dmarc_reject),
                 dmarc_quarantine: a.dmarc_quarantine.unwrap_or(defaults.dmarc_quarantine),
@@ -870,26 +961,27 @@ fn validate(raw: raw::RawConfig, file: &str) -> Result<Config, ConfigError> {
     let mut relay_networks = Vec::new();
     for net in outbound.relay_networks.unwrap_or_default() {
         // A bare address means just that host.
-        let parsed = net
+        let Ok(parsed) = net
             .parse::<IpNet>()
             .or_else(|_| net.parse::<IpAddr>().map(IpNet::from))
-            .map_err(|_| {
-                c.err(
-                    "outbound.relay_networks",
-                    format!("{net:?} is not a network in CIDR notation (e.g. \"10.0.0.0/8\")"),
-                )
-            })?;
+        else {
+            c.fail(
+                "outbound.relay_networks",
+                format!("{net:?} is not a network in CIDR notation (e.g. \"10.0.0.0/8\")"),
+            );
+            continue;
+        };
         if parsed.prefix_len() == 0 {
-            return Err(c.err(
+            c.fail(
                 "outbound.relay_networks",
                 format!("{net:?} would let the whole internet relay (open relay)"),
-            ));
+            );
         }
         relay_networks.push(parsed.trunc());
     }
     let smtp_port = outbound.smtp_port.unwrap_or(25);
     if smtp_port == 0 {
-        return Err(c.err("outbound.smtp_port", "must not be 0"));
+        c.fail("outbound.smtp_port", "must not be 0");
     }
     // The files themselves are opened by `startup::ConfigFiles::load`, for `serve` and
     // `check-config` alike.
@@ -903,96 +995,99 @@ fn validate(raw: raw::RawConfig, file: &str) -> Result<Config, ConfigError> {
         relay_networks,
         smtp_port,
         extra_trust_roots,
-        tls_failure_warning_after: c.duration(
+        tls_failure_warning_after: c.soft_duration(
             "outbound.tls_failure_warning_after",
             outbound
                 .tls_failure_warning_after
                 .as_deref()
                 .unwrap_or("1h"),
-        )?,
+        ),
         dkim: outbound
             .dkim
             .unwrap_or_default()
             .into_iter()
             .enumerate()
-            .map(|(i, k)| {
+            .filter_map(|(i, k)| {
                 if k.selector.is_empty() || k.selector.contains(char::is_whitespace) {
-                    return Err(c.err(format!("outbound.dkim[{i}].selector"), "not a selector"));
+                    c.fail(format!("outbound.dkim[{i}].selector"), "not a selector");
                 }
                 let headers = k.headers.unwrap_or_default();
                 // RFC 6376 §5.4: From must be signed (empty means the default set, which has it).
                 if !headers.is_empty() && !headers.iter().any(|h| h.eq_ignore_ascii_case("From")) {
-                    return Err(c.err(
+                    c.fail(
                         format!("outbound.dkim[{i}].headers"),
                         "must include From (RFC 6376 5.4)",
-                    ));
+                    );
                 }
-                Ok(DkimKey {
-                    domain: c.domain(&format!("outbound.dkim[{i}].domain"), &k.domain)?,
+                Some(DkimKey {
+                    domain: c.ok(c.domain(&format!("outbound.dkim[{i}].domain"), &k.domain))?,
                     selector: k.selector,
                     key: resolve(k.key),
                     headers,
                 })
             })
-            .collect::<Result<_, _>>()?,
+            .collect(),
     };
 
     let d = raw.delivery.unwrap_or_default();
-    let retry_schedule = match d.retry_schedule {
+    let retry_schedule: Vec<Duration> = match d.retry_schedule {
         Some(list) => list
             .iter()
-            .map(|v| c.duration("delivery.retry_schedule", v))
-            .collect::<Result<Vec<_>, _>>()?,
+            .map(|v| c.soft_duration("delivery.retry_schedule", v))
+            .collect(),
         None => ["1m", "5m", "15m", "30m", "1h", "2h", "4h"]
             .iter()
-            .map(|v| c.duration("delivery.retry_schedule", v))
-            .collect::<Result<Vec<_>, _>>()?,
+            .map(|v| c.soft_duration("delivery.retry_schedule", v))
+            .collect(),
     };
     if retry_schedule.is_empty() {
-        return Err(c.err("delivery.retry_schedule", "must name at least one wait"));
+        c.fail("delivery.retry_schedule", "must name at least one wait");
     }
     let delivery = DeliverySection {
         retry_schedule,
-        expiry: c.duration("delivery.expiry", d.expiry.as_deref().unwrap_or("5d"))?,
-        delay_warning: c.duration(
+        expiry: c.soft_duration("delivery.expiry", d.expiry.as_deref().unwrap_or("5d")),
+        delay_warning: c.soft_duration(
             "delivery.delay_warning",
             d.delay_warning.as_deref().unwrap_or("4h"),
-        )?,
+        ),
         max_concurrent: d.max_concurrent.unwrap_or(100),
         max_per_destination: d.max_per_destination.unwrap_or(10),
-        connect_timeout: c.duration(
+        connect_timeout: c.soft_duration(
             "delivery.connect_timeout",
             d.connect_timeout.as_deref().unwrap_or("30s"),
-        )?,
-        command_timeout: c.duration(
+        ),
+        command_timeout: c.soft_duration(
             "delivery.command_timeout",
             d.command_timeout.as_deref().unwrap_or("5m"),
-        )?,
-        data_timeout: c.duration(
+        ),
+        data_timeout: c.soft_duration(
             "delivery.data_timeout",
             d.data_timeout.as_deref().unwrap_or("10m"),
-        )?,
-        idle_timeout: c.duration(
+        ),
+        idle_timeout: c.soft_duration(
             "delivery.idle_timeout",
             d.idle_timeout.as_deref().unwrap_or("10s"),
-        )?,
+        ),
         max_messages_per_connection: d.max_messages_per_connection.unwrap_or(100),
         dsn_language: match d.dsn_language.as_deref().unwrap_or("en") {
             "en" => DsnLanguage::English,
             "no" | "nb" => DsnLanguage::Norwegian,
             other => {
-                return Err(c.err(
+                c.fail(
                     "delivery.dsn_language",
                     format!("{other:?}: use \"en\" or \"no\""),
-                ))
+                );
+                DsnLanguage::English
             }
         },
     };
-    if delivery.delay_warning >= delivery.expiry {
-        return Err(c.err(
+    // Only between two values that parsed: a stand-in would make this a second, false error.
+    let both_parsed = !c.has_error("delivery.delay_warning") && !c.has_error("delivery.expiry");
+    if both_parsed && delivery.delay_warning >= delivery.expiry {
+        c.fail(
             "delivery.delay_warning",
             "must be shorter than delivery.expiry, or no delay DSN is ever sent",
-        ));
+        );
     }
     for (key, value) in [
         ("delivery.max_concurrent", delivery.max_concurrent),
@@ -1003,11 +1098,19 @@ fn validate(raw: raw::RawConfig, file: &str) -> Result<Config, ConfigError> {
         ),
     ] {
         if value == 0 {
-            return Err(c.err(key, "must be at least 1"));
+            c.fail(key, "must be at least 1");
         }
     }
 
-    let dns = dns_section(&c, raw.dns.unwrap_or_default(), &resolve)?;
+    let dns = c.or(
+        dns_section(c, raw.dns.unwrap_or_default(), &resolve),
+        DnsSection {
+            nameservers: Vec::new(),
+            dnssec: DnssecMode::Off,
+            dnssec_explicit: false,
+            trust_anchor: None,
+        },
+    );
 
     let dl = raw.domain_list.unwrap_or_default();
     let domain_list = DomainListSection {
@@ -1017,19 +1120,20 @@ fn validate(raw: raw::RawConfig, file: &str) -> Result<Config, ConfigError> {
             "file" => AgeFrom::File,
             "newest_entry" => AgeFrom::NewestEntry,
             other => {
-                return Err(c.err(
+                c.fail(
                     "domain_list.age_from",
                     format!("{other:?}: use \"file\" or \"newest_entry\""),
-                ))
+                );
+                AgeFrom::File
             }
         },
-        check_interval: c.duration(
+        check_interval: c.soft_duration(
             "domain_list.check_interval",
             dl.check_interval.as_deref().unwrap_or("30s"),
-        )?,
+        ),
     };
     if domain_list.max_age_days == 0 {
-        return Err(c.err("domain_list.max_age_days", "must be at least 1"));
+        c.fail("domain_list.max_age_days", "must be at least 1");
     }
 
     let sts = raw.mta_sts.unwrap_or_default();
@@ -1048,11 +1152,14 @@ fn validate(raw: raw::RawConfig, file: &str) -> Result<Config, ConfigError> {
     for (i, p) in raw.policy.into_iter().enumerate() {
         let key = format!("policy[{i}].domain");
         let target = match p.domain.strip_prefix('.') {
-            Some(suffix) => PolicyTarget::Suffix(c.domain(&key, suffix)?),
-            None => PolicyTarget::Exact(c.domain(&key, &p.domain)?),
+            Some(suffix) => c.ok(c.domain(&key, suffix)).map(PolicyTarget::Suffix),
+            None => c.ok(c.domain(&key, &p.domain)).map(PolicyTarget::Exact),
+        };
+        let Some(target) = target else {
+            continue;
         };
         if policies.iter().any(|x: &PolicyEntry| x.target == target) {
-            return Err(c.err(key, format!("{:?} has two [[policy]] entries", p.domain)));
+            c.fail(key, format!("{:?} has two [[policy]] entries", p.domain));
         }
         policies.push(PolicyEntry {
             target,
@@ -1064,14 +1171,16 @@ fn validate(raw: raw::RawConfig, file: &str) -> Result<Config, ConfigError> {
     let metrics = raw
         .metrics
         .and_then(|m| m.bind)
-        .map(|b| c.socket_addr("metrics.bind", &b))
-        .transpose()?;
-    let admin = admin_section(&c, raw.admin.unwrap_or_default(), &data_dir, &resolve)?;
+        .and_then(|b| c.ok(c.socket_addr("metrics.bind", &b)));
+    let admin = c.or(
+        admin_section(c, raw.admin.unwrap_or_default(), &data_dir, &resolve),
+        None,
+    );
 
     let a = raw.audit.unwrap_or_default();
     let retention_days = a.retention_days.unwrap_or(730);
     if retention_days == 0 {
-        return Err(c.err("audit.retention_days", "must be at least 1"));
+        c.fail("audit.retention_days", "must be at least 1");
     }
     let audit = AuditSection {
         dir: a.dir.map(resolve).unwrap_or_else(|| data_dir.join("audit")),
@@ -1085,13 +1194,14 @@ fn validate(raw: raw::RawConfig, file: &str) -> Result<Config, ConfigError> {
             "text" => LogFormat::Text,
             "json" => LogFormat::Json,
             other => {
-                return Err(c.err("log.format", format!("{other:?}: use \"text\" or \"json\"")))
+                c.fail("log.format", format!("{other:?}: use \"text\" or \"json\""));
+                LogFormat::Text
             }
         },
         level: log.level.unwrap_or_else(|| "info".to_string()),
     };
     if tracing_subscriber::EnvFilter::try_new(&log.level).is_err() {
-        return Err(c.err("log.level", format!("{:?} is not a log filter", log.level)));
+        c.fail("log.level", format!("{:?} is not a log filter", log.level));
     }
 
     let tls_reporting = tls_reporting::section(&c, raw.tls_reporting, &hostname)?;

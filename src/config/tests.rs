@@ -223,3 +223,31 @@ fn tls_reporting_section() {
         invalid(&full.replace("[tls_reporting]", "[tls_reporting]\nsubmitter = \"a b\""));
     assert_eq!(key, "tls_reporting.submitter");
 }
+
+/// Issue 14 item 1: validation goes on after an error, so `check-config` can list them all,
+/// in file order; a value that stood in for a bad one causes no second, false error.
+#[test]
+fn every_error_is_reported_not_only_the_first() {
+    let text = format!(
+        "{MINIMAL}\n[limits]\nmax_errors = 0\n[delivery]\nexpiry = \"soon\"\n\
+         [log]\nformat = \"xml\"\n"
+    );
+    match Config::from_toml(&text, "t.toml") {
+        Err(ConfigError::Several { file, errors }) => {
+            assert_eq!(file, "t.toml");
+            let keys: Vec<String> = errors
+                .iter()
+                .map(|e| match e {
+                    ConfigError::Invalid { key, .. } => key.clone(),
+                    other => panic!("{other:?}"),
+                })
+                .collect();
+            // No "delay_warning must be shorter than expiry" from expiry's stand-in.
+            assert_eq!(keys, ["limits.max_errors", "delivery.expiry", "log.format"]);
+        }
+        other => panic!("expected three errors, got {other:?}"),
+    }
+    // A listener whose address does not parse is one error, not also "no [[listener]]".
+    let (key, _) = invalid(&MINIMAL.replace("127.0.0.1:2525", "nowhere"));
+    assert_eq!(key, "listener[0].bind");
+}

@@ -1,5 +1,5 @@
-//! Operator control of queued messages: retry now, bounce, delete (`tlsgate queue
-//! retry|bounce|delete`, served by [`crate::admin`], which audits every action for S1).
+//! Operator control of queued messages: retry now, bounce, delete, hold, release (`tlsgate
+//! queue retry|bounce|delete|hold|release`, served by [`crate::admin`], which audits every action for S1).
 //!
 //! An operation first claims the message in the timetable, so it never races a delivery
 //! attempt on the same message: a message being delivered right now answers [`AdminError::Busy`]
@@ -7,7 +7,7 @@
 //! result, so the sender gets the failure DSN T6 promises and the audit log its entry.
 
 use super::{lock, schedule, work_on, DeliveryEngine, Engine};
-use crate::queue::message::{unix_now, QueueId, RecipientState};
+use crate::queue::message::{unix_now, QueueId, RecipientState, RecipientStatus};
 use crate::queue::{Store, StoreError};
 use std::sync::Arc;
 
@@ -93,6 +93,73 @@ impl EngineHandle {
         let next = result.is_err().then(unix_now);
         self.engine.release(id, next);
         result.map_err(AdminError::from)
+    }
+
+    /// `tlsgate queue hold` (Postfix's `postsuper -h`): every open recipient is held, so the
+    /// message is neither delivered nor expired until [`EngineHandle::release_held`]. The flag
+    /// is in the recipient states in the store, so it survives a restart.
+    pub async fn hold(&self, id: &QueueId) -> Result<(), AdminError> {
+        self.claim(id).await?;
+        let result = self
+            .change_open_states(id, |s| {
+                (s.status != RecipientStatus::Held).then(|| RecipientState {
+                    status: RecipientStatus::Held,
+                    ..s.clone()
+                })
+            })
+            .await;
+        match result {
+            Ok(()) => lock(&self.engine.timetable).park(id),
+            // Not held after all: it stays due as it was.
+            Err(_) => self.engine.release(id, Some(unix_now())),
+        }
+        result
+    }
+
+    /// `tlsgate queue release` (Postfix's `postsuper -H`): held recipients are due now again,
+    /// deferred when they had been tried, pending otherwise. Expiry counts from arrival as
+    /// always, so mail held past `delivery.expiry` fails at this attempt.
+    pub async fn release_held(&self, id: &QueueId) -> Result<(), AdminError> {
+        self.claim(id).await?;
+        let now = unix_now();
+        let result = self
+            .change_open_states(id, |s| {
+                (s.status == RecipientStatus::Held).then(|| RecipientState {
+                    status: if s.attempts > 0 {
+                        RecipientStatus::Deferred
+                    } else {
+                        RecipientStatus::Pending
+                    },
+                    next_attempt: now,
+                    ..s.clone()
+                })
+            })
+            .await;
+        self.engine.release(id, Some(now));
+        result
+    }
+
+    /// Writes `change`'s new state for every open recipient it returns one for.
+    async fn change_open_states(
+        &self,
+        id: &QueueId,
+        change: impl Fn(&RecipientState) -> Option<RecipientState>,
+    ) -> Result<(), AdminError> {
+        let states = self.engine.store.recipient_states(id).await?;
+        let updates: Vec<(usize, RecipientState)> = states
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| !s.status.is_final())
+            .filter_map(|(i, s)| change(s).map(|new| (i, new)))
+            .collect();
+        if updates.is_empty() {
+            return Ok(());
+        }
+        self.engine
+            .committer
+            .update_states(id.clone(), updates)
+            .await
+            .map_err(AdminError::from)
     }
 
     /// The blocking store, for the admin API's queue listing.

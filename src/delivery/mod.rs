@@ -28,7 +28,9 @@ use crate::dns::Resolver;
 use crate::metrics::Metrics;
 use crate::mta_sts::MtaSts;
 use crate::policy::domain_list::DomainListHandle;
-use crate::queue::message::{unix_now, MessageMeta, QueueId, Recipient, RecipientState};
+use crate::queue::message::{
+    unix_now, MessageMeta, QueueId, Recipient, RecipientState, RecipientStatus,
+};
 use crate::queue::retry;
 use crate::queue::{AsyncStore, Committer, NewMessages, Store, StoreError, StoredMessage};
 use crate::smtp::reply::EnhancedStatus;
@@ -144,7 +146,10 @@ impl DeliveryEngine {
         tracing::info!(messages = backlog.len(), "delivery engine starting");
         let mut timetable = Timetable::default();
         for (id, at) in backlog {
-            timetable.add(id, at);
+            match at {
+                Some(at) => timetable.add(id, at),
+                None => timetable.park(&id),
+            }
         }
         let d = &config.delivery;
         let engine = Arc::new(Engine {
@@ -247,20 +252,34 @@ async fn work_on(
 ) -> Result<(), StoreError> {
     let result = deliver_due(engine, id, bounce).await;
     let next = match &result {
-        Ok(next) => *next,
+        Ok(Due::At(at)) => Some(*at),
+        Ok(Due::Held) => {
+            lock(&engine.timetable).park(id);
+            return Ok(());
+        }
+        Ok(Due::Done) => None,
         Err(_) => Some(unix_now() + STORE_ERROR_RETRY),
     };
     engine.release(id, next);
     result.map(|_| ())
 }
 
-/// Delivers what is due of one message. Returns when it is next due, or `None` when it is
-/// done (and removed).
+/// What is left of a message after its turn.
+enum Due {
+    /// Next due at this Unix second.
+    At(u64),
+    /// Every open recipient is held: not planned until released.
+    Held,
+    /// Done (and removed), or no longer queued.
+    Done,
+}
+
+/// Delivers what is due of one message; says when it is next due.
 async fn deliver_due(
     engine: &Arc<Engine>,
     id: &QueueId,
     bounce: Option<&str>,
-) -> Result<Option<u64>, StoreError> {
+) -> Result<Due, StoreError> {
     let _permit = engine
         .global
         .clone()
@@ -268,8 +287,10 @@ async fn deliver_due(
         .await
         .map_err(|_| StoreError::Closed)?;
     let Some(StoredMessage { meta, states, body }) = engine.store.load(id).await? else {
-        return Ok(None);
+        return Ok(Due::Done);
     };
+    // For the log lines only (issue 14 item 3): matching a user's complaint to the queue.
+    let message_id = crate::smtp::headers::message_id(&body).unwrap_or_else(|| "none".into());
     let meta = Arc::new(meta);
     let body = Arc::new(body);
     let config = &engine.config;
@@ -295,6 +316,11 @@ async fn deliver_due(
         };
         if let Some(reason) = bounce {
             fail_here(EnhancedStatus::new(5, 0, 0), reason.to_string());
+            continue;
+        }
+        // Held by the administrator: neither delivered nor expired until released (issue 14,
+        // as Postfix's hold queue).
+        if state.status == RecipientStatus::Held {
             continue;
         }
         if state.next_attempt > now {
@@ -377,6 +403,7 @@ async fn deliver_due(
             continue;
         };
         log_attempt(&meta, &destination, &outcomes, &log);
+        log_delivered(&meta, &message_id, &outcomes, &log);
         for (i, outcome) in outcomes {
             if let (Some(state), Some(recipient)) = (states.get(i), meta.recipients.get(i)) {
                 note(
@@ -406,7 +433,7 @@ async fn deliver_due(
         // Done: removing the message is the one durable write needed.
         engine.committer.remove(id.clone()).await?;
         tracing::info!(queue_id = %id, "message done, removed from the queue");
-        return Ok(None);
+        return Ok(Due::Done);
     }
     if !results.updates.is_empty() {
         engine
@@ -414,7 +441,10 @@ async fn deliver_due(
             .update_states(id.clone(), results.updates)
             .await?;
     }
-    Ok(schedule::next_attempt(&final_states))
+    if schedule::on_hold(&final_states) {
+        return Ok(Due::Held);
+    }
+    Ok(schedule::next_attempt(&final_states).map_or(Due::Done, Due::At))
 }
 
 /// Records an outcome for the recipient at `index` of `meta`: decides ([`outcome::record`]),
@@ -448,6 +478,48 @@ fn note(
     results.add(index, state, report);
 }
 
+/// One line per delivered recipient (issue 14 item 3, Postfix's `status=sent` line): queue
+/// id, Message-ID, recipient, relay host, TLS version and cipher, the policy level and its
+/// source, and the next hop's reply.
+fn log_delivered(
+    meta: &MessageMeta,
+    message_id: &str,
+    outcomes: &[(usize, Outcome)],
+    log: &[HostLog],
+) {
+    for (i, outcome) in outcomes {
+        let Outcome::Delivered {
+            host,
+            reply,
+            tls_version,
+            level,
+            source,
+            ..
+        } = outcome
+        else {
+            continue;
+        };
+        let cipher = log
+            .iter()
+            .rev()
+            .find(|entry| &entry.host == host)
+            .and_then(|entry| entry.tls.as_ref())
+            .map_or("none", |tls| tls.cipher.as_str());
+        tracing::info!(
+            queue_id = %meta.id,
+            message_id = %message_id,
+            to = meta.recipients.get(*i).map(|r| r.address.as_str()).unwrap_or(""),
+            relay = %host,
+            tls_version = tls_version.as_deref().unwrap_or("none"),
+            tls_cipher = cipher,
+            tls_level = level.as_str(),
+            policy_source = source.label(),
+            reply = %reply,
+            "delivered"
+        );
+    }
+}
+
 fn log_attempt(
     meta: &MessageMeta,
     destination: &Destination,
@@ -470,11 +542,19 @@ fn log_attempt(
     }
     if log.is_empty() {
         for (i, outcome) in outcomes {
+            let (result, reason) = match outcome {
+                Outcome::Delivered { reply, .. } => ("delivered", reply.clone()),
+                Outcome::Deferred { status, reason, .. } => {
+                    ("deferred", format!("{status} {reason}"))
+                }
+                Outcome::Failed { status, reason, .. } => ("failed", format!("{status} {reason}")),
+            };
             tracing::info!(
                 queue_id = %meta.id,
                 destination = %destination,
                 to = meta.recipients.get(*i).map(|r| r.address.as_str()).unwrap_or(""),
-                outcome = ?outcome,
+                result,
+                reason = %reason,
                 "delivery not attempted"
             );
         }

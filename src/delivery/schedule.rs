@@ -7,7 +7,7 @@
 //! is never handled by two tasks at once, nor planned while active.
 
 use crate::metrics::Metrics;
-use crate::queue::message::{unix_now, QueueId, RecipientState};
+use crate::queue::message::{unix_now, QueueId, RecipientState, RecipientStatus};
 use crate::queue::{Store, StoreError};
 use std::collections::{BTreeSet, HashMap, HashSet};
 
@@ -20,6 +20,9 @@ pub(super) struct Timetable {
     planned: HashMap<QueueId, u64>,
     /// Messages a task (delivery or an admin operation) is working on right now.
     active: HashSet<QueueId>,
+    /// Messages on hold (every open recipient held): never due until released, but still in
+    /// the queue and counted in its gauges.
+    held: HashSet<QueueId>,
 }
 
 /// A message is being worked on; it cannot be claimed by anyone else now.
@@ -33,6 +36,7 @@ impl Timetable {
         if self.active.contains(&id) {
             return;
         }
+        self.held.remove(&id);
         if let Some(old) = self.planned.insert(id.clone(), at) {
             self.due.remove(&(old, id.clone()));
         }
@@ -64,8 +68,15 @@ impl Timetable {
         if let Some(at) = self.planned.remove(id) {
             self.due.remove(&(at, id.clone()));
         }
+        self.held.remove(id);
         self.active.insert(id.clone());
         Ok(())
+    }
+
+    /// Ends the work on `id` and keeps it as held: not planned until it is released.
+    pub(super) fn park(&mut self, id: &QueueId) {
+        self.active.remove(id);
+        self.held.insert(id.clone());
     }
 
     /// Ends the work on `id`: plans it for `next`, or forgets it when `None` (it is done and
@@ -84,12 +95,13 @@ impl Timetable {
 
     /// Queue size and the age of the oldest message (queue ids encode their arrival time).
     pub(super) fn update_gauges(&self, metrics: &Metrics) {
-        let count = self.planned.len() + self.active.len();
+        let count = self.planned.len() + self.active.len() + self.held.len();
         metrics.queue_messages.set(count as i64);
         let oldest = self
             .planned
             .keys()
             .chain(self.active.iter())
+            .chain(self.held.iter())
             .filter_map(QueueId::arrival_micros)
             .min();
         let age = oldest.map_or(0, |micros| unix_now().saturating_sub(micros / 1_000_000));
@@ -98,17 +110,23 @@ impl Timetable {
 }
 
 /// When a message is next due: its earliest undelivered recipient's next attempt, `None` when
-/// every recipient is final.
+/// every recipient is final or held (a held recipient waits for its release, issue 14).
 pub(super) fn next_attempt(states: &[RecipientState]) -> Option<u64> {
     states
         .iter()
-        .filter(|s| !s.status.is_final())
+        .filter(|s| !s.status.is_final() && s.status != RecipientStatus::Held)
         .map(|s| s.next_attempt)
         .min()
 }
 
-/// Every message in the store with the second it is next due (run at start, blocking).
-pub(super) fn load_backlog(store: &dyn Store) -> Result<Vec<(QueueId, u64)>, StoreError> {
+/// Is the message on hold: some recipient held, none other open (issue 14)?
+pub(super) fn on_hold(states: &[RecipientState]) -> bool {
+    states.iter().any(|s| s.status == RecipientStatus::Held) && next_attempt(states).is_none()
+}
+
+/// Every message in the store with the second it is next due, `None` for a message on hold
+/// (run at start, blocking; the hold lives in the store, so it survives a restart).
+pub(super) fn load_backlog(store: &dyn Store) -> Result<Vec<(QueueId, Option<u64>)>, StoreError> {
     let now = unix_now();
     let mut out = Vec::new();
     let ids = store.message_ids()?;
@@ -118,9 +136,13 @@ pub(super) fn load_backlog(store: &dyn Store) -> Result<Vec<(QueueId, u64)>, Sto
     }
     for id in ids {
         let states = store.recipient_states(&id)?;
+        if on_hold(&states) {
+            out.push((id, None));
+            continue;
+        }
         // All final: a crash came between the last result and the removal; finish it now.
         let due = next_attempt(&states).unwrap_or(now);
-        out.push((id, due));
+        out.push((id, Some(due)));
     }
     Ok(out)
 }
@@ -128,7 +150,6 @@ pub(super) fn load_backlog(store: &dyn Store) -> Result<Vec<(QueueId, u64)>, Sto
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::queue::message::RecipientStatus;
 
     fn id(n: u64) -> QueueId {
         QueueId::parse(&format!("{n:014X}")).unwrap()
@@ -211,6 +232,14 @@ mod tests {
             state(RecipientStatus::Failed, 20),
         ];
         assert_eq!(next_attempt(&states), Some(300));
+        // Held recipients wait for their release (issue 14).
+        let held = [
+            state(RecipientStatus::Held, 10),
+            state(RecipientStatus::Delivered, 10),
+        ];
+        assert_eq!(next_attempt(&held), None);
+        assert!(on_hold(&held));
+        assert!(!on_hold(&states));
         assert_eq!(next_attempt(&states[..1]), None);
         assert_eq!(next_attempt(&[]), None);
     }

@@ -94,7 +94,11 @@ pub async fn accept_loop(
         let permit = match ctx.limiter.try_acquire(peer.ip()) {
             Ok(permit) => permit,
             Err(exceeded) => {
-                tracing::warn!(peer = %peer, limit = ?exceeded, "connection refused: limit reached");
+                let limit = match exceeded {
+                    crate::inbound::limits::LimitExceeded::Total => "max_connections",
+                    crate::inbound::limits::LimitExceeded::PerIp => "max_connections_per_ip",
+                };
+                tracing::warn!(peer = %peer, limit, "connection refused: limit reached");
                 sessions.spawn(refuse(socket, exceeded));
                 continue;
             }

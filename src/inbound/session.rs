@@ -487,8 +487,8 @@ impl Session {
                 self.count_auth(&outcome);
                 tracing::info!(peer = %self.peer, from = sender.as_deref().unwrap_or(""),
                     spf = outcome.spf.result.as_str(), dmarc = outcome.dmarc.result.as_str(),
-                    dkim = ?outcome.dkim.iter().map(|d| d.result.as_str()).collect::<Vec<_>>(),
-                    action = ?outcome.action, "sender authentication");
+                    dkim = %outcome.dkim.iter().map(|d| d.result.as_str()).collect::<Vec<_>>().join(","),
+                    action = outcome.action.label(), "sender authentication");
                 match &outcome.action {
                     crate::auth::AuthAction::Reject {
                         code,
@@ -608,6 +608,8 @@ impl Session {
             when: SystemTime::now(),
         });
         let size = body.len() as u64;
+        let message_id =
+            crate::smtp::headers::message_id(&body).unwrap_or_else(|| "none".to_string());
         let recipient_list: Vec<String> = tx
             .recipients
             .iter()
@@ -650,14 +652,19 @@ impl Session {
                     .messages_accepted
                     .with_label_values(&[self.role_label()])
                     .inc();
+                // One line per accepted message (issue 14 item 3, Postfix's `cleanup:
+                // message-id=` line): what an administrator searches for.
                 tracing::info!(
                     queue_id = %id,
+                    message_id = %message_id,
                     peer = %self.peer,
                     listener = %self.listener.role,
                     from = %sender,
-                    to = ?recipient_list,
+                    nrcpt = recipient_list.len(),
+                    to = %recipient_list.join(","),
                     size,
                     tls = self.tls.as_ref().map(|t| t.version.as_str()).unwrap_or("none"),
+                    tls_cipher = self.tls.as_ref().map(|t| t.cipher.as_str()).unwrap_or("none"),
                     "message queued"
                 );
                 Reply::new(250, "2.0.0", format!("Ok: queued as {id}"))

@@ -57,7 +57,7 @@ fn reload_tls(ctx: &SessionContext) -> Result<(), ConfigReloadError> {
     startup::record_certificate_expiry(&new, &ctx.metrics);
     let changed = crate::config::changed_sections(current, &new);
     if !changed.is_empty() {
-        tracing::warn!(sections = ?changed, "the configuration file changed beyond [tls] and the domain list: those changes take effect at the next restart");
+        tracing::warn!(sections = %changed.join(","), "the configuration file changed beyond [tls] and the domain list: those changes take effect at the next restart");
     }
     tracing::info!("configuration reloaded: new sessions use the reloaded certificate");
     Ok(())

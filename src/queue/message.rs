@@ -177,6 +177,11 @@ pub enum RecipientStatus {
     /// Failed permanently or expired (final); the sender gets a failure DSN unless NOTIFY
     /// says otherwise.
     Failed,
+    /// Put on hold by the administrator (`tlsgate queue hold`, Postfix's `postsuper -h`): not
+    /// delivered, nor expired, until released; then pending again (deferred when it had been
+    /// tried). Added last, so that the stored encoding of the others (the variant index) is
+    /// unchanged and queues written by older versions read back as they were.
+    Held,
 }
 
 impl RecipientStatus {
@@ -193,6 +198,7 @@ impl fmt::Display for RecipientStatus {
             RecipientStatus::Deferred => "deferred",
             RecipientStatus::Delivered => "delivered",
             RecipientStatus::Failed => "failed",
+            RecipientStatus::Held => "held",
         })
     }
 }
@@ -283,5 +289,16 @@ mod tests {
         assert_eq!(encoded(&BodyType::BinaryMime), [2]);
         assert_eq!(encoded(&DsnRet::Full), [0]);
         assert_eq!(encoded(&DsnRet::Headers), [1]);
+    }
+
+    /// The recipient states keep their stored encoding; `Held` (issue 14) came last.
+    #[test]
+    fn recipient_status_keeps_its_stored_encoding() {
+        let encoded = |s: RecipientStatus| postcard::to_allocvec(&s).expect("encodes");
+        assert_eq!(encoded(RecipientStatus::Pending), [0]);
+        assert_eq!(encoded(RecipientStatus::Deferred), [1]);
+        assert_eq!(encoded(RecipientStatus::Delivered), [2]);
+        assert_eq!(encoded(RecipientStatus::Failed), [3]);
+        assert_eq!(encoded(RecipientStatus::Held), [4]);
     }
 }

@@ -4,6 +4,7 @@
 pub mod address;
 pub mod command;
 pub mod data;
+pub mod headers;
 pub mod reply;
 
 pub use address::{Address, ForwardPath, ReversePath};
