@@ -1,5 +1,5 @@
-//! SIGHUP: re-read the configuration file, put its certificate in force for new sessions and
-//! reload the domain list. A configuration or certificate that fails to load is refused and
+//! SIGHUP: re-read the configuration file, put its certificate (and the running listeners'
+//! `client_ca` files, S2) in force for new sessions and reload the domain list. A configuration or certificate that fails to load is refused and
 //! logged, and the running one stays in force. Settings other than `[tls]` and the domain
 //! list's contents take effect at the next restart; the log names the sections that changed.
 
