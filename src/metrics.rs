@@ -32,6 +32,8 @@ pub enum RejectReason {
     StoreError,
     /// Over `limits.max_recipients`.
     TooManyRecipients,
+    /// No verified client certificate on a `client_cert = "required"` listener (S2).
+    ClientCertRequired,
 }
 
 impl RejectReason {
@@ -46,6 +48,7 @@ impl RejectReason {
             RejectReason::BareLineEnding => "bare_line_ending",
             RejectReason::StoreError => "store_error",
             RejectReason::TooManyRecipients => "too_many_recipients",
+            RejectReason::ClientCertRequired => "client_cert_required",
         }
     }
 }

@@ -88,7 +88,12 @@ pub async fn start_with_reports(
 ) -> Result<RunningServer, ServerError> {
     let files = ConfigFiles::load(&config)?;
     startup::create_directory(&config, "server.data_dir", &config.server.data_dir)?;
-    let acceptor = startup::tls_acceptor(&config, files.server_tls)?;
+    let acceptors = startup::tls_acceptors(
+        &config,
+        files.server_tls,
+        &config.listeners,
+        &files.client_cas,
+    )?;
 
     let queue_dir = config.queue_dir();
     let store = tokio::task::spawn_blocking(move || SledStore::open(&queue_dir))
@@ -275,18 +280,19 @@ pub async fn start_with_reports(
         auth: sender_auth,
         dkim,
         audit: Some(audit_log.clone()),
-        tls: std::sync::RwLock::new(Some(acceptor)),
+        tls: std::sync::RwLock::new(acceptors),
         committer: committer.clone(),
         shutdown: shutdown.clone(),
     });
     let sessions = TaskTracker::new();
     let accept_loops = TaskTracker::new();
     let mut listeners = Vec::new();
-    for (listener_config, local, socket) in bound {
+    for (index, (listener_config, local, socket)) in bound.into_iter().enumerate() {
         tracing::info!(bind = %local, role = %listener_config.role, "SMTP listening");
         listeners.push((listener_config.role, local));
         accept_loops.spawn(inbound::accept_loop(
             socket,
+            index,
             listener_config,
             ctx.clone(),
             sessions.clone(),

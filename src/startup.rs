@@ -9,17 +9,18 @@
 //!
 //! [`ConfigFiles::load`] creates and writes nothing: a refused start leaves no trace behind (no
 //! empty `data_dir`). `serve` creates its directories ([`create_directory`]) and, without
-//! `[tls]`, its development certificate ([`tls_acceptor`]) only after everything here passed.
+//! `[tls]`, its development certificate ([`tls_acceptors`]) only after everything here passed.
 
 use crate::admin::AccessError;
 use crate::audit::AuditError;
 use crate::auth::{OutboundSigner, SignerError};
-use crate::config::Config;
+use crate::config::{Config, ListenerConfig};
 use crate::domain::Domain;
 use crate::policy::domain_list::{DomainListHandle, ListError};
 use crate::policy::{self, PolicyTarget};
 use crate::queue::StoreError;
 use crate::tls::client::ClientTls;
+use crate::tls::client_auth::{self, ClientCa};
 use crate::tls::{keys, KeyError};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -87,6 +88,9 @@ pub struct ConfigFiles {
     /// `tls.cert` and `tls.key`; `None` when `[tls]` is not configured (`serve` then generates a
     /// self-signed pair into `data_dir/certs`, development only).
     pub server_tls: Option<Arc<rustls::ServerConfig>>,
+    /// Each `[[listener]]`'s `client_ca` trust anchors, in listener order (`None` where the
+    /// listener has none; S2).
+    pub client_cas: Vec<Option<ClientCa>>,
     /// The public roots plus `outbound.extra_trust_roots`.
     pub client_tls: ClientTls,
     /// `[[outbound.dkim]]` signers by sender domain (shared by outbound sessions and TLS
@@ -105,6 +109,7 @@ impl ConfigFiles {
     pub fn load(config: &Config) -> Result<ConfigFiles, StartError> {
         check_directory(config, "server.data_dir", &config.server.data_dir)?;
         let server_tls = server_tls(config)?;
+        let client_cas = client_cas(config, &config.listeners)?;
         let client_tls = client_tls(config)?;
         let dkim = dkim_signers(config)?;
         let domain_list = domain_list(config)?;
@@ -118,6 +123,7 @@ impl ConfigFiles {
         check_directory(config, "audit.dir", &config.audit.dir)?;
         Ok(ConfigFiles {
             server_tls,
+            client_cas,
             client_tls,
             dkim,
             domain_list,
@@ -169,6 +175,26 @@ pub fn server_tls(config: &Config) -> Result<Option<Arc<rustls::ServerConfig>>, 
     let server = crate::tls::server_config_from(chain, key_der, key)
         .map_err(key_fault(config, "tls.key"))?;
     Ok(Some(server))
+}
+
+/// The `client_ca` file of every listener in `listeners` (S2), checked like every certificate
+/// file; an error names `listener[i].client_ca`.
+pub fn client_cas(
+    config: &Config,
+    listeners: &[ListenerConfig],
+) -> Result<Vec<Option<ClientCa>>, StartError> {
+    listeners
+        .iter()
+        .enumerate()
+        .map(|(i, l)| match &l.client_auth {
+            Some(auth) => client_auth::load_client_ca(&auth.ca)
+                .map(Some)
+                .map_err(|e| {
+                    StartError::new(config, format!("listener[{i}].client_ca"), Fault::Key(e))
+                }),
+            None => Ok(None),
+        })
+        .collect()
 }
 
 fn key_fault<'a>(config: &'a Config, key: &'a str) -> impl FnOnce(KeyError) -> StartError + 'a {
@@ -291,23 +317,47 @@ fn writable(dir: &Path) -> std::io::Result<()> {
     }
 }
 
-/// The STARTTLS acceptor for `serve` and SIGHUP: the pair `tls.cert` and `tls.key` name
-/// (`configured`, from [`server_tls`]), or without `[tls]` a self-signed pair in
-/// `data_dir/certs`, generated on first start (development only; needs `data_dir` to exist).
-pub fn tls_acceptor(
+/// The STARTTLS acceptors for `serve` and SIGHUP, one per listener of `listeners`, in order.
+/// All present the pair `tls.cert` and `tls.key` name (`configured`, from [`server_tls`]), or
+/// without `[tls]` a self-signed pair in `data_dir/certs`, generated on first start
+/// (development only; needs `data_dir` to exist). A listener with a `client_ca` (its entry in
+/// `client_cas`, from [`client_cas`]) also asks for a client certificate chaining to it (S2).
+pub fn tls_acceptors(
     config: &Config,
     configured: Option<Arc<rustls::ServerConfig>>,
-) -> Result<TlsAcceptor, StartError> {
+    listeners: &[ListenerConfig],
+    client_cas: &[Option<ClientCa>],
+) -> Result<Vec<TlsAcceptor>, StartError> {
     let server = match configured {
         Some(server) => server,
         None => generated_tls(config)?,
     };
-    Ok(TlsAcceptor::from(server))
+    let mut acceptors = Vec::with_capacity(listeners.len());
+    for (i, listener) in listeners.iter().enumerate() {
+        let with_ca = listener
+            .client_auth
+            .as_ref()
+            .zip(client_cas.get(i).and_then(Option::as_ref));
+        let listener_server = match with_ca {
+            Some((auth, ca)) => client_auth::server_config_with_client_ca(&server, ca, &auth.ca)
+                .map_err(|e| {
+                    StartError::new(config, format!("listener[{i}].client_ca"), Fault::Key(e))
+                })?,
+            None => server.clone(),
+        };
+        acceptors.push(TlsAcceptor::from(listener_server));
+    }
+    Ok(acceptors)
 }
 
-/// Reads `[tls]` again (SIGHUP) and builds the acceptor from it.
-pub fn load_tls(config: &Config) -> Result<TlsAcceptor, StartError> {
-    tls_acceptor(config, server_tls(config)?)
+/// Reads `[tls]` and the `client_ca` files of `listeners` (the running ones: listener changes
+/// wait for a restart) again (SIGHUP) and builds the acceptors from them.
+pub fn load_tls(
+    config: &Config,
+    listeners: &[ListenerConfig],
+) -> Result<Vec<TlsAcceptor>, StartError> {
+    let cas = client_cas(config, listeners)?;
+    tls_acceptors(config, server_tls(config)?, listeners, &cas)
 }
 
 /// Sets `tlsgate_tls_certificate_expiry_timestamp_seconds` from the certificate the listeners

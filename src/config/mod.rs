@@ -194,6 +194,39 @@ pub struct ListenerConfig {
     pub role: Role,
     /// Refuse `MAIL FROM` before STARTTLS with `530 5.7.0` (default false; S2).
     pub require_tls: bool,
+    /// `client_ca` and `client_cert`: internal mail servers authenticated by a client
+    /// certificate (S2); only on `outbound` listeners, `None` when not configured.
+    pub client_auth: Option<ClientAuth>,
+}
+
+/// Client-certificate authentication on a smarthost listener (S2, issue 14 item 7): a client
+/// whose certificate chains to `ca` may relay, besides `outbound.relay_networks`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientAuth {
+    /// `client_ca`: PEM file of the CA certificate(s) client certificates must chain to.
+    pub ca: PathBuf,
+    /// `client_cert`: whether a certificate is the only way to relay here.
+    pub mode: ClientCertMode,
+}
+
+/// `client_cert` of a `[[listener]]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientCertMode {
+    /// A verified certificate lets a client relay, and so does `outbound.relay_networks`
+    /// (the default once `client_ca` is set).
+    Optional,
+    /// Only a client with a verified certificate may relay, even from `relay_networks`.
+    Required,
+}
+
+impl fmt::Display for ClientCertMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ClientCertMode::Optional => "optional",
+            ClientCertMode::Required => "required",
+        })
+    }
 }
 
 /// `[inbound]`: the MX front.
@@ -883,10 +916,36 @@ fn validate_all(c: &Checker<'_>, raw: raw::RawConfig) -> Result<Config, ConfigEr
         {
             c.fail(key, format!("{bind} is bound twice"));
         }
+        let client_auth = match (l.client_ca, l.client_cert) {
+            (None, None) => None,
+            (None, Some(_)) => {
+                return Err(c.err(
+                    format!("listener[{i}].client_cert"),
+                    format!(
+                        "needs listener[{i}].client_ca, the CA file that client certificates \
+                         must chain to"
+                    ),
+                ))
+            }
+            (Some(ca), mode) => Some(ClientAuth {
+                ca: resolve(ca),
+                mode: mode.unwrap_or(ClientCertMode::Optional),
+            }),
+        };
+        // S2, S6: a client certificate grants relaying, which only a smarthost listener does;
+        // on an MX front it would silently mean nothing, so it is refused (non-negotiable 5).
+        if client_auth.is_some() && l.role != Role::Outbound {
+            return Err(c.err(
+                format!("listener[{i}].client_ca"),
+                "client certificates authenticate internal mail servers for relaying and are \
+                 only allowed on a role = \"outbound\" listener, not on this inbound one",
+            ));
+        }
         listeners.push(ListenerConfig {
             bind,
             role: l.role,
             require_tls: l.require_tls.unwrap_or(false),
+            client_auth,
         });
     }
     if written_listeners == 0 {
@@ -1204,7 +1263,7 @@ fn validate_all(c: &Checker<'_>, raw: raw::RawConfig) -> Result<Config, ConfigEr
         c.fail("log.level", format!("{:?} is not a log filter", log.level));
     }
 
-    let tls_reporting = tls_reporting::section(&c, raw.tls_reporting, &hostname)?;
+    let tls_reporting = tls_reporting::section(c, raw.tls_reporting, &hostname)?;
 
     Ok(Config {
         source: file.to_string(),
@@ -1321,9 +1380,17 @@ pub fn summary(config: &Config) -> String {
             Role::Outbound => "mail to anywhere from relay networks",
         };
         let tls = if l.require_tls { ", TLS required" } else { "" };
+        let certs = match &l.client_auth {
+            Some(auth) => format!(
+                ", client certificate {} from {}",
+                auth.mode,
+                auth.ca.display()
+            ),
+            None => String::new(),
+        };
         let _ = writeln!(
             out,
-            "listener:          {} {} ({what}{tls})",
+            "listener:          {} {} ({what}{tls}{certs})",
             l.bind, l.role
         );
     }

@@ -1,7 +1,7 @@
 //! The TOML file as serde sees it. Every struct refuses unknown keys; every field is optional
 //! here so that defaults and errors with key names live in one place, `validate`.
 
-use crate::config::Role;
+use crate::config::{ClientCertMode, Role};
 use crate::policy::TlsLevel;
 use serde::Deserialize;
 use std::path::PathBuf;
@@ -68,6 +68,8 @@ pub(super) struct RawListener {
     pub bind: String,
     pub role: Role,
     pub require_tls: Option<bool>,
+    pub client_ca: Option<PathBuf>,
+    pub client_cert: Option<ClientCertMode>,
 }
 
 #[derive(Debug, Default, Deserialize)]

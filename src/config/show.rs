@@ -214,11 +214,16 @@ fn table(config: &Config) -> Table {
     let listeners = listeners
         .iter()
         .map(|l| {
-            section(vec![
+            let mut entries = vec![
                 ("bind", Value::String(l.bind.to_string())),
                 ("role", Value::String(l.role.to_string())),
                 ("require_tls", Value::Boolean(l.require_tls)),
-            ])
+            ];
+            if let Some(auth) = &l.client_auth {
+                entries.push(("client_ca", path(&auth.ca)));
+                entries.push(("client_cert", Value::String(auth.mode.to_string())));
+            }
+            section(entries)
         })
         .collect();
     t.insert("listener".into(), Value::Array(listeners));

@@ -39,10 +39,11 @@ pub struct SessionContext {
     pub dkim: std::collections::HashMap<crate::domain::Domain, Arc<crate::auth::OutboundSigner>>,
     /// The audit log (S1); `None` only in tests that build a context by hand.
     pub audit: Option<Arc<crate::audit::AuditLog>>,
-    /// `None` when no certificate is configured (STARTTLS then not offered).
-    /// Replaced whole when the certificate is reloaded (SIGHUP): sessions that start after
-    /// that use the new certificate.
-    pub tls: std::sync::RwLock<Option<TlsAcceptor>>,
+    /// The STARTTLS acceptor of each `[[listener]]`, in configuration order (a listener with
+    /// `client_ca` asks for client certificates, the others do not; S2); empty when no
+    /// certificate is configured (STARTTLS then not offered). Replaced whole when the
+    /// certificate is reloaded (SIGHUP): sessions that start after that use the new one.
+    pub tls: std::sync::RwLock<Vec<TlsAcceptor>>,
     /// The queue's only writer: a message is answered `250` after it returns (S5).
     pub committer: Committer,
     /// Total and per-IP connection limits (`421 4.7.0` past them).
@@ -52,21 +53,28 @@ pub struct SessionContext {
 }
 
 impl SessionContext {
-    /// The STARTTLS acceptor in force now.
-    pub fn tls_acceptor(&self) -> Option<TlsAcceptor> {
-        self.tls.read().unwrap_or_else(|p| p.into_inner()).clone()
+    /// The STARTTLS acceptor in force now for the listener at `index` in `[[listener]]`
+    /// order; `None` without TLS.
+    pub fn tls_acceptor(&self, index: usize) -> Option<TlsAcceptor> {
+        self.tls
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(index)
+            .cloned()
     }
 
-    /// Puts a new STARTTLS acceptor in force (certificate reload); sessions already in TLS keep
-    /// theirs.
-    pub fn set_tls_acceptor(&self, acceptor: TlsAcceptor) {
-        *self.tls.write().unwrap_or_else(|p| p.into_inner()) = Some(acceptor);
+    /// Puts new STARTTLS acceptors in force, one per listener in order (certificate reload);
+    /// sessions already in TLS keep theirs.
+    pub fn set_tls_acceptors(&self, acceptors: Vec<TlsAcceptor>) {
+        *self.tls.write().unwrap_or_else(|p| p.into_inner()) = acceptors;
     }
 }
 
-/// Accepts connections on one listener until shutdown.
+/// Accepts connections on one listener until shutdown; `index` is its place in
+/// `[[listener]]` order (which STARTTLS acceptor it uses).
 pub async fn accept_loop(
     listener: TcpListener,
+    index: usize,
     config: ListenerConfig,
     ctx: Arc<SessionContext>,
     sessions: TaskTracker,
@@ -108,7 +116,9 @@ pub async fn accept_loop(
         sessions.spawn(async move {
             let _permit = permit;
             let conn = connection::Connection::new(socket);
-            Session::new(conn, ctx, listener_config, peer).run().await;
+            Session::new(conn, ctx, index, listener_config, peer)
+                .run()
+                .await;
         });
     }
 }

@@ -1,6 +1,9 @@
 //! The `Received:` trace header field tlsgate adds to every message (RFC 5321 4.4, RFC 5322
 //! 3.6.7), with the protocol keyword of RFC 3848 (`ESMTPS` when TLS was used) and the TLS
-//! version and cipher as a comment, so the recipient can see how the hop was protected.
+//! version and cipher as a comment, so the recipient can see how the hop was protected. A client
+//! that authenticated with a certificate on the smarthost listener (S2) is named in a second
+//! comment, `(client certificate "CN=…" issued by "CN=…")`, as Postfix's `(Client CN …,
+//! Issuer …)`.
 
 use crate::tls::TlsInfo;
 use std::net::IpAddr;
@@ -42,6 +45,23 @@ fn sanitize(text: &str) -> String {
         .collect()
 }
 
+/// Certificate names (which a CA, not the client, wrote, but which may hold anything) inside a
+/// comment: RFC 5322 3.2.2 ctext is printable ASCII without `(`, `)` and `\`; CR and LF would
+/// inject header fields; `"` would end our quoting. Each of those, and anything not printable
+/// ASCII, becomes `?`; at most 255 characters are kept.
+fn comment_text(text: &str) -> String {
+    text.chars()
+        .take(255)
+        .map(|c| {
+            if (' '..='~').contains(&c) && !"()\\\"".contains(c) {
+                c
+            } else {
+                '?'
+            }
+        })
+        .collect()
+}
+
 /// The complete header field, folded, ending in CRLF.
 pub fn received_header(f: &ReceivedFields<'_>) -> String {
     let protocol = match (f.esmtp, f.tls.is_some()) {
@@ -63,6 +83,13 @@ pub fn received_header(f: &ReceivedFields<'_>) -> String {
             sanitize(&tls.version),
             sanitize(&tls.cipher)
         ));
+        if let Some(cert) = &tls.client_certificate {
+            h.push_str(&format!(
+                "\r\n\t(client certificate \"{}\" issued by \"{}\")",
+                comment_text(&cert.subject),
+                comment_text(&cert.issuer)
+            ));
+        }
     }
     h.push_str(&format!(" id {}", f.queue_id));
     if let Some(rcpt) = f.single_recipient {
@@ -82,6 +109,7 @@ mod tests {
         let tls = TlsInfo {
             version: "TLSv1.3".into(),
             cipher: "TLS13_AES_256_GCM_SHA384".into(),
+            client_certificate: None,
         };
         let h = received_header(&ReceivedFields {
             helo: "client.example\r\nBcc: evil",
@@ -115,5 +143,38 @@ mod tests {
         });
         assert!(h.contains("with ESMTP id X;"));
         assert!(!h.contains("version="));
+    }
+
+    /// S2: the verified client certificate is named in a comment (RFC 5321 4.4 allows CFWS
+    /// before `id`), with every character that could break the comment or the header replaced.
+    #[test]
+    fn client_certificate_is_named_in_a_safe_comment() {
+        let tls = TlsInfo {
+            version: "TLSv1.3".into(),
+            cipher: "TLS13_AES_128_GCM_SHA256".into(),
+            client_certificate: Some(crate::tls::ClientCertificate {
+                subject: "CN=exchange.example.no, O=Bank (Norge) \"AS\"\r\nBcc: x\\y æ".into(),
+                issuer: "CN=Bank internal CA".into(),
+                serial: "01".into(),
+            }),
+        };
+        let h = received_header(&ReceivedFields {
+            helo: "exchange.example.no",
+            client_ip: "10.0.0.5".parse().unwrap(),
+            hostname: "mx1.example.no",
+            esmtp: true,
+            tls: Some(&tls),
+            queue_id: "X",
+            single_recipient: None,
+            when: UNIX_EPOCH,
+        });
+        assert!(
+            h.contains(
+                "(version=TLSv1.3 cipher=TLS13_AES_128_GCM_SHA256)\r\n\t(client certificate \
+                 \"CN=exchange.example.no, O=Bank ?Norge? ?AS???Bcc: x?y ?\" issued by \
+                 \"CN=Bank internal CA\") id X;"
+            ),
+            "{h}"
+        );
     }
 }

@@ -2,7 +2,11 @@
 //! only here.
 //!
 //! * `inbound` listeners take mail for `inbound.local_domains` only, from anyone.
-//! * `outbound` listeners take mail to anywhere, from `outbound.relay_networks` only.
+//! * `outbound` listeners take mail to anywhere, from `outbound.relay_networks` only, or from
+//!   a client whose certificate the listener's `client_ca` verified (S2). With
+//!   `client_cert = "required"` the certificate is the only way: a client without one is
+//!   refused at MAIL with `530 5.7.0`, even from the relay networks (RFC 3207 4, RFC 4954 6:
+//!   530 asks for authentication the client has not given).
 //!
 //! Anything else is refused at RCPT with `554 5.7.1`.
 //!
@@ -15,9 +19,22 @@
 //! `550 5.7.1`, as with Postfix's default `allow_untrusted_routing = no`, unless
 //! `inbound.allow_routed_local_parts` is set.
 
-use crate::config::{Config, Role};
+use crate::config::{ClientCertMode, Config, ListenerConfig, Role};
 use crate::smtp::{Address, Reply};
+use crate::tls::ClientCertificate;
 use std::net::IpAddr;
+
+/// The client of a session, as far as relaying goes.
+#[derive(Debug, Clone, Copy)]
+pub struct Client<'a> {
+    /// The connecting address, matched against `outbound.relay_networks`.
+    pub ip: IpAddr,
+    /// The session is in TLS (after STARTTLS).
+    pub tls: bool,
+    /// The certificate the client presented and the listener's `client_ca` verified in the
+    /// handshake; `None` when it presented none (a bad one fails the handshake).
+    pub certificate: Option<&'a ClientCertificate>,
+}
 
 /// Why a recipient is refused at RCPT.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,6 +44,11 @@ pub enum RelayRefusal {
     RelayDenied,
     /// A local recipient whose local part routes the mail onwards, from an untrusted client.
     RoutedLocalPart,
+    /// A TLS client without a certificate on a `client_cert = "required"` listener (S2).
+    ClientCertificateRequired,
+    /// A plaintext client on a `client_cert = "required"` listener: it needs STARTTLS first
+    /// to present a certificate at all (S2).
+    ClientCertificateNeedsTls,
 }
 
 impl RelayRefusal {
@@ -40,14 +62,29 @@ impl RelayRefusal {
                 "Routed address refused: a local part with '@', '%' or '!' is not accepted \
                  from your network",
             ),
+            RelayRefusal::ClientCertificateRequired => Reply::new(
+                530,
+                "5.7.0",
+                "Client certificate required: this listener relays only for clients that \
+                 present a certificate from its client CA",
+            ),
+            RelayRefusal::ClientCertificateNeedsTls => Reply::new(
+                530,
+                "5.7.0",
+                "Must issue a STARTTLS command first: this listener requires a client \
+                 certificate",
+            ),
         }
     }
 
-    /// The refusal's name in the log and the audit log (`relay_denied`, `routed_local_part`).
+    /// The refusal's name in the log and the audit log (`relay_denied`, `routed_local_part`,
+    /// `client_cert_required`, `client_cert_needs_tls`).
     pub fn label(self) -> &'static str {
         match self {
             RelayRefusal::RelayDenied => "relay_denied",
             RelayRefusal::RoutedLocalPart => "routed_local_part",
+            RelayRefusal::ClientCertificateRequired => "client_cert_required",
+            RelayRefusal::ClientCertificateNeedsTls => "client_cert_needs_tls",
         }
     }
 
@@ -56,19 +93,51 @@ impl RelayRefusal {
         match self {
             RelayRefusal::RelayDenied => crate::metrics::RejectReason::RelayDenied,
             RelayRefusal::RoutedLocalPart => crate::metrics::RejectReason::RoutedAddress,
+            RelayRefusal::ClientCertificateRequired | RelayRefusal::ClientCertificateNeedsTls => {
+                crate::metrics::RejectReason::ClientCertRequired
+            }
         }
     }
 }
 
-/// May `client_ip`, connected to a `role` listener, send mail to `recipient`?
+/// May `client` start a transaction (MAIL) on `listener` at all? Only a `client_cert =
+/// "required"` listener refuses here, a client without a verified certificate (S2).
+pub fn check_client(
+    config: &Config,
+    listener: &ListenerConfig,
+    client: &Client<'_>,
+) -> Result<(), RelayRefusal> {
+    relay_client(config, listener, client).map(|_| ())
+}
+
+/// Is `client` one the relay trusts on `listener` (may relay, may use routed local parts)?
+/// `Err` when the listener demands a certificate the client has not presented.
+fn relay_client(
+    config: &Config,
+    listener: &ListenerConfig,
+    client: &Client<'_>,
+) -> Result<bool, RelayRefusal> {
+    // Only a listener with `client_ca` asks for (and verifies) certificates.
+    let certified = listener.client_auth.is_some() && client.certificate.is_some();
+    match listener.client_auth.as_ref().map(|a| a.mode) {
+        Some(ClientCertMode::Required) if certified => Ok(true),
+        Some(ClientCertMode::Required) if client.tls => {
+            Err(RelayRefusal::ClientCertificateRequired)
+        }
+        Some(ClientCertMode::Required) => Err(RelayRefusal::ClientCertificateNeedsTls),
+        Some(ClientCertMode::Optional) | None => Ok(certified || config.is_relay_client(client.ip)),
+    }
+}
+
+/// May `client`, connected to `listener`, send mail to `recipient`?
 pub fn check_recipient(
     config: &Config,
-    role: Role,
-    client_ip: IpAddr,
+    listener: &ListenerConfig,
+    client: &Client<'_>,
     recipient: &Address,
 ) -> Result<(), RelayRefusal> {
-    let trusted = config.is_relay_client(client_ip);
-    let allowed = match role {
+    let trusted = relay_client(config, listener, client)?;
+    let allowed = match listener.role {
         Role::Inbound => config.is_local_domain(recipient.domain()),
         Role::Outbound => trusted,
     };
@@ -118,6 +187,23 @@ mod tests {
         .unwrap()
     }
 
+    fn listener(role: Role) -> ListenerConfig {
+        ListenerConfig {
+            bind: "127.0.0.1:0".parse().unwrap(),
+            role,
+            require_tls: false,
+            client_auth: None,
+        }
+    }
+
+    fn client(ip: IpAddr) -> Client<'static> {
+        Client {
+            ip,
+            tls: false,
+            certificate: None,
+        }
+    }
+
     fn at(domain: &str) -> Address {
         Address::new("user", Domain::parse(domain).unwrap()).unwrap()
     }
@@ -129,15 +215,16 @@ mod tests {
         let local = at("EXAMPLE.no.");
         let other = at("gmail.com");
         let sub = at("sub.example.no");
-        assert!(check_recipient(&c, Role::Inbound, anyone, &local).is_ok());
-        let refused = check_recipient(&c, Role::Inbound, anyone, &other).unwrap_err();
+        assert!(check_recipient(&c, &listener(Role::Inbound), &client(anyone), &local).is_ok());
+        let refused =
+            check_recipient(&c, &listener(Role::Inbound), &client(anyone), &other).unwrap_err();
         assert_eq!(refused, RelayRefusal::RelayDenied);
         let reply = refused.reply();
         assert_eq!(
             (reply.code, reply.enhanced.map(|e| e.to_string())),
             (554, Some("5.7.1".into()))
         );
-        assert!(check_recipient(&c, Role::Inbound, anyone, &sub).is_err());
+        assert!(check_recipient(&c, &listener(Role::Inbound), &client(anyone), &sub).is_err());
     }
 
     #[test]
@@ -148,18 +235,18 @@ mod tests {
         for inside in ["10.1.2.3", "::ffff:10.9.9.9", "2001:db8::25"] {
             let ip: IpAddr = inside.parse().unwrap();
             assert!(
-                check_recipient(&c, Role::Outbound, ip, &far).is_ok(),
+                check_recipient(&c, &listener(Role::Outbound), &client(ip), &far).is_ok(),
                 "{inside}"
             );
         }
         for outside in ["11.0.0.1", "127.0.0.1", "2001:db9::1"] {
             let ip: IpAddr = outside.parse().unwrap();
             assert!(
-                check_recipient(&c, Role::Outbound, ip, &far).is_err(),
+                check_recipient(&c, &listener(Role::Outbound), &client(ip), &far).is_err(),
                 "{outside}"
             );
             assert!(
-                check_recipient(&c, Role::Outbound, ip, &local).is_err(),
+                check_recipient(&c, &listener(Role::Outbound), &client(ip), &local).is_err(),
                 "{outside}"
             );
         }
@@ -179,21 +266,21 @@ mod tests {
         ] {
             let a = Address::parse(routed).unwrap();
             assert_eq!(
-                check_recipient(&c, Role::Inbound, anyone, &a),
+                check_recipient(&c, &listener(Role::Inbound), &client(anyone), &a),
                 Err(RelayRefusal::RoutedLocalPart),
                 "{routed}"
             );
             assert!(
-                check_recipient(&c, Role::Inbound, inside, &a).is_ok(),
+                check_recipient(&c, &listener(Role::Inbound), &client(inside), &a).is_ok(),
                 "{routed}"
             );
             assert!(
-                check_recipient(&c, Role::Outbound, inside, &a).is_ok(),
+                check_recipient(&c, &listener(Role::Outbound), &client(inside), &a).is_ok(),
                 "{routed}"
             );
         }
         let plain = Address::parse("first.last+tag@example.no").unwrap();
-        assert!(check_recipient(&c, Role::Inbound, anyone, &plain).is_ok());
+        assert!(check_recipient(&c, &listener(Role::Inbound), &client(anyone), &plain).is_ok());
         let reply = RelayRefusal::RoutedLocalPart.reply();
         assert_eq!(
             (reply.code, reply.enhanced.map(|e| e.to_string())),
@@ -202,11 +289,87 @@ mod tests {
 
         let allowing = config_with("allow_routed_local_parts = true");
         let a = Address::parse("victim%remote.example@example.no").unwrap();
-        assert!(check_recipient(&allowing, Role::Inbound, anyone, &a).is_ok());
+        assert!(check_recipient(&allowing, &listener(Role::Inbound), &client(anyone), &a).is_ok());
         // Allowing routes never opens relaying to other domains.
         let far = Address::parse("victim%example.no@gmail.com").unwrap();
         assert_eq!(
-            check_recipient(&allowing, Role::Inbound, anyone, &far),
+            check_recipient(&allowing, &listener(Role::Inbound), &client(anyone), &far),
+            Err(RelayRefusal::RelayDenied)
+        );
+    }
+
+    /// S2 with S6: a verified certificate lets a client relay on an `optional` listener from
+    /// anywhere; `required` refuses everyone without one, relay networks included, at MAIL
+    /// (`check_client`) and again at RCPT.
+    #[test]
+    fn client_certificates_grant_relaying_and_can_be_required() {
+        let c = config();
+        let cert = ClientCertificate {
+            subject: "CN=exchange.example.no".into(),
+            issuer: "CN=Bank CA".into(),
+            serial: "01".into(),
+        };
+        let with_ca = |mode| ListenerConfig {
+            client_auth: Some(crate::config::ClientAuth {
+                ca: "/etc/tlsgate/client-ca.pem".into(),
+                mode,
+            }),
+            ..listener(Role::Outbound)
+        };
+        let optional = with_ca(ClientCertMode::Optional);
+        let required = with_ca(ClientCertMode::Required);
+        let far = at("gmail.com");
+        let outside: IpAddr = "203.0.113.9".parse().unwrap();
+        let inside: IpAddr = "10.1.2.3".parse().unwrap();
+        let certified = |ip| Client {
+            ip,
+            tls: true,
+            certificate: Some(&cert),
+        };
+        let tls_only = |ip| Client {
+            ip,
+            tls: true,
+            certificate: None,
+        };
+
+        // optional: the certificate in addition to relay_networks.
+        assert!(check_recipient(&c, &optional, &certified(outside), &far).is_ok());
+        assert!(check_recipient(&c, &optional, &tls_only(inside), &far).is_ok());
+        assert_eq!(
+            check_recipient(&c, &optional, &tls_only(outside), &far),
+            Err(RelayRefusal::RelayDenied)
+        );
+        assert!(check_client(&c, &optional, &client(outside)).is_ok());
+
+        // required: the certificate instead of relay_networks.
+        assert!(check_client(&c, &required, &certified(outside)).is_ok());
+        assert!(check_recipient(&c, &required, &certified(outside), &far).is_ok());
+        assert_eq!(
+            check_client(&c, &required, &tls_only(inside)),
+            Err(RelayRefusal::ClientCertificateRequired)
+        );
+        assert_eq!(
+            check_recipient(&c, &required, &tls_only(inside), &far),
+            Err(RelayRefusal::ClientCertificateRequired)
+        );
+        assert_eq!(
+            check_client(&c, &required, &client(inside)),
+            Err(RelayRefusal::ClientCertificateNeedsTls)
+        );
+        for refusal in [
+            RelayRefusal::ClientCertificateRequired,
+            RelayRefusal::ClientCertificateNeedsTls,
+        ] {
+            let reply = refusal.reply();
+            assert_eq!(
+                (reply.code, reply.enhanced.map(|e| e.to_string())),
+                (530, Some("5.7.0".into()))
+            );
+        }
+
+        // A certificate counts only where the listener verifies them (client_ca).
+        assert_eq!(
+            check_recipient(&c, &listener(Role::Outbound), &certified(outside), &far),
             Err(RelayRefusal::RelayDenied)
         );
     }

@@ -23,7 +23,7 @@ use crate::smtp::command::{self, Command, MailFrom, RcptTo};
 use crate::smtp::data::{DataDecoder, DataOutcome};
 use crate::smtp::Address;
 use crate::smtp::{Capabilities, Reply};
-use crate::tls::TlsInfo;
+use crate::tls::{ClientCertificate, TlsInfo};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -52,6 +52,8 @@ struct AcceptedRecipient {
 pub struct Session {
     conn: Connection,
     ctx: Arc<SessionContext>,
+    /// The listener's place in `[[listener]]` order: which STARTTLS acceptor it uses.
+    listener_index: usize,
     listener: ListenerConfig,
     peer: SocketAddr,
     /// The HELO/EHLO argument; `None` until the client greets (and again after STARTTLS).
@@ -66,16 +68,19 @@ pub struct Session {
 }
 
 impl Session {
-    /// A session for a connection accepted from `peer` on `listener`; [`Session::run`] drives it.
+    /// A session for a connection accepted from `peer` on `listener`, the one at
+    /// `listener_index` in `[[listener]]` order; [`Session::run`] drives it.
     pub fn new(
         conn: Connection,
         ctx: Arc<SessionContext>,
+        listener_index: usize,
         listener: ListenerConfig,
         peer: SocketAddr,
     ) -> Session {
         Session {
             conn,
             ctx,
+            listener_index,
             listener,
             peer,
             helo: None,
@@ -238,7 +243,7 @@ impl Session {
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             size: self.ctx.config.server.max_message_size,
-            starttls: self.tls.is_none() && self.ctx.tls_acceptor().is_some(),
+            starttls: self.tls.is_none() && self.ctx.tls_acceptor(self.listener_index).is_some(),
             // RFC 8689 2: REQUIRETLS is offered only on a TLS-protected session.
             requiretls: self.tls.is_some(),
             chunking: false,
@@ -275,6 +280,17 @@ impl Session {
                 "5.7.0",
                 "Must issue a STARTTLS command first",
             ));
+        }
+        // S2: a `client_cert = "required"` listener refuses a client without a verified
+        // certificate before the transaction starts.
+        if let Err(refusal) = relay::check_client(&self.ctx.config, &self.listener, &self.client())
+        {
+            let domain = mail
+                .sender
+                .address()
+                .map(|a| a.domain().to_string())
+                .unwrap_or_default();
+            return self.refuse_relay(refusal, "", &domain);
         }
         let has_params = mail.size.is_some()
             || mail.body.is_some()
@@ -329,14 +345,49 @@ impl Session {
         self.reply(Reply::new(250, "2.1.0", "Sender ok"));
     }
 
+    /// The client as the relay rules see it (S6, S2).
+    fn client(&self) -> relay::Client<'_> {
+        relay::Client {
+            ip: self.peer.ip(),
+            tls: self.tls.is_some(),
+            certificate: self
+                .tls
+                .as_ref()
+                .and_then(|t| t.client_certificate.as_ref()),
+        }
+    }
+
+    /// A relay refusal (S6) is counted, logged, audited and answered; `recipient` is empty
+    /// when the client itself is refused at MAIL, `domain` is then the sender's.
+    fn refuse_relay(&mut self, refusal: relay::RelayRefusal, recipient: &str, domain: &str) {
+        let role = self.listener.role;
+        self.ctx.metrics.reject(self.role_label(), refusal.reason());
+        tracing::info!(
+            peer = %self.peer,
+            listener = %role,
+            recipient,
+            refusal = refusal.label(),
+            "relay access denied"
+        );
+        crate::audit::submit(
+            &self.ctx.audit,
+            AuditEvent::RelayRefused {
+                peer: self.peer.to_string(),
+                domain: domain.to_string(),
+                listener: role.to_string(),
+                reason: refusal.label().into(),
+            },
+        );
+        self.reply(refusal.reply());
+    }
+
     fn rcpt(&mut self, rcpt: RcptTo) {
         let config = self.ctx.config.clone();
-        let role = self.listener.role;
-        let client_ip = self.peer.ip();
-        let Some(tx) = self.transaction.as_mut() else {
+        let Some(tx) = self.transaction.as_ref() else {
             return self.reply(Reply::new(503, "5.5.1", "Need MAIL before RCPT"));
         };
-        if tx.recipients.len() >= config.limits.max_recipients {
+        let (count, smtputf8) = (tx.recipients.len(), tx.mail.smtputf8);
+        if count >= config.limits.max_recipients {
             self.ctx
                 .metrics
                 .reject(self.role_label(), RejectReason::TooManyRecipients);
@@ -353,30 +404,17 @@ impl Session {
             return self.reply(Reply::new(550, "5.1.1", "No postmaster here"));
         };
         let address = command::recipient_address(&rcpt.recipient, &default_domain);
-        if !address.is_ascii() && !tx.mail.smtputf8 {
+        if !address.is_ascii() && !smtputf8 {
             return self.reply(command::CommandError::NeedsSmtputf8.reply());
         }
-        if let Err(refusal) = relay::check_recipient(&config, role, client_ip, &address) {
-            self.ctx.metrics.reject(self.role_label(), refusal.reason());
-            tracing::info!(
-                peer = %self.peer,
-                listener = %role,
-                recipient = %address,
-                refusal = refusal.label(),
-                "relay access denied"
-            );
-            crate::audit::submit(
-                &self.ctx.audit,
-                AuditEvent::RelayRefused {
-                    peer: self.peer.to_string(),
-                    domain: address.domain().to_string(),
-                    listener: role.to_string(),
-                    reason: refusal.label().into(),
-                },
-            );
-            return self.reply(refusal.reply());
+        let checked = relay::check_recipient(&config, &self.listener, &self.client(), &address);
+        if let Err(refusal) = checked {
+            let domain = address.domain().to_string();
+            return self.refuse_relay(refusal, &address.to_string(), &domain);
         }
-        tx.recipients.push(AcceptedRecipient { address, rcpt });
+        if let Some(tx) = self.transaction.as_mut() {
+            tx.recipients.push(AcceptedRecipient { address, rcpt });
+        }
         self.reply(Reply::new(250, "2.1.5", "Recipient ok"));
     }
 
@@ -681,7 +719,7 @@ impl Session {
     }
 
     async fn starttls(&mut self) -> Flow {
-        let Some(acceptor) = self.ctx.tls_acceptor() else {
+        let Some(acceptor) = self.ctx.tls_acceptor(self.listener_index) else {
             self.reply(Reply::new(502, "5.5.1", "STARTTLS not available"));
             return Flow::Continue;
         };
@@ -704,13 +742,50 @@ impl Session {
                 self.helo = None;
                 self.esmtp = false;
                 self.transaction = None;
-                self.tls = self.conn.tls_state().map(TlsInfo::from_connection);
+                self.tls = self.conn.tls_state().map(|state| {
+                    let mut info = TlsInfo::from_connection(state);
+                    // S2: only a listener with `client_ca` asks for (and verifies) one.
+                    if self.listener.client_auth.is_some() {
+                        info.client_certificate = ClientCertificate::of_peer(state);
+                    }
+                    info
+                });
+                self.log_client_certificate();
                 Flow::Continue
             }
             Err(e) => {
                 tracing::info!(peer = %self.peer, error = %e, "STARTTLS handshake failed");
                 Flow::Close
             }
+        }
+    }
+}
+
+impl Session {
+    /// S2: on a listener with `client_ca`, the outcome of client authentication is logged once
+    /// per session, right after the handshake (subject, issuer and serial when verified).
+    fn log_client_certificate(&self) {
+        if self.listener.client_auth.is_none() {
+            return;
+        }
+        match self
+            .tls
+            .as_ref()
+            .and_then(|t| t.client_certificate.as_ref())
+        {
+            Some(cert) => tracing::info!(
+                peer = %self.peer,
+                listener = %self.listener.role,
+                subject = %cert.subject,
+                issuer = %cert.issuer,
+                serial = %cert.serial,
+                "client certificate verified"
+            ),
+            None => tracing::info!(
+                peer = %self.peer,
+                listener = %self.listener.role,
+                "no client certificate presented"
+            ),
         }
     }
 }

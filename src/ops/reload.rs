@@ -1,5 +1,5 @@
-//! SIGHUP: re-read the configuration file, put its certificate in force for new sessions and
-//! reload the domain list. A configuration or certificate that fails to load is refused and
+//! SIGHUP: re-read the configuration file, put its certificate (and the running listeners'
+//! `client_ca` files, S2) in force for new sessions and reload the domain list. A configuration or certificate that fails to load is refused and
 //! logged, and the running one stays in force. Settings other than `[tls]` and the domain
 //! list's contents take effect at the next restart; the log names the sections that changed.
 
@@ -53,12 +53,16 @@ fn reload_tls(ctx: &SessionContext) -> Result<(), ConfigReloadError> {
     } else {
         Config::load(Path::new(&current.source))?
     };
-    ctx.set_tls_acceptor(startup::load_tls(&new)?);
+    // The running listeners' client CA files are read again too (a renewed CA takes effect);
+    // a changed `[[listener]]` list waits for the restart, like every other section.
+    ctx.set_tls_acceptors(startup::load_tls(&new, &current.listeners)?);
     startup::record_certificate_expiry(&new, &ctx.metrics);
     let changed = crate::config::changed_sections(current, &new);
     if !changed.is_empty() {
         tracing::warn!(sections = %changed.join(","), "the configuration file changed beyond [tls] and the domain list: those changes take effect at the next restart");
     }
-    tracing::info!("configuration reloaded: new sessions use the reloaded certificate");
+    tracing::info!(
+        "configuration reloaded: new sessions use the reloaded certificate and client CAs"
+    );
     Ok(())
 }

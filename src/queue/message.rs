@@ -165,6 +165,115 @@ pub struct MessageMeta {
     pub size: u64,
 }
 
+impl MessageMeta {
+    /// Reads a stored record (postcard). The layout has grown once: issue 14 item 7 appended
+    /// `client_certificate` to the received [`TlsInfo`]; records queued before that are read
+    /// through [`legacy::MessageMetaV1`], so an acknowledged message survives the upgrade (S5).
+    ///
+    /// Unambiguous: an old record with TLS cannot read in the current layout, because the byte
+    /// where the new `Option` tag would be is the first of `received_at`, a varint of a Unix
+    /// time (at least 128, so its first byte has the continuation bit set), never 0 or 1.
+    /// Records without TLS are the same in both layouts.
+    pub fn decode(bytes: &[u8]) -> Result<MessageMeta, postcard::Error> {
+        let current = postcard::take_from_bytes::<MessageMeta>(bytes);
+        if let Ok((meta, rest)) = &current {
+            if rest.is_empty() {
+                return Ok(meta.clone());
+            }
+        }
+        if let Ok((old, [])) = postcard::take_from_bytes::<legacy::MessageMetaV1>(bytes) {
+            return Ok(old.into());
+        }
+        // As before the fallback existed: the current layout, trailing bytes ignored.
+        current.map(|(meta, _)| meta)
+    }
+}
+
+/// Stored layouts older than the current one, read by [`MessageMeta::decode`] only.
+pub mod legacy {
+    use super::*;
+
+    /// [`TlsInfo`] before `client_certificate` (until issue 14 item 7).
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct TlsInfoV1 {
+        /// "TLSv1.2" or "TLSv1.3".
+        pub version: String,
+        /// The suite name.
+        pub cipher: String,
+    }
+
+    /// [`Reception`] with a [`TlsInfoV1`].
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct ReceptionV1 {
+        /// The connecting client's address.
+        pub client_ip: IpAddr,
+        /// The HELO/EHLO argument.
+        pub helo: String,
+        /// The listener's role.
+        pub role: Role,
+        /// `None` for plaintext.
+        pub tls: Option<TlsInfoV1>,
+        /// Unix seconds of acceptance.
+        pub received_at: u64,
+    }
+
+    /// [`MessageMeta`] with a [`ReceptionV1`]; every other field as today.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct MessageMetaV1 {
+        /// As [`MessageMeta`]'s `id`.
+        pub id: QueueId,
+        /// As [`MessageMeta`]'s `sender`.
+        pub sender: Option<String>,
+        /// As [`MessageMeta`]'s `recipients`.
+        pub recipients: Vec<Recipient>,
+        /// As [`MessageMeta`]'s `ret`.
+        pub ret: Option<DsnRet>,
+        /// As [`MessageMeta`]'s `envid`.
+        pub envid: Option<String>,
+        /// As [`MessageMeta`]'s `body_type`.
+        pub body_type: BodyType,
+        /// As [`MessageMeta`]'s `smtputf8`.
+        pub smtputf8: bool,
+        /// As [`MessageMeta`]'s `requiretls`.
+        pub requiretls: bool,
+        /// The reception in the old layout.
+        pub reception: ReceptionV1,
+        /// As [`MessageMeta`]'s `received_header`.
+        pub received_header: String,
+        /// As [`MessageMeta`]'s `size`.
+        pub size: u64,
+    }
+
+    impl From<MessageMetaV1> for MessageMeta {
+        fn from(old: MessageMetaV1) -> MessageMeta {
+            let r = old.reception;
+            MessageMeta {
+                id: old.id,
+                sender: old.sender,
+                recipients: old.recipients,
+                ret: old.ret,
+                envid: old.envid,
+                body_type: old.body_type,
+                smtputf8: old.smtputf8,
+                requiretls: old.requiretls,
+                reception: Reception {
+                    client_ip: r.client_ip,
+                    helo: r.helo,
+                    role: r.role,
+                    tls: r.tls.map(|t| TlsInfo {
+                        version: t.version,
+                        cipher: t.cipher,
+                        client_certificate: None,
+                    }),
+                    received_at: r.received_at,
+                },
+                received_header: old.received_header,
+                size: old.size,
+            }
+        }
+    }
+}
+
 /// Where one recipient is in delivery.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RecipientStatus {
@@ -300,5 +409,88 @@ mod tests {
         assert_eq!(encoded(RecipientStatus::Delivered), [2]);
         assert_eq!(encoded(RecipientStatus::Failed), [3]);
         assert_eq!(encoded(RecipientStatus::Held), [4]);
+    }
+
+    fn meta_with_tls(tls: Option<TlsInfo>) -> MessageMeta {
+        MessageMeta {
+            id: QueueId::parse("0123456789ABCD").expect("id"),
+            sender: Some("a@example.no".into()),
+            recipients: vec![Recipient {
+                address: "b@example.org".into(),
+                notify: DsnNotify::default(),
+                orcpt: None,
+            }],
+            ret: None,
+            envid: Some("env".into()),
+            body_type: BodyType::EightBitMime,
+            smtputf8: false,
+            requiretls: true,
+            reception: Reception {
+                client_ip: "192.0.2.7".parse().expect("ip"),
+                helo: "exchange.example.no".into(),
+                role: Role::Outbound,
+                tls,
+                received_at: 1_700_000_000,
+            },
+            received_header: "Received: x\r\n".into(),
+            size: 42,
+        }
+    }
+
+    /// S5 across the upgrade of issue 14 item 7: a record written in the layout before
+    /// `TlsInfo::client_certificate` (with and without TLS) still reads, with no certificate.
+    #[test]
+    fn records_from_before_client_certificates_still_decode() {
+        for tls in [
+            Some(TlsInfo {
+                version: "TLSv1.3".into(),
+                cipher: "TLS13_AES_256_GCM_SHA384".into(),
+                client_certificate: None,
+            }),
+            None,
+        ] {
+            let expected = meta_with_tls(tls.clone());
+            let old = legacy::MessageMetaV1 {
+                id: expected.id.clone(),
+                sender: expected.sender.clone(),
+                recipients: expected.recipients.clone(),
+                ret: expected.ret,
+                envid: expected.envid.clone(),
+                body_type: expected.body_type,
+                smtputf8: expected.smtputf8,
+                requiretls: expected.requiretls,
+                reception: legacy::ReceptionV1 {
+                    client_ip: expected.reception.client_ip,
+                    helo: expected.reception.helo.clone(),
+                    role: expected.reception.role,
+                    tls: tls.map(|t| legacy::TlsInfoV1 {
+                        version: t.version,
+                        cipher: t.cipher,
+                    }),
+                    received_at: expected.reception.received_at,
+                },
+                received_header: expected.received_header.clone(),
+                size: expected.size,
+            };
+            let bytes = postcard::to_allocvec(&old).expect("encodes");
+            assert_eq!(MessageMeta::decode(&bytes).expect("decodes"), expected);
+        }
+    }
+
+    /// The current layout round-trips, the client certificate included.
+    #[test]
+    fn records_with_a_client_certificate_round_trip() {
+        let meta = meta_with_tls(Some(TlsInfo {
+            version: "TLSv1.3".into(),
+            cipher: "TLS13_AES_128_GCM_SHA256".into(),
+            client_certificate: Some(crate::tls::ClientCertificate {
+                subject: "CN=exchange.example.no".into(),
+                issuer: "CN=Bank internal CA".into(),
+                serial: "01:02".into(),
+            }),
+        }));
+        let bytes = postcard::to_allocvec(&meta).expect("encodes");
+        assert_eq!(MessageMeta::decode(&bytes).expect("decodes"), meta);
+        assert!(MessageMeta::decode(&bytes[..bytes.len() - 1]).is_err());
     }
 }

@@ -64,10 +64,14 @@ fn children(prefix: &[u8], id: &QueueId) -> Vec<u8> {
 }
 
 fn decode<T: DeserializeOwned>(k: &[u8], v: &[u8]) -> Result<T, StoreError> {
-    postcard::from_bytes(v).map_err(|e| StoreError::Corrupt {
+    postcard::from_bytes(v).map_err(|e| corrupt(k, e))
+}
+
+fn corrupt(k: &[u8], e: postcard::Error) -> StoreError {
+    StoreError::Corrupt {
         key: String::from_utf8_lossy(k).replace('\0', "/"),
         reason: e.to_string(),
-    })
+    }
 }
 
 fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
@@ -155,7 +159,9 @@ impl Store for SledStore {
     fn message(&self, id: &QueueId) -> Result<Option<MessageMeta>, StoreError> {
         let k = key(META, id, None);
         match self.tree.get(&k).map_err(engine)? {
-            Some(v) => decode(&k, &v).map(Some),
+            Some(v) => MessageMeta::decode(&v)
+                .map(Some)
+                .map_err(|e| corrupt(&k, e)),
             None => Ok(None),
         }
     }

@@ -4,8 +4,10 @@
 //!   check of S4, and generating self-signed certificates (`tlsgate gen-cert`, first start).
 //! * [`server_config`]: the STARTTLS server side, TLS 1.2 and 1.3 only (T8).
 //! * [`dane`]: authenticating a delivery peer by its TLSA records (RFC 7672, D1).
+//! * [`client_auth`]: client certificates on the smarthost listener (S2).
 
 pub mod client;
+pub mod client_auth;
 pub mod dane;
 pub mod keys;
 pub mod stream;
@@ -16,6 +18,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use std::path::Path;
 use std::sync::Arc;
 
+pub use client_auth::ClientCertificate;
 pub use keys::{generate_self_signed, KeyError};
 
 /// The protocol versions tlsgate speaks, both directions (T8): TLS 1.2 and 1.3, never older.
@@ -67,6 +70,10 @@ pub struct TlsInfo {
     pub version: String,
     /// IANA-style suite name, e.g. "TLS13_AES_256_GCM_SHA384".
     pub cipher: String,
+    /// The client's verified certificate, on a listener with `client_ca` (S2); `None` on
+    /// delivery connections and where the client presented none. Appended last: records
+    /// written before it existed are read by `queue::message`'s fallback.
+    pub client_certificate: Option<ClientCertificate>,
 }
 
 impl TlsInfo {
@@ -84,6 +91,10 @@ impl TlsInfo {
             .and_then(|s| s.suite().as_str())
             .unwrap_or("unknown")
             .to_string();
-        TlsInfo { version, cipher }
+        TlsInfo {
+            version,
+            cipher,
+            client_certificate: None,
+        }
     }
 }

@@ -30,12 +30,17 @@ pub struct TestCa {
 
 impl TestCa {
     pub fn new() -> TestCa {
+        Self::named("tlsgate test CA")
+    }
+
+    /// A CA whose subject is `CN=<cn>` (every [`TestCa::new`] is "tlsgate test CA").
+    pub fn named(cn: &str) -> TestCa {
         let key = rcgen::KeyPair::generate().unwrap();
         let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
         params
             .distinguished_name
-            .push(rcgen::DnType::CommonName, "tlsgate test CA");
+            .push(rcgen::DnType::CommonName, cn);
         params.key_usages = vec![
             rcgen::KeyUsagePurpose::KeyCertSign,
             rcgen::KeyUsagePurpose::CrlSign,
@@ -108,6 +113,47 @@ impl TestCa {
             format!("{}{}", leaf.pem(), mid_cert.pem()),
             key.serialize_pem(),
         )
+    }
+
+    /// A client certificate (S2: an internal mail server on the smarthost listener) with the
+    /// subject `CN=<cn>, O=<org>`, the dNSName `cn` and extendedKeyUsage clientAuth, signed
+    /// by this CA; `expired` gives it a validity that ended in 2021: (chain PEM, key PEM).
+    pub fn issue_client(&self, cn: &str, org: &str, expired: bool) -> (String, String) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec![cn.to_string()]).unwrap();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, cn);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::OrganizationName, org);
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        if expired {
+            params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+            params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+        }
+        let cert = params.signed_by(&key, &self.ca_cert, &self.ca_key).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+
+    /// As [`TestCa::client_config`], presenting the client certificate `chain`/`key` (PEM).
+    pub fn client_config_with_cert(&self, chain: &str, key: &str) -> Arc<rustls::ClientConfig> {
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(self.cert_pem.as_bytes()) {
+            roots.add(cert.unwrap()).unwrap();
+        }
+        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(chain.as_bytes())
+            .map(|c| c.unwrap())
+            .collect();
+        let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
+        let config = rustls::ClientConfig::builder_with_provider(tlsgate::tls::crypto_provider())
+            .with_protocol_versions(tlsgate::tls::PROTOCOL_VERSIONS)
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_client_auth_cert(chain, key)
+            .unwrap();
+        Arc::new(config)
     }
 
     /// Writes a leaf for `names` as server.pem / server.key (mode 0600) into `dir`.
@@ -374,6 +420,18 @@ impl SmtpClient {
             }
             self.buf.extend_from_slice(&chunk[..n]);
         }
+    }
+
+    /// One read into the reply buffer: `Ok(0)` at EOF, `Err` with the I/O error as the
+    /// transport reports it (e.g. the TLS alert a server sent after the handshake).
+    pub async fn read_some(&mut self) -> std::io::Result<usize> {
+        let mut chunk = [0u8; 4096];
+        let io = self.io();
+        let n = tokio::time::timeout(STEP, io.read(&mut chunk))
+            .await
+            .expect("read timed out")?;
+        self.buf.extend_from_slice(&chunk[..n]);
+        Ok(n)
     }
 
     /// The plain TCP socket, for tests that drive the bytes themselves (no TLS up, no reply
