@@ -18,7 +18,7 @@ use crate::config::Config;
 use crate::domain::Domain;
 use crate::policy::domain_list::{DomainListHandle, ListError};
 use crate::policy::{self, PolicyTarget};
-use crate::queue::StoreError;
+use crate::queue::{EncryptionError, QueueKey, StoreError};
 use crate::tls::client::ClientTls;
 use crate::tls::{keys, KeyError};
 use std::collections::HashMap;
@@ -62,6 +62,9 @@ pub enum Fault {
     Create { path: String, cause: std::io::Error },
     #[error("{path}: cannot open the queue: {cause}")]
     Queue { path: String, cause: StoreError },
+    /// `queue.encryption_key` (S3, S4): unreadable, too open, or not 32 bytes.
+    #[error("{0}")]
+    QueueKey(EncryptionError),
     #[error("{0}")]
     Audit(AuditError),
     #[error("{addr}: cannot bind: {cause}")]
@@ -96,6 +99,8 @@ pub struct ConfigFiles {
     /// `[admin]`'s access rules: the token read from `admin.token_file` (S4) and the
     /// `admin.socket_group` looked up.
     pub admin_access: Option<crate::admin::Access>,
+    /// `queue.encryption_key`, read and checked (S3, S4); `None`: plaintext queue.
+    pub queue_key: Option<Arc<QueueKey>>,
 }
 
 impl ConfigFiles {
@@ -107,6 +112,7 @@ impl ConfigFiles {
         let client_tls = client_tls(config)?;
         let dkim = dkim_signers(config)?;
         let domain_list = domain_list(config)?;
+        let queue_key = queue_key(config)?;
         let admin_access = admin_access(config)?;
         if let Some(socket) = config.admin.as_ref().and_then(|a| a.socket.as_deref()) {
             // `serve` creates the socket's directory if needed, as it does data_dir.
@@ -121,8 +127,20 @@ impl ConfigFiles {
             dkim,
             domain_list,
             admin_access,
+            queue_key,
         })
     }
+}
+
+/// The queue key from `queue.encryption_key` (S3), its file held to mode 0600 or stricter
+/// (S4); `None` when not configured.
+pub fn queue_key(config: &Config) -> Result<Option<Arc<QueueKey>>, StartError> {
+    let Some(path) = &config.queue.encryption_key else {
+        return Ok(None);
+    };
+    QueueKey::load(path)
+        .map(|key| Some(Arc::new(key)))
+        .map_err(|e| StartError::new(config, "queue.encryption_key", Fault::QueueKey(e)))
 }
 
 /// The STARTTLS server configuration from `tls.cert` and `tls.key` (`None`: not configured).
