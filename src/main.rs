@@ -86,6 +86,13 @@ enum Commands {
         #[arg(long, default_value = ".")]
         out: PathBuf,
     },
+    /// Write a new queue encryption key (S3): 32 random bytes, base64, in a new file of mode
+    /// 0600; an existing file is never overwritten.
+    GenKey {
+        /// The key file to create.
+        #[arg(long, default_value = "queue.key")]
+        out: PathBuf,
+    },
     /// Write the manual pages (tlsgate.1 and tlsgate-COMMAND.1 for every command) into a
     /// directory; the .deb installs them under /usr/share/man/man1.
     Man {
@@ -230,20 +237,29 @@ enum QueueAction {
         #[arg(long)]
         all: bool,
     },
+    /// Offline, with the relay stopped: re-seal the whole queue under the key in --new-key
+    /// (S3), crash-safe. Then point queue.encryption_key at that file.
+    Rekey {
+        #[arg(long, short, env = "TLSGATE_CONFIG", help = CONFIG_HELP)]
+        config: Option<PathBuf>,
+        /// The new key file (e.g. from `tlsgate gen-key`), mode 0600.
+        #[arg(long)]
+        new_key: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
 enum TlsReportAction {
     /// The counters of the running day and of the days whose reports are not all sent.
     Show {
-        #[arg(long, short)]
+        #[arg(long, short, env = "TLSGATE_CONFIG", help = CONFIG_HELP)]
         config: Option<PathBuf>,
         #[arg(long)]
         json: bool,
     },
     /// Send the due reports now (finished days not sent yet).
     Send {
-        #[arg(long, short)]
+        #[arg(long, short, env = "TLSGATE_CONFIG", help = CONFIG_HELP)]
         config: Option<PathBuf>,
         /// Also send the running day's report so far (it still goes out in full after
         /// midnight).
@@ -377,6 +393,7 @@ fn main() -> ExitCode {
         Commands::ShowConfig { config, defaults } => load_config(config.as_deref())
             .map(|config| print!("{}", tlsgate::config::show(&config, defaults))),
         Commands::GenCert { hosts, out } => gen_cert(&hosts, &out),
+        Commands::GenKey { out } => gen_key(&out),
         Commands::Man { out } => write_man_pages(&out),
         Commands::Completions { shell } => completions(shell),
         Commands::Domains {
@@ -446,6 +463,7 @@ fn main() -> ExitCode {
                 select,
                 all,
             } => queue_action(config.as_deref(), "release", &ids, &select, all),
+            QueueAction::Rekey { config, new_key } => queue_rekey(config.as_deref(), &new_key),
         },
         Commands::TlsReport {
             action: TlsReportAction::Show { config, json },
@@ -634,6 +652,42 @@ fn gen_cert(hosts: &[String], out: &Path) -> anyhow::Result<()> {
     let generated = tlsgate::tls::generate_self_signed(hosts)?;
     let (cert, key) = tlsgate::tls::keys::write_cert_files(out, &generated)?;
     println!("wrote {} and {} (mode 0600)", cert.display(), key.display());
+    Ok(())
+}
+
+fn gen_key(out: &Path) -> anyhow::Result<()> {
+    tlsgate::queue::seal::write_new_key(out)?;
+    println!(
+        "wrote a new queue key to {} (mode 0600). Keep a copy where the queue's backups are \
+         not: without it the queue cannot be read",
+        out.display()
+    );
+    Ok(())
+}
+
+/// `tlsgate queue rekey`: offline (sled locks the store, so a running relay makes this fail
+/// before anything is written), like Postfix's `postsuper` maintenance.
+fn queue_rekey(path: Option<&Path>, new_key: &Path) -> anyhow::Result<()> {
+    let config = load_config(path)?;
+    let current = tlsgate::startup::queue_key(&config)?;
+    let new = std::sync::Arc::new(tlsgate::queue::QueueKey::load(new_key)?);
+    let dir = config.queue_dir();
+    let done = tlsgate::queue::at_rest::rekey(&dir, current, Some(new)).with_context(|| {
+        format!(
+            "{}: cannot re-seal the queue (stop the relay first: the store is locked while it runs)",
+            dir.display()
+        )
+    })?;
+    println!(
+        "re-sealed {} records in {} under {}. Now set queue.encryption_key = \"{}\" in {} \
+         (or copy the file over the old key) before starting the relay; keep the old key only as \
+         long as backups sealed under it exist",
+        done.records,
+        dir.display(),
+        new_key.display(),
+        new_key.display(),
+        config.source
+    );
     Ok(())
 }
 

@@ -18,7 +18,7 @@ use crate::ops::domain_list::DomainListService;
 use crate::ops::reload::{reload_config, ConfigReloadError};
 use crate::ops::retention::apply_audit_retention;
 use crate::policy::domain_list::DomainListHandle;
-use crate::queue::{Committer, SledStore, Store};
+use crate::queue::{Committer, SledStore, Store, StoreError};
 use crate::reporting::tls::{TlsCounters, TlsReporting};
 use crate::startup::{self, ConfigFiles, Fault, StartError};
 use std::net::SocketAddr;
@@ -96,13 +96,22 @@ pub async fn start_with_reports(
     )?;
 
     let queue_dir = config.queue_dir();
-    let store = tokio::task::spawn_blocking(move || SledStore::open(&queue_dir))
-        .await
-        .map_err(|e| ServerError::Committer(std::io::Error::other(e)))?
-        .map_err(|cause| {
-            let path = config.queue_dir().display().to_string();
-            StartError::new(&config, "server.data_dir", Fault::Queue { path, cause })
-        })?;
+    let queue_key = files.queue_key;
+    // S3: sealed with queue.encryption_key (a plaintext queue is re-sealed first); a wrong or
+    // missing key refuses the start with the store untouched.
+    let store = tokio::task::spawn_blocking(move || {
+        crate::queue::at_rest::open_store(&queue_dir, queue_key)
+    })
+    .await
+    .map_err(|e| ServerError::Committer(std::io::Error::other(e)))?
+    .map_err(|cause| {
+        let path = config.queue_dir().display().to_string();
+        let key = match cause {
+            StoreError::Encryption(_) => "queue.encryption_key",
+            _ => "server.data_dir",
+        };
+        StartError::new(&config, key, Fault::Queue { path, cause })
+    })?;
     let store = Arc::new(store);
     let (committer, announced) =
         Committer::start(store.clone() as Arc<dyn Store>).map_err(ServerError::Committer)?;

@@ -18,7 +18,7 @@ use crate::config::{Config, ListenerConfig};
 use crate::domain::Domain;
 use crate::policy::domain_list::{DomainListHandle, ListError};
 use crate::policy::{self, PolicyTarget};
-use crate::queue::StoreError;
+use crate::queue::{EncryptionError, QueueKey, StoreError};
 use crate::tls::client::ClientTls;
 use crate::tls::client_auth::{self, ClientCa};
 use crate::tls::{keys, KeyError};
@@ -63,6 +63,9 @@ pub enum Fault {
     Create { path: String, cause: std::io::Error },
     #[error("{path}: cannot open the queue: {cause}")]
     Queue { path: String, cause: StoreError },
+    /// `queue.encryption_key` (S3, S4): unreadable, too open, or not 32 bytes.
+    #[error("{0}")]
+    QueueKey(EncryptionError),
     #[error("{0}")]
     Audit(AuditError),
     #[error("{addr}: cannot bind: {cause}")]
@@ -101,6 +104,8 @@ pub struct ConfigFiles {
     /// `[admin]`'s access rules: the token read from `admin.token_file` (S4) and the
     /// `admin.socket_group` looked up.
     pub admin_access: Option<crate::admin::Access>,
+    /// `queue.encryption_key`, read and checked (S3, S4); `None`: plaintext queue.
+    pub queue_key: Option<Arc<QueueKey>>,
 }
 
 impl ConfigFiles {
@@ -113,6 +118,7 @@ impl ConfigFiles {
         let client_tls = client_tls(config)?;
         let dkim = dkim_signers(config)?;
         let domain_list = domain_list(config)?;
+        let queue_key = queue_key(config)?;
         let admin_access = admin_access(config)?;
         if let Some(socket) = config.admin.as_ref().and_then(|a| a.socket.as_deref()) {
             // `serve` creates the socket's directory if needed, as it does data_dir.
@@ -128,6 +134,7 @@ impl ConfigFiles {
             dkim,
             domain_list,
             admin_access,
+            queue_key,
         })
     }
 }
@@ -152,6 +159,7 @@ pub fn every_problem(config: &Config) -> Vec<StartError> {
     note(dkim_signers(config).map(drop));
     note(domain_list(config).map(drop));
     note(admin_access(config).map(drop));
+    note(queue_key(config).map(drop));
     if let Some(socket) = config.admin.as_ref().and_then(|a| a.socket.as_deref()) {
         if let Some(parent) = socket.parent().filter(|p| !p.as_os_str().is_empty()) {
             if !inside_data_dir(parent) {
@@ -163,6 +171,17 @@ pub fn every_problem(config: &Config) -> Vec<StartError> {
         note(check_directory(config, "audit.dir", &config.audit.dir));
     }
     problems
+}
+
+/// The queue key from `queue.encryption_key` (S3), its file held to mode 0600 or stricter
+/// (S4); `None` when not configured.
+pub fn queue_key(config: &Config) -> Result<Option<Arc<QueueKey>>, StartError> {
+    let Some(path) = &config.queue.encryption_key else {
+        return Ok(None);
+    };
+    QueueKey::load(path)
+        .map(|key| Some(Arc::new(key)))
+        .map_err(|e| StartError::new(config, "queue.encryption_key", Fault::QueueKey(e)))
 }
 
 /// The STARTTLS server configuration from `tls.cert` and `tls.key` (`None`: not configured).

@@ -100,6 +100,8 @@ pub struct Config {
     pub admin: Option<AdminSection>,
     /// `[audit]`: the audit log (S1).
     pub audit: AuditSection,
+    /// `[queue]`: the queue store (S3: encryption at rest).
+    pub queue: QueueSection,
     /// `[log]`.
     pub log: LogSection,
     /// `[tls_reporting]` (RFC 8460); `None` when absent or `enabled = false`.
@@ -450,6 +452,14 @@ pub struct DomainListSection {
     pub age_from: AgeFrom,
     /// How often the file is checked for changes.
     pub check_interval: Duration,
+}
+
+/// `[queue]`: the queue store.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct QueueSection {
+    /// `encryption_key`: a file with 32 random bytes (raw or base64), mode 0600 or stricter
+    /// (S4); when set, every queue record is sealed with AES-256-GCM (S3). `None`: plaintext.
+    pub encryption_key: Option<PathBuf>,
 }
 
 /// The audit log (S1).
@@ -1247,6 +1257,20 @@ fn validate_all(c: &Checker<'_>, raw: raw::RawConfig) -> Result<Config, ConfigEr
         max_file_bytes: a.max_file_bytes.unwrap_or(64 * 1024 * 1024).max(4096),
     };
 
+    let q = raw.queue.unwrap_or_default();
+    if q.encryption_key
+        .as_ref()
+        .is_some_and(|p| p.as_os_str().is_empty())
+    {
+        return Err(c.err(
+            "queue.encryption_key",
+            "is empty: name the key file, or leave the key out for a plaintext queue",
+        ));
+    }
+    let queue = QueueSection {
+        encryption_key: q.encryption_key.map(resolve),
+    };
+
     let log = raw.log.unwrap_or_default();
     let log = LogSection {
         format: match log.format.as_deref().unwrap_or("text") {
@@ -1287,6 +1311,7 @@ fn validate_all(c: &Checker<'_>, raw: raw::RawConfig) -> Result<Config, ConfigEr
         metrics,
         admin,
         audit,
+        queue,
         log,
         tls_reporting,
     })
@@ -1313,6 +1338,7 @@ pub fn changed_sections(old: &Config, new: &Config) -> Vec<&'static str> {
         metrics,
         admin,
         audit,
+        queue,
         log,
         tls_reporting,
     } = new;
@@ -1330,6 +1356,7 @@ pub fn changed_sections(old: &Config, new: &Config) -> Vec<&'static str> {
         ("metrics", *metrics != old.metrics),
         ("admin", *admin != old.admin),
         ("audit", *audit != old.audit),
+        ("queue", *queue != old.queue),
         ("log", *log != old.log),
         ("tls_reporting", *tls_reporting != old.tls_reporting),
     ]
@@ -1467,6 +1494,14 @@ pub fn summary(config: &Config) -> String {
             let _ = writeln!(out, "tls_reporting:     off");
         }
     }
+    let _ = match &config.queue.encryption_key {
+        Some(key) => writeln!(
+            out,
+            "queue encryption:  AES-256-GCM, key {} (S3)",
+            key.display()
+        ),
+        None => writeln!(out, "queue encryption:  off (plaintext at rest)"),
+    };
     let resolvers = if config.dns.nameservers.is_empty() {
         "system resolver".to_string()
     } else {

@@ -25,6 +25,7 @@ pub(super) struct RawConfig {
     pub metrics: Option<RawBind>,
     pub admin: Option<RawAdmin>,
     pub audit: Option<RawAudit>,
+    pub queue: Option<RawQueue>,
     pub log: Option<RawLog>,
     pub tls_reporting: Option<super::tls_reporting::RawTlsReporting>,
 }
@@ -165,6 +166,12 @@ pub(super) struct RawPolicy {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawBind {
     pub bind: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawQueue {
+    pub encryption_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -170,6 +170,7 @@ fn table(config: &Config) -> Table {
         log,
         mta_sts,
         tls_reporting,
+        queue,
     } = config;
     let mut t = Table::new();
 
@@ -369,6 +370,11 @@ fn table(config: &Config) -> Table {
         ]),
     };
     t.insert("tls_reporting".into(), reporting);
+
+    // The key file's path only, never its content (S4).
+    if let Some(key) = &queue.encryption_key {
+        t.insert("queue".into(), section(vec![("encryption_key", path(key))]));
+    }
 
     let mut l = vec![
         ("max_age_days", int(domain_list.max_age_days)),

@@ -251,3 +251,28 @@ fn every_error_is_reported_not_only_the_first() {
     let (key, _) = invalid(&MINIMAL.replace("127.0.0.1:2525", "nowhere"));
     assert_eq!(key, "listener[0].bind");
 }
+
+/// S3: `[queue] encryption_key` names the key file (relative to the config file's
+/// directory); an empty value is refused with its key; a changed key waits for a restart.
+#[test]
+fn queue_encryption_key() {
+    let old = Config::from_toml(MINIMAL, "/etc/tlsgate/t.toml").unwrap();
+    assert_eq!(old.queue.encryption_key, None);
+    let keyed = Config::from_toml(
+        &format!("{MINIMAL}[queue]\nencryption_key = \"queue.key\"\n"),
+        "/etc/tlsgate/t.toml",
+    )
+    .unwrap();
+    assert_eq!(
+        keyed.queue.encryption_key,
+        Some(PathBuf::from("/etc/tlsgate/queue.key"))
+    );
+    assert_eq!(changed_sections(&old, &keyed), vec!["queue"]);
+    match Config::from_toml(
+        &format!("{MINIMAL}[queue]\nencryption_key = \"\"\n"),
+        "t.toml",
+    ) {
+        Err(ConfigError::Invalid { key, .. }) => assert_eq!(key, "queue.encryption_key"),
+        other => panic!("{other:?}"),
+    }
+}

@@ -8,12 +8,15 @@
 //! that moment, writes them all and syncs once (group commit): concurrent sessions share the
 //! fsync, and neither sled nor fsync ever blocks an async worker thread.
 
+pub mod at_rest;
 pub mod message;
 pub mod retry;
+pub mod seal;
 pub mod sled_store;
 pub mod store;
 
 pub use message::{MessageMeta, NewMessage, QueueId, RecipientState, RecipientStatus};
+pub use seal::{EncryptionError, QueueKey};
 pub use sled_store::SledStore;
 pub use store::{AsyncStore, Store, StoreError, StoredMessage};
 

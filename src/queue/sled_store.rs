@@ -11,14 +11,31 @@
 //! neither flushes the drive's write cache nor the file size, and its blob files are never
 //! fsynced at all. [`SledStore::sync`] therefore calls `flush` and then `fsync`s the data file
 //! and any blob file it has not synced before.
+//!
+//! Encryption at rest (S3): opened with a [`QueueKey`], every value is sealed just before it is
+//! written and opened just after it is read ([`super::seal`]), with its full key above as
+//! associated data; the keys themselves (record kind, queue id, index) stay in the clear. A
+//! sealed store's directory holds [`KEY_CHECK_FILE`], a sealed known value, so that the wrong
+//! key (or none) is refused before sled opens anything ([`SledStore::open_with`]). Turning a
+//! plaintext store into a sealed one, and rekeying, is [`super::at_rest`]'s job.
 
 use super::message::{MessageMeta, NewMessage, QueueId, RecipientState};
+use super::seal::{EncryptionError, QueueKey};
 use super::store::{Store, StoreError};
 use serde::de::DeserializeOwned;
 use std::collections::HashSet;
 use std::fs::File;
+use std::io::{Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+
+/// In a sealed store's directory: the key check ([`super::seal::Sealer::check_value`]).
+pub const KEY_CHECK_FILE: &str = "key-check";
+/// A key check file is far smaller than this; the bound on reading one.
+const KEY_CHECK_MAX: u64 = 4096;
+/// Records copied per batch by [`SledStore::copy_into`].
+const COPY_BATCH: usize = 1024;
 
 /// Body chunk size: far below sled's blob threshold (segment size / 4 with the defaults).
 pub const BODY_CHUNK: usize = 32 * 1024;
@@ -36,6 +53,8 @@ pub struct SledStore {
     data_file: File,
     /// Blob files already fsynced (sled creates them for very large pages).
     synced_blobs: Mutex<HashSet<PathBuf>>,
+    /// The key values are sealed with (S3); `None`: a plaintext store.
+    key: Option<Arc<QueueKey>>,
 }
 
 fn engine(e: sled::Error) -> StoreError {
@@ -78,10 +97,83 @@ fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
     postcard::to_stdvec(value).map_err(|e| StoreError::Engine(format!("encode: {e}")))
 }
 
+/// A record that does not open under the key: named like [`decode`] names it.
+fn unopened(k: &[u8], e: EncryptionError) -> StoreError {
+    StoreError::Corrupt {
+        key: String::from_utf8_lossy(k).replace('\0', "/"),
+        reason: e.to_string(),
+    }
+}
+
+/// The key check stored in `dir`, `None` when there is none (a plaintext or new store).
+fn read_key_check(dir: &Path) -> Result<Option<Vec<u8>>, StoreError> {
+    let file = match File::open(dir.join(KEY_CHECK_FILE)) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let mut value = Vec::new();
+    file.take(KEY_CHECK_MAX).read_to_end(&mut value)?;
+    Ok(Some(value))
+}
+
+/// Refuses a sealed store without its key, or with another key (S3), before anything in
+/// `dir` is opened or changed.
+pub fn check_key(dir: &Path, key: Option<&QueueKey>) -> Result<(), StoreError> {
+    let queue = dir.display().to_string();
+    match (read_key_check(dir)?, key) {
+        (None, _) => Ok(()),
+        (Some(_), None) => Err(StoreError::from(EncryptionError::KeyRequired { queue })),
+        (Some(check), Some(key)) if key.sealer().matches_check(&check) => Ok(()),
+        (Some(_), Some(key)) => Err(StoreError::from(EncryptionError::WrongKey {
+            queue,
+            key_file: key.path().display().to_string(),
+        })),
+    }
+}
+
+/// Writes the key check of `key` into `dir` (created if missing), durably: the file and the
+/// directory entry are synced before sled writes its first sealed record there.
+fn write_key_check(dir: &Path, key: &QueueKey) -> Result<(), StoreError> {
+    std::fs::create_dir_all(dir)?;
+    let value = key.sealer().check_value().map_err(StoreError::from)?;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(dir.join(KEY_CHECK_FILE))?;
+    file.write_all(&value)?;
+    file.sync_all()?;
+    File::open(dir)?.sync_all()?;
+    Ok(())
+}
+
 impl SledStore {
-    /// Opens (creating it on first start) the store in `dir`, and syncs the directory so that
-    /// sled's new files are durable.
+    /// Opens (creating it on first start) a plaintext store in `dir`, and syncs the directory
+    /// so that sled's new files are durable. A sealed store is refused
+    /// ([`EncryptionError::KeyRequired`]).
     pub fn open(dir: &Path) -> Result<SledStore, StoreError> {
+        SledStore::open_with(dir, None)
+    }
+
+    /// Opens the store in `dir` sealed with `key` (S3), or in plaintext when `key` is `None`.
+    /// The key is checked first, before sled opens anything: a sealed store with another key
+    /// or without one is refused unchanged. A new store with a key gets its key check first.
+    /// An existing plaintext store with a key is refused here: [`super::at_rest::open_store`]
+    /// re-seals it.
+    pub fn open_with(dir: &Path, key: Option<Arc<QueueKey>>) -> Result<SledStore, StoreError> {
+        check_key(dir, key.as_deref())?;
+        if let Some(key) = &key {
+            if read_key_check(dir)?.is_none() {
+                if dir.join("db").exists() {
+                    return Err(StoreError::Engine(format!(
+                        "{}: a plaintext queue; it must be re-sealed before it is opened with a key",
+                        dir.display()
+                    )));
+                }
+                write_key_check(dir, key)?;
+            }
+        }
         std::fs::create_dir_all(dir)?;
         let db = sled::Config::new().path(dir).open().map_err(engine)?;
         let tree = db.open_tree("queue").map_err(engine)?;
@@ -94,7 +186,85 @@ impl SledStore {
             tree,
             data_file,
             synced_blobs: Mutex::new(HashSet::new()),
+            key,
         })
+    }
+
+    /// The raw tree, for tests that tamper with stored values.
+    #[cfg(test)]
+    pub(crate) fn raw_tree(&self) -> &sled::Tree {
+        &self.tree
+    }
+
+    /// True when values are sealed (S3).
+    pub fn is_sealed(&self) -> bool {
+        self.key.is_some()
+    }
+
+    /// The value stored for `plain` under record key `k`: sealed when the store has a key.
+    fn stored(&self, k: &[u8], plain: &[u8]) -> Result<sled::IVec, StoreError> {
+        match &self.key {
+            Some(key) => Ok(key
+                .sealer()
+                .seal(k, plain)
+                .map_err(StoreError::from)?
+                .into()),
+            None => Ok(plain.into()),
+        }
+    }
+
+    /// Decodes the stored value `v` of record `k`, opening it first when the store is sealed.
+    /// The plaintext of a stored value: opened with the queue key when there is one.
+    fn plain<'v>(&self, k: &[u8], v: &'v [u8]) -> Result<std::borrow::Cow<'v, [u8]>, StoreError> {
+        match &self.key {
+            Some(key) => Ok(std::borrow::Cow::Owned(
+                key.sealer().open(k, v).map_err(|e| unopened(k, e))?,
+            )),
+            None => Ok(std::borrow::Cow::Borrowed(v)),
+        }
+    }
+
+    fn decode_stored<T: DeserializeOwned>(&self, k: &[u8], v: &[u8]) -> Result<T, StoreError> {
+        match &self.key {
+            Some(key) => {
+                let plain = key.sealer().open(k, v).map_err(|e| unopened(k, e))?;
+                decode(k, &plain)
+            }
+            None => decode(k, v),
+        }
+    }
+
+    /// Copies every record into `target` (its own key, or plaintext), in batches, then syncs
+    /// `target`; returns the number of records. Used to seal a plaintext store and to rekey
+    /// ([`super::at_rest`]). Envelopes are decoded on the way: a record that does not decode
+    /// stops the copy (it would otherwise be sealed as garbage).
+    pub fn copy_into(&self, target: &SledStore) -> Result<u64, StoreError> {
+        let mut batch = sled::Batch::default();
+        let mut in_batch = 0;
+        let mut copied = 0u64;
+        for item in self.tree.iter() {
+            let (k, v) = item.map_err(engine)?;
+            let plain = match &self.key {
+                Some(key) => key.sealer().open(&k, &v).map_err(|e| unopened(&k, e))?,
+                None => v.to_vec(),
+            };
+            if k.starts_with(META) {
+                MessageMeta::decode(&plain).map_err(|e| corrupt(&k, e))?;
+            }
+            batch.insert(k.clone(), target.stored(&k, &plain)?);
+            in_batch += 1;
+            copied += 1;
+            if in_batch == COPY_BATCH {
+                target
+                    .tree
+                    .apply_batch(std::mem::take(&mut batch))
+                    .map_err(engine)?;
+                in_batch = 0;
+            }
+        }
+        target.tree.apply_batch(batch).map_err(engine)?;
+        target.sync()?;
+        Ok(copied)
     }
 
     /// The store's directory.
@@ -140,12 +310,18 @@ impl Store for SledStore {
     fn write_message(&self, msg: &NewMessage, states: &[RecipientState]) -> Result<(), StoreError> {
         let id = &msg.meta.id;
         let mut batch = sled::Batch::default();
-        batch.insert(key(META, id, None), encode(&msg.meta)?);
+        let k = key(META, id, None);
+        let v = self.stored(&k, &encode(&msg.meta)?)?;
+        batch.insert(k, v);
         for (n, chunk) in msg.body.chunks(BODY_CHUNK).enumerate() {
-            batch.insert(key(BODY, id, Some(n as u32)), chunk);
+            let k = key(BODY, id, Some(n as u32));
+            let v = self.stored(&k, chunk)?;
+            batch.insert(k, v);
         }
         for (n, state) in states.iter().enumerate() {
-            batch.insert(key(RCPT, id, Some(n as u32)), encode(state)?);
+            let k = key(RCPT, id, Some(n as u32));
+            let v = self.stored(&k, &encode(state)?)?;
+            batch.insert(k, v);
         }
         self.tree.apply_batch(batch).map_err(engine)
     }
@@ -159,9 +335,12 @@ impl Store for SledStore {
     fn message(&self, id: &QueueId) -> Result<Option<MessageMeta>, StoreError> {
         let k = key(META, id, None);
         match self.tree.get(&k).map_err(engine)? {
-            Some(v) => MessageMeta::decode(&v)
-                .map(Some)
-                .map_err(|e| corrupt(&k, e)),
+            Some(v) => {
+                let plain = self.plain(&k, &v)?;
+                MessageMeta::decode(&plain)
+                    .map(Some)
+                    .map_err(|e| corrupt(&k, e))
+            }
             None => Ok(None),
         }
     }
@@ -172,8 +351,15 @@ impl Store for SledStore {
         };
         let mut body = Vec::with_capacity(usize::try_from(meta.size).unwrap_or(0));
         for item in self.tree.scan_prefix(children(BODY, id)) {
-            let (_, chunk) = item.map_err(engine)?;
-            body.extend_from_slice(&chunk);
+            let (k, chunk) = item.map_err(engine)?;
+            match &self.key {
+                // Opened in place at the end of the body: no copy per chunk besides sled's.
+                Some(key) => key
+                    .sealer()
+                    .open_append(&k, &chunk, &mut body)
+                    .map_err(|e| unopened(&k, e))?,
+                None => body.extend_from_slice(&chunk),
+            }
         }
         if body.len() as u64 != meta.size {
             return Err(StoreError::Corrupt {
@@ -189,7 +375,7 @@ impl Store for SledStore {
             .scan_prefix(children(RCPT, id))
             .map(|item| {
                 let (k, v) = item.map_err(engine)?;
-                decode(&k, &v)
+                self.decode_stored(&k, &v)
             })
             .collect()
     }
@@ -202,9 +388,9 @@ impl Store for SledStore {
     ) -> Result<(), StoreError> {
         let index =
             u32::try_from(index).map_err(|_| StoreError::Engine("recipient index".into()))?;
-        self.tree
-            .insert(key(RCPT, id, Some(index)), encode(state)?)
-            .map_err(engine)?;
+        let k = key(RCPT, id, Some(index));
+        let v = self.stored(&k, &encode(state)?)?;
+        self.tree.insert(k, v).map_err(engine)?;
         Ok(())
     }
 
@@ -240,4 +426,4 @@ impl Store for SledStore {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -35,6 +35,10 @@ pub enum StoreError {
     /// complete: the caller treats it as failed, so a message is sent twice, never lost.
     #[error("queue commit did not finish within {}", humantime::format_duration(*.limit))]
     Timeout { limit: std::time::Duration },
+    /// Queue encryption at rest (S3): the key is wrong or missing, or sealing failed. The
+    /// message names the key file and the queue, never the key.
+    #[error("{0}")]
+    Encryption(Box<super::seal::EncryptionError>),
     /// A store call run on the blocking pool panicked or was cancelled before it returned.
     #[error("queue {operation} did not complete: {reason}")]
     Aborted {
@@ -46,6 +50,12 @@ pub enum StoreError {
 impl From<std::io::Error> for StoreError {
     fn from(e: std::io::Error) -> StoreError {
         StoreError::Io(e)
+    }
+}
+
+impl From<super::seal::EncryptionError> for StoreError {
+    fn from(e: super::seal::EncryptionError) -> StoreError {
+        StoreError::Encryption(Box::new(e))
     }
 }
 

@@ -1,0 +1,335 @@
+//! Opening the queue with or without encryption at rest (S3), and changing its key: sealing a
+//! plaintext queue at start when a key is first configured, and `tlsgate queue rekey`.
+//!
+//! Both rewrite the whole store into a fresh directory next to it and then swap directories,
+//! rather than re-sealing records in place: sled keeps superseded values in its log segments
+//! until it happens to rewrite them, so in-place re-sealing would leave plaintext (or values
+//! under the old key) on disk. A fresh directory holds only what was written to it.
+//!
+//! The swap is crash-safe (S5: no acknowledged message is lost at any moment). With `queue`
+//! the store, `queue.new` the copy being built and `queue.old` the store being replaced:
+//! 1. `queue.new` is built completely and synced (its key check first);
+//! 2. `queue` → `queue.old`, parent directory synced;
+//! 3. `queue.new` → `queue`, parent directory synced;
+//! 4. `queue.old` is removed.
+//!
+//! [`recover`] runs before every open and finishes or undoes what a crash interrupted: `queue`
+//! missing with both others present means step 3 is due (`queue.new` is complete, step 2 only
+//! happens after it is); `queue` present means any `queue.new` is an unfinished copy (removed,
+//! the rewrite starts over) and any `queue.old` is a replaced store (removed). Every state is
+//! therefore either the old store or the new one, never a mix, and rewriting is idempotent.
+
+use super::seal::QueueKey;
+use super::sled_store::{self, SledStore, KEY_CHECK_FILE};
+use super::store::StoreError;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// The sibling of `dir` named `<dir's name>.<suffix>`.
+fn sibling(dir: &Path, suffix: &str) -> PathBuf {
+    let mut name = dir.file_name().unwrap_or_default().to_os_string();
+    name.push(".");
+    name.push(suffix);
+    dir.with_file_name(name)
+}
+
+fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    File::open(dir)?.sync_all()?;
+    Ok(())
+}
+
+fn parent(dir: &Path) -> &Path {
+    dir.parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+}
+
+/// Finishes or undoes an interrupted rewrite of the store in `dir` (module doc). Returns true
+/// when it changed anything.
+pub fn recover(dir: &Path) -> Result<bool, StoreError> {
+    let new = sibling(dir, "new");
+    let old = sibling(dir, "old");
+    let mut changed = false;
+    if !dir.exists() {
+        match (new.exists(), old.exists()) {
+            (true, true) => {
+                std::fs::rename(&new, dir)?;
+                sync_dir(parent(dir))?;
+                changed = true;
+            }
+            (true, false) => {
+                return Err(StoreError::Engine(format!(
+                    "{} exists without {}: an interrupted queue rewrite that cannot be \
+                     completed safely; move it to {} by hand if it is a complete queue",
+                    new.display(),
+                    dir.display(),
+                    dir.display()
+                )))
+            }
+            _ => {}
+        }
+    }
+    for leftover in [&new, &old] {
+        if dir.exists() && leftover.exists() {
+            std::fs::remove_dir_all(leftover)?;
+            sync_dir(parent(dir))?;
+            changed = true;
+        }
+    }
+    Ok(changed)
+}
+
+/// True when `dir` holds a sled store without a key check: a plaintext queue.
+fn is_plaintext_store(dir: &Path) -> bool {
+    dir.join("db").exists() && !dir.join(KEY_CHECK_FILE).exists()
+}
+
+/// Opens the queue in `dir` for the relay (S3). With a key: a new queue is created sealed; a
+/// plaintext queue is re-sealed first (the whole store rewritten, module doc); a sealed one
+/// opens only with the key it was sealed with. Without a key: a plaintext queue opens, a sealed
+/// one is refused. A refused open leaves `dir` as it was (the key is checked before sled opens
+/// anything); only an interrupted rewrite is completed first ([`recover`]).
+pub fn open_store(dir: &Path, key: Option<Arc<QueueKey>>) -> Result<SledStore, StoreError> {
+    if recover(dir)? {
+        tracing::warn!(queue = %dir.display(), "completed an interrupted queue rewrite");
+    }
+    sled_store::check_key(dir, key.as_deref())?;
+    if let Some(key) = &key {
+        if is_plaintext_store(dir) {
+            let records = rewrite(dir, None, Some(key.clone()))?;
+            tracing::info!(
+                queue = %dir.display(),
+                key_file = %key.path().display(),
+                records,
+                "queue encryption enabled: every record re-sealed (S3)"
+            );
+        }
+    }
+    SledStore::open_with(dir, key)
+}
+
+/// What [`rekey`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rekeyed {
+    /// Records (envelopes, body chunks, recipient states) re-sealed.
+    pub records: u64,
+}
+
+/// Re-seals the queue in `dir`, opened with `current` (its key, `None` for plaintext), under
+/// `new` (`None`: decrypt). Offline: sled locks its files, so this fails while the relay runs.
+/// Crash-safe (module doc): after a crash the queue is under the old key or the new one.
+pub fn rekey(
+    dir: &Path,
+    current: Option<Arc<QueueKey>>,
+    new: Option<Arc<QueueKey>>,
+) -> Result<Rekeyed, StoreError> {
+    recover(dir)?;
+    sled_store::check_key(dir, current.as_deref())?;
+    if !dir.join("db").exists() {
+        return Err(StoreError::Engine(format!(
+            "{}: no queue here (check server.data_dir)",
+            dir.display()
+        )));
+    }
+    let records = rewrite(dir, current, new)?;
+    Ok(Rekeyed { records })
+}
+
+/// Copies the store in `dir` (opened with `from`) into a fresh `queue.new` under `to`, then
+/// swaps the directories (module doc). Returns the number of records copied.
+fn rewrite(
+    dir: &Path,
+    from: Option<Arc<QueueKey>>,
+    to: Option<Arc<QueueKey>>,
+) -> Result<u64, StoreError> {
+    let new = sibling(dir, "new");
+    let old = sibling(dir, "old");
+    if new.exists() {
+        std::fs::remove_dir_all(&new)?;
+    }
+    let records = {
+        let source = SledStore::open_with(dir, from)?;
+        let target = SledStore::open_with(&new, to)?;
+        source.copy_into(&target)?
+        // Both closed here: sled flushes on drop, and the directories may then move.
+    };
+    sync_dir(&new)?;
+    sync_dir(parent(dir))?;
+    std::fs::rename(dir, &old)?;
+    sync_dir(parent(dir))?;
+    std::fs::rename(&new, dir)?;
+    sync_dir(parent(dir))?;
+    std::fs::remove_dir_all(&old)?;
+    sync_dir(parent(dir))?;
+    Ok(records)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::queue::message::{NewMessage, RecipientState};
+    use crate::queue::sled_store::tests::sample_message;
+    use crate::queue::Store;
+
+    fn key(dir: &Path, name: &str, byte: u8) -> Arc<QueueKey> {
+        Arc::new(QueueKey::from_bytes(&dir.join(name), &[byte; 32]).unwrap())
+    }
+
+    /// A message with `marker` in its body (over several chunks) and its sender.
+    fn message(marker: &str) -> NewMessage {
+        let body = format!("Subject: {marker}\r\n\r\n{}\r\n", marker.repeat(9000)).into_bytes();
+        let mut msg = sample_message(body, 1);
+        msg.meta.sender = Some(format!("{marker}@example.no"));
+        msg
+    }
+
+    fn files_contain(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
+        let mut found = Vec::new();
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            for entry in std::fs::read_dir(&d).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    stack.push(path);
+                } else if std::fs::read(&path)
+                    .unwrap()
+                    .windows(needle.len())
+                    .any(|w| w == needle)
+                {
+                    found.push(path);
+                }
+            }
+        }
+        found
+    }
+
+    fn write(store: &SledStore, msg: &NewMessage) {
+        let states = vec![RecipientState::new_pending(1); msg.meta.recipients.len()];
+        store.write_message(msg, &states).unwrap();
+        store.sync().unwrap();
+    }
+
+    /// S3: a plaintext queue opened with a key is re-sealed whole; nothing of it stays in
+    /// any file, and every message reads back the same.
+    #[test]
+    fn a_plaintext_queue_is_resealed_and_reads_back() {
+        let data = tempfile::tempdir().unwrap();
+        let dir = data.path().join("queue");
+        let msg = message("plainmarker");
+        {
+            let store = SledStore::open(&dir).unwrap();
+            write(&store, &msg);
+        }
+        assert!(!files_contain(data.path(), b"plainmarker").is_empty());
+        let k = key(data.path(), "k", 1);
+        let store = open_store(&dir, Some(k.clone())).unwrap();
+        assert!(store.is_sealed());
+        assert_eq!(store.body(&msg.meta.id).unwrap().unwrap(), msg.body);
+        assert_eq!(store.message(&msg.meta.id).unwrap().unwrap(), msg.meta);
+        assert_eq!(store.recipient_states(&msg.meta.id).unwrap().len(), 1);
+        drop(store);
+        assert_eq!(
+            files_contain(data.path(), b"plainmarker"),
+            Vec::<PathBuf>::new()
+        );
+        assert!(!sibling(&dir, "new").exists() && !sibling(&dir, "old").exists());
+        // Idempotent: opening again with the key changes nothing and reads the same.
+        let store = open_store(&dir, Some(k)).unwrap();
+        assert_eq!(store.body(&msg.meta.id).unwrap().unwrap(), msg.body);
+    }
+
+    /// S3: the wrong key and no key are refused, naming the key file; the store is unchanged.
+    #[test]
+    fn wrong_or_missing_key_is_refused() {
+        let data = tempfile::tempdir().unwrap();
+        let dir = data.path().join("queue");
+        let msg = message("m1");
+        {
+            let store = open_store(&dir, Some(key(data.path(), "right", 1))).unwrap();
+            write(&store, &msg);
+        }
+        let err = open_store(&dir, Some(key(data.path(), "wrong.key", 2)))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("wrong.key") && err.contains("another key"),
+            "{err}"
+        );
+        let err = open_store(&dir, None).err().unwrap().to_string();
+        assert!(err.contains("encryption_key is not set"), "{err}");
+        let err = SledStore::open(&dir).err().unwrap().to_string();
+        assert!(err.contains("encrypted"), "{err}");
+    }
+
+    /// `queue rekey`: afterwards the new key opens the queue and the old one does not.
+    #[test]
+    fn rekey_moves_to_the_new_key() {
+        let data = tempfile::tempdir().unwrap();
+        let dir = data.path().join("queue");
+        let msg = message("m2");
+        let old = key(data.path(), "old", 1);
+        let new = key(data.path(), "new", 2);
+        {
+            let store = open_store(&dir, Some(old.clone())).unwrap();
+            write(&store, &msg);
+        }
+        let done = rekey(&dir, Some(old.clone()), Some(new.clone())).unwrap();
+        assert_eq!(
+            done.records,
+            1 + 1 + msg.body.len().div_ceil(32 * 1024) as u64
+        );
+        assert!(open_store(&dir, Some(old)).is_err());
+        let store = open_store(&dir, Some(new)).unwrap();
+        assert_eq!(store.body(&msg.meta.id).unwrap().unwrap(), msg.body);
+    }
+
+    /// Crash safety of the directory swap: every interrupted state recovers to one whole store.
+    #[test]
+    fn an_interrupted_rewrite_recovers_to_one_whole_store() {
+        let data = tempfile::tempdir().unwrap();
+        let dir = data.path().join("queue");
+        let msg = message("m3");
+        let k = key(data.path(), "k", 1);
+        {
+            let store = SledStore::open(&dir).unwrap();
+            write(&store, &msg);
+        }
+        // Killed while building queue.new: it is thrown away, the plaintext store stays and
+        // is re-sealed again.
+        std::fs::create_dir_all(sibling(&dir, "new")).unwrap();
+        std::fs::write(sibling(&dir, "new").join("db"), b"half").unwrap();
+        let store = open_store(&dir, Some(k.clone())).unwrap();
+        assert_eq!(store.body(&msg.meta.id).unwrap().unwrap(), msg.body);
+        drop(store);
+        // Killed between the two renames: queue.new (complete) becomes the store.
+        std::fs::rename(&dir, sibling(&dir, "new")).unwrap();
+        std::fs::create_dir_all(sibling(&dir, "old")).unwrap();
+        let store = open_store(&dir, Some(k)).unwrap();
+        assert_eq!(store.body(&msg.meta.id).unwrap().unwrap(), msg.body);
+        assert!(!sibling(&dir, "old").exists());
+    }
+
+    #[test]
+    fn swapped_records_do_not_open() {
+        let data = tempfile::tempdir().unwrap();
+        let dir = data.path().join("queue");
+        let k = key(data.path(), "k", 1);
+        let a = message("aaaa");
+        let b = message("bbbb");
+        let store = open_store(&dir, Some(k)).unwrap();
+        write(&store, &a);
+        write(&store, &b);
+        // Move b's envelope under a's key: the associated data no longer matches.
+        let tree = store.raw_tree();
+        let mut ka = b"m\0".to_vec();
+        ka.extend_from_slice(a.meta.id.as_str().as_bytes());
+        let mut kb = b"m\0".to_vec();
+        kb.extend_from_slice(b.meta.id.as_str().as_bytes());
+        let vb = tree.get(&kb).unwrap().unwrap();
+        tree.insert(&ka, vb).unwrap();
+        let err = store.message(&a.meta.id).unwrap_err().to_string();
+        assert!(err.contains("does not open"), "{err}");
+    }
+}

@@ -1,0 +1,327 @@
+//! Queue encryption at rest (S3, Skatteverket K5.3; issue 16 item 1), through real SMTP
+//! sessions of the relay: with `queue.encryption_key`, no file under `data_dir` holds a queued
+//! message's body, header or envelope addresses; the wrong key or none refuses the start and
+//! leaves the store unchanged; a plaintext queue is re-sealed at start; `gen-key` and
+//! `queue rekey` work as the README says; a key file others can read is refused (S4).
+
+mod common;
+
+use common::mx_sink::{Behaviour, Sink};
+use common::relay::{always, setup, Setup, WAIT};
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+/// In the body, a header and both envelope addresses of every test message.
+const MARKER: &str = "Zq7MarkerXv3";
+const SENDER: &str = "sender-Zq7MarkerXv3@example.no";
+
+fn recipient(n: usize) -> String {
+    format!("rcpt{n}-Zq7MarkerXv3@partner.test")
+}
+
+fn data(n: usize) -> Vec<u8> {
+    format!(
+        "From: <{SENDER}>\r\nTo: <{rcpt}>\r\nSubject: message {n}\r\nX-Marker: {MARKER}\r\n\r\n\
+         Body {n} carries {MARKER} in every line.\r\n{body}",
+        rcpt = recipient(n),
+        body = format!("{MARKER} line of the body\r\n").repeat(200 * (n + 1)),
+    )
+    .into_bytes()
+}
+
+/// Every file under `dir`, recursively, with its bytes.
+fn files(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.is_file() {
+                out.insert(path.clone(), std::fs::read(&path).unwrap());
+            }
+        }
+    }
+    out
+}
+
+/// The files under `dir` holding any of `needles`.
+fn files_holding(dir: &Path, needles: &[&str]) -> Vec<(PathBuf, String)> {
+    let mut found = Vec::new();
+    for (path, bytes) in files(dir) {
+        for needle in needles {
+            if bytes.windows(needle.len()).any(|w| w == needle.as_bytes()) {
+                found.push((path.clone(), needle.to_string()));
+            }
+        }
+    }
+    found
+}
+
+fn hashes(dir: &Path) -> BTreeMap<PathBuf, String> {
+    use sha2::Digest;
+    files(dir)
+        .into_iter()
+        .map(|(p, bytes)| (p, format!("{:x}", sha2::Sha256::digest(&bytes))))
+        .collect()
+}
+
+fn secrets() -> Vec<&'static str> {
+    vec![MARKER, SENDER, "rcpt0-Zq7", "rcpt1-Zq7"]
+}
+
+fn new_key(dir: &Path, name: &str) -> PathBuf {
+    let path = dir.join(name);
+    tlsgate::queue::seal::write_new_key(&path).unwrap();
+    path
+}
+
+fn data_dir(s: &Setup) -> PathBuf {
+    s.relay.config.server.data_dir.clone()
+}
+
+/// Starts the relay with `key` (or none) and a destination that defers every recipient, and
+/// queues two messages through the smarthost listener; returns when both were deferred.
+async fn queued_and_deferred(key: Option<&Path>) -> (Setup, Sink) {
+    let extra = match key {
+        Some(key) => format!("[queue]\nencryption_key = \"{}\"\n", key.display()),
+        None => String::new(),
+    };
+    let s = setup("retry_schedule = [\"1s\"]", &extra).await;
+    // RFC 5321 4.2.5: 4xx to RCPT is a temporary failure, so both stay queued.
+    let sink = s.single_mx(always("451 4.3.0 try again later")).await;
+    for n in 0..2 {
+        s.submit_raw(SENDER, "", &recipient(n), &data(n)).await;
+    }
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let store = s.relay.running().store();
+        let ids = store.message_ids().unwrap();
+        let deferred = ids
+            .iter()
+            .filter(|id| {
+                store.recipient_states(id).unwrap()[0].status
+                    == tlsgate::queue::RecipientStatus::Deferred
+            })
+            .count();
+        if ids.len() == 2 && deferred == 2 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no deferral");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    (s, sink)
+}
+
+/// After a restart the sink accepts: both messages arrive with their exact data.
+async fn delivered_after(s: &Setup, sink: &Sink) {
+    sink.set_behaviour(Behaviour::default());
+    let messages = sink.wait_for_messages(2, WAIT).await;
+    assert_eq!(messages.len(), 2);
+    for n in 0..2 {
+        let m = messages
+            .iter()
+            .find(|m| m.rcpts == vec![recipient(n)])
+            .unwrap_or_else(|| panic!("message {n} not delivered"));
+        assert!(m.mail_from.contains(SENDER), "{}", m.mail_from);
+        // The relay prepends its Received: header; the rest is what the client sent.
+        assert!(m.data.ends_with(&data(n)), "message {n} arrived changed");
+    }
+    s.wait_queue_empty().await;
+}
+
+/// S3: sealed at rest — no file under data_dir holds the marker of the body or a header, nor
+/// the envelope addresses — and after a restart the messages are delivered unchanged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sealed_queue_leaks_nothing_to_disk_and_delivers_after_a_restart() {
+    let keys = tempfile::tempdir().unwrap();
+    let key = new_key(keys.path(), "queue.key");
+    let (mut s, sink) = queued_and_deferred(Some(&key)).await;
+    assert!(
+        sink.commands().iter().any(|c| c.contains("rcpt0-Zq7")),
+        "the deferral came from the sink"
+    );
+    s.relay.stop().await;
+    assert!(data_dir(&s).join("queue").join("key-check").exists());
+    assert_eq!(files_holding(&data_dir(&s), &secrets()), vec![]);
+    s.restart().await;
+    delivered_after(&s, &sink).await;
+}
+
+/// S3: the wrong key, no key, or a key file others may read (S4) refuses the start with a
+/// message naming the key, and the store's files are byte for byte unchanged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_missing_or_open_key_refuses_the_start_and_changes_nothing() {
+    let keys = tempfile::tempdir().unwrap();
+    let key = new_key(keys.path(), "queue.key");
+    let (mut s, sink) = queued_and_deferred(Some(&key)).await;
+    s.relay.stop().await;
+    let before = hashes(&data_dir(&s));
+
+    let mut wrong = s.relay.config.clone();
+    let other = new_key(keys.path(), "other.key");
+    wrong.queue.encryption_key = Some(other.clone());
+    let err = tlsgate::server::start(wrong)
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("queue.encryption_key") && err.contains(other.to_str().unwrap()),
+        "{err}"
+    );
+    assert!(err.contains("another key"), "{err}");
+    assert_eq!(
+        hashes(&data_dir(&s)),
+        before,
+        "wrong key: the store changed"
+    );
+
+    let mut missing = s.relay.config.clone();
+    missing.queue.encryption_key = None;
+    let err = tlsgate::server::start(missing)
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("encrypted") && err.contains("not set"),
+        "{err}"
+    );
+    assert_eq!(hashes(&data_dir(&s)), before, "no key: the store changed");
+
+    // S4: mode 0644 is refused before anything is opened.
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let err = tlsgate::server::start(s.relay.config.clone())
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("queue.encryption_key") && err.contains("mode 0644"),
+        "{err}"
+    );
+    assert_eq!(
+        hashes(&data_dir(&s)),
+        before,
+        "open key file: the store changed"
+    );
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+
+    s.restart().await;
+    delivered_after(&s, &sink).await;
+}
+
+/// S3 on an existing queue: a plaintext queue (the marker visible in its files) is re-sealed
+/// when a key is configured; afterwards no file holds the marker, and the mail is delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plaintext_queue_is_resealed_at_start() {
+    let keys = tempfile::tempdir().unwrap();
+    let (mut s, sink) = queued_and_deferred(None).await;
+    s.relay.stop().await;
+    assert!(
+        !files_holding(&data_dir(&s), &[MARKER]).is_empty(),
+        "the plaintext queue shows the marker (else this test proves nothing)"
+    );
+    s.relay.config.queue.encryption_key = Some(new_key(keys.path(), "queue.key"));
+    s.restart().await;
+    assert_eq!(s.relay.queue_len(), 2);
+    assert_eq!(files_holding(&data_dir(&s), &secrets()), vec![]);
+    let siblings: Vec<_> = std::fs::read_dir(data_dir(&s))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("queue."))
+        .collect();
+    assert_eq!(
+        siblings,
+        Vec::<String>::new(),
+        "queue.new / queue.old left behind"
+    );
+    delivered_after(&s, &sink).await;
+}
+
+fn tlsgate(args: &[&str]) -> std::process::Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tlsgate"))
+        .args(args)
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "tlsgate {args:?} hangs"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// `tlsgate gen-key` writes a 0600 key that works and never overwrites one; `tlsgate queue
+/// rekey` (offline: refused while the relay runs) moves the queue to the new key, after which
+/// the old key no longer opens it and the new one does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gen_key_and_rekey() {
+    let keys = tempfile::tempdir().unwrap();
+    let old = keys.path().join("old.key");
+    let run = tlsgate(&["gen-key", "--out", old.to_str().unwrap()]);
+    assert!(run.status.success(), "{run:?}");
+    let mode = std::fs::metadata(&old).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let content = std::fs::read(&old).unwrap();
+    let run = tlsgate(&["gen-key", "--out", old.to_str().unwrap()]);
+    assert!(!run.status.success());
+    assert!(String::from_utf8_lossy(&run.stderr).contains("refusing to overwrite"));
+    assert_eq!(
+        std::fs::read(&old).unwrap(),
+        content,
+        "gen-key overwrote a key"
+    );
+
+    let (mut s, sink) = queued_and_deferred(Some(&old)).await;
+    let config_file = s.relay.dir.path().join("tlsgate.toml");
+    let new = keys.path().join("new.key");
+    assert!(tlsgate(&["gen-key", "--out", new.to_str().unwrap()])
+        .status
+        .success());
+    let rekey = [
+        "queue",
+        "rekey",
+        "--config",
+        config_file.to_str().unwrap(),
+        "--new-key",
+        new.to_str().unwrap(),
+    ];
+    // While the relay runs, sled's lock refuses the rewrite.
+    let run = tlsgate(&rekey);
+    assert!(!run.status.success(), "{run:?}");
+    assert!(
+        String::from_utf8_lossy(&run.stderr).contains("stop the relay"),
+        "{run:?}"
+    );
+    s.relay.stop().await;
+    let run = tlsgate(&rekey);
+    assert!(run.status.success(), "{run:?}");
+    assert!(String::from_utf8_lossy(&run.stdout).contains("re-sealed"));
+    assert_eq!(files_holding(&data_dir(&s), &secrets()), vec![]);
+
+    let err = tlsgate::server::start(s.relay.config.clone())
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("another key"),
+        "the old key still opens: {err}"
+    );
+    s.relay.config.queue.encryption_key = Some(new);
+    s.restart().await;
+    assert_eq!(s.relay.queue_len(), 2);
+    delivered_after(&s, &sink).await;
+}
