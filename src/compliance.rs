@@ -79,6 +79,9 @@ pub struct DomainReport {
     /// The MTA-STS record and policy (RFC 8461); `None` when MTA-STS is off or does not
     /// count for the domain (an entry or the list decides).
     pub mta_sts: Option<StsReport>,
+    /// The domain's TLSRPT record (RFC 8460 section 3): where its TLS reports go (`rua`), or
+    /// why it takes none (issue 13 item 4).
+    pub tls_rpt: String,
 }
 
 /// What `probe` shows of a domain's MTA-STS (issue 13 item 4).
@@ -158,6 +161,22 @@ impl StsReport {
     }
 }
 
+/// The `_smtp._tls` TXT record of `domain` as the report job reads it (RFC 8460 section 3):
+/// `rua …` with every target, or why the domain takes no reports.
+async fn tls_rpt_record(resolver: &dyn Resolver, domain: &Domain) -> String {
+    let name = format!("_smtp._tls.{}", domain.as_str());
+    match resolver.txt(&name).await {
+        Err(e) => format!("lookup failed: {e}"),
+        Ok(records) => match crate::reporting::tls::record::parse_records(&records.value) {
+            Ok(ruas) => format!(
+                "v=TLSRPTv1, rua {}",
+                ruas.iter().map(|r| r.uri()).collect::<Vec<_>>().join(" ")
+            ),
+            Err(e) => e.to_string(),
+        },
+    }
+}
+
 /// Checks one domain; `timeout` bounds every connect and reply. `mta_sts`: the MTA-STS
 /// service (`None` when `mta_sts.enabled = false`), asked exactly as delivery asks it.
 pub async fn check_domain(
@@ -182,6 +201,7 @@ pub async fn check_domain(
         reason: None,
         hosts: Vec::new(),
         mta_sts: None,
+        tls_rpt: tls_rpt_record(resolver, domain).await,
     };
     let route = match route::hosts_for(config, resolver, &destination).await {
         Ok(route) => route,
@@ -466,6 +486,7 @@ pub fn render_table(reports: &[DomainReport]) -> String {
         if let Some(sts) = &r.mta_sts {
             let _ = writeln!(out, "{:<24} {}", r.domain, sts.line());
         }
+        let _ = writeln!(out, "{:<24} TLSRPT: {}", r.domain, r.tls_rpt);
         let _ = writeln!(
             out,
             "{:<24} policy {} ({}){}: {}",

@@ -444,3 +444,60 @@ async fn disabled_means_no_lookup() {
     s.wait_queue_empty().await;
     assert_eq!(server.requests(), 0);
 }
+
+/// Issue 13 item 4: `tlsgate probe` shows the `_mta-sts` record, the policy (mode, mx,
+/// max_age, when fetched) and the `_smtp._tls` TLSRPT record with its report targets, in text
+/// and in JSON; the MX host is decided by MTA-STS as delivery decides it.
+#[tokio::test]
+async fn probe_shows_the_mta_sts_policy_and_the_tlsrpt_record() {
+    let (s, _server, _) = relay_with_policy(ENFORCE, None).await;
+    mx(&s, 10, "mx1.partner.test", MX1);
+    let _sink = s
+        .tls_sink(MX1, &["mx1.partner.test"], Behaviour::default())
+        .await;
+    s.dns.add_txt(
+        "_smtp._tls.partner.test",
+        "v=TLSRPTv1; rua=mailto:tlsrpt@partner.test,https://reports.partner.test/v1",
+    );
+    let run = |json: bool| {
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_tlsgate"));
+        cmd.args(["probe", "partner.test", "--timeout", "5s", "--config"])
+            .arg(s.relay.dir.path().join("tlsgate.toml"))
+            .kill_on_drop(true);
+        if json {
+            cmd.arg("--json");
+        }
+        async move {
+            let out = tokio::time::timeout(WAIT, cmd.output())
+                .await
+                .expect("probe finished in time")
+                .expect("probe ran");
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        }
+    };
+    let text = run(false).await;
+    assert!(
+        text.contains("MTA-STS: record v=STSv1 id=1; policy enforce, mx *.partner.test"),
+        "{text}"
+    );
+    assert!(text.contains("max_age 86400"), "{text}");
+    assert!(
+        text.contains(
+            "TLSRPT: v=TLSRPTv1, rua mailto:tlsrpt@partner.test https://reports.partner.test/v1"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("(mta-sts)") || text.contains("MTA-STS policy"),
+        "{text}"
+    );
+    let json: serde_json::Value = serde_json::from_str(&run(true).await).expect("probe JSON");
+    let domain = &json[0];
+    assert_eq!(domain["mta_sts"]["mode"], "enforce", "{json}");
+    assert_eq!(domain["mta_sts"]["mx"][0], "*.partner.test", "{json}");
+    assert!(domain["mta_sts"]["fetched_at"].is_string(), "{json}");
+    assert_eq!(
+        domain["tls_rpt"],
+        "v=TLSRPTv1, rua mailto:tlsrpt@partner.test https://reports.partner.test/v1"
+    );
+}
