@@ -205,6 +205,25 @@ impl Selection {
         }
     }
 
+    /// As [`Selection::describe`], for the audit log and the log: the local parts of
+    /// `from`/`to` addresses are left out (`to=…@partner.no`), as the audit log records
+    /// domains, hosts and queue ids, never addresses (S1 with data minimisation).
+    pub fn describe_without_addresses(&self) -> String {
+        let masked = |value: &Option<String>| {
+            value.as_ref().map(|v| match v.rsplit_once('@') {
+                Some((_, domain)) => format!("…@{domain}"),
+                None if v == "<>" || v.is_empty() => v.clone(),
+                None => "…".to_string(),
+            })
+        };
+        Selection {
+            from: masked(&self.from),
+            to: masked(&self.to),
+            ..self.clone()
+        }
+        .describe()
+    }
+
     /// The query string (`from=…&all=true`), percent-encoded; empty when nothing is selected.
     pub fn to_query(&self) -> String {
         let mut parts = Vec::new();
@@ -714,7 +733,9 @@ async fn bulk(
         &format!("queue {action}"),
         &format!(
             "{} ({} of {} messages)",
-            result.selection, result.done, result.matched
+            selection.describe_without_addresses(),
+            result.done,
+            result.matched
         ),
         &caller,
     );
@@ -1322,5 +1343,17 @@ mod tests {
         };
         assert_eq!(s.to_query(), "from=a%20b%40x&all=true");
         assert_eq!(s.describe(), "from=a b@x");
+        // The audit log gets the domain only (S1: never addresses).
+        assert_eq!(s.describe_without_addresses(), "from=…@x");
+        let s = Selection {
+            to: Some("carol@defer.test".into()),
+            from: Some("<>".into()),
+            domain: Some("defer.test".into()),
+            ..Selection::default()
+        };
+        assert_eq!(
+            s.describe_without_addresses(),
+            "from=<> to=…@defer.test domain=defer.test"
+        );
     }
 }

@@ -852,8 +852,12 @@ fn queue_entries(
 
 fn queue_list(path: Option<&Path>, json: bool, select: &Select) -> anyhow::Result<()> {
     let (body, entries) = queue_entries(path, select)?;
+    let selection = select.selection();
     if json {
         println!("{body}");
+    } else if entries.is_empty() && selection.has_conditions() {
+        // Not "the queue is empty": only nothing matched what was asked.
+        println!("no message matches ({})", selection.describe());
     } else {
         print!("{}", tlsgate::admin::render_queue(&entries));
     }

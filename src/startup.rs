@@ -159,7 +159,15 @@ pub fn every_problem(config: &Config) -> Vec<StartError> {
     note(dkim_signers(config).map(drop));
     note(domain_list(config).map(drop));
     note(admin_access(config).map(drop));
-    note(queue_key(config).map(drop));
+    // The key must open a sealed queue (or a key be given for one): what `serve` checks
+    // first when it opens the queue, read-only, so that ExecStartPre catches it (S3).
+    note(queue_key(config).and_then(|key| {
+        let dir = config.queue_dir();
+        crate::queue::sled_store::check_key(&dir, key.as_deref()).map_err(|cause| {
+            let path = dir.display().to_string();
+            StartError::new(config, "queue.encryption_key", Fault::Queue { path, cause })
+        })
+    }));
     if let Some(socket) = config.admin.as_ref().and_then(|a| a.socket.as_deref()) {
         if let Some(parent) = socket.parent().filter(|p| !p.as_os_str().is_empty()) {
             if !inside_data_dir(parent) {

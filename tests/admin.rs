@@ -507,8 +507,12 @@ async fn queue_tools_list_filter_summarise_show_headers_and_act_in_bulk() {
         ok && stdout.contains(&c) && !stdout.contains(&b),
         "{stdout}"
     );
+    // Nothing matches: said so, not "the queue is empty" (it is not).
     let (ok, stdout, _) = tlsgate(&cli, &["queue", "list", "--older-than", "1h"]).await;
-    assert!(ok && stdout.contains("Mail queue is empty"), "{stdout}");
+    assert!(
+        ok && stdout.trim() == "no message matches (older_than=1h)",
+        "{stdout}"
+    );
     let (ok, stdout, _) = tlsgate(&cli, &["queue", "list", "--status", "deferred", "--json"]).await;
     assert!(ok);
     let json: Vec<QueueEntry> = serde_json::from_str(&stdout).expect("JSON listing");
@@ -548,6 +552,10 @@ async fn queue_tools_list_filter_summarise_show_headers_and_act_in_bulk() {
     assert!(!ok && stderr.contains("without --all"), "{stderr}");
     assert_eq!(list(&config).await.len(), 3);
 
+    // An address filter reaches the audit log with its domain only (S1: no addresses).
+    let (ok, stdout, stderr) = tlsgate(&cli, &["queue", "hold", "--to", "eva@other.test"]).await;
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("hold: 1 of 1 messages"), "{stdout}");
     let (ok, stdout, stderr) =
         tlsgate(&cli, &["queue", "delete", "--domain", "partner.test"]).await;
     assert!(ok, "{stderr}");
@@ -567,6 +575,11 @@ async fn queue_tools_list_filter_summarise_show_headers_and_act_in_bulk() {
         "{audit}"
     );
     assert!(audit.contains("all (1 of 1 messages)"), "{audit}");
+    assert!(
+        audit.contains("to=…@other.test (1 of 1 messages)"),
+        "{audit}"
+    );
+    assert!(!audit.contains("eva@other.test"), "{audit}");
     assert!(audit.contains("queue show --headers"), "{audit}");
     assert_eq!(
         audit.matches("\"action\":\"queue delete\"").count(),

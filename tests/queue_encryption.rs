@@ -165,6 +165,26 @@ async fn wrong_missing_or_open_key_refuses_the_start_and_changes_nothing() {
     let mut wrong = s.relay.config.clone();
     let other = new_key(keys.path(), "other.key");
     wrong.queue.encryption_key = Some(other.clone());
+    // check-config (and ExecStartPre) sees it too, read-only (S3).
+    let problems: Vec<String> = tlsgate::startup::every_problem(&wrong)
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert!(
+        problems.iter().any(|p| p.contains("another key")),
+        "{problems:?}"
+    );
+    let mut keyless = s.relay.config.clone();
+    keyless.queue.encryption_key = None;
+    let problems: Vec<String> = tlsgate::startup::every_problem(&keyless)
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert!(
+        problems.iter().any(|p| p.contains("not set")),
+        "{problems:?}"
+    );
+    assert_eq!(hashes(&data_dir(&s)), before, "check: the store changed");
     let err = tlsgate::server::start(wrong)
         .await
         .err()
