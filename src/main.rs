@@ -672,12 +672,23 @@ fn queue_rekey(path: Option<&Path>, new_key: &Path) -> anyhow::Result<()> {
     let current = tlsgate::startup::queue_key(&config)?;
     let new = std::sync::Arc::new(tlsgate::queue::QueueKey::load(new_key)?);
     let dir = config.queue_dir();
-    let done = tlsgate::queue::at_rest::rekey(&dir, current, Some(new)).with_context(|| {
-        format!(
-            "{}: cannot re-seal the queue (stop the relay first: the store is locked while it runs)",
-            dir.display()
-        )
-    })?;
+    let done = match tlsgate::queue::at_rest::rekey(&dir, current, Some(new)) {
+        Ok(done) => done,
+        // sled holds an exclusive lock on its files while the relay runs; its error text
+        // carries Rust debug output, so it is replaced by what to do.
+        Err(tlsgate::queue::StoreError::Io(e))
+            if e.kind() == std::io::ErrorKind::WouldBlock
+                || e.to_string().contains("could not acquire lock") =>
+        {
+            anyhow::bail!(
+                "{}: the queue is in use by a running relay: stop it first (systemctl stop                  tlsgate), then run queue rekey again",
+                dir.display()
+            )
+        }
+        Err(e) => {
+            return Err(e).with_context(|| format!("{}: cannot re-seal the queue", dir.display()))
+        }
+    };
     println!(
         "re-sealed {} records in {} under {}. Now set queue.encryption_key = \"{}\" in {} \
          (or copy the file over the old key) before starting the relay; keep the old key only as \

@@ -286,6 +286,12 @@ async fn policy_host_with_an_invalid_certificate_means_no_policy() {
     assert_eq!(reported[0].policy.policy_domain, "partner.test");
     assert_eq!(reported[0].receiving_mx_hostname, "");
     assert_eq!(reported[0].result, Err(ResultType::StsWebpkiInvalid));
+    // In words, as for SMTP peers: not rustls' `UnknownIssuer`.
+    let detail = reported[0].detail.clone().unwrap_or_default();
+    assert!(
+        detail.contains("certificate not trusted") && !detail.contains("UnknownIssuer"),
+        "{detail}"
+    );
 }
 
 /// RFC 8461 section 5, `testing`: the mail is delivered as without the policy (here over TLS

@@ -10,7 +10,7 @@
 use crate::dns::Resolver;
 use crate::domain::Domain;
 use crate::policy::mta_sts::StsPolicy;
-use crate::tls::client::ClientTls;
+use crate::tls::client::{ClientTls, TlsFailure};
 use crate::tls_report::ResultType;
 use std::error::Error as _;
 use std::net::SocketAddr;
@@ -121,7 +121,11 @@ async fn fetch_inner(
         .build()
         .map_err(|e| FetchError::Fetch(format!("HTTP client: {e}")))?;
     let url = format!("https://{host}:{port}/.well-known/mta-sts.txt");
-    let mut response = client.get(&url).send().await.map_err(classify)?;
+    let mut response = client
+        .get(&url)
+        .send()
+        .await
+        .map_err(|e| classify(e, &host))?;
     // RFC 8461 section 3.3: only a 200 carries a policy.
     if response.status() != reqwest::StatusCode::OK {
         return Err(FetchError::Fetch(format!(
@@ -146,7 +150,7 @@ async fn fetch_inner(
         )));
     }
     let mut body = Vec::new();
-    while let Some(chunk) = response.chunk().await.map_err(classify)? {
+    while let Some(chunk) = response.chunk().await.map_err(|e| classify(e, &host))? {
         if body.len() + chunk.len() > MAX_POLICY_BYTES {
             return Err(FetchError::Invalid(format!(
                 "{url} is larger than {MAX_POLICY_BYTES} bytes"
@@ -163,12 +167,13 @@ async fn fetch_inner(
 /// Sorts an HTTP client error: a certificate the web PKI refuses is `sts-webpki-invalid`,
 /// everything else a fetch error (RFC 8460 section 4.3.3). The cause is found in the error's
 /// source chain, where the connector left rustls' own error.
-fn classify(error: reqwest::Error) -> FetchError {
+fn classify(error: reqwest::Error, host: &str) -> FetchError {
     let mut cause: Option<&(dyn std::error::Error + 'static)> = error.source();
     let mut words = error.to_string();
     while let Some(e) = cause {
         if let Some(invalid @ rustls::Error::InvalidCertificate(_)) = rustls_in(e) {
-            return FetchError::Webpki(invalid.to_string());
+            // In words, as for SMTP peers ("certificate not trusted"), not rustls' names.
+            return FetchError::Webpki(TlsFailure::from_rustls(invalid, host).to_string());
         }
         words = format!("{words}: {e}");
         cause = e.source();

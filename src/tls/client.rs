@@ -189,7 +189,10 @@ impl TlsFailure {
         }
     }
 
-    fn from_rustls(error: &rustls::Error, name: &str) -> TlsFailure {
+    /// The failure a rustls error means, in the vocabulary of reports and metrics; `name` is
+    /// the host the certificate was checked for (named in a host mismatch). Also used for the
+    /// HTTPS of MTA-STS policy fetches (RFC 8461 section 3.3).
+    pub fn from_rustls(error: &rustls::Error, name: &str) -> TlsFailure {
         // The DANE verifier's own error travels inside rustls' (RFC 7672 section 3.1).
         if let Some(dane) = DaneError::from_rustls(error) {
             return TlsFailure::DaneMismatch(dane.to_string());
