@@ -929,13 +929,14 @@ fn validate_all(c: &Checker<'_>, raw: raw::RawConfig) -> Result<Config, ConfigEr
         let client_auth = match (l.client_ca, l.client_cert) {
             (None, None) => None,
             (None, Some(_)) => {
-                return Err(c.err(
+                c.fail(
                     format!("listener[{i}].client_cert"),
                     format!(
                         "needs listener[{i}].client_ca, the CA file that client certificates \
                          must chain to"
                     ),
-                ))
+                );
+                None
             }
             (Some(ca), mode) => Some(ClientAuth {
                 ca: resolve(ca),
@@ -945,11 +946,11 @@ fn validate_all(c: &Checker<'_>, raw: raw::RawConfig) -> Result<Config, ConfigEr
         // S2, S6: a client certificate grants relaying, which only a smarthost listener does;
         // on an MX front it would silently mean nothing, so it is refused (non-negotiable 5).
         if client_auth.is_some() && l.role != Role::Outbound {
-            return Err(c.err(
+            c.fail(
                 format!("listener[{i}].client_ca"),
                 "client certificates authenticate internal mail servers for relaying and are \
                  only allowed on a role = \"outbound\" listener, not on this inbound one",
-            ));
+            );
         }
         listeners.push(ListenerConfig {
             bind,

@@ -247,6 +247,38 @@ fn every_error_is_reported_not_only_the_first() {
         }
         other => panic!("expected three errors, got {other:?}"),
     }
+    // Errors in listeners and sections added later go on the same list (found by a review:
+    // a client_cert without client_ca hid every other error; TLS-RPT fields came one per run).
+    let text = format!(
+        "{}[[listener]]\nbind = \"127.0.0.1:99999\"\nrole = \"outbound\"\n[delivery]\n\
+         retry_schedule = [\"1m\", \"5 parsecs\"]\n[tls_reporting]\nenabled = true\n",
+        MINIMAL.replace(
+            "role = \"inbound\"\n",
+            "role = \"inbound\"\nclient_cert = \"required\"\n"
+        )
+    );
+    match Config::from_toml(&text, "t.toml") {
+        Err(ConfigError::Several { errors, .. }) => {
+            let keys: Vec<String> = errors
+                .iter()
+                .map(|e| match e {
+                    ConfigError::Invalid { key, .. } => key.clone(),
+                    other => panic!("{other:?}"),
+                })
+                .collect();
+            for key in [
+                "listener[0].client_cert",
+                "listener[1].bind",
+                "delivery.retry_schedule",
+                "tls_reporting.organization_name",
+                "tls_reporting.contact_info",
+                "tls_reporting.from",
+            ] {
+                assert!(keys.iter().any(|k| k.starts_with(key)), "{key}: {keys:?}");
+            }
+        }
+        other => panic!("expected several errors, got {other:?}"),
+    }
     // A listener whose address does not parse is one error, not also "no [[listener]]".
     let (key, _) = invalid(&MINIMAL.replace("127.0.0.1:2525", "nowhere"));
     assert_eq!(key, "listener[0].bind");

@@ -53,28 +53,43 @@ pub(super) fn section(
         }
         Ok(value)
     };
-    let organization_name = text("organization_name", raw.organization_name)?;
-    let contact_info = text("contact_info", raw.contact_info)?;
+    // Every problem of the section is recorded (issue 14 item 1: check-config lists them all);
+    // the stand-ins are never used, as validation then fails.
+    let organization_name = c.or(
+        text("organization_name", raw.organization_name),
+        String::new(),
+    );
+    let contact_info = c.or(text("contact_info", raw.contact_info), String::new());
     let submitter = match raw.submitter {
-        Some(s) => c.domain("tls_reporting.submitter", &s)?.to_string(),
+        Some(s) => c.or(
+            c.domain("tls_reporting.submitter", &s)
+                .map(|d| d.to_string()),
+            hostname.to_string(),
+        ),
         None => hostname.to_string(),
     };
-    let from = raw.from.ok_or_else(|| {
-        c.err(
-            "tls_reporting.from",
-            "missing: the sender address of report mails",
-        )
-    })?;
-    let valid = from.rsplit_once('@').is_some_and(|(local, domain)| {
-        !local.is_empty() && crate::domain::Domain::parse(domain).is_ok()
-    }) && from.is_ascii()
-        && !from.contains(|c: char| c.is_whitespace() || "<>\",;".contains(c));
-    if !valid {
-        return Err(c.err(
-            "tls_reporting.from",
-            format!("{from:?} is not a mail address"),
-        ));
-    }
+    let from = match raw.from {
+        None => {
+            c.fail(
+                "tls_reporting.from",
+                "missing: the sender address of report mails",
+            );
+            String::new()
+        }
+        Some(from) => {
+            let valid = from.rsplit_once('@').is_some_and(|(local, domain)| {
+                !local.is_empty() && crate::domain::Domain::parse(domain).is_ok()
+            }) && from.is_ascii()
+                && !from.contains(|c: char| c.is_whitespace() || "<>\",;".contains(c));
+            if !valid {
+                c.fail(
+                    "tls_reporting.from",
+                    format!("{from:?} is not a mail address"),
+                );
+            }
+            from
+        }
+    };
     Ok(Some(TlsReportingSection {
         organization_name,
         contact_info,
