@@ -381,7 +381,8 @@ fn init_logging(config: &Config) {
         .with_writer(std::io::stderr);
     match config.log.format {
         LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
+        // One quoting rule for every field (logfmt: free text quoted, plain words bare).
+        LogFormat::Text => builder.fmt_fields(tlsgate::ops::logfmt::Logfmt).init(),
     }
 }
 

@@ -169,6 +169,21 @@ fn metric(s: &Setup, series: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// MX 10 `mx1.partner.test` with a valid certificate; one message delivered under the policy,
+/// which was fetched once for it.
+async fn delivered_once(s: &Setup, server: &PolicyServer) -> Sink {
+    mx(s, 10, "mx1.partner.test", MX1);
+    let sink = s
+        .tls_sink(MX1, &["mx1.partner.test"], Behaviour::default())
+        .await;
+    s.submit("alice@example.no", &["bob@partner.test"], "first")
+        .await;
+    sink.wait_for_messages(1, WAIT).await;
+    s.wait_queue_empty().await;
+    assert_eq!(server.requests(), 1);
+    sink
+}
+
 const DELIVERED_BY_STS: &str =
     "tlsgate_deliveries_total{policy_source=\"mta-sts\",result=\"delivered\",tls_level=\"verify\"}";
 
@@ -344,15 +359,7 @@ async fn testing_mode_delivers_and_reports_the_failure() {
 #[tokio::test]
 async fn cached_policy_survives_a_restart_and_a_failed_fetch() {
     let (mut s, server, reports) = relay_with_policy(ENFORCE, None).await;
-    mx(&s, 10, "mx1.partner.test", MX1);
-    let sink = s
-        .tls_sink(MX1, &["mx1.partner.test"], Behaviour::default())
-        .await;
-    s.submit("alice@example.no", &["bob@partner.test"], "first")
-        .await;
-    sink.wait_for_messages(1, WAIT).await;
-    s.wait_queue_empty().await;
-    assert_eq!(server.requests(), 1);
+    let sink = delivered_once(&s, &server).await;
 
     // Same id after a restart: the policy comes from the cache file.
     s.restart_with_reports(reports.clone()).await;
@@ -399,15 +406,7 @@ async fn cached_policy_survives_a_restart_and_a_failed_fetch() {
 #[tokio::test]
 async fn a_new_id_is_fetched_and_its_policy_applies() {
     let (mut s, server, reports) = relay_with_policy(ENFORCE, None).await;
-    mx(&s, 10, "mx1.partner.test", MX1);
-    let sink = s
-        .tls_sink(MX1, &["mx1.partner.test"], Behaviour::default())
-        .await;
-    s.submit("alice@example.no", &["bob@partner.test"], "first")
-        .await;
-    sink.wait_for_messages(1, WAIT).await;
-    s.wait_queue_empty().await;
-    assert_eq!(server.requests(), 1);
+    let sink = delivered_once(&s, &server).await;
 
     server.set_policy("version: STSv1\nmode: enforce\nmx: *.moved.test\nmax_age: 86400\n");
     s.dns.set_txt("_mta-sts.partner.test", "v=STSv1; id=2;");

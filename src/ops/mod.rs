@@ -1,12 +1,13 @@
-//! Operating the running relay: what happens between start and stop besides mail. The
-//! tvungen TLS domain list's life ([`domain_list`]: reloads, the file watcher, gauges, the age
-//! warning), SIGHUP's configuration reload ([`reload`]), the audit log's retention
-//! ([`retention`]), the DNSSEC self-check ([`dnssec`], D5) and the service manager's
-//! readiness protocol ([`service`]). `server` starts these; the admin API and SIGHUP call into
+//! Operating the running relay: what happens between start and stop besides mail. The tvungen TLS
+//! domain list's life ([`domain_list`]: reloads, the file watcher, gauges, the age warning),
+//! SIGHUP's configuration reload ([`reload`]), the audit log's retention ([`retention`]), the
+//! DNSSEC self-check ([`dnssec`], D5) and the service manager's readiness protocol ([`service`]);
+//! the log's field format ([`logfmt`]). `server` starts these; the admin API and SIGHUP call into
 //! them.
 
 pub mod dnssec;
 pub mod domain_list;
+pub mod logfmt;
 pub mod reload;
 pub mod retention;
 pub mod service;
