@@ -1136,8 +1136,12 @@ pub fn render_queue(entries: &[QueueEntry]) -> String {
             };
             let _ = writeln!(
                 out,
-                "    {}  ({}, {} attempts{}){}",
-                r.address, r.status, r.attempts, next, last
+                "    {}  ({}, {}{}){}",
+                r.address,
+                r.status,
+                counted(u64::from(r.attempts), "attempt"),
+                next,
+                last
             );
         }
     }
@@ -1150,11 +1154,20 @@ pub fn summary_line(entries: &[QueueEntry]) -> String {
     let recipients: usize = entries.iter().map(|e| e.recipients.len()).sum();
     let bytes: u64 = entries.iter().map(|e| e.size).sum();
     format!(
-        "-- {} messages, {} recipients, {} KiB",
-        entries.len(),
-        recipients,
+        "-- {}, {}, {} KiB",
+        counted(entries.len() as u64, "message"),
+        counted(recipients as u64, "recipient"),
         bytes.div_ceil(1024)
     )
+}
+
+/// `1 message`, `2 messages`: listings read as sentences.
+fn counted(n: u64, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
 }
 
 /// The age buckets of `queue summary`, in minutes: qshape's columns. A message falls in the

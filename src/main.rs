@@ -610,9 +610,9 @@ async fn dnssec_line(
     use tlsgate::dns::DnssecStatus;
     let mode = config.dns.dnssec;
     match tokio::time::timeout(bound, resolver.check_dnssec()).await {
-        Ok(Ok(status @ (DnssecStatus::Available | DnssecStatus::Off))) => {
-            format!("dnssec: {mode}, {status}")
-        }
+        // `off` is the whole story: not `dnssec: off, off (…)`.
+        Ok(Ok(DnssecStatus::Off)) => format!("dnssec: {}", DnssecStatus::Off),
+        Ok(Ok(status @ DnssecStatus::Available)) => format!("dnssec: {mode}, {status}"),
         Ok(Ok(status)) => format!("warning: dnssec: {mode}, {status}"),
         Ok(Err(e)) => format!(
             "warning: dnssec: {mode}, the self-check got no answer ({e}): check dns.nameservers; \

@@ -90,7 +90,7 @@ async fn queue_is_listed_retried_bounced_and_deleted_and_every_action_is_audited
         stdout.contains(&first) && stdout.contains("ola@partner.test"),
         "{stdout}"
     );
-    assert!(stdout.contains("deferred, 1 attempts"), "{stdout}");
+    assert!(stdout.contains("deferred, 1 attempt,"), "{stdout}");
     let (ok, stdout, _) = tlsgate(&cli, &["queue", "show", &first]).await;
     assert!(ok, "{stdout}");
     assert!(
@@ -424,7 +424,7 @@ async fn a_held_message_is_not_delivered_until_released() {
     let (ok, stdout, stderr) = tlsgate(&cli, &["queue", "list", "--status", "held"]).await;
     assert!(ok, "{stderr}");
     assert!(
-        stdout.contains(&id) && stdout.contains("(held, 1 attempts)"),
+        stdout.contains(&id) && stdout.contains("(held, 1 attempt)"),
         "{stdout}"
     );
 
