@@ -712,11 +712,19 @@ async fn bulk(
             .filter(|id| !id.is_empty())
             .map(str::to_string)
             .collect(),
-        None => selected(&state, &selection)
-            .await?
-            .into_iter()
-            .map(|e| e.id)
-            .collect(),
+        None => {
+            // Only held mail can be released (postsuper -H): a condition picks among the held
+            // messages, so the count says how many were released, not how many matched.
+            let mut picking = selection.clone();
+            if action == "release" && picking.status.is_none() {
+                picking.status = Some(RecipientStatus::Held.to_string());
+            }
+            selected(&state, &picking)
+                .await?
+                .into_iter()
+                .map(|e| e.id)
+                .collect()
+        }
     };
     result.matched = targets.len();
     for id in targets {

@@ -556,6 +556,11 @@ async fn queue_tools_list_filter_summarise_show_headers_and_act_in_bulk() {
     let (ok, stdout, stderr) = tlsgate(&cli, &["queue", "hold", "--to", "eva@other.test"]).await;
     assert!(ok, "{stderr}");
     assert!(stdout.contains("hold: 1 of 1 messages"), "{stdout}");
+    // Release picks among held mail only: the two partner.test messages are not held.
+    let (ok, stdout, stderr) =
+        tlsgate(&cli, &["queue", "release", "--domain", "partner.test"]).await;
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("release: 0 of 0 messages"), "{stdout}");
     let (ok, stdout, stderr) =
         tlsgate(&cli, &["queue", "delete", "--domain", "partner.test"]).await;
     assert!(ok, "{stderr}");
