@@ -182,22 +182,27 @@ impl Selection {
         true
     }
 
-    /// How the selection reads in the log and the audit log: `domain=partner.no
-    /// older_than=2h`, `ids=…` or `all`.
-    pub fn describe(&self) -> String {
-        let mut parts = Vec::new();
-        for (name, value) in [
+    /// The ids and conditions given, as (query name, value), in one fixed order.
+    fn given(&self) -> impl Iterator<Item = (&'static str, &String)> {
+        [
             ("ids", &self.ids),
             ("from", &self.from),
             ("to", &self.to),
             ("domain", &self.domain),
             ("older_than", &self.older_than),
             ("status", &self.status),
-        ] {
-            if let Some(value) = value {
-                parts.push(format!("{name}={value}"));
-            }
-        }
+        ]
+        .into_iter()
+        .filter_map(|(name, value)| value.as_ref().map(|v| (name, v)))
+    }
+
+    /// How the selection reads in the log and the audit log: `domain=partner.no
+    /// older_than=2h`, `ids=…` or `all`.
+    pub fn describe(&self) -> String {
+        let parts: Vec<String> = self
+            .given()
+            .map(|(name, value)| format!("{name}={value}"))
+            .collect();
         if parts.is_empty() {
             "all".to_string()
         } else {
@@ -226,19 +231,10 @@ impl Selection {
 
     /// The query string (`from=…&all=true`), percent-encoded; empty when nothing is selected.
     pub fn to_query(&self) -> String {
-        let mut parts = Vec::new();
-        for (name, value) in [
-            ("ids", &self.ids),
-            ("from", &self.from),
-            ("to", &self.to),
-            ("domain", &self.domain),
-            ("older_than", &self.older_than),
-            ("status", &self.status),
-        ] {
-            if let Some(value) = value {
-                parts.push(format!("{name}={}", percent_encode(value)));
-            }
-        }
+        let mut parts: Vec<String> = self
+            .given()
+            .map(|(name, value)| format!("{name}={}", percent_encode(value)))
+            .collect();
         if self.all {
             parts.push("all=true".to_string());
         }
