@@ -340,24 +340,31 @@ impl SmtpConnection {
                 ))))
             }
         }
-        let slot = || observer.cloned().unwrap_or_default();
-        let config = match p.require {
-            Requirement::Pkix { names } => p
+        // Delivery uses the kept configurations, whose sessions resume under the same trust
+        // policy (issue 16 item 8); reports record the chain and always do a full handshake.
+        let config = match (p.require, observer) {
+            (Requirement::Pkix { names }, None) => p.tls.verified_for(names.clone()),
+            (Requirement::Pkix { names }, Some(slot)) => {
+                p.tls.verified_recording(names.clone(), slot.clone())
+            }
+            (
+                Requirement::Dane {
+                    tlsa, names, pkix, ..
+                },
+                None,
+            ) => p.tls.dane_for(tlsa.clone(), names.clone(), *pkix),
+            (
+                Requirement::Dane {
+                    tlsa, names, pkix, ..
+                },
+                Some(slot),
+            ) => p
                 .tls
-                .verified_recording(names.clone(), slot())
-                .map_err(ClientError::Tls)?,
-            Requirement::Dane {
-                tlsa, names, pkix, ..
-            } => p
-                .tls
-                .dane_recording(tlsa.clone(), names.clone(), *pkix, slot())
-                .map_err(ClientError::Tls)?,
-            _ if observer.is_some() => p
-                .tls
-                .opportunistic_recording(slot())
-                .map_err(ClientError::Tls)?,
-            _ => p.tls.opportunistic.clone(),
-        };
+                .dane_recording(tlsa.clone(), names.clone(), *pkix, slot.clone()),
+            (_, Some(slot)) => p.tls.opportunistic_recording(slot.clone()),
+            (_, None) => Ok(p.tls.opportunistic.clone()),
+        }
+        .map_err(ClientError::Tls)?;
         // SNI: the host's name, or with DANE the TLSA base domain (RFC 7672 section 8.1), which
         // for a CNAME'd MX host can be its expanded name.
         let sni = match p.require {

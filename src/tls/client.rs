@@ -13,11 +13,12 @@
 
 use super::dane::{self, DaneError, DaneVerifier};
 use super::keys::{self, KeyError};
+use super::resumption::{ClientConfigs, TrustPolicy};
 use super::verify::{PolicyVerifier, PresentedChain};
 use crate::dns::Tlsa;
 use crate::policy::NamePattern;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::client::WebPkiServerVerifier;
+use rustls::client::{Resumption, WebPkiServerVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{
     AlertDescription, CertificateError, ClientConfig, DigitallySignedStruct, PeerIncompatible,
@@ -343,6 +344,9 @@ pub struct ClientTls {
     pub opportunistic: Arc<ClientConfig>,
     webpki: Arc<WebPkiServerVerifier>,
     provider: Arc<rustls::crypto::CryptoProvider>,
+    /// Delivery's validating configurations, one per trust policy, so that their sessions
+    /// resume (issue 16 item 8; see [`super::resumption`]).
+    kept: Arc<ClientConfigs>,
 }
 
 impl ClientTls {
@@ -369,6 +373,7 @@ impl ClientTls {
                 path: "<trust roots>".into(),
                 reason: e.to_string(),
             })?;
+        // One configuration, one verifier: its sessions resume (rustls's own cache).
         let opportunistic = ClientConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(super::PROTOCOL_VERSIONS)
             .map_err(rejected)?
@@ -382,6 +387,7 @@ impl ClientTls {
             opportunistic: Arc::new(opportunistic),
             webpki,
             provider,
+            kept: Arc::new(ClientConfigs::default()),
         })
     }
 
@@ -398,20 +404,28 @@ impl ClientTls {
         Ok(config)
     }
 
-    /// A validating configuration that accepts a certificate for any of `names` (T9).
+    /// A validating configuration that accepts a certificate for any of `names` (T9). The
+    /// same configuration for the same names, so that delivery resumes its sessions (see
+    /// [`super::resumption`]).
     pub fn verified_for(&self, names: Vec<NamePattern>) -> Result<Arc<ClientConfig>, TlsFailure> {
-        self.verified_recording(names, PresentedChain::default())
+        self.kept
+            .get_or_make(TrustPolicy::Pkix(names.clone()), |resumption| {
+                let verifier = PolicyVerifier::new(self.webpki.clone(), names);
+                self.with_verifier(Arc::new(verifier), resumption)
+            })
     }
 
     /// As [`ClientTls::verified_for`], keeping the chain the server presents in `slot`, also
-    /// when it is refused (for `probe` and `domains check`, T7).
+    /// when it is refused (for `probe` and `domains check`, T7). Never resumes a session: a
+    /// report shows the certificate presented now.
     pub fn verified_recording(
         &self,
         names: Vec<NamePattern>,
         slot: PresentedChain,
     ) -> Result<Arc<ClientConfig>, TlsFailure> {
         let verifier = PolicyVerifier::new(self.webpki.clone(), names).recording(slot);
-        self.with_verifier(Arc::new(verifier))
+        self.with_verifier(Arc::new(verifier), Resumption::disabled())
+            .map(Arc::new)
     }
 
     /// As [`ClientTls::opportunistic`], keeping the chain the server presents in `slot`. A
@@ -420,10 +434,14 @@ impl ClientTls {
         &self,
         slot: PresentedChain,
     ) -> Result<Arc<ClientConfig>, TlsFailure> {
-        self.with_verifier(Arc::new(UnauthenticatedPeer {
-            provider: self.provider.clone(),
-            presented: Some(slot),
-        }))
+        self.with_verifier(
+            Arc::new(UnauthenticatedPeer {
+                provider: self.provider.clone(),
+                presented: Some(slot),
+            }),
+            Resumption::disabled(),
+        )
+        .map(Arc::new)
     }
 
     /// Checks a chain the server presented (leaf first) as `verify` would have: a trusted
@@ -448,17 +466,20 @@ impl ClientTls {
             .map_err(|e| TlsFailure::from_rustls(&e, host))
     }
 
+    /// A configuration checking with `verifier`, with the given session resumption.
     fn with_verifier(
         &self,
         verifier: Arc<dyn ServerCertVerifier>,
-    ) -> Result<Arc<ClientConfig>, TlsFailure> {
-        let config = ClientConfig::builder_with_provider(self.provider.clone())
+        resumption: Resumption,
+    ) -> Result<ClientConfig, TlsFailure> {
+        let mut config = ClientConfig::builder_with_provider(self.provider.clone())
             .with_protocol_versions(super::PROTOCOL_VERSIONS)
             .map_err(|e| TlsFailure::Handshake(format!("client configuration: {e}")))?
             .dangerous()
             .with_custom_certificate_verifier(verifier)
             .with_no_client_auth();
-        Ok(Arc::new(config))
+        config.resumption = resumption;
+        Ok(config)
     }
 
     /// A configuration that authenticates the peer by the TLSA records of its MX host
@@ -477,7 +498,21 @@ impl ClientTls {
         names: Vec<NamePattern>,
         pkix: bool,
     ) -> Result<Arc<ClientConfig>, TlsFailure> {
-        self.dane_recording(tlsa, names, pkix, PresentedChain::default())
+        let usable = usable_or_refuse(&tlsa)?;
+        let policy = TrustPolicy::Dane {
+            tlsa: usable.clone(),
+            names: names.clone(),
+            pkix,
+        };
+        self.kept.get_or_make(policy, |resumption| {
+            let verifier = DaneVerifier::new(
+                &usable,
+                names,
+                pkix.then(|| self.webpki.clone()),
+                self.provider.clone(),
+            );
+            self.with_verifier(Arc::new(verifier), resumption)
+        })
     }
 
     /// As [`ClientTls::dane_for`], keeping the chain the server presents in `slot`, also when
@@ -489,13 +524,7 @@ impl ClientTls {
         pkix: bool,
         slot: PresentedChain,
     ) -> Result<Arc<ClientConfig>, TlsFailure> {
-        let usable = dane::usable(&tlsa);
-        if usable.is_empty() {
-            return Err(TlsFailure::DaneMismatch(format!(
-                "none of the {} TLSA record(s) is usable (RFC 7672 §3.1)",
-                tlsa.len()
-            )));
-        }
+        let usable = usable_or_refuse(&tlsa)?;
         let verifier = DaneVerifier::new(
             &usable,
             names,
@@ -503,8 +532,21 @@ impl ClientTls {
             self.provider.clone(),
         )
         .recording(slot);
-        self.with_verifier(Arc::new(verifier))
+        self.with_verifier(Arc::new(verifier), Resumption::disabled())
+            .map(Arc::new)
     }
+}
+
+/// The usable TLSA records (RFC 7672 §3.1.3), or the failure when there are none.
+fn usable_or_refuse(tlsa: &[Tlsa]) -> Result<Vec<Tlsa>, TlsFailure> {
+    let usable = dane::usable(tlsa);
+    if usable.is_empty() {
+        return Err(TlsFailure::DaneMismatch(format!(
+            "none of the {} TLSA record(s) is usable (RFC 7672 §3.1)",
+            tlsa.len()
+        )));
+    }
+    Ok(usable)
 }
 
 /// Accepts any certificate but still checks the handshake signatures, so the session key is

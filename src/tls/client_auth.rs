@@ -98,11 +98,13 @@ pub fn server_config_with_client_ca(
         .allow_unauthenticated()
         .build()
         .map_err(|e| rejected(format!("cannot build the client certificate verifier: {e}")))?;
-    let config = ServerConfig::builder_with_provider(provider)
+    let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(super::PROTOCOL_VERSIONS)
         .map_err(|e| rejected(e.to_string()))?
         .with_client_cert_verifier(verifier)
         .with_cert_resolver(base.cert_resolver.clone());
+    // Its own ticketer and cache: a session made under other client CAs is never resumed here.
+    super::resumption::offer(&mut config).map_err(|e| rejected(e.to_string()))?;
     Ok(Arc::new(config))
 }
 

@@ -5,11 +5,13 @@
 //! * [`server_config`]: the STARTTLS server side, TLS 1.2 and 1.3 only (T8).
 //! * [`dane`]: authenticating a delivery peer by its TLSA records (RFC 7672, D1).
 //! * [`client_auth`]: client certificates on the smarthost listener (S2).
+//! * [`resumption`]: TLS session resumption, inbound tickets and ids, outbound per trust policy.
 
 pub mod client;
 pub mod client_auth;
 pub mod dane;
 pub mod keys;
+pub mod resumption;
 pub mod stream;
 pub mod verify;
 
@@ -50,7 +52,7 @@ pub fn server_config_from(
         path: key_path.display().to_string(),
         reason,
     };
-    let config = ServerConfig::builder_with_provider(crypto_provider())
+    let mut config = ServerConfig::builder_with_provider(crypto_provider())
         .with_protocol_versions(PROTOCOL_VERSIONS)
         .map_err(|e| rejected(e.to_string()))?
         .with_no_client_auth()
@@ -60,6 +62,7 @@ pub fn server_config_from(
                 "certificate and key do not form a usable pair: {e}"
             ))
         })?;
+    resumption::offer(&mut config).map_err(|e| rejected(e.to_string()))?;
     Ok(Arc::new(config))
 }
 

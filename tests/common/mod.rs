@@ -334,6 +334,8 @@ pub struct SmtpClient {
     io: Option<Box<dyn Io>>,
     tcp: Option<TcpStream>,
     buf: Vec<u8>,
+    /// The kind of the TLS handshake, once STARTTLS is done (full or resumed).
+    pub handshake_kind: Option<rustls::HandshakeKind>,
 }
 
 impl SmtpClient {
@@ -343,6 +345,7 @@ impl SmtpClient {
             .expect("connect timed out")
             .expect("connect");
         SmtpClient {
+            handshake_kind: None,
             io: None,
             tcp: Some(tcp),
             buf: Vec::new(),
@@ -484,6 +487,7 @@ impl SmtpClient {
         let tls = tokio::time::timeout(STEP, connector.connect(name, tcp))
             .await
             .expect("handshake timed out")?;
+        self.handshake_kind = tls.get_ref().1.handshake_kind();
         self.io = Some(Box::new(tls));
         Ok(())
     }

@@ -97,6 +97,8 @@ pub struct SinkMessage {
     pub tls: Option<String>,
     /// The server name (SNI) the client sent in its TLS hello, if any.
     pub sni: Option<String>,
+    /// The TLS handshake resumed an earlier session (RFC 8446 §2.2).
+    pub resumed: bool,
     /// Index of the connection (0-based, in accept order) that carried it.
     pub connection: usize,
 }
@@ -312,6 +314,7 @@ async fn serve(
     }
     let mut tls: Option<String> = None;
     let mut sni: Option<String> = None;
+    let mut resumed = false;
     let mut mail_from: Option<String> = None;
     let mut rcpts = Vec::new();
     let mut rcpt_params = Vec::new();
@@ -388,6 +391,8 @@ async fn serve(
                     .protocol_version()
                     .map(|v| format!("{v:?}"));
                 sni = stream.get_ref().1.server_name().map(str::to_string);
+                resumed =
+                    stream.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
                 conn.io = Box::new(stream);
                 mail_from = None;
                 rcpts.clear();
@@ -458,6 +463,7 @@ async fn serve(
                         data,
                         tls: tls.clone(),
                         sni: sni.clone(),
+                        resumed,
                         connection: index,
                     });
                 }
