@@ -134,9 +134,10 @@ table.facts th { width: 14em; }
 table.checks { font-size: 0.85em; }
 tr.domain td { background: #f6f6f6; font-weight: 600; }
 .verdict { font-weight: 700; text-transform: uppercase; white-space: nowrap; }
-.v-fail { color: #ffffff; background: #b00020; }
-.v-warn { color: #1a1a1a; background: #ffc107; }
-.v-pass { color: #ffffff; background: #2e7d32; }
+.verdict.v-fail { color: #ffffff; background: #b00020; }
+.verdict.v-warn { color: #1a1a1a; background: #ffc107; }
+.verdict.v-pass { color: #ffffff; background: #2e7d32; }
+td.cipher { white-space: nowrap; word-break: normal; }
 .mono { font-family: ui-monospace, 'DejaVu Sans Mono', monospace; font-size: 0.9em; word-break: break-all; }
 .note { color: #555555; }
 ul.cert { list-style: none; margin: 0; padding: 0; }
@@ -323,7 +324,7 @@ fn host_row(out: &mut String, domain: &str, h: &HostReport) {
     let _ = writeln!(
         out,
         "<tr class=\"host\" data-domain=\"{}\" data-mx=\"{}\">{}<td>&#8627; {} \
-         <span class=\"mono\">{}</span></td><td>{}</td><td>{}</td><td class=\"mono\">{}</td>\
+         <span class=\"mono\">{}</span></td><td>{}</td><td>{}</td><td class=\"mono cipher\">{}</td>\
          <td>{}</td><td>{}</td></tr>",
         escape(domain),
         escape(&h.mx_host),
