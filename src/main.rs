@@ -309,6 +309,10 @@ enum DomainsAction {
         /// Domains checked at the same time.
         #[arg(long, default_value_t = 16)]
         parallel: usize,
+        /// Also write the report for the auditor to FILE: one self-contained HTML page, dated,
+        /// naming the list checked (Bits 5.2.6).
+        #[arg(long, value_name = "FILE")]
+        html: Option<PathBuf>,
     },
 }
 
@@ -408,8 +412,15 @@ fn main() -> ExitCode {
                     domains,
                     timeout,
                     parallel,
+                    html,
                 },
-        } => domains_check(config.as_deref(), json, &domains, timeout, parallel),
+        } => domains_check(
+            config.as_deref(),
+            (json, html.as_deref()),
+            &domains,
+            timeout,
+            parallel,
+        ),
         Commands::Domains {
             action: DomainsAction::Reload { config },
         } => admin_call(config.as_deref(), "POST", "/domains/reload", false),
@@ -484,7 +495,7 @@ fn main() -> ExitCode {
             domain,
             json,
             timeout,
-        } => domains_check(config.as_deref(), json, &[domain], timeout, 1),
+        } => domains_check(config.as_deref(), (json, None), &[domain], timeout, 1),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -730,13 +741,17 @@ fn domains_list(path: Option<&Path>, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `tlsgate domains check` (T7): the table or `--json` on standard output, the HTML report to
+/// `html` when given; progress and the summary line on standard error (issue 15 items 1, 2).
 fn domains_check(
     path: Option<&Path>,
-    json: bool,
+    (json, html): (bool, Option<&Path>),
     only: &[String],
     timeout: Duration,
     parallel: usize,
 ) -> anyhow::Result<()> {
+    let started = std::time::SystemTime::now();
+    let clock = std::time::Instant::now();
     let config = load_config(path)?;
     let handle = tlsgate::startup::domain_list(&config)?;
     let list = handle.current();
@@ -784,23 +799,48 @@ fn domains_check(
                 .with_fetch_timeout(timeout),
             )
         });
-        anyhow::Ok(
-            tlsgate::compliance::check_domains(
-                std::sync::Arc::new(config),
-                list,
-                resolver,
-                (tls, mta_sts),
-                domains,
-                timeout,
-                parallel,
-            )
-            .await,
+        // Drawn only when standard error is a terminal (issue 15 item 1).
+        let progress = tlsgate::compliance::progress::Progress::on_stderr(domains.len());
+        let reports = tlsgate::compliance::check_domains_with_progress(
+            std::sync::Arc::new(config.clone()),
+            list,
+            resolver,
+            (tls, mta_sts),
+            domains,
+            (timeout, parallel),
+            &|report| progress.done(report),
         )
+        .await;
+        progress.finish();
+        anyhow::Ok(reports)
     })?;
+    let took = clock.elapsed();
     if json {
         println!("{}", serde_json::to_string_pretty(&reports)?);
     } else {
         print!("{}", tlsgate::compliance::render_table(&reports));
+    }
+    if let Some(out) = html {
+        use tlsgate::compliance::html;
+        let context = html::ReportContext {
+            started,
+            took,
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            server_hostname: config.server.hostname.clone(),
+            machine_hostname: html::machine_hostname(),
+            config_source: config.source.clone(),
+            list: html::ListFacts::of(&handle, config.domain_list.age_from, started),
+            selected_domains: !only.is_empty(),
+        };
+        std::fs::write(out, html::render(&reports, &context))
+            .with_context(|| format!("writing the HTML report to {}", out.display()))?;
+    }
+    // The summary on standard error with --json, so that standard output stays JSON.
+    let summary = tlsgate::compliance::summary_line(&reports, took);
+    if json {
+        eprintln!("{summary}");
+    } else {
+        println!("{summary}");
     }
     let failed: Vec<&str> = reports
         .iter()

@@ -77,6 +77,28 @@ impl TestCa {
         (cert.pem(), key.serialize_pem())
     }
 
+    /// A leaf for `names` with the subject `CN=<cn>` (any text, markup included) whose
+    /// validity ends `valid_for` from now: (chain PEM, key PEM).
+    pub fn issue_custom(
+        &self,
+        names: &[&str],
+        cn: &str,
+        valid_for: std::time::Duration,
+    ) -> (String, String) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+        let mut params = rcgen::CertificateParams::new(names).unwrap();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, cn);
+        let now = time::OffsetDateTime::now_utc();
+        params.not_before = now - time::Duration::days(1);
+        params.not_after = now + valid_for;
+        let cert = params.signed_by(&key, &self.ca_cert, &self.ca_key).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+
     /// A leaf for `names` whose validity ended in 2021.
     pub fn issue_expired(&self, names: &[&str]) -> (String, String) {
         let key = rcgen::KeyPair::generate().unwrap();
