@@ -316,6 +316,34 @@ fn assert_rfc7489_schema(feedback: &Node) {
     }
 }
 
+/// The relay with `[dmarc_reporting]` on and a DKIM key for the reporting domain
+/// `example.no` (kept in `keys`), on its own test DNS.
+async fn start(keys: &std::path::Path) -> Setup {
+    let dns = TestDns::start().await;
+    let dkim = dkim_key(&dns, keys, "example.no", "dmarc");
+    setup_dnssec(
+        dns,
+        "",
+        "",
+        &format!(
+            r#"
+[[outbound.dkim]]
+domain = "example.no"
+selector = "dmarc"
+key = "{dkim}"
+
+[dmarc_reporting]
+enabled = true
+organization_name = "Example Bank ASA"
+contact_info = "https://example.no/dmarc"
+from = "dmarc-noreply@example.no"
+"#,
+            dkim = dkim.display()
+        ),
+    )
+    .await
+}
+
 async fn send_from(client: &mut SmtpClient, from: &str, n: usize) {
     for i in 0..n {
         let reply = client
@@ -337,29 +365,7 @@ async fn send_from(client: &mut SmtpClient, from: &str, n: usize) {
 #[tokio::test]
 async fn a_day_is_reported_to_each_domain_that_asks() {
     let keys = tempfile::tempdir().unwrap();
-    let dns = TestDns::start().await;
-    let dkim = dkim_key(&dns, keys.path(), "example.no", "dmarc");
-    let s = setup_dnssec(
-        dns,
-        "",
-        "",
-        &format!(
-            r#"
-[[outbound.dkim]]
-domain = "example.no"
-selector = "dmarc"
-key = "{dkim}"
-
-[dmarc_reporting]
-enabled = true
-organization_name = "Example Bank ASA"
-contact_info = "https://example.no/dmarc"
-from = "dmarc-noreply@example.no"
-"#,
-            dkim = dkim.display()
-        ),
-    )
-    .await;
+    let s = start(keys.path()).await;
     // bank.test: SPF allows 127.0.0.1 only; p=quarantine; two destinations at reports.test
     // (another organisation, which authorises the reports), one of them too small.
     s.dns.add_txt("bank.test", "v=spf1 ip4:127.0.0.1 -all");
@@ -553,4 +559,114 @@ from = "dmarc-noreply@example.no"
             "{metrics}"
         );
     }
+}
+
+/// RFC 7489 7.2: a refused message is reported with the disposition applied (`reject`); a
+/// destination within the author's organisation needs no authorisation record (7.1); a
+/// domain whose record has no `rua` gets nothing; the counters survive a restart.
+#[tokio::test]
+async fn rejections_are_reported_and_counters_survive_a_restart() {
+    let keys = tempfile::tempdir().unwrap();
+    let mut s = start(keys.path()).await;
+    // strict.test: SPF allows only 192.0.2.1, p=reject, reports to its own subdomain.
+    s.dns.add_txt("strict.test", "v=spf1 ip4:192.0.2.1 -all");
+    s.dns.add_txt(
+        "_dmarc.strict.test",
+        "v=DMARC1; p=reject; pct=100; rua=mailto:dmarc@reports.strict.test",
+    );
+    s.dns.add_mx("reports.strict.test", 10, "mx.reports.test");
+    // quiet.test: a DMARC record without rua.
+    s.dns.add_txt("quiet.test", "v=spf1 ip4:127.0.0.1 -all");
+    s.dns.add_txt("_dmarc.quiet.test", "v=DMARC1; p=none");
+    s.dns.add_ip("mx.reports.test", ip(REPORTS_MX));
+    let collector = s.sink(REPORTS_MX, Behaviour::default()).await;
+
+    let mut client = SmtpClient::connect_greeted(s.relay.inbound()).await;
+    client.ehlo("mail.strict.test").await;
+    let reply = client
+        .send_mail(
+            "ceo@strict.test",
+            &["ola@example.no"],
+            "From: <ceo@strict.test>\r\nSubject: pay\r\n\r\npay\r\n",
+        )
+        .await;
+    assert_eq!(
+        (reply.code, reply.enhanced()),
+        (550, "5.7.1"),
+        "{}",
+        reply.text()
+    );
+    send_from(&mut client, "kari@quiet.test", 1).await;
+    drop(client);
+
+    // Flushed at shutdown, read again at start.
+    s.restart().await;
+    let (status, body) = tlsgate::admin::request(&s.relay.config, "GET", "/dmarc-report")
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    let view: tlsgate::admin::DmarcReportView = serde_json::from_str(&body).unwrap();
+    let text = tlsgate::admin::render_dmarc_report(&view);
+    assert!(text.contains("strict.test  1 messages"), "{text}");
+    assert!(text.contains("quiet.test  1 messages"), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.contains("127.0.0.1") && l.contains("reject") && l.contains("spf=fail")),
+        "{text}"
+    );
+
+    let (status, body) = tlsgate::admin::request(
+        &s.relay.config,
+        "POST",
+        "/dmarc-report/send?include_today=true",
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 200, "{body}");
+    let sent: Vec<Value> = serde_json::from_str(&body).unwrap();
+    let by_domain = |d: &str| -> Vec<String> {
+        sent.iter()
+            .filter(|s| s["domain"] == d)
+            .map(|s| s["result"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(by_domain("strict.test"), ["mailto"], "{body}");
+    assert_eq!(by_domain("quiet.test"), ["no_record"], "{body}");
+
+    let mails = collector.wait_for_messages(1, WAIT).await;
+    assert_eq!(mails[0].rcpts, ["dmarc@reports.strict.test"]);
+    let parsed = MessageParser::default()
+        .parse(&mails[0].data)
+        .expect("parses");
+    let attachment = parsed.attachment(0).expect("an attachment");
+    let xml = String::from_utf8(gunzip(attachment.contents())).expect("UTF-8");
+    let feedback = parse_xml(&xml);
+    assert_rfc7489_schema(&feedback);
+    let policy = feedback.child("policy_published");
+    assert_eq!(
+        (
+            policy.text_of("domain"),
+            policy.text_of("p"),
+            policy.text_of("pct")
+        ),
+        ("strict.test", "reject", "100")
+    );
+    let records = feedback.all("record");
+    assert_eq!(records.len(), 1, "{xml}");
+    let row = records[0].child("row");
+    assert_eq!(row.text_of("source_ip"), "127.0.0.1");
+    assert_eq!(row.text_of("count"), "1");
+    let evaluated = row.child("policy_evaluated");
+    assert_eq!(
+        (
+            evaluated.text_of("disposition"),
+            evaluated.text_of("dkim"),
+            evaluated.text_of("spf")
+        ),
+        ("reject", "fail", "fail")
+    );
+    assert!(
+        evaluated.all("reason").is_empty(),
+        "applied as asked: {xml}"
+    );
 }
