@@ -15,6 +15,7 @@ use crate::config::{AdminSection, Config};
 use crate::delivery::{AdminError, EngineHandle};
 use crate::policy::domain_list::{DomainListHandle, ListError, Reloaded};
 use crate::queue::message::{unix_now, QueueId, RecipientStatus};
+use crate::reporting::dmarc::DmarcReporting;
 use crate::reporting::tls::counters::{day_name, day_of, Day};
 use crate::reporting::tls::{Sent, TlsReporting};
 use axum::extract::connect_info::Connected;
@@ -360,6 +361,8 @@ pub struct AdminState {
     pub audit: Option<Arc<AuditLog>>,
     /// TLS reporting (`tlsgate tls-report`); `None` when `[tls_reporting]` is off.
     pub tls_reporting: Option<Arc<TlsReporting>>,
+    /// DMARC reporting (`tlsgate dmarc-report`); `None` when `[dmarc_reporting]` is off.
+    pub dmarc_reporting: Option<Arc<DmarcReporting>>,
     access: Arc<Access>,
 }
 
@@ -378,6 +381,7 @@ impl AdminState {
             reload_list,
             audit,
             tls_reporting: None,
+            dmarc_reporting: None,
             access: Arc::new(access),
         }
     }
@@ -385,6 +389,12 @@ impl AdminState {
     /// The same state, answering `tlsgate tls-report` with `reporting`.
     pub fn with_tls_reporting(mut self, reporting: Option<Arc<TlsReporting>>) -> AdminState {
         self.tls_reporting = reporting;
+        self
+    }
+
+    /// The same state, answering `tlsgate dmarc-report` with `reporting`.
+    pub fn with_dmarc_reporting(mut self, reporting: Option<Arc<DmarcReporting>>) -> AdminState {
+        self.dmarc_reporting = reporting;
         self
     }
 }
@@ -397,6 +407,16 @@ pub struct TlsReportView {
     pub today: String,
     /// Oldest first.
     pub days: Vec<Day>,
+}
+
+/// `tlsgate dmarc-report show`: the counters of the running day and of every day whose
+/// reports are not all finished.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DmarcReportView {
+    /// The running UTC day, `YYYY-MM-DD`.
+    pub today: String,
+    /// Oldest first.
+    pub days: Vec<crate::reporting::dmarc::counters::Day>,
 }
 
 /// The other end of an admin connection, as the listener saw it.
@@ -871,6 +891,48 @@ async fn send_tls_report(
     Ok(Json(sent).into_response())
 }
 
+fn dmarc_reporting(state: &AdminState) -> Result<&Arc<DmarcReporting>, ApiError> {
+    state.dmarc_reporting.as_ref().ok_or_else(|| {
+        error(
+            StatusCode::NOT_FOUND,
+            "DMARC reporting is off ([dmarc_reporting] enabled = true turns it on)",
+        )
+    })
+}
+
+async fn get_dmarc_report(State(state): State<AdminState>, _caller: Caller) -> AdminResult {
+    let reporting = dmarc_reporting(&state)?;
+    let today = day_of(std::time::SystemTime::now());
+    let days = reporting
+        .counters()
+        .days()
+        .into_iter()
+        .filter(|(n, d)| *n >= today || d.domains.values().any(|x| !x.report.finished))
+        .map(|(_, d)| d)
+        .collect();
+    let view = DmarcReportView {
+        today: day_name(today),
+        days,
+    };
+    Ok(Json(view).into_response())
+}
+
+async fn send_dmarc_report(
+    State(state): State<AdminState>,
+    Caller(caller): Caller,
+    Query(options): Query<SendOptions>,
+) -> AdminResult {
+    let reporting = dmarc_reporting(&state)?;
+    let target = if options.include_today {
+        "due DMARC reports and today's so far"
+    } else {
+        "due DMARC reports"
+    };
+    audit(&state, "dmarc-report send", target, &caller);
+    let sent: Vec<Sent> = reporting.send_due(options.include_today).await;
+    Ok(Json(sent).into_response())
+}
+
 fn router(state: AdminState) -> axum::Router {
     axum::Router::new()
         .route("/queue", get(get_queue))
@@ -882,6 +944,8 @@ fn router(state: AdminState) -> axum::Router {
         .route("/domains/reload", post(reload_domains))
         .route("/tls-report", get(get_tls_report))
         .route("/tls-report/send", post(send_tls_report))
+        .route("/dmarc-report", get(get_dmarc_report))
+        .route("/dmarc-report/send", post(send_dmarc_report))
         .with_state(state)
 }
 
@@ -1095,6 +1159,79 @@ pub fn render_tls_report(view: &TlsReportView) -> String {
                         f.receiving_ip.map(|i| i.to_string()).unwrap_or_default()
                     );
                 }
+            }
+        }
+    }
+    out
+}
+
+/// `tlsgate dmarc-report show` as text: per day and author domain, where the report stands,
+/// then one line per row: count, source address, disposition, DKIM and SPF alignment.
+pub fn render_dmarc_report(view: &DmarcReportView) -> String {
+    use mail_auth::report::{ActionDisposition, DmarcResult};
+    use std::fmt::Write;
+    let mut out = String::new();
+    if view.days.is_empty() {
+        let _ = writeln!(out, "no DMARC report counters (today is {})", view.today);
+        return out;
+    }
+    for day in &view.days {
+        let running = if day.day == view.today {
+            " (running)"
+        } else {
+            ""
+        };
+        let _ = writeln!(out, "{}{running}", day.day);
+        for (domain, d) in &day.domains {
+            let state = if d.report.finished {
+                "finished".to_string()
+            } else if day.day == view.today {
+                "sent after the day ends".to_string()
+            } else {
+                format!("due ({} tries)", d.report.tries)
+            };
+            let sent = if d.report.sent_to.is_empty() {
+                String::new()
+            } else {
+                format!(", done with {}", d.report.sent_to.join(" "))
+            };
+            let note = d
+                .report
+                .note
+                .as_deref()
+                .map(|n| format!(", {n}"))
+                .unwrap_or_default();
+            let messages: u64 = d.records.iter().map(|r| u64::from(r.row.count)).sum();
+            let _ = writeln!(
+                out,
+                "  {domain}  {messages} messages  report: {state}{sent}{note}"
+            );
+            for r in &d.records {
+                let pass = |x: DmarcResult| {
+                    if x == DmarcResult::Pass {
+                        "pass"
+                    } else {
+                        "fail"
+                    }
+                };
+                let e = &r.row.policy_evaluated;
+                let disposition = match e.disposition {
+                    ActionDisposition::Reject => "reject",
+                    ActionDisposition::Quarantine => "quarantine",
+                    _ => "none",
+                };
+                let _ = writeln!(
+                    out,
+                    "    {:>6} {:<39} {:<10} dkim={} spf={}",
+                    r.row.count,
+                    r.row.source_ip.map(|i| i.to_string()).unwrap_or_default(),
+                    disposition,
+                    pass(e.dkim),
+                    pass(e.spf)
+                );
+            }
+            if d.overflow > 0 {
+                let _ = writeln!(out, "    {:>6} not itemised (row limit)", d.overflow);
             }
         }
     }

@@ -70,7 +70,13 @@ enum Commands {
     /// SMTP TLS reports (RFC 8460) of the running server: its counters, or send due reports.
     TlsReport {
         #[command(subcommand)]
-        action: TlsReportAction,
+        action: ReportAction,
+    },
+    /// DMARC aggregate reports (RFC 7489 7.2) of the running server: its counters, or send
+    /// due reports.
+    DmarcReport {
+        #[command(subcommand)]
+        action: ReportAction,
     },
     /// The audit log (S1).
     Audit {
@@ -249,7 +255,7 @@ enum QueueAction {
 }
 
 #[derive(Subcommand)]
-enum TlsReportAction {
+enum ReportAction {
     /// The counters of the running day and of the days whose reports are not all sent.
     Show {
         #[arg(long, short, env = "TLSGATE_CONFIG", help = CONFIG_HELP)]
@@ -478,15 +484,25 @@ fn main() -> ExitCode {
             QueueAction::Rekey { config, new_key } => queue_rekey(config.as_deref(), &new_key),
         },
         Commands::TlsReport {
-            action: TlsReportAction::Show { config, json },
+            action: ReportAction::Show { config, json },
         } => tls_report_show(config.as_deref(), json),
         Commands::TlsReport {
             action:
-                TlsReportAction::Send {
+                ReportAction::Send {
                     config,
                     include_today,
                 },
-        } => tls_report_send(config.as_deref(), include_today),
+        } => report_send(config.as_deref(), "/tls-report/send", include_today),
+        Commands::DmarcReport {
+            action: ReportAction::Show { config, json },
+        } => dmarc_report_show(config.as_deref(), json),
+        Commands::DmarcReport {
+            action:
+                ReportAction::Send {
+                    config,
+                    include_today,
+                },
+        } => report_send(config.as_deref(), "/dmarc-report/send", include_today),
         Commands::Audit {
             action: AuditAction::Verify { config, paths },
         } => audit_verify(config.as_deref(), paths),
@@ -928,14 +944,29 @@ fn tls_report_show(path: Option<&Path>, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn tls_report_send(path: Option<&Path>, include_today: bool) -> anyhow::Result<()> {
+fn dmarc_report_show(path: Option<&Path>, json: bool) -> anyhow::Result<()> {
+    let body = admin_request(path, "GET", "/dmarc-report")?;
+    if json {
+        println!("{body}");
+        return Ok(());
+    }
+    let view: tlsgate::admin::DmarcReportView =
+        serde_json::from_str(&body).context("the admin API answered something unexpected")?;
+    print!("{}", tlsgate::admin::render_dmarc_report(&view));
+    Ok(())
+}
+
+/// `tls-report send` and `dmarc-report send`: one line per target; non-zero when a report
+/// was not sent for a reason the next run may overcome.
+fn report_send(path: Option<&Path>, endpoint: &str, include_today: bool) -> anyhow::Result<()> {
     let url = if include_today {
-        "/tls-report/send?include_today=true"
+        format!("{endpoint}?include_today=true")
     } else {
-        "/tls-report/send"
+        endpoint.to_string()
     };
+    let url = url.as_str();
     let body = admin_request(path, "POST", url)?;
-    let sent: Vec<tlsgate::reporting::tls::Sent> =
+    let sent: Vec<tlsgate::reporting::Sent> =
         serde_json::from_str(&body).context("the admin API answered something unexpected")?;
     if sent.is_empty() {
         println!("no report due");

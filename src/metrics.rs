@@ -59,6 +59,11 @@ pub const MTA_STS_FETCH_RESULTS: &[&str] = &["ok", "fetch_error", "invalid", "we
 /// (`https`), not delivered to the target (`failed`), or a `mailto:` target skipped because
 /// no DKIM key signs for the submitter domain (`no_dkim_key`, RFC 8460 3).
 pub const TLS_REPORT_RESULTS: [&str; 4] = ["mailto", "https", "failed", "no_dkim_key"];
+/// The `result` values of `tlsgate_dmarc_reports_sent_total`: queued as mail (`mailto`), not
+/// queued (`failed`, tried again at the next run), larger than the destination's `!size`
+/// limit (`too_large`, RFC 7489 6.4), or a destination outside the author's organisation
+/// that does not authorise the reports (`not_authorized`, RFC 7489 7.1).
+pub const DMARC_REPORT_RESULTS: [&str; 4] = ["mailto", "failed", "too_large", "not_authorized"];
 
 /// Every Prometheus metric tlsgate exports (`/metrics`), registered once at start.
 pub struct Metrics {
@@ -82,6 +87,9 @@ pub struct Metrics {
     /// `tlsgate_tls_reports_sent_total{result}`: TLS reports (RFC 8460) per `rua` target:
     /// [`TLS_REPORT_RESULTS`].
     pub tls_reports_sent: IntCounterVec,
+    /// `tlsgate_dmarc_reports_sent_total{result}`: DMARC aggregate reports (RFC 7489 7.2) per
+    /// `rua` destination: [`DMARC_REPORT_RESULTS`].
+    pub dmarc_reports_sent: IntCounterVec,
     /// `tlsgate_auth_results_total`: sender authentication results (D4), by method and result.
     pub auth_results: IntCounterVec,
     /// `tlsgate_queue_messages`: messages in the queue.
@@ -197,6 +205,13 @@ impl Metrics {
                  not sent for want of a DKIM key",
                 &["result"],
             ),
+            dmarc_reports_sent: counter_vec(
+                &r,
+                "tlsgate_dmarc_reports_sent_total",
+                "DMARC aggregate reports (RFC 7489) per rua destination: sent by mail, failed, \
+                 too large for the destination, or not authorised by it",
+                &["result"],
+            ),
             store_errors: counter(
                 &r,
                 "tlsgate_store_errors_total",
@@ -282,6 +297,9 @@ impl Metrics {
         }
         for result in TLS_REPORT_RESULTS {
             metrics.tls_reports_sent.with_label_values(&[result]);
+        }
+        for result in DMARC_REPORT_RESULTS {
+            metrics.dmarc_reports_sent.with_label_values(&[result]);
         }
         // The standard process metrics (`process_cpu_seconds_total`,
         // `process_resident_memory_bytes`, `process_open_fds`, `process_max_fds`,

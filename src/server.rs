@@ -19,6 +19,7 @@ use crate::ops::reload::{reload_config, ConfigReloadError};
 use crate::ops::retention::apply_audit_retention;
 use crate::policy::domain_list::DomainListHandle;
 use crate::queue::{Committer, SledStore, Store, StoreError};
+use crate::reporting::dmarc::{DmarcCounters, DmarcReporting};
 use crate::reporting::tls::{TlsCounters, TlsReporting};
 use crate::startup::{self, ConfigFiles, Fault, StartError};
 use std::net::SocketAddr;
@@ -55,6 +56,9 @@ pub enum ServerError {
     /// TLS reporting could not be set up (its counters' directory, the HTTPS client).
     #[error("tls_reporting: {0}")]
     TlsReporting(String),
+    /// The DMARC report counters could not be opened.
+    #[error("dmarc_reporting: {0}")]
+    DmarcReporting(String),
 }
 
 /// A started relay.
@@ -72,6 +76,7 @@ pub struct RunningServer {
     sessions: TaskTracker,
     accept_loops: TaskTracker,
     tls_reporting: Option<Arc<TlsReporting>>,
+    dmarc_reporting: Option<Arc<DmarcReporting>>,
 }
 
 /// Starts the relay: checks every file the configuration names, then creates `data_dir`,
@@ -236,6 +241,29 @@ pub async fn start_with_reports(
         }
         None => None,
     };
+    let dmarc_reporting = match &config.dmarc_reporting {
+        Some(settings) => {
+            let dir = config.server.data_dir.join("dmarc-reports");
+            let counters = tokio::task::spawn_blocking(move || DmarcCounters::open(&dir))
+                .await
+                .map_err(|e| ServerError::DmarcReporting(e.to_string()))?
+                .map_err(|e| ServerError::DmarcReporting(e.to_string()))?;
+            let signer = crate::reporting::signer_for(&dkim, &settings.reporting_domain()).cloned();
+            let parts = crate::reporting::dmarc::send::Parts {
+                counters: Arc::new(counters),
+                resolver: resolver.clone(),
+                committer: committer.clone(),
+                signer,
+                metrics: metrics.clone(),
+            };
+            Some(Arc::new(DmarcReporting::new(
+                &config,
+                settings.clone(),
+                parts,
+            )))
+        }
+        None => None,
+    };
     let tls_reports: Arc<dyn crate::tls_report::TlsReportSink> = match &tls_reporting {
         Some(r) => r.counters().clone(),
         None => Arc::new(crate::tls_report::NoReports),
@@ -289,6 +317,7 @@ pub async fn start_with_reports(
         auth: sender_auth,
         dkim,
         audit: Some(audit_log.clone()),
+        dmarc_reports: dmarc_reporting.as_ref().map(|r| r.counters().clone()),
         tls: std::sync::RwLock::new(acceptors),
         committer: committer.clone(),
         shutdown: shutdown.clone(),
@@ -341,7 +370,8 @@ pub async fn start_with_reports(
             Some(audit_log.clone()),
             access,
         )
-        .with_tls_reporting(tls_reporting.clone());
+        .with_tls_reporting(tls_reporting.clone())
+        .with_dmarc_reporting(dmarc_reporting.clone());
         for listener in admin_listeners {
             // Every listening address is in the log at start (issue 14 item 3).
             match &listener {
@@ -368,6 +398,10 @@ pub async fn start_with_reports(
         tokio::spawn(reporting.clone().flush_loop(shutdown.clone()));
         tokio::spawn(reporting.clone().daily_loop(shutdown.clone()));
     }
+    if let Some(reporting) = &dmarc_reporting {
+        tokio::spawn(reporting.clone().flush_loop(shutdown.clone()));
+        tokio::spawn(reporting.clone().daily_loop(shutdown.clone()));
+    }
     tokio::spawn(crate::ops::dnssec::self_check(
         resolver.clone(),
         metrics.clone(),
@@ -388,6 +422,7 @@ pub async fn start_with_reports(
         sessions,
         accept_loops,
         tls_reporting,
+        dmarc_reporting,
     })
 }
 
@@ -428,6 +463,11 @@ impl RunningServer {
     /// TLS reporting (RFC 8460), when `[tls_reporting]` is enabled.
     pub fn tls_reporting(&self) -> Option<&Arc<TlsReporting>> {
         self.tls_reporting.as_ref()
+    }
+
+    /// DMARC aggregate reporting (RFC 7489 7.2), when `[dmarc_reporting]` is enabled.
+    pub fn dmarc_reporting(&self) -> Option<&Arc<DmarcReporting>> {
+        self.dmarc_reporting.as_ref()
     }
 
     /// The admin API's TCP address, when `admin.bind` is configured.
@@ -481,6 +521,10 @@ impl RunningServer {
         // After the last delivery: every session counted is on disk. Its queue handle goes
         // with it, so that the committer can close.
         if let Some(reporting) = self.tls_reporting.take() {
+            reporting.flush().await;
+        }
+        // After the last session: every message recorded is on disk.
+        if let Some(reporting) = self.dmarc_reporting.take() {
             reporting.flush().await;
         }
         let store = self.store.clone();

@@ -12,7 +12,6 @@ use common::mx_sink::Behaviour;
 use common::relay::*;
 use mail_parser::{MessageParser, MimeHeaders};
 use serde_json::Value;
-use std::io::Read;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tlsgate::auth::{AuthPolicy, CheckInput, Verifier};
@@ -93,34 +92,6 @@ async fn https_collector(ca: &common::TestCa) -> (u16, Arc<Mutex<Vec<Post>>>) {
         }
     });
     (port, posts)
-}
-
-fn gunzip(bytes: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    flate2::read::GzDecoder::new(bytes)
-        .take(1 << 20)
-        .read_to_end(&mut out)
-        .expect("the report is gzip");
-    out
-}
-
-/// An Ed25519 DKIM key for `example.no` (selector `tlsrpt`): written to `dir` (mode 0600),
-/// its public half published in `dns`. Returns the key file.
-fn dkim_key(dns: &TestDns, dir: &std::path::Path) -> std::path::PathBuf {
-    use mail_auth::common::crypto::Ed25519Key;
-    let pkcs8 = Ed25519Key::generate_pkcs8().unwrap();
-    let public = Ed25519Key::from_pkcs8_der(&pkcs8).unwrap().public_key();
-    dns.add_txt(
-        "tlsrpt._domainkey.example.no",
-        &format!("v=DKIM1; k=ed25519; p={}", common::base64(&public)),
-    );
-    let b64 = common::base64(&pkcs8);
-    let pem = format!("-----BEGIN PRIVATE KEY-----\n{b64}\n-----END PRIVATE KEY-----\n");
-    let path = dir.join("dkim-tlsrpt.pem");
-    std::fs::write(&path, pem).unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-    path
 }
 
 /// RFC 8460 Appendix B, checked field by field: the required members with their JSON types,
@@ -241,7 +212,7 @@ async fn a_day_is_reported_by_mail_and_https() {
     let list = keys.path().join("list.txt");
     std::fs::write(&list, "partner.test\n").unwrap();
     let dns = TestDns::start().await;
-    let dkim = dkim_key(&dns, keys.path());
+    let dkim = dkim_key(&dns, keys.path(), "example.no", "tlsrpt");
     let mut s = setup_on(
         dns,
         r#"retry_schedule = ["1h"]

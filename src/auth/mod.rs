@@ -232,6 +232,9 @@ pub struct AuthOutcome {
     pub dkim: Vec<DkimCheck>,
     /// DMARC.
     pub dmarc: DmarcCheck,
+    /// The author domain's DMARC record when one was found: its published policy goes into
+    /// DMARC aggregate reports (RFC 7489 7.2.1.1 `policy_published`).
+    pub dmarc_record: Option<std::sync::Arc<mail_auth::dmarc::Dmarc>>,
     /// `None` when the message carries no ARC header fields.
     pub arc: Option<ArcCheck>,
     /// True when the deadline cut some check short (those are recorded as `temperror`).
@@ -503,11 +506,15 @@ impl Verifier {
             }
         });
 
+        let mut dmarc_record = None;
         let dmarc = match &parsed {
             Some(m) => {
                 let params = DmarcParameters::new(m, &dkim_out, spf_domain, &spf_out);
                 match timeout_at(deadline, self.auth.verify_dmarc(params)).await {
-                    Ok(out) => dmarc_check(&out),
+                    Ok(out) => {
+                        dmarc_record = out.dmarc_record_cloned();
+                        dmarc_check(&out)
+                    }
                     Err(_) => {
                         timed_out = true;
                         DmarcCheck {
@@ -551,6 +558,7 @@ impl Verifier {
             spf,
             dkim,
             dmarc,
+            dmarc_record,
             arc,
             timed_out,
             header,

@@ -7,8 +7,10 @@
 //! at start). The files and directories keys name are opened and checked by
 //! [`crate::startup::ConfigFiles::load`], which `serve` and `check-config` share.
 
+mod dmarc_reporting;
 mod raw;
 mod tls_reporting;
+pub use dmarc_reporting::DmarcReportingSection;
 
 pub use tls_reporting::TlsReportingSection;
 mod show;
@@ -106,6 +108,8 @@ pub struct Config {
     pub log: LogSection,
     /// `[tls_reporting]` (RFC 8460); `None` when absent or `enabled = false`.
     pub tls_reporting: Option<TlsReportingSection>,
+    /// `[dmarc_reporting]` (RFC 7489 7.2); `None` unless present with `enabled = true`.
+    pub dmarc_reporting: Option<DmarcReportingSection>,
 }
 
 /// `[server]`: identity, storage and message size.
@@ -1289,6 +1293,7 @@ fn validate_all(c: &Checker<'_>, raw: raw::RawConfig) -> Result<Config, ConfigEr
     }
 
     let tls_reporting = tls_reporting::section(c, raw.tls_reporting, &hostname)?;
+    let dmarc_reporting = dmarc_reporting::section(c, raw.dmarc_reporting)?;
 
     Ok(Config {
         source: file.to_string(),
@@ -1315,6 +1320,7 @@ fn validate_all(c: &Checker<'_>, raw: raw::RawConfig) -> Result<Config, ConfigEr
         queue,
         log,
         tls_reporting,
+        dmarc_reporting,
     })
 }
 
@@ -1342,6 +1348,7 @@ pub fn changed_sections(old: &Config, new: &Config) -> Vec<&'static str> {
         queue,
         log,
         tls_reporting,
+        dmarc_reporting,
     } = new;
     [
         ("server", *server != old.server),
@@ -1360,6 +1367,7 @@ pub fn changed_sections(old: &Config, new: &Config) -> Vec<&'static str> {
         ("queue", *queue != old.queue),
         ("log", *log != old.log),
         ("tls_reporting", *tls_reporting != old.tls_reporting),
+        ("dmarc_reporting", *dmarc_reporting != old.dmarc_reporting),
     ]
     .into_iter()
     .filter_map(|(name, changed)| changed.then_some(name))
@@ -1493,6 +1501,14 @@ pub fn summary(config: &Config) -> String {
         }
         None => {
             let _ = writeln!(out, "tls_reporting:     off");
+        }
+    }
+    match &config.dmarc_reporting {
+        Some(d) => {
+            let _ = writeln!(out, "dmarc_reporting:   on (from {})", d.from);
+        }
+        None => {
+            let _ = writeln!(out, "dmarc_reporting:   off");
         }
     }
     let _ = match &config.queue.encryption_key {

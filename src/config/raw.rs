@@ -28,6 +28,7 @@ pub(super) struct RawConfig {
     pub queue: Option<RawQueue>,
     pub log: Option<RawLog>,
     pub tls_reporting: Option<super::tls_reporting::RawTlsReporting>,
+    pub dmarc_reporting: Option<super::dmarc_reporting::RawDmarcReporting>,
 }
 
 #[derive(Debug, Default, Deserialize)]

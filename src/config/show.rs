@@ -170,6 +170,7 @@ fn table(config: &Config) -> Table {
         log,
         mta_sts,
         tls_reporting,
+        dmarc_reporting,
         queue,
     } = config;
     let mut t = Table::new();
@@ -370,6 +371,19 @@ fn table(config: &Config) -> Table {
         ]),
     };
     t.insert("tls_reporting".into(), reporting);
+    let dmarc = match dmarc_reporting {
+        None => section(vec![("enabled", Value::Boolean(false))]),
+        Some(r) => section(vec![
+            ("enabled", Value::Boolean(true)),
+            (
+                "organization_name",
+                Value::String(r.organization_name.clone()),
+            ),
+            ("contact_info", Value::String(r.contact_info.clone())),
+            ("from", Value::String(r.from.clone())),
+        ]),
+    };
+    t.insert("dmarc_reporting".into(), dmarc);
 
     // The key file's path only, never its content (S4).
     if let Some(key) = &queue.encryption_key {

@@ -224,6 +224,33 @@ fn tls_reporting_section() {
     assert_eq!(key, "tls_reporting.submitter");
 }
 
+/// `[dmarc_reporting]` (RFC 7489 7.2; issue 17 item 4): off unless `enabled = true`; the
+/// required keys are named when missing or bad.
+#[test]
+fn dmarc_reporting_section() {
+    let full = format!(
+        "{MINIMAL}[dmarc_reporting]\nenabled = true\norganization_name = \"Bank\"\n\
+         contact_info = \"https://bank.no/dmarc\"\nfrom = \"dmarc-noreply@Bank.no\"\n"
+    );
+    let d = Config::from_toml(&full, "t.toml")
+        .unwrap()
+        .dmarc_reporting
+        .unwrap();
+    assert_eq!(d.organization_name, "Bank");
+    assert_eq!(d.reporting_domain(), "bank.no");
+    for off in ["enabled = false", "# enabled by default? no"] {
+        let text = full.replace("enabled = true", off);
+        assert_eq!(
+            Config::from_toml(&text, "t.toml").unwrap().dmarc_reporting,
+            None
+        );
+    }
+    let (key, _) = invalid(&full.replace("contact_info = \"https://bank.no/dmarc\"\n", ""));
+    assert_eq!(key, "dmarc_reporting.contact_info");
+    let (key, _) = invalid(&full.replace("dmarc-noreply@Bank.no", "nobody"));
+    assert_eq!(key, "dmarc_reporting.from");
+}
+
 /// Issue 14 item 1: validation goes on after an error, so `check-config` can list them all,
 /// in file order; a value that stood in for a bad one causes no second, false error.
 #[test]

@@ -77,11 +77,7 @@ pub(super) fn section(
             String::new()
         }
         Some(from) => {
-            let valid = from.rsplit_once('@').is_some_and(|(local, domain)| {
-                !local.is_empty() && crate::domain::Domain::parse(domain).is_ok()
-            }) && from.is_ascii()
-                && !from.contains(|c: char| c.is_whitespace() || "<>\",;".contains(c));
-            if !valid {
+            if !is_sender_address(&from) {
                 c.fail(
                     "tls_reporting.from",
                     format!("{from:?} is not a mail address"),
@@ -96,4 +92,13 @@ pub(super) fn section(
         submitter,
         from,
     }))
+}
+
+/// A plain ASCII mail address fit for an envelope sender and a From field (report mails of
+/// `[tls_reporting]` and `[dmarc_reporting]`).
+pub(super) fn is_sender_address(from: &str) -> bool {
+    from.rsplit_once('@').is_some_and(|(local, domain)| {
+        !local.is_empty() && crate::domain::Domain::parse(domain).is_ok()
+    }) && from.is_ascii()
+        && !from.contains(|c: char| c.is_whitespace() || "<>\",;".contains(c))
 }

@@ -39,6 +39,9 @@ pub struct SessionContext {
     pub dkim: std::collections::HashMap<crate::domain::Domain, Arc<crate::auth::OutboundSigner>>,
     /// The audit log (S1); `None` only in tests that build a context by hand.
     pub audit: Option<Arc<crate::audit::AuditLog>>,
+    /// DMARC aggregate report counters (RFC 7489 7.2): every inbound DMARC evaluation is
+    /// recorded here; `None` when `[dmarc_reporting]` is off.
+    pub dmarc_reports: Option<Arc<crate::reporting::dmarc::DmarcCounters>>,
     /// The STARTTLS acceptor of each `[[listener]]`, in configuration order (a listener with
     /// `client_ca` asks for client certificates, the others do not; S2); empty when no
     /// certificate is configured (STARTTLS then not offered). Replaced whole when the

@@ -523,6 +523,10 @@ impl Session {
                     })
                     .await;
                 self.count_auth(&outcome);
+                if let Some(reports) = &self.ctx.dmarc_reports {
+                    // RFC 7489 7.2: the evaluation and what we do with the message.
+                    reports.record(self.peer.ip(), &outcome);
+                }
                 tracing::info!(peer = %self.peer, from = sender.as_deref().unwrap_or(""),
                     spf = outcome.spf.result.as_str(), dmarc = outcome.dmarc.result.as_str(),
                     dkim = %outcome.dkim.iter().map(|d| d.result.as_str()).collect::<Vec<_>>().join(","),

@@ -374,6 +374,27 @@ impl SmtpClient {
         }
     }
 
+    /// Connects from the loopback address `local` (e.g. `127.0.0.7`), so that the server
+    /// sees another client address.
+    pub async fn connect_from(addr: SocketAddr, local: std::net::IpAddr) -> SmtpClient {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket
+            .bind(SocketAddr::new(local, 0))
+            .expect("bind the local address");
+        let tcp = tokio::time::timeout(STEP, socket.connect(addr))
+            .await
+            .expect("connect timed out")
+            .expect("connect");
+        let mut c = SmtpClient {
+            io: None,
+            tcp: Some(tcp),
+            buf: Vec::new(),
+        };
+        let banner = c.read_reply().await;
+        assert_eq!(banner.code, 220, "{banner:?}");
+        c
+    }
+
     /// Connects and reads the 220 banner.
     pub async fn connect_greeted(addr: SocketAddr) -> SmtpClient {
         let mut c = Self::connect(addr).await;

@@ -455,3 +455,38 @@ pub async fn wait_for_deferral(s: &Setup) -> tlsgate::queue::RecipientState {
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
+
+/// The content of a gzip file (at most 1 MiB).
+pub fn gunzip(bytes: &[u8]) -> Vec<u8> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(bytes)
+        .take(1 << 20)
+        .read_to_end(&mut out)
+        .expect("the report is gzip");
+    out
+}
+
+/// An Ed25519 DKIM key for `domain` with `selector`: written to `dir` (mode 0600), its public
+/// half published in `dns`. Returns the key file, for `[[outbound.dkim]]`.
+pub fn dkim_key(
+    dns: &TestDns,
+    dir: &std::path::Path,
+    domain: &str,
+    selector: &str,
+) -> std::path::PathBuf {
+    use mail_auth::common::crypto::Ed25519Key;
+    let pkcs8 = Ed25519Key::generate_pkcs8().unwrap();
+    let public = Ed25519Key::from_pkcs8_der(&pkcs8).unwrap().public_key();
+    dns.add_txt(
+        &format!("{selector}._domainkey.{domain}"),
+        &format!("v=DKIM1; k=ed25519; p={}", super::base64(&public)),
+    );
+    let b64 = super::base64(&pkcs8);
+    let pem = format!("-----BEGIN PRIVATE KEY-----\n{b64}\n-----END PRIVATE KEY-----\n");
+    let path = dir.join(format!("dkim-{selector}.pem"));
+    std::fs::write(&path, pem).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    path
+}

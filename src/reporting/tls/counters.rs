@@ -10,14 +10,15 @@
 //! which `rua` targets got the day's report; a day whose domains are all finished is removed,
 //! and so is any day older than [`KEEP_DAYS`].
 
+use crate::reporting::DayFiles;
+pub use crate::reporting::{day_name, day_of, parse_day_name, CountersError, SendState};
 use crate::tls_report::{ReportPolicy, ResultType, SessionResult, TlsReportSink};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Write;
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 /// How often changed counters are written to disk: what a SIGKILL can lose at most.
 pub const FLUSH_INTERVAL: Duration = Duration::from_secs(10);
@@ -38,31 +39,6 @@ const MAX_DAY_FILE: u64 = 64 << 20;
 
 /// `failure-reason-code` texts are cut to this many characters.
 const MAX_DETAIL: usize = 200;
-
-/// The number of the UTC day of `t` (days since 1970-01-01).
-pub fn day_of(t: SystemTime) -> i64 {
-    let secs = t
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
-    secs.div_euclid(86_400)
-}
-
-/// `YYYY-MM-DD` of a day number.
-pub fn day_name(day: i64) -> String {
-    let start = time::OffsetDateTime::from_unix_timestamp(day.saturating_mul(86_400))
-        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
-    let d = start.date();
-    format!("{:04}-{:02}-{:02}", d.year(), u8::from(d.month()), d.day())
-}
-
-/// The day number of a `YYYY-MM-DD` name.
-pub fn parse_day_name(name: &str) -> Option<i64> {
-    let mut parts = name.splitn(3, '-');
-    let year = parts.next()?.parse().ok()?;
-    let month = parts.next()?.parse().ok()?;
-    let day = parts.next()?.parse().ok()?;
-    crate::datetime::days_since_epoch(year, month, day)
-}
 
 /// One group of failed sessions (RFC 8460 4.4 `failure-details`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -92,19 +68,6 @@ pub struct PolicyCounts {
     pub failures: u64,
     /// The failures, grouped.
     pub failure_details: Vec<FailureCount>,
-}
-
-/// Where the day's report of one policy domain stands.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SendState {
-    /// The `rua` targets that got the report (RFC 8460 3: each at most once).
-    pub sent_to: Vec<String>,
-    /// Runs of the sending job that did not finish the report.
-    pub tries: u32,
-    /// Nothing more to do: sent to every `rua`, no TLSRPT record, or given up.
-    pub finished: bool,
-    /// What the last run saw, for `tls-report show` (`no TLSRPT record`, an error).
-    pub note: Option<String>,
 }
 
 /// Everything counted for one policy domain on one day.
@@ -137,20 +100,10 @@ struct State {
 
 /// The recorder: a [`TlsReportSink`] with durable per-day counters.
 pub struct TlsCounters {
-    dir: PathBuf,
+    files: DayFiles,
     state: Mutex<State>,
     /// Held for a whole flush, so that two flushes never write one file in the wrong order.
     flushing: Mutex<()>,
-}
-
-/// A day file that could not be read or written.
-#[derive(Debug, thiserror::Error)]
-#[error("{path}: {reason}")]
-pub struct CountersError {
-    /// The file or directory.
-    pub path: String,
-    /// Why.
-    pub reason: String,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -162,34 +115,9 @@ impl TlsCounters {
     /// Opens (creates) `dir` and reads the day files in it. A file that is not a day file
     /// tlsgate wrote is skipped with a warning (kept for the administrator to look at).
     pub fn open(dir: &Path) -> Result<TlsCounters, CountersError> {
-        let fail = |path: &Path, e: std::io::Error| CountersError {
-            path: path.display().to_string(),
-            reason: e.to_string(),
-        };
-        std::fs::create_dir_all(dir).map_err(|e| fail(dir, e))?;
-        let mut days = BTreeMap::new();
-        for entry in std::fs::read_dir(dir).map_err(|e| fail(dir, e))? {
-            let entry = entry.map_err(|e| fail(dir, e))?;
-            let path = entry.path();
-            let Some(number) = path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .and_then(|n| n.strip_suffix(".json"))
-                .and_then(parse_day_name)
-            else {
-                continue;
-            };
-            match read_day(&path) {
-                Ok(day) => {
-                    days.insert(number, day);
-                }
-                Err(reason) => {
-                    tracing::warn!(path = %path.display(), %reason, "TLS report counters not read")
-                }
-            }
-        }
+        let (files, days) = DayFiles::open(dir, MAX_DAY_FILE, "TLS report")?;
         Ok(TlsCounters {
-            dir: dir.to_path_buf(),
+            files,
             state: Mutex::new(State {
                 days,
                 dirty: BTreeSet::new(),
@@ -329,23 +257,15 @@ impl TlsCounters {
         };
         let mut first_error = None;
         for (number, day) in &changed {
-            if let Err(e) = self.write_day(*number, day) {
+            if let Err(e) = self.files.write(*number, day) {
                 lock(&self.state).dirty.insert(*number);
                 first_error.get_or_insert(e);
             }
         }
         for number in removed {
-            let path = self.path_of(number);
-            match std::fs::remove_file(&path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => {
-                    lock(&self.state).removed.insert(number);
-                    first_error.get_or_insert(CountersError {
-                        path: path.display().to_string(),
-                        reason: e.to_string(),
-                    });
-                }
+            if let Err(e) = self.files.remove(number) {
+                lock(&self.state).removed.insert(number);
+                first_error.get_or_insert(e);
             }
         }
         match first_error {
@@ -353,45 +273,6 @@ impl TlsCounters {
             None => Ok(()),
         }
     }
-
-    fn path_of(&self, day: i64) -> PathBuf {
-        self.dir.join(format!("{}.json", day_name(day)))
-    }
-
-    fn write_day(&self, number: i64, day: &Day) -> Result<(), CountersError> {
-        let path = self.path_of(number);
-        let temporary = self.dir.join(format!(".{}.json.tmp", day_name(number)));
-        let fail = |p: &Path, e: std::io::Error| CountersError {
-            path: p.display().to_string(),
-            reason: e.to_string(),
-        };
-        let json = serde_json::to_vec_pretty(day).map_err(|e| CountersError {
-            path: path.display().to_string(),
-            reason: e.to_string(),
-        })?;
-        let mut file = std::fs::File::create(&temporary).map_err(|e| fail(&temporary, e))?;
-        file.write_all(&json).map_err(|e| fail(&temporary, e))?;
-        file.sync_all().map_err(|e| fail(&temporary, e))?;
-        drop(file);
-        std::fs::rename(&temporary, &path).map_err(|e| fail(&path, e))?;
-        // The rename is durable only once the directory is synced.
-        std::fs::File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| fail(&self.dir, e))
-    }
-}
-
-fn read_day(path: &Path) -> Result<Day, String> {
-    use std::io::Read;
-    let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
-    let mut text = Vec::new();
-    file.take(MAX_DAY_FILE + 1)
-        .read_to_end(&mut text)
-        .map_err(|e| e.to_string())?;
-    if text.len() as u64 > MAX_DAY_FILE {
-        return Err(format!("larger than {MAX_DAY_FILE} bytes"));
-    }
-    serde_json::from_slice(&text).map_err(|e| format!("not a TLS report day file: {e}"))
 }
 
 impl TlsReportSink for TlsCounters {
@@ -423,18 +304,6 @@ mod tests {
             result,
             detail: None,
         }
-    }
-
-    #[test]
-    fn day_names_round_trip() {
-        assert_eq!(day_name(0), "1970-01-01");
-        assert_eq!(day_name(19_844), "2024-05-01");
-        assert_eq!(parse_day_name("2024-05-01"), Some(19_844));
-        assert_eq!(parse_day_name("2024-02-30"), None);
-        assert_eq!(
-            day_of(UNIX_EPOCH + Duration::from_secs(19_844 * 86_400 + 86_399)),
-            19_844
-        );
     }
 
     /// RFC 8460 4.4: a summary per policy, and failures grouped by result type, addresses and

@@ -13,19 +13,14 @@ use super::counters::{day_of, DomainDay, TlsCounters};
 use super::record::{parse_records, RecordError, Rua};
 use super::report::{self, Reporter};
 use crate::auth::OutboundSigner;
-use crate::config::{Config, Role, TlsReportingSection};
+use crate::config::{Config, TlsReportingSection};
 use crate::dns::Resolver;
-use crate::domain::Domain;
 use crate::metrics::Metrics;
-use crate::queue::message::{
-    unix_now, DsnNotify, MessageMeta, NewMessage, QueueId, Reception, Recipient,
-};
+use crate::queue::message::unix_now;
 use crate::queue::Committer;
-use crate::smtp::command::BodyType;
+use crate::reporting::{queue_report, ReportMail};
 use crate::tls::client::ClientTls;
-use serde::Serialize;
-use std::collections::HashMap;
-use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio_util::sync::CancellationToken;
@@ -38,23 +33,7 @@ pub const MAX_TRIES: u32 = 3;
 const HTTPS_TIMEOUT: Duration = Duration::from_secs(60);
 const HTTPS_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Bound of committing a report mail to the queue.
-const COMMIT_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// What one run did for one target, for the admin API and the log.
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
-pub struct Sent {
-    /// `YYYY-MM-DD`.
-    pub day: String,
-    /// The policy domain.
-    pub domain: String,
-    /// The target URI; empty when the domain has no (valid) TLSRPT record.
-    pub rua: String,
-    /// `mailto`, `https`, `failed`, `no_dkim_key` or `no_record`.
-    pub result: String,
-    /// The report id, or what went wrong.
-    pub detail: String,
-}
+pub use crate::reporting::Sent;
 
 /// The relay's TLS reporting: the counters, and what sending needs.
 pub struct TlsReporting {
@@ -78,21 +57,7 @@ pub enum SetupError {
     Http(String),
 }
 
-/// The `[[outbound.dkim]]` signer for `submitter`: its own key, else the key of the nearest
-/// parent domain (`mx1.example.no` → `example.no`), which RFC 6376 relaxed alignment accepts.
-pub fn signer_for<'a, S>(signers: &'a HashMap<Domain, S>, submitter: &str) -> Option<&'a S> {
-    let mut name = submitter;
-    loop {
-        if let Some(signer) = Domain::parse(name).ok().and_then(|d| signers.get(&d)) {
-            return Some(signer);
-        }
-        let (_, parent) = name.split_once('.')?;
-        if !parent.contains('.') {
-            return None;
-        }
-        name = parent;
-    }
-}
+pub use crate::reporting::signer_for;
 
 /// The `check-config` warning for `[tls_reporting]` without a DKIM key for the submitter
 /// (RFC 8460 3: `mailto:` reports must be signed, so they are not sent).
@@ -232,19 +197,12 @@ impl TlsReporting {
     /// relay missed) and then daily shortly after 00:00 UTC: at a fixed offset of 5 to 35
     /// minutes derived from the host name, so that many relays do not all post at once.
     pub async fn daily_loop(self: Arc<Self>, shutdown: CancellationToken) {
-        let offset = 300 + self.hostname.bytes().map(u64::from).sum::<u64>() % 1800;
-        let mut wait = Duration::from_secs(60);
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
-                _ = shutdown.cancelled() => return,
-            }
-            let sent = self.send_due(false).await;
-            tracing::info!(targets = sent.len(), "daily TLS report run done");
-            let now = unix_now();
-            let next_midnight = (now / 86_400 + 1) * 86_400;
-            wait = Duration::from_secs(next_midnight + offset - now);
-        }
+        let hostname = self.hostname.clone();
+        crate::reporting::run_daily(&hostname, shutdown, "TLS", || {
+            let reporting = self.clone();
+            async move { reporting.send_due(false).await.len() }
+        })
+        .await;
     }
 
     /// Sends every due report: the finished days' reports not sent yet (and with
@@ -437,51 +395,15 @@ impl TlsReporting {
                 range,
             )
             .map_err(|e| failed(e.to_string()))?;
-        let body = signer.sign(&mail).map_err(|e| failed(e.to_string()))?;
-        let id = QueueId::generate();
-        let now = unix_now();
-        let received_header = format!(
-            "Received: by {host} (tlsgate) id {id};\r\n\t{date}\r\n",
-            host = self.hostname,
-            date = crate::datetime::rfc5322(SystemTime::now()),
-        );
-        let meta = MessageMeta {
-            id,
-            sender: Some(self.settings.from.clone()),
-            recipients: vec![Recipient {
-                address: to.to_string(),
-                notify: DsnNotify {
-                    never: true,
-                    success: false,
-                    failure: false,
-                    delay: false,
-                },
-                orcpt: None,
-            }],
-            ret: None,
-            envid: None,
-            // The JSON travels base64-encoded; the rest is ASCII.
-            body_type: BodyType::SevenBit,
-            smtputf8: !to.is_ascii(),
-            requiretls: false,
-            reception: Reception {
-                client_ip: IpAddr::V6(Ipv6Addr::LOCALHOST),
-                helo: self.hostname.clone(),
-                role: Role::Outbound,
-                tls: None,
-                received_at: now,
-            },
-            size: body.len() as u64,
-            received_header,
+        let mail = ReportMail {
+            from: &self.settings.from,
+            to,
+            message: mail,
+            hostname: &self.hostname,
         };
-        match self
-            .committer
-            .commit_within(NewMessage { meta, body }, COMMIT_TIMEOUT)
+        queue_report(&self.committer, mail, Some(signer))
             .await
-        {
-            Ok(()) => Ok(()),
-            Err(e) => Err(failed(format!("could not queue the report: {e}"))),
-        }
+            .map_err(failed)
     }
 
     /// RFC 8460 5.4: POST with `Content-Type: application/tlsrpt+gzip`; a 2xx is success.
@@ -529,19 +451,4 @@ enum Lookup {
 struct SendError {
     label: &'static str,
     reason: String,
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_submitter_or_a_parent_signs() {
-        let mut signers = HashMap::new();
-        signers.insert(Domain::parse("example.no").unwrap(), 1);
-        assert_eq!(signer_for(&signers, "mx1.example.no"), Some(&1));
-        assert_eq!(signer_for(&signers, "example.no"), Some(&1));
-        assert_eq!(signer_for(&signers, "example.com"), None);
-        assert_eq!(signer_for(&signers, "no"), None);
-    }
 }

@@ -1,0 +1,368 @@
+//! Sending the daily DMARC aggregate reports (RFC 7489 sections 7.1 and 7.2): once a day, for
+//! each author domain with counters for a finished UTC day, look up its DMARC record, build
+//! the report, and mail it to every `rua=mailto:` destination through tlsgate's own queue,
+//! DKIM-signed when a `[[outbound.dkim]]` key covers the reporting domain.
+//!
+//! Per destination: one outside the author's organisation must authorise the reports
+//! (section 7.1, `<author>._report._dmarc.<destination>` TXT `v=DMARC1`), else it gets
+//! nothing; a report mail larger than the destination's `!size` limit is not sent (section
+//! 6.4; logged). A destination is marked done once the queue holds the mail durably, and the
+//! mark is flushed at once; a destination that failed is tried at the next daily run, and
+//! after [`MAX_TRIES`] runs the day's report for that domain is given up.
+
+use super::counters::{DmarcCounters, DomainDay, FLUSH_INTERVAL};
+use super::record::{self, Destination, RecordError, ReportRequest};
+use super::report::{self, MailParts, Reporter};
+use crate::auth::OutboundSigner;
+use crate::config::{Config, DmarcReportingSection};
+use crate::dns::{DnsError, Resolver};
+use crate::metrics::Metrics;
+use crate::queue::message::{unix_now, QueueId};
+use crate::queue::Committer;
+use crate::reporting::{day_name, day_of, queue_report, ReportMail, Sent};
+use std::sync::Arc;
+use std::time::SystemTime;
+use tokio_util::sync::CancellationToken;
+
+/// Daily runs that may fail to send a day's report before it is given up.
+pub const MAX_TRIES: u32 = 3;
+
+/// The parts of the relay DMARC reporting uses.
+pub struct Parts {
+    /// The counters (also what the inbound sessions record into).
+    pub counters: Arc<DmarcCounters>,
+    /// The relay's resolver.
+    pub resolver: Arc<dyn Resolver>,
+    /// The queue.
+    pub committer: Committer,
+    /// The signer of the reporting domain ([`crate::reporting::signer_for`]), when one exists.
+    pub signer: Option<Arc<OutboundSigner>>,
+    /// Counters and gauges.
+    pub metrics: Arc<Metrics>,
+}
+
+/// The relay's DMARC reporting: the counters, and what sending needs.
+pub struct DmarcReporting {
+    counters: Arc<DmarcCounters>,
+    settings: DmarcReportingSection,
+    hostname: String,
+    resolver: Arc<dyn Resolver>,
+    committer: Committer,
+    signer: Option<Arc<OutboundSigner>>,
+    metrics: Arc<Metrics>,
+    /// One run at a time (the daily job and `dmarc-report send`).
+    running: tokio::sync::Mutex<()>,
+}
+
+/// What happened to one destination.
+enum Outcome {
+    /// In the queue.
+    Queued,
+    /// Never to be sent (not authorised, too large): done for this report.
+    Skipped(&'static str, String),
+    /// Try again at the next run.
+    Failed(String),
+}
+
+impl DmarcReporting {
+    /// Sets DMARC reporting up for `settings`.
+    pub fn new(config: &Config, settings: DmarcReportingSection, parts: Parts) -> DmarcReporting {
+        if parts.signer.is_none() {
+            tracing::warn!(
+                domain = %settings.reporting_domain(),
+                "no [[outbound.dkim]] key for the DMARC report domain: reports are sent unsigned"
+            );
+        }
+        DmarcReporting {
+            counters: parts.counters,
+            settings,
+            hostname: config.server.hostname.clone(),
+            resolver: parts.resolver,
+            committer: parts.committer,
+            signer: parts.signer,
+            metrics: parts.metrics,
+            running: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// The counters.
+    pub fn counters(&self) -> &Arc<DmarcCounters> {
+        &self.counters
+    }
+
+    /// Writes the counters to disk now (off the async threads).
+    pub async fn flush(&self) {
+        let counters = self.counters.clone();
+        match tokio::task::spawn_blocking(move || counters.flush()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "DMARC report counters not written"),
+            Err(e) => tracing::error!(error = %e, "DMARC report counters flush panicked"),
+        }
+    }
+
+    /// Flushes every [`FLUSH_INTERVAL`] until `shutdown`, then once more.
+    pub async fn flush_loop(self: Arc<Self>, shutdown: CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(FLUSH_INTERVAL) => self.flush().await,
+                _ = shutdown.cancelled() => break,
+            }
+        }
+        self.flush().await;
+    }
+
+    /// Runs [`DmarcReporting::send_due`] a minute after start and then daily after midnight
+    /// UTC ([`crate::reporting::run_daily`]).
+    pub async fn daily_loop(self: Arc<Self>, shutdown: CancellationToken) {
+        let hostname = self.hostname.clone();
+        crate::reporting::run_daily(&hostname, shutdown, "DMARC", || {
+            let reporting = self.clone();
+            async move { reporting.send_due(false).await.len() }
+        })
+        .await;
+    }
+
+    /// Sends every due report: the finished days' reports not sent yet (and with
+    /// `include_today`, the running day's so far, without marking it: the full day's report
+    /// still goes out after midnight). Returns one line per destination tried.
+    pub async fn send_due(&self, include_today: bool) -> Vec<Sent> {
+        let _one_run = self.running.lock().await;
+        let today = day_of(SystemTime::now());
+        let mut out = Vec::new();
+        for (day, counts) in self.counters.days() {
+            let partial = day == today;
+            if day > today || (partial && !include_today) {
+                continue;
+            }
+            for (domain, domain_day) in &counts.domains {
+                if !partial && domain_day.report.finished {
+                    continue;
+                }
+                self.send_domain(day, partial, domain, domain_day, &mut out)
+                    .await;
+                if !partial {
+                    self.flush().await;
+                }
+            }
+        }
+        self.counters.prune(today);
+        self.flush().await;
+        out
+    }
+
+    async fn send_domain(
+        &self,
+        day: i64,
+        partial: bool,
+        domain: &str,
+        counts: &DomainDay,
+        out: &mut Vec<Sent>,
+    ) {
+        let day_text = day_name(day);
+        let line = |rua: &str, result: &str, detail: String| Sent {
+            day: day_text.clone(),
+            domain: domain.to_string(),
+            rua: rua.to_string(),
+            result: result.to_string(),
+            detail,
+        };
+        let request = match self.lookup(domain).await {
+            Ok(request) => request,
+            Err(Lookup::NoReports(e)) => {
+                // Nothing to send, ever: the domain asks for no aggregate reports.
+                if !partial {
+                    self.counters.update_report(day, domain, |r| {
+                        r.finished = true;
+                        r.note = Some(e.to_string());
+                    });
+                }
+                out.push(line("", "no_record", e.to_string()));
+                return;
+            }
+            Err(Lookup::Dns(e)) => {
+                if !partial {
+                    self.give_up_or_retry(day, domain, e.clone());
+                }
+                out.push(line("", "failed", e));
+                return;
+            }
+        };
+        let start = day * 86_400;
+        let end = if partial {
+            i64::try_from(unix_now()).unwrap_or(start)
+        } else {
+            start + 86_399
+        };
+        let reporting_domain = self.settings.reporting_domain();
+        let reporter = Reporter {
+            organization_name: &self.settings.organization_name,
+            email: &self.settings.from,
+            contact_info: &self.settings.contact_info,
+            domain: &reporting_domain,
+        };
+        let built = report::build(reporter, domain, counts, (start, end));
+        let xml = report::to_xml(&built, request.pct);
+        let gzipped = match report::gzip(&xml) {
+            Ok(g) => g,
+            Err(e) => {
+                tracing::error!(error = %e, "gzip of a DMARC report failed");
+                return;
+            }
+        };
+        let mut all_done = true;
+        for destination in &request.rua {
+            if !partial && counts.report.sent_to.contains(&destination.uri) {
+                continue;
+            }
+            let outcome = self
+                .send_to(domain, destination, &built, &gzipped, &reporting_domain)
+                .await;
+            let (label, detail) = match outcome {
+                Outcome::Queued => {
+                    tracing::info!(domain, rua = %destination.uri,
+                        report_id = %built.report_id(), "DMARC report sent");
+                    ("mailto", built.report_id().to_string())
+                }
+                Outcome::Skipped(label, reason) => {
+                    tracing::warn!(domain, rua = %destination.uri, %reason,
+                        "DMARC report not sent to this destination");
+                    (label, reason)
+                }
+                Outcome::Failed(reason) => {
+                    all_done = false;
+                    tracing::warn!(domain, rua = %destination.uri, %reason,
+                        "DMARC report not sent");
+                    ("failed", reason)
+                }
+            };
+            self.metrics
+                .dmarc_reports_sent
+                .with_label_values(&[label])
+                .inc();
+            if !partial && label != "failed" {
+                // Sent, or never to be sent to this destination: either way done with it.
+                self.counters
+                    .update_report(day, domain, |r| r.sent_to.push(destination.uri.clone()));
+            }
+            out.push(line(&destination.uri, label, detail));
+        }
+        if request.rua.is_empty() {
+            out.push(line(
+                "",
+                "no_record",
+                "no mailto: destination in rua".into(),
+            ));
+        }
+        if !partial {
+            if all_done {
+                self.counters.update_report(day, domain, |r| {
+                    r.finished = true;
+                    r.note = None;
+                });
+            } else {
+                self.give_up_or_retry(day, domain, "not every destination took the report".into());
+            }
+        }
+    }
+
+    async fn send_to(
+        &self,
+        domain: &str,
+        destination: &Destination,
+        built: &mail_auth::report::Report,
+        gzipped: &[u8],
+        reporting_domain: &str,
+    ) -> Outcome {
+        let target = destination.domain();
+        if record::is_external(domain, &target) {
+            // RFC 7489 7.1: the destination must say it takes reports about `domain`.
+            let name = record::authorization_name(domain, &target);
+            match self.resolver.txt(&name).await {
+                Ok(txt) if record::authorizes(&txt.value) => {}
+                Ok(_) | Err(DnsError::NoSuchDomain(_)) => {
+                    return Outcome::Skipped(
+                        "not_authorized",
+                        format!(
+                            "{target} is outside {domain}'s organisation and publishes no \
+                             v=DMARC1 record at {name} (RFC 7489 7.1)"
+                        ),
+                    )
+                }
+                Err(e) => return Outcome::Failed(format!("{name}: {e}")),
+            }
+        }
+        let message_id = format!("{}@{reporting_domain}", QueueId::generate());
+        let date = crate::datetime::rfc5322(SystemTime::now());
+        let message = report::mail(&MailParts {
+            report: built,
+            submitter: reporting_domain,
+            from: &self.settings.from,
+            to: &destination.address,
+            gzipped,
+            message_id: &message_id,
+            date: &date,
+        });
+        if let Some(limit) = destination.max_size {
+            // RFC 7489 6.4: the limit is the destination's; the whole mail is measured (the
+            // signature adds a few hundred bytes more).
+            if message.len() as u64 > limit {
+                return Outcome::Skipped(
+                    "too_large",
+                    format!(
+                        "the report mail has {} bytes, the destination takes at most {limit}",
+                        message.len()
+                    ),
+                );
+            }
+        }
+        let mail = ReportMail {
+            from: &self.settings.from,
+            to: &destination.address,
+            message,
+            hostname: &self.hostname,
+        };
+        match queue_report(&self.committer, mail, self.signer.as_deref()).await {
+            Ok(()) => Outcome::Queued,
+            Err(e) => Outcome::Failed(e),
+        }
+    }
+
+    fn give_up_or_retry(&self, day: i64, domain: &str, note: String) {
+        self.counters.update_report(day, domain, |r| {
+            r.tries += 1;
+            if r.tries >= MAX_TRIES {
+                r.finished = true;
+                tracing::warn!(domain, tries = r.tries, "DMARC report given up");
+            }
+            r.note = Some(note);
+        });
+    }
+
+    /// RFC 7489 6.6.3: the record at `_dmarc.<domain>`, else at the parent domains' (the
+    /// organisational domain's record covers its subdomains), as far as two labels.
+    async fn lookup(&self, domain: &str) -> Result<ReportRequest, Lookup> {
+        let mut name = domain;
+        loop {
+            let query = format!("_dmarc.{name}");
+            let found = match self.resolver.txt(&query).await {
+                Ok(txt) => record::parse_records(&txt.value),
+                Err(DnsError::NoSuchDomain(_)) => Err(RecordError::None),
+                Err(e) => return Err(Lookup::Dns(format!("{query}: {e}"))),
+            };
+            match found {
+                Err(RecordError::None) => match name.split_once('.') {
+                    Some((_, parent)) if parent.contains('.') => name = parent,
+                    _ => return Err(Lookup::NoReports(RecordError::None)),
+                },
+                other => return other.map_err(Lookup::NoReports),
+            }
+        }
+    }
+}
+
+enum Lookup {
+    /// The domain asks for no aggregate reports.
+    NoReports(RecordError),
+    /// The lookup failed (try again later).
+    Dns(String),
+}
