@@ -1,5 +1,5 @@
 //! The admin API used by `tlsgate queue list|show|retry|bounce|delete` and `tlsgate domains
-//! reload`, and the CLI's client for it.
+//! reload|status`, and the CLI's client for it.
 //!
 //! JSON over HTTP/1.1, locked by default (issue 10 item 0b; S1, S4): the API listens on a Unix
 //! socket (`admin.socket`, default `data_dir/admin.sock`, mode 0660) that only the service
@@ -13,6 +13,9 @@
 use crate::audit::{AuditEvent, AuditLog};
 use crate::config::{AdminSection, Config};
 use crate::delivery::{AdminError, EngineHandle};
+use crate::ops::domains_status::DomainsStatus;
+use crate::ops::list_fetch::ListFetcher;
+use crate::ops::partners::PartnerMonitor;
 use crate::policy::domain_list::{DomainListHandle, ListError, Reloaded};
 use crate::queue::message::{unix_now, QueueId, RecipientStatus};
 use crate::reporting::tls::counters::{day_name, day_of, Day};
@@ -360,6 +363,11 @@ pub struct AdminState {
     pub audit: Option<Arc<AuditLog>>,
     /// TLS reporting (`tlsgate tls-report`); `None` when `[tls_reporting]` is off.
     pub tls_reporting: Option<Arc<TlsReporting>>,
+    /// The background partner check (`tlsgate domains status`); `None` when
+    /// `domain_list.check_schedule` is off.
+    pub partners: Option<Arc<PartnerMonitor>>,
+    /// The list fetcher (`tlsgate domains status`); `None` without `domain_list.url`.
+    pub list_fetcher: Option<Arc<ListFetcher>>,
     access: Arc<Access>,
 }
 
@@ -378,6 +386,8 @@ impl AdminState {
             reload_list,
             audit,
             tls_reporting: None,
+            partners: None,
+            list_fetcher: None,
             access: Arc::new(access),
         }
     }
@@ -385,6 +395,18 @@ impl AdminState {
     /// The same state, answering `tlsgate tls-report` with `reporting`.
     pub fn with_tls_reporting(mut self, reporting: Option<Arc<TlsReporting>>) -> AdminState {
         self.tls_reporting = reporting;
+        self
+    }
+
+    /// The same state, answering `tlsgate domains status` from the partner check and the list
+    /// fetcher that run (each `None` when off; issue 15 items 3 and 5).
+    pub fn with_domains_status(
+        mut self,
+        partners: Option<Arc<PartnerMonitor>>,
+        list_fetcher: Option<Arc<ListFetcher>>,
+    ) -> AdminState {
+        self.partners = partners;
+        self.list_fetcher = list_fetcher;
         self
     }
 }
@@ -810,6 +832,16 @@ async fn get_domains(State(state): State<AdminState>, _caller: Caller) -> AdminR
     Ok(Json(names).into_response())
 }
 
+/// `GET /domains/status`: a read endpoint like `GET /domains`, for any allowed caller.
+async fn get_domains_status(State(state): State<AdminState>, _caller: Caller) -> AdminResult {
+    let status = DomainsStatus::gather(
+        &state.domain_list,
+        state.partners.as_deref(),
+        state.list_fetcher.as_deref(),
+    );
+    Ok(Json(status).into_response())
+}
+
 async fn reload_domains(State(state): State<AdminState>, Caller(caller): Caller) -> AdminResult {
     let outcome = (state.reload_list)();
     audit(&state, "domains reload", "domain list", &caller);
@@ -880,6 +912,7 @@ fn router(state: AdminState) -> axum::Router {
         .route("/queue/bulk/{action}", post(bulk))
         .route("/domains", get(get_domains))
         .route("/domains/reload", post(reload_domains))
+        .route("/domains/status", get(get_domains_status))
         .route("/tls-report", get(get_tls_report))
         .route("/tls-report/send", post(send_tls_report))
         .with_state(state)
