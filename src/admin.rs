@@ -13,9 +13,6 @@
 use crate::audit::{AuditEvent, AuditLog};
 use crate::config::{AdminSection, Config};
 use crate::delivery::{AdminError, EngineHandle};
-use crate::ops::domains_status::DomainsStatus;
-use crate::ops::list_fetch::ListFetcher;
-use crate::ops::partners::PartnerMonitor;
 use crate::policy::domain_list::{DomainListHandle, ListError, Reloaded};
 use crate::queue::message::{unix_now, QueueId, RecipientStatus};
 use crate::reporting::tls::counters::{day_name, day_of, Day};
@@ -363,11 +360,11 @@ pub struct AdminState {
     pub audit: Option<Arc<AuditLog>>,
     /// TLS reporting (`tlsgate tls-report`); `None` when `[tls_reporting]` is off.
     pub tls_reporting: Option<Arc<TlsReporting>>,
-    /// The background partner check (`tlsgate domains status`); `None` when
-    /// `domain_list.check_schedule` is off.
-    pub partners: Option<Arc<PartnerMonitor>>,
-    /// The list fetcher (`tlsgate domains status`); `None` without `domain_list.url`.
-    pub list_fetcher: Option<Arc<ListFetcher>>,
+    /// `tlsgate domains status` (issue 15 items 3 and 5): the list's source, its last fetch
+    /// and the partner check's verdicts, as JSON (`ops::domains_status::DomainsStatus`, made
+    /// by `server`: `ops` uses `startup`, which uses this module, so the type is not named
+    /// here). Without [`AdminState::with_domains_status`]: the list in force only.
+    pub domains_status: Arc<dyn Fn() -> serde_json::Value + Send + Sync>,
     access: Arc<Access>,
 }
 
@@ -380,14 +377,21 @@ impl AdminState {
         audit: Option<Arc<AuditLog>>,
         access: Access,
     ) -> AdminState {
+        let list = domain_list.clone();
+        let domains_status = Arc::new(move || {
+            serde_json::json!({
+                "path": list.path().map(|p| p.display().to_string()),
+                "domains": list.current().len(),
+                "partners": [],
+            })
+        });
         AdminState {
             engine,
             domain_list,
             reload_list,
             audit,
             tls_reporting: None,
-            partners: None,
-            list_fetcher: None,
+            domains_status,
             access: Arc::new(access),
         }
     }
@@ -398,15 +402,12 @@ impl AdminState {
         self
     }
 
-    /// The same state, answering `tlsgate domains status` from the partner check and the list
-    /// fetcher that run (each `None` when off; issue 15 items 3 and 5).
+    /// The same state, answering `tlsgate domains status` with what `status` returns.
     pub fn with_domains_status(
         mut self,
-        partners: Option<Arc<PartnerMonitor>>,
-        list_fetcher: Option<Arc<ListFetcher>>,
+        status: Arc<dyn Fn() -> serde_json::Value + Send + Sync>,
     ) -> AdminState {
-        self.partners = partners;
-        self.list_fetcher = list_fetcher;
+        self.domains_status = status;
         self
     }
 }
@@ -834,12 +835,7 @@ async fn get_domains(State(state): State<AdminState>, _caller: Caller) -> AdminR
 
 /// `GET /domains/status`: a read endpoint like `GET /domains`, for any allowed caller.
 async fn get_domains_status(State(state): State<AdminState>, _caller: Caller) -> AdminResult {
-    let status = DomainsStatus::gather(
-        &state.domain_list,
-        state.partners.as_deref(),
-        state.list_fetcher.as_deref(),
-    );
-    Ok(Json(status).into_response())
+    Ok(Json((state.domains_status)()).into_response())
 }
 
 async fn reload_domains(State(state): State<AdminState>, Caller(caller): Caller) -> AdminResult {

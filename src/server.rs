@@ -15,6 +15,7 @@ use crate::inbound::limits::ConnectionLimiter;
 use crate::inbound::{self, SessionContext};
 use crate::metrics::Metrics;
 use crate::ops::domain_list::DomainListService;
+use crate::ops::domains_status::DomainsStatus;
 use crate::ops::list_fetch::ListFetcher;
 use crate::ops::partners::{MonitorParts, PartnerMonitor};
 use crate::ops::reload::{reload_config, ConfigReloadError};
@@ -383,7 +384,14 @@ pub async fn start_with_reports(
             access,
         )
         .with_tls_reporting(tls_reporting.clone())
-        .with_domains_status(partners.clone(), list_fetcher.clone());
+        .with_domains_status({
+            let (list, partners, fetcher) =
+                (domain_list.clone(), partners.clone(), list_fetcher.clone());
+            Arc::new(move || {
+                let status = DomainsStatus::gather(&list, partners.as_deref(), fetcher.as_deref());
+                serde_json::to_value(status).unwrap_or_default()
+            })
+        });
         for listener in admin_listeners {
             // Every listening address is in the log at start (issue 14 item 3).
             match &listener {

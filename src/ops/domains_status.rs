@@ -25,6 +25,7 @@ pub struct DomainsStatus {
     /// The last background run that ended.
     pub last_run: Option<RunSummary>,
     /// The latest verdict per listed domain, in domain order.
+    #[serde(default)]
     pub partners: Vec<PartnerStatus>,
 }
 
