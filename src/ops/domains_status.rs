@@ -135,3 +135,64 @@ pub fn render(status: &DomainsStatus) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::partners::PartnerHost;
+
+    fn partner(domain: &str, pass: bool) -> PartnerStatus {
+        PartnerStatus {
+            domain: domain.into(),
+            pass,
+            checked_at: "2026-11-30T12:00:00Z".into(),
+            since: "2026-11-30T06:00:00Z".into(),
+            reason: (!pass).then(|| "no MX host meets the verify policy".into()),
+            hosts: vec![PartnerHost {
+                mx_host: format!("mx.{domain}"),
+                address: "192.0.2.1:25".into(),
+                pass,
+                tls_version: Some("TLSv1.3".into()),
+                cert_not_after: Some("2027-01-01T00:00:00Z".into()),
+                reason: if pass {
+                    "certificate valid for policy".into()
+                } else {
+                    "certificate expired".into()
+                },
+            }],
+        }
+    }
+
+    /// Issue 15 item 3: failures first, each with its reason and its hosts' certificates.
+    #[test]
+    fn the_table_shows_failures_first_with_their_reasons() {
+        let status = DomainsStatus {
+            path: Some("/etc/tlsgate/tvungen-tls.csv".into()),
+            domains: 2,
+            url: None,
+            fetch_interval: None,
+            last_fetch: None,
+            check_schedule: Some("6h".into()),
+            last_run: None,
+            partners: vec![partner("a.no", true), partner("b.no", false)],
+        };
+        let text = render(&status);
+        let b = text.find("\nb.no ").expect("b.no line");
+        let a = text.find("\na.no ").expect("a.no line");
+        assert!(b < a, "failures first:\n{text}");
+        assert!(text.contains("FAIL"), "{text}");
+        assert!(text.contains("certificate expired"), "{text}");
+        assert!(text.contains("2027-01-01T00:00:00Z"), "{text}");
+        assert!(text.contains("(domain_list.url not set)"), "{text}");
+    }
+
+    /// The admin API's answer without monitor and fetcher (`AdminState::new`'s stand-in)
+    /// reads as a status with both off.
+    #[test]
+    fn the_answer_without_monitoring_reads() {
+        let status: DomainsStatus =
+            serde_json::from_str(r#"{"path":"/l.csv","domains":3,"partners":[]}"#).expect("parses");
+        assert_eq!(status.domains, 3);
+        assert!(render(&status).contains("partner check: off"));
+    }
+}
