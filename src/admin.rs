@@ -1,5 +1,5 @@
 //! The admin API used by `tlsgate queue list|show|retry|bounce|delete` and `tlsgate domains
-//! reload`, and the CLI's client for it.
+//! reload|status`, and the CLI's client for it.
 //!
 //! JSON over HTTP/1.1, locked by default (issue 10 item 0b; S1, S4): the API listens on a Unix
 //! socket (`admin.socket`, default `data_dir/admin.sock`, mode 0660) that only the service
@@ -363,6 +363,11 @@ pub struct AdminState {
     pub tls_reporting: Option<Arc<TlsReporting>>,
     /// DMARC reporting (`tlsgate dmarc-report`); `None` when `[dmarc_reporting]` is off.
     pub dmarc_reporting: Option<Arc<DmarcReporting>>,
+    /// `tlsgate domains status` (issue 15 items 3 and 5): the list's source, its last fetch
+    /// and the partner check's verdicts, as JSON (`ops::domains_status::DomainsStatus`, made
+    /// by `server`: `ops` uses `startup`, which uses this module, so the type is not named
+    /// here). Without [`AdminState::with_domains_status`]: the list in force only.
+    pub domains_status: Arc<dyn Fn() -> serde_json::Value + Send + Sync>,
     access: Arc<Access>,
 }
 
@@ -375,6 +380,14 @@ impl AdminState {
         audit: Option<Arc<AuditLog>>,
         access: Access,
     ) -> AdminState {
+        let list = domain_list.clone();
+        let domains_status = Arc::new(move || {
+            serde_json::json!({
+                "path": list.path().map(|p| p.display().to_string()),
+                "domains": list.current().len(),
+                "partners": [],
+            })
+        });
         AdminState {
             engine,
             domain_list,
@@ -382,6 +395,7 @@ impl AdminState {
             audit,
             tls_reporting: None,
             dmarc_reporting: None,
+            domains_status,
             access: Arc::new(access),
         }
     }
@@ -395,6 +409,15 @@ impl AdminState {
     /// The same state, answering `tlsgate dmarc-report` with `reporting`.
     pub fn with_dmarc_reporting(mut self, reporting: Option<Arc<DmarcReporting>>) -> AdminState {
         self.dmarc_reporting = reporting;
+        self
+    }
+
+    /// The same state, answering `tlsgate domains status` with what `status` returns.
+    pub fn with_domains_status(
+        mut self,
+        status: Arc<dyn Fn() -> serde_json::Value + Send + Sync>,
+    ) -> AdminState {
+        self.domains_status = status;
         self
     }
 }
@@ -830,6 +853,11 @@ async fn get_domains(State(state): State<AdminState>, _caller: Caller) -> AdminR
     Ok(Json(names).into_response())
 }
 
+/// `GET /domains/status`: a read endpoint like `GET /domains`, for any allowed caller.
+async fn get_domains_status(State(state): State<AdminState>, _caller: Caller) -> AdminResult {
+    Ok(Json((state.domains_status)()).into_response())
+}
+
 async fn reload_domains(State(state): State<AdminState>, Caller(caller): Caller) -> AdminResult {
     let outcome = (state.reload_list)();
     audit(&state, "domains reload", "domain list", &caller);
@@ -942,6 +970,7 @@ fn router(state: AdminState) -> axum::Router {
         .route("/queue/bulk/{action}", post(bulk))
         .route("/domains", get(get_domains))
         .route("/domains/reload", post(reload_domains))
+        .route("/domains/status", get(get_domains_status))
         .route("/tls-report", get(get_tls_report))
         .route("/tls-report/send", post(send_tls_report))
         .route("/dmarc-report", get(get_dmarc_report))

@@ -259,6 +259,19 @@ pub enum AuditEvent {
     },
     /// A request to the admin API was refused (wrong uid on the socket, bad token on TCP).
     AdminRefused { request: String, client: String },
+    /// The background check of a listed partner domain (issue 15 item 3, T7; Bits 5.2.6: the
+    /// evidence that mail to every listed domain still goes over validated TLS) reached a
+    /// different verdict than the run before, or its first one since start.
+    PartnerVerdict {
+        /// The listed domain.
+        domain: String,
+        /// Delivery would succeed over the TLS its policy demands.
+        pass: bool,
+        /// The verdict before; `None` for the first check since start.
+        previous: Option<bool>,
+        /// Why it fails (the check's reason); `None` when it passes.
+        reason: Option<String>,
+    },
     /// The service started.
     Started { version: String },
     /// Written by [`AuditLog::open`] after it cut a torn last line (from a crash) off `file`.

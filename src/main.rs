@@ -292,6 +292,14 @@ enum DomainsAction {
         #[arg(long, short, env = "TLSGATE_CONFIG", help = CONFIG_HELP)]
         config: Option<PathBuf>,
     },
+    /// Ask the running server for the list's source and last fetch, and the background
+    /// partner check's latest verdicts (issue 15 items 3 and 5).
+    Status {
+        #[arg(long, short, env = "TLSGATE_CONFIG", help = CONFIG_HELP)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the list in force (domain, company, organisation number, date joined).
     List {
         #[arg(long, short, env = "TLSGATE_CONFIG", help = CONFIG_HELP)]
@@ -427,6 +435,9 @@ fn main() -> ExitCode {
             timeout,
             parallel,
         ),
+        Commands::Domains {
+            action: DomainsAction::Status { config, json },
+        } => domains_status(config.as_deref(), json),
         Commands::Domains {
             action: DomainsAction::Reload { config },
         } => admin_call(config.as_deref(), "POST", "/domains/reload", false),
@@ -872,6 +883,19 @@ fn domains_check(
             failed.join(", ")
         )
     }
+}
+
+/// `tlsgate domains status`: `GET /domains/status`, as JSON or as a table.
+fn domains_status(path: Option<&Path>, json: bool) -> anyhow::Result<()> {
+    let body = admin_request(path, "GET", "/domains/status")?;
+    let status: tlsgate::ops::domains_status::DomainsStatus =
+        serde_json::from_str(&body).context("the server's answer to GET /domains/status")?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+    } else {
+        print!("{}", tlsgate::ops::domains_status::render(&status));
+    }
+    Ok(())
 }
 
 fn admin_request(path: Option<&Path>, method: &str, url: &str) -> anyhow::Result<String> {

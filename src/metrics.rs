@@ -3,7 +3,10 @@
 //!
 //! Every label value comes from a small fixed set (listener role, TLS yes/no, a reason word, a
 //! TLS level, a DSN kind): never an address, a host name or a free-form error, so the number
-//! of series stays bounded whatever the traffic.
+//! of series stays bounded whatever the traffic. The one exception is the partner monitoring
+//! (issue 15 item 3): its `domain` and `host` labels come from the domain list the operator
+//! installed and the partners' MX records, not from traffic, and the series of a domain that
+//! left the list are removed.
 
 use prometheus::{
     Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
@@ -64,6 +67,10 @@ pub const TLS_REPORT_RESULTS: [&str; 4] = ["mailto", "https", "failed", "no_dkim
 /// limit (`too_large`, RFC 7489 6.4), or a destination outside the author's organisation
 /// that does not authorise the reports (`not_authorized`, RFC 7489 7.1).
 pub const DMARC_REPORT_RESULTS: [&str; 4] = ["mailto", "failed", "too_large", "not_authorized"];
+/// The `result` values of `tlsgate_domain_list_fetch_total` (T10, issue 15 item 5): fetched
+/// and in force (`ok`), not fetched (`fetch_error`: TLS, HTTP status, size, time), fetched but
+/// refused by the list's rules (`refused`), or not saved (`save_error`).
+pub const LIST_FETCH_RESULTS: [&str; 4] = ["ok", "fetch_error", "refused", "save_error"];
 
 /// Every Prometheus metric tlsgate exports (`/metrics`), registered once at start.
 pub struct Metrics {
@@ -118,6 +125,23 @@ pub struct Metrics {
     pub mta_sts_fetches: IntCounterVec,
     /// `tlsgate_mta_sts_policies{mode}`: unexpired MTA-STS policies in the cache, by mode.
     pub mta_sts_policies: IntGaugeVec,
+    /// `tlsgate_partner_tls_ok{domain}`: 1 when the last background check of a listed domain
+    /// passed (delivery would succeed over the TLS its policy demands), 0 when it failed
+    /// (issue 15 item 3, T7).
+    pub partner_tls_ok: IntGaugeVec,
+    /// `tlsgate_partner_certificate_expiry_timestamp_seconds{domain,host}`: when the
+    /// certificate an MX host of a listed domain presented expires (Unix time; the earliest
+    /// over the host's addresses).
+    pub partner_certificate_expiry: IntGaugeVec,
+    /// `tlsgate_partner_check_timestamp_seconds`: when the last background check run ended
+    /// (Unix time).
+    pub partner_check_timestamp: IntGauge,
+    /// `tlsgate_domain_list_fetch_timestamp_seconds`: when `domain_list.url` was last fetched
+    /// (Unix time, whatever the result).
+    pub domain_list_fetch_timestamp: IntGauge,
+    /// `tlsgate_domain_list_fetch_total{result}`: fetches of `domain_list.url` by
+    /// [`LIST_FETCH_RESULTS`].
+    pub domain_list_fetches: IntCounterVec,
     /// Listeners bound and queue open (`/readyz`).
     ready: AtomicBool,
 }
@@ -274,6 +298,35 @@ impl Metrics {
                 "Unexpired MTA-STS policies in the cache, by mode (enforce, testing)",
                 &["mode"],
             ),
+            partner_tls_ok: gauge_vec(
+                &r,
+                "tlsgate_partner_tls_ok",
+                "1 when the last background check of a listed domain passed, 0 when it failed \
+                 (T7)",
+                &["domain"],
+            ),
+            partner_certificate_expiry: gauge_vec(
+                &r,
+                "tlsgate_partner_certificate_expiry_timestamp_seconds",
+                "When the certificate a listed domain's MX host presented expires (Unix time)",
+                &["domain", "host"],
+            ),
+            partner_check_timestamp: gauge(
+                &r,
+                "tlsgate_partner_check_timestamp_seconds",
+                "When the last background check of the listed domains ended (Unix time)",
+            ),
+            domain_list_fetch_timestamp: gauge(
+                &r,
+                "tlsgate_domain_list_fetch_timestamp_seconds",
+                "When domain_list.url was last fetched (Unix time)",
+            ),
+            domain_list_fetches: counter_vec(
+                &r,
+                "tlsgate_domain_list_fetch_total",
+                "Fetches of domain_list.url, by result: ok, fetch_error, refused, save_error",
+                &["result"],
+            ),
             registry: r,
             ready: AtomicBool::new(false),
         };
@@ -300,6 +353,9 @@ impl Metrics {
         }
         for result in DMARC_REPORT_RESULTS {
             metrics.dmarc_reports_sent.with_label_values(&[result]);
+        }
+        for result in LIST_FETCH_RESULTS {
+            metrics.domain_list_fetches.with_label_values(&[result]);
         }
         // The standard process metrics (`process_cpu_seconds_total`,
         // `process_resident_memory_bytes`, `process_open_fds`, `process_max_fds`,
@@ -426,6 +482,9 @@ mod tests {
             "tlsgate_domain_list_max_age_seconds",
             "tlsgate_tls_certificate_expiry_timestamp_seconds",
             "tlsgate_domain_list_reload_failures_total",
+            "tlsgate_partner_check_timestamp_seconds",
+            "tlsgate_domain_list_fetch_timestamp_seconds",
+            "tlsgate_domain_list_fetch_total",
         ] {
             assert!(text.contains(&format!("# HELP {name} ")), "{name} missing");
             assert!(text.contains(&format!("# TYPE {name} ")), "{name} missing");

@@ -15,6 +15,9 @@ use crate::inbound::limits::ConnectionLimiter;
 use crate::inbound::{self, SessionContext};
 use crate::metrics::Metrics;
 use crate::ops::domain_list::DomainListService;
+use crate::ops::domains_status::DomainsStatus;
+use crate::ops::list_fetch::ListFetcher;
+use crate::ops::partners::{MonitorParts, PartnerMonitor};
 use crate::ops::reload::{reload_config, ConfigReloadError};
 use crate::ops::retention::apply_audit_retention;
 use crate::policy::domain_list::DomainListHandle;
@@ -59,6 +62,9 @@ pub enum ServerError {
     /// The DMARC report counters could not be opened.
     #[error("dmarc_reporting: {0}")]
     DmarcReporting(String),
+    /// The HTTPS client for `domain_list.url` could not be set up.
+    #[error("domain_list.url: {0}")]
+    ListFetch(String),
 }
 
 /// A started relay.
@@ -286,6 +292,42 @@ pub async fn start_with_reports(
             reports,
         ))
     });
+    // Partner monitoring (issue 15 item 3) checks with delivery's own parts; the list fetch
+    // (item 5) with its HTTPS configuration and resolver.
+    let partners = config.domain_list.check_schedule.map(|every| {
+        if config.domain_list.path.is_none() {
+            tracing::warn!(
+                "domain_list.check_schedule is set but domain_list.path is not: there is no \
+                 listed domain to check"
+            );
+        }
+        Arc::new(PartnerMonitor::new(
+            MonitorParts {
+                config: config.clone(),
+                list: domain_list.clone(),
+                resolver: resolver.clone(),
+                tls: client_tls.clone(),
+                mta_sts: mta_sts.clone(),
+                metrics: metrics.clone(),
+                audit: Some(audit_log.clone()),
+            },
+            every,
+        ))
+    });
+    let list_fetcher = match (&config.domain_list.url, &config.domain_list.path) {
+        (Some(url), Some(path)) => Some(Arc::new(
+            ListFetcher::new(
+                url,
+                path,
+                config.domain_list.fetch_interval,
+                (&client_tls, resolver.clone()),
+                list_service.clone(),
+                metrics.clone(),
+            )
+            .map_err(|e| ServerError::ListFetch(e.to_string()))?,
+        )),
+        _ => None,
+    };
     let delivery = DeliveryEngine::start(EngineParts {
         config: config.clone(),
         store: store.clone(),
@@ -371,7 +413,15 @@ pub async fn start_with_reports(
             access,
         )
         .with_tls_reporting(tls_reporting.clone())
-        .with_dmarc_reporting(dmarc_reporting.clone());
+        .with_dmarc_reporting(dmarc_reporting.clone())
+        .with_domains_status({
+            let (list, partners, fetcher) =
+                (domain_list.clone(), partners.clone(), list_fetcher.clone());
+            Arc::new(move || {
+                let status = DomainsStatus::gather(&list, partners.as_deref(), fetcher.as_deref());
+                serde_json::to_value(status).unwrap_or_default()
+            })
+        });
         for listener in admin_listeners {
             // Every listening address is in the log at start (issue 14 item 3).
             match &listener {
@@ -394,6 +444,12 @@ pub async fn start_with_reports(
         }
     }
     tokio::spawn(apply_audit_retention(audit_log.clone(), shutdown.clone()));
+    if let Some(fetcher) = &list_fetcher {
+        tokio::spawn(fetcher.clone().run(shutdown.clone()));
+    }
+    if let Some(monitor) = &partners {
+        tokio::spawn(monitor.clone().run(shutdown.clone()));
+    }
     if let Some(reporting) = &tls_reporting {
         tokio::spawn(reporting.clone().flush_loop(shutdown.clone()));
         tokio::spawn(reporting.clone().daily_loop(shutdown.clone()));

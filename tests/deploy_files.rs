@@ -222,6 +222,8 @@ fn grafana_dashboard_panels_query_tlsgate_metrics_through_the_datasource_variabl
         "tlsgate_dsn_sent_total",
         "tlsgate_connections_total",
         "tlsgate_plaintext_refused_total",
+        "tlsgate_partner_tls_ok",
+        "tlsgate_partner_certificate_expiry_timestamp_seconds",
     ] {
         assert!(all_exprs.contains(metric), "no panel shows {metric}");
     }
@@ -506,6 +508,9 @@ fn prometheus_alert_rules_are_valid() {
         "tlsgate_store_errors_total",
         "tlsgate_domain_list_reload_failures_total",
         "tlsgate_dnssec_available",
+        // Issue 15 item 3: partner monitoring.
+        "tlsgate_partner_tls_ok",
+        "tlsgate_partner_certificate_expiry_timestamp_seconds",
     ] {
         assert!(exprs.contains(needle), "no alert uses {needle}");
     }
@@ -514,6 +519,8 @@ fn prometheus_alert_rules_are_valid() {
         "TlsgateDomainListTooOld",
         "TlsgateTlsFailuresToListedDomains",
         "TlsgateCertificateExpiresSoon",
+        "TlsgatePartnerTlsFailing",
+        "TlsgatePartnerCertificateExpiresSoon",
     ] {
         assert!(unique.contains(name), "alert {name} is missing");
     }

@@ -5,17 +5,14 @@
 
 mod common;
 
-use common::mx_sink::{free_port, Behaviour, Sink};
+use common::https::{bind_https_port, serve_https, HttpsServer};
+use common::mx_sink::{Behaviour, Sink};
 use common::relay::{
     ip, server_tls, server_tls_from_pem, setup, wait_for_deferral, Setup, MX1, MX2, WAIT,
 };
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 use tlsgate::queue::RecipientStatus;
 use tlsgate::tls_report::{PolicyType, ResultType, SessionResult, TlsReportSink};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 /// Where `mta-sts.partner.test` lives.
@@ -24,96 +21,21 @@ const POLICY_HOST_IP: &str = "127.0.0.5";
 /// An enforce policy for every MX of partner.test.
 const ENFORCE: &str = "version: STSv1\r\nmode: enforce\r\nmx: *.partner.test\r\nmax_age: 86400\r\n";
 
-/// The HTTPS policy server: serves `policy` at any path, counts requests, answers 503 while
-/// `down`.
-struct PolicyServer {
-    requests: Arc<AtomicUsize>,
-    policy: Arc<Mutex<String>>,
-    down: Arc<AtomicBool>,
-}
+/// The policy server: the shared HTTPS test server (`tests/common/https.rs`).
+type PolicyServer = HttpsServer;
 
-impl PolicyServer {
-    fn requests(&self) -> usize {
-        self.requests.load(Ordering::SeqCst)
-    }
-
-    fn set_policy(&self, text: &str) {
-        *self.policy.lock().unwrap() = text.to_string();
-    }
-}
-
-/// A listener for the policy server, bound before the relay starts so that its port can go
-/// into the relay's `mta_sts.https_port` (the certificate comes from the relay's CA, later).
+/// A listener for the policy server at [`POLICY_HOST_IP`].
 async fn bind_policy_port() -> (TcpListener, u16) {
-    for _ in 0..200 {
-        let port = free_port();
-        let addr: SocketAddr = format!("{POLICY_HOST_IP}:{port}").parse().unwrap();
-        if let Ok(listener) = TcpListener::bind(addr).await {
-            return (listener, port);
-        }
-    }
-    panic!("no free port for the policy server in 200 tries");
+    bind_https_port(POLICY_HOST_IP).await
 }
 
-/// Serves HTTPS on `listener` with `tls`: one request per connection, read with a size and
-/// time bound, answered with the current policy as text/plain.
+/// Serves `policy` over HTTPS on `listener` with `tls`.
 fn serve_policy(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
     policy: &str,
 ) -> PolicyServer {
-    let server = PolicyServer {
-        requests: Arc::default(),
-        policy: Arc::new(Mutex::new(policy.to_string())),
-        down: Arc::default(),
-    };
-    let (requests, policy, down) = (
-        server.requests.clone(),
-        server.policy.clone(),
-        server.down.clone(),
-    );
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let (acceptor, requests, policy, down) = (
-                acceptor.clone(),
-                requests.clone(),
-                policy.clone(),
-                down.clone(),
-            );
-            tokio::spawn(async move {
-                let exchange = async {
-                    let mut stream = acceptor.accept(tcp).await.ok()?;
-                    let mut request = Vec::new();
-                    let mut buf = [0u8; 1024];
-                    while !request.windows(4).any(|w| w == b"\r\n\r\n") {
-                        let n = stream.read(&mut buf).await.ok()?;
-                        if n == 0 || request.len() > 16 * 1024 {
-                            return None;
-                        }
-                        request.extend_from_slice(&buf[..n]);
-                    }
-                    requests.fetch_add(1, Ordering::SeqCst);
-                    let response = if down.load(Ordering::SeqCst) {
-                        "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\
-                         Connection: close\r\n\r\n"
-                            .to_string()
-                    } else {
-                        let body = policy.lock().unwrap().clone();
-                        format!(
-                            "HTTP/1.1 200 OK\r\nContent-Type: text/plain; charset=utf-8\r\n\
-                             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                            body.len()
-                        )
-                    };
-                    stream.write_all(response.as_bytes()).await.ok()?;
-                    stream.shutdown().await.ok()
-                };
-                let _ = tokio::time::timeout(Duration::from_secs(10), exchange).await;
-            });
-        }
-    });
-    server
+    serve_https(listener, tls, policy.as_bytes())
 }
 
 /// TLS reports the relay made (RFC 8460), collected.
@@ -372,7 +294,7 @@ async fn cached_policy_survives_a_restart_and_a_failed_fetch() {
 
     // A new id, the policy server down, the MX presenting a certificate for another name.
     s.dns.set_txt("_mta-sts.partner.test", "v=STSv1; id=2;");
-    server.down.store(true, Ordering::SeqCst);
+    server.set_status(503);
     sink.set_behaviour(Behaviour {
         tls: Some(server_tls(&s.relay.ca, &["other.example"])),
         ..Behaviour::default()
@@ -408,7 +330,7 @@ async fn a_new_id_is_fetched_and_its_policy_applies() {
     let (mut s, server, reports) = relay_with_policy(ENFORCE, None).await;
     let sink = delivered_once(&s, &server).await;
 
-    server.set_policy("version: STSv1\nmode: enforce\nmx: *.moved.test\nmax_age: 86400\n");
+    server.set_body(b"version: STSv1\nmode: enforce\nmx: *.moved.test\nmax_age: 86400\n");
     s.dns.set_txt("_mta-sts.partner.test", "v=STSv1; id=2;");
     // A restart gives a fresh resolver, so the new record is seen at once (TTL 60 s).
     s.restart_with_reports(reports).await;

@@ -456,6 +456,14 @@ pub struct DomainListSection {
     pub age_from: AgeFrom,
     /// How often the file is checked for changes.
     pub check_interval: Duration,
+    /// `check_schedule`: how often the background partner check runs (issue 15 item 3, T7);
+    /// `None` (`""`, the default): never.
+    pub check_schedule: Option<Duration>,
+    /// `url`: where the list is fetched from (T10, issue 15 item 5); HTTPS only, with a path;
+    /// `None`: the file is maintained by hand.
+    pub url: Option<String>,
+    /// `fetch_interval`: how often `url` is fetched (default 1 hour).
+    pub fetch_interval: Duration,
 }
 
 /// `[queue]`: the queue store.
@@ -794,6 +802,39 @@ impl Checker<'_> {
     fn domain(&self, key: &str, value: &str) -> Result<Domain, ConfigError> {
         Domain::parse(value).map_err(|e| self.err(key, format!("{value:?} is not a domain: {e}")))
     }
+}
+
+/// `domain_list.url` (T10, issue 15 item 5): an `https:` URL with a host and a path to the
+/// list; the fetched list is saved to `domain_list.path`, which must therefore be set. Plain
+/// `http:` is refused: anyone on the path could shorten the list and turn tvungen TLS off.
+fn list_url(c: &Checker<'_>, text: &str, has_path: bool) -> Result<String, ConfigError> {
+    const KEY: &str = "domain_list.url";
+    let url = reqwest::Url::parse(text.trim())
+        .map_err(|e| c.err(KEY, format!("{text:?} is not a URL: {e}")))?;
+    if url.scheme() != "https" {
+        return Err(c.err(
+            KEY,
+            format!(
+                "{text:?}: only https: URLs are fetched (the list decides where TLS is                  mandatory, so it must come over validated TLS)"
+            ),
+        ));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(c.err(KEY, format!("{text:?} names no host")));
+    }
+    if url.path().trim_matches('/').is_empty() {
+        return Err(c.err(
+            KEY,
+            format!("{text:?} has no path: give the list's own address, e.g. https://host/tvungen-tls.csv"),
+        ));
+    }
+    if !has_path {
+        return Err(c.err(
+            KEY,
+            "needs domain_list.path: the fetched list is saved there and loaded from there",
+        ));
+    }
+    Ok(url.to_string())
 }
 
 /// Validates `raw` and reports every error found, not only the first (issue 14 item 1:
@@ -1187,6 +1228,7 @@ fn validate_all(c: &Checker<'_>, raw: raw::RawConfig) -> Result<Config, ConfigEr
     );
 
     let dl = raw.domain_list.unwrap_or_default();
+    let has_list_path = dl.path.is_some();
     let domain_list = DomainListSection {
         path: dl.path.map(resolve),
         max_age_days: dl.max_age_days.unwrap_or(92),
@@ -1204,6 +1246,20 @@ fn validate_all(c: &Checker<'_>, raw: raw::RawConfig) -> Result<Config, ConfigEr
         check_interval: c.soft_duration(
             "domain_list.check_interval",
             dl.check_interval.as_deref().unwrap_or("30s"),
+        ),
+        // Issue 15 item 3: off unless asked for; any humantime duration, seconds included
+        // (the tests run it every second).
+        check_schedule: match dl.check_schedule.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(text) => c.ok(c.duration("domain_list.check_schedule", text)),
+        },
+        url: dl
+            .url
+            .as_deref()
+            .and_then(|u| c.ok(list_url(c, u, has_list_path))),
+        fetch_interval: c.soft_duration(
+            "domain_list.fetch_interval",
+            dl.fetch_interval.as_deref().unwrap_or("1h"),
         ),
     };
     if domain_list.max_age_days == 0 {

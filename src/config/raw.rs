@@ -146,6 +146,9 @@ pub(super) struct RawDomainList {
     pub max_age_days: Option<u32>,
     pub age_from: Option<String>,
     pub check_interval: Option<String>,
+    pub check_schedule: Option<String>,
+    pub url: Option<String>,
+    pub fetch_interval: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -403,9 +403,22 @@ fn table(config: &Config) -> Table {
             ),
         ),
         ("check_interval", duration(domain_list.check_interval)),
+        (
+            "check_schedule",
+            Value::String(
+                domain_list
+                    .check_schedule
+                    .map(|d| humantime::format_duration(d).to_string())
+                    .unwrap_or_default(),
+            ),
+        ),
+        ("fetch_interval", duration(domain_list.fetch_interval)),
     ];
     if let Some(p) = &domain_list.path {
         l.push(("path", path(p)));
+    }
+    if let Some(url) = &domain_list.url {
+        l.push(("url", Value::String(url.clone())));
     }
     t.insert("domain_list".into(), section(l));
 

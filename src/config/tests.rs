@@ -335,3 +335,53 @@ fn queue_encryption_key() {
         other => panic!("{other:?}"),
     }
 }
+
+/// Issue 15 items 3 and 5: partner monitoring is off and no URL is fetched unless asked for;
+/// a URL is fetched hourly by default.
+#[test]
+fn domain_list_monitoring_and_fetching_are_off_by_default() {
+    let c = Config::from_toml(MINIMAL, "t.toml").unwrap();
+    assert_eq!(c.domain_list.check_schedule, None);
+    assert_eq!(c.domain_list.url, None);
+    assert_eq!(c.domain_list.fetch_interval, Duration::from_secs(3600));
+    let text = format!(
+        "{MINIMAL}[domain_list]\npath = \"list.csv\"\ncheck_schedule = \"6h\"\n\
+         url = \"https://lists.example.no/tvungen-tls.csv\"\n"
+    );
+    let c = Config::from_toml(&text, "/etc/tlsgate/t.toml").unwrap();
+    assert_eq!(
+        c.domain_list.check_schedule,
+        Some(Duration::from_secs(6 * 3600))
+    );
+    assert_eq!(
+        c.domain_list.url.as_deref(),
+        Some("https://lists.example.no/tvungen-tls.csv")
+    );
+    let empty = format!("{MINIMAL}[domain_list]\ncheck_schedule = \"\"\n");
+    let c = Config::from_toml(&empty, "t.toml").unwrap();
+    assert_eq!(c.domain_list.check_schedule, None, "\"\" is off");
+}
+
+/// T10, issue 15 item 5: the list comes over HTTPS or not at all, from the list's own address,
+/// into a file; a bad schedule is named by its key.
+#[test]
+fn domain_list_url_and_schedule_are_checked() {
+    let with = |keys: &str| format!("{MINIMAL}[domain_list]\n{keys}\n");
+    let (key, reason) = invalid(&with(
+        "path = \"l.csv\"\nurl = \"http://lists.example.no/l.csv\"",
+    ));
+    assert_eq!(key, "domain_list.url");
+    assert!(reason.contains("only https"), "{reason}");
+    let (key, reason) = invalid(&with(
+        "path = \"l.csv\"\nurl = \"https://lists.example.no/\"",
+    ));
+    assert_eq!(key, "domain_list.url");
+    assert!(reason.contains("no path"), "{reason}");
+    let (key, reason) = invalid(&with("url = \"https://lists.example.no/l.csv\""));
+    assert_eq!(key, "domain_list.url");
+    assert!(reason.contains("domain_list.path"), "{reason}");
+    let (key, _) = invalid(&with("check_schedule = \"often\""));
+    assert_eq!(key, "domain_list.check_schedule");
+    let (key, _) = invalid(&with("fetch_interval = \"0s\""));
+    assert_eq!(key, "domain_list.fetch_interval");
+}

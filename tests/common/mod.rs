@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod dns;
+pub mod https;
 pub mod mx_sink;
 pub mod relay;
 
@@ -386,6 +387,7 @@ impl SmtpClient {
             .expect("connect timed out")
             .expect("connect");
         let mut c = SmtpClient {
+            handshake_kind: None,
             io: None,
             tcp: Some(tcp),
             buf: Vec::new(),
