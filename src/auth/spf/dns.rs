@@ -121,8 +121,14 @@ pub fn reverse_name(ip: IpAddr) -> String {
     }
 }
 
+/// A name from an answer (MX exchange, PTR target) as SPF uses it: its labels joined by
+/// dots as they are (`to_ascii` would escape characters such as `:` or space), no trailing
+/// dot; the root is "".
 fn host(name: &Name) -> String {
-    name.to_ascii().trim_end_matches('.').to_string()
+    name.iter()
+        .map(String::from_utf8_lossy)
+        .collect::<Vec<_>>()
+        .join(".")
 }
 
 impl SpfDns for HickorySpfDns {
