@@ -6,6 +6,8 @@
 # Outside programs the tests use:
 #   python3 + dkimpy  tests/auth_interop.rs (an independent DKIM signer, D4) and
 #                     tests/peers/old_tls_smtp.py (a TLS 1.0/1.1-only OpenSSL peer)
+#   python3 + PyYAML  tests/spf_suite.rs (the RFC 7208 test suite, downloaded with pip
+#                     from pyspf's source distribution into target/rfc7208-suite)
 #   promtool          tests/deploy_files.rs (alert rules checked and unit-tested)
 #   nmap              tests/open_relay_scan.rs (the smtp-open-relay audit script)
 #   unbound           tests/dnssec.rs (a validating resolver on loopback, dns.dnssec = "resolver")
@@ -29,6 +31,11 @@ command -v python3 >/dev/null || apt_install python3 python3-pip
 if ! python3 -c "import dkim" 2>/dev/null; then
   python3 -m pip install -q dkimpy >/dev/null 2>&1 \
     || python3 -m pip install -q --break-system-packages dkimpy >/dev/null
+fi
+# tests/spf_suite.rs reads the RFC 7208 suite's YAML (fetched with pip at test time).
+if ! python3 -c "import yaml" 2>/dev/null; then
+  python3 -m pip install -q pyyaml >/dev/null 2>&1 \
+    || python3 -m pip install -q --break-system-packages pyyaml >/dev/null
 fi
 command -v promtool >/dev/null || apt_install prometheus || echo "scripts/test.sh: promtool not installed; tests/deploy_files.rs checks the rules structurally only" >&2
 command -v nmap >/dev/null || apt_install nmap

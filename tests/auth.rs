@@ -628,8 +628,11 @@ async fn silent_dns_cannot_hold_the_check() {
     assert_eq!(out.dkim.len(), 1);
     assert_eq!(out.dkim[0].result, AuthResult::TempError);
     assert_eq!(out.dmarc.result, AuthResult::TempError);
+    // SPF's own per-query bound (a third of the 700 ms budget, issue 17 item 2) ends its
+    // lookup before the check's deadline, and the comment names the lookup.
     assert!(
-        out.header.contains("spf=temperror (timeout)"),
+        out.header
+            .contains("spf=temperror (DNS lookup of example.org failed: timeout)"),
         "{}",
         out.header
     );

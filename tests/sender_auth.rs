@@ -130,3 +130,58 @@ async fn outbound_mail_is_dkim_signed_and_verifies() {
     assert_eq!(outcome.dkim.len(), 1, "{outcome:?}");
     assert_eq!(outcome.dkim[0].result.as_str(), "pass", "{outcome:?}");
 }
+
+/// Sends one message from `sender` over SMTP and returns the reply to the end of DATA and how
+/// long it took.
+async fn timed_send(s: &Setup, sender: &str) -> (common::Reply, Duration) {
+    let mut client = SmtpClient::connect_greeted(s.relay.inbound()).await;
+    client.ehlo("mail.example.org").await;
+    let started = std::time::Instant::now();
+    let reply = client
+        .send_mail(
+            sender,
+            &["ola@example.no"],
+            &format!("From: <{sender}>\r\nSubject: slow dns\r\n\r\nhei\r\n"),
+        )
+        .await;
+    (reply, started.elapsed())
+}
+
+/// Issue 17 item 2, RFC 7208 6.2: an `exp=` lookup that is never answered does not change
+/// the result: `spf=fail`, and the reply comes after one query's bound (3 s), well under the
+/// check's 10 s budget.
+#[tokio::test]
+async fn unanswered_exp_lookup_still_fails_quickly() {
+    let s = setup("", "").await;
+    s.dns.add_txt(
+        "slowexp.test",
+        "v=spf1 ip4:192.0.2.1 -all exp=why.slowexp.test",
+    );
+    s.dns.silent("why.slowexp.test");
+    let (reply, took) = timed_send(&s, "kari@slowexp.test").await;
+    assert_eq!(reply.code, 250, "{}", reply.text());
+    assert!(
+        took < Duration::from_secs(7),
+        "one query's bound, not the whole budget: {took:?}"
+    );
+    let got = s.next_hop.wait_for_messages(1, WAIT).await;
+    let text = String::from_utf8_lossy(&got[0].data);
+    assert!(text.contains("spf=fail"), "{text}");
+}
+
+/// Issue 17 item 2, RFC 7208 4.4: the record lookup itself unanswered is `temperror`, given
+/// after the query's own bound, within the check's budget.
+#[tokio::test]
+async fn unanswered_record_lookup_is_temperror_within_the_budget() {
+    let s = setup("", "").await;
+    s.dns.silent("slowrecord.test");
+    let (reply, took) = timed_send(&s, "kari@slowrecord.test").await;
+    assert_eq!(reply.code, 250, "{}", reply.text());
+    assert!(
+        took < Duration::from_secs(9),
+        "within the 10 s budget: {took:?}"
+    );
+    let got = s.next_hop.wait_for_messages(1, WAIT).await;
+    let text = String::from_utf8_lossy(&got[0].data);
+    assert!(text.contains("spf=temperror"), "{text}");
+}

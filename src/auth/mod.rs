@@ -13,6 +13,9 @@
 //! `dns.nameservers`, shared with delivery); hickory caches answers for their TTL and SPF,
 //! DKIM and ARC run concurrently. The whole check is bounded by one deadline: whatever has not
 //! finished by then is recorded as `temperror`, so a slow DNS server cannot hold a session.
+//! SPF is our own ([`spf`], RFC 7208 as its test suite checks it); each of its queries has a
+//! bound of its own well under the deadline ([`spf::QUERY_TIMEOUT`], issue 17 item 2), and
+//! DMARC is fed its result.
 //!
 //! Configuration (parsed by `config`; see config/tlsgate.example.toml), with the defaults:
 //!
@@ -34,6 +37,7 @@
 
 mod header;
 mod sign;
+pub mod spf;
 mod strip;
 
 pub use sign::{DkimAlgorithm, OutboundSigner, SignerError, DEFAULT_SIGNED_HEADERS};
@@ -48,7 +52,6 @@ use mail_auth::dkim::Signature;
 use mail_auth::dmarc::verify::DmarcParameters;
 use mail_auth::dmarc::Policy;
 use mail_auth::hickory_resolver::TokioResolver;
-use mail_auth::spf::verify::SpfParameters;
 use mail_auth::{
     AuthenticatedMessage, DkimOutput, DkimResult, DmarcOutput, DmarcResult, MessageAuthenticator,
     SpfOutput, SpfResult,
@@ -363,6 +366,8 @@ pub struct VerifierError(DnsError);
 /// crate, bounded by a timeout, and the policy that turns results into an action.
 pub struct Verifier {
     auth: MessageAuthenticator,
+    /// SPF's DNS: the authenticator's resolver, each query bounded (issue 17 item 2).
+    spf_dns: spf::HickorySpfDns,
     authserv_id: String,
     timeout: Duration,
     policy: AuthPolicy,
@@ -372,14 +377,15 @@ impl Verifier {
     /// A verifier with a resolver of its own on `nameservers` (UDP and TCP, each on its own
     /// port; empty: the system configuration), for tools and tests; the relay shares its one
     /// resolver ([`Verifier::with_resolver`]). `timeout` bounds a whole [`Verifier::check`]; a
-    /// single DNS query gets at most half of it (two attempts).
+    /// single DNS query try gets a third of it, at most [`crate::dns::QUERY_TIMEOUT`].
     pub fn new(
         nameservers: &[SocketAddr],
         authserv_id: impl Into<String>,
         timeout: Duration,
         policy: AuthPolicy,
     ) -> Result<Verifier, VerifierError> {
-        let query_timeout = (timeout / 2).clamp(Duration::from_millis(100), Duration::from_secs(5));
+        let query_timeout =
+            (timeout / 3).clamp(Duration::from_millis(100), crate::dns::QUERY_TIMEOUT);
         let resolver = HickoryResolver::new(nameservers, query_timeout).map_err(VerifierError)?;
         Ok(Self::with_resolver(
             resolver.tokio_resolver(),
@@ -401,15 +407,19 @@ impl Verifier {
         Self::from_authenticator(MessageAuthenticator(resolver), authserv_id, timeout, policy)
     }
 
-    /// A verifier on an existing `mail-auth` authenticator (the other constructors end here).
+    /// A verifier on an existing `mail-auth` authenticator (the other constructors end here);
+    /// SPF asks the authenticator's resolver, each query bounded by [`spf::QUERY_TIMEOUT`] or
+    /// a third of `timeout`, whichever is shorter.
     pub fn from_authenticator(
         auth: MessageAuthenticator,
         authserv_id: impl Into<String>,
         timeout: Duration,
         policy: AuthPolicy,
     ) -> Verifier {
+        let spf_dns = spf::HickorySpfDns::new(auth.0.clone(), spf::QUERY_TIMEOUT.min(timeout / 3));
         Verifier {
             auth,
+            spf_dns,
             authserv_id: authserv_id.into(),
             timeout,
             policy,
@@ -445,23 +455,17 @@ impl Verifier {
             ),
             None => (SpfIdentity::Helo(helo.to_string()), helo),
         };
-        let spf_params = match sender {
-            Some(s) => SpfParameters::verify_mail_from(input.client_ip, helo, &self.authserv_id, s),
-            None => SpfParameters::verify_ehlo(input.client_ip, helo, &self.authserv_id),
-        };
         let parsed = AuthenticatedMessage::parse(input.message);
 
-        // A HELO that is no domain (an address literal, nothing) has no SPF record to ask for.
-        let no_spf_domain = spf_domain.is_empty()
-            || spf_domain.starts_with('[')
-            || spf_domain.parse::<IpAddr>().is_ok();
-        let spf_fut = async {
-            if no_spf_domain {
-                Ok(SpfOutput::new(String::new()).with_result(SpfResult::None))
-            } else {
-                timeout_at(deadline, self.auth.verify_spf(spf_params)).await
-            }
+        // RFC 7208 4.3: a HELO that is no domain (an address literal, nothing) gets `none`
+        // from check_host() without a lookup.
+        let request = spf::SpfRequest {
+            ip: input.client_ip,
+            helo,
+            sender,
+            receiver: &self.authserv_id,
         };
+        let spf_fut = timeout_at(deadline, spf::check_host(&self.spf_dns, request));
         let dkim_fut = async {
             match &parsed {
                 Some(m) => Some(timeout_at(deadline, self.auth.verify_dkim(m)).await),
@@ -478,9 +482,15 @@ impl Verifier {
 
         let spf_timed_out = spf_out.is_err();
         timed_out |= spf_timed_out;
-        let spf_out = spf_out.unwrap_or_else(|_| {
-            SpfOutput::new(spf_domain.to_ascii_lowercase()).with_result(SpfResult::TempError)
+        let spf_verdict = spf_out.unwrap_or_else(|_| spf::SpfVerdict {
+            result: AuthResult::TempError,
+            domain: spf_domain.to_ascii_lowercase(),
+            explanation: None,
+            problem: Some("timeout".into()),
         });
+        // DMARC (RFC 7489 4.2) takes the SPF result in mail-auth's form.
+        let spf_out = SpfOutput::new(spf_verdict.domain.clone())
+            .with_result(mail_auth_spf_result(spf_verdict.result));
         let dkim_out: Vec<DkimOutput<'_>> = match (dkim_out, &parsed) {
             (Some(Ok(out)), _) => out,
             (Some(Err(_)), Some(m)) => {
@@ -542,13 +552,13 @@ impl Verifier {
         };
 
         let spf = SpfCheck {
-            result: spf_result(spf_out.result()),
+            result: spf_verdict.result,
             identity,
-            domain: spf_out.domain().to_string(),
+            domain: spf_verdict.domain,
             reason: if spf_timed_out {
                 Some("timeout".into())
             } else {
-                spf_out.explanation().map(str::to_string)
+                spf_verdict.explanation.or(spf_verdict.problem)
             },
         };
         let dkim: Vec<DkimCheck> = dkim_out.iter().map(dkim_check).collect();
@@ -600,15 +610,16 @@ fn timeout_error() -> mail_auth::Error {
     mail_auth::Error::Dns(mail_auth::DnsError::Resolver("timeout".into()))
 }
 
-fn spf_result(r: SpfResult) -> AuthResult {
+/// Our SPF result in mail-auth's type, for its DMARC evaluation.
+fn mail_auth_spf_result(r: AuthResult) -> SpfResult {
     match r {
-        SpfResult::Pass => AuthResult::Pass,
-        SpfResult::Fail => AuthResult::Fail,
-        SpfResult::SoftFail => AuthResult::SoftFail,
-        SpfResult::Neutral => AuthResult::Neutral,
-        SpfResult::TempError => AuthResult::TempError,
-        SpfResult::PermError => AuthResult::PermError,
-        SpfResult::None => AuthResult::None,
+        AuthResult::Pass => SpfResult::Pass,
+        AuthResult::Fail => SpfResult::Fail,
+        AuthResult::SoftFail => SpfResult::SoftFail,
+        AuthResult::Neutral => SpfResult::Neutral,
+        AuthResult::TempError => SpfResult::TempError,
+        AuthResult::PermError => SpfResult::PermError,
+        AuthResult::None => SpfResult::None,
     }
 }
 

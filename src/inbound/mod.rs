@@ -4,6 +4,8 @@
 //! and backs off on accept errors, one task per connection, and one cancellation token that
 //! tells all of them to stop.
 
+#[doc(hidden)]
+pub mod client_override;
 pub mod connection;
 pub mod limits;
 pub mod received;
@@ -17,6 +19,7 @@ use crate::policy::domain_list::DomainListHandle;
 use crate::queue::Committer;
 use limits::{ConnectionLimiter, LimitExceeded};
 use session::Session;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
@@ -102,6 +105,9 @@ pub async fn accept_loop(
             }
         };
         let _ = socket.set_nodelay(true);
+        // Issue 17 item 3: from here on an IPv4 client is an IPv4 client, on a dual-stack
+        // socket too (per-IP limits, relay_networks, SPF, Received:, logs, audit, metrics).
+        let peer = canonical_peer(peer);
         let permit = match ctx.limiter.try_acquire(peer.ip()) {
             Ok(permit) => permit,
             Err(exceeded) => {
@@ -126,6 +132,19 @@ pub async fn accept_loop(
     }
 }
 
+/// The peer address in the form every check uses: an IPv4-mapped IPv6 address
+/// (`::ffff:a.b.c.d`, what an IPv4 client looks like on a dual-stack `[::]` socket, RFC 4291
+/// 2.5.5.2) becomes the IPv4 address `a.b.c.d`; other addresses are unchanged.
+pub fn canonical_peer(peer: SocketAddr) -> SocketAddr {
+    match peer {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(v4.into(), v6.port()),
+            None => peer,
+        },
+        v4 => v4,
+    }
+}
+
 /// Tells a client over a connection limit why it is turned away (RFC 5321 3.1: 421).
 async fn refuse(mut socket: TcpStream, exceeded: LimitExceeded) {
     let text: &[u8] = match exceeded {
@@ -137,4 +156,20 @@ async fn refuse(mut socket: TcpStream, exceeded: LimitExceeded) {
         socket.shutdown().await
     })
     .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::canonical_peer;
+
+    #[test]
+    fn ipv4_mapped_peers_become_ipv4() {
+        // RFC 4291 2.5.5.2: ::ffff:a.b.c.d is the IPv4 client a.b.c.d.
+        let mapped = "[::ffff:192.0.2.7]:4711".parse().unwrap();
+        assert_eq!(canonical_peer(mapped), "192.0.2.7:4711".parse().unwrap());
+        for same in ["[2001:db8::1]:25", "[::1]:25", "127.0.0.1:25"] {
+            let addr = same.parse().unwrap();
+            assert_eq!(canonical_peer(addr), addr);
+        }
+    }
 }

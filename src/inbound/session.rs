@@ -516,7 +516,7 @@ impl Session {
                 };
                 let outcome = verifier
                     .check(crate::auth::CheckInput {
-                        client_ip: self.peer.ip(),
+                        client_ip: crate::inbound::client_override::auth_client_ip(self.peer),
                         helo: self.helo.as_deref().unwrap_or(""),
                         mail_from: sender.as_deref(),
                         message: &body,

@@ -62,6 +62,11 @@ struct Zone {
     records: HashMap<(String, RecordType), Vec<RData>>,
     /// Names that answer SERVFAIL (a broken or unreachable authority).
     servfail: HashSet<String>,
+    /// Names where a query for a type without records gets no answer at all (an unreachable
+    /// authority; the RFC 7208 suite's `TIMEOUT`).
+    silent: HashSet<String>,
+    /// Names that exist without any record (NODATA for every type, not NXDOMAIN).
+    empty: HashSet<String>,
     /// Names that answer SERVFAIL with an extended DNS error (RFC 8914): (info-code, text).
     servfail_ede: HashMap<String, (u16, String)>,
     /// `SignedDns`: the zones by apex (`key()` form, "" for the root). Empty: the flat,
@@ -117,6 +122,27 @@ fn name_of(key: &str) -> Name {
     } else {
         Name::from_ascii(format!("{key}.")).expect("a DNS name")
     }
+}
+
+/// The zone key of a name from the wire: its labels as they are (`to_ascii` would escape
+/// spaces and other characters the SPF suite puts in names), lower case.
+fn raw_key(name: &Name) -> String {
+    name.iter()
+        .map(|label| String::from_utf8_lossy(label).to_ascii_lowercase())
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+/// `name` (trailing dot optional, "" for the root) as a DNS name whose labels are taken as
+/// they are: the SPF suite's targets hold characters such as `:` and `/`.
+fn target_name(name: &str) -> Name {
+    let name = name.trim_end_matches('.');
+    if name.is_empty() {
+        return Name::root();
+    }
+    let mut n = Name::from_labels(name.split('.').map(str::as_bytes)).expect("a DNS name");
+    n.set_fqdn(true);
+    n
 }
 
 /// A UDP socket and a TCP listener on the same free port of 127.0.0.1 (DNS answers on both).
@@ -217,7 +243,7 @@ impl TestDns {
     }
 
     pub fn add_mx(&self, domain: &str, preference: u16, exchange: &str) {
-        let exchange = Name::from_ascii(format!("{}.", exchange.trim_end_matches('.'))).unwrap();
+        let exchange = target_name(exchange);
         self.add(domain, RData::MX(MX::new(preference, exchange)));
     }
 
@@ -248,8 +274,55 @@ impl TestDns {
 
     /// A CNAME at `name` pointing to `target`.
     pub fn add_cname(&self, name: &str, target: &str) {
-        let target = Name::from_ascii(format!("{}.", target.trim_end_matches('.'))).unwrap();
-        self.add(name, RData::CNAME(CNAME(target)));
+        self.add(name, RData::CNAME(CNAME(target_name(target))));
+    }
+
+    /// A TXT record of raw character-strings (any bytes: the SPF suite serves records with
+    /// control characters and non-ASCII bytes); no strings at all is legal too.
+    pub fn add_txt_strings(&self, name: &str, strings: &[Vec<u8>]) {
+        self.add(
+            name,
+            RData::TXT(TXT::from_bytes(strings.iter().map(Vec::as_slice).collect())),
+        );
+    }
+
+    /// An SPF record (RR type 99, RFC 4408 3.1.1; RFC 7208 3.1 no longer queries it).
+    pub fn add_spf_rr(&self, name: &str, strings: &[Vec<u8>]) {
+        let mut wire = Vec::new();
+        for s in strings {
+            wire.push(s.len().min(255) as u8);
+            wire.extend_from_slice(&s[..s.len().min(255)]);
+        }
+        if wire.is_empty() {
+            // No character-strings: hickory has no empty unknown RDATA; nothing to serve.
+            return;
+        }
+        self.add(
+            name,
+            RData::Unknown {
+                code: RecordType::Unknown(99),
+                rdata: hickory_proto::rr::rdata::NULL::with(wire),
+            },
+        );
+    }
+
+    /// A PTR record at `name` (e.g. `4.3.2.1.in-addr.arpa`) pointing to `target`.
+    pub fn add_ptr(&self, name: &str, target: &str) {
+        self.add(
+            name,
+            RData::PTR(hickory_proto::rr::rdata::PTR(target_name(target))),
+        );
+    }
+
+    /// `name` exists (NODATA for types it has no records of, never NXDOMAIN).
+    pub fn add_empty(&self, name: &str) {
+        self.zone.lock().unwrap().empty.insert(key(name));
+    }
+
+    /// Queries for `name` of a type it has no records of get no reply at all, over UDP and
+    /// TCP: the client's own timeout decides (an unreachable or very slow authority).
+    pub fn silent(&self, name: &str) {
+        self.zone.lock().unwrap().silent.insert(key(name));
     }
 
     pub fn servfail(&self, name: &str) {
@@ -445,7 +518,7 @@ impl SignedDns {
 fn answer(zone: &Mutex<Zone>, query: &[u8], udp: bool) -> Option<Vec<u8>> {
     let request = Message::from_vec(query).ok()?;
     let question = request.queries.first()?.clone();
-    let name = key(&question.name().to_ascii());
+    let name = raw_key(question.name());
     let zone = zone.lock().unwrap();
     let mut response = Message::new(request.metadata.id, MessageType::Response, OpCode::Query);
     response.metadata.recursion_desired = request.metadata.recursion_desired;
@@ -470,6 +543,13 @@ fn answer(zone: &Mutex<Zone>, query: &[u8], udp: bool) -> Option<Vec<u8>> {
     if zone.servfail.contains(&name) {
         response.metadata.response_code = ResponseCode::ServFail;
         return response.to_vec().ok();
+    }
+    if zone.silent.contains(&name)
+        && !zone
+            .records
+            .contains_key(&(name.clone(), question.query_type()))
+    {
+        return None;
     }
     if zone.zones.is_empty() {
         flat_answer(&zone, &name, &question, &mut response);
@@ -518,18 +598,34 @@ fn flat_answer(
     question: &hickory_proto::op::Query,
     response: &mut Message,
 ) {
-    let exists = zone.records.keys().any(|(n, _)| *n == name);
-    if !exists {
-        response.metadata.response_code = ResponseCode::NXDomain;
-        return;
-    }
-    if let Some(datas) = zone.records.get(&(name.to_string(), question.query_type())) {
-        for data in datas {
-            response.add_answer(Record::from_rdata(
-                question.name().clone(),
-                TTL,
-                data.clone(),
-            ));
+    // CNAME chains are followed (bounded, loops included) as a recursive resolver returns
+    // them (RFC 1034 3.6.2).
+    let mut name = name.to_string();
+    let mut owner = question.name().clone();
+    for _ in 0..8 {
+        let exists = zone.empty.contains(&name) || zone.records.keys().any(|(n, _)| *n == name);
+        if !exists {
+            response.metadata.response_code = ResponseCode::NXDomain;
+            return;
+        }
+        if let Some(datas) = zone.records.get(&(name.clone(), question.query_type())) {
+            for data in datas {
+                response.add_answer(Record::from_rdata(owner.clone(), TTL, data.clone()));
+            }
+            return;
+        }
+        let cname = zone.records.get(&(name.clone(), RecordType::CNAME));
+        match cname.and_then(|c| c.first()) {
+            Some(RData::CNAME(target)) if question.query_type() != RecordType::CNAME => {
+                response.add_answer(Record::from_rdata(
+                    owner.clone(),
+                    TTL,
+                    RData::CNAME(target.clone()),
+                ));
+                owner = target.0.clone();
+                name = raw_key(&target.0);
+            }
+            _ => return,
         }
     }
 }

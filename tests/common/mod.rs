@@ -405,6 +405,15 @@ impl SmtpClient {
         c
     }
 
+    /// The client socket's own address (the relay's view of the peer), before STARTTLS.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.tcp
+            .as_ref()
+            .expect("a plaintext connection")
+            .local_addr()
+            .expect("local address")
+    }
+
     fn io(&mut self) -> &mut (dyn Io + '_) {
         if let Some(io) = self.io.as_mut() {
             return io.as_mut();

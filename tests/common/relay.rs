@@ -109,6 +109,22 @@ pub async fn setup_next_hop(
     .await
 }
 
+/// As [`setup`], with the inbound and outbound listeners bound to `inbound_bind` and
+/// `outbound_bind` (e.g. `"[::]:0"`: a dual-stack socket) instead of `127.0.0.1:0`.
+pub async fn setup_binds(inbound_bind: &str, outbound_bind: &str, extra: &str) -> Setup {
+    setup_on_dns_binds(
+        TestDns::start().await,
+        "",
+        "",
+        "",
+        extra,
+        None,
+        "may",
+        (inbound_bind, outbound_bind),
+    )
+    .await
+}
+
 async fn setup_on_dns(
     dns: TestDns,
     dns_keys: &str,
@@ -117,6 +133,30 @@ async fn setup_on_dns(
     extra: &str,
     next_hop_host: Option<&str>,
     next_hop_tls: &str,
+) -> Setup {
+    setup_on_dns_binds(
+        dns,
+        dns_keys,
+        outbound,
+        delivery,
+        extra,
+        next_hop_host,
+        next_hop_tls,
+        ("127.0.0.1:0", "127.0.0.1:0"),
+    )
+    .await
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn setup_on_dns_binds(
+    dns: TestDns,
+    dns_keys: &str,
+    outbound: &str,
+    delivery: &str,
+    extra: &str,
+    next_hop_host: Option<&str>,
+    next_hop_tls: &str,
+    (inbound_bind, outbound_bind): (&str, &str),
 ) -> Setup {
     let mut next_hop = None;
     for _ in 0..200 {
@@ -146,11 +186,11 @@ cert = "{cert}"
 key = "{key}"
 
 [[listener]]
-bind = "127.0.0.1:0"
+bind = "{inbound_bind}"
 role = "inbound"
 
 [[listener]]
-bind = "127.0.0.1:0"
+bind = "{outbound_bind}"
 role = "outbound"
 
 [inbound]
