@@ -4,6 +4,7 @@
 
 pub mod dns;
 pub mod mx_sink;
+pub mod process;
 pub mod relay;
 
 use rustls_pki_types::pem::PemObject;
