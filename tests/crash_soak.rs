@@ -510,19 +510,25 @@ async fn kill_during_a_bulk_delete_leaves_a_consistent_queue() {
         remaining.len()
     );
     assert!(
-        !out.ok || remaining.is_empty(),
-        "the delete reported success, yet {} messages remain",
-        remaining.len()
+        !out.ok,
+        "the delete finished before the kill (nothing tested): {}",
+        out.stdout
     );
-    // Every remaining message can be shown (its envelope and recipient states read back).
+    // Every remaining message can be shown: the listing above read each one's envelope and
+    // recipient states back; a sample also through `GET /queue/{id}` (which builds the whole
+    // listing per call, so all of them would be quadratic).
     for entry in &remaining {
+        assert_eq!(entry.recipients.len(), 1, "{entry:?}");
+        assert_eq!(entry.recipients[0].address, "stuck@hold.example.no");
+        assert_eq!(entry.recipients[0].status, "deferred", "{entry:?}");
+    }
+    let step = (remaining.len() / 20).max(1);
+    for entry in remaining.iter().step_by(step) {
         let (status, text) =
             tlsgate::admin::request(&config, "GET", &format!("/queue/{}", entry.id))
                 .await
                 .unwrap_or_else(|e| panic!("GET /queue/{}: {e}", entry.id));
         assert_eq!(status, 200, "GET /queue/{}: {text}", entry.id);
-        assert_eq!(entry.recipients.len(), 1, "{entry:?}");
-        assert_eq!(entry.recipients[0].address, "stuck@hold.example.no");
     }
     eprintln!("{:?}: every remaining message shown", queued.elapsed());
     // One of them through the CLI too, as an administrator would.
@@ -648,7 +654,8 @@ async fn kill_during_resealing_keeps_every_message_and_seals_them() {
     let queue_dir = bed.data_dir().join("queue");
     let mut kills = Vec::new();
     for round in 0..8 {
-        if log_tail(&bed.log).contains(sealed_line) {
+        let log = std::fs::read_to_string(&bed.log).unwrap_or_default();
+        if log.contains(sealed_line) {
             break;
         }
         let delay = Duration::from_millis(rng.range(20, 150) + 150 * round);
