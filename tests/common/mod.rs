@@ -5,6 +5,7 @@
 pub mod dns;
 pub mod https;
 pub mod mx_sink;
+pub mod process;
 pub mod relay;
 
 use rustls_pki_types::pem::PemObject;
