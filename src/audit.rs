@@ -245,6 +245,16 @@ pub enum AuditEvent {
         ok: bool,
         /// Why it was refused; `None` when `ok`.
         error: Option<String>,
+        /// SHA-256 (lowercase hex) of the list file now in force; absent when refused (and in
+        /// entries written before it was recorded).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sha256: Option<String>,
+        /// Every domain the reload added, in domain order (absent when none).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        added: Vec<String>,
+        /// Every domain the reload removed, in domain order (absent when none).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        removed: Vec<String>,
     },
     /// The configuration was reloaded (or a reload was refused).
     ConfigReload { ok: bool, error: Option<String> },

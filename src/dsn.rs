@@ -131,7 +131,7 @@ pub fn build(req: &DsnRequest<'_>) -> Option<NewMessage> {
          \r\n",
         host = req.reporting_mta,
     );
-    msg.push_str(&human_text(req).replace('\n', "\r\n"));
+    msg.push_str(&fit_lines(&human_text(req).replace('\n', "\r\n"), ""));
     let _ = write!(
         msg,
         "\r\n--{boundary}\r\n\
@@ -139,7 +139,7 @@ pub fn build(req: &DsnRequest<'_>) -> Option<NewMessage> {
          Content-Type: message/delivery-status\r\n\
          \r\n"
     );
-    msg.push_str(&delivery_status(req));
+    msg.push_str(&fit_lines(&delivery_status(req), " "));
 
     let mut body = msg.into_bytes();
     let mut body_type = BodyType::SevenBit;
@@ -251,13 +251,18 @@ fn human_text(req: &DsnRequest<'_>) -> String {
     }
     t.push('\n');
     for r in &req.recipients {
-        let _ = writeln!(t, "<{}>:", r.recipient.address);
+        let _ = writeln!(t, "<{}>:", one_line(&r.recipient.address));
         match &r.remote_mta {
             Some(host) => {
-                let _ = writeln!(t, "    host {host} said: {}", r.diagnostic);
+                let _ = writeln!(
+                    t,
+                    "    host {} said: {}",
+                    one_line(host),
+                    one_line(&r.diagnostic)
+                );
             }
             None => {
-                let _ = writeln!(t, "    {}", r.diagnostic);
+                let _ = writeln!(t, "    {}", one_line(&r.diagnostic));
             }
         }
     }
@@ -287,13 +292,18 @@ fn norwegian_text(req: &DsnRequest<'_>) -> String {
     });
     t.push('\n');
     for r in &req.recipients {
-        let _ = writeln!(t, "<{}>:", r.recipient.address);
+        let _ = writeln!(t, "<{}>:", one_line(&r.recipient.address));
         match &r.remote_mta {
             Some(host) => {
-                let _ = writeln!(t, "    tjeneren {host} svarte: {}", r.diagnostic);
+                let _ = writeln!(
+                    t,
+                    "    tjeneren {} svarte: {}",
+                    one_line(host),
+                    one_line(&r.diagnostic)
+                );
             }
             None => {
-                let _ = writeln!(t, "    {}", r.diagnostic);
+                let _ = writeln!(t, "    {}", one_line(&r.diagnostic));
             }
         }
     }
@@ -322,13 +332,22 @@ fn delivery_status(req: &DsnRequest<'_>) -> String {
     for r in &req.recipients {
         s.push_str("\r\n");
         if let Some((kind, addr)) = &r.recipient.orcpt {
-            let _ = write!(s, "Original-Recipient: {}; {}\r\n", kind, one_line(addr));
+            let _ = write!(
+                s,
+                "Original-Recipient: {}; {}\r\n",
+                one_line(kind),
+                one_line(addr)
+            );
         }
-        let _ = write!(s, "Final-Recipient: rfc822; {}\r\n", r.recipient.address);
+        let _ = write!(
+            s,
+            "Final-Recipient: rfc822; {}\r\n",
+            one_line(&r.recipient.address)
+        );
         let _ = write!(s, "Action: {}\r\n", req.kind.action());
         let _ = write!(s, "Status: {}\r\n", r.status);
         if let Some(host) = &r.remote_mta {
-            let _ = write!(s, "Remote-MTA: dns; {host}\r\n");
+            let _ = write!(s, "Remote-MTA: dns; {}\r\n", one_line(host));
             let _ = write!(s, "Diagnostic-Code: smtp; {}\r\n", one_line(&r.diagnostic));
         } else {
             let _ = write!(
@@ -351,7 +370,51 @@ fn delivery_status(req: &DsnRequest<'_>) -> String {
     s
 }
 
-/// Header field values must not break the report's structure.
+/// RFC 5322 2.1.1: a line is at most 998 octets without its CRLF.
+const MAX_LINE: usize = 998;
+
+/// Cuts every CRLF line of `text` longer than [`MAX_LINE`] octets. A remote reply, an address
+/// or an ORCPT is not bounded by tlsgate, and a longer line may be cut or refused on its way
+/// back to the sender. The cut prefers a space in the second half of the line; the line goes
+/// on after CRLF, prefixed by `continuation` when the cut was not at a space: `" "` folds a
+/// header field (RFC 5322 2.2.3; delivery-status fields, RFC 3464 2.1), `""` continues text.
+fn fit_lines(text: &str, continuation: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 16);
+    for (i, line) in text.split("\r\n").enumerate() {
+        if i > 0 {
+            out.push_str("\r\n");
+        }
+        let mut rest = line;
+        let mut room = MAX_LINE;
+        while rest.len() > room {
+            let mut cut = room;
+            while !rest.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            let at_space = match rest[..cut].rfind(' ') {
+                Some(space) if space > room / 2 => {
+                    cut = space;
+                    true
+                }
+                _ => false,
+            };
+            out.push_str(&rest[..cut]);
+            out.push_str("\r\n");
+            rest = &rest[cut..];
+            if at_space {
+                room = MAX_LINE;
+            } else {
+                out.push_str(continuation);
+                room = MAX_LINE - continuation.len();
+            }
+        }
+        out.push_str(rest);
+    }
+    out
+}
+
+/// Header field values must not break the report's structure: control characters (CR, LF,
+/// NUL, NEL …) become spaces, so a field cannot end early or inject another (RFC 3464 2.1).
 fn one_line(text: &str) -> String {
     text.chars()
         .map(|c| if c.is_control() { ' ' } else { c })

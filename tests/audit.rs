@@ -127,9 +127,15 @@ fn events_serialise_tagged_snake_case() {
         new: 12,
         ok: true,
         error: None,
+        sha256: Some("ab".repeat(32)),
+        added: vec!["bits.no".into()],
+        removed: Vec::new(),
     })
     .unwrap();
     assert_eq!(v["event"], "domain_list_reload");
+    assert_eq!(v["added"][0], "bits.no");
+    // Empty lists are left out, so entries keep their old shape when nothing was removed.
+    assert!(v.get("removed").is_none());
     let v = serde_json::to_value(AuditEvent::DsnSent {
         queue_id: "Q1".into(),
         dsn_id: "D1".into(),

@@ -8,6 +8,7 @@
 
 use crate::audit::{AuditEvent, AuditLog};
 use crate::config::DomainListSection;
+use crate::domain::Domain;
 use crate::metrics::Metrics;
 use crate::policy::domain_list::{DomainListHandle, ListError, Reloaded};
 use std::sync::Arc;
@@ -62,6 +63,7 @@ impl DomainListService {
             Some(path) => tracing::info!(
                 path = %path.display(),
                 domains = self.handle.current().len(),
+                sha256 = self.handle.sha256().as_deref().unwrap_or("-"),
                 "tvungen TLS domain list loaded"
             ),
             None => tracing::warn!(
@@ -97,6 +99,7 @@ impl DomainListService {
                 .unwrap_or_else(|_| {
                     Ok(Reloaded::Unchanged {
                         domains: self.handle.current().len(),
+                        sha256: self.handle.sha256(),
                     })
                 });
             let _ = self.record(result, Trigger::FileChanged);
@@ -107,29 +110,62 @@ impl DomainListService {
         }
     }
 
-    /// Logs, audits and counts one reload's result, and updates the gauges.
+    /// Logs, audits and counts one reload's result, and updates the gauges. A replaced list
+    /// is logged and audited with the SHA-256 of its file and the domains added and removed
+    /// (S1: which list was in force when, and what changed); the log line names at most
+    /// [`LOGGED_NAMES`] of each, the audit entry all of them.
     fn record(
         &self,
         result: Result<Reloaded, ListError>,
         trigger: Trigger,
     ) -> Result<Reloaded, ListError> {
         match &result {
-            Ok(Reloaded::Replaced { old, new }) => {
+            Ok(Reloaded::Replaced {
+                old,
+                new,
+                sha256,
+                added,
+                removed,
+            }) => {
+                let shown_added = capped_names(added);
+                let shown_removed = capped_names(removed);
                 match trigger {
-                    Trigger::Request => {
-                        tracing::info!(old, new, "tvungen TLS domain list reloaded")
-                    }
+                    Trigger::Request => tracing::info!(
+                        old,
+                        new,
+                        sha256 = %sha256,
+                        added = %shown_added,
+                        removed = %shown_removed,
+                        "tvungen TLS domain list reloaded"
+                    ),
                     Trigger::FileChanged => tracing::info!(
                         old,
                         new,
+                        sha256 = %sha256,
+                        added = %shown_added,
+                        removed = %shown_removed,
                         "tvungen TLS domain list changed on disk, reloaded"
                     ),
                 }
-                self.audit_reload(*old, *new, None);
+                crate::audit::submit(
+                    &self.audit,
+                    AuditEvent::DomainListReload {
+                        old: *old,
+                        new: *new,
+                        ok: true,
+                        error: None,
+                        sha256: Some(sha256.clone()),
+                        added: added.iter().map(|d| d.as_str().to_string()).collect(),
+                        removed: removed.iter().map(|d| d.as_str().to_string()).collect(),
+                    },
+                );
             }
-            Ok(Reloaded::Unchanged { .. }) => {
+            Ok(Reloaded::Unchanged { sha256, .. }) => {
                 if trigger == Trigger::Request {
-                    tracing::info!("tvungen TLS domain list unchanged");
+                    tracing::info!(
+                        sha256 = sha256.as_deref().unwrap_or("-"),
+                        "tvungen TLS domain list unchanged"
+                    );
                 }
             }
             Err(e) => {
@@ -141,21 +177,22 @@ impl DomainListService {
                         "changed domain list refused, the old list stays in force"),
                 }
                 let size = self.handle.current().len();
-                self.audit_reload(size, size, Some(e.to_string()));
+                crate::audit::submit(
+                    &self.audit,
+                    AuditEvent::DomainListReload {
+                        old: size,
+                        new: size,
+                        ok: false,
+                        error: Some(e.to_string()),
+                        sha256: None,
+                        added: Vec::new(),
+                        removed: Vec::new(),
+                    },
+                );
             }
         }
         self.update_gauges();
         result
-    }
-
-    fn audit_reload(&self, old: usize, new: usize, error: Option<String>) {
-        let event = AuditEvent::DomainListReload {
-            old,
-            new,
-            ok: error.is_none(),
-            error,
-        };
-        crate::audit::submit(&self.audit, event);
     }
 
     /// T10: the list must be updated at least quarterly.
@@ -186,5 +223,28 @@ impl DomainListService {
         {
             m.domain_list_age_seconds.set(age);
         }
+    }
+}
+
+/// How many added or removed domains one log line names; the rest are counted. A new list can
+/// differ in hundreds of domains, and one log line should stay readable (the audit entry has
+/// them all).
+pub const LOGGED_NAMES: usize = 20;
+
+/// `a.no, b.no, … and 5 more` (at most [`LOGGED_NAMES`] names), or `-` when there are none.
+pub fn capped_names(domains: &[Domain]) -> String {
+    if domains.is_empty() {
+        return "-".into();
+    }
+    let shown: Vec<&str> = domains
+        .iter()
+        .take(LOGGED_NAMES)
+        .map(|d| d.as_str())
+        .collect();
+    let more = domains.len().saturating_sub(LOGGED_NAMES);
+    if more > 0 {
+        format!("{} and {more} more", shown.join(", "))
+    } else {
+        shown.join(", ")
     }
 }

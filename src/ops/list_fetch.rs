@@ -235,8 +235,10 @@ impl ListFetcher {
                 cause: std::io::Error::other(e.to_string()),
             })??;
         if !changed {
+            let handle = self.service.handle();
             return Ok(Reloaded::Unchanged {
-                domains: self.service.handle().current().len(),
+                domains: handle.current().len(),
+                sha256: handle.sha256(),
             });
         }
         tracing::info!(url = %self.url, path = %self.path.display(),

@@ -1,19 +1,27 @@
 //! The *Domeneliste for Tvungen TLS* (T10): the published list of domains that mail must only
 //! reach over validated TLS.
 //!
-//! Accepted formats (design.md, "Domain list format"):
-//! * the Bits list as CSV, `;` or `,` separated, with or without its header row
+//! Accepted formats (design.md, "Domain list format"; issue 15 item 4):
+//! * the Bits list as CSV, `;`, `,` or tab separated, with or without its header row
 //!   `Selskapsnavn; Organisasjonsnummer; Domene med tvungen TLS; Dato innmeldt; Støtte for krav
-//!   5.2.4`; a domain cell may name several domains (separated by spaces, `,` or `;` inside
-//!   quotes);
-//! * one domain per line.
+//!   5.2.4` (names matched case- and accent-insensitively, other columns ignored); a domain
+//!   cell may name several domains (separated by spaces, `,` or `;` inside quotes);
+//! * the same table saved as `.xlsx`;
+//! * one domain per line;
+//! * as text in UTF-8 (with or without a byte order mark), UTF-16 with a byte order mark, or
+//!   Windows-1252 ([`super::list_file`] finds the cells, this module what they mean).
 //!
 //! Lines starting with `#` and empty lines are ignored. Names are normalised (case, trailing
 //! dot, IDNA → A-label). A file with any bad row is refused whole, with every bad line listed,
 //! so a damaged file can never silently shorten the list; the caller keeps the old list.
 
+use super::list_file::{self, FormatError, Row};
 use crate::domain::Domain;
+use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
+use std::io::Read;
+
+pub use super::list_file::MAX_LIST_BYTES;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
@@ -55,6 +63,10 @@ pub enum ListError {
     /// The file could not be read.
     #[error("{path}: cannot read: {reason}")]
     Read { path: String, reason: String },
+    /// The file is in no format the list can be read from (a damaged workbook, text that its
+    /// byte order mark does not describe).
+    #[error("{path}: {reason}")]
+    Format { path: String, reason: String },
     /// Some lines are bad; every bad line is reported (the message shows the first ten).
     #[error("{path}: {} bad line(s): {}", .errors.len(), format_errors(.errors))]
     Parse {
@@ -113,40 +125,57 @@ impl DomainList {
         self.domains.values().filter_map(|d| d.joined).max()
     }
 
-    /// Parses list text; `Err` lists every bad line.
+    /// Parses list text (already decoded; see [`DomainList::parse_bytes`] for files);
+    /// `Err` lists every bad line.
     pub fn parse(text: &str) -> Result<DomainList, Vec<LineError>> {
+        let rows = list_file::text_rows(text).map_err(|e| vec![format_line_error(e)])?;
+        DomainList::from_rows(&rows)
+    }
+
+    /// Parses a list file's bytes in any accepted format (`.xlsx`; CSV or one domain per line
+    /// in UTF-8, UTF-16 with a byte order mark, or Windows-1252: [`list_file::rows`]).
+    pub fn parse_bytes(bytes: &[u8]) -> Result<DomainList, Vec<LineError>> {
+        let rows = list_file::rows(bytes).map_err(|e| vec![format_line_error(e)])?;
+        DomainList::from_rows(&rows)
+    }
+
+    /// The list named by rows of cells. The first row that is not empty nor a `#` comment is
+    /// the header when it names a column (matched case- and accent-insensitively, see
+    /// [`fold`]); without a header the columns are in the published order, or a row with one
+    /// non-empty cell is one domain. Columns the list does not know are ignored.
+    fn from_rows(rows: &[Row]) -> Result<DomainList, Vec<LineError>> {
         let mut list = DomainList::default();
         let mut errors = Vec::new();
         let mut columns: Option<Columns> = None;
         let mut header_seen = false;
-        for (index, raw_line) in text.lines().enumerate() {
-            let line_no = index + 1;
-            let line = raw_line.trim_start_matches('\u{feff}').trim();
-            if line.is_empty() || line.starts_with('#') {
+        for row in rows {
+            let line_no = row.line;
+            let cells: Vec<&str> = row.cells.iter().map(|c| c.trim()).collect();
+            let filled: Vec<&str> = cells.iter().copied().filter(|c| !c.is_empty()).collect();
+            let Some(first) = filled.first() else {
+                continue;
+            };
+            if first.starts_with('#') {
                 continue;
             }
-            let separator = separator_of(line);
-            let cells = match separator {
-                Some(sep) => split_csv(line, sep),
-                None => vec![line.to_string()],
-            };
             if !header_seen && is_header(&cells) {
                 header_seen = true;
                 columns = Some(Columns::from_header(&cells));
                 continue;
             }
             header_seen = true;
-            let cols = columns.unwrap_or(if cells.len() == 1 {
-                Columns::single()
-            } else {
-                Columns::bits_order()
-            });
+            let single_domain = filled.len() == 1 && columns.is_none();
             let cell = |i: Option<usize>| {
                 i.and_then(|i| cells.get(i))
-                    .map(|s| s.trim().to_string())
+                    .map(|s| s.to_string())
                     .unwrap_or_default()
             };
-            let domain_cell = cell(Some(cols.domain));
+            let cols = columns.unwrap_or_else(Columns::bits_order);
+            let domain_cell = if single_domain {
+                first.to_string()
+            } else {
+                cell(Some(cols.domain))
+            };
             if domain_cell.is_empty() {
                 errors.push(LineError {
                     line: line_no,
@@ -154,7 +183,16 @@ impl DomainList {
                 });
                 continue;
             }
-            let joined_text = cell(cols.joined);
+            let (company, org_number, joined_text, supports_text) = if single_domain {
+                Default::default()
+            } else {
+                (
+                    cell(cols.company),
+                    cell(cols.org_number),
+                    cell(cols.joined),
+                    cell(cols.supports),
+                )
+            };
             let joined = if joined_text.is_empty() {
                 None
             } else {
@@ -169,7 +207,7 @@ impl DomainList {
                     }
                 }
             };
-            let supports = match cell(cols.supports).to_ascii_lowercase().as_str() {
+            let supports = match supports_text.to_lowercase().as_str() {
                 "ja" | "yes" | "j" | "y" | "true" => Some(true),
                 "nei" | "no" | "n" | "false" => Some(false),
                 _ => None,
@@ -184,8 +222,8 @@ impl DomainList {
                             domain.clone(),
                             ListedDomain {
                                 domain,
-                                company: cell(cols.company),
-                                org_number: cell(cols.org_number),
+                                company: company.clone(),
+                                org_number: org_number.clone(),
                                 joined,
                                 supports_5_2_4: supports,
                             },
@@ -209,25 +247,87 @@ impl DomainList {
         }
     }
 
-    /// Reads and parses a list file.
+    /// Reads and parses a list file (any accepted format, detected from its content).
     pub fn load(path: &Path) -> Result<DomainList, ListError> {
+        ListFile::load(path).map(|file| file.list)
+    }
+}
+
+/// A list file read whole: the list it names and the SHA-256 of its bytes (the evidence of
+/// which file was in force, for the audit log and the compliance report; S1, T7).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListFile {
+    /// The list the file names (never empty).
+    pub list: DomainList,
+    /// SHA-256 of the file's bytes, lowercase hex.
+    pub sha256: String,
+}
+
+impl ListFile {
+    /// Reads `path` (a regular file of at most [`MAX_LIST_BYTES`]) and parses it; refuses a
+    /// file with any bad row, or naming no domain.
+    pub fn load(path: &Path) -> Result<ListFile, ListError> {
         let shown = path.display().to_string();
-        let bytes = std::fs::read(path).map_err(|e| ListError::Read {
+        let bytes = read_bounded(path).map_err(|reason| ListError::Read {
+            path: shown.clone(),
+            reason,
+        })?;
+        let sha256 = sha256_hex(&bytes);
+        let rows = list_file::rows(&bytes).map_err(|e| ListError::Format {
             path: shown.clone(),
             reason: e.to_string(),
         })?;
-        let text = String::from_utf8(bytes).map_err(|_| ListError::Read {
-            path: shown.clone(),
-            reason: "not UTF-8 text".into(),
-        })?;
-        let list = DomainList::parse(&text).map_err(|errors| ListError::Parse {
+        let list = DomainList::from_rows(&rows).map_err(|errors| ListError::Parse {
             path: shown.clone(),
             errors,
         })?;
         if list.is_empty() {
             return Err(ListError::Empty { path: shown });
         }
-        Ok(list)
+        Ok(ListFile { list, sha256 })
+    }
+}
+
+/// Reads a whole regular file of at most [`MAX_LIST_BYTES`]. Not a regular file (a FIFO
+/// would block the reader forever, a directory cannot be read) and too large are refused.
+fn read_bounded(path: &Path) -> Result<Vec<u8>, String> {
+    let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    let meta = file.metadata().map_err(|e| e.to_string())?;
+    if !meta.is_file() {
+        return Err("not a regular file".into());
+    }
+    let too_large = || format!("larger than {MAX_LIST_BYTES} bytes: not a domain list");
+    if meta.len() > MAX_LIST_BYTES {
+        return Err(too_large());
+    }
+    let mut bytes = Vec::new();
+    // The file may grow after the size check: read at most one byte past the limit.
+    file.take(MAX_LIST_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| e.to_string())?;
+    if bytes.len() as u64 > MAX_LIST_BYTES {
+        return Err(too_large());
+    }
+    Ok(bytes)
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// A file-level format error reported as the line it happened on (line 1 when the whole file
+/// is unreadable), so every refusal names a place.
+fn format_line_error(e: FormatError) -> LineError {
+    let line = match &e {
+        FormatError::Csv { line, .. } => *line,
+        _ => 1,
+    };
+    LineError {
+        line,
+        reason: e.to_string(),
     }
 }
 
@@ -252,70 +352,57 @@ impl Columns {
         }
     }
 
-    fn single() -> Columns {
-        Columns {
-            company: None,
-            org_number: None,
-            domain: 0,
-            joined: None,
-            supports: None,
-        }
-    }
-
-    fn from_header(cells: &[String]) -> Columns {
+    /// Columns named by a header row. Names are matched after [`fold`], so "Dato innmeldt",
+    /// "DATO INNMELDT" and "Støtte"/"Stotte"/"STØTTE" all match; the first column that matches
+    /// wins, extra columns are ignored.
+    fn from_header(cells: &[&str]) -> Columns {
+        let folded: Vec<String> = cells.iter().map(|c| fold(c)).collect();
         let find = |words: &[&str]| {
-            cells.iter().position(|c| {
-                let c = c.to_lowercase();
-                words.iter().any(|w| c.contains(w))
-            })
+            folded
+                .iter()
+                .position(|c| words.iter().any(|w| c.contains(w)))
         };
         Columns {
             company: find(&["selskap", "company", "navn"]),
             org_number: find(&["organisasjonsnummer", "org"]),
             domain: find(&["domene", "domain"]).unwrap_or(0),
             joined: find(&["dato", "date", "innmeldt"]),
-            supports: find(&["5.2.4", "støtte", "support"]),
+            supports: find(&["5.2.4", "stotte", "support"]),
         }
     }
 }
 
-fn is_header(cells: &[String]) -> bool {
+fn is_header(cells: &[&str]) -> bool {
     cells.iter().any(|c| {
-        let c = c.to_lowercase();
+        let c = fold(c);
         c.contains("domene") || c.contains("selskapsnavn") || c == "domain"
     })
 }
 
-/// `;` wins over `,` (the Bits list uses `;`; a `,` may then separate domains in a cell).
-fn separator_of(line: &str) -> Option<char> {
-    if line.contains(';') {
-        Some(';')
-    } else if line.contains(',') {
-        Some(',')
-    } else {
-        None
-    }
-}
-
-/// Splits one CSV line; double quotes protect separators, `""` is a quote.
-fn split_csv(line: &str, sep: char) -> Vec<String> {
-    let mut cells = Vec::new();
-    let mut cell = String::new();
-    let mut quoted = false;
-    let mut chars = line.chars().peekable();
-    while let Some(c) = chars.next() {
+/// Lowercase without diacritics, for matching header names: the Latin-1 letters of the
+/// Scandinavian, German and French alphabets map to their base letter (`ø` → `o`, `å` → `a`,
+/// `æ` → `ae`, `é` → `e`), and combining marks (U+0300–U+036F, what a decomposed "å" from a Mac
+/// carries) are dropped. A full Unicode normalisation is not needed: header names are a few
+/// Norwegian and English words, and no normalisation crate is in the tree.
+pub fn fold(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.trim().chars().flat_map(char::to_lowercase) {
         match c {
-            '"' if quoted && chars.peek() == Some(&'"') => {
-                cell.push('"');
-                chars.next();
-            }
-            '"' => quoted = !quoted,
-            c if c == sep && !quoted => cells.push(std::mem::take(&mut cell)),
-            c => cell.push(c),
+            'à' | 'á' | 'â' | 'ã' | 'ä' | 'å' => out.push('a'),
+            'æ' => out.push_str("ae"),
+            'ç' => out.push('c'),
+            'è' | 'é' | 'ê' | 'ë' => out.push('e'),
+            'ì' | 'í' | 'î' | 'ï' => out.push('i'),
+            'ñ' => out.push('n'),
+            'ò' | 'ó' | 'ô' | 'õ' | 'ö' | 'ø' => out.push('o'),
+            'ù' | 'ú' | 'û' | 'ü' => out.push('u'),
+            'ý' | 'ÿ' => out.push('y'),
+            'ß' => out.push_str("ss"),
+            '\u{0300}'..='\u{036f}' => {}
+            c => out.push(c),
         }
     }
-    cells.push(cell);
-    cells
+    out
 }
 
 /// `YYYY-MM-DD` or `DD.MM.YYYY` → days since 1970-01-01; `None` for anything else, a year
@@ -355,22 +442,51 @@ pub struct DomainListHandle {
 struct Loaded {
     list: Arc<DomainList>,
     modified: Option<SystemTime>,
+    /// SHA-256 of the file the list was read from; `None` without a file.
+    sha256: Option<String>,
 }
 
 /// What a successful reload did; its `Display` is the admin API's `result` text.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reloaded {
     /// The list in force stays (the file holds the same list, or did not change).
-    Unchanged { domains: usize },
+    Unchanged {
+        /// Domains in the list in force.
+        domains: usize,
+        /// SHA-256 of the list file in force; `None` when no file is configured.
+        sha256: Option<String>,
+    },
     /// A different list is in force now.
-    Replaced { old: usize, new: usize },
+    Replaced {
+        /// Domains in the list before.
+        old: usize,
+        /// Domains in the list now.
+        new: usize,
+        /// SHA-256 of the file now in force (lowercase hex).
+        sha256: String,
+        /// Domains listed now and not before, in domain order.
+        added: Vec<Domain>,
+        /// Domains listed before and not now, in domain order.
+        removed: Vec<Domain>,
+    },
 }
 
 impl fmt::Display for Reloaded {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Reloaded::Unchanged { domains } => write!(f, "unchanged: {domains} domains"),
-            Reloaded::Replaced { old, new } => write!(f, "reloaded: {old} → {new} domains"),
+            Reloaded::Unchanged { domains, .. } => write!(f, "unchanged: {domains} domains"),
+            Reloaded::Replaced {
+                old,
+                new,
+                added,
+                removed,
+                ..
+            } => write!(
+                f,
+                "reloaded: {old} → {new} domains ({} added, {} removed)",
+                added.len(),
+                removed.len()
+            ),
         }
     }
 }
@@ -392,13 +508,18 @@ impl DomainListHandle {
     /// Loads the list at `path` (none configured: an empty list).
     pub fn load(path: Option<&Path>) -> Result<DomainListHandle, ListError> {
         let loaded = match path {
-            Some(p) => Loaded {
-                list: Arc::new(DomainList::load(p)?),
-                modified: modified(p),
-            },
+            Some(p) => {
+                let file = ListFile::load(p)?;
+                Loaded {
+                    list: Arc::new(file.list),
+                    modified: modified(p),
+                    sha256: Some(file.sha256),
+                }
+            }
             None => Loaded {
                 list: Arc::new(DomainList::default()),
                 modified: None,
+                sha256: None,
             },
         };
         Ok(DomainListHandle {
@@ -414,6 +535,7 @@ impl DomainListHandle {
             current: RwLock::new(Loaded {
                 list: Arc::new(list),
                 modified: None,
+                sha256: None,
             }),
         }
     }
@@ -427,6 +549,15 @@ impl DomainListHandle {
             .clone()
     }
 
+    /// SHA-256 (lowercase hex) of the list file in force; `None` without a file.
+    pub fn sha256(&self) -> Option<String> {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .sha256
+            .clone()
+    }
+
     /// The list file; `None` when no list is configured (or for [`DomainListHandle::fixed`]).
     pub fn path(&self) -> Option<&Path> {
         self.path.as_deref()
@@ -437,18 +568,39 @@ impl DomainListHandle {
         let Some(path) = &self.path else {
             return Ok(self.unchanged());
         };
-        let list = DomainList::load(path)?;
+        let ListFile { list, sha256 } = ListFile::load(path)?;
         let mut current = self.current.write().unwrap_or_else(|p| p.into_inner());
         current.modified = modified(path);
+        current.sha256 = Some(sha256.clone());
         if *current.list == list {
             return Ok(Reloaded::Unchanged {
                 domains: list.len(),
+                sha256: Some(sha256),
             });
         }
+        let added = list
+            .domains
+            .keys()
+            .filter(|d| !current.list.domains.contains_key(*d))
+            .cloned()
+            .collect();
+        let removed = current
+            .list
+            .domains
+            .keys()
+            .filter(|d| !list.domains.contains_key(*d))
+            .cloned()
+            .collect();
         let old = current.list.len();
         let new = list.len();
         current.list = Arc::new(list);
-        Ok(Reloaded::Replaced { old, new })
+        Ok(Reloaded::Replaced {
+            old,
+            new,
+            sha256,
+            added,
+            removed,
+        })
     }
 
     /// Reloads when the file's modification time changed since the last load.
@@ -468,8 +620,10 @@ impl DomainListHandle {
     }
 
     fn unchanged(&self) -> Reloaded {
+        let current = self.current.read().unwrap_or_else(|p| p.into_inner());
         Reloaded::Unchanged {
-            domains: self.current().len(),
+            domains: current.list.len(),
+            sha256: current.sha256.clone(),
         }
     }
 
@@ -596,10 +750,23 @@ mod tests {
         assert_eq!(handle.current().len(), 1);
 
         std::fs::write(&path, "bits.no\nfno.no\n").unwrap();
-        assert_eq!(
-            handle.reload().unwrap(),
-            Reloaded::Replaced { old: 1, new: 2 }
-        );
+        match handle.reload().unwrap() {
+            Reloaded::Replaced {
+                old,
+                new,
+                sha256,
+                added,
+                removed,
+            } => {
+                assert_eq!((old, new), (1, 2));
+                assert_eq!(added, vec![d("fno.no")]);
+                assert!(removed.is_empty());
+                // SHA-256 of the file's bytes "bits.no\nfno.no\n".
+                assert_eq!(sha256, sha256_hex(b"bits.no\nfno.no\n"));
+                assert_eq!(handle.sha256(), Some(sha256));
+            }
+            other => panic!("expected a replaced list, got {other:?}"),
+        }
         assert!(handle.current().is_listed(&d("fno.no")));
     }
 
@@ -611,12 +778,18 @@ mod tests {
         std::fs::write(&path, "bits.no\n").unwrap();
         let handle = DomainListHandle::load(Some(&path)).unwrap();
         let unchanged = handle.reload().unwrap();
-        assert_eq!(unchanged, Reloaded::Unchanged { domains: 1 });
+        assert_eq!(
+            unchanged,
+            Reloaded::Unchanged {
+                domains: 1,
+                sha256: Some(sha256_hex(b"bits.no\n"))
+            }
+        );
         assert_eq!(unchanged.to_string(), "unchanged: 1 domains");
-        std::fs::write(&path, "bits.no\nfno.no\n").unwrap();
+        std::fs::write(&path, "fno.no\nbank.no\n").unwrap();
         assert_eq!(
             handle.reload().unwrap().to_string(),
-            "reloaded: 1 → 2 domains"
+            "reloaded: 1 → 2 domains (2 added, 1 removed)"
         );
     }
 }

@@ -6,6 +6,7 @@
 
 pub mod decision;
 pub mod domain_list;
+pub mod list_file;
 pub mod mta_sts;
 mod names;
 
