@@ -83,10 +83,32 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[index.min(sorted.len() - 1)]
 }
 
+/// Bytes of the files under `dir` (allocated size, so sparse files count what they use).
+fn dir_size(dir: &std::path::Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let mut total = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            match entry.metadata() {
+                Ok(m) if m.is_dir() => stack.push(entry.path()),
+                Ok(m) => total += m.blocks() * 512,
+                Err(_) => {}
+            }
+        }
+    }
+    total
+}
+
 fn main() {
     let clients = env_or("TLSGATE_BENCH_CLIENTS", 16);
     let messages = env_or("TLSGATE_BENCH_MESSAGES", 200);
     let size = env_or("TLSGATE_BENCH_SIZE", 4096);
+    // Issue 16 item 2: the queue engine, `redb` (default) or `sled`.
+    let engine = std::env::var("TLSGATE_BENCH_ENGINE").unwrap_or_else(|_| "redb".into());
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     runtime.block_on(async move {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -129,12 +151,15 @@ enabled = false
 nameservers = ["127.0.0.1:9"]
 [delivery]
 max_per_destination = {per_destination}
+[queue]
+engine = "{engine}"
 "#,
             data = dir.path().join("data").display(),
             cert = cert.display(),
             key = key.display(),
             sink = sink.addr(),
             per_destination = env_or("TLSGATE_BENCH_PER_DESTINATION", 10),
+            engine = engine,
         );
         let config = tlsgate::config::Config::from_toml(&text, "bench.toml").expect("config");
         let server = tlsgate::server::start(config).await.expect("start");
@@ -147,7 +172,9 @@ max_per_destination = {per_destination}
             body.push_str("The quick brown fox jumps over the lazy dog 0123456789.\r\n");
         }
         let total = clients * messages;
-        println!("e2e: {clients} clients x {messages} messages of {size} bytes = {total}");
+        println!(
+            "e2e ({engine}): {clients} clients x {messages} messages of {size} bytes = {total}"
+        );
         let started = Instant::now();
         let mut tasks = tokio::task::JoinSet::new();
         for id in 0..clients {
@@ -186,6 +213,23 @@ max_per_destination = {per_destination}
             percentile(&latencies, 0.99),
             latencies.last().copied().unwrap_or_default()
         );
+        // Issue 16 item 5: what the queue keeps on disk once it is empty again.
+        let queue_dir = dir.path().join("data").join("queue");
+        let empty_deadline = Instant::now() + Duration::from_secs(60);
+        while server
+            .store()
+            .message_ids()
+            .map(|ids| ids.len())
+            .unwrap_or(0)
+            > 0
+            && Instant::now() < empty_deadline
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         server.shutdown(Duration::from_secs(5)).await;
+        println!(
+            "queue directory after the queue emptied: {:.1} MB",
+            dir_size(&queue_dir) as f64 / 1e6
+        );
     });
 }

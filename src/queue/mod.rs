@@ -1,4 +1,4 @@
-//! The durable queue: a [`Store`] (sled behind a trait), the [`Committer`] that makes new
+//! The durable queue: a [`Store`] (redb or sled behind a trait, [`engine`]), the [`Committer`] that makes new
 //! messages durable in groups, and the [`retry`] schedule (when a message is due, when it
 //! expires) that delivery and DSNs share.
 //!
@@ -9,13 +9,17 @@
 //! fsync, and neither sled nor fsync ever blocks an async worker thread.
 
 pub mod at_rest;
+pub mod engine;
 pub mod message;
+pub mod redb_store;
 pub mod retry;
 pub mod seal;
 pub mod sled_store;
 pub mod store;
 
+pub use engine::QueueEngine;
 pub use message::{MessageMeta, NewMessage, QueueId, RecipientState, RecipientStatus};
+pub use redb_store::RedbStore;
 pub use seal::{EncryptionError, QueueKey};
 pub use sled_store::SledStore;
 pub use store::{AsyncStore, Store, StoreError, StoredMessage};
