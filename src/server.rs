@@ -373,6 +373,14 @@ pub async fn start_with_reports(
         metrics.clone(),
         shutdown.clone(),
     ));
+    // Issue 16 item 2: a committer stuck for queue.stall_timeout ends the process.
+    tokio::spawn(crate::ops::watchdog::run(
+        committer.clone(),
+        metrics.clone(),
+        config.queue.stall_timeout,
+        shutdown.clone(),
+        crate::ops::watchdog::exit_stalled,
+    ));
     metrics.set_ready(true);
     Ok(RunningServer {
         admin_addr,

@@ -11,3 +11,4 @@ pub mod logfmt;
 pub mod reload;
 pub mod retention;
 pub mod service;
+pub mod watchdog;

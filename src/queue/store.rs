@@ -31,6 +31,10 @@ pub enum StoreError {
     /// each), keeping whether the file system was full so that the reply can say so.
     #[error("queue sync failed: {reason}")]
     SyncFailed { reason: String, disk_full: bool },
+    /// The queue watchdog found the committer stuck (issue 16 item 2): nothing of this job is
+    /// confirmed, and the process is about to exit so that it is restarted.
+    #[error("the queue is stalled (no commit progress); the relay restarts")]
+    Stalled,
     /// A durable write was not confirmed in time (a stuck disk or store). It may still
     /// complete: the caller treats it as failed, so a message is sent twice, never lost.
     #[error("queue commit did not finish within {}", humantime::format_duration(*.limit))]

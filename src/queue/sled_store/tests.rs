@@ -41,6 +41,7 @@ both_engines!(
     recipient_state_updates_and_removal
 );
 both_engines_async!(
+    a_blocked_committer_is_seen_stalled_and_its_callers_answered,
     concurrent_commits_share_syncs,
     a_commit_not_confirmed_in_time_is_a_timeout_and_still_completes,
     a_message_with_more_states_than_recipients_is_corrupt,
@@ -149,6 +150,12 @@ struct HookedSync(Arc<dyn Store>, fn() -> Result<(), StoreError>);
 
 fn slow() -> Result<(), StoreError> {
     std::thread::sleep(std::time::Duration::from_millis(50));
+    Ok(())
+}
+
+/// A sync that blocks far longer than any test waits for it (a frozen file system).
+fn blocked() -> Result<(), StoreError> {
+    std::thread::sleep(std::time::Duration::from_millis(1500));
     Ok(())
 }
 
@@ -285,4 +292,31 @@ async fn a_full_disk_at_the_sync_is_reported_as_a_full_disk(engine: QueueEngine)
     let err = committer.commit(msg).await.unwrap_err();
     assert!(err.is_disk_full(), "{err:?}");
     assert!(store.message_ids().unwrap().is_empty(), "taken back");
+}
+
+/// Issue 16 item 2 (watchdog): an idle committer is not stalled; one blocked in its sync while
+/// a job waits is, for as long as it blocks; declaring the stall answers the waiting caller at
+/// once (and every later one) with `Stalled`, never with success.
+async fn a_blocked_committer_is_seen_stalled_and_its_callers_answered(engine: QueueEngine) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(engine, dir.path());
+    let (committer, _announced) = Committer::start(Arc::new(HookedSync(store, blocked))).unwrap();
+    assert_eq!(committer.stalled_for(), None, "idle is not stalled");
+    let waiting = committer.clone();
+    let job = tokio::spawn(async move { waiting.commit(sample_message(b"x".to_vec(), 1)).await });
+    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    let stalled = committer.stalled_for().expect("a job waits");
+    assert!(
+        stalled >= std::time::Duration::from_millis(600),
+        "{stalled:?}"
+    );
+    assert_eq!(committer.waiting(), 1);
+    committer.declare_stalled();
+    let answered = tokio::time::timeout(std::time::Duration::from_millis(300), job)
+        .await
+        .expect("the waiting caller is answered at once")
+        .unwrap();
+    assert!(matches!(answered, Err(StoreError::Stalled)), "{answered:?}");
+    let later = committer.commit(sample_message(b"y".to_vec(), 1)).await;
+    assert!(matches!(later, Err(StoreError::Stalled)), "{later:?}");
 }
