@@ -6,10 +6,11 @@
 //! Run: `cargo bench --bench e2e` (defaults: 16 clients × 200 messages of 4 KiB, plaintext, one
 //! session per client), or set `TLSGATE_BENCH_CLIENTS`, `TLSGATE_BENCH_MESSAGES`,
 //! `TLSGATE_BENCH_SIZE` (bytes; 65536 for the 64 KiB variant), `TLSGATE_BENCH_TLS=1`
-//! (STARTTLS inbound, and delivery with `next_hop_tls = "encrypt"`), and
+//! (STARTTLS inbound, and delivery with `next_hop_tls = "encrypt"`),
 //! `TLSGATE_BENCH_PER_SESSION` (messages per client connection: clients reconnect after that
-//! many, so that with TLS each reconnect resumes its session or repeats the handshake), and
-//! `TLSGATE_BENCH_RESUME=0` (the clients never resume: every session a full handshake).
+//! many, so that with TLS each reconnect resumes its session or repeats the handshake),
+//! `TLSGATE_BENCH_RESUME=0` (the clients never resume: every session a full handshake), and
+//! `TLSGATE_BENCH_ENGINE` (`redb`, the default, or `sled`).
 //!
 //! CPU per message: tlsgate runs in a runtime of its own, the clients and the sink in another
 //! whose threads are named `load`; the figure is the process's user+system time minus that of
@@ -184,12 +185,34 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[index.min(sorted.len() - 1)]
 }
 
+/// Bytes of the files under `dir` (allocated size, so sparse files count what they use).
+fn dir_size(dir: &std::path::Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let mut total = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            match entry.metadata() {
+                Ok(m) if m.is_dir() => stack.push(entry.path()),
+                Ok(m) => total += m.blocks() * 512,
+                Err(_) => {}
+            }
+        }
+    }
+    total
+}
+
 fn main() {
     let clients = env_or("TLSGATE_BENCH_CLIENTS", 16);
     let messages = env_or("TLSGATE_BENCH_MESSAGES", 200);
     let size = env_or("TLSGATE_BENCH_SIZE", 4096);
     let per_session = env_or("TLSGATE_BENCH_PER_SESSION", messages).max(1);
     let tls = env_or("TLSGATE_BENCH_TLS", 0) == 1;
+    // Issue 16 item 2: the queue engine, `redb` (default) or `sled`.
+    let engine = std::env::var("TLSGATE_BENCH_ENGINE").unwrap_or_else(|_| "redb".into());
     // tlsgate's runtime, as `tlsgate serve` builds it (one worker per core); the load runs in
     // its own runtime so that its CPU can be told apart. Idle blocking threads are kept so
     // that their CPU time is still readable at the end.
@@ -248,6 +271,8 @@ enabled = false
 nameservers = ["127.0.0.1:9"]
 [delivery]
 max_per_destination = {per_destination}
+[queue]
+engine = "{engine}"
 "#,
         data = dir.path().join("data").display(),
         cert = cert.display(),
@@ -255,6 +280,7 @@ max_per_destination = {per_destination}
         sink = sink.addr(),
         next_hop_tls = if tls { "encrypt" } else { "none" },
         per_destination = env_or("TLSGATE_BENCH_PER_DESTINATION", 10),
+        engine = engine,
     );
     let config = tlsgate::config::Config::from_toml(&text, "bench.toml").expect("config");
     let server = server_runtime
@@ -283,7 +309,7 @@ max_per_destination = {per_destination}
     let body = Arc::new(body);
     let total = clients * messages;
     println!(
-        "e2e: {clients} clients x {messages} messages of {size} bytes = {total}, {}, \
+        "e2e ({engine}): {clients} clients x {messages} messages of {size} bytes = {total}, {}, \
          {per_session} per session{}",
         if tls { "STARTTLS" } else { "plaintext" },
         if env_or("TLSGATE_BENCH_RESUME", 1) == 1 {
@@ -350,6 +376,23 @@ max_per_destination = {per_destination}
         tlsgate_cpu,
         process
     );
+    // Issue 16 item 5: what the queue keeps on disk once it is empty again.
+    let queue_dir = dir.path().join("data").join("queue");
+    let empty_deadline = Instant::now() + Duration::from_secs(60);
+    while server
+        .store()
+        .message_ids()
+        .map(|ids| ids.len())
+        .unwrap_or(0)
+        > 0
+        && Instant::now() < empty_deadline
+    {
+        std::thread::sleep(Duration::from_millis(50));
+    }
     server_runtime.block_on(server.shutdown(Duration::from_secs(5)));
+    println!(
+        "queue directory after the queue emptied: {:.1} MB",
+        dir_size(&queue_dir) as f64 / 1e6
+    );
     drop(sink);
 }

@@ -1,5 +1,6 @@
-//! The durable commit path (S5): messages per second through the group committer into a sled
-//! store on disk, with 1, 16 and 128 tasks committing at once (one per concurrent session).
+//! The durable commit path (S5): messages per second through the group committer into a store
+//! on disk, with 1, 16 and 128 tasks committing at once (one per concurrent session). The
+//! engine is `TLSGATE_BENCH_ENGINE` (`redb`, the default, or `sled`; issue 16 item 2).
 //! Each commit returns only after the data is synced, so with one task every message pays a
 //! whole sync; with many, the committer shares one sync between all messages waiting.
 
@@ -9,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tlsgate::config::Role;
 use tlsgate::queue::message::{BodyType, DsnNotify, Reception, Recipient};
-use tlsgate::queue::{Committer, MessageMeta, NewMessage, QueueId, SledStore, Store};
+use tlsgate::queue::{Committer, MessageMeta, NewMessage, QueueEngine, QueueId};
 
 /// Messages committed per measured iteration.
 const MESSAGES: usize = 128;
@@ -75,7 +76,18 @@ struct Totals {
     syncs: AtomicU64,
 }
 
+/// The engine from `TLSGATE_BENCH_ENGINE` (default redb).
+fn engine() -> QueueEngine {
+    match std::env::var("TLSGATE_BENCH_ENGINE").as_deref() {
+        Ok("sled") => QueueEngine::Sled,
+        Ok("redb") | Err(_) => QueueEngine::Redb,
+        Ok(other) => panic!("TLSGATE_BENCH_ENGINE={other}: write redb or sled"),
+    }
+}
+
 fn queue_commit(c: &mut Criterion) {
+    let engine = engine();
+    eprintln!("queue engine: {}", engine.name());
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -93,7 +105,7 @@ fn queue_commit(c: &mut Criterion) {
             .collect(),
     );
 
-    let mut group = c.benchmark_group("queue_commit_128x10KiB");
+    let mut group = c.benchmark_group(format!("queue_commit_128x10KiB_{}", engine.name()));
     group
         .sample_size(10)
         .warm_up_time(Duration::from_secs(1))
@@ -115,10 +127,10 @@ fn queue_commit(c: &mut Criterion) {
                         // is not an option: with sled 0.34.7 that pattern deadlocks inside sled
                         // (file truncation queued behind its blocked I/O threads).
                         let dir = tempfile::tempdir().expect("temporary directory");
-                        let store = SledStore::open(dir.path()).expect("open the store");
+                        let store = tlsgate::queue::engine::open_with(dir.path(), engine, None)
+                            .expect("open the store");
                         let (committer, _announced) =
-                            Committer::start(Arc::new(store) as Arc<dyn Store>)
-                                .expect("start the committer");
+                            Committer::start(store).expect("start the committer");
 
                         let start = Instant::now();
                         commit_all(&committer, &body, tasks).await;

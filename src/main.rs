@@ -252,6 +252,12 @@ enum QueueAction {
         #[arg(long)]
         new_key: PathBuf,
     },
+    /// Offline, with the relay stopped: move the queue to the engine set in queue.engine
+    /// (redb or sled), crash-safe, keeping its key.
+    Migrate {
+        #[arg(long, short, env = "TLSGATE_CONFIG", help = CONFIG_HELP)]
+        config: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -493,6 +499,7 @@ fn main() -> ExitCode {
                 all,
             } => queue_action(config.as_deref(), "release", &ids, &select, all),
             QueueAction::Rekey { config, new_key } => queue_rekey(config.as_deref(), &new_key),
+            QueueAction::Migrate { config } => queue_migrate(config.as_deref()),
         },
         Commands::TlsReport {
             action: ReportAction::Show { config, json },
@@ -704,6 +711,46 @@ fn gen_key(out: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A rewrite of the queue that failed, with what to do when the relay holds the queue:
+/// both engines lock their files, and their error text carries debug output.
+fn offline_error(dir: &Path, command: &str, e: tlsgate::queue::StoreError) -> anyhow::Error {
+    match e {
+        tlsgate::queue::StoreError::Io(io)
+            if io.kind() == std::io::ErrorKind::WouldBlock
+                || io.to_string().contains("could not acquire lock") =>
+        {
+            anyhow::anyhow!(
+                "{}: the queue is in use by a running relay: stop it first (systemctl stop \
+                 tlsgate), then run {command} again",
+                dir.display()
+            )
+        }
+        e => anyhow::Error::new(e).context(format!("{}: {command} failed", dir.display())),
+    }
+}
+
+/// `tlsgate queue migrate` (issue 16 item 2): offline, like `queue rekey`.
+fn queue_migrate(path: Option<&Path>) -> anyhow::Result<()> {
+    let config = load_config(path)?;
+    let key = tlsgate::startup::queue_key(&config)?;
+    let dir = config.queue_dir();
+    let engine = config.queue.engine;
+    let done = tlsgate::queue::at_rest::migrate(&dir, engine, key)
+        .map_err(|e| offline_error(&dir, "queue migrate", e))?;
+    if done.records == 0 {
+        println!("{}: the queue is already {}", dir.display(), engine.name());
+    } else {
+        println!(
+            "moved {} records in {} to {}; start the relay with queue.engine = \"{}\"",
+            done.records,
+            dir.display(),
+            engine.name(),
+            engine.name()
+        );
+    }
+    Ok(())
+}
+
 /// `tlsgate queue rekey`: offline (sled locks the store, so a running relay makes this fail
 /// before anything is written), like Postfix's `postsuper` maintenance.
 fn queue_rekey(path: Option<&Path>, new_key: &Path) -> anyhow::Result<()> {
@@ -711,23 +758,8 @@ fn queue_rekey(path: Option<&Path>, new_key: &Path) -> anyhow::Result<()> {
     let current = tlsgate::startup::queue_key(&config)?;
     let new = std::sync::Arc::new(tlsgate::queue::QueueKey::load(new_key)?);
     let dir = config.queue_dir();
-    let done = match tlsgate::queue::at_rest::rekey(&dir, current, Some(new)) {
-        Ok(done) => done,
-        // sled holds an exclusive lock on its files while the relay runs; its error text
-        // carries Rust debug output, so it is replaced by what to do.
-        Err(tlsgate::queue::StoreError::Io(e))
-            if e.kind() == std::io::ErrorKind::WouldBlock
-                || e.to_string().contains("could not acquire lock") =>
-        {
-            anyhow::bail!(
-                "{}: the queue is in use by a running relay: stop it first (systemctl stop                  tlsgate), then run queue rekey again",
-                dir.display()
-            )
-        }
-        Err(e) => {
-            return Err(e).with_context(|| format!("{}: cannot re-seal the queue", dir.display()))
-        }
-    };
+    let done = tlsgate::queue::at_rest::rekey(&dir, config.queue.engine, current, Some(new))
+        .map_err(|e| offline_error(&dir, "queue rekey", e))?;
     println!(
         "re-sealed {} records in {} under {}. Now set queue.encryption_key = \"{}\" in {} \
          (or copy the file over the old key) before starting the relay; keep the old key only as \

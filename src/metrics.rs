@@ -101,6 +101,9 @@ pub struct Metrics {
     pub auth_results: IntCounterVec,
     /// `tlsgate_queue_messages`: messages in the queue.
     pub queue_messages: IntGauge,
+    /// `tlsgate_queue_stalled`: 1 once the queue watchdog found the committer stuck (issue 16
+    /// item 2); the process exits right after.
+    pub queue_stalled: IntGauge,
     /// `tlsgate_queue_oldest_message_age_seconds`: age of the oldest message, in seconds.
     pub queue_oldest_message_age_seconds: IntGauge,
     /// `tlsgate_domain_list_domains`: domains on the list in force.
@@ -248,6 +251,11 @@ impl Metrics {
                 &["method", "result"],
             ),
             queue_messages: gauge(&r, "tlsgate_queue_messages", "Messages in the queue"),
+            queue_stalled: gauge(
+                &r,
+                "tlsgate_queue_stalled",
+                "1 when the queue committer made no progress for queue.stall_timeout while work waited",
+            ),
             queue_oldest_message_age_seconds: gauge(
                 &r,
                 "tlsgate_queue_oldest_message_age_seconds",

@@ -21,7 +21,7 @@ use crate::ops::partners::{MonitorParts, PartnerMonitor};
 use crate::ops::reload::{reload_config, ConfigReloadError};
 use crate::ops::retention::apply_audit_retention;
 use crate::policy::domain_list::DomainListHandle;
-use crate::queue::{Committer, SledStore, Store, StoreError};
+use crate::queue::{Committer, Store, StoreError};
 use crate::reporting::dmarc::{DmarcCounters, DmarcReporting};
 use crate::reporting::tls::{TlsCounters, TlsReporting};
 use crate::startup::{self, ConfigFiles, Fault, StartError};
@@ -75,7 +75,7 @@ pub struct RunningServer {
     domain_list: Arc<DomainListService>,
     sessions_ctx: Arc<SessionContext>,
     listeners: Vec<(Role, SocketAddr)>,
-    store: Arc<SledStore>,
+    store: Arc<dyn Store>,
     committer: Committer,
     delivery: DeliveryEngine,
     shutdown: CancellationToken,
@@ -110,8 +110,9 @@ pub async fn start_with_reports(
     let queue_key = files.queue_key;
     // S3: sealed with queue.encryption_key (a plaintext queue is re-sealed first); a wrong or
     // missing key refuses the start with the store untouched.
+    let engine = config.queue.engine;
     let store = tokio::task::spawn_blocking(move || {
-        crate::queue::at_rest::open_store(&queue_dir, queue_key)
+        crate::queue::at_rest::open_store(&queue_dir, engine, queue_key)
     })
     .await
     .map_err(|e| ServerError::Committer(std::io::Error::other(e)))?
@@ -119,13 +120,12 @@ pub async fn start_with_reports(
         let path = config.queue_dir().display().to_string();
         let key = match cause {
             StoreError::Encryption(_) => "queue.encryption_key",
+            StoreError::WrongEngine(_) => "queue.engine",
             _ => "server.data_dir",
         };
         StartError::new(&config, key, Fault::Queue { path, cause })
     })?;
-    let store = Arc::new(store);
-    let (committer, announced) =
-        Committer::start(store.clone() as Arc<dyn Store>).map_err(ServerError::Committer)?;
+    let (committer, announced) = Committer::start(store.clone()).map_err(ServerError::Committer)?;
     let client_tls = files.client_tls;
     // One resolver for the whole relay: delivery and sender authentication share it; its
     // DNSSEC mode is `dns.dnssec` (D5).
@@ -462,6 +462,14 @@ pub async fn start_with_reports(
         resolver.clone(),
         metrics.clone(),
         shutdown.clone(),
+    ));
+    // Issue 16 item 2: a committer stuck for queue.stall_timeout ends the process.
+    tokio::spawn(crate::ops::watchdog::run(
+        committer.clone(),
+        metrics.clone(),
+        config.queue.stall_timeout,
+        shutdown.clone(),
+        crate::ops::watchdog::exit_stalled,
     ));
     metrics.set_ready(true);
     Ok(RunningServer {

@@ -163,11 +163,20 @@ pub fn every_problem(config: &Config) -> Vec<StartError> {
     // first when it opens the queue, read-only, so that ExecStartPre catches it (S3).
     note(queue_key(config).and_then(|key| {
         let dir = config.queue_dir();
-        crate::queue::sled_store::check_key(&dir, key.as_deref()).map_err(|cause| {
+        crate::queue::engine::check_key(&dir, key.as_deref()).map_err(|cause| {
             let path = dir.display().to_string();
             StartError::new(config, "queue.encryption_key", Fault::Queue { path, cause })
         })
     }));
+    // A queue written by another engine than queue.engine is refused by `serve` (issue 16
+    // item 2); check-config says so first.
+    note({
+        let dir = config.queue_dir();
+        crate::queue::engine::check_engine(&dir, config.queue.engine).map_err(|cause| {
+            let path = dir.display().to_string();
+            StartError::new(config, "queue.engine", Fault::Queue { path, cause })
+        })
+    });
     if let Some(socket) = config.admin.as_ref().and_then(|a| a.socket.as_deref()) {
         if let Some(parent) = socket.parent().filter(|p| !p.as_os_str().is_empty()) {
             if !inside_data_dir(parent) {

@@ -29,7 +29,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tlsgate::config::Config;
-use tlsgate::queue::{QueueId, SledStore, Store};
+use tlsgate::queue::QueueId;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -91,7 +91,7 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn config_text(dir: &Path, cert: &Path, key: &Path, port: u16) -> String {
+fn config_text(dir: &Path, cert: &Path, key: &Path, port: u16, engine: &str) -> String {
     format!(
         r#"
 [server]
@@ -121,6 +121,9 @@ nameservers = ["127.0.0.1:9"]
 
 [log]
 level = "info"
+
+[queue]
+engine = "{engine}"
 "#,
         host = common::HOSTNAME,
         data = dir.join("data").display(),
@@ -544,7 +547,8 @@ fn load_and_kill(
 /// sender and recipient, same size and SHA-256 of the body.
 fn verify_queue(config_path: &Path, acked: &[Acked]) {
     let config = Config::load(config_path).expect("load the test configuration");
-    let store = SledStore::open(&config.queue_dir()).expect("open the queue after the restart");
+    let store = tlsgate::queue::engine::open_with(&config.queue_dir(), config.queue.engine, None)
+        .expect("open the queue after the restart");
     let stored: HashSet<String> = store
         .message_ids()
         .expect("list queued messages")
@@ -628,16 +632,30 @@ fn verify_queue(config_path: &Path, acked: &[Acked]) {
     );
 }
 
+/// S5 with the default engine, redb (issue 16 item 2).
 #[test]
 fn kill_9_under_load_loses_no_acknowledged_message() {
+    kill_9_under_load("redb");
+}
+
+/// S5 with sled, still selectable (`queue.engine = "sled"`).
+#[test]
+fn kill_9_under_load_loses_no_acknowledged_message_sled() {
+    kill_9_under_load("sled");
+}
+
+fn kill_9_under_load(engine: &str) {
     let dir = tempfile::tempdir().expect("temporary directory");
     let ca = common::TestCa::new();
     let (cert, key) = ca.write_server_files(dir.path(), &[common::HOSTNAME]);
     let port = free_port();
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let config_path = dir.path().join("tlsgate.toml");
-    std::fs::write(&config_path, config_text(dir.path(), &cert, &key, port))
-        .expect("write the configuration");
+    std::fs::write(
+        &config_path,
+        config_text(dir.path(), &cert, &key, port, engine),
+    )
+    .expect("write the configuration");
     let log = dir.path().join("tlsgate.log");
 
     let rt = tokio::runtime::Builder::new_multi_thread()

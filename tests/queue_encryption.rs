@@ -80,16 +80,42 @@ fn new_key(dir: &Path, name: &str) -> PathBuf {
     path
 }
 
+// Every test runs with both queue engines (issue 16 item 2: redb, the default, and sled).
+macro_rules! both_engines {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn redb() {
+                super::$name("redb").await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sled() {
+                super::$name("sled").await
+            }
+        }
+    )*};
+}
+
+both_engines!(
+    a_sealed_queue_leaks_nothing_to_disk_and_delivers_after_a_restart,
+    wrong_missing_or_open_key_refuses_the_start_and_changes_nothing,
+    a_plaintext_queue_is_resealed_at_start,
+    gen_key_and_rekey
+);
+
 fn data_dir(s: &Setup) -> PathBuf {
     s.relay.config.server.data_dir.clone()
 }
 
 /// Starts the relay with `key` (or none) and a destination that defers every recipient, and
 /// queues two messages through the smarthost listener; returns when both were deferred.
-async fn queued_and_deferred(key: Option<&Path>) -> (Setup, Sink) {
+async fn queued_and_deferred(engine: &str, key: Option<&Path>) -> (Setup, Sink) {
     let extra = match key {
-        Some(key) => format!("[queue]\nencryption_key = \"{}\"\n", key.display()),
-        None => String::new(),
+        Some(key) => format!(
+            "[queue]\nengine = \"{engine}\"\nencryption_key = \"{}\"\n",
+            key.display()
+        ),
+        None => format!("[queue]\nengine = \"{engine}\"\n"),
     };
     let s = setup("retry_schedule = [\"1s\"]", &extra).await;
     // RFC 5321 4.2.5: 4xx to RCPT is a temporary failure, so both stay queued.
@@ -136,11 +162,10 @@ async fn delivered_after(s: &Setup, sink: &Sink) {
 
 /// S3: sealed at rest — no file under data_dir holds the marker of the body or a header, nor
 /// the envelope addresses — and after a restart the messages are delivered unchanged.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_sealed_queue_leaks_nothing_to_disk_and_delivers_after_a_restart() {
+async fn a_sealed_queue_leaks_nothing_to_disk_and_delivers_after_a_restart(engine: &str) {
     let keys = tempfile::tempdir().unwrap();
     let key = new_key(keys.path(), "queue.key");
-    let (mut s, sink) = queued_and_deferred(Some(&key)).await;
+    let (mut s, sink) = queued_and_deferred(engine, Some(&key)).await;
     assert!(
         sink.commands().iter().any(|c| c.contains("rcpt0-Zq7")),
         "the deferral came from the sink"
@@ -154,11 +179,10 @@ async fn a_sealed_queue_leaks_nothing_to_disk_and_delivers_after_a_restart() {
 
 /// S3: the wrong key, no key, or a key file others may read (S4) refuses the start with a
 /// message naming the key, and the store's files are byte for byte unchanged.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn wrong_missing_or_open_key_refuses_the_start_and_changes_nothing() {
+async fn wrong_missing_or_open_key_refuses_the_start_and_changes_nothing(engine: &str) {
     let keys = tempfile::tempdir().unwrap();
     let key = new_key(keys.path(), "queue.key");
-    let (mut s, sink) = queued_and_deferred(Some(&key)).await;
+    let (mut s, sink) = queued_and_deferred(engine, Some(&key)).await;
     s.relay.stop().await;
     let before = hashes(&data_dir(&s));
 
@@ -238,10 +262,9 @@ async fn wrong_missing_or_open_key_refuses_the_start_and_changes_nothing() {
 
 /// S3 on an existing queue: a plaintext queue (the marker visible in its files) is re-sealed
 /// when a key is configured; afterwards no file holds the marker, and the mail is delivered.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_plaintext_queue_is_resealed_at_start() {
+async fn a_plaintext_queue_is_resealed_at_start(engine: &str) {
     let keys = tempfile::tempdir().unwrap();
-    let (mut s, sink) = queued_and_deferred(None).await;
+    let (mut s, sink) = queued_and_deferred(engine, None).await;
     s.relay.stop().await;
     assert!(
         !files_holding(&data_dir(&s), &[MARKER]).is_empty(),
@@ -286,8 +309,7 @@ fn tlsgate(args: &[&str]) -> std::process::Output {
 /// `tlsgate gen-key` writes a 0600 key that works and never overwrites one; `tlsgate queue
 /// rekey` (offline: refused while the relay runs) moves the queue to the new key, after which
 /// the old key no longer opens it and the new one does.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn gen_key_and_rekey() {
+async fn gen_key_and_rekey(engine: &str) {
     let keys = tempfile::tempdir().unwrap();
     let old = keys.path().join("old.key");
     let run = tlsgate(&["gen-key", "--out", old.to_str().unwrap()]);
@@ -304,7 +326,7 @@ async fn gen_key_and_rekey() {
         "gen-key overwrote a key"
     );
 
-    let (mut s, sink) = queued_and_deferred(Some(&old)).await;
+    let (mut s, sink) = queued_and_deferred(engine, Some(&old)).await;
     let config_file = s.relay.dir.path().join("tlsgate.toml");
     let new = keys.path().join("new.key");
     assert!(tlsgate(&["gen-key", "--out", new.to_str().unwrap()])
@@ -318,7 +340,7 @@ async fn gen_key_and_rekey() {
         "--new-key",
         new.to_str().unwrap(),
     ];
-    // While the relay runs, sled's lock refuses the rewrite.
+    // While the relay runs, the engine's file lock refuses the rewrite.
     let run = tlsgate(&rekey);
     assert!(!run.status.success(), "{run:?}");
     let stderr = String::from_utf8_lossy(&run.stderr);

@@ -467,11 +467,49 @@ pub struct DomainListSection {
 }
 
 /// `[queue]`: the queue store.
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct QueueSection {
     /// `encryption_key`: a file with 32 random bytes (raw or base64), mode 0600 or stricter
     /// (S4); when set, every queue record is sealed with AES-256-GCM (S3). `None`: plaintext.
     pub encryption_key: Option<PathBuf>,
+    /// `engine`: the storage engine under the queue (issue 16 item 2; default redb).
+    pub engine: QueueEngine,
+    /// `stall_timeout`: how long the committer may make no progress while work waits before
+    /// the watchdog declares the queue stalled and stops the process (issue 16 item 2;
+    /// default 30s).
+    pub stall_timeout: Duration,
+}
+
+impl Default for QueueSection {
+    fn default() -> QueueSection {
+        QueueSection {
+            encryption_key: None,
+            engine: QueueEngine::default(),
+            stall_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// `queue.engine`: which storage engine holds the queue. A queue directory written by one
+/// engine is refused by the other (no silent empty queue beside the real one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum QueueEngine {
+    /// redb: one file, copy-on-write B-tree, fsync on every commit; the default because it
+    /// did not hang where sled 0.34 did and frees the space of removed messages (README).
+    #[default]
+    Redb,
+    /// sled 0.34: the original engine, kept selectable for queues written by it.
+    Sled,
+}
+
+impl QueueEngine {
+    /// The name used in the configuration (`"redb"`, `"sled"`).
+    pub fn name(self) -> &'static str {
+        match self {
+            QueueEngine::Redb => "redb",
+            QueueEngine::Sled => "sled",
+        }
+    }
 }
 
 /// The audit log (S1).
@@ -1328,8 +1366,24 @@ fn validate_all(c: &Checker<'_>, raw: raw::RawConfig) -> Result<Config, ConfigEr
             "is empty: name the key file, or leave the key out for a plaintext queue",
         ));
     }
+    let engine = match q.engine.as_deref() {
+        None | Some("redb") => QueueEngine::Redb,
+        Some("sled") => QueueEngine::Sled,
+        Some(other) => {
+            c.fail(
+                "queue.engine",
+                format!("{other:?} is not an engine; write \"redb\" or \"sled\""),
+            );
+            QueueEngine::Redb
+        }
+    };
     let queue = QueueSection {
         encryption_key: q.encryption_key.map(resolve),
+        engine,
+        stall_timeout: c.soft_duration(
+            "queue.stall_timeout",
+            q.stall_timeout.as_deref().unwrap_or("30s"),
+        ),
     };
 
     let log = raw.log.unwrap_or_default();
@@ -1575,6 +1629,12 @@ pub fn summary(config: &Config) -> String {
         ),
         None => writeln!(out, "queue encryption:  off (plaintext at rest)"),
     };
+    let _ = writeln!(
+        out,
+        "queue engine:      {}, stall timeout {}",
+        config.queue.engine.name(),
+        humantime::format_duration(config.queue.stall_timeout)
+    );
     let resolvers = if config.dns.nameservers.is_empty() {
         "system resolver".to_string()
     } else {

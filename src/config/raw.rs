@@ -176,6 +176,8 @@ pub(super) struct RawBind {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawQueue {
     pub encryption_key: Option<PathBuf>,
+    pub engine: Option<String>,
+    pub stall_timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

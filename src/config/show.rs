@@ -386,9 +386,14 @@ fn table(config: &Config) -> Table {
     t.insert("dmarc_reporting".into(), dmarc);
 
     // The key file's path only, never its content (S4).
+    let mut q = vec![
+        ("engine", Value::String(queue.engine.name().to_string())),
+        ("stall_timeout", duration(queue.stall_timeout)),
+    ];
     if let Some(key) = &queue.encryption_key {
-        t.insert("queue".into(), section(vec![("encryption_key", path(key))]));
+        q.push(("encryption_key", path(key)));
     }
+    t.insert("queue".into(), section(q));
 
     let mut l = vec![
         ("max_age_days", int(domain_list.max_age_days)),

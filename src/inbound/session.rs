@@ -818,7 +818,10 @@ fn to_queue_recipient(accepted: &AcceptedRecipient) -> Recipient {
 
 /// S5: a store failure is never answered with 250; the client keeps the message and retries.
 fn store_error_reply(e: &StoreError) -> Reply {
-    if e.is_disk_full() {
+    if matches!(e, StoreError::Stalled) {
+        // Issue 16 item 2: the watchdog gave up on the committer; the relay restarts.
+        Reply::new(451, "4.3.0", "Queue stalled, try again later")
+    } else if e.is_disk_full() {
         Reply::new(452, "4.3.1", "Insufficient system storage")
     } else {
         Reply::new(

@@ -16,3 +16,4 @@ pub mod partners;
 pub mod reload;
 pub mod retention;
 pub mod service;
+pub mod watchdog;

@@ -1,10 +1,12 @@
-//! Opening the queue with or without encryption at rest (S3), and changing its key: sealing a
-//! plaintext queue at start when a key is first configured, and `tlsgate queue rekey`.
+//! Opening the queue with or without encryption at rest (S3), and changing its key or its
+//! engine: sealing a plaintext queue at start when a key is first configured, `tlsgate queue
+//! rekey` and `tlsgate queue migrate` (issue 16 item 2).
 //!
-//! Both rewrite the whole store into a fresh directory next to it and then swap directories,
-//! rather than re-sealing records in place: sled keeps superseded values in its log segments
-//! until it happens to rewrite them, so in-place re-sealing would leave plaintext (or values
-//! under the old key) on disk. A fresh directory holds only what was written to it.
+//! All of them rewrite the whole store into a fresh directory next to it and then swap
+//! directories, rather than re-sealing records in place: sled keeps superseded values in its
+//! log segments until it happens to rewrite them, and redb leaves freed pages in its file until
+//! they are reused, so in-place re-sealing would leave plaintext (or values under the old key)
+//! on disk. A fresh directory holds only what was written to it.
 //!
 //! The swap is crash-safe (S5: no acknowledged message is lost at any moment). With `queue`
 //! the store, `queue.new` the copy being built and `queue.old` the store being replaced:
@@ -19,9 +21,9 @@
 //! the rewrite starts over) and any `queue.old` is a replaced store (removed). Every state is
 //! therefore either the old store or the new one, never a mix, and rewriting is idempotent.
 
+use super::engine::{self, QueueEngine, KEY_CHECK_FILE};
 use super::seal::QueueKey;
-use super::sled_store::{self, SledStore, KEY_CHECK_FILE};
-use super::store::StoreError;
+use super::store::{Store, StoreError};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -80,24 +82,31 @@ pub fn recover(dir: &Path) -> Result<bool, StoreError> {
     Ok(changed)
 }
 
-/// True when `dir` holds a sled store without a key check: a plaintext queue.
+/// True when `dir` holds a store (of either engine) without a key check: a plaintext queue.
 fn is_plaintext_store(dir: &Path) -> bool {
-    dir.join("db").exists() && !dir.join(KEY_CHECK_FILE).exists()
+    engine::found(dir).is_some() && !dir.join(KEY_CHECK_FILE).exists()
 }
 
-/// Opens the queue in `dir` for the relay (S3). With a key: a new queue is created sealed; a
-/// plaintext queue is re-sealed first (the whole store rewritten, module doc); a sealed one
-/// opens only with the key it was sealed with. Without a key: a plaintext queue opens, a sealed
-/// one is refused. A refused open leaves `dir` as it was (the key is checked before sled opens
-/// anything); only an interrupted rewrite is completed first ([`recover`]).
-pub fn open_store(dir: &Path, key: Option<Arc<QueueKey>>) -> Result<SledStore, StoreError> {
+/// Opens the queue in `dir` with `engine` for the relay (S3). With a key: a new queue is
+/// created sealed; a plaintext queue is re-sealed first (the whole store rewritten, module
+/// doc); a sealed one opens only with the key it was sealed with. Without a key: a plaintext
+/// queue opens, a sealed one is refused. A queue of the other engine is refused
+/// ([`engine::check_engine`]). A refused open leaves `dir` as it was (key and engine are
+/// checked before anything is opened); only an interrupted rewrite is completed first
+/// ([`recover`]).
+pub fn open_store(
+    dir: &Path,
+    engine: QueueEngine,
+    key: Option<Arc<QueueKey>>,
+) -> Result<Arc<dyn Store>, StoreError> {
     if recover(dir)? {
         tracing::warn!(queue = %dir.display(), "completed an interrupted queue rewrite");
     }
-    sled_store::check_key(dir, key.as_deref())?;
+    engine::check_engine(dir, engine)?;
+    engine::check_key(dir, key.as_deref())?;
     if let Some(key) = &key {
         if is_plaintext_store(dir) {
-            let records = rewrite(dir, None, Some(key.clone()))?;
+            let records = rewrite(dir, (engine, None), (engine, Some(key.clone())))?;
             tracing::info!(
                 queue = %dir.display(),
                 key_file = %key.path().display(),
@@ -106,42 +115,69 @@ pub fn open_store(dir: &Path, key: Option<Arc<QueueKey>>) -> Result<SledStore, S
             );
         }
     }
-    SledStore::open_with(dir, key)
+    engine::open_with(dir, engine, key)
 }
 
-/// What [`rekey`] did.
+/// What [`rekey`] or [`migrate`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Rekeyed {
-    /// Records (envelopes, body chunks, recipient states) re-sealed.
+    /// Records (envelopes, body chunks, recipient states) written.
     pub records: u64,
 }
 
-/// Re-seals the queue in `dir`, opened with `current` (its key, `None` for plaintext), under
-/// `new` (`None`: decrypt). Offline: sled locks its files, so this fails while the relay runs.
-/// Crash-safe (module doc): after a crash the queue is under the old key or the new one.
+/// Re-seals the queue in `dir` (of `engine`), opened with `current` (its key, `None` for
+/// plaintext), under `new` (`None`: decrypt). Offline: both engines lock their files, so this
+/// fails while the relay runs. Crash-safe (module doc): after a crash the queue is under the
+/// old key or the new one.
 pub fn rekey(
     dir: &Path,
+    engine: QueueEngine,
     current: Option<Arc<QueueKey>>,
     new: Option<Arc<QueueKey>>,
 ) -> Result<Rekeyed, StoreError> {
     recover(dir)?;
-    sled_store::check_key(dir, current.as_deref())?;
-    if !dir.join("db").exists() {
+    engine::check_engine(dir, engine)?;
+    engine::check_key(dir, current.as_deref())?;
+    if engine::found(dir).is_none() {
         return Err(StoreError::Engine(format!(
             "{}: no queue here (check server.data_dir)",
             dir.display()
         )));
     }
-    let records = rewrite(dir, current, new)?;
+    let records = rewrite(dir, (engine, current), (engine, new))?;
     Ok(Rekeyed { records })
 }
 
-/// Copies the store in `dir` (opened with `from`) into a fresh `queue.new` under `to`, then
-/// swaps the directories (module doc). Returns the number of records copied.
+/// Moves the queue in `dir` to the engine `to` (`tlsgate queue migrate`, issue 16 item 2),
+/// keeping its key (`key`, `None` for plaintext). Offline and crash-safe like [`rekey`]; a
+/// queue already of engine `to` is left alone (0 records).
+pub fn migrate(
+    dir: &Path,
+    to: QueueEngine,
+    key: Option<Arc<QueueKey>>,
+) -> Result<Rekeyed, StoreError> {
+    recover(dir)?;
+    engine::check_key(dir, key.as_deref())?;
+    let from = match engine::found(dir) {
+        None => {
+            return Err(StoreError::Engine(format!(
+                "{}: no queue here (check server.data_dir)",
+                dir.display()
+            )))
+        }
+        Some(from) if from == to => return Ok(Rekeyed { records: 0 }),
+        Some(from) => from,
+    };
+    let records = rewrite(dir, (from, key.clone()), (to, key))?;
+    Ok(Rekeyed { records })
+}
+
+/// Copies the store in `dir` (engine and key `from`) into a fresh `queue.new` (engine and key
+/// `to`), then swaps the directories (module doc). Returns the number of records copied.
 fn rewrite(
     dir: &Path,
-    from: Option<Arc<QueueKey>>,
-    to: Option<Arc<QueueKey>>,
+    from: (QueueEngine, Option<Arc<QueueKey>>),
+    to: (QueueEngine, Option<Arc<QueueKey>>),
 ) -> Result<u64, StoreError> {
     let new = sibling(dir, "new");
     let old = sibling(dir, "old");
@@ -149,10 +185,10 @@ fn rewrite(
         std::fs::remove_dir_all(&new)?;
     }
     let records = {
-        let source = SledStore::open_with(dir, from)?;
-        let target = SledStore::open_with(&new, to)?;
-        source.copy_into(&target)?
-        // Both closed here: sled flushes on drop, and the directories may then move.
+        let source = engine::open_with(dir, from.0, from.1)?;
+        let target = engine::open_with(&new, to.0, to.1)?;
+        engine::copy(source.as_ref(), target.as_ref())?
+        // Both closed here (the engines flush on drop), and the directories may then move.
     };
     sync_dir(&new)?;
     sync_dir(parent(dir))?;
@@ -170,10 +206,42 @@ mod tests {
     use super::*;
     use crate::queue::message::{NewMessage, RecipientState};
     use crate::queue::sled_store::tests::sample_message;
-    use crate::queue::Store;
+    use crate::queue::{SledStore, Store};
+
+    /// Each test runs with both engines (issue 16 item 2: sled stays selectable).
+    macro_rules! both_engines {
+        ($($name:ident),* $(,)?) => {$(
+            mod $name {
+                #[test]
+                fn redb() {
+                    super::$name(super::QueueEngine::Redb)
+                }
+                #[test]
+                fn sled() {
+                    super::$name(super::QueueEngine::Sled)
+                }
+            }
+        )*};
+    }
+
+    both_engines!(
+        a_plaintext_queue_is_resealed_and_reads_back,
+        wrong_or_missing_key_is_refused,
+        rekey_moves_to_the_new_key,
+        an_interrupted_rewrite_recovers_to_one_whole_store,
+        migrate_moves_the_queue_to_the_other_engine,
+        the_other_engines_queue_is_refused_untouched,
+    );
 
     fn key(dir: &Path, name: &str, byte: u8) -> Arc<QueueKey> {
         Arc::new(QueueKey::from_bytes(&dir.join(name), &[byte; 32]).unwrap())
+    }
+
+    fn other(engine: QueueEngine) -> QueueEngine {
+        match engine {
+            QueueEngine::Redb => QueueEngine::Sled,
+            QueueEngine::Sled => QueueEngine::Redb,
+        }
     }
 
     /// A message with `marker` in its body (over several chunks) and its sender.
@@ -204,7 +272,7 @@ mod tests {
         found
     }
 
-    fn write(store: &SledStore, msg: &NewMessage) {
+    fn write(store: &dyn Store, msg: &NewMessage) {
         let states = vec![RecipientState::new_pending(1); msg.meta.recipients.len()];
         store.write_message(msg, &states).unwrap();
         store.sync().unwrap();
@@ -212,19 +280,18 @@ mod tests {
 
     /// S3: a plaintext queue opened with a key is re-sealed whole; nothing of it stays in
     /// any file, and every message reads back the same.
-    #[test]
-    fn a_plaintext_queue_is_resealed_and_reads_back() {
+    fn a_plaintext_queue_is_resealed_and_reads_back(engine: QueueEngine) {
         let data = tempfile::tempdir().unwrap();
         let dir = data.path().join("queue");
         let msg = message("plainmarker");
         {
-            let store = SledStore::open(&dir).unwrap();
-            write(&store, &msg);
+            let store = engine::open_with(&dir, engine, None).unwrap();
+            write(store.as_ref(), &msg);
         }
         assert!(!files_contain(data.path(), b"plainmarker").is_empty());
         let k = key(data.path(), "k", 1);
-        let store = open_store(&dir, Some(k.clone())).unwrap();
-        assert!(store.is_sealed());
+        let store = open_store(&dir, engine, Some(k.clone())).unwrap();
+        assert!(dir.join(KEY_CHECK_FILE).exists());
         assert_eq!(store.body(&msg.meta.id).unwrap().unwrap(), msg.body);
         assert_eq!(store.message(&msg.meta.id).unwrap().unwrap(), msg.meta);
         assert_eq!(store.recipient_states(&msg.meta.id).unwrap().len(), 1);
@@ -235,21 +302,20 @@ mod tests {
         );
         assert!(!sibling(&dir, "new").exists() && !sibling(&dir, "old").exists());
         // Idempotent: opening again with the key changes nothing and reads the same.
-        let store = open_store(&dir, Some(k)).unwrap();
+        let store = open_store(&dir, engine, Some(k)).unwrap();
         assert_eq!(store.body(&msg.meta.id).unwrap().unwrap(), msg.body);
     }
 
     /// S3: the wrong key and no key are refused, naming the key file; the store is unchanged.
-    #[test]
-    fn wrong_or_missing_key_is_refused() {
+    fn wrong_or_missing_key_is_refused(engine: QueueEngine) {
         let data = tempfile::tempdir().unwrap();
         let dir = data.path().join("queue");
         let msg = message("m1");
         {
-            let store = open_store(&dir, Some(key(data.path(), "right", 1))).unwrap();
-            write(&store, &msg);
+            let store = open_store(&dir, engine, Some(key(data.path(), "right", 1))).unwrap();
+            write(store.as_ref(), &msg);
         }
-        let err = open_store(&dir, Some(key(data.path(), "wrong.key", 2)))
+        let err = open_store(&dir, engine, Some(key(data.path(), "wrong.key", 2)))
             .err()
             .unwrap()
             .to_string();
@@ -257,58 +323,132 @@ mod tests {
             err.contains("wrong.key") && err.contains("another key"),
             "{err}"
         );
-        let err = open_store(&dir, None).err().unwrap().to_string();
+        let err = open_store(&dir, engine, None).err().unwrap().to_string();
         assert!(err.contains("encryption_key is not set"), "{err}");
-        let err = SledStore::open(&dir).err().unwrap().to_string();
+        let err = engine::open_with(&dir, engine, None)
+            .err()
+            .unwrap()
+            .to_string();
         assert!(err.contains("encrypted"), "{err}");
     }
 
     /// `queue rekey`: afterwards the new key opens the queue and the old one does not.
-    #[test]
-    fn rekey_moves_to_the_new_key() {
+    fn rekey_moves_to_the_new_key(engine: QueueEngine) {
         let data = tempfile::tempdir().unwrap();
         let dir = data.path().join("queue");
         let msg = message("m2");
         let old = key(data.path(), "old", 1);
         let new = key(data.path(), "new", 2);
         {
-            let store = open_store(&dir, Some(old.clone())).unwrap();
-            write(&store, &msg);
+            let store = open_store(&dir, engine, Some(old.clone())).unwrap();
+            write(store.as_ref(), &msg);
         }
-        let done = rekey(&dir, Some(old.clone()), Some(new.clone())).unwrap();
+        let done = rekey(&dir, engine, Some(old.clone()), Some(new.clone())).unwrap();
         assert_eq!(
             done.records,
             1 + 1 + msg.body.len().div_ceil(32 * 1024) as u64
         );
-        assert!(open_store(&dir, Some(old)).is_err());
-        let store = open_store(&dir, Some(new)).unwrap();
+        assert!(open_store(&dir, engine, Some(old)).is_err());
+        let store = open_store(&dir, engine, Some(new)).unwrap();
         assert_eq!(store.body(&msg.meta.id).unwrap().unwrap(), msg.body);
     }
 
     /// Crash safety of the directory swap: every interrupted state recovers to one whole store.
-    #[test]
-    fn an_interrupted_rewrite_recovers_to_one_whole_store() {
+    fn an_interrupted_rewrite_recovers_to_one_whole_store(engine: QueueEngine) {
         let data = tempfile::tempdir().unwrap();
         let dir = data.path().join("queue");
         let msg = message("m3");
         let k = key(data.path(), "k", 1);
         {
-            let store = SledStore::open(&dir).unwrap();
-            write(&store, &msg);
+            let store = engine::open_with(&dir, engine, None).unwrap();
+            write(store.as_ref(), &msg);
         }
         // Killed while building queue.new: it is thrown away, the plaintext store stays and
         // is re-sealed again.
         std::fs::create_dir_all(sibling(&dir, "new")).unwrap();
         std::fs::write(sibling(&dir, "new").join("db"), b"half").unwrap();
-        let store = open_store(&dir, Some(k.clone())).unwrap();
+        let store = open_store(&dir, engine, Some(k.clone())).unwrap();
         assert_eq!(store.body(&msg.meta.id).unwrap().unwrap(), msg.body);
         drop(store);
         // Killed between the two renames: queue.new (complete) becomes the store.
         std::fs::rename(&dir, sibling(&dir, "new")).unwrap();
         std::fs::create_dir_all(sibling(&dir, "old")).unwrap();
-        let store = open_store(&dir, Some(k)).unwrap();
+        let store = open_store(&dir, engine, Some(k)).unwrap();
         assert_eq!(store.body(&msg.meta.id).unwrap().unwrap(), msg.body);
         assert!(!sibling(&dir, "old").exists());
+    }
+
+    /// Issue 16 item 2: `queue migrate` moves every message, its states and its sealing to
+    /// the other engine; afterwards only the new engine opens the queue.
+    fn migrate_moves_the_queue_to_the_other_engine(engine: QueueEngine) {
+        let data = tempfile::tempdir().unwrap();
+        let dir = data.path().join("queue");
+        let k = key(data.path(), "k", 1);
+        let a = message("migrate-a");
+        let b = message("migrate-b");
+        {
+            let store = open_store(&dir, engine, Some(k.clone())).unwrap();
+            write(store.as_ref(), &a);
+            write(store.as_ref(), &b);
+            let delivered = RecipientState {
+                attempts: 3,
+                ..RecipientState::new_pending(9)
+            };
+            store
+                .set_recipient_state(&b.meta.id, 0, &delivered)
+                .unwrap();
+            store.sync().unwrap();
+        }
+        let target = other(engine);
+        let done = migrate(&dir, target, Some(k.clone())).unwrap();
+        assert_eq!(
+            done.records,
+            2 * (1 + 1 + a.body.len().div_ceil(32 * 1024) as u64)
+        );
+        assert_eq!(engine::found(&dir), Some(target));
+        assert!(open_store(&dir, engine, Some(k.clone())).is_err());
+        let store = open_store(&dir, target, Some(k.clone())).unwrap();
+        let mut ids = store.message_ids().unwrap();
+        ids.sort_by(|x, y| x.as_str().cmp(y.as_str()));
+        let mut want = vec![a.meta.id.clone(), b.meta.id.clone()];
+        want.sort_by(|x, y| x.as_str().cmp(y.as_str()));
+        assert_eq!(ids, want);
+        assert_eq!(store.body(&b.meta.id).unwrap().unwrap(), b.body);
+        assert_eq!(store.recipient_states(&b.meta.id).unwrap()[0].attempts, 3);
+        drop(store);
+        // Nothing of the plaintext in any file (the old engine's files are gone).
+        assert_eq!(
+            files_contain(data.path(), b"migrate-b"),
+            Vec::<PathBuf>::new()
+        );
+        // Migrating to the engine it already has changes nothing.
+        assert_eq!(migrate(&dir, target, Some(k)).unwrap().records, 0);
+    }
+
+    /// Issue 16 item 2: a queue written by the other engine is refused, naming both
+    /// engines, and nothing is created beside it.
+    fn the_other_engines_queue_is_refused_untouched(engine: QueueEngine) {
+        let data = tempfile::tempdir().unwrap();
+        let dir = data.path().join("queue");
+        {
+            let store = engine::open_with(&dir, other(engine), None).unwrap();
+            write(store.as_ref(), &message("m4"));
+        }
+        let before: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        let err = open_store(&dir, engine, None).err().unwrap().to_string();
+        assert!(
+            err.contains(&format!("written by {}", other(engine).name()))
+                && err.contains(&format!("queue.engine is \"{}\"", engine.name())),
+            "{err}"
+        );
+        let after: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(before, after);
     }
 
     #[test]
@@ -318,7 +458,7 @@ mod tests {
         let k = key(data.path(), "k", 1);
         let a = message("aaaa");
         let b = message("bbbb");
-        let store = open_store(&dir, Some(k)).unwrap();
+        let store = SledStore::open_with(&dir, Some(k)).unwrap();
         write(&store, &a);
         write(&store, &b);
         // Move b's envelope under a's key: the associated data no longer matches.

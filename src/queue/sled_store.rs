@@ -15,27 +15,19 @@
 //! Encryption at rest (S3): opened with a [`QueueKey`], every value is sealed just before it is
 //! written and opened just after it is read ([`super::seal`]), with its full key above as
 //! associated data; the keys themselves (record kind, queue id, index) stay in the clear. A
-//! sealed store's directory holds [`KEY_CHECK_FILE`], a sealed known value, so that the wrong
+//! sealed store's directory holds [`super::engine::KEY_CHECK_FILE`], a sealed known value, so that the wrong
 //! key (or none) is refused before sled opens anything ([`SledStore::open_with`]). Turning a
 //! plaintext store into a sealed one, and rekeying, is [`super::at_rest`]'s job.
 
+use super::engine::{check_key, read_key_check, write_key_check};
 use super::message::{MessageMeta, NewMessage, QueueId, RecipientState};
 use super::seal::{EncryptionError, QueueKey};
 use super::store::{Store, StoreError};
 use serde::de::DeserializeOwned;
 use std::collections::HashSet;
 use std::fs::File;
-use std::io::{Read, Write};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-
-/// In a sealed store's directory: the key check ([`super::seal::Sealer::check_value`]).
-pub const KEY_CHECK_FILE: &str = "key-check";
-/// A key check file is far smaller than this; the bound on reading one.
-const KEY_CHECK_MAX: u64 = 4096;
-/// Records copied per batch by [`SledStore::copy_into`].
-const COPY_BATCH: usize = 1024;
 
 /// Body chunk size: far below sled's blob threshold (segment size / 4 with the defaults).
 pub const BODY_CHUNK: usize = 32 * 1024;
@@ -103,49 +95,6 @@ fn unopened(k: &[u8], e: EncryptionError) -> StoreError {
         key: String::from_utf8_lossy(k).replace('\0', "/"),
         reason: e.to_string(),
     }
-}
-
-/// The key check stored in `dir`, `None` when there is none (a plaintext or new store).
-fn read_key_check(dir: &Path) -> Result<Option<Vec<u8>>, StoreError> {
-    let file = match File::open(dir.join(KEY_CHECK_FILE)) {
-        Ok(file) => file,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e.into()),
-    };
-    let mut value = Vec::new();
-    file.take(KEY_CHECK_MAX).read_to_end(&mut value)?;
-    Ok(Some(value))
-}
-
-/// Refuses a sealed store without its key, or with another key (S3), before anything in
-/// `dir` is opened or changed.
-pub fn check_key(dir: &Path, key: Option<&QueueKey>) -> Result<(), StoreError> {
-    let queue = dir.display().to_string();
-    match (read_key_check(dir)?, key) {
-        (None, _) => Ok(()),
-        (Some(_), None) => Err(StoreError::from(EncryptionError::KeyRequired { queue })),
-        (Some(check), Some(key)) if key.sealer().matches_check(&check) => Ok(()),
-        (Some(_), Some(key)) => Err(StoreError::from(EncryptionError::WrongKey {
-            queue,
-            key_file: key.path().display().to_string(),
-        })),
-    }
-}
-
-/// Writes the key check of `key` into `dir` (created if missing), durably: the file and the
-/// directory entry are synced before sled writes its first sealed record there.
-fn write_key_check(dir: &Path, key: &QueueKey) -> Result<(), StoreError> {
-    std::fs::create_dir_all(dir)?;
-    let value = key.sealer().check_value().map_err(StoreError::from)?;
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(dir.join(KEY_CHECK_FILE))?;
-    file.write_all(&value)?;
-    file.sync_all()?;
-    File::open(dir)?.sync_all()?;
-    Ok(())
 }
 
 impl SledStore {
@@ -232,39 +181,6 @@ impl SledStore {
             }
             None => decode(k, v),
         }
-    }
-
-    /// Copies every record into `target` (its own key, or plaintext), in batches, then syncs
-    /// `target`; returns the number of records. Used to seal a plaintext store and to rekey
-    /// ([`super::at_rest`]). Envelopes are decoded on the way: a record that does not decode
-    /// stops the copy (it would otherwise be sealed as garbage).
-    pub fn copy_into(&self, target: &SledStore) -> Result<u64, StoreError> {
-        let mut batch = sled::Batch::default();
-        let mut in_batch = 0;
-        let mut copied = 0u64;
-        for item in self.tree.iter() {
-            let (k, v) = item.map_err(engine)?;
-            let plain = match &self.key {
-                Some(key) => key.sealer().open(&k, &v).map_err(|e| unopened(&k, e))?,
-                None => v.to_vec(),
-            };
-            if k.starts_with(META) {
-                MessageMeta::decode(&plain).map_err(|e| corrupt(&k, e))?;
-            }
-            batch.insert(k.clone(), target.stored(&k, &plain)?);
-            in_batch += 1;
-            copied += 1;
-            if in_batch == COPY_BATCH {
-                target
-                    .tree
-                    .apply_batch(std::mem::take(&mut batch))
-                    .map_err(engine)?;
-                in_batch = 0;
-            }
-        }
-        target.tree.apply_batch(batch).map_err(engine)?;
-        target.sync()?;
-        Ok(copied)
     }
 
     /// The store's directory.

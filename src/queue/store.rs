@@ -1,5 +1,5 @@
-//! The queue store interface. The rest of tlsgate sees only this trait, never sled (design.md,
-//! "sled caveat"), so the storage engine, or an encrypting wrapper (S3), can change behind it.
+//! The queue store interface. The rest of tlsgate sees only this trait, never redb or sled
+//! (design.md, "sled caveat"), so the storage engine, or an encrypting wrapper (S3), can change behind it.
 //!
 //! Methods are blocking: callers run them off the async threads (the group committer's own
 //! thread, or [`AsyncStore`], which runs each read on the blocking pool).
@@ -31,6 +31,10 @@ pub enum StoreError {
     /// each), keeping whether the file system was full so that the reply can say so.
     #[error("queue sync failed: {reason}")]
     SyncFailed { reason: String, disk_full: bool },
+    /// The queue watchdog found the committer stuck (issue 16 item 2): nothing of this job is
+    /// confirmed, and the process is about to exit so that it is restarted.
+    #[error("the queue is stalled (no commit progress); the relay restarts")]
+    Stalled,
     /// A durable write was not confirmed in time (a stuck disk or store). It may still
     /// complete: the caller treats it as failed, so a message is sent twice, never lost.
     #[error("queue commit did not finish within {}", humantime::format_duration(*.limit))]
@@ -39,12 +43,28 @@ pub enum StoreError {
     /// message names the key file and the queue, never the key.
     #[error("{0}")]
     Encryption(Box<super::seal::EncryptionError>),
+    /// The queue directory was written by another engine than `queue.engine` (issue 16
+    /// item 2); nothing was opened or changed. Boxed: keeps every `Result` small.
+    #[error("{0}")]
+    WrongEngine(Box<WrongEngine>),
     /// A store call run on the blocking pool panicked or was cancelled before it returned.
     #[error("queue {operation} did not complete: {reason}")]
     Aborted {
         operation: &'static str,
         reason: String,
     },
+}
+
+/// A queue directory of another engine than the configured one ([`StoreError::WrongEngine`]).
+#[derive(Debug, thiserror::Error)]
+#[error("the queue in {queue} was written by {found}, but queue.engine is \"{configured}\"; nothing was changed. Set queue.engine = \"{found}\", or stop the relay and run `tlsgate queue migrate` (README, Queue engine)")]
+pub struct WrongEngine {
+    /// The queue directory.
+    pub queue: String,
+    /// The engine whose files are there.
+    pub found: &'static str,
+    /// `queue.engine`.
+    pub configured: &'static str,
 }
 
 impl From<std::io::Error> for StoreError {

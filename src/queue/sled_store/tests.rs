@@ -1,8 +1,57 @@
 use super::*;
 use crate::config::Role;
+use crate::queue::engine::QueueEngine;
 use crate::queue::message::{BodyType, DsnNotify, Reception, Recipient, RecipientStatus};
 use crate::queue::Committer;
 use std::sync::Arc;
+
+// The store's contract, run against both engines (issue 16 item 2).
+macro_rules! both_engines {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[test]
+            fn redb() {
+                super::$name(super::QueueEngine::Redb)
+            }
+            #[test]
+            fn sled() {
+                super::$name(super::QueueEngine::Sled)
+            }
+        }
+    )*};
+}
+
+macro_rules! both_engines_async {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn redb() {
+                super::$name(super::QueueEngine::Redb).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sled() {
+                super::$name(super::QueueEngine::Sled).await
+            }
+        }
+    )*};
+}
+
+both_engines!(
+    message_round_trips_through_reopen,
+    recipient_state_updates_and_removal
+);
+both_engines_async!(
+    a_blocked_committer_is_seen_stalled_and_its_callers_answered,
+    concurrent_commits_share_syncs,
+    a_commit_not_confirmed_in_time_is_a_timeout_and_still_completes,
+    a_message_with_more_states_than_recipients_is_corrupt,
+    a_full_disk_at_the_sync_is_reported_as_a_full_disk
+);
+
+/// A plaintext store of `engine` in `dir`.
+fn open(engine: QueueEngine, dir: &std::path::Path) -> Arc<dyn Store> {
+    crate::queue::engine::open_with(dir, engine, None).unwrap()
+}
 
 pub(crate) fn sample_message(body: Vec<u8>, recipients: usize) -> NewMessage {
     let id = QueueId::generate();
@@ -36,8 +85,7 @@ pub(crate) fn sample_message(body: Vec<u8>, recipients: usize) -> NewMessage {
     }
 }
 
-#[test]
-fn message_round_trips_through_reopen() {
+fn message_round_trips_through_reopen(engine: QueueEngine) {
     let dir = tempfile::tempdir().unwrap();
     // Larger than several chunks, with a tail that is not chunk-aligned.
     let body: Vec<u8> = (0..(3 * BODY_CHUNK + 17))
@@ -46,13 +94,13 @@ fn message_round_trips_through_reopen() {
     let msg = sample_message(body.clone(), 3);
     let id = msg.meta.id.clone();
     {
-        let store = SledStore::open(dir.path()).unwrap();
+        let store = open(engine, dir.path());
         store
             .write_message(&msg, &vec![RecipientState::new_pending(5); 3])
             .unwrap();
         store.sync().unwrap();
     }
-    let store = SledStore::open(dir.path()).unwrap();
+    let store = open(engine, dir.path());
     assert_eq!(store.message_ids().unwrap(), vec![id.clone()]);
     assert_eq!(store.message(&id).unwrap().unwrap(), msg.meta);
     assert_eq!(store.body(&id).unwrap().unwrap(), body);
@@ -63,15 +111,16 @@ fn message_round_trips_through_reopen() {
         .all(|s| s.status == RecipientStatus::Pending && s.next_attempt == 5));
 }
 
-#[test]
-fn recipient_state_updates_and_removal() {
+fn recipient_state_updates_and_removal(engine: QueueEngine) {
     let dir = tempfile::tempdir().unwrap();
-    let store = SledStore::open(dir.path()).unwrap();
+    let store = open(engine, dir.path());
     let msg = sample_message(b"Subject: x\r\n\r\nhi\r\n".to_vec(), 2);
     let id = msg.meta.id.clone();
     store
         .write_message(&msg, &vec![RecipientState::new_pending(0); 2])
         .unwrap();
+    // Readers see what a sync made durable (redb: the group's commit).
+    store.sync().unwrap();
     let delivered = RecipientState {
         status: RecipientStatus::Delivered,
         attempts: 1,
@@ -83,10 +132,12 @@ fn recipient_state_updates_and_removal() {
         ..RecipientState::new_pending(0)
     };
     store.set_recipient_state(&id, 1, &delivered).unwrap();
+    store.sync().unwrap();
     let states = store.recipient_states(&id).unwrap();
     assert_eq!(states[0].status, RecipientStatus::Pending);
     assert_eq!(states[1], delivered);
     store.remove_message(&id).unwrap();
+    store.sync().unwrap();
     assert!(store.message(&id).unwrap().is_none());
     assert!(store.body(&id).unwrap().is_none());
     assert!(store.recipient_states(&id).unwrap().is_empty());
@@ -95,10 +146,16 @@ fn recipient_state_updates_and_removal() {
 
 /// The real store with something done before each sync: `slow` (as slow as a busy disk's, so
 /// that commits pile up behind it) or `disk_full`.
-struct HookedSync(Arc<SledStore>, fn() -> Result<(), StoreError>);
+struct HookedSync(Arc<dyn Store>, fn() -> Result<(), StoreError>);
 
 fn slow() -> Result<(), StoreError> {
     std::thread::sleep(std::time::Duration::from_millis(50));
+    Ok(())
+}
+
+/// A sync that blocks far longer than any test waits for it (a frozen file system).
+fn blocked() -> Result<(), StoreError> {
+    std::thread::sleep(std::time::Duration::from_millis(1500));
     Ok(())
 }
 
@@ -141,10 +198,9 @@ impl Store for HookedSync {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_commits_share_syncs() {
+async fn concurrent_commits_share_syncs(engine: QueueEngine) {
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(SledStore::open(dir.path()).unwrap());
+    let store = open(engine, dir.path());
     let (committer, _announced) =
         Committer::start(Arc::new(HookedSync(store.clone(), slow))).unwrap();
     let mut tasks = Vec::new();
@@ -175,10 +231,9 @@ async fn concurrent_commits_share_syncs() {
 
 /// S5: a commit that is not confirmed in time is refused (the client retries) with a typed
 /// timeout; the write is not cancelled and still completes.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_commit_not_confirmed_in_time_is_a_timeout_and_still_completes() {
+async fn a_commit_not_confirmed_in_time_is_a_timeout_and_still_completes(engine: QueueEngine) {
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(SledStore::open(dir.path()).unwrap());
+    let store = open(engine, dir.path());
     let (committer, _announced) =
         Committer::start(Arc::new(HookedSync(store.clone(), slow))).unwrap();
     let msg = sample_message(b"hello".to_vec(), 1);
@@ -194,10 +249,9 @@ async fn a_commit_not_confirmed_in_time_is_a_timeout_and_still_completes() {
 
 /// Delivery pairs recipient states with recipients by position: a message whose counts
 /// differ is reported corrupt, not read.
-#[tokio::test]
-async fn a_message_with_more_states_than_recipients_is_corrupt() {
+async fn a_message_with_more_states_than_recipients_is_corrupt(engine: QueueEngine) {
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(SledStore::open(dir.path()).unwrap());
+    let store = open(engine, dir.path());
     let msg = sample_message(b"hello".to_vec(), 2);
     let id = msg.meta.id.clone();
     store
@@ -209,11 +263,13 @@ async fn a_message_with_more_states_than_recipients_is_corrupt() {
             ],
         )
         .unwrap();
+    store.sync().unwrap();
     let reader = crate::queue::AsyncStore::new(store.clone());
     assert!(reader.load(&id).await.unwrap().is_some());
     store
         .set_recipient_state(&id, 2, &RecipientState::new_pending(1))
         .unwrap();
+    store.sync().unwrap();
     match reader.load(&id).await {
         Err(StoreError::Corrupt { key, reason }) => {
             assert_eq!(key, id.to_string());
@@ -227,14 +283,40 @@ async fn a_message_with_more_states_than_recipients_is_corrupt() {
 /// A file system that fills up at the sync: the commit fails, says the disk is full (so the
 /// session answers `452 4.3.1 Insufficient system storage`, RFC 3463), and the message that
 /// was written but not made durable is taken back.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_disk_at_the_sync_is_reported_as_a_full_disk() {
+async fn a_full_disk_at_the_sync_is_reported_as_a_full_disk(engine: QueueEngine) {
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(SledStore::open(dir.path()).unwrap());
+    let store = open(engine, dir.path());
     let (committer, _announced) =
         Committer::start(Arc::new(HookedSync(store.clone(), disk_full))).unwrap();
     let msg = sample_message(b"hello".to_vec(), 1);
     let err = committer.commit(msg).await.unwrap_err();
     assert!(err.is_disk_full(), "{err:?}");
     assert!(store.message_ids().unwrap().is_empty(), "taken back");
+}
+
+/// Issue 16 item 2 (watchdog): an idle committer is not stalled; one blocked in its sync while
+/// a job waits is, for as long as it blocks; declaring the stall answers the waiting caller at
+/// once (and every later one) with `Stalled`, never with success.
+async fn a_blocked_committer_is_seen_stalled_and_its_callers_answered(engine: QueueEngine) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(engine, dir.path());
+    let (committer, _announced) = Committer::start(Arc::new(HookedSync(store, blocked))).unwrap();
+    assert_eq!(committer.stalled_for(), None, "idle is not stalled");
+    let waiting = committer.clone();
+    let job = tokio::spawn(async move { waiting.commit(sample_message(b"x".to_vec(), 1)).await });
+    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    let stalled = committer.stalled_for().expect("a job waits");
+    assert!(
+        stalled >= std::time::Duration::from_millis(600),
+        "{stalled:?}"
+    );
+    assert_eq!(committer.waiting(), 1);
+    committer.declare_stalled();
+    let answered = tokio::time::timeout(std::time::Duration::from_millis(300), job)
+        .await
+        .expect("the waiting caller is answered at once")
+        .unwrap();
+    assert!(matches!(answered, Err(StoreError::Stalled)), "{answered:?}");
+    let later = committer.commit(sample_message(b"y".to_vec(), 1)).await;
+    assert!(matches!(later, Err(StoreError::Stalled)), "{later:?}");
 }
