@@ -17,21 +17,16 @@
 
 mod common;
 
+use common::process::{free_port, log_tail, protocol, Conn, Relay};
 use sha2::{Digest, Sha256};
 use std::collections::{HashMap, HashSet};
-use std::fs::File;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream as StdTcpStream};
-use std::os::unix::process::ExitStatusExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tlsgate::config::Config;
 use tlsgate::queue::QueueId;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 /// Concurrent submitting clients.
 const CLIENTS: usize = 8;
@@ -59,12 +54,6 @@ const LOAD_LIMIT: Duration = Duration::from_secs(12);
 const MIN_ACKS: usize = 10;
 /// Messages per SMTP session before the client reconnects.
 const MESSAGES_PER_SESSION: usize = 6;
-/// Every client-side read, write and connect.
-const IO_TIMEOUT: Duration = Duration::from_secs(5);
-/// Time for the binary to accept connections after spawn.
-const START_LIMIT: Duration = Duration::from_secs(10);
-/// Time for the process to exit after SIGKILL / SIGTERM.
-const EXIT_LIMIT: Duration = Duration::from_secs(10);
 /// Time for the client tasks to notice the dead server.
 const CLIENT_STOP_LIMIT: Duration = Duration::from_secs(10);
 
@@ -80,15 +69,6 @@ struct Acked {
     round: usize,
     client: usize,
     seq: usize,
-}
-
-/// A port that was free a moment ago (the listener is dropped before tlsgate binds it).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind 127.0.0.1:0 to find a free port")
-        .local_addr()
-        .expect("local address of the probe listener")
-        .port()
 }
 
 fn config_text(dir: &Path, cert: &Path, key: &Path, port: u16, engine: &str) -> String {
@@ -132,233 +112,6 @@ engine = "{engine}"
     )
 }
 
-/// Waits (bounded) for a child to exit.
-fn wait_exit(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
-    let deadline = Instant::now() + limit;
-    loop {
-        match child.try_wait().expect("try_wait on the tlsgate process") {
-            Some(status) => return Some(status),
-            None if Instant::now() >= deadline => return None,
-            None => std::thread::sleep(Duration::from_millis(20)),
-        }
-    }
-}
-
-/// The last part of the process log, for failure messages.
-fn log_tail(log: &Path) -> String {
-    let text = std::fs::read_to_string(log).unwrap_or_else(|e| format!("<cannot read log: {e}>"));
-    let start = text.len().saturating_sub(4000);
-    let start = (start..text.len())
-        .find(|&i| text.is_char_boundary(i))
-        .unwrap_or(text.len());
-    text[start..].to_string()
-}
-
-/// The tlsgate binary running as a child process; killed on drop so a failing test leaves no
-/// process behind.
-struct Relay {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Relay {
-    fn spawn(config: &Path, log: &Path) -> Relay {
-        let out = File::options()
-            .create(true)
-            .append(true)
-            .open(log)
-            .expect("open the process log");
-        let err = out.try_clone().expect("clone the process log handle");
-        let child = Command::new(env!("CARGO_BIN_EXE_tlsgate"))
-            .arg("serve")
-            .arg("--config")
-            .arg(config)
-            .arg("--grace")
-            .arg("2s")
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .expect("spawn tlsgate serve");
-        Relay {
-            child,
-            log: log.to_path_buf(),
-        }
-    }
-
-    /// Waits until the listener accepts and greets with 220 (bounded by [`START_LIMIT`]).
-    fn wait_ready(&mut self, addr: SocketAddr) {
-        let deadline = Instant::now() + START_LIMIT;
-        let mut last_error = String::from("never tried");
-        while Instant::now() < deadline {
-            if let Some(status) = self.child.try_wait().expect("try_wait on tlsgate") {
-                panic!(
-                    "tlsgate exited during start-up ({status}); log:\n{}",
-                    log_tail(&self.log)
-                );
-            }
-            match banner(addr) {
-                Ok(line) if line.starts_with("220 ") => return,
-                Ok(line) => last_error = format!("unexpected greeting {line:?}"),
-                Err(e) => last_error = e.to_string(),
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        panic!(
-            "tlsgate did not greet on {addr} within {START_LIMIT:?} (last: {last_error}); log:\n{}",
-            log_tail(&self.log)
-        );
-    }
-
-    /// SIGKILL, and the exit status (which must say: killed by signal 9).
-    fn kill9(&mut self) -> ExitStatus {
-        self.child.kill().expect("send SIGKILL to tlsgate");
-        let status = wait_exit(&mut self.child, EXIT_LIMIT).expect("tlsgate gone after SIGKILL");
-        assert_eq!(status.signal(), Some(libc::SIGKILL), "{status}");
-        status
-    }
-
-    /// SIGTERM, and a clean exit within [`EXIT_LIMIT`].
-    fn terminate(&mut self) {
-        let pid = libc::pid_t::try_from(self.child.id()).expect("pid fits pid_t");
-        // SAFETY: plain kill(2) on our own child, which has not been reaped yet.
-        let rc = unsafe { libc::kill(pid, libc::SIGTERM) };
-        assert_eq!(rc, 0, "kill(SIGTERM): {}", std::io::Error::last_os_error());
-        let status = wait_exit(&mut self.child, EXIT_LIMIT).unwrap_or_else(|| {
-            panic!(
-                "tlsgate did not exit within {EXIT_LIMIT:?} of SIGTERM; log:\n{}",
-                log_tail(&self.log)
-            )
-        });
-        assert!(
-            status.success(),
-            "tlsgate exited with {status} after SIGTERM; log:\n{}",
-            log_tail(&self.log)
-        );
-    }
-}
-
-impl Drop for Relay {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = wait_exit(&mut self.child, EXIT_LIMIT);
-        }
-    }
-}
-
-/// Connects with blocking I/O and returns the first line the server sends.
-fn banner(addr: SocketAddr) -> std::io::Result<String> {
-    let mut stream = StdTcpStream::connect_timeout(&addr, Duration::from_secs(1))?;
-    stream.set_read_timeout(Some(IO_TIMEOUT))?;
-    stream.set_write_timeout(Some(IO_TIMEOUT))?;
-    let mut got = Vec::new();
-    let mut chunk = [0u8; 512];
-    // A banner is one short line; a few reads are plenty.
-    for _ in 0..16 {
-        let n = stream.read(&mut chunk)?;
-        if n == 0 {
-            break;
-        }
-        got.extend_from_slice(&chunk[..n]);
-        if let Some(pos) = got.windows(2).position(|w| w == b"\r\n") {
-            let line = String::from_utf8_lossy(&got[..pos]).into_owned();
-            let _ = stream.write_all(b"QUIT\r\n");
-            return Ok(line);
-        }
-    }
-    Err(std::io::Error::new(
-        std::io::ErrorKind::UnexpectedEof,
-        format!(
-            "no complete banner line: {:?}",
-            String::from_utf8_lossy(&got)
-        ),
-    ))
-}
-
-// ---------------------------------------------------------------------------------------------
-// The submitting clients. Unlike tests/common's SmtpClient, every failure is an error value:
-// after the kill, errors are expected and only acknowledged messages count.
-
-fn timed_out(what: &str) -> std::io::Error {
-    std::io::Error::new(std::io::ErrorKind::TimedOut, format!("{what} timed out"))
-}
-
-fn protocol(what: String) -> std::io::Error {
-    std::io::Error::other(what)
-}
-
-struct Conn {
-    stream: TcpStream,
-    buf: Vec<u8>,
-}
-
-impl Conn {
-    async fn connect(addr: SocketAddr) -> std::io::Result<Conn> {
-        let stream = tokio::time::timeout(IO_TIMEOUT, TcpStream::connect(addr))
-            .await
-            .map_err(|_| timed_out("connect"))??;
-        Ok(Conn {
-            stream,
-            buf: Vec::new(),
-        })
-    }
-
-    async fn send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        tokio::time::timeout(IO_TIMEOUT, self.stream.write_all(bytes))
-            .await
-            .map_err(|_| timed_out("write"))?
-    }
-
-    async fn line(&mut self) -> std::io::Result<String> {
-        // Bounded: a reply line is short; 64 reads of 4 KiB without a CRLF is a broken server.
-        for _ in 0..64 {
-            if let Some(pos) = self.buf.windows(2).position(|w| w == b"\r\n") {
-                let line: Vec<u8> = self.buf.drain(..pos + 2).collect();
-                return Ok(String::from_utf8_lossy(&line[..pos]).into_owned());
-            }
-            let mut chunk = [0u8; 4096];
-            let n = tokio::time::timeout(IO_TIMEOUT, self.stream.read(&mut chunk))
-                .await
-                .map_err(|_| timed_out("read"))??;
-            if n == 0 {
-                return Err(std::io::ErrorKind::UnexpectedEof.into());
-            }
-            self.buf.extend_from_slice(&chunk[..n]);
-        }
-        Err(protocol("reply line too long".into()))
-    }
-
-    /// One (possibly multi-line) reply: code and the text of its last line.
-    async fn reply(&mut self) -> std::io::Result<(u16, String)> {
-        for _ in 0..64 {
-            let line = self.line().await?;
-            let code = line
-                .get(..3)
-                .and_then(|c| c.parse::<u16>().ok())
-                .ok_or_else(|| protocol(format!("bad reply line {line:?}")))?;
-            if line.as_bytes().get(3) != Some(&b'-') {
-                return Ok((code, line.get(4..).unwrap_or("").to_string()));
-            }
-        }
-        Err(protocol("reply with too many lines".into()))
-    }
-
-    async fn expect(&mut self, line: Option<&str>, want: u16) -> std::io::Result<String> {
-        if let Some(line) = line {
-            self.send(format!("{line}\r\n").as_bytes()).await?;
-        }
-        let (code, text) = self.reply().await?;
-        if code != want {
-            return Err(protocol(format!(
-                "{line:?}: got {code} {text}, want {want}"
-            )));
-        }
-        Ok(text)
-    }
-}
-
 /// The message a client means to send (CRLF lines, not dot-stuffed). Every body is distinct;
 /// every fourth is a few tens of KB; some lines start with a dot to exercise (un)stuffing.
 fn make_body(round: usize, client: usize, seq: usize) -> Vec<u8> {
@@ -389,18 +142,6 @@ fn make_body(round: usize, client: usize, seq: usize) -> Vec<u8> {
     body.into_bytes()
 }
 
-/// RFC 5321 4.5.2 transparency: a leading dot on any line is doubled on the wire.
-fn dot_stuff(body: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(body.len() + 64);
-    for line in body.split_inclusive(|&b| b == b'\n') {
-        if line.first() == Some(&b'.') {
-            out.push(b'.');
-        }
-        out.extend_from_slice(line);
-    }
-    out
-}
-
 struct Shared {
     addr: SocketAddr,
     round: usize,
@@ -413,10 +154,7 @@ struct Shared {
 
 /// One SMTP session: banner, EHLO, up to [`MESSAGES_PER_SESSION`] messages.
 async fn session(shared: &Shared, client: usize, seq: &mut usize) -> std::io::Result<()> {
-    let mut c = Conn::connect(shared.addr).await?;
-    c.expect(None, 220).await?;
-    c.expect(Some(&format!("EHLO client{client}.example.org")), 250)
-        .await?;
+    let mut c = Conn::greeted(shared.addr, &format!("client{client}.example.org")).await?;
     for _ in 0..MESSAGES_PER_SESSION {
         if shared.stop.load(Ordering::SeqCst) {
             break;
@@ -426,20 +164,9 @@ async fn session(shared: &Shared, client: usize, seq: &mut usize) -> std::io::Re
         let round = shared.round;
         let body = make_body(round, client, n);
         let sender = format!("c{client}.r{round}.s{n}@example.org");
-        c.expect(Some(&format!("MAIL FROM:<{sender}>")), 250)
-            .await?;
-        c.expect(Some(&format!("RCPT TO:<{RECIPIENT}>")), 250)
-            .await?;
-        c.expect(Some("DATA"), 354).await?;
-        let mut wire = dot_stuff(&body);
-        wire.extend_from_slice(b".\r\n");
-        c.send(&wire).await?;
-        let text = c.expect(None, 250).await?;
-        let id = text
-            .strip_prefix("2.0.0 Ok: queued as ")
-            .ok_or_else(|| protocol(format!("250 without a queue id: {text:?}")))?;
-        let id = QueueId::parse(id)
-            .ok_or_else(|| protocol(format!("not a queue id in {text:?}")))?
+        let id = c.submit(&sender, &[RECIPIENT], &body).await?;
+        let id = QueueId::parse(&id)
+            .ok_or_else(|| protocol(format!("not a queue id: {id:?}")))?
             .to_string();
         shared.acked.lock().expect("acked list lock").push(Acked {
             id,
