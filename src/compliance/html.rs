@@ -12,12 +12,7 @@ use super::{DomainReport, HostReport, Verdict};
 use crate::policy::domain_list::{AgeFrom, DomainListHandle};
 use std::fmt::Write;
 use std::io::Read;
-use std::path::Path;
 use std::time::SystemTime;
-
-/// The list file is read again for its SHA-256 with this bound: the published list is a few
-/// hundred lines, and a bigger file is not hashed (the report says so).
-const MAX_LIST_BYTES: u64 = 64 * 1024 * 1024;
 
 /// What the report says about the run: when, by whom, against which list.
 #[derive(Debug, Clone)]
@@ -45,7 +40,7 @@ pub struct ReportContext {
 pub struct ListFacts {
     /// The list file's path.
     pub file: String,
-    /// SHA-256 of the file, hex; or why it could not be computed.
+    /// SHA-256 of the list file in force (as loaded), hex; or why it is not known.
     pub sha256: Result<String, String>,
     /// Number of domains in the list in force.
     pub domains: usize,
@@ -62,7 +57,11 @@ impl ListFacts {
         let path = handle.path()?;
         Some(ListFacts {
             file: path.display().to_string(),
-            sha256: file_sha256(path),
+            // The digest of the list in force, taken when it was loaded (the file may have
+            // changed since without a reload).
+            sha256: handle
+                .sha256()
+                .ok_or_else(|| "not known for this list".to_string()),
             domains: handle.current().len(),
             age_days: handle.age_days(from, now),
             age_from: match from {
@@ -71,23 +70,6 @@ impl ListFacts {
             },
         })
     }
-}
-
-/// SHA-256 of a file, hex, read with a bound of [`MAX_LIST_BYTES`].
-fn file_sha256(path: &Path) -> Result<String, String> {
-    use sha2::Digest;
-    let file = std::fs::File::open(path).map_err(|e| format!("cannot read the file: {e}"))?;
-    let mut bytes = Vec::new();
-    file.take(MAX_LIST_BYTES + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| format!("cannot read the file: {e}"))?;
-    if bytes.len() as u64 > MAX_LIST_BYTES {
-        return Err(format!("larger than {MAX_LIST_BYTES} bytes, not hashed"));
-    }
-    Ok(sha2::Sha256::digest(&bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect())
 }
 
 /// The machine's host name from the kernel (Linux), for the report's "where"; `None` when it

@@ -311,9 +311,7 @@ fn status_of(report: &DomainReport, now: &str, previous: Option<&PartnerStatus>)
                 pass: h.pass,
                 tls_version: h.tls_version.clone(),
                 cert_not_after: h
-                    .cert_not_after
-                    .as_deref()
-                    .and_then(parse_not_after)
+                    .cert_not_after_unix
                     .map(|t| rfc3339(UNIX_EPOCH + Duration::from_secs(t.max(0) as u64))),
                 reason: h.reason.clone(),
             })
@@ -326,7 +324,7 @@ fn status_of(report: &DomainReport, now: &str, previous: Option<&PartnerStatus>)
 fn earliest_expiry(report: &DomainReport) -> BTreeMap<String, i64> {
     let mut found: BTreeMap<String, i64> = BTreeMap::new();
     for host in &report.hosts {
-        if let Some(t) = host.cert_not_after.as_deref().and_then(parse_not_after) {
+        if let Some(t) = host.cert_not_after_unix {
             found
                 .entry(host.mx_host.clone())
                 .and_modify(|e| *e = (*e).min(t))
@@ -334,15 +332,6 @@ fn earliest_expiry(report: &DomainReport) -> BTreeMap<String, i64> {
         }
     }
     found
-}
-
-/// The check reports a certificate's end of validity as an RFC 2822 date
-/// ([`crate::compliance::HostReport::cert_not_after`]); `None` when it does not parse.
-fn parse_not_after(text: &str) -> Option<i64> {
-    use time::format_description::well_known::Rfc2822;
-    time::OffsetDateTime::parse(text, &Rfc2822)
-        .ok()
-        .map(|t| t.unix_timestamp())
 }
 
 fn unix(t: SystemTime) -> i64 {
@@ -372,16 +361,6 @@ fn spread(within: Duration) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_certificate_date_of_the_check_is_read() {
-        // x509-parser's `to_rfc2822` form, as `compliance` writes it.
-        assert_eq!(
-            parse_not_after("Sat, 01 Jan 2022 00:00:00 +0000"),
-            Some(1_640_995_200)
-        );
-        assert_eq!(parse_not_after("soon"), None);
-    }
 
     #[test]
     fn the_first_run_is_spread_within_its_bound() {
