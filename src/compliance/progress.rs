@@ -59,8 +59,12 @@ impl Progress {
         self.bar.inc(1);
     }
 
-    /// Stops the bar and leaves its last state on the terminal.
+    /// Stops the bar and leaves its last state on the terminal, ending its line so that what
+    /// follows starts on a line of its own (indicatif leaves the cursor after the bar).
     pub fn finish(&self) {
         self.bar.finish();
+        if !self.bar.is_hidden() {
+            eprintln!();
+        }
     }
 }

@@ -384,4 +384,26 @@ fn domain_list_url_and_schedule_are_checked() {
     assert_eq!(key, "domain_list.check_schedule");
     let (key, _) = invalid(&with("fetch_interval = \"0s\""));
     assert_eq!(key, "domain_list.fetch_interval");
+    // Review findings: a schedule without a pause would hammer the partners; a password in
+    // the URL would be shown in logs and status (and is not echoed in the error either).
+    let (key, reason) = invalid(&with("check_schedule = \"1ms\""));
+    assert_eq!(key, "domain_list.check_schedule");
+    assert!(reason.contains("at least 1s"), "{reason}");
+    let (key, reason) = invalid(&with(
+        "path = \"l.csv\"\nurl = \"https://user:s3cret@lists.example.no/l.csv\"",
+    ));
+    assert_eq!(key, "domain_list.url");
+    assert!(!reason.contains("s3cret"), "{reason}");
+    let (key, reason) = invalid(&with(
+        "path = \"l.csv\"\nurl = \"http://lists.example.no/l.csv\"",
+    ));
+    assert_eq!(key, "domain_list.url");
+    assert!(!reason.contains("  "), "no run of spaces: {reason}");
+}
+
+#[test]
+fn a_stall_timeout_below_two_seconds_is_refused() {
+    let (key, reason) = invalid(&format!("{MINIMAL}[queue]\nstall_timeout = \"1ms\"\n"));
+    assert_eq!(key, "queue.stall_timeout");
+    assert!(reason.contains("at least 2s"), "{reason}");
 }
