@@ -511,6 +511,8 @@ fn prometheus_alert_rules_are_valid() {
         // Issue 15 item 3: partner monitoring.
         "tlsgate_partner_tls_ok",
         "tlsgate_partner_certificate_expiry_timestamp_seconds",
+        // Issue 16 item 2: the queue watchdog.
+        "tlsgate_queue_stalled",
     ] {
         assert!(exprs.contains(needle), "no alert uses {needle}");
     }
@@ -521,6 +523,7 @@ fn prometheus_alert_rules_are_valid() {
         "TlsgateCertificateExpiresSoon",
         "TlsgatePartnerTlsFailing",
         "TlsgatePartnerCertificateExpiresSoon",
+        "TlsgateQueueStalled",
     ] {
         assert!(unique.contains(name), "alert {name} is missing");
     }
