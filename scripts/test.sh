@@ -12,6 +12,9 @@
 #   nmap              tests/open_relay_scan.rs (the smtp-open-relay audit script)
 #   unbound           tests/dnssec.rs (a validating resolver on loopback, dns.dnssec = "resolver")
 #   cargo-deb         tests/packaging.rs (builds the .deb from the test binary, checks its files)
+#   script            tests/compliance.rs (a pseudo-terminal for the progress bar; util-linux)
+#   mkfs.ext4, losetup, mount, fsfreeze
+#                     tests/queue_watchdog.rs (a frozen ext4 loop file system; needs root)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -41,6 +44,10 @@ command -v promtool >/dev/null || apt_install prometheus || echo "scripts/test.s
 command -v nmap >/dev/null || apt_install nmap
 # The tests start their own unbound on a free loopback port (the package's service is not used).
 [ -x /usr/sbin/unbound ] || command -v unbound >/dev/null || apt_install unbound
+
+command -v script >/dev/null || apt_install bsdutils
+command -v mkfs.ext4 >/dev/null || apt_install e2fsprogs
+command -v fsfreeze >/dev/null || apt_install util-linux
 
 # cargo-deb: about 3 minutes to build once; pinned to a version that builds on Rust 1.95.
 cargo deb --version >/dev/null 2>&1 || cargo install --locked --quiet cargo-deb@3.8.0
