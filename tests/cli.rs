@@ -431,6 +431,24 @@ fn a_data_dir_that_is_a_file_is_refused_by_check_config_and_serve() {
     }
 }
 
+/// Issue 16 item 2 (review finding): a queue written by the other engine is refused by
+/// `check-config` as by `serve`, also when it is the only problem.
+#[test]
+fn a_queue_of_the_other_engine_is_refused_by_check_config_and_serve() {
+    let (dir, config, _, _) = setup_with("\n[queue]\nengine = \"sled\"\n");
+    let queue = dir.path().join("data").join("queue");
+    std::fs::create_dir_all(&queue).expect("queue directory");
+    std::fs::write(queue.join("queue.redb"), "").expect("a redb queue file");
+    let check = check_config(dir.path(), "wrong-engine", &config);
+    let serve = refused_serve(dir.path(), "serve-wrong-engine", &config);
+    for run in [&check, &serve] {
+        assert!(!run.status.success(), "{run:?}");
+        assert!(run.stderr.contains("queue.engine"), "{run:?}");
+        assert!(run.stderr.contains("redb"), "{run:?}");
+        assert!(!run.stdout.contains("configuration ok"), "{run:?}");
+    }
+}
+
 #[test]
 fn a_missing_config_file_is_named_with_its_reason_once() {
     let dir = tempfile::tempdir().expect("temporary directory");
