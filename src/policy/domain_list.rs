@@ -436,6 +436,10 @@ pub enum AgeFrom {
 pub struct DomainListHandle {
     path: Option<PathBuf>,
     current: RwLock<Loaded>,
+    /// Modification time of a file version the change check refused: not read again until
+    /// the file changes (a broken file is refused, logged and audited once, not every
+    /// `check_interval`).
+    refused: std::sync::Mutex<Option<SystemTime>>,
 }
 
 #[derive(Clone)]
@@ -525,6 +529,7 @@ impl DomainListHandle {
         Ok(DomainListHandle {
             path: path.map(Path::to_path_buf),
             current: RwLock::new(loaded),
+            refused: std::sync::Mutex::new(None),
         })
     }
 
@@ -537,6 +542,7 @@ impl DomainListHandle {
                 modified: None,
                 sha256: None,
             }),
+            refused: std::sync::Mutex::new(None),
         }
     }
 
@@ -613,10 +619,14 @@ impl DomainListHandle {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .modified;
-        if modified(path) == seen {
+        let now = modified(path);
+        let mut refused = self.refused.lock().unwrap_or_else(|p| p.into_inner());
+        if now == seen || (now.is_some() && now == *refused) {
             return Ok(self.unchanged());
         }
-        self.reload()
+        let result = self.reload();
+        *refused = if result.is_err() { now } else { None };
+        result
     }
 
     fn unchanged(&self) -> Reloaded {
@@ -730,6 +740,32 @@ mod tests {
         );
         // The file was just written: age 0 days from now.
         assert_eq!(handle.age_days(AgeFrom::File, SystemTime::now()), Some(0));
+    }
+
+    #[test]
+    fn a_refused_file_is_refused_once_until_it_changes() {
+        // Review finding: a broken file was re-read, logged and audited every check_interval.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("list.csv");
+        let write = |text: &str, secs: u64| {
+            std::fs::write(&path, text).unwrap();
+            let file = std::fs::File::options().write(true).open(&path).unwrap();
+            file.set_modified(SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(secs))
+                .unwrap();
+        };
+        write("bits.no\n", 1_000);
+        let handle = DomainListHandle::load(Some(&path)).unwrap();
+        write("bits.no\nbroken domain\n", 2_000);
+        assert!(handle.reload_if_changed().is_err());
+        assert!(matches!(
+            handle.reload_if_changed(),
+            Ok(Reloaded::Unchanged { domains: 1, .. })
+        ));
+        write("bits.no\nfno.no\n", 3_000);
+        assert!(matches!(
+            handle.reload_if_changed(),
+            Ok(Reloaded::Replaced { new: 2, .. })
+        ));
     }
 
     #[test]
