@@ -190,6 +190,9 @@ fn rewrite(
         engine::copy(source.as_ref(), target.as_ref())?
         // Both closed here (the engines flush on drop), and the directories may then move.
     };
+    // Offline rekey and migrate run as root (README): the copy must keep the queue's owner
+    // and mode, or the service user could not open it and other users might read it (S3).
+    adopt_owner_and_mode(dir, &new)?;
     sync_dir(&new)?;
     sync_dir(parent(dir))?;
     std::fs::rename(dir, &old)?;
@@ -199,6 +202,39 @@ fn rewrite(
     std::fs::remove_dir_all(&old)?;
     sync_dir(parent(dir))?;
     Ok(records)
+}
+
+/// Gives `tree` and everything under it the owner and group of `template`, directories its
+/// mode and files its mode without execute bits (a 0700 queue gets 0600 files). Entries are
+/// few (an engine's files), so the walk is bounded by what the engine wrote.
+fn adopt_owner_and_mode(template: &Path, tree: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let meta = std::fs::metadata(template)?;
+    let (uid, gid) = (meta.uid(), meta.gid());
+    let dir_mode = meta.mode() & 0o777;
+    let file_mode = dir_mode & 0o666;
+    // Only root can give files away; any other user wrote them as itself already (and a
+    // chown to a group it is not in would fail needlessly).
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let as_root = unsafe { libc::geteuid() } == 0;
+    let mut pending = vec![tree.to_path_buf()];
+    while let Some(path) = pending.pop() {
+        let entry = std::fs::symlink_metadata(&path)?;
+        if entry.file_type().is_symlink() {
+            continue;
+        }
+        if as_root {
+            std::os::unix::fs::chown(&path, Some(uid), Some(gid))?;
+        }
+        let mode = if entry.is_dir() { dir_mode } else { file_mode };
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))?;
+        if entry.is_dir() {
+            for child in std::fs::read_dir(&path)? {
+                pending.push(child?.path());
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -231,7 +267,52 @@ mod tests {
         an_interrupted_rewrite_recovers_to_one_whole_store,
         migrate_moves_the_queue_to_the_other_engine,
         the_other_engines_queue_is_refused_untouched,
+        a_rewritten_queue_keeps_its_owner_and_mode,
     );
+
+    /// Review finding: `tlsgate queue migrate` run as root left a root-owned 0755/0644 queue
+    /// the service user could not open (and others could read).
+    fn a_rewritten_queue_keeps_its_owner_and_mode(engine: QueueEngine) {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let data = tempfile::tempdir().unwrap();
+        let dir = data.path().join("queue");
+        {
+            let store = open_store(&dir, engine, None).unwrap();
+            write(store.as_ref(), &message("owner"));
+            store.sync().unwrap();
+        }
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+        // As root (the machine and CI), hand the queue to another user first, as a service
+        // user would own it.
+        // SAFETY: geteuid has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
+        if root {
+            std::os::unix::fs::chown(&dir, Some(65534), Some(65534)).unwrap();
+        }
+        let want_uid = std::fs::metadata(&dir).unwrap().uid();
+        migrate(&dir, other(engine), None).unwrap();
+        let mut pending = vec![dir.clone()];
+        let mut seen = 0;
+        while let Some(path) = pending.pop() {
+            let meta = std::fs::metadata(&path).unwrap();
+            seen += 1;
+            assert_eq!(meta.uid(), want_uid, "{}", path.display());
+            if meta.is_dir() {
+                assert_eq!(meta.mode() & 0o777, 0o700, "{}", path.display());
+                for child in std::fs::read_dir(&path).unwrap() {
+                    pending.push(child.unwrap().path());
+                }
+            } else {
+                assert_eq!(
+                    meta.mode() & 0o077,
+                    0,
+                    "{} readable by others",
+                    path.display()
+                );
+            }
+        }
+        assert!(seen > 1, "the migrated queue has files");
+    }
 
     fn key(dir: &Path, name: &str, byte: u8) -> Arc<QueueKey> {
         Arc::new(QueueKey::from_bytes(&dir.join(name), &[byte; 32]).unwrap())
