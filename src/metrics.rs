@@ -104,6 +104,9 @@ pub struct Metrics {
     /// `tlsgate_queue_stalled`: 1 once the queue watchdog found the committer stuck (issue 16
     /// item 2); the process exits right after.
     pub queue_stalled: IntGauge,
+    /// `tlsgate_queue_accepting`: 1 while the queue can take new mail, 0 while it cannot (a
+    /// full file system, a store being reopened; issue 16 item 4). `/readyz` follows it.
+    pub queue_accepting: IntGauge,
     /// `tlsgate_queue_oldest_message_age_seconds`: age of the oldest message, in seconds.
     pub queue_oldest_message_age_seconds: IntGauge,
     /// `tlsgate_domain_list_domains`: domains on the list in force.
@@ -147,6 +150,8 @@ pub struct Metrics {
     pub domain_list_fetches: IntCounterVec,
     /// Listeners bound and queue open (`/readyz`).
     ready: AtomicBool,
+    /// Why the queue cannot take mail, while it cannot (the `/readyz` body).
+    queue_refusal: std::sync::Mutex<Option<String>>,
 }
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -256,6 +261,11 @@ impl Metrics {
                 "tlsgate_queue_stalled",
                 "1 when the queue committer made no progress for queue.stall_timeout while work waited",
             ),
+            queue_accepting: gauge(
+                &r,
+                "tlsgate_queue_accepting",
+                "1 while the queue can take new mail, 0 while it cannot (full file system, store reopening)",
+            ),
             queue_oldest_message_age_seconds: gauge(
                 &r,
                 "tlsgate_queue_oldest_message_age_seconds",
@@ -337,6 +347,7 @@ impl Metrics {
             ),
             registry: r,
             ready: AtomicBool::new(false),
+            queue_refusal: std::sync::Mutex::new(None),
         };
         // Series that alerts watch exist from the start at 0, so `increase()` sees the first
         // event of each kind too.
@@ -383,6 +394,8 @@ impl Metrics {
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
+        // Until the queue watcher says otherwise (ops::watchdog::watch_acceptance).
+        metrics.queue_accepting.set(1);
         Arc::new(metrics)
     }
 
@@ -398,9 +411,24 @@ impl Metrics {
         self.ready.store(ready, Ordering::Relaxed);
     }
 
-    /// Listeners bound and queue open (`/readyz` answers 200).
+    /// Sets whether the queue takes mail: `None` when it does, else why not
+    /// (`tlsgate_queue_accepting` and the `/readyz` body; issue 16 item 4).
+    pub fn set_queue_refusal(&self, refusal: Option<String>) {
+        self.queue_accepting.set(i64::from(refusal.is_none()));
+        *self.queue_refusal.lock().unwrap_or_else(|p| p.into_inner()) = refusal;
+    }
+
+    /// Why the queue cannot take mail now, `None` while it can.
+    pub fn queue_refusal(&self) -> Option<String> {
+        self.queue_refusal
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Listeners bound, queue open and taking mail (`/readyz` answers 200).
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Relaxed)
+        self.ready.load(Ordering::Relaxed) && self.queue_accepting.get() == 1
     }
 
     /// The Prometheus text format.
@@ -437,9 +465,14 @@ pub async fn serve(
             get(
                 |axum::extract::State(m): axum::extract::State<Arc<Metrics>>| async move {
                     if m.is_ready() {
-                        (StatusCode::OK, "ready\n")
+                        (StatusCode::OK, "ready\n".to_string())
+                    } else if let Some(reason) = m.queue_refusal() {
+                        (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            format!("not ready: the queue cannot take mail: {reason}\n"),
+                        )
                     } else {
-                        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+                        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n".to_string())
                     }
                 },
             ),

@@ -21,7 +21,8 @@ use crate::ops::partners::{MonitorParts, PartnerMonitor};
 use crate::ops::reload::{reload_config, ConfigReloadError};
 use crate::ops::retention::apply_audit_retention;
 use crate::policy::domain_list::DomainListHandle;
-use crate::queue::{Committer, Store, StoreError};
+use crate::queue::reopen::Recovery;
+use crate::queue::{Committer, QueueEngine, ReopeningStore, Store, StoreError};
 use crate::reporting::dmarc::{DmarcCounters, DmarcReporting};
 use crate::reporting::tls::{TlsCounters, TlsReporting};
 use crate::startup::{self, ConfigFiles, Fault, StartError};
@@ -112,7 +113,16 @@ pub async fn start_with_reports(
     // missing key refuses the start with the store untouched.
     let engine = config.queue.engine;
     let store = tokio::task::spawn_blocking(move || {
-        crate::queue::at_rest::open_store(&queue_dir, engine, queue_key)
+        let store = crate::queue::at_rest::open_store(&queue_dir, engine, queue_key.clone())?;
+        // Issue 16 item 4: an I/O error (a full disk) must not stick in the engine until a
+        // restart; the committer reopens it with the same engine and key.
+        let recovery = match engine {
+            QueueEngine::Redb => Recovery::Reopen(Box::new(move || {
+                crate::queue::engine::open_with(&queue_dir, engine, queue_key.clone())
+            })),
+            QueueEngine::Sled => Recovery::Exit(crate::ops::watchdog::exit_stalled),
+        };
+        Ok::<Arc<dyn Store>, StoreError>(Arc::new(ReopeningStore::new(store, recovery)))
     })
     .await
     .map_err(|e| ServerError::Committer(std::io::Error::other(e)))?
@@ -470,6 +480,14 @@ pub async fn start_with_reports(
         config.queue.stall_timeout,
         shutdown.clone(),
         crate::ops::watchdog::exit_stalled,
+    ));
+    // Issue 16 item 4: /readyz and tlsgate_queue_accepting follow whether the queue takes mail.
+    tokio::spawn(crate::ops::watchdog::watch_acceptance(
+        committer.clone(),
+        metrics.clone(),
+        config.server.data_dir.clone(),
+        config.server.min_free_space,
+        shutdown.clone(),
     ));
     metrics.set_ready(true);
     Ok(RunningServer {

@@ -49,6 +49,50 @@ use tokio_util::task::TaskTracker;
 
 /// Wait after a store error before the message is looked at again.
 const STORE_ERROR_RETRY: u64 = 60;
+/// First and longest wait between tries to record delivery results ([`until_durable`]).
+const RECORD_RETRY_FIRST: Duration = Duration::from_secs(1);
+const RECORD_RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// Runs `write` (a durable write of delivery results: new recipient states, a removal, a
+/// DSN) until it lands, waiting 1 s, 2 s … up to 30 s between tries (issue 16 item 4). While it
+/// retries, the message stays claimed, so its delivered recipients are not attempted again;
+/// before, a result that could not be written (a full disk) was dropped and the recipients
+/// were delivered a second time. Gives up only when the engine shuts down or the committer is
+/// gone (stalled, closed): the results are then lost with the process, and the next start
+/// attempts those recipients again (at least once, S5).
+async fn until_durable<F, Fut>(
+    engine: &Engine,
+    id: &QueueId,
+    what: &'static str,
+    mut write: F,
+) -> Result<(), StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), StoreError>>,
+{
+    let mut wait = RECORD_RETRY_FIRST;
+    loop {
+        let Err(e) = write().await else {
+            return Ok(());
+        };
+        engine.metrics.store_errors.inc();
+        if matches!(e, StoreError::Closed | StoreError::Stalled) {
+            return Err(e);
+        }
+        tracing::error!(
+            queue_id = %id,
+            error = %e,
+            what,
+            retry_in = %humantime::format_duration(wait),
+            "could not record delivery results; retrying (the recipients are not attempted again meanwhile)"
+        );
+        tokio::select! {
+            _ = engine.shutdown.cancelled() => return Err(e),
+            _ = tokio::time::sleep(wait) => {}
+        }
+        wait = (wait * 2).min(RECORD_RETRY_MAX);
+    }
+}
 
 /// What every delivery task shares.
 struct Engine {
@@ -280,7 +324,7 @@ async fn deliver_due(
     id: &QueueId,
     bounce: Option<&str>,
 ) -> Result<Due, StoreError> {
-    let _permit = engine
+    let permit = engine
         .global
         .clone()
         .acquire_owned()
@@ -419,9 +463,12 @@ async fn deliver_due(
         }
     }
 
+    // The attempts are over: recording their results must not hold a delivery slot, or a
+    // store that cannot write (a full disk) would stop every delivery (issue 16 item 4).
+    drop(permit);
     // DSNs first, then the states: a crash in between repeats a DSN rather than losing one.
     for (kind, recipients) in std::mem::take(&mut results.reports) {
-        outcome::send_dsn(engine, &meta, &body, kind.kind(), recipients, now).await;
+        outcome::send_dsn(engine, &meta, &body, kind.kind(), recipients, now).await?;
     }
     let mut final_states = states.clone();
     for (i, state) in &results.updates {
@@ -431,15 +478,20 @@ async fn deliver_due(
     }
     if final_states.iter().all(|s| s.status.is_final()) {
         // Done: removing the message is the one durable write needed.
-        engine.committer.remove(id.clone()).await?;
+        until_durable(engine, id, "removal", || {
+            engine.committer.remove(id.clone())
+        })
+        .await?;
         tracing::info!(queue_id = %id, "message done, removed from the queue");
         return Ok(Due::Done);
     }
     if !results.updates.is_empty() {
-        engine
-            .committer
-            .update_states(id.clone(), results.updates)
-            .await?;
+        until_durable(engine, id, "recipient states", || {
+            engine
+                .committer
+                .update_states(id.clone(), results.updates.clone())
+        })
+        .await?;
     }
     if schedule::on_hold(&final_states) {
         return Ok(Due::Held);

@@ -18,6 +18,7 @@ use crate::config::Config;
 use crate::dsn::{self, DsnKind, DsnRequest, ReportedRecipient};
 use crate::queue::message::{MessageMeta, Recipient, RecipientState, RecipientStatus};
 use crate::queue::retry;
+use crate::queue::StoreError;
 use crate::smtp::reply::EnhancedStatus;
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -222,7 +223,9 @@ impl DsnKindKey {
 }
 
 /// Builds the DSN of `kind` about `recipients` of `meta` and queues it durably, like any
-/// message (a DSN that cannot be queued is logged; the recipients' states are still written).
+/// message, retrying until it is queued ([`super::until_durable`]). Errors only when it gave up
+/// (shutdown): the caller must then not record the recipients' results, so that the next start
+/// attempts them and builds the DSN again rather than losing it.
 pub(super) async fn send_dsn(
     engine: &Engine,
     meta: &MessageMeta,
@@ -230,7 +233,7 @@ pub(super) async fn send_dsn(
     kind: DsnKind,
     recipients: Vec<ReportedRecipient>,
     now: u64,
-) {
+) -> Result<(), StoreError> {
     let config = &engine.config;
     let request = DsnRequest {
         kind,
@@ -243,10 +246,15 @@ pub(super) async fn send_dsn(
         now,
     };
     let Some(message) = dsn::build(&request) else {
-        return;
+        return Ok(());
     };
     let dsn_id = message.meta.id.clone();
-    match engine.committer.commit(message).await {
+    // A DSN is a delivery result: retried until queued, not dropped (issue 16 item 4).
+    let queued = super::until_durable(engine, &meta.id, "DSN", || {
+        engine.committer.commit(message.clone())
+    })
+    .await;
+    match queued {
         Ok(()) => {
             engine
                 .metrics
@@ -267,10 +275,14 @@ pub(super) async fn send_dsn(
             kind = kind.as_str(),
             to = meta.sender.as_deref().unwrap_or(""),
             "DSN queued"
-            )
+            );
+            Ok(())
         }
-        Err(e) => tracing::error!(queue_id = %meta.id, error = %e, kind = kind.as_str(),
-            "could not queue a DSN"),
+        Err(e) => {
+            tracing::error!(queue_id = %meta.id, error = %e, kind = kind.as_str(),
+                "could not queue a DSN; the recipients' results are not recorded either, so the next start tries them (and the DSN) again");
+            Err(e)
+        }
     }
 }
 

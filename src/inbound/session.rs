@@ -321,22 +321,24 @@ impl Session {
                 format!("Message size exceeds the limit of {max} bytes"),
             ));
         }
-        // Refuse before the client sends the data, not after (452 4.3.1, RFC 5321 4.5.3.1.10).
-        let min_free = self.ctx.config.server.min_free_space;
-        match crate::queue::available_space(&self.ctx.config.server.data_dir) {
-            Ok(free) if free < min_free => {
-                tracing::warn!(
-                    free,
-                    min_free,
-                    "queue file system nearly full, refusing mail"
-                );
-                return self.reply(Reply::new(452, "4.3.1", "Insufficient system storage"));
-            }
-            Ok(_) => {}
-            Err(e) => {
-                tracing::error!(error = %e, "cannot read free space of the queue file system");
-                return self.reply(Reply::new(452, "4.3.1", "Insufficient system storage"));
-            }
+        // Refuse before the client sends the data, not after (452 4.3.1, RFC 5321 4.5.3.1.10):
+        // a full file system, or a queue that cannot take mail (issue 16 item 4).
+        let server = &self.ctx.config.server;
+        if let Err(refusal) = self
+            .ctx
+            .committer
+            .accepts(&server.data_dir, server.min_free_space)
+        {
+            tracing::warn!(reason = %refusal.reason, "queue cannot take mail, refusing MAIL");
+            return self.reply(if refusal.disk_full {
+                Reply::new(452, "4.3.1", "Insufficient system storage")
+            } else {
+                Reply::new(
+                    451,
+                    "4.3.0",
+                    "Queue temporarily unavailable, try again later",
+                )
+            });
         }
         self.transaction = Some(Transaction {
             mail,

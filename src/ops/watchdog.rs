@@ -67,3 +67,36 @@ pub async fn run(
 pub fn exit_stalled() {
     std::process::exit(EXIT_STALLED);
 }
+
+/// How often [`watch_acceptance`] looks.
+const ACCEPTANCE_TICK: Duration = Duration::from_secs(1);
+
+/// Keeps `tlsgate_queue_accepting` and with it `/readyz` on what [`Committer::accepts`] says
+/// (issue 16 item 4: readiness says when the queue cannot take mail, so that a load balancer
+/// sends mail elsewhere), checking every second until `shutdown`; logs each change.
+pub async fn watch_acceptance(
+    committer: Committer,
+    metrics: Arc<Metrics>,
+    dir: std::path::PathBuf,
+    min_free: u64,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let accepts = committer.accepts(&dir, min_free);
+        let now = i64::from(accepts.is_ok());
+        if now != metrics.queue_accepting.get() {
+            match &accepts {
+                Ok(()) => tracing::warn!("the queue takes mail again; /readyz answers 200"),
+                Err(refusal) => tracing::error!(
+                    reason = %refusal.reason,
+                    "the queue cannot take mail; MAIL is answered 452/451 and /readyz 503"
+                ),
+            }
+        }
+        metrics.set_queue_refusal(accepts.err().map(|refusal| refusal.reason));
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(ACCEPTANCE_TICK) => {}
+        }
+    }
+}

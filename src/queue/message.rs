@@ -353,7 +353,7 @@ impl RecipientState {
 }
 
 /// A message ready to be committed to the queue.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct NewMessage {
     /// The envelope; its `size` is `body.len()`.
     pub meta: MessageMeta,

@@ -12,6 +12,7 @@ pub mod at_rest;
 pub mod engine;
 pub mod message;
 pub mod redb_store;
+pub mod reopen;
 pub mod retry;
 pub mod seal;
 pub mod sled_store;
@@ -20,6 +21,7 @@ pub mod store;
 pub use engine::QueueEngine;
 pub use message::{MessageMeta, NewMessage, QueueId, RecipientState, RecipientStatus};
 pub use redb_store::RedbStore;
+pub use reopen::ReopeningStore;
 pub use seal::{EncryptionError, QueueKey};
 pub use sled_store::SledStore;
 pub use store::{AsyncStore, Store, StoreError, StoredMessage};
@@ -112,6 +114,35 @@ pub struct Committer {
     /// Cancelled by the watchdog ([`Committer::declare_stalled`]): every waiting caller gets
     /// [`StoreError::Stalled`] at once instead of waiting on.
     stalled: CancellationToken,
+    /// Whether the queue can take new mail ([`Committer::accepts`]).
+    health: Arc<Health>,
+    /// The store, for [`Store::is_open`].
+    store: Arc<dyn Store>,
+}
+
+/// What the committer knows of the queue's health (issue 16 item 4).
+#[derive(Debug, Default)]
+struct Health {
+    /// Set when a group failed because the file system was full, cleared when a later group
+    /// commits; holds the free space seen after the failure, once [`Committer::accepts`] has
+    /// looked.
+    disk_full: std::sync::Mutex<Option<Option<u64>>>,
+}
+
+impl Health {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Option<u64>>> {
+        self.disk_full.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Why the queue cannot take new mail now ([`Committer::accepts`]); the session answers
+/// `452 4.3.1` when `disk_full`, `451 4.3.0` otherwise (RFC 3463).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// The queue's file system is (or was, at the last failed commit) full.
+    pub disk_full: bool,
+    /// For the log and `/readyz`: what is wrong.
+    pub reason: String,
 }
 
 /// Receives the id of every newly committed message (the scheduler listens here).
@@ -133,10 +164,18 @@ impl Committer {
             last_progress_ms: AtomicU64::new(0),
         });
         let thread_progress = progress.clone();
+        let health = Arc::new(Health::default());
+        let thread_health = health.clone();
+        let thread_store = store.clone();
         std::thread::Builder::new()
             .name("queue-committer".into())
             .spawn(move || {
-                run_committer(store, rx, thread_stats, announce, &thread_progress);
+                let shared = Shared {
+                    stats: &thread_stats,
+                    progress: &thread_progress,
+                    health: &thread_health,
+                };
+                run_committer(thread_store, rx, announce, shared);
                 let _ = exit_tx.send(true);
             })?;
         Ok((
@@ -146,6 +185,8 @@ impl Committer {
                 exited,
                 progress,
                 stalled: CancellationToken::new(),
+                health,
+                store,
             },
             announced,
         ))
@@ -154,8 +195,14 @@ impl Committer {
     /// Drops this handle and waits (up to `limit`) for the thread to end, which it does once
     /// every other handle is gone too. Then the store is closed and can be opened again.
     pub async fn close(self, limit: std::time::Duration) -> bool {
-        let Committer { jobs, exited, .. } = self;
+        let Committer {
+            jobs,
+            exited,
+            store,
+            ..
+        } = self;
         drop(jobs);
+        drop(store);
         let mut exited = exited;
         tokio::time::timeout(limit, exited.wait_for(|done| *done))
             .await
@@ -239,6 +286,55 @@ impl Committer {
     pub fn stats(&self) -> &CommitStats {
         &self.stats
     }
+
+    /// Whether the queue can take new mail now (issue 16 item 4; the one decision the session
+    /// at `MAIL` and `/readyz` share): not while the store waits to be reopened after an
+    /// error, not while `dir`'s file system has less than `min_free` bytes free
+    /// (`server.min_free_space`), and after a commit failed on a full file system not until
+    /// free space has grown since (someone made room); a later successful commit clears that.
+    pub fn accepts(&self, dir: &std::path::Path, min_free: u64) -> Result<(), Refusal> {
+        let free = available_space(dir).map_err(|e| Refusal {
+            disk_full: false,
+            reason: format!("cannot read the free space of {}: {e}", dir.display()),
+        })?;
+        let mut disk_full = self.health.lock();
+        // The first look after a failed commit notes the free space then (the watcher looks
+        // every second), so that room made later shows as growth.
+        if let Some(seen @ None) = &mut *disk_full {
+            *seen = Some(free);
+        }
+        if self.stalled.is_cancelled() {
+            return Err(Refusal {
+                disk_full: false,
+                reason: "the queue is stalled".into(),
+            });
+        }
+        if !self.store.is_open() {
+            return Err(Refusal {
+                disk_full: disk_full.is_some(),
+                reason: "the queue store is being reopened after an I/O error".into(),
+            });
+        }
+        if free < min_free {
+            return Err(Refusal {
+                disk_full: true,
+                reason: format!(
+                    "{free} bytes free in the queue's file system, below server.min_free_space ({min_free})"
+                ),
+            });
+        }
+        match &*disk_full {
+            None => Ok(()),
+            Some(Some(then)) if free > *then => {
+                *disk_full = None;
+                Ok(())
+            }
+            Some(_) => Err(Refusal {
+                disk_full: true,
+                reason: "a commit failed on a full file system and no space was freed since".into(),
+            }),
+        }
+    }
 }
 
 fn write(store: &dyn Store, work: &Work, now: u64) -> Result<(), StoreError> {
@@ -254,14 +350,33 @@ fn write(store: &dyn Store, work: &Work, now: u64) -> Result<(), StoreError> {
     }
 }
 
+/// The committer thread's shared state.
+struct Shared<'a> {
+    stats: &'a CommitStats,
+    progress: &'a Progress,
+    health: &'a Health,
+}
+
+/// How long the committer waits for work before it looks at the store's health (a store
+/// closed after an error is reopened then even when nothing is written).
+const IDLE_CHECK: Duration = Duration::from_secs(1);
+
 fn run_committer(
     store: Arc<dyn Store>,
     rx: mpsc::Receiver<Job>,
-    stats: Arc<CommitStats>,
     announce: tokio::sync::mpsc::UnboundedSender<QueueId>,
-    progress: &Progress,
+    shared: Shared<'_>,
 ) {
-    while let Ok(first) = rx.recv() {
+    loop {
+        let first = match rx.recv_timeout(IDLE_CHECK) {
+            Ok(job) => job,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                // Between groups: reopening here cannot drop part of one (issue 16 item 4).
+                let _ = store.reopen_if_failed();
+                continue;
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => return,
+        };
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
             match rx.try_recv() {
@@ -269,49 +384,94 @@ fn run_committer(
                 Err(_) => break,
             }
         }
-        let now = message::unix_now();
-        let written: Vec<Result<(), StoreError>> = group
-            .iter()
-            .map(|job| write(store.as_ref(), &job.work, now))
-            .collect();
-        let synced = if written.iter().any(Result::is_ok) {
-            stats.syncs.fetch_add(1, Ordering::Relaxed);
-            store.sync()
-        } else {
-            Ok(())
-        };
-        let jobs = group.len() as u64;
-        for (job, write) in group.into_iter().zip(written) {
-            let outcome = match (&synced, write) {
-                (Ok(()), Ok(())) => {
-                    if let Work::Message(message) = &job.work {
-                        stats.messages.fetch_add(1, Ordering::Relaxed);
-                        let _ = announce.send(message.meta.id.clone());
-                    }
-                    Ok(())
-                }
-                (_, Err(e)) => Err(e),
-                (Err(e), Ok(())) => {
-                    if let Work::Message(message) = &job.work {
-                        // Written but maybe not durable: take it back so that the client's
-                        // retry (it gets a 4xx) does not end up delivered twice. Best effort:
-                        // if this fails too, a duplicate is still better than a loss.
-                        let _ = store.remove_message(&message.meta.id);
-                    }
-                    Err(StoreError::SyncFailed {
-                        reason: e.to_string(),
-                        disk_full: e.is_disk_full(),
-                    })
-                }
-            };
-            if outcome.is_err() {
-                stats.failures.fetch_add(1, Ordering::Relaxed);
-            }
-            // The caller may have gone away (client disconnected); nothing to tell then.
-            let _ = job.done.send(outcome);
-        }
-        progress.answered(jobs);
+        commit_group(store.as_ref(), group, &announce, &shared);
     }
+}
+
+/// Writes and syncs one group and answers each of its jobs.
+fn commit_group(
+    store: &dyn Store,
+    group: Vec<Job>,
+    announce: &tokio::sync::mpsc::UnboundedSender<QueueId>,
+    shared: &Shared<'_>,
+) {
+    let jobs = group.len() as u64;
+    // A store closed by an earlier error is opened again first; if it cannot be, the whole
+    // group gets that error without a write (issue 16 item 4).
+    if let Err(e) = store.reopen_if_failed() {
+        shared.stats.failures.fetch_add(jobs, Ordering::Relaxed);
+        if e.is_disk_full() {
+            shared.health.lock().get_or_insert(None);
+        }
+        let reason = e.to_string();
+        let disk_full = e.is_disk_full();
+        for job in group {
+            let _ = job.done.send(Err(StoreError::Unavailable {
+                reason: reason.clone(),
+                disk_full,
+            }));
+        }
+        shared.progress.answered(jobs);
+        return;
+    }
+    let now = message::unix_now();
+    let written: Vec<Result<(), StoreError>> = group
+        .iter()
+        .map(|job| write(store, &job.work, now))
+        .collect();
+    let synced = if written.iter().any(Result::is_ok) {
+        shared.stats.syncs.fetch_add(1, Ordering::Relaxed);
+        store.sync()
+    } else {
+        Ok(())
+    };
+    let mut message_committed = false;
+    let mut full = false;
+    let mut answers = Vec::with_capacity(group.len());
+    for (job, write) in group.into_iter().zip(written) {
+        let outcome = match (&synced, write) {
+            (Ok(()), Ok(())) => {
+                if let Work::Message(message) = &job.work {
+                    message_committed = true;
+                    shared.stats.messages.fetch_add(1, Ordering::Relaxed);
+                    let _ = announce.send(message.meta.id.clone());
+                }
+                Ok(())
+            }
+            (_, Err(e)) => Err(e),
+            (Err(e), Ok(())) => {
+                if let Work::Message(message) = &job.work {
+                    // Written but maybe not durable: take it back so that the client's
+                    // retry (it gets a 4xx) does not end up delivered twice. Best effort:
+                    // if this fails too, a duplicate is still better than a loss.
+                    let _ = store.remove_message(&message.meta.id);
+                }
+                Err(StoreError::SyncFailed {
+                    reason: e.to_string(),
+                    disk_full: e.is_disk_full(),
+                })
+            }
+        };
+        if let Err(e) = &outcome {
+            shared.stats.failures.fetch_add(1, Ordering::Relaxed);
+            full |= e.is_disk_full();
+        }
+        answers.push((job.done, outcome));
+    }
+    // Readiness (issue 16 item 4), noted before anyone is answered so that a client's next
+    // MAIL already sees it: a commit on a full file system refuses new mail until room is
+    // made; a new message that lands shows the queue takes mail again (a small state update
+    // landing does not: it needs far less room than a message).
+    if message_committed {
+        *shared.health.lock() = None;
+    } else if full {
+        shared.health.lock().get_or_insert(None);
+    }
+    for (done, outcome) in answers {
+        // The caller may have gone away (client disconnected); nothing to tell then.
+        let _ = done.send(outcome);
+    }
+    shared.progress.answered(jobs);
 }
 
 /// Free space (bytes) available to unprivileged users on the file system holding `path`.

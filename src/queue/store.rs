@@ -47,6 +47,11 @@ pub enum StoreError {
     /// item 2); nothing was opened or changed. Boxed: keeps every `Result` small.
     #[error("{0}")]
     WrongEngine(Box<WrongEngine>),
+    /// The engine was closed after an I/O error and could not be opened again yet
+    /// ([`super::reopen::ReopeningStore`], issue 16 item 4); `reason` is why the last try
+    /// failed, `disk_full` whether the file system was full then.
+    #[error("the queue store is unavailable after an I/O error: {reason}")]
+    Unavailable { reason: String, disk_full: bool },
     /// A store call run on the blocking pool panicked or was cancelled before it returned.
     #[error("queue {operation} did not complete: {reason}")]
     Aborted {
@@ -84,9 +89,15 @@ impl StoreError {
     pub fn is_disk_full(&self) -> bool {
         match self {
             StoreError::DiskFull { .. } => true,
-            StoreError::SyncFailed { disk_full, .. } => *disk_full,
+            StoreError::SyncFailed { disk_full, .. }
+            | StoreError::Unavailable { disk_full, .. } => *disk_full,
+            // sled hands on a copy of the OS error that keeps only its kind.
             StoreError::Io(e) => {
                 matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
+                    || matches!(
+                        e.kind(),
+                        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+                    )
             }
             _ => false,
         }
@@ -128,6 +139,18 @@ pub trait Store: Send + Sync + 'static {
     /// Removes a message, body and states in one batch; removing a message that is not there
     /// is not an error. Not durable until [`Store::sync`].
     fn remove_message(&self, id: &QueueId) -> Result<(), StoreError>;
+
+    /// Reopens the engine when an earlier error may have stuck in it (issue 16 item 4,
+    /// [`super::reopen::ReopeningStore`]); a plain engine has nothing to do. The committer calls
+    /// it between groups only, never while a group is half written.
+    fn reopen_if_failed(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// False while the engine waits to be reopened after an error (readiness, issue 16 item 4).
+    fn is_open(&self) -> bool {
+        true
+    }
 }
 
 /// The store for async callers (the delivery engine and its admin operations).
