@@ -323,7 +323,7 @@ impl Session {
         }
         // Refuse before the client sends the data, not after (452 4.3.1, RFC 5321 4.5.3.1.10).
         let min_free = self.ctx.config.server.min_free_space;
-        match crate::queue::available_space(&self.ctx.config.server.data_dir) {
+        match self.ctx.free_space.available() {
             Ok(free) if free < min_free => {
                 tracing::warn!(
                     free,
