@@ -65,7 +65,13 @@ mod tests {
         );
 
         let missing = FreeSpace::new(dir.path().join("missing"));
-        assert!(missing.available().is_err(), "a missing directory is an error");
-        assert!(missing.last.lock().expect("lock").is_none(), "errors are not kept");
+        assert!(
+            missing.available().is_err(),
+            "a missing directory is an error"
+        );
+        assert!(
+            missing.last.lock().expect("lock").is_none(),
+            "errors are not kept"
+        );
     }
 }
