@@ -785,7 +785,8 @@ fn concurrent_submits_are_grouped_and_all_written_in_one_chain() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn async_submits_share_one_writer_and_are_all_written() {
     let dir = tempfile::tempdir().unwrap();
-    let log = Some(Arc::new(AuditLog::open(config(dir.path())).unwrap()));
+    let shared = Arc::new(AuditLog::open(config(dir.path())).unwrap());
+    let log = Some(shared.clone());
     let mut tasks = tokio::task::JoinSet::new();
     for t in 0..16 {
         let log = log.clone();
@@ -797,11 +798,10 @@ async fn async_submits_share_one_writer_and_are_all_written() {
         });
     }
     let blocking = {
-        let log = log.clone();
+        let shared = shared.clone();
         tokio::task::spawn_blocking(move || {
-            let log = log.as_ref().unwrap();
             for i in 0..20 {
-                log.submit(delivery(9000 + i)).unwrap();
+                shared.submit(delivery(9000 + i)).unwrap();
             }
         })
     };
@@ -809,7 +809,7 @@ async fn async_submits_share_one_writer_and_are_all_written() {
         done.unwrap();
     }
     blocking.await.unwrap();
-    let log = log.unwrap();
+    let log = shared;
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while log.next_seq() < 421 && std::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
