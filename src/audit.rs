@@ -93,6 +93,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
@@ -402,6 +403,9 @@ pub struct AuditLog {
     inner: Mutex<Inner>,
     /// Entries handed to [`AuditLog::submit`] and not yet written (group commit).
     queued: Mutex<Vec<(AuditEvent, SystemTime)>>,
+    /// True while a writer started by [`submit`] runs on the blocking pool: it writes every
+    /// entry queued before it stops, so a new entry needs no blocking task of its own.
+    writer_busy: AtomicBool,
     /// Holds the exclusive `flock` on `dir/.lock` for the life of the log.
     _lock: File,
 }
@@ -481,6 +485,7 @@ impl AuditLog {
             config,
             inner: Mutex::new(inner),
             queued: Mutex::new(Vec::new()),
+            writer_busy: AtomicBool::new(false),
             _lock: lock,
         };
         if let Some(event) = repair {
@@ -516,6 +521,31 @@ impl AuditLog {
         }
         let entries = batch.iter().map(|(event, at)| (event, *at));
         record_batch_locked(&self.config, &mut inner, entries).map(|_| ())
+    }
+
+    /// The writer [`submit`] starts: writes what is queued, in groups with one `fdatasync`
+    /// each, until the queue is empty. A failed group is logged; the next group is tried.
+    fn write_queued(&self) {
+        loop {
+            // The batch is taken under the writer lock, as in [`AuditLog::submit`]: whoever
+            // takes the lock next and finds the queue empty knows these entries are written.
+            let mut inner = self.lock();
+            let batch = std::mem::take(&mut *self.queued_lock());
+            if batch.is_empty() {
+                drop(inner);
+                self.writer_busy.store(false, Ordering::SeqCst);
+                // An entry queued after the take saw this writer busy and left it here: take
+                // it, unless another writer has started meanwhile.
+                if self.queued_lock().is_empty() || self.writer_busy.swap(true, Ordering::SeqCst) {
+                    return;
+                }
+                continue;
+            }
+            let entries = batch.iter().map(|(event, at)| (event, *at));
+            if let Err(e) = record_batch_locked(&self.config, &mut inner, entries) {
+                tracing::error!(error = %e, entries = batch.len(), "audit log write failed");
+            }
+        }
     }
 
     fn queued_lock(&self) -> MutexGuard<'_, Vec<(AuditEvent, SystemTime)>> {
@@ -696,16 +726,23 @@ fn flush(
 
 /// Records `event` off the async threads (it waits for a sync), grouped with other entries
 /// written at the same moment. A failed write is logged; the relay goes on (S1 entries are
-/// evidence, not a gate on mail flow).
+/// evidence, not a gate on mail flow). Must be called inside a tokio runtime.
+///
+/// Issue 16 item 7 (CPU per message): the entry is queued, and one writer task on the blocking
+/// pool writes everything queued, one group and one `fdatasync` at a time, until nothing is
+/// left. Before, every entry had a blocking task of its own that waited for the writer lock:
+/// under load a hundred threads were started and woken for the same work.
 pub fn submit(log: &Option<std::sync::Arc<AuditLog>>, event: AuditEvent) {
-    let Some(log) = log.clone() else {
+    let Some(log) = log else {
         return;
     };
-    tokio::task::spawn_blocking(move || {
-        if let Err(e) = log.submit(event) {
-            tracing::error!(error = %e, "audit log write failed");
-        }
-    });
+    log.queued_lock().push((event, SystemTime::now()));
+    if log.writer_busy.swap(true, Ordering::SeqCst) {
+        // The running writer takes it (it empties the queue before it stops).
+        return;
+    }
+    let log = log.clone();
+    tokio::task::spawn_blocking(move || log.write_queued());
 }
 
 fn rotate_file(config: &AuditConfig, inner: &mut Inner, date: u32) -> Result<(), AuditError> {

@@ -373,6 +373,7 @@ pub async fn start_with_reports(
         tls: std::sync::RwLock::new(acceptors),
         committer: committer.clone(),
         shutdown: shutdown.clone(),
+        free_space: inbound::free_space::FreeSpace::new(config.server.data_dir.clone()),
     });
     let sessions = TaskTracker::new();
     let accept_loops = TaskTracker::new();

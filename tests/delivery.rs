@@ -256,6 +256,70 @@ async fn reuses_one_connection_for_several_messages() {
     assert!(got.iter().all(|m| m.connection == got[0].connection));
 }
 
+/// Issue 16 item 7: a pooled connection whose server has said nothing since the last
+/// transaction ended is reused without an RSET round trip (RFC 5321 4.1.1.4: the reply to the
+/// final dot ends the transaction; the server waits for MAIL).
+#[tokio::test]
+async fn reuses_a_silent_connection_without_rset() {
+    let s = setup("", "").await;
+    s.dns.add_mx("partner.test", 10, "mx1.partner.test");
+    s.dns.add_ip("mx1.partner.test", ip(MX1));
+    let mx = s.sink(MX1, Behaviour::default()).await;
+    for n in 1..=3 {
+        s.submit("kari@example.no", &["ola@partner.test"], &format!("m{n}"))
+            .await;
+        mx.wait_for_messages(n, WAIT).await;
+    }
+    assert_eq!(mx.connections(), 1, "one connection carried all three");
+    let commands = mx.commands();
+    assert_eq!(
+        commands.iter().filter(|c| c.starts_with("MAIL")).count(),
+        3,
+        "{commands:?}"
+    );
+    assert!(!commands.iter().any(|c| c == "RSET"), "{commands:?}");
+}
+
+/// A pooled connection the server closed with `421` (RFC 5321 3.8, an idle timeout) is not
+/// reused: the next message goes over a new connection at once, not deferred.
+#[tokio::test]
+async fn a_pooled_connection_the_server_closed_is_replaced() {
+    let s = setup("", "").await;
+    s.dns.add_mx("partner.test", 10, "mx1.partner.test");
+    s.dns.add_ip("mx1.partner.test", ip(MX1));
+    let mx = s
+        .sink(
+            MX1,
+            Behaviour {
+                disconnect: Some(DisconnectAt::AfterMessage),
+                ..Behaviour::default()
+            },
+        )
+        .await;
+    s.submit("kari@example.no", &["ola@partner.test"], "m1")
+        .await;
+    mx.wait_for_messages(1, WAIT).await;
+    s.wait_queue_empty().await;
+    // The 421 and the close reach tlsgate's idle socket before the next message is queued.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    s.submit("kari@example.no", &["ola@partner.test"], "m2")
+        .await;
+    let got = mx.wait_for_messages(2, WAIT).await;
+    s.wait_queue_empty().await;
+    assert_eq!(
+        mx.connections(),
+        2,
+        "a new connection for the second message"
+    );
+    assert_ne!(got[0].connection, got[1].connection);
+    let mails = mx
+        .commands()
+        .iter()
+        .filter(|c| c.starts_with("MAIL"))
+        .count();
+    assert_eq!(mails, 2, "one MAIL per message");
+}
+
 #[tokio::test]
 async fn response_injection_after_starttls_drops_the_connection() {
     // `encrypt` so that the failure cannot be retried in plaintext either.

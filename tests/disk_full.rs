@@ -286,9 +286,11 @@ retry_schedule = ["10s"]
 
     // Full: refused before DATA, not ready.
     let filler = fill(&data);
+    wait_ready(metrics, 503, "step 2").await;
+    // MAIL reads the free space at most once a second (issue 16 item 7).
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     let (mail, _) = send(&relay, "refused", 4096).await;
     assert_eq!((mail.code, mail.enhanced()), (452, "4.3.1"), "{mail:?}");
-    wait_ready(metrics, 503, "step 2").await;
 
     // Deliveries continue while full (their second attempt, due 10 s after the first), each
     // message once, though recording the results may fail.

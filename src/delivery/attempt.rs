@@ -639,7 +639,7 @@ async fn connect(
     report: Option<&ReportPolicy>,
 ) -> Result<SmtpConnection, ClientError> {
     while let Some(mut idle) = ctx.pool.take(key) {
-        if idle.reset().await.is_ok() {
+        if idle.ready_for_reuse().await.is_ok() {
             return Ok(idle);
         }
     }

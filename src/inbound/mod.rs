@@ -7,6 +7,7 @@
 #[doc(hidden)]
 pub mod client_override;
 pub mod connection;
+pub mod free_space;
 pub mod limits;
 pub mod received;
 pub mod relay;
@@ -56,6 +57,8 @@ pub struct SessionContext {
     pub limiter: ConnectionLimiter,
     /// Cancelled at shutdown: a session waiting for a command answers `421 4.3.2` and closes.
     pub shutdown: CancellationToken,
+    /// Free space of `server.data_dir`'s file system, checked at MAIL (`452 4.3.1`).
+    pub free_space: free_space::FreeSpace,
 }
 
 impl SessionContext {

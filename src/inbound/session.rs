@@ -322,12 +322,13 @@ impl Session {
             ));
         }
         // Refuse before the client sends the data, not after (452 4.3.1, RFC 5321 4.5.3.1.10):
-        // a full file system, or a queue that cannot take mail (issue 16 item 4).
+        // a full file system (read at most once a second, issue 16 item 7), or a queue that
+        // cannot take mail (issue 16 item 4).
         let server = &self.ctx.config.server;
         if let Err(refusal) = self
             .ctx
             .committer
-            .accepts(&server.data_dir, server.min_free_space)
+            .accepts(self.ctx.free_space.available(), server.min_free_space)
         {
             tracing::warn!(reason = %refusal.reason, "queue cannot take mail, refusing MAIL");
             return self.reply(if refusal.disk_full {

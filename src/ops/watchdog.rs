@@ -82,7 +82,7 @@ pub async fn watch_acceptance(
     shutdown: CancellationToken,
 ) {
     loop {
-        let accepts = committer.accepts(&dir, min_free);
+        let accepts = committer.accepts(crate::queue::available_space(&dir), min_free);
         let now = i64::from(accepts.is_ok());
         if now != metrics.queue_accepting.get() {
             match &accepts {

@@ -289,13 +289,14 @@ impl Committer {
 
     /// Whether the queue can take new mail now (issue 16 item 4; the one decision the session
     /// at `MAIL` and `/readyz` share): not while the store waits to be reopened after an
-    /// error, not while `dir`'s file system has less than `min_free` bytes free
-    /// (`server.min_free_space`), and after a commit failed on a full file system not until
-    /// free space has grown since (someone made room); a later successful commit clears that.
-    pub fn accepts(&self, dir: &std::path::Path, min_free: u64) -> Result<(), Refusal> {
-        let free = available_space(dir).map_err(|e| Refusal {
+    /// error, not while the queue's file system has less than `min_free` bytes free
+    /// (`server.min_free_space`; `free` is [`available_space`] of `server.data_dir`, its error
+    /// refuses too), and after a commit failed on a full file system not until free space has
+    /// grown since (someone made room); a later successful commit clears that.
+    pub fn accepts(&self, free: std::io::Result<u64>, min_free: u64) -> Result<(), Refusal> {
+        let free = free.map_err(|e| Refusal {
             disk_full: false,
-            reason: format!("cannot read the free space of {}: {e}", dir.display()),
+            reason: format!("cannot read the free space of the queue's file system: {e}"),
         })?;
         let mut disk_full = self.health.lock();
         // The first look after a failed commit notes the free space then (the watcher looks

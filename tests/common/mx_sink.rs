@@ -20,6 +20,9 @@ pub enum DisconnectAt {
     AfterGreeting,
     AfterMail,
     DuringData,
+    /// After the reply to the final dot: a `421` (RFC 5321 3.8, as an idle timeout sends it)
+    /// and the connection closed.
+    AfterMessage,
 }
 
 /// How the sink answers. The default accepts everything, without TLS.
@@ -470,6 +473,12 @@ async fn serve(
                 mail_from = None;
                 rcpts.clear();
                 rcpt_params.clear();
+                if b.disconnect == Some(DisconnectAt::AfterMessage) {
+                    let _ = conn
+                        .write(Duration::ZERO, "421 4.4.2 sink.test closing")
+                        .await;
+                    return None;
+                }
             }
             "RSET" => {
                 mail_from = None;
