@@ -490,6 +490,12 @@ pub async fn start_with_reports(
         config.server.min_free_space,
         shutdown.clone(),
     ));
+    // Issue 16 item 5: the queue file gives back what delivered messages freed.
+    tokio::spawn(crate::ops::compaction::run(
+        store.clone(),
+        metrics.clone(),
+        shutdown.clone(),
+    ));
     metrics.set_ready(true);
     Ok(RunningServer {
         admin_addr,

@@ -43,11 +43,14 @@ impl Timetable {
         self.due.insert((at, id));
     }
 
-    /// Removes the messages due at `now` and marks them active, earliest first.
-    pub(super) fn take_due(&mut self, now: u64) -> Vec<QueueId> {
+    /// Removes up to `limit` messages due at `now` and marks them active, earliest first.
+    /// The rest stay planned, still due: the scheduler takes no more than it has delivery
+    /// slots for, so a large due backlog (after a restart or an outage) does not become one
+    /// waiting task per message (issue 16 item 5: memory follows the slots, not the queue).
+    pub(super) fn take_due(&mut self, now: u64, limit: usize) -> Vec<QueueId> {
         let mut ready = Vec::new();
         while let Some((at, _)) = self.due.first() {
-            if *at > now {
+            if *at > now || ready.len() >= limit {
                 break;
             }
             if let Some((_, id)) = self.due.pop_first() {
@@ -166,11 +169,25 @@ mod tests {
         t.add(id(1), 100);
         t.add(id(2), 200);
         assert_eq!(t.next_due(), Some(100));
-        assert_eq!(t.take_due(99), Vec::<QueueId>::new());
-        assert_eq!(t.take_due(200), vec![id(1), id(2)]);
+        assert_eq!(t.take_due(99, usize::MAX), Vec::<QueueId>::new());
+        assert_eq!(t.take_due(200, usize::MAX), vec![id(1), id(2)]);
         assert_eq!(t.next_due(), Some(300));
         assert_eq!(due(&t), vec![(300, id(3))]);
         assert!(t.active.contains(&id(1)) && t.active.contains(&id(2)));
+    }
+
+    /// Issue 16 item 5: no more taken than there are slots; the rest stay due, in order.
+    #[test]
+    fn takes_no_more_than_the_limit_and_keeps_the_rest_due() {
+        let mut t = Timetable::default();
+        for n in 1..=5 {
+            t.add(id(n), 100 + n);
+        }
+        assert_eq!(t.take_due(1000, 2), vec![id(1), id(2)]);
+        assert_eq!(t.next_due(), Some(103));
+        assert_eq!(t.take_due(1000, 0), Vec::<QueueId>::new());
+        assert_eq!(t.take_due(1000, 10), vec![id(3), id(4), id(5)]);
+        assert_eq!(t.next_due(), None);
     }
 
     #[test]
@@ -182,15 +199,15 @@ mod tests {
         assert_eq!(t.planned.get(&id(1)), Some(&100));
         t.add(id(1), 900);
         assert_eq!(due(&t), vec![(900, id(1))]);
-        assert_eq!(t.take_due(899), Vec::<QueueId>::new());
-        assert_eq!(t.take_due(900), vec![id(1)]);
+        assert_eq!(t.take_due(899, usize::MAX), Vec::<QueueId>::new());
+        assert_eq!(t.take_due(900, usize::MAX), vec![id(1)]);
     }
 
     #[test]
     fn an_active_message_is_neither_planned_nor_claimed_until_released() {
         let mut t = Timetable::default();
         t.add(id(1), 100);
-        assert_eq!(t.take_due(100), vec![id(1)]);
+        assert_eq!(t.take_due(100, usize::MAX), vec![id(1)]);
         // A new announcement for a message being worked on does not plan it a second time.
         t.add(id(1), 100);
         assert_eq!(t.next_due(), None);
@@ -215,7 +232,7 @@ mod tests {
         t.release(&id(7), None);
         assert!(t.active.is_empty());
         assert!(!t.planned.contains_key(&id(1)));
-        assert_eq!(t.take_due(u64::MAX), vec![id(2)]);
+        assert_eq!(t.take_due(u64::MAX, usize::MAX), vec![id(2)]);
     }
 
     #[test]

@@ -15,7 +15,13 @@
 //! the failure: nothing of the group is acknowledged, so nothing acknowledged is lost.
 //!
 //! redb frees the pages of removed records for reuse at the commit after no reader needs
-//! them, so the file stops growing once the queue's size is steady (issue 16 item 5).
+//! them, so the file stops growing once the queue's size is steady, but it never gives them
+//! back to the file system: a queue that once held many messages keeps its largest size.
+//! [`Store::compact`] does (issue 16 item 5: the disk use follows what is queued). redb
+//! compacts only through `&mut Database` with no transaction alive, so the database sits in a
+//! `RwLock`: every transaction is begun under its read side, compaction holds the write side
+//! and the group lock (so no group's transaction is open), and a read transaction still alive
+//! from before makes compaction give up until the next try (redb checks that itself).
 //!
 //! Encryption at rest (S3): as in the sled store, every value is sealed with its full key as
 //! associated data and the directory holds [`super::engine::KEY_CHECK_FILE`].
@@ -27,9 +33,11 @@ use super::sled_store::BODY_CHUNK;
 use super::store::{Store, StoreError};
 use redb::{Database, Durability, TableDefinition, WriteTransaction};
 use serde::de::DeserializeOwned;
+use std::borrow::Cow;
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard};
 
 /// The database file inside the queue directory; its presence marks a redb queue.
 pub const FILE: &str = "queue.redb";
@@ -38,6 +46,11 @@ pub const FILE: &str = "queue.redb";
 /// gigabyte of memory (issue 16 item 5: 100,000 queued messages under 200 MB RSS). The
 /// scheduler reads envelopes, not bodies, so a small cache serves it.
 const CACHE_BYTES: usize = 32 * 1024 * 1024;
+
+/// Compaction is tried only on a file at least this large: below it, the space is reused
+/// soon anyway. (redb's own page statistics still count the pages freed by the last
+/// removals until a later commit, so the file's length is the measure.)
+const COMPACT_MIN_FILE: u64 = 16 * 1024 * 1024;
 
 /// A record read back: its key and stored value.
 type Record = (Vec<u8>, Vec<u8>);
@@ -51,7 +64,10 @@ const RCPT: &[u8] = b"r\0";
 /// The [`Store`] on redb, with the layout of the module doc.
 pub struct RedbStore {
     dir: PathBuf,
-    db: Database,
+    /// Read side for every transaction, write side for compaction (module doc).
+    db: RwLock<Database>,
+    /// Messages removed since the last compaction: none, nothing to give back.
+    removed: AtomicU64,
     /// The write transaction of the current group, begun by its first write and committed
     /// by [`RedbStore::sync`] (module doc).
     pending: Mutex<Pending>,
@@ -157,7 +173,8 @@ impl RedbStore {
         File::open(dir)?.sync_all()?;
         Ok(RedbStore {
             dir: dir.to_path_buf(),
-            db,
+            db: RwLock::new(db),
+            removed: AtomicU64::new(0),
             pending: Mutex::new(Pending::default()),
             key,
         })
@@ -173,10 +190,11 @@ impl RedbStore {
         &self.dir
     }
 
-    /// Gives back the space of removed records to the file system (redb's compaction). The
-    /// queue must not be in use: the relay does not call it while running.
-    pub fn compact(&mut self) -> Result<bool, StoreError> {
-        self.db.compact().map_err(engine)
+    /// The database for beginning a transaction (module doc: compaction waits for none).
+    fn db(&self) -> Result<RwLockReadGuard<'_, Database>, StoreError> {
+        self.db
+            .read()
+            .map_err(|_| StoreError::Engine("redb database lock poisoned".into()))
     }
 
     fn lock(&self) -> Result<MutexGuard<'_, Pending>, StoreError> {
@@ -198,7 +216,7 @@ impl RedbStore {
             )));
         }
         if pending.txn.is_none() {
-            let mut txn = self.db.begin_write().map_err(engine)?;
+            let mut txn = self.db()?.begin_write().map_err(engine)?;
             txn.set_durability(Durability::Immediate);
             pending.txn = Some(txn);
         }
@@ -217,11 +235,16 @@ impl RedbStore {
         result
     }
 
-    /// The value stored for `plain` under record key `k`: sealed when the store has a key.
-    fn stored(&self, k: &[u8], plain: &[u8]) -> Result<Vec<u8>, StoreError> {
+    /// The value stored for `plain` under record key `k`: sealed when the store has a key,
+    /// else `plain` itself (not copied: a 50 MB body is not held twice, issue 16 item 5).
+    fn stored<'a>(&self, k: &[u8], plain: &'a [u8]) -> Result<Cow<'a, [u8]>, StoreError> {
         match &self.key {
-            Some(key) => key.sealer().seal(k, plain).map_err(StoreError::from),
-            None => Ok(plain.to_vec()),
+            Some(key) => key
+                .sealer()
+                .seal(k, plain)
+                .map(Cow::Owned)
+                .map_err(StoreError::from),
+            None => Ok(Cow::Borrowed(plain)),
         }
     }
 
@@ -239,7 +262,7 @@ impl RedbStore {
     }
 
     fn read_table(&self) -> Result<redb::ReadOnlyTable<&'static [u8], &'static [u8]>, StoreError> {
-        let txn = self.db.begin_read().map_err(engine)?;
+        let txn = self.db()?.begin_read().map_err(engine)?;
         txn.open_table(TABLE).map_err(engine)
     }
 
@@ -265,8 +288,8 @@ impl Store for RedbStore {
         let id = &msg.meta.id;
         let mut records = Vec::with_capacity(1 + msg.body.len() / BODY_CHUNK + 1 + states.len());
         let k = key(META, id, None);
-        let v = self.stored(&k, &encode(&msg.meta)?)?;
-        records.push((k, v));
+        let v = self.stored(&k, &encode(&msg.meta)?)?.into_owned();
+        records.push((k, Cow::Owned(v)));
         for (n, chunk) in msg.body.chunks(BODY_CHUNK).enumerate() {
             let k = key(BODY, id, Some(n as u32));
             let v = self.stored(&k, chunk)?;
@@ -274,12 +297,12 @@ impl Store for RedbStore {
         }
         for (n, state) in states.iter().enumerate() {
             let k = key(RCPT, id, Some(n as u32));
-            let v = self.stored(&k, &encode(state)?)?;
-            records.push((k, v));
+            let v = self.stored(&k, &encode(state)?)?.into_owned();
+            records.push((k, Cow::Owned(v)));
         }
         self.in_group(|table| {
             for (k, v) in &records {
-                table.insert(k.as_slice(), v.as_slice()).map_err(engine)?;
+                table.insert(k.as_slice(), v.as_ref()).map_err(engine)?;
             }
             Ok(())
         })
@@ -356,7 +379,7 @@ impl Store for RedbStore {
         let index =
             u32::try_from(index).map_err(|_| StoreError::Engine("recipient index".into()))?;
         let k = key(RCPT, id, Some(index));
-        let v = self.stored(&k, &encode(state)?)?;
+        let v = self.stored(&k, &encode(state)?)?.into_owned();
         self.in_group(|table| {
             table.insert(k.as_slice(), v.as_slice()).map_err(engine)?;
             Ok(())
@@ -395,13 +418,87 @@ impl Store for RedbStore {
                     .map_err(engine)?;
             }
             Ok(())
-        })
+        })?;
+        self.removed.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// redb's compaction, when messages were removed since the last one and the file has at
+    /// least [`COMPACT_MIN_FILE`] bytes (the caller asks only when the queue is small, so
+    /// most of such a file is unused). Blocks the committer's
+    /// writes and every reader while it runs (module doc); a group in progress or a reader
+    /// still alive skips this turn (`Ok(false)`).
+    fn compact(&self) -> Result<bool, StoreError> {
+        if self.removed.load(Ordering::Relaxed) == 0 {
+            return Ok(false);
+        }
+        // The group lock first, as in_group takes it: no group's transaction can begin now.
+        let pending = self.lock()?;
+        if pending.txn.is_some() || pending.failed.is_some() {
+            return Ok(false);
+        }
+        let mut db = self
+            .db
+            .write()
+            .map_err(|_| StoreError::Engine("redb database lock poisoned".into()))?;
+        if std::fs::metadata(self.dir.join(FILE))?.len() < COMPACT_MIN_FILE {
+            return Ok(false);
+        }
+        self.removed.store(0, Ordering::Relaxed);
+        match db.compact() {
+            Ok(done) => Ok(done),
+            // A read transaction begun before is still alive: try again next time.
+            Err(redb::CompactionError::TransactionInProgress) => {
+                self.removed.fetch_add(1, Ordering::Relaxed);
+                Ok(false)
+            }
+            Err(e) => Err(engine(e)),
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::queue::message::RecipientState;
+    use crate::queue::sled_store::tests::sample_message;
+
+    /// Issue 16 item 5: once a large queue has been delivered, compaction gives the file's
+    /// unused space back; with nothing removed since, it does nothing.
+    #[test]
+    fn compaction_gives_back_the_space_of_removed_messages() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::open(dir.path()).unwrap();
+        let file = dir.path().join(FILE);
+        let mut ids = Vec::new();
+        for _ in 0..40 {
+            let msg = sample_message(vec![b'x'; 1 << 20], 1);
+            store
+                .write_message(&msg, &[RecipientState::new_pending(0)])
+                .unwrap();
+            ids.push(msg.meta.id.clone());
+            store.sync().unwrap();
+        }
+        let kept = sample_message(b"Subject: kept\r\n\r\nstill queued\r\n".to_vec(), 1);
+        store
+            .write_message(&kept, &[RecipientState::new_pending(0)])
+            .unwrap();
+        store.sync().unwrap();
+        let full = std::fs::metadata(&file).unwrap().len();
+        assert!(full > 40 << 20, "{full}");
+        for id in &ids {
+            store.remove_message(id).unwrap();
+        }
+        store.sync().unwrap();
+        assert!(store.compact().unwrap());
+        let compacted = std::fs::metadata(&file).unwrap().len();
+        assert!(compacted < 4 << 20, "{full} -> {compacted}");
+        // The message still queued reads back whole.
+        assert_eq!(store.body(&kept.meta.id).unwrap().unwrap(), kept.body);
+        assert_eq!(store.message_ids().unwrap(), vec![kept.meta.id.clone()]);
+        // Nothing removed since: no work.
+        assert!(!store.compact().unwrap());
+    }
 
     #[test]
     fn prefix_ranges_end_after_the_prefix() {

@@ -146,6 +146,10 @@ impl Store for ReopeningStore {
         self.with(|s| s.remove_message(id))
     }
 
+    fn compact(&self) -> Result<bool, StoreError> {
+        self.with(|s| s.compact())
+    }
+
     /// Drops and reopens the engine when an error may have stuck in it (module doc). Called by
     /// the committer between groups only.
     fn reopen_if_failed(&self) -> Result<(), StoreError> {

@@ -151,6 +151,14 @@ pub trait Store: Send + Sync + 'static {
     fn is_open(&self) -> bool {
         true
     }
+
+    /// Gives the space of removed messages back to the file system when the engine keeps it
+    /// (issue 16 item 5: the queue's disk use follows what is queued); `true` when it did.
+    /// It may block writes and reads while it runs, so the relay calls it only when the
+    /// queue is small (`ops::compaction`). The default does nothing.
+    fn compact(&self) -> Result<bool, StoreError> {
+        Ok(false)
+    }
 }
 
 /// The store for async callers (the delivery engine and its admin operations).

@@ -211,6 +211,15 @@ impl Sink {
         self.record.lock().unwrap().commands.clone()
     }
 
+    /// Takes the messages (and commands) recorded so far out of the record and says how many
+    /// messages there were: long benchmark runs count deliveries without keeping every message
+    /// in memory (benches/bounds.rs).
+    pub fn take_count(&self) -> usize {
+        let mut record = self.record.lock().unwrap();
+        record.commands.clear();
+        std::mem::take(&mut record.messages).len()
+    }
+
     /// Waits until at least `n` messages arrived; panics after `timeout`.
     pub async fn wait_for_messages(&self, n: usize, timeout: Duration) -> Vec<SinkMessage> {
         let deadline = tokio::time::Instant::now() + timeout;
