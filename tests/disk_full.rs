@@ -19,8 +19,8 @@ mod common;
 
 use common::mx_sink::{free_port, Behaviour, Sink};
 use common::{SmtpClient, TestCa, TestServer, HOSTNAME};
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::Write;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -31,18 +31,7 @@ const MIB: u64 = 1024 * 1024;
 const WAIT: Duration = Duration::from_secs(20);
 const SINK: &str = "127.0.0.4";
 
-fn run(cmd: &str, args: &[&str]) {
-    let out = Command::new(cmd)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{cmd}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd} {args:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
+use common::process::run_command as run;
 
 /// A size-limited tmpfs at `path`, unmounted (lazily, so that a failing test's open files do
 /// not keep it) on drop.
@@ -94,24 +83,9 @@ fn fill(dir: &Path) -> std::fs::File {
     file
 }
 
-/// `GET path` on the metrics endpoint: (status code, body). Bounded by socket timeouts.
-fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .expect("timeout");
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .expect("request");
-    let mut response = String::new();
-    let _ = stream.take(1 << 20).read_to_string(&mut response);
-    let code = response
-        .get(9..12)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (code, response)
+/// `GET path` on the metrics endpoint: (status code, body).
+fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+    common::process::http_get(addr, path).expect("GET on the metrics endpoint")
 }
 
 /// Waits (bounded) until `/readyz` answers `code` and the accepting gauge says the same.
@@ -119,8 +93,8 @@ async fn wait_ready(metrics: SocketAddr, code: u16, step: &str) {
     let gauge = format!("tlsgate_queue_accepting {}", u8::from(code == 200));
     let deadline = Instant::now() + WAIT;
     loop {
-        let (got, ready) = http_get(metrics, "/readyz");
-        let (_, body) = http_get(metrics, "/metrics");
+        let (got, ready) = get(metrics, "/readyz");
+        let (_, body) = get(metrics, "/metrics");
         if got == code && body.contains(&gauge) {
             return;
         }

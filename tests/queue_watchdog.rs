@@ -15,8 +15,7 @@ use common::mx_sink::{free_port, Behaviour, Sink};
 use common::relay::always;
 use common::SmtpClient;
 use std::fs::File;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -26,20 +25,7 @@ const STALL_TIMEOUT: Duration = Duration::from_secs(3);
 const MARGIN: Duration = Duration::from_secs(6);
 const START_LIMIT: Duration = Duration::from_secs(30);
 
-/// Runs a command (bounded by its nature: mkfs, mount and fsfreeze on a 64 MB image return in
-/// well under a second); panics with its output on failure.
-fn run(cmd: &str, args: &[&str]) {
-    let out = Command::new(cmd)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{cmd}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd} {args:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
+use common::process::run_command as run;
 
 /// A 64 MB ext4 file system on a loop device, mounted at `mount`; thawed and unmounted on drop.
 struct LoopFs {
@@ -160,24 +146,7 @@ impl Drop for Relay {
     }
 }
 
-/// `GET path` on the metrics endpoint: (status code, body); bounded by socket timeouts.
-fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    s.set_read_timeout(Some(Duration::from_secs(2)))?;
-    s.set_write_timeout(Some(Duration::from_secs(2)))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut response = String::new();
-    s.take(1 << 20).read_to_string(&mut response)?;
-    let code = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    Ok((code, response))
-}
+use common::process::http_get;
 
 async fn wait_ready(relay: &mut Relay, metrics: SocketAddr) {
     let deadline = Instant::now() + START_LIMIT;

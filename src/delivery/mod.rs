@@ -47,6 +47,26 @@ use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+/// Marks a task as recording results ([`Engine::recording`]) for as long as it lives.
+struct Recording<'a>(&'a Engine);
+
+impl<'a> Recording<'a> {
+    fn start(engine: &'a Engine) -> Recording<'a> {
+        engine
+            .recording
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Recording(engine)
+    }
+}
+
+impl Drop for Recording<'_> {
+    fn drop(&mut self) {
+        self.0
+            .recording
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 /// Wait after a store error before the message is looked at again.
 const STORE_ERROR_RETRY: u64 = 60;
 /// First and longest wait between tries to record delivery results ([`until_durable`]).
@@ -136,6 +156,9 @@ struct Engine {
     shutdown: CancellationToken,
     /// The tasks working on messages, waited for (up to a grace time) at shutdown.
     tasks: TaskTracker,
+    /// Tasks that hold no delivery slot: their attempts are over and they are recording the
+    /// results ([`until_durable`]); the scheduler does not count them as busy slots.
+    recording: std::sync::atomic::AtomicUsize,
 }
 
 /// What the engine is built from.
@@ -224,6 +247,7 @@ impl DeliveryEngine {
             per_destination: Mutex::new(HashMap::new()),
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
+            recording: std::sync::atomic::AtomicUsize::new(0),
         });
         let scheduler = tokio::spawn(run_scheduler(engine.clone(), announced));
         Ok(DeliveryEngine { engine, scheduler })
@@ -263,11 +287,12 @@ async fn run_scheduler(engine: Arc<Engine>, mut announced: NewMessages) {
             let mut timetable = lock(&engine.timetable);
             // Only as many as there are delivery slots (`delivery.max_concurrent`) not held
             // by a task already: the rest wait in the timetable, not as tasks (issue 16 item 5).
+            let recording = engine.recording.load(std::sync::atomic::Ordering::SeqCst);
             let free = engine
                 .config
                 .delivery
                 .max_concurrent
-                .saturating_sub(engine.tasks.len());
+                .saturating_sub(engine.tasks.len().saturating_sub(recording));
             let ready = timetable.take_due(now, free);
             if gauges_at.is_none_or(|at| at.elapsed() >= GAUGE_INTERVAL) {
                 timetable.update_gauges(&engine.metrics);
@@ -498,10 +523,14 @@ async fn deliver_due(
     // The attempts are over: recording their results must not hold a delivery slot, or a
     // store that cannot write (a full disk) would stop every delivery (issue 16 item 4).
     drop(permit);
+    let _recording = Recording::start(engine);
     // DSNs first, then the states: a crash in between repeats a DSN rather than losing one.
     for (kind, recipients) in std::mem::take(&mut results.reports) {
         outcome::send_dsn(engine, &meta, &body, kind.kind(), recipients, now).await?;
     }
+    // Not needed any more: a message whose results wait for room on the disk keeps only its
+    // envelope and states in memory.
+    drop(body);
     let mut final_states = states.clone();
     for (i, state) in &results.updates {
         if let Some(slot) = final_states.get_mut(*i) {

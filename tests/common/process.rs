@@ -433,3 +433,40 @@ impl Rng {
         low + self.next_u64() % (high - low)
     }
 }
+
+/// Runs a system command (mount, mkfs, fsfreeze …) to completion; panics with its output when
+/// it fails. Bounded by the nature of the commands tests use (they return in well under a
+/// second on the small file systems the tests make).
+pub fn run_command(cmd: &str, args: &[&str]) {
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `GET path` over HTTP/1.1 on `addr` (the metrics endpoint): status code (0 when the answer
+/// has none) and the whole response; every step bounded by a 2 s socket timeout, the response
+/// by 1 MiB.
+pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    let mut s = StdTcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    s.set_write_timeout(Some(Duration::from_secs(2)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut response = String::new();
+    s.take(1 << 20).read_to_string(&mut response)?;
+    let code = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    Ok((code, response))
+}

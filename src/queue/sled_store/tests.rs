@@ -377,44 +377,61 @@ impl Store for Sticky {
     }
 }
 
-/// A [`crate::queue::ReopeningStore`] over a [`Sticky`] engine in `dir`; every reopening opens
-/// the engine again (the old one dropped first: both engines lock their files) and counts in
-/// `opens`; while `refuse` is set, reopening fails with ENOSPC.
-fn reopening(
-    engine: QueueEngine,
-    dir: &std::path::Path,
-    broken: &Arc<std::sync::atomic::AtomicBool>,
-    refuse: &Arc<std::sync::atomic::AtomicBool>,
-    opens: &Arc<std::sync::atomic::AtomicU64>,
-) -> Arc<dyn Store> {
-    use std::sync::atomic::Ordering;
-    let first: Arc<dyn Store> = Arc::new(Sticky(open(engine, dir), broken.clone()));
-    let (dir, refuse, opens) = (dir.to_path_buf(), refuse.clone(), opens.clone());
+/// A committer over a [`crate::queue::ReopeningStore`] over a [`Sticky`] engine; every
+/// reopening opens the engine again (the old one dropped first: both engines lock their files)
+/// and counts in `opens`; while `refuse` is set, reopening fails with ENOSPC.
+struct Flaky {
+    _dir: tempfile::TempDir,
+    broken: Arc<std::sync::atomic::AtomicBool>,
+    refuse: Arc<std::sync::atomic::AtomicBool>,
+    opens: Arc<std::sync::atomic::AtomicU64>,
+    store: Arc<dyn Store>,
+    committer: Committer,
+}
+
+fn flaky(engine: QueueEngine, broken: bool, refuse: bool) -> Flaky {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let dir = tempfile::tempdir().unwrap();
+    let broken = Arc::new(AtomicBool::new(broken));
+    let refuse = Arc::new(AtomicBool::new(refuse));
+    let opens = Arc::new(AtomicU64::new(0));
+    let first: Arc<dyn Store> = Arc::new(Sticky(open(engine, dir.path()), broken.clone()));
+    let (path, refusing, counter) = (dir.path().to_path_buf(), refuse.clone(), opens.clone());
     let reopen = crate::queue::reopen::Recovery::Reopen(Box::new(move || {
-        opens.fetch_add(1, Ordering::SeqCst);
-        if refuse.load(Ordering::SeqCst) {
+        counter.fetch_add(1, Ordering::SeqCst);
+        if refusing.load(Ordering::SeqCst) {
             disk_full()?;
         }
-        let fresh = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let store = crate::queue::engine::open_with(&dir, engine, None)?;
+        let fresh = Arc::new(AtomicBool::new(false));
+        let store = crate::queue::engine::open_with(&path, engine, None)?;
         Ok(Arc::new(Sticky(store, fresh)) as Arc<dyn Store>)
     }));
-    Arc::new(crate::queue::ReopeningStore::new(first, reopen))
+    let store: Arc<dyn Store> = Arc::new(crate::queue::ReopeningStore::new(first, reopen));
+    let (committer, _announced) = Committer::start(store.clone()).unwrap();
+    Flaky {
+        _dir: dir,
+        broken,
+        refuse,
+        opens,
+        store,
+        committer,
+    }
 }
 
 /// Issue 16 item 4: an error that sticks in the engine (a full disk) fails that commit with a
 /// full-disk error, and the committer reopens the engine before the next group: the next
 /// commit lands, without a restart, and what was committed before is intact.
 async fn an_engine_error_does_not_stick_the_store_is_reopened(engine: QueueEngine) {
-    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-    let dir = tempfile::tempdir().unwrap();
-    let (broken, refuse, opens) = (
-        Arc::new(AtomicBool::new(false)),
-        Arc::new(AtomicBool::new(false)),
-        Arc::new(AtomicU64::new(0)),
-    );
-    let store = reopening(engine, dir.path(), &broken, &refuse, &opens);
-    let (committer, _announced) = Committer::start(store.clone()).unwrap();
+    use std::sync::atomic::Ordering;
+    // `_dir` bound: the directory lives as long as the test.
+    let Flaky {
+        broken,
+        opens,
+        store,
+        committer,
+        _dir,
+        ..
+    } = flaky(engine, false, false);
     let before = sample_message(b"before".to_vec(), 1);
     let before_id = before.meta.id.clone();
     committer.commit(before).await.unwrap();
@@ -446,15 +463,15 @@ async fn an_engine_error_does_not_stick_the_store_is_reopened(engine: QueueEngin
 /// fail at once with a full-disk error (`452 4.3.1`), reopening is retried (at most once a
 /// second, also while no commit comes), and once it opens, commits land again.
 async fn a_store_that_cannot_reopen_refuses_at_once_and_recovers_later(engine: QueueEngine) {
-    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-    let dir = tempfile::tempdir().unwrap();
-    let (broken, refuse, opens) = (
-        Arc::new(AtomicBool::new(true)),
-        Arc::new(AtomicBool::new(true)),
-        Arc::new(AtomicU64::new(0)),
-    );
-    let store = reopening(engine, dir.path(), &broken, &refuse, &opens);
-    let (committer, _announced) = Committer::start(store.clone()).unwrap();
+    use std::sync::atomic::Ordering;
+    let Flaky {
+        refuse,
+        opens,
+        store,
+        committer,
+        _dir,
+        ..
+    } = flaky(engine, true, true);
     let err = committer
         .commit(sample_message(b"1".to_vec(), 1))
         .await
