@@ -56,6 +56,29 @@ fn engine(e: sled::Error) -> StoreError {
     }
 }
 
+/// How long [`open_db`] waits for sled's file lock to be released in this process.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Opens sled's database in `dir`. sled 0.34 releases its file lock from its background
+/// threads a moment after the last handle is dropped, so opening the same queue again right
+/// after closing it in this process (re-sealing, migrating, a test) can find the lock still
+/// held: that is retried for up to [`LOCK_WAIT`]. A lock held by another process (the relay
+/// running while a CLI command opens the queue) is still reported after that wait.
+fn open_db(dir: &Path) -> Result<sled::Db, StoreError> {
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    loop {
+        match sled::Config::new().path(dir).open() {
+            Err(sled::Error::Io(io))
+                if io.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return other.map_err(engine),
+        }
+    }
+}
+
 fn key(prefix: &[u8], id: &QueueId, index: Option<u32>) -> Vec<u8> {
     let mut k = Vec::with_capacity(prefix.len() + id.as_str().len() + 5);
     k.extend_from_slice(prefix);
@@ -124,7 +147,7 @@ impl SledStore {
             }
         }
         std::fs::create_dir_all(dir)?;
-        let db = sled::Config::new().path(dir).open().map_err(engine)?;
+        let db = open_db(dir)?;
         let tree = db.open_tree("queue").map_err(engine)?;
         let data_file = File::open(dir.join("db"))?;
         // The directory entries of sled's files must be durable too (first start).
