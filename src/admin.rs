@@ -598,40 +598,51 @@ fn list_queue(store: &dyn crate::queue::Store) -> Result<Vec<QueueEntry>, String
     let now = unix_now();
     let mut out = Vec::new();
     for id in store.message_ids().map_err(|e| e.to_string())? {
-        let Some(meta) = store.message(&id).map_err(|e| e.to_string())? else {
-            continue;
-        };
-        let states = store.recipient_states(&id).map_err(|e| e.to_string())?;
-        let recipients = meta
-            .recipients
-            .iter()
-            .zip(states.iter())
-            .map(|(r, s)| {
-                let open = !s.status.is_final();
-                let planned = open && s.status != RecipientStatus::Held;
-                RecipientEntry {
-                    address: r.address.clone(),
-                    status: s.status.to_string(),
-                    attempts: s.attempts,
-                    last_reply: s.last_reply.clone(),
-                    last_status: s.last_status.clone(),
-                    next_attempt_in: open.then(|| s.next_attempt.saturating_sub(now)),
-                    next_attempt_at: planned.then(|| rfc3339(s.next_attempt.max(now))),
-                }
-            })
-            .collect();
-        out.push(QueueEntry {
-            id: id.to_string(),
-            age_seconds: now.saturating_sub(meta.reception.received_at),
-            received_at: rfc3339(meta.reception.received_at),
-            size: meta.size,
-            sender: meta.sender.clone().unwrap_or_else(|| "<>".into()),
-            requiretls: meta.requiretls,
-            received_tls: meta.reception.tls.as_ref().map(|t| t.version.clone()),
-            recipients,
-        });
+        // Removed since the ids were read: not listed.
+        out.extend(queue_entry(store, &id, now)?);
     }
     Ok(out)
+}
+
+/// One message's listing entry, `None` when it is not queued (blocking). `GET /queue/{id}`
+/// reads only this message, not the whole queue.
+fn queue_entry(
+    store: &dyn crate::queue::Store,
+    id: &QueueId,
+    now: u64,
+) -> Result<Option<QueueEntry>, String> {
+    let Some(meta) = store.message(id).map_err(|e| e.to_string())? else {
+        return Ok(None);
+    };
+    let states = store.recipient_states(id).map_err(|e| e.to_string())?;
+    let recipients = meta
+        .recipients
+        .iter()
+        .zip(states.iter())
+        .map(|(r, s)| {
+            let open = !s.status.is_final();
+            let planned = open && s.status != RecipientStatus::Held;
+            RecipientEntry {
+                address: r.address.clone(),
+                status: s.status.to_string(),
+                attempts: s.attempts,
+                last_reply: s.last_reply.clone(),
+                last_status: s.last_status.clone(),
+                next_attempt_in: open.then(|| s.next_attempt.saturating_sub(now)),
+                next_attempt_at: planned.then(|| rfc3339(s.next_attempt.max(now))),
+            }
+        })
+        .collect();
+    Ok(Some(QueueEntry {
+        id: id.to_string(),
+        age_seconds: now.saturating_sub(meta.reception.received_at),
+        received_at: rfc3339(meta.reception.received_at),
+        size: meta.size,
+        sender: meta.sender.clone().unwrap_or_else(|| "<>".into()),
+        requiretls: meta.requiretls,
+        received_tls: meta.reception.tls.as_ref().map(|t| t.version.clone()),
+        recipients,
+    }))
 }
 
 /// RFC 3339 UTC of a Unix second (issue 14 item 2: absolute times in listings).
@@ -823,10 +834,11 @@ async fn get_message(
     UrlPath(id): UrlPath<String>,
 ) -> AdminResult {
     let id = parse_id(&id)?;
-    let entry = queue(&state)
-        .await?
-        .into_iter()
-        .find(|e| e.id == id.as_str())
+    let store = state.engine.store();
+    let entry = tokio::task::spawn_blocking(move || queue_entry(store.as_ref(), &id, unix_now()))
+        .await
+        .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e))?
         .ok_or_else(|| error(StatusCode::NOT_FOUND, "no such message in the queue"))?;
     Ok(Json(entry).into_response())
 }

@@ -82,6 +82,23 @@ async fn queue_is_listed_retried_bounced_and_deleted_and_every_action_is_audited
         .as_deref()
         .is_some_and(|r| r.contains("450 4.2.1")));
 
+    // One message by id: that message's entry as the listing has it (read alone, not picked
+    // out of a whole listing); an id that is not queued is 404.
+    let (status, body) = request(&config, "GET", &format!("/queue/{first}"))
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    let shown: QueueEntry = serde_json::from_str(&body).unwrap();
+    assert_eq!(shown.id, first);
+    assert_eq!(shown.sender, one.sender);
+    assert_eq!(shown.recipients[0].address, "ola@partner.test");
+    assert_eq!(shown.recipients[0].status, "deferred");
+    assert_eq!(shown.recipients[0].last_reply, one.recipients[0].last_reply);
+    let (status, body) = request(&config, "GET", "/queue/0000000000000A")
+        .await
+        .unwrap();
+    assert_eq!(status, 404, "{body}");
+
     // The CLI prints the same, mailq style.
     let cli = cli_config(&s);
     let (ok, stdout, stderr) = tlsgate(&cli, &["queue", "list"]).await;
