@@ -389,6 +389,12 @@ engine = "{engine}"
     {
         std::thread::sleep(Duration::from_millis(50));
     }
+    let stats = server.committer().stats();
+    let syncs = stats.syncs.load(std::sync::atomic::Ordering::Relaxed);
+    println!(
+        "queue commits: {syncs} syncs for {total} messages ({:.2} per message, new messages and delivery results together)",
+        syncs as f64 / total as f64
+    );
     server_runtime.block_on(server.shutdown(Duration::from_secs(5)));
     println!(
         "queue directory after the queue emptied: {:.1} MB",

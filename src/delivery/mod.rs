@@ -387,7 +387,13 @@ async fn deliver_due(
         .acquire_owned()
         .await
         .map_err(|_| StoreError::Closed)?;
-    let Some(StoredMessage { meta, states, body }) = engine.store.load(id).await? else {
+    // A message committed a moment ago comes from the committer's hands; any later turn
+    // reads the store (issue 16 item 7).
+    let loaded = match engine.committer.take_fresh(id) {
+        Some(message) => Some(message),
+        None => engine.store.load(id).await?,
+    };
+    let Some(StoredMessage { meta, states, body }) = loaded else {
         return Ok(Due::Done);
     };
     // For the log lines only (issue 14 item 3): matching a user's complaint to the queue.

@@ -10,6 +10,7 @@
 
 pub mod at_rest;
 pub mod engine;
+pub mod fresh;
 pub mod message;
 pub mod redb_store;
 pub mod reopen;
@@ -19,6 +20,7 @@ pub mod sled_store;
 pub mod store;
 
 pub use engine::QueueEngine;
+pub use fresh::FreshMessages;
 pub use message::{MessageMeta, NewMessage, QueueId, RecipientState, RecipientStatus};
 pub use redb_store::RedbStore;
 pub use reopen::ReopeningStore;
@@ -118,6 +120,8 @@ pub struct Committer {
     health: Arc<Health>,
     /// The store, for [`Store::is_open`].
     store: Arc<dyn Store>,
+    /// Messages just committed, for their first delivery turn ([`Committer::take_fresh`]).
+    fresh: Arc<FreshMessages>,
 }
 
 /// What the committer knows of the queue's health (issue 16 item 4).
@@ -167,6 +171,8 @@ impl Committer {
         let health = Arc::new(Health::default());
         let thread_health = health.clone();
         let thread_store = store.clone();
+        let fresh = Arc::new(FreshMessages::default());
+        let thread_fresh = fresh.clone();
         std::thread::Builder::new()
             .name("queue-committer".into())
             .spawn(move || {
@@ -174,6 +180,7 @@ impl Committer {
                     stats: &thread_stats,
                     progress: &thread_progress,
                     health: &thread_health,
+                    fresh: &thread_fresh,
                 };
                 run_committer(thread_store, rx, announce, shared);
                 let _ = exit_tx.send(true);
@@ -187,6 +194,7 @@ impl Committer {
                 stalled: CancellationToken::new(),
                 health,
                 store,
+                fresh,
             },
             announced,
         ))
@@ -282,6 +290,14 @@ impl Committer {
         self.stalled.cancel();
     }
 
+    /// The message `id` exactly as it was committed, when it was committed a moment ago and
+    /// nothing has been written for it since; `None` otherwise (read the store then). Taken
+    /// once: the delivery engine's first turn of a message uses it instead of reading the
+    /// store back (issue 16 item 7, [`fresh`]).
+    pub fn take_fresh(&self, id: &QueueId) -> Option<StoredMessage> {
+        self.fresh.take(id)
+    }
+
     /// Counters since the committer started.
     pub fn stats(&self) -> &CommitStats {
         &self.stats
@@ -338,16 +354,30 @@ impl Committer {
     }
 }
 
-fn write(store: &dyn Store, work: &Work, now: u64) -> Result<(), StoreError> {
+/// The states a new message is written with: every recipient pending, due `now`.
+fn initial_states(message: &NewMessage, now: u64) -> Vec<RecipientState> {
+    vec![RecipientState::new_pending(now); message.meta.recipients.len()]
+}
+
+fn write(
+    store: &dyn Store,
+    fresh: &FreshMessages,
+    work: &Work,
+    now: u64,
+) -> Result<(), StoreError> {
     match work {
-        Work::Message(message) => {
-            let states = vec![RecipientState::new_pending(now); message.meta.recipients.len()];
-            store.write_message(message, &states)
+        Work::Message(message) => store.write_message(message, &initial_states(message, now)),
+        // The fresh copy would differ from the store from now on ([`fresh`]).
+        Work::States { id, updates } => {
+            fresh.forget(id);
+            updates
+                .iter()
+                .try_for_each(|(index, state)| store.set_recipient_state(id, *index, state))
         }
-        Work::States { id, updates } => updates
-            .iter()
-            .try_for_each(|(index, state)| store.set_recipient_state(id, *index, state)),
-        Work::Remove(id) => store.remove_message(id),
+        Work::Remove(id) => {
+            fresh.forget(id);
+            store.remove_message(id)
+        }
     }
 }
 
@@ -356,6 +386,7 @@ struct Shared<'a> {
     stats: &'a CommitStats,
     progress: &'a Progress,
     health: &'a Health,
+    fresh: &'a FreshMessages,
 }
 
 /// How long the committer waits for work before it looks at the store's health (a store
@@ -418,7 +449,7 @@ fn commit_group(
     let now = message::unix_now();
     let written: Vec<Result<(), StoreError>> = group
         .iter()
-        .map(|job| write(store, &job.work, now))
+        .map(|job| write(store, shared.fresh, &job.work, now))
         .collect();
     let synced = if written.iter().any(Result::is_ok) {
         shared.stats.syncs.fetch_add(1, Ordering::Relaxed);
@@ -429,19 +460,26 @@ fn commit_group(
     let mut message_committed = false;
     let mut full = false;
     let mut answers = Vec::with_capacity(group.len());
-    for (job, write) in group.into_iter().zip(written) {
+    for (Job { work, done }, write) in group.into_iter().zip(written) {
         let outcome = match (&synced, write) {
             (Ok(()), Ok(())) => {
-                if let Work::Message(message) = &job.work {
+                if let Work::Message(message) = work {
                     message_committed = true;
                     shared.stats.messages.fetch_add(1, Ordering::Relaxed);
-                    let _ = announce.send(message.meta.id.clone());
+                    let id = message.meta.id.clone();
+                    // Kept for its first delivery turn before the scheduler hears of it, and
+                    // only when someone listens ([`fresh`]).
+                    if !announce.is_closed() {
+                        let states = initial_states(&message, now);
+                        shared.fresh.keep(*message, states);
+                    }
+                    let _ = announce.send(id);
                 }
                 Ok(())
             }
             (_, Err(e)) => Err(e),
             (Err(e), Ok(())) => {
-                if let Work::Message(message) = &job.work {
+                if let Work::Message(message) = &work {
                     // Written but maybe not durable: take it back so that the client's
                     // retry (it gets a 4xx) does not end up delivered twice. Best effort:
                     // if this fails too, a duplicate is still better than a loss.
@@ -457,7 +495,7 @@ fn commit_group(
             shared.stats.failures.fetch_add(1, Ordering::Relaxed);
             full |= e.is_disk_full();
         }
-        answers.push((job.done, outcome));
+        answers.push((done, outcome));
     }
     // Readiness (issue 16 item 4), noted before anyone is answered so that a client's next
     // MAIL already sees it: a commit on a full file system refuses new mail until room is
