@@ -147,9 +147,30 @@ fn recipient_state_updates_and_removal(engine: QueueEngine) {
     assert!(store.message_ids().unwrap().is_empty());
 }
 
-/// The real store with something done before each sync: `slow` (as slow as a busy disk's, so
-/// that commits pile up behind it) or `disk_full`.
-struct HookedSync(Arc<dyn Store>, fn() -> Result<(), StoreError>);
+/// The real store with a hook run before every call, given the call's name: the faults the
+/// committer tests need (a slow, blocked or failing sync; an engine stuck after an error).
+struct Hooked {
+    store: Arc<dyn Store>,
+    hook: Box<Hook>,
+}
+
+/// What [`Hooked`] runs before a call, given the call's name; an error is the call's result.
+type Hook = dyn Fn(&str) -> Result<(), StoreError> + Send + Sync;
+
+/// `store` with `before_sync` run before each sync: `slow` (as slow as a busy disk's, so that
+/// commits pile up behind it), `blocked` or `disk_full`.
+fn hooked_sync(store: Arc<dyn Store>, before_sync: fn() -> Result<(), StoreError>) -> Hooked {
+    Hooked {
+        store,
+        hook: Box::new(move |call| {
+            if call == "sync" {
+                before_sync()
+            } else {
+                Ok(())
+            }
+        }),
+    }
+}
 
 fn slow() -> Result<(), StoreError> {
     std::thread::sleep(std::time::Duration::from_millis(50));
@@ -168,22 +189,26 @@ fn disk_full() -> Result<(), StoreError> {
     )))
 }
 
-impl Store for HookedSync {
+impl Store for Hooked {
     fn write_message(&self, m: &NewMessage, s: &[RecipientState]) -> Result<(), StoreError> {
-        self.0.write_message(m, s)
+        (self.hook)("write_message")?;
+        self.store.write_message(m, s)
     }
     fn sync(&self) -> Result<(), StoreError> {
-        (self.1)()?;
-        self.0.sync()
+        (self.hook)("sync")?;
+        self.store.sync()
     }
     fn message(&self, id: &QueueId) -> Result<Option<MessageMeta>, StoreError> {
-        self.0.message(id)
+        (self.hook)("message")?;
+        self.store.message(id)
     }
     fn body(&self, id: &QueueId) -> Result<Option<Vec<u8>>, StoreError> {
-        self.0.body(id)
+        (self.hook)("body")?;
+        self.store.body(id)
     }
     fn recipient_states(&self, id: &QueueId) -> Result<Vec<RecipientState>, StoreError> {
-        self.0.recipient_states(id)
+        (self.hook)("recipient_states")?;
+        self.store.recipient_states(id)
     }
     fn set_recipient_state(
         &self,
@@ -191,13 +216,16 @@ impl Store for HookedSync {
         i: usize,
         s: &RecipientState,
     ) -> Result<(), StoreError> {
-        self.0.set_recipient_state(id, i, s)
+        (self.hook)("set_recipient_state")?;
+        self.store.set_recipient_state(id, i, s)
     }
     fn message_ids(&self) -> Result<Vec<QueueId>, StoreError> {
-        self.0.message_ids()
+        (self.hook)("message_ids")?;
+        self.store.message_ids()
     }
     fn remove_message(&self, id: &QueueId) -> Result<(), StoreError> {
-        self.0.remove_message(id)
+        (self.hook)("remove_message")?;
+        self.store.remove_message(id)
     }
 }
 
@@ -205,7 +233,7 @@ async fn concurrent_commits_share_syncs(engine: QueueEngine) {
     let dir = tempfile::tempdir().unwrap();
     let store = open(engine, dir.path());
     let (committer, _announced) =
-        Committer::start(Arc::new(HookedSync(store.clone(), slow))).unwrap();
+        Committer::start(Arc::new(hooked_sync(store.clone(), slow))).unwrap();
     let mut tasks = Vec::new();
     for n in 0..64u8 {
         let committer = committer.clone();
@@ -282,7 +310,7 @@ async fn a_fresh_message_is_what_the_store_holds_until_written_again(engine: Que
 
     let dir = tempfile::tempdir().unwrap();
     let (failing, _announced) =
-        Committer::start(Arc::new(HookedSync(open(engine, dir.path()), disk_full))).unwrap();
+        Committer::start(Arc::new(hooked_sync(open(engine, dir.path()), disk_full))).unwrap();
     let msg = sample_message(b"not durable".to_vec(), 1);
     let failed = msg.meta.id.clone();
     assert!(failing.commit(msg).await.is_err());
@@ -295,7 +323,7 @@ async fn a_commit_not_confirmed_in_time_is_a_timeout_and_still_completes(engine:
     let dir = tempfile::tempdir().unwrap();
     let store = open(engine, dir.path());
     let (committer, _announced) =
-        Committer::start(Arc::new(HookedSync(store.clone(), slow))).unwrap();
+        Committer::start(Arc::new(hooked_sync(store.clone(), slow))).unwrap();
     let msg = sample_message(b"hello".to_vec(), 1);
     let id = msg.meta.id.clone();
     let limit = std::time::Duration::from_millis(5);
@@ -347,7 +375,7 @@ async fn a_full_disk_at_the_sync_is_reported_as_a_full_disk(engine: QueueEngine)
     let dir = tempfile::tempdir().unwrap();
     let store = open(engine, dir.path());
     let (committer, _announced) =
-        Committer::start(Arc::new(HookedSync(store.clone(), disk_full))).unwrap();
+        Committer::start(Arc::new(hooked_sync(store.clone(), disk_full))).unwrap();
     let msg = sample_message(b"hello".to_vec(), 1);
     let err = committer.commit(msg).await.unwrap_err();
     assert!(err.is_disk_full(), "{err:?}");
@@ -360,7 +388,7 @@ async fn a_full_disk_at_the_sync_is_reported_as_a_full_disk(engine: QueueEngine)
 async fn a_blocked_committer_is_seen_stalled_and_its_callers_answered(engine: QueueEngine) {
     let dir = tempfile::tempdir().unwrap();
     let store = open(engine, dir.path());
-    let (committer, _announced) = Committer::start(Arc::new(HookedSync(store, blocked))).unwrap();
+    let (committer, _announced) = Committer::start(Arc::new(hooked_sync(store, blocked))).unwrap();
     assert_eq!(committer.stalled_for(), None, "idle is not stalled");
     let waiting = committer.clone();
     let job = tokio::spawn(async move { waiting.commit(sample_message(b"x".to_vec(), 1)).await });
@@ -383,59 +411,20 @@ async fn a_blocked_committer_is_seen_stalled_and_its_callers_answered(engine: Qu
 
 /// An engine that, once `broken` is set, fails every call with ENOSPC, as redb ("previous I/O
 /// error") and sled (`StorageFull`) do after one failed write until they are reopened.
-struct Sticky(Arc<dyn Store>, Arc<std::sync::atomic::AtomicBool>);
-
-impl Sticky {
-    fn check(&self) -> Result<(), StoreError> {
-        if self.1.load(std::sync::atomic::Ordering::SeqCst) {
-            disk_full()
-        } else {
-            Ok(())
-        }
+fn sticky(store: Arc<dyn Store>, broken: Arc<std::sync::atomic::AtomicBool>) -> Hooked {
+    Hooked {
+        store,
+        hook: Box::new(move |_| {
+            if broken.load(std::sync::atomic::Ordering::SeqCst) {
+                disk_full()
+            } else {
+                Ok(())
+            }
+        }),
     }
 }
 
-impl Store for Sticky {
-    fn write_message(&self, m: &NewMessage, s: &[RecipientState]) -> Result<(), StoreError> {
-        self.check()?;
-        self.0.write_message(m, s)
-    }
-    fn sync(&self) -> Result<(), StoreError> {
-        self.check()?;
-        self.0.sync()
-    }
-    fn message(&self, id: &QueueId) -> Result<Option<MessageMeta>, StoreError> {
-        self.check()?;
-        self.0.message(id)
-    }
-    fn body(&self, id: &QueueId) -> Result<Option<Vec<u8>>, StoreError> {
-        self.check()?;
-        self.0.body(id)
-    }
-    fn recipient_states(&self, id: &QueueId) -> Result<Vec<RecipientState>, StoreError> {
-        self.check()?;
-        self.0.recipient_states(id)
-    }
-    fn set_recipient_state(
-        &self,
-        id: &QueueId,
-        i: usize,
-        s: &RecipientState,
-    ) -> Result<(), StoreError> {
-        self.check()?;
-        self.0.set_recipient_state(id, i, s)
-    }
-    fn message_ids(&self) -> Result<Vec<QueueId>, StoreError> {
-        self.check()?;
-        self.0.message_ids()
-    }
-    fn remove_message(&self, id: &QueueId) -> Result<(), StoreError> {
-        self.check()?;
-        self.0.remove_message(id)
-    }
-}
-
-/// A committer over a [`crate::queue::ReopeningStore`] over a [`Sticky`] engine; every
+/// A committer over a [`crate::queue::ReopeningStore`] over a [`sticky`] engine; every
 /// reopening opens the engine again (the old one dropped first: both engines lock their files)
 /// and counts in `opens`; while `refuse` is set, reopening fails with ENOSPC.
 struct Flaky {
@@ -453,7 +442,7 @@ fn flaky(engine: QueueEngine, broken: bool, refuse: bool) -> Flaky {
     let broken = Arc::new(AtomicBool::new(broken));
     let refuse = Arc::new(AtomicBool::new(refuse));
     let opens = Arc::new(AtomicU64::new(0));
-    let first: Arc<dyn Store> = Arc::new(Sticky(open(engine, dir.path()), broken.clone()));
+    let first: Arc<dyn Store> = Arc::new(sticky(open(engine, dir.path()), broken.clone()));
     let (path, refusing, counter) = (dir.path().to_path_buf(), refuse.clone(), opens.clone());
     let reopen = crate::queue::reopen::Recovery::Reopen(Box::new(move || {
         counter.fetch_add(1, Ordering::SeqCst);
@@ -462,7 +451,7 @@ fn flaky(engine: QueueEngine, broken: bool, refuse: bool) -> Flaky {
         }
         let fresh = Arc::new(AtomicBool::new(false));
         let store = crate::queue::engine::open_with(&path, engine, None)?;
-        Ok(Arc::new(Sticky(store, fresh)) as Arc<dyn Store>)
+        Ok(Arc::new(sticky(store, fresh)) as Arc<dyn Store>)
     }));
     let store: Arc<dyn Store> = Arc::new(crate::queue::ReopeningStore::new(first, reopen));
     let (committer, _announced) = Committer::start(store.clone()).unwrap();
@@ -589,7 +578,7 @@ async fn a_sled_error_that_may_stick_ends_the_process() {
     let dir = tempfile::tempdir().unwrap();
     let broken = Arc::new(AtomicBool::new(false));
     let sticky: Arc<dyn Store> =
-        Arc::new(Sticky(open(QueueEngine::Sled, dir.path()), broken.clone()));
+        Arc::new(sticky(open(QueueEngine::Sled, dir.path()), broken.clone()));
     let store: Arc<dyn Store> = Arc::new(crate::queue::ReopeningStore::new(
         sticky,
         crate::queue::reopen::Recovery::Exit(note_exit),
