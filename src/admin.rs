@@ -1343,8 +1343,9 @@ pub fn summary_line(entries: &[QueueEntry]) -> String {
     )
 }
 
-/// `1 message`, `2 messages`: listings read as sentences.
-fn counted(n: u64, noun: &str) -> String {
+/// `1 message`, `2 messages`: listings and the CLI's reports read as sentences (`noun` in the
+/// singular; the plural adds an `s`).
+pub fn counted(n: u64, noun: &str) -> String {
     if n == 1 {
         format!("1 {noun}")
     } else {

@@ -80,9 +80,31 @@ pub fn days_since_epoch(year: i32, month: u8, day: u8) -> Option<i64> {
     ))
 }
 
+/// The date `days` after 1970-01-01 as `YYYY-MM-DD` (the domain list's `Dato innmeldt`, kept
+/// as [`days_since_epoch`]); `None` outside the calendar's range.
+pub fn date_of_days(days: i64) -> Option<String> {
+    let julian = i64::from(date!(1970 - 01 - 01).to_julian_day()).checked_add(days)?;
+    let date = Date::from_julian_day(i32::try_from(julian).ok()?).ok()?;
+    Some(format!(
+        "{:04}-{:02}-{:02}",
+        date.year(),
+        u8::from(date.month()),
+        date.day()
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn days_since_the_epoch_read_back_as_dates() {
+        assert_eq!(date_of_days(0).as_deref(), Some("1970-01-01"));
+        let joined = days_since_epoch(2026, 1, 31).expect("a date");
+        assert_eq!(date_of_days(joined).as_deref(), Some("2026-01-31"));
+        assert_eq!(date_of_days(-1).as_deref(), Some("1969-12-31"));
+        assert_eq!(date_of_days(i64::MAX), None);
+    }
 
     fn at(secs: u64, millis: u32) -> SystemTime {
         UNIX_EPOCH + Duration::new(secs, millis * 1_000_000)

@@ -59,7 +59,7 @@ enum Commands {
         #[arg(long)]
         json: bool,
         /// Bound for every connect and reply.
-        #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+        #[arg(long, default_value = "20s", value_parser = positive_duration)]
         timeout: Duration,
     },
     /// The queue of the running server, through its admin API.
@@ -134,6 +134,22 @@ struct Select {
 }
 
 /// Checks a duration on the command line, and passes it on as written.
+/// A bound above zero (`--timeout`): a zero bound fails every connect and reply at once.
+fn positive_duration(text: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(text) {
+        Ok(bound) if bound.is_zero() => Err("must be more than 0s".into()),
+        parsed => parsed.map_err(|e| e.to_string()),
+    }
+}
+
+/// A count of at least one (`--parallel`): zero would check nothing and wait for ever.
+fn at_least_one(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        parsed => parsed.map_err(|e| e.to_string()),
+    }
+}
+
 fn parse_age(text: &str) -> Result<String, String> {
     humantime::parse_duration(text)
         .map(|_| text.to_string())
@@ -324,10 +340,10 @@ enum DomainsAction {
         #[arg(long = "domain")]
         domains: Vec<String>,
         /// Bound for every connect and reply.
-        #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+        #[arg(long, default_value = "20s", value_parser = positive_duration)]
         timeout: Duration,
         /// Domains checked at the same time.
-        #[arg(long, default_value_t = 16)]
+        #[arg(long, default_value_t = 16, value_parser = at_least_one)]
         parallel: usize,
         /// Also write the report for the auditor to FILE: one self-contained HTML page, dated,
         /// naming the list checked (Bits 5.2.6).
@@ -743,16 +759,16 @@ fn queue_migrate(path: Option<&Path>) -> anyhow::Result<()> {
     let engine = config.queue.engine;
     let done = tlsgate::queue::at_rest::migrate(&dir, engine, key)
         .map_err(|e| offline_error(&dir, "queue migrate", e))?;
-    if done.records == 0 {
-        println!("{}: the queue is already {}", dir.display(), engine.name());
-    } else {
-        println!(
-            "moved {} records in {} to {}; start the relay with queue.engine = \"{}\"",
+    match done {
+        None => println!("{}: the queue is already {}", dir.display(), engine.name()),
+        Some(done) => println!(
+            "moved {} ({} records) in {} to {}; start the relay with queue.engine = \"{}\"",
+            tlsgate::admin::counted(done.messages, "message"),
             done.records,
             dir.display(),
             engine.name(),
             engine.name()
-        );
+        ),
     }
     Ok(())
 }
@@ -767,9 +783,10 @@ fn queue_rekey(path: Option<&Path>, new_key: &Path) -> anyhow::Result<()> {
     let done = tlsgate::queue::at_rest::rekey(&dir, config.queue.engine, current, Some(new))
         .map_err(|e| offline_error(&dir, "queue rekey", e))?;
     println!(
-        "re-sealed {} records in {} under {}. Now set queue.encryption_key = \"{}\" in {} \
+        "re-sealed {} ({} records) in {} under {}. Now set queue.encryption_key = \"{}\" in {} \
          (or copy the file over the old key) before starting the relay; keep the old key only as \
          long as backups sealed under it exist",
+        tlsgate::admin::counted(done.messages, "message"),
         done.records,
         dir.display(),
         new_key.display(),
@@ -783,6 +800,9 @@ fn domains_list(path: Option<&Path>, json: bool) -> anyhow::Result<()> {
     let config = load_config(path)?;
     let handle = tlsgate::startup::domain_list(&config)?;
     let list = handle.current();
+    let joined = |d: &tlsgate::policy::domain_list::ListedDomain| {
+        d.joined.and_then(tlsgate::datetime::date_of_days)
+    };
     if json {
         let rows: Vec<serde_json::Value> = list
             .iter()
@@ -791,6 +811,7 @@ fn domains_list(path: Option<&Path>, json: bool) -> anyhow::Result<()> {
                     "domain": d.domain.as_str(),
                     "company": d.company,
                     "org_number": d.org_number,
+                    "joined": joined(d),
                     "joined_days_since_epoch": d.joined,
                     "supports_5_2_4": d.supports_5_2_4,
                 })
@@ -799,11 +820,31 @@ fn domains_list(path: Option<&Path>, json: bool) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(());
     }
-    for d in list.iter() {
-        println!("{:<32} {:<32} {}", d.domain, d.company, d.org_number);
+    // The file as the relay loads it; what a running relay has in force (it keeps the last
+    // good list when a new file is refused) is `tlsgate domains status`.
+    if let Some(path) = handle.path() {
+        println!("{} ({}):", path.display(), counted_domains(list.len()));
     }
-    println!("{} domains", list.len());
+    println!(
+        "{:<32} {:<32} {:<12} joined",
+        "domain", "company", "org number"
+    );
+    for d in list.iter() {
+        println!(
+            "{:<32} {:<32} {:<12} {}",
+            d.domain,
+            d.company,
+            d.org_number,
+            joined(d).unwrap_or_else(|| "-".into())
+        );
+    }
+    println!("{}", counted_domains(list.len()));
     Ok(())
+}
+
+/// `1 domain`, `2 domains`.
+fn counted_domains(n: usize) -> String {
+    tlsgate::admin::counted(u64::try_from(n).unwrap_or(u64::MAX), "domain")
 }
 
 /// `tlsgate domains check` (T7): the table or `--json` on standard output, the HTML report to
@@ -823,16 +864,30 @@ fn domains_check(
     let domains: Vec<tlsgate::domain::Domain> = if only.is_empty() {
         list.iter().map(|d| d.domain.clone()).collect()
     } else {
-        only.iter()
-            .map(|d| tlsgate::domain::Domain::parse(d).with_context(|| format!("{d:?}")))
-            .collect::<anyhow::Result<_>>()?
+        let mut domains: Vec<tlsgate::domain::Domain> = Vec::with_capacity(only.len());
+        for d in only {
+            let domain = tlsgate::domain::Domain::parse(d).with_context(|| format!("{d:?}"))?;
+            // `--domain a --domain A` is one domain, checked and counted once.
+            if !domains.contains(&domain) {
+                domains.push(domain);
+            }
+        }
+        domains
     };
     if domains.is_empty() {
         anyhow::bail!("no domain to check: the domain list is empty and no --domain was given");
     }
     let tls = tlsgate::startup::client_tls(&config)?;
+    // The report file is opened before the run, so that an unwritable path is said at once
+    // rather than after every domain was checked; it is removed again if the run fails.
+    let mut html_file = html
+        .map(|out| {
+            std::fs::File::create(out)
+                .with_context(|| format!("creating the HTML report {}", out.display()))
+        })
+        .transpose()?;
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-    let reports = runtime.block_on(async {
+    let run = runtime.block_on(async {
         let resolver = tlsgate::dns::HickoryResolver::with_dnssec(
             &config.dns.nameservers,
             timeout,
@@ -878,14 +933,24 @@ fn domains_check(
         .await;
         progress.finish();
         anyhow::Ok(reports)
-    })?;
+    });
+    let reports = match run {
+        Ok(reports) => reports,
+        Err(e) => {
+            if let Some(out) = html {
+                let _ = std::fs::remove_file(out);
+            }
+            return Err(e);
+        }
+    };
     let took = clock.elapsed();
     if json {
         println!("{}", serde_json::to_string_pretty(&reports)?);
     } else {
         print!("{}", tlsgate::compliance::render_table(&reports));
     }
-    if let Some(out) = html {
+    if let (Some(out), Some(file)) = (html, html_file.as_mut()) {
+        use std::io::Write;
         use tlsgate::compliance::html;
         let context = html::ReportContext {
             started,
@@ -897,7 +962,8 @@ fn domains_check(
             list: html::ListFacts::of(&handle, config.domain_list.age_from, started),
             selected_domains: !only.is_empty(),
         };
-        std::fs::write(out, html::render(&reports, &context))
+        file.write_all(html::render(&reports, &context).as_bytes())
+            .and_then(|()| file.sync_all())
             .with_context(|| format!("writing the HTML report to {}", out.display()))?;
     }
     // The summary on standard error with --json, so that standard output stays JSON.

@@ -523,6 +523,46 @@ fn gen_cert_writes_a_usable_pair_with_a_private_key() {
     assert!(run.stdout.contains("configuration ok"), "{run:?}");
 }
 
+/// `check-config` says where the tvungen TLS list comes from, how it is watched and whether
+/// the partner check runs (review finding: the summary left the list's keys out), and says so
+/// when there is no list at all.
+#[test]
+fn check_config_summary_names_the_domain_list_and_its_schedule() {
+    let (dir, config, cert, key) = setup("", "127.0.0.1:0");
+    let run = check_config(dir.path(), "no-list", &config);
+    assert!(run.status.success(), "{run:?}");
+    assert!(run.stdout.contains("domain_list:       none"), "{run:?}");
+    assert!(run.stdout.contains("partner check:     off"), "{run:?}");
+
+    let list = dir.path().join("domains.txt");
+    std::fs::write(&list, "partner.no\nother.no\n").expect("write the list");
+    let text = format!(
+        "{}\n[domain_list]\npath = \"{}\"\ncheck_interval = \"30s\"\ncheck_schedule = \"1day\"\n",
+        config_text(dir.path(), &cert, &key, "", "127.0.0.1:0"),
+        list.display()
+    );
+    std::fs::write(&config, text).expect("write the configuration");
+    let run = check_config(dir.path(), "list", &config);
+    assert!(run.status.success(), "{run:?}");
+    assert!(
+        run.stdout.contains("domain_list:       2 domains"),
+        "{run:?}"
+    );
+    let line = run
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("domain_list:       ") && l.contains(&list.display().to_string()))
+        .unwrap_or_else(|| panic!("no domain_list line naming the file: {run:?}"));
+    assert!(
+        line.contains("every 30s") && line.contains("92 days"),
+        "{line}"
+    );
+    assert!(
+        run.stdout.contains("partner check:     every 1day"),
+        "{run:?}"
+    );
+}
+
 /// Connects and returns the first line the server sends.
 fn banner(addr: SocketAddr) -> std::io::Result<String> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(1))?;

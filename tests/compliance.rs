@@ -228,6 +228,56 @@ async fn domains_check_of_passing_domains_exits_zero_with_a_table() {
     assert!(stdout.contains("delivery would succeed"), "{stdout}");
 }
 
+/// Arguments that cannot work are refused before anything is checked (a zero timeout or
+/// parallelism, an HTML report where no file can be written), and a domain given twice is
+/// checked and counted once.
+#[tokio::test]
+async fn domains_check_refuses_bad_arguments_at_once_and_checks_a_repeated_domain_once() {
+    let w = world().await;
+    for (args, says) in [
+        (
+            &["domains", "check", "--timeout", "0s"][..],
+            "must be more than 0s",
+        ),
+        (
+            &["domains", "check", "--parallel", "0"][..],
+            "must be at least 1",
+        ),
+    ] {
+        let (ok, stdout, stderr) = tlsgate(&w.config, args).await;
+        assert!(!ok, "{args:?} refused");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+        assert!(stdout.is_empty(), "{args:?}: nothing checked: {stdout}");
+    }
+    let page = w._dir.path().join("no-such-directory").join("report.html");
+    let page_arg = page.to_str().unwrap().to_string();
+    let (ok, stdout, stderr) = tlsgate(&w.config, &["domains", "check", "--html", &page_arg]).await;
+    assert!(!ok, "an unwritable report path is an error");
+    assert!(
+        stderr.contains("creating the HTML report") && stderr.contains("report.html"),
+        "{stderr}"
+    );
+    assert!(stdout.is_empty(), "refused before the run: {stdout}");
+
+    let (ok, stdout, stderr) = tlsgate(
+        &w.config,
+        &[
+            "domains",
+            "check",
+            "--json",
+            "--domain",
+            "good.test",
+            "--domain",
+            "GOOD.test",
+        ],
+    )
+    .await;
+    assert!(ok, "{stdout}{stderr}");
+    let reports: Vec<serde_json::Value> = serde_json::from_str(&stdout).expect("JSON");
+    assert_eq!(reports.len(), 1, "{stdout}");
+    assert_eq!(reports[0]["domain"], "good.test");
+}
+
 #[tokio::test]
 async fn probe_shows_the_policy_of_an_unlisted_domain() {
     let w = world().await;
@@ -265,6 +315,24 @@ async fn domains_list_prints_the_list() {
         .filter_map(|r| r["domain"].as_str())
         .collect();
     assert_eq!(names, vec!["bad.test", "good.test"]);
+    assert_eq!(rows[0]["joined"], "2026-01-01", "{stdout}");
+    assert_eq!(rows[0]["company"], "Bad AS", "{stdout}");
+    // The table: a header, one row per domain with the date it joined, and the count.
+    let (ok, stdout, _) = tlsgate(&w.config, &["domains", "list"]).await;
+    assert!(ok);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert!(lines[0].ends_with("(2 domains):"), "{stdout}");
+    assert!(
+        lines[1].starts_with("domain") && lines[1].ends_with("joined"),
+        "{stdout}"
+    );
+    assert!(
+        lines[2].starts_with("bad.test")
+            && lines[2].contains("Bad AS")
+            && lines[2].ends_with("2026-01-01"),
+        "{stdout}"
+    );
+    assert_eq!(lines.last(), Some(&"2 domains"), "{stdout}");
 }
 
 /// The subject of `script.test`'s certificate: markup that must arrive in the HTML report as

@@ -1582,6 +1582,40 @@ pub fn summary(config: &Config) -> String {
         .map(ToString::to_string)
         .collect();
     let _ = writeln!(out, "relay_networks:    {}", nets.join(", "));
+    let list = &config.domain_list;
+    let _ = match &list.path {
+        None => writeln!(
+            out,
+            "domain_list:       none (no domain is held to tvungen TLS)"
+        ),
+        Some(path) => writeln!(
+            out,
+            "domain_list:       {} (re-read when changed, looked at every {}; older than {} \
+             days by {} is warned about)",
+            path.display(),
+            humantime::format_duration(list.check_interval),
+            list.max_age_days,
+            match list.age_from {
+                AgeFrom::File => "the file's modification time",
+                AgeFrom::NewestEntry => "its newest entry",
+            }
+        ),
+    };
+    if let Some(url) = &list.url {
+        let _ = writeln!(
+            out,
+            "domain_list url:   {url} (fetched every {})",
+            humantime::format_duration(list.fetch_interval)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "partner check:     {}",
+        match list.check_schedule {
+            Some(every) => format!("every {}", humantime::format_duration(every)),
+            None => "off (domain_list.check_schedule)".to_string(),
+        }
+    );
     for p in &config.policies {
         let target = match &p.target {
             PolicyTarget::Exact(d) => d.to_string(),

@@ -106,11 +106,12 @@ pub fn open_store(
     engine::check_key(dir, key.as_deref())?;
     if let Some(key) = &key {
         if is_plaintext_store(dir) {
-            let records = rewrite(dir, (engine, None), (engine, Some(key.clone())))?;
+            let copied = rewrite(dir, (engine, None), (engine, Some(key.clone())))?;
             tracing::info!(
                 queue = %dir.display(),
                 key_file = %key.path().display(),
-                records,
+                messages = copied.messages,
+                records = copied.records,
                 "queue encryption enabled: every record re-sealed (S3)"
             );
         }
@@ -118,12 +119,8 @@ pub fn open_store(
     engine::open_with(dir, engine, key)
 }
 
-/// What [`rekey`] or [`migrate`] did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Rekeyed {
-    /// Records (envelopes, body chunks, recipient states) written.
-    pub records: u64,
-}
+/// What [`rekey`] or [`migrate`] did: the messages and records rewritten.
+pub use super::engine::Copied as Rekeyed;
 
 /// Re-seals the queue in `dir` (of `engine`), opened with `current` (its key, `None` for
 /// plaintext), under `new` (`None`: decrypt). Offline: both engines lock their files, so this
@@ -144,18 +141,17 @@ pub fn rekey(
             dir.display()
         )));
     }
-    let records = rewrite(dir, (engine, current), (engine, new))?;
-    Ok(Rekeyed { records })
+    rewrite(dir, (engine, current), (engine, new))
 }
 
 /// Moves the queue in `dir` to the engine `to` (`tlsgate queue migrate`, issue 16 item 2),
 /// keeping its key (`key`, `None` for plaintext). Offline and crash-safe like [`rekey`]; a
-/// queue already of engine `to` is left alone (0 records).
+/// queue already of engine `to` is left alone (`None`).
 pub fn migrate(
     dir: &Path,
     to: QueueEngine,
     key: Option<Arc<QueueKey>>,
-) -> Result<Rekeyed, StoreError> {
+) -> Result<Option<Rekeyed>, StoreError> {
     recover(dir)?;
     engine::check_key(dir, key.as_deref())?;
     let from = match engine::found(dir) {
@@ -165,26 +161,25 @@ pub fn migrate(
                 dir.display()
             )))
         }
-        Some(from) if from == to => return Ok(Rekeyed { records: 0 }),
+        Some(from) if from == to => return Ok(None),
         Some(from) => from,
     };
-    let records = rewrite(dir, (from, key.clone()), (to, key))?;
-    Ok(Rekeyed { records })
+    rewrite(dir, (from, key.clone()), (to, key)).map(Some)
 }
 
 /// Copies the store in `dir` (engine and key `from`) into a fresh `queue.new` (engine and key
-/// `to`), then swaps the directories (module doc). Returns the number of records copied.
+/// `to`), then swaps the directories (module doc). Returns what was copied.
 fn rewrite(
     dir: &Path,
     from: (QueueEngine, Option<Arc<QueueKey>>),
     to: (QueueEngine, Option<Arc<QueueKey>>),
-) -> Result<u64, StoreError> {
+) -> Result<Rekeyed, StoreError> {
     let new = sibling(dir, "new");
     let old = sibling(dir, "old");
     if new.exists() {
         std::fs::remove_dir_all(&new)?;
     }
-    let records = {
+    let copied = {
         let source = engine::open_with(dir, from.0, from.1)?;
         let target = engine::open_with(&new, to.0, to.1)?;
         engine::copy(source.as_ref(), target.as_ref())?
@@ -201,7 +196,7 @@ fn rewrite(
     sync_dir(parent(dir))?;
     std::fs::remove_dir_all(&old)?;
     sync_dir(parent(dir))?;
-    Ok(records)
+    Ok(copied)
 }
 
 /// Gives `tree` and everything under it the owner and group of `template`, directories its
@@ -425,6 +420,7 @@ mod tests {
             write(store.as_ref(), &msg);
         }
         let done = rekey(&dir, engine, Some(old.clone()), Some(new.clone())).unwrap();
+        assert_eq!(done.messages, 1);
         assert_eq!(
             done.records,
             1 + 1 + msg.body.len().div_ceil(32 * 1024) as u64
@@ -481,7 +477,10 @@ mod tests {
             store.sync().unwrap();
         }
         let target = other(engine);
-        let done = migrate(&dir, target, Some(k.clone())).unwrap();
+        let done = migrate(&dir, target, Some(k.clone()))
+            .unwrap()
+            .expect("moved");
+        assert_eq!(done.messages, 2);
         assert_eq!(
             done.records,
             2 * (1 + 1 + a.body.len().div_ceil(32 * 1024) as u64)
@@ -503,7 +502,7 @@ mod tests {
             Vec::<PathBuf>::new()
         );
         // Migrating to the engine it already has changes nothing.
-        assert_eq!(migrate(&dir, target, Some(k)).unwrap().records, 0);
+        assert_eq!(migrate(&dir, target, Some(k)).unwrap(), None);
     }
 
     /// Issue 16 item 2: a queue written by the other engine is refused, naming both

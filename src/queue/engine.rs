@@ -63,12 +63,20 @@ pub fn open_with(
     })
 }
 
+/// What [`copy`] wrote: what re-sealing, `queue rekey` and `queue migrate` report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Copied {
+    /// Messages copied.
+    pub messages: u64,
+    /// Records written for them (envelopes, body chunks, recipient states).
+    pub records: u64,
+}
+
 /// Copies every message (envelope, body, recipient states) of `source` into `target`,
-/// committing every [`COPY_BATCH`] messages and at the end. Returns the number of records
-/// written (envelopes, body chunks, recipient states). Used to re-seal, rekey and change
+/// committing every [`COPY_BATCH`] messages and at the end. Used to re-seal, rekey and change
 /// engines ([`super::at_rest`]); a record that does not read back stops the copy.
-pub fn copy(source: &dyn Store, target: &dyn Store) -> Result<u64, StoreError> {
-    let mut records = 0u64;
+pub fn copy(source: &dyn Store, target: &dyn Store) -> Result<Copied, StoreError> {
+    let mut copied = Copied::default();
     let mut in_batch = 0;
     for id in source.message_ids()? {
         let Some(meta) = source.message(&id)? else {
@@ -76,7 +84,8 @@ pub fn copy(source: &dyn Store, target: &dyn Store) -> Result<u64, StoreError> {
         };
         let body = source.body(&id)?.unwrap_or_default();
         let states = source.recipient_states(&id)?;
-        records += 1 + body.len().div_ceil(BODY_CHUNK) as u64 + states.len() as u64;
+        copied.messages += 1;
+        copied.records += 1 + body.len().div_ceil(BODY_CHUNK) as u64 + states.len() as u64;
         let message = NewMessage { meta, body };
         target.write_message(&message, &states)?;
         in_batch += 1;
@@ -86,7 +95,7 @@ pub fn copy(source: &dyn Store, target: &dyn Store) -> Result<u64, StoreError> {
         }
     }
     target.sync()?;
-    Ok(records)
+    Ok(copied)
 }
 
 /// The key check stored in `dir`, `None` when there is none (a plaintext or new store).
