@@ -56,7 +56,9 @@ impl Verdict {
         }
     }
 
-    fn of(pass: bool, warnings: &[String]) -> Verdict {
+    /// The verdict of a host or domain that passes or not, with `warnings` (the one rule, used
+    /// by `domains check` and `domains status`).
+    pub fn of(pass: bool, warnings: &[String]) -> Verdict {
         match (pass, warnings.is_empty()) {
             (false, _) => Verdict::Fail,
             (true, false) => Verdict::Warn,

@@ -4,6 +4,7 @@
 
 use super::list_fetch::{FetchStatus, ListFetcher};
 use super::partners::{PartnerMonitor, PartnerStatus, RunSummary};
+use crate::compliance::Verdict;
 use crate::policy::domain_list::DomainListHandle;
 use serde::{Deserialize, Serialize};
 
@@ -53,6 +54,14 @@ impl DomainsStatus {
 
 /// The status as text: the list, the fetch, the last run, then one line per domain (failures
 /// first) and one per MX address.
+/// A verdict as the table shows it: failures in capitals, so that they stand out.
+fn shown(verdict: Verdict) -> &'static str {
+    match verdict {
+        Verdict::Fail => "FAIL",
+        other => other.as_str(),
+    }
+}
+
 pub fn render(status: &DomainsStatus) -> String {
     use std::fmt::Write;
     let mut out = String::new();
@@ -108,27 +117,36 @@ pub fn render(status: &DomainsStatus) -> String {
         "\n{:<28} {:<7} {:<22} {:<22} REASON",
         "DOMAIN", "VERDICT", "SINCE", "CHECKED"
     );
+    // The verdicts `domains check` gives (T7): failures first, then warnings, then passes.
+    let verdict = Verdict::of;
     let mut partners: Vec<&PartnerStatus> = status.partners.iter().collect();
-    partners.sort_by_key(|p| (p.pass, p.domain.clone()));
+    partners.sort_by_key(|p| (verdict(p.pass, &p.warnings), p.domain.clone()));
     for p in partners {
+        let reason = match (&p.reason, p.warnings.is_empty()) {
+            (Some(reason), _) => reason.clone(),
+            (None, false) => format!("warning: {}", p.warnings.join("; ")),
+            (None, true) => String::new(),
+        };
         let _ = writeln!(
             out,
-            "{:<28} {:<7} {:<22} {:<22} {}",
+            "{:<28} {:<7} {:<22} {:<22} {reason}",
             p.domain,
-            if p.pass { "pass" } else { "FAIL" },
+            shown(verdict(p.pass, &p.warnings)),
             p.since,
             p.checked_at,
-            p.reason.as_deref().unwrap_or("")
         );
         for h in &p.hosts {
+            let tls = match (&h.tls_version, &h.cert_not_after) {
+                (None, _) => "no TLS".to_string(),
+                (Some(version), None) => format!("{version}, no certificate"),
+                (Some(version), Some(until)) => format!("{version}, certificate until {until}"),
+            };
             let _ = writeln!(
                 out,
-                "  {} {} {} {} certificate expires {}: {}",
+                "  {:<7} {} {} ({tls}): {}",
+                shown(verdict(h.pass, &h.warnings)),
                 h.mx_host,
                 h.address,
-                if h.pass { "pass" } else { "FAIL" },
-                h.tls_version.as_deref().unwrap_or("no TLS"),
-                h.cert_not_after.as_deref().unwrap_or("-"),
                 h.reason
             );
         }
@@ -159,7 +177,9 @@ mod tests {
                 } else {
                     "certificate expired".into()
                 },
+                warnings: Vec::new(),
             }],
+            warnings: Vec::new(),
         }
     }
 
@@ -184,6 +204,55 @@ mod tests {
         assert!(text.contains("certificate expired"), "{text}");
         assert!(text.contains("2027-01-01T00:00:00Z"), "{text}");
         assert!(text.contains("(domain_list.url not set)"), "{text}");
+    }
+
+    /// A partner whose certificate expires within 21 days shows `warn` with the warning, as
+    /// `domains check` says (review finding: the status said `pass`), between failures and
+    /// passes; a host without TLS says so once, not "certificate expires -".
+    #[test]
+    fn a_domain_passing_with_warnings_shows_warn() {
+        let mut soon = partner("soon.no", true);
+        let warning = "certificate expires in 10 days (2026-12-10)".to_string();
+        soon.hosts[0].warnings = vec![warning.clone()];
+        soon.warnings = vec![format!("mx.soon.no: {warning}")];
+        let mut plain = partner("plain.no", false);
+        plain.hosts[0].tls_version = None;
+        plain.hosts[0].cert_not_after = None;
+        let status = DomainsStatus {
+            path: None,
+            domains: 3,
+            url: None,
+            fetch_interval: None,
+            last_fetch: None,
+            check_schedule: Some("6h".into()),
+            last_run: None,
+            partners: vec![partner("a.no", true), soon, plain],
+        };
+        let text = render(&status);
+        let line = |domain: &str| {
+            text.lines()
+                .find(|l| l.starts_with(domain))
+                .unwrap_or_else(|| panic!("{domain} line in\n{text}"))
+                .to_string()
+        };
+        let soon_line = line("soon.no ");
+        assert!(soon_line.contains(" warn "), "{text}");
+        assert!(
+            soon_line.contains("warning: mx.soon.no: certificate expires in 10 days"),
+            "{text}"
+        );
+        assert!(line("a.no ").contains(" pass "), "{text}");
+        let order: Vec<usize> = ["\nplain.no ", "\nsoon.no ", "\na.no "]
+            .iter()
+            .map(|d| text.find(d).expect("listed"))
+            .collect();
+        assert!(
+            order[0] < order[1] && order[1] < order[2],
+            "fail, warn, pass:\n{text}"
+        );
+        assert!(text.contains("  warn    mx.soon.no"), "{text}");
+        assert!(text.contains("(no TLS)"), "{text}");
+        assert!(!text.contains("expires -"), "{text}");
     }
 
     /// The admin API's answer without monitor and fetcher (`AdminState::new`'s stand-in)

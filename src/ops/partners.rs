@@ -51,6 +51,10 @@ pub struct PartnerHost {
     pub cert_not_after: Option<String>,
     /// Why it passes or fails, in words.
     pub reason: String,
+    /// What needs attention although it passes (a certificate expiring within 21 days, as
+    /// `domains check` warns); empty in states written before this was kept.
+    #[serde(default)]
+    pub warnings: Vec<String>,
 }
 
 /// The latest verdict for one listed domain.
@@ -68,6 +72,10 @@ pub struct PartnerStatus {
     pub reason: Option<String>,
     /// Each MX address tried.
     pub hosts: Vec<PartnerHost>,
+    /// Its hosts' warnings, each prefixed with the host, as `domains check` reports them: a
+    /// domain that passes with warnings is shown as `warn`, not `pass`.
+    #[serde(default)]
+    pub warnings: Vec<String>,
 }
 
 /// What one background run did.
@@ -314,8 +322,10 @@ fn status_of(report: &DomainReport, now: &str, previous: Option<&PartnerStatus>)
                     .cert_not_after_unix
                     .map(|t| rfc3339(UNIX_EPOCH + Duration::from_secs(t.max(0) as u64))),
                 reason: h.reason.clone(),
+                warnings: h.warnings.clone(),
             })
             .collect(),
+        warnings: report.warnings.clone(),
     }
 }
 
