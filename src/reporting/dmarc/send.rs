@@ -10,19 +10,18 @@
 //! mark is flushed at once; a destination that failed is tried at the next daily run, and
 //! after [`MAX_TRIES`] runs the day's report for that domain is given up.
 
-use super::counters::{DmarcCounters, DomainDay, FLUSH_INTERVAL};
+use super::counters::{DmarcCounters, DomainDay};
 use super::record::{self, Destination, RecordError, ReportRequest};
 use super::report::{self, MailParts, Reporter};
 use crate::auth::OutboundSigner;
 use crate::config::{Config, DmarcReportingSection};
 use crate::dns::{DnsError, Resolver};
 use crate::metrics::Metrics;
-use crate::queue::message::{unix_now, QueueId};
+use crate::queue::message::QueueId;
 use crate::queue::Committer;
-use crate::reporting::{day_name, day_of, queue_report, ReportMail, Sent};
+use crate::reporting::{queue_report, DailyReport, DomainRun, Finish, ReportMail};
 use std::sync::Arc;
 use std::time::SystemTime;
-use tokio_util::sync::CancellationToken;
 
 /// Daily runs that may fail to send a day's report before it is given up.
 pub const MAX_TRIES: u32 = 3;
@@ -50,7 +49,7 @@ pub struct DmarcReporting {
     committer: Committer,
     signer: Option<Arc<OutboundSigner>>,
     metrics: Arc<Metrics>,
-    /// One run at a time (the daily job and `dmarc-report send`).
+    /// One run at a time (the daily job and `dmarc-report send`): [`DailyReport::running`].
     running: tokio::sync::Mutex<()>,
 }
 
@@ -82,186 +81,6 @@ impl DmarcReporting {
             signer: parts.signer,
             metrics: parts.metrics,
             running: tokio::sync::Mutex::new(()),
-        }
-    }
-
-    /// The counters.
-    pub fn counters(&self) -> &Arc<DmarcCounters> {
-        &self.counters
-    }
-
-    /// Writes the counters to disk now (off the async threads).
-    pub async fn flush(&self) {
-        let counters = self.counters.clone();
-        match tokio::task::spawn_blocking(move || counters.flush()).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::error!(error = %e, "DMARC report counters not written"),
-            Err(e) => tracing::error!(error = %e, "DMARC report counters flush panicked"),
-        }
-    }
-
-    /// Flushes every [`FLUSH_INTERVAL`] until `shutdown`, then once more.
-    pub async fn flush_loop(self: Arc<Self>, shutdown: CancellationToken) {
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep(FLUSH_INTERVAL) => self.flush().await,
-                _ = shutdown.cancelled() => break,
-            }
-        }
-        self.flush().await;
-    }
-
-    /// Runs [`DmarcReporting::send_due`] a minute after start and then daily after midnight
-    /// UTC ([`crate::reporting::run_daily`]).
-    pub async fn daily_loop(self: Arc<Self>, shutdown: CancellationToken) {
-        let hostname = self.hostname.clone();
-        crate::reporting::run_daily(&hostname, shutdown, "DMARC", || {
-            let reporting = self.clone();
-            async move { reporting.send_due(false).await.len() }
-        })
-        .await;
-    }
-
-    /// Sends every due report: the finished days' reports not sent yet (and with
-    /// `include_today`, the running day's so far, without marking it: the full day's report
-    /// still goes out after midnight). Returns one line per destination tried.
-    pub async fn send_due(&self, include_today: bool) -> Vec<Sent> {
-        let _one_run = self.running.lock().await;
-        let today = day_of(SystemTime::now());
-        let mut out = Vec::new();
-        for (day, counts) in self.counters.days() {
-            let partial = day == today;
-            if day > today || (partial && !include_today) {
-                continue;
-            }
-            for (domain, domain_day) in &counts.domains {
-                if !partial && domain_day.report.finished {
-                    continue;
-                }
-                self.send_domain(day, partial, domain, domain_day, &mut out)
-                    .await;
-                if !partial {
-                    self.flush().await;
-                }
-            }
-        }
-        self.counters.prune(today);
-        self.flush().await;
-        out
-    }
-
-    async fn send_domain(
-        &self,
-        day: i64,
-        partial: bool,
-        domain: &str,
-        counts: &DomainDay,
-        out: &mut Vec<Sent>,
-    ) {
-        let day_text = day_name(day);
-        let line = |rua: &str, result: &str, detail: String| Sent {
-            day: day_text.clone(),
-            domain: domain.to_string(),
-            rua: rua.to_string(),
-            result: result.to_string(),
-            detail,
-        };
-        let request = match self.lookup(domain).await {
-            Ok(request) => request,
-            Err(Lookup::NoReports(e)) => {
-                // Nothing to send, ever: the domain asks for no aggregate reports.
-                if !partial {
-                    self.counters.update_report(day, domain, |r| {
-                        r.finished = true;
-                        r.note = Some(e.to_string());
-                    });
-                }
-                out.push(line("", "no_record", e.to_string()));
-                return;
-            }
-            Err(Lookup::Dns(e)) => {
-                if !partial {
-                    self.give_up_or_retry(day, domain, e.clone());
-                }
-                out.push(line("", "failed", e));
-                return;
-            }
-        };
-        let start = day * 86_400;
-        let end = if partial {
-            i64::try_from(unix_now()).unwrap_or(start)
-        } else {
-            start + 86_399
-        };
-        let reporting_domain = self.settings.reporting_domain();
-        let reporter = Reporter {
-            organization_name: &self.settings.organization_name,
-            email: &self.settings.from,
-            contact_info: &self.settings.contact_info,
-            domain: &reporting_domain,
-        };
-        let built = report::build(reporter, domain, counts, (start, end));
-        let xml = report::to_xml(&built, request.pct);
-        let gzipped = match report::gzip(&xml) {
-            Ok(g) => g,
-            Err(e) => {
-                tracing::error!(error = %e, "gzip of a DMARC report failed");
-                return;
-            }
-        };
-        let mut all_done = true;
-        for destination in &request.rua {
-            if !partial && counts.report.sent_to.contains(&destination.uri) {
-                continue;
-            }
-            let outcome = self
-                .send_to(domain, destination, &built, &gzipped, &reporting_domain)
-                .await;
-            let (label, detail) = match outcome {
-                Outcome::Queued => {
-                    tracing::info!(domain, rua = %destination.uri,
-                        report_id = %built.report_id(), "DMARC report sent");
-                    ("mailto", built.report_id().to_string())
-                }
-                Outcome::Skipped(label, reason) => {
-                    tracing::warn!(domain, rua = %destination.uri, %reason,
-                        "DMARC report not sent to this destination");
-                    (label, reason)
-                }
-                Outcome::Failed(reason) => {
-                    all_done = false;
-                    tracing::warn!(domain, rua = %destination.uri, %reason,
-                        "DMARC report not sent");
-                    ("failed", reason)
-                }
-            };
-            self.metrics
-                .dmarc_reports_sent
-                .with_label_values(&[label])
-                .inc();
-            if !partial && label != "failed" {
-                // Sent, or never to be sent to this destination: either way done with it.
-                self.counters
-                    .update_report(day, domain, |r| r.sent_to.push(destination.uri.clone()));
-            }
-            out.push(line(&destination.uri, label, detail));
-        }
-        if request.rua.is_empty() {
-            out.push(line(
-                "",
-                "no_record",
-                "no mailto: destination in rua".into(),
-            ));
-        }
-        if !partial {
-            if all_done {
-                self.counters.update_report(day, domain, |r| {
-                    r.finished = true;
-                    r.note = None;
-                });
-            } else {
-                self.give_up_or_retry(day, domain, "not every destination took the report".into());
-            }
         }
     }
 
@@ -327,17 +146,6 @@ impl DmarcReporting {
         }
     }
 
-    fn give_up_or_retry(&self, day: i64, domain: &str, note: String) {
-        self.counters.update_report(day, domain, |r| {
-            r.tries += 1;
-            if r.tries >= MAX_TRIES {
-                r.finished = true;
-                tracing::warn!(domain, tries = r.tries, "DMARC report given up");
-            }
-            r.note = Some(note);
-        });
-    }
-
     /// RFC 7489 6.6.3: the record at `_dmarc.<domain>`, else at the parent domains' (the
     /// organisational domain's record covers its subdomains), as far as two labels.
     async fn lookup(&self, domain: &str) -> Result<ReportRequest, Lookup> {
@@ -356,6 +164,103 @@ impl DmarcReporting {
                 },
                 other => return other.map_err(Lookup::NoReports),
             }
+        }
+    }
+}
+
+/// The daily job (RFC 7489 7.2): [`DailyReport::send_due`], `flush_loop`, `daily_loop`.
+impl DailyReport for DmarcReporting {
+    type Counts = DomainDay;
+
+    const MAX_TRIES: u32 = MAX_TRIES;
+
+    fn counters(&self) -> &Arc<DmarcCounters> {
+        &self.counters
+    }
+
+    fn hostname(&self) -> &str {
+        &self.hostname
+    }
+
+    fn running(&self) -> &tokio::sync::Mutex<()> {
+        &self.running
+    }
+
+    /// RFC 7489 7.2: looks up the author domain's DMARC record (6.6.3, parents included)
+    /// and mails the report to every `rua=mailto:` destination not served yet.
+    async fn send_domain(&self, run: &mut DomainRun<'_, DomainDay>, counts: &DomainDay) -> Finish {
+        let domain = run.domain;
+        let request = match self.lookup(domain).await {
+            Ok(request) => request,
+            Err(Lookup::NoReports(e)) => {
+                // Nothing to send, ever: the domain asks for no aggregate reports.
+                run.push("", "no_record", e.to_string());
+                return Finish::NoReports(e.to_string());
+            }
+            Err(Lookup::Dns(e)) => {
+                run.push("", "failed", e.clone());
+                return Finish::Retry(e);
+            }
+        };
+        let reporting_domain = self.settings.reporting_domain();
+        let reporter = Reporter {
+            organization_name: &self.settings.organization_name,
+            email: &self.settings.from,
+            contact_info: &self.settings.contact_info,
+            domain: &reporting_domain,
+        };
+        let built = report::build(reporter, domain, counts, run.range());
+        let xml = report::to_xml(&built, request.pct);
+        let gzipped = match report::gzip(&xml) {
+            Ok(g) => g,
+            Err(e) => {
+                tracing::error!(error = %e, "gzip of a DMARC report failed");
+                return Finish::Unchanged;
+            }
+        };
+        let mut all_done = true;
+        for destination in &request.rua {
+            if run.already_sent(counts, &destination.uri) {
+                continue;
+            }
+            let outcome = self
+                .send_to(domain, destination, &built, &gzipped, &reporting_domain)
+                .await;
+            let (label, detail) = match outcome {
+                Outcome::Queued => {
+                    tracing::info!(domain, rua = %destination.uri,
+                        report_id = %built.report_id(), "DMARC report sent");
+                    ("mailto", built.report_id().to_string())
+                }
+                Outcome::Skipped(label, reason) => {
+                    tracing::warn!(domain, rua = %destination.uri, %reason,
+                        "DMARC report not sent to this destination");
+                    (label, reason)
+                }
+                Outcome::Failed(reason) => {
+                    all_done = false;
+                    tracing::warn!(domain, rua = %destination.uri, %reason,
+                        "DMARC report not sent");
+                    ("failed", reason)
+                }
+            };
+            self.metrics
+                .dmarc_reports_sent
+                .with_label_values(&[label])
+                .inc();
+            if label != "failed" {
+                // Sent, or never to be sent to this destination: either way done with it.
+                run.mark_sent(&destination.uri);
+            }
+            run.push(&destination.uri, label, detail);
+        }
+        if request.rua.is_empty() {
+            run.push("", "no_record", "no mailto: destination in rua".into());
+        }
+        if all_done {
+            Finish::Done
+        } else {
+            Finish::Retry("not every destination took the report".into())
         }
     }
 }

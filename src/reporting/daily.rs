@@ -1,0 +1,228 @@
+//! The daily sending job both aggregate reports run: DMARC (RFC 7489 section 7.2: a report
+//! per author domain and UTC day) and TLS reporting (RFC 8460 sections 3 and 4: a report per
+//! policy domain and UTC day). Which days are due, which domains still wait for their
+//! report, how a run's outcome is booked ([`super::SendState`]: finished, retried, given
+//! up), and when the counters are flushed and pruned is the same for both; how one domain's
+//! report is looked up, built and delivered is each report's own
+//! ([`DailyReport::send_domain`]).
+
+use super::days::{DayStore, DomainCounts};
+use super::{day_name, day_of, run_daily, Sent};
+use crate::queue::message::unix_now;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::SystemTime;
+use tokio_util::sync::CancellationToken;
+
+/// How sending one domain's report went, for its [`super::SendState`] (booked for finished
+/// days only: the running day's report is a preview, and the full one still goes out after
+/// midnight).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Finish {
+    /// The domain asks for no reports (no usable record): finished for good, with why.
+    NoReports(String),
+    /// Every target took the report or never will: finished.
+    Done,
+    /// Something failed (a lookup, a target): tried again at the next run, with why, until
+    /// [`DailyReport::MAX_TRIES`] runs gave up on it.
+    Retry(String),
+    /// Nothing was tried (the report could not be built): the state stays as it is.
+    Unchanged,
+}
+
+/// One domain's report of one day while it is being sent: what it is about, and the lines
+/// of the run's answer ([`Sent`]) it adds.
+pub struct DomainRun<'a, D> {
+    /// The UTC day number.
+    pub day: i64,
+    /// The running day, sent so far (`include_today`): nothing is marked as sent.
+    pub partial: bool,
+    /// The domain the report is about (author domain, policy domain).
+    pub domain: &'a str,
+    day_text: String,
+    counters: &'a DayStore<D>,
+    out: &'a mut Vec<Sent>,
+}
+
+impl<D: DomainCounts> DomainRun<'_, D> {
+    /// Adds the answer line for target `rua` (empty: none) with its `result` label and
+    /// `detail` (the report id, or what went wrong).
+    pub fn push(&mut self, rua: &str, result: &str, detail: String) {
+        self.out.push(Sent {
+            day: self.day_text.clone(),
+            domain: self.domain.to_string(),
+            rua: rua.to_string(),
+            result: result.to_string(),
+            detail,
+        });
+    }
+
+    /// The report's time range in Unix seconds: the whole UTC day, or for the running day
+    /// its start until now.
+    pub fn range(&self) -> (i64, i64) {
+        let start = self.day * 86_400;
+        let end = if self.partial {
+            i64::try_from(unix_now()).unwrap_or(start)
+        } else {
+            start + 86_399
+        };
+        (start, end)
+    }
+
+    /// Whether target `uri` took this day's report at an earlier run (RFC 7489 7.2, RFC 8460
+    /// 3: each target gets it once). Never for the running day, whose report is a preview.
+    pub fn already_sent(&self, counts: &D, uri: &str) -> bool {
+        !self.partial && counts.report().sent_to.iter().any(|sent| sent == uri)
+    }
+
+    /// Marks target `uri` done with this day's report (it took it, or never will); nothing
+    /// for the running day. Written at the flush after the domain.
+    pub fn mark_sent(&self, uri: &str) {
+        if !self.partial {
+            self.counters
+                .update_report(self.day, self.domain, |r| r.sent_to.push(uri.to_string()));
+        }
+    }
+}
+
+/// A report sent once a day per domain from durable day counters ([`DayStore`]):
+/// implemented by the DMARC and the TLS reporting, which give how one domain's report is
+/// sent; the job around it (flushing, the daily run, the due days) comes with the trait.
+pub trait DailyReport: Send + Sync + Sized + 'static {
+    /// What one domain's day holds.
+    type Counts: DomainCounts;
+
+    /// Daily runs that may fail to send a day's report before it is given up.
+    const MAX_TRIES: u32;
+
+    /// The counters (also what the relay records into).
+    fn counters(&self) -> &Arc<DayStore<Self::Counts>>;
+
+    /// `server.hostname`: the daily run's time is derived from it.
+    fn hostname(&self) -> &str;
+
+    /// Held for a whole run of [`DailyReport::send_due`]: one run at a time (the daily job
+    /// and `… send` from the admin API).
+    fn running(&self) -> &tokio::sync::Mutex<()>;
+
+    /// Looks up what `run.domain` asks for, builds its report from `counts` and sends it to
+    /// every target not in [`DomainRun::already_sent`], marking each done with
+    /// [`DomainRun::mark_sent`] and answering a line per target with [`DomainRun::push`].
+    fn send_domain(
+        &self,
+        run: &mut DomainRun<'_, Self::Counts>,
+        counts: &Self::Counts,
+    ) -> impl Future<Output = Finish> + Send;
+
+    /// Writes the counters to disk now (off the async threads); a failure is logged and
+    /// tried again at the next flush.
+    fn flush(&self) -> impl Future<Output = ()> + Send {
+        let counters = self.counters().clone();
+        async move {
+            let name = Self::Counts::NAME;
+            match tokio::task::spawn_blocking(move || counters.flush()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::error!(error = %e, "{name} report counters not written"),
+                Err(e) => tracing::error!(error = %e, "{name} report counters flush panicked"),
+            }
+        }
+    }
+
+    /// Flushes every [`DomainCounts::FLUSH_INTERVAL`] until `shutdown`, then once more (a
+    /// clean stop loses no counts).
+    fn flush_loop(self: Arc<Self>, shutdown: CancellationToken) -> impl Future<Output = ()> + Send {
+        async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(Self::Counts::FLUSH_INTERVAL) => self.flush().await,
+                    _ = shutdown.cancelled() => break,
+                }
+            }
+            self.flush().await;
+        }
+    }
+
+    /// Runs [`DailyReport::send_due`] a minute after start (catching up on days a stopped
+    /// relay missed) and then daily shortly after 00:00 UTC ([`run_daily`]), until
+    /// `shutdown`.
+    fn daily_loop(self: Arc<Self>, shutdown: CancellationToken) -> impl Future<Output = ()> + Send {
+        async move {
+            let hostname = self.hostname().to_string();
+            run_daily(&hostname, shutdown, Self::Counts::NAME, || {
+                let reporting = self.clone();
+                async move { reporting.send_due(false).await.len() }
+            })
+            .await;
+        }
+    }
+
+    /// Sends every due report: the finished days' reports not sent yet (and with
+    /// `include_today`, the running day's so far, without marking it: the full day's report
+    /// still goes out after midnight). A finished day's outcome is flushed after each
+    /// domain, so that a crash does not forget which targets got their report; at the end
+    /// the days no longer needed are pruned. Returns one line per target tried.
+    fn send_due(&self, include_today: bool) -> impl Future<Output = Vec<Sent>> + Send {
+        async move {
+            let _one_run = self.running().lock().await;
+            let today = day_of(SystemTime::now());
+            let mut out = Vec::new();
+            for (day, counts) in self.counters().days() {
+                let partial = day == today;
+                if day > today || (partial && !include_today) {
+                    continue;
+                }
+                for (domain, domain_day) in &counts.domains {
+                    if !partial && domain_day.report().finished {
+                        continue;
+                    }
+                    let mut run = DomainRun {
+                        day,
+                        partial,
+                        domain,
+                        day_text: day_name(day),
+                        counters: self.counters(),
+                        out: &mut out,
+                    };
+                    let finish = self.send_domain(&mut run, domain_day).await;
+                    if !partial {
+                        book(self.counters(), Self::MAX_TRIES, day, domain, finish);
+                        self.flush().await;
+                    }
+                }
+            }
+            self.counters().prune(today);
+            self.flush().await;
+            out
+        }
+    }
+}
+
+/// Books `finish` in the report state of `domain` on `day`. A retry counts a try; the
+/// `max_tries`-th gives the report up (finished, logged) rather than keep it for ever.
+fn book<D: DomainCounts>(
+    counters: &DayStore<D>,
+    max_tries: u32,
+    day: i64,
+    domain: &str,
+    finish: Finish,
+) {
+    match finish {
+        Finish::NoReports(note) => counters.update_report(day, domain, |r| {
+            r.finished = true;
+            r.note = Some(note);
+        }),
+        Finish::Done => counters.update_report(day, domain, |r| {
+            r.finished = true;
+            r.note = None;
+        }),
+        Finish::Retry(note) => counters.update_report(day, domain, |r| {
+            r.tries += 1;
+            if r.tries >= max_tries {
+                r.finished = true;
+                tracing::warn!(domain, tries = r.tries, "{} report given up", D::NAME);
+            }
+            r.note = Some(note);
+        }),
+        Finish::Unchanged => {}
+    }
+}
