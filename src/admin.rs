@@ -18,7 +18,6 @@ use crate::queue::message::{unix_now, QueueId, RecipientStatus};
 use crate::reporting::dmarc::DmarcReporting;
 use crate::reporting::tls::counters::{day_name, day_of, Day};
 use crate::reporting::tls::{Sent, TlsReporting};
-use crate::reporting::DailyReport;
 use axum::extract::connect_info::Connected;
 use axum::extract::{ConnectInfo, FromRequestParts, Path as UrlPath, Query, State};
 use axum::http::request::Parts;

@@ -25,7 +25,6 @@ use crate::queue::reopen::Recovery;
 use crate::queue::{Committer, QueueEngine, ReopeningStore, Store, StoreError};
 use crate::reporting::dmarc::{DmarcCounters, DmarcReporting};
 use crate::reporting::tls::{TlsCounters, TlsReporting};
-use crate::reporting::DailyReport;
 use crate::startup::{self, ConfigFiles, Fault, StartError};
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -13,19 +13,18 @@ use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
-/// What one domain's counts for one day are, as far as keeping and sending them goes.
+/// How often changed counters are written to disk: what a SIGKILL can lose at most.
+pub const FLUSH_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Days kept on disk at most, their reports sent or not (the sending job gives up on a
+/// report long before: [`super::daily::MAX_TRIES`]).
+pub const KEEP_DAYS: i64 = 7;
+
+/// What one domain's counts for one day are, as far as keeping and sending them goes: they
+/// carry where the day's report to the domain stands.
 pub trait DomainCounts:
     Clone + Default + Serialize + DeserializeOwned + Send + Sync + 'static
 {
-    /// The reports' name in log lines: `DMARC` or `TLS`.
-    const NAME: &'static str;
-    /// How often changed counters are written to disk: what a SIGKILL can lose at most.
-    const FLUSH_INTERVAL: Duration;
-    /// Days kept at most, their reports sent or not.
-    const KEEP_DAYS: i64;
-    /// A day file larger than this is not read (it cannot have been written by tlsgate).
-    const MAX_DAY_FILE: u64;
-
     /// Where the day's report to this domain stands.
     fn report(&self) -> &SendState;
 
@@ -84,6 +83,8 @@ struct State<D> {
 /// The recorder's memory and its day files: every day kept, what changed since the last
 /// flush, and the files it goes to.
 pub struct DayStore<D> {
+    /// `DMARC` or `TLS`, for log lines.
+    name: &'static str,
     files: DayFiles,
     state: Mutex<State<D>>,
     /// Held for a whole flush, so that two flushes never write one file in the wrong order.
@@ -96,12 +97,19 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl<D: DomainCounts> DayStore<D> {
-    /// Opens (creates) `dir` and reads the day files in it. A file that is not a day file
-    /// tlsgate wrote is skipped with a warning (kept for the administrator to look at).
-    pub fn open(dir: &Path) -> Result<DayStore<D>, CountersError> {
-        let what = format!("{} report", D::NAME);
-        let (files, days) = DayFiles::open(dir, D::MAX_DAY_FILE, &what)?;
+    /// Opens (creates) `dir` and reads the day files in it, each at most `max_day_file`
+    /// bytes. A file that is not a day file tlsgate wrote is skipped with a warning (kept
+    /// for the administrator to look at). `name` (`DMARC`, `TLS`) names the reports in log
+    /// lines.
+    pub fn open_files(
+        dir: &Path,
+        name: &'static str,
+        max_day_file: u64,
+    ) -> Result<DayStore<D>, CountersError> {
+        let what = format!("{name} report");
+        let (files, days) = DayFiles::open(dir, max_day_file, &what)?;
         Ok(DayStore {
+            name,
             files,
             state: Mutex::new(State {
                 days,
@@ -111,6 +119,11 @@ impl<D: DomainCounts> DayStore<D> {
             }),
             flushing: Mutex::new(()),
         })
+    }
+
+    /// `DMARC` or `TLS`: the reports' name in log lines.
+    pub fn name(&self) -> &'static str {
+        self.name
     }
 
     /// Counts into `domain`'s entry of `day` with `count` (a new domain starts from
@@ -169,7 +182,7 @@ impl<D: DomainCounts> DayStore<D> {
     }
 
     /// Removes the days before `today` whose reports are all finished, and every day older
-    /// than `D::KEEP_DAYS`.
+    /// than [`KEEP_DAYS`].
     pub fn prune(&self, today: i64) {
         let mut state = lock(&self.state);
         let state = &mut *state;
@@ -177,7 +190,7 @@ impl<D: DomainCounts> DayStore<D> {
             .days
             .iter()
             .filter(|(number, day)| {
-                **number < today - D::KEEP_DAYS
+                **number < today - KEEP_DAYS
                     || (**number < today && day.domains.values().all(|d| d.report().finished))
             })
             .map(|(number, _)| *number)
@@ -225,21 +238,18 @@ impl<D: DomainCounts> DayStore<D> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
+    /// A domain's day that counts hits: the smallest [`DomainCounts`], for tests here and in
+    /// [`super::super::daily`].
     #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-    struct Hits {
-        hits: u32,
-        report: SendState,
+    pub(crate) struct Hits {
+        pub(crate) hits: u32,
+        pub(crate) report: SendState,
     }
 
     impl DomainCounts for Hits {
-        const NAME: &'static str = "test";
-        const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
-        const KEEP_DAYS: i64 = 7;
-        const MAX_DAY_FILE: u64 = 1 << 20;
-
         fn report(&self) -> &SendState {
             &self.report
         }
@@ -253,7 +263,7 @@ mod tests {
     #[test]
     fn the_domain_bound_is_reported_once_a_day() {
         let dir = tempfile::tempdir().unwrap();
-        let store = DayStore::<Hits>::open(dir.path()).unwrap();
+        let store = DayStore::<Hits>::open_files(dir.path(), "test", 1 << 20).unwrap();
         let hit = |d: &mut Hits, _: &mut OncePerDay<'_>| d.hits += 1;
         assert_eq!(store.count(3, "a.test", 1, hit), Counted::Yes);
         assert_eq!(store.count(3, "a.test", 1, hit), Counted::Yes);
@@ -281,7 +291,7 @@ mod tests {
     #[test]
     fn pruned_days_lose_their_files_at_the_flush() {
         let dir = tempfile::tempdir().unwrap();
-        let store = DayStore::<Hits>::open(dir.path()).unwrap();
+        let store = DayStore::<Hits>::open_files(dir.path(), "test", 1 << 20).unwrap();
         let hit = |d: &mut Hits, _: &mut OncePerDay<'_>| d.hits += 1;
         store.count(1, "a.test", 10, hit);
         store.count(2, "a.test", 10, hit);
@@ -294,9 +304,9 @@ mod tests {
         store.flush().unwrap();
         assert!(!dir.path().join("1970-01-02.json").exists());
         assert!(dir.path().join("1970-01-03.json").exists());
-        let reopened = DayStore::<Hits>::open(dir.path()).unwrap();
+        let reopened = DayStore::<Hits>::open_files(dir.path(), "test", 1 << 20).unwrap();
         assert_eq!(reopened.days().keys().collect::<Vec<_>>(), [&2]);
-        reopened.prune(2 + Hits::KEEP_DAYS + 1);
+        reopened.prune(2 + KEEP_DAYS + 1);
         reopened.flush().unwrap();
         assert!(!dir.path().join("1970-01-03.json").exists());
     }

@@ -13,7 +13,7 @@
 
 use crate::auth::{AuthAction, AuthOutcome, AuthResult, DmarcPolicy, SpfIdentity};
 use crate::reporting::days::{self, Counted, DayStore, DomainCounts};
-use crate::reporting::{day_of, SendState};
+use crate::reporting::{day_of, CountersError, SendState};
 use mail_auth::report::{
     ActionDisposition, AuthResult as ReportAuthResults, DKIMAuthResult, DkimResult, DmarcResult,
     Identifier, PolicyEvaluated, PolicyOverride, PolicyOverrideReason, PolicyPublished, Record,
@@ -21,13 +21,10 @@ use mail_auth::report::{
 };
 use serde::{Deserialize, Serialize};
 use std::net::IpAddr;
-use std::time::{Duration, SystemTime};
+use std::path::Path;
+use std::time::SystemTime;
 
-/// How often changed counters are written to disk: what a SIGKILL can lose at most.
-pub const FLUSH_INTERVAL: Duration = Duration::from_secs(10);
-
-/// Days kept on disk at most, sent or not.
-pub const KEEP_DAYS: i64 = 7;
+pub use crate::reporting::days::{FLUSH_INTERVAL, KEEP_DAYS};
 
 /// Author domains counted per day at most; messages from further domains are not counted.
 pub const MAX_DOMAINS_PER_DAY: usize = 50_000;
@@ -54,27 +51,8 @@ pub struct DomainDay {
     pub report: SendState,
 }
 
-impl DomainCounts for DomainDay {
-    const NAME: &'static str = "DMARC";
-    const FLUSH_INTERVAL: Duration = FLUSH_INTERVAL;
-    const KEEP_DAYS: i64 = KEEP_DAYS;
-    const MAX_DAY_FILE: u64 = MAX_DAY_FILE;
-
-    fn report(&self) -> &SendState {
-        &self.report
-    }
-
-    fn report_mut(&mut self) -> &mut SendState {
-        &mut self.report
-    }
-}
-
 /// One UTC day: the content of one day file, by author domain.
 pub type Day = days::Day<DomainDay>;
-
-/// The recorder, with durable per-day counters ([`DayStore`]: `days`, `update_report`,
-/// `prune`, `flush`); what it counts is [`DmarcCounters::record`]'s.
-pub type DmarcCounters = DayStore<DomainDay>;
 
 /// The disposition tlsgate applied (RFC 7489 7.2.1.1 `policy_evaluated/disposition`: what
 /// the receiver did, not what the domain asked): accepted as it is → `none`, accepted with
@@ -208,7 +186,27 @@ fn same_row(a: &Record, b: &Record) -> bool {
         && a.auth_results == b.auth_results
 }
 
+impl DomainCounts for DomainDay {
+    fn report(&self) -> &SendState {
+        &self.report
+    }
+
+    fn report_mut(&mut self) -> &mut SendState {
+        &mut self.report
+    }
+}
+
+/// The recorder, with durable per-day counters ([`DayStore`]: `days`, `update_report`,
+/// `prune`, `flush`); what it counts is [`DmarcCounters::record`]'s.
+pub type DmarcCounters = DayStore<DomainDay>;
+
 impl DmarcCounters {
+    /// Opens (creates) `dir` and reads the day files in it; a file tlsgate did not write is
+    /// skipped with a warning.
+    pub fn open(dir: &Path) -> Result<DmarcCounters, CountersError> {
+        DayStore::open_files(dir, "DMARC", MAX_DAY_FILE)
+    }
+
     /// Counts one inbound message in today's report of its author domain ([`row_of`]); does
     /// nothing for a message without a DMARC record or not disposed of yet.
     pub fn record(&self, client_ip: IpAddr, outcome: &AuthOutcome) {

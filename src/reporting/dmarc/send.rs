@@ -19,12 +19,12 @@ use crate::dns::{DnsError, Resolver};
 use crate::metrics::Metrics;
 use crate::queue::message::QueueId;
 use crate::queue::Committer;
-use crate::reporting::{queue_report, DailyReport, DomainRun, Finish, ReportMail};
+pub use crate::reporting::daily::MAX_TRIES;
+use crate::reporting::{
+    queue_report, DomainRun, Finish, LookupError, ReportJob, ReportMail, ReportSender,
+};
 use std::sync::Arc;
 use std::time::SystemTime;
-
-/// Daily runs that may fail to send a day's report before it is given up.
-pub const MAX_TRIES: u32 = 3;
 
 /// The parts of the relay DMARC reporting uses.
 pub struct Parts {
@@ -40,17 +40,19 @@ pub struct Parts {
     pub metrics: Arc<Metrics>,
 }
 
-/// The relay's DMARC reporting: the counters, and what sending needs.
-pub struct DmarcReporting {
-    counters: Arc<DmarcCounters>,
+/// The relay's DMARC reporting: the counters, and the daily job that sends from them
+/// ([`ReportJob`]: `counters`, `flush`, `flush_loop`, `daily_loop`, `send_due`).
+pub type DmarcReporting = ReportJob<DmarcSender>;
+
+/// What sending DMARC reports needs: the settings, the resolver for the records, the queue
+/// and the signer for the report mails.
+pub struct DmarcSender {
     settings: DmarcReportingSection,
     hostname: String,
     resolver: Arc<dyn Resolver>,
     committer: Committer,
     signer: Option<Arc<OutboundSigner>>,
     metrics: Arc<Metrics>,
-    /// One run at a time (the daily job and `dmarc-report send`): [`DailyReport::running`].
-    running: tokio::sync::Mutex<()>,
 }
 
 /// What happened to one destination.
@@ -72,18 +74,20 @@ impl DmarcReporting {
                 "no [[outbound.dkim]] key for the DMARC report domain: reports are sent unsigned"
             );
         }
-        DmarcReporting {
-            counters: parts.counters,
+        let hostname = config.server.hostname.clone();
+        let sender = DmarcSender {
             settings,
-            hostname: config.server.hostname.clone(),
+            hostname: hostname.clone(),
             resolver: parts.resolver,
             committer: parts.committer,
             signer: parts.signer,
             metrics: parts.metrics,
-            running: tokio::sync::Mutex::new(()),
-        }
+        };
+        ReportJob::with_sender(parts.counters, hostname, sender)
     }
+}
 
+impl DmarcSender {
     async fn send_to(
         &self,
         domain: &str,
@@ -145,63 +149,43 @@ impl DmarcReporting {
             Err(e) => Outcome::Failed(e),
         }
     }
+}
+
+/// RFC 7489 7.1 and 7.2: what [`ReportJob`] needs to send DMARC aggregate reports.
+impl ReportSender for DmarcSender {
+    type Counts = DomainDay;
+
+    type Request = ReportRequest;
 
     /// RFC 7489 6.6.3: the record at `_dmarc.<domain>`, else at the parent domains' (the
     /// organisational domain's record covers its subdomains), as far as two labels.
-    async fn lookup(&self, domain: &str) -> Result<ReportRequest, Lookup> {
+    async fn lookup(&self, domain: &str) -> Result<ReportRequest, LookupError> {
         let mut name = domain;
         loop {
             let query = format!("_dmarc.{name}");
             let found = match self.resolver.txt(&query).await {
                 Ok(txt) => record::parse_records(&txt.value),
                 Err(DnsError::NoSuchDomain(_)) => Err(RecordError::None),
-                Err(e) => return Err(Lookup::Dns(format!("{query}: {e}"))),
+                Err(e) => return Err(LookupError::Dns(format!("{query}: {e}"))),
             };
             match found {
                 Err(RecordError::None) => match name.split_once('.') {
                     Some((_, parent)) if parent.contains('.') => name = parent,
-                    _ => return Err(Lookup::NoReports(RecordError::None)),
+                    _ => return Err(LookupError::NoReports(RecordError::None.to_string())),
                 },
-                other => return other.map_err(Lookup::NoReports),
+                other => return other.map_err(|e| LookupError::NoReports(e.to_string())),
             }
         }
     }
-}
 
-/// The daily job (RFC 7489 7.2): [`DailyReport::send_due`], `flush_loop`, `daily_loop`.
-impl DailyReport for DmarcReporting {
-    type Counts = DomainDay;
-
-    const MAX_TRIES: u32 = MAX_TRIES;
-
-    fn counters(&self) -> &Arc<DmarcCounters> {
-        &self.counters
-    }
-
-    fn hostname(&self) -> &str {
-        &self.hostname
-    }
-
-    fn running(&self) -> &tokio::sync::Mutex<()> {
-        &self.running
-    }
-
-    /// RFC 7489 7.2: looks up the author domain's DMARC record (6.6.3, parents included)
-    /// and mails the report to every `rua=mailto:` destination not served yet.
-    async fn send_domain(&self, run: &mut DomainRun<'_, DomainDay>, counts: &DomainDay) -> Finish {
+    /// Builds the report and mails it to every `rua=mailto:` destination not served yet.
+    async fn send(
+        &self,
+        run: &mut DomainRun<'_, DomainDay>,
+        counts: &DomainDay,
+        request: ReportRequest,
+    ) -> Finish {
         let domain = run.domain;
-        let request = match self.lookup(domain).await {
-            Ok(request) => request,
-            Err(Lookup::NoReports(e)) => {
-                // Nothing to send, ever: the domain asks for no aggregate reports.
-                run.push("", "no_record", e.to_string());
-                return Finish::NoReports(e.to_string());
-            }
-            Err(Lookup::Dns(e)) => {
-                run.push("", "failed", e.clone());
-                return Finish::Retry(e);
-            }
-        };
         let reporting_domain = self.settings.reporting_domain();
         let reporter = Reporter {
             organization_name: &self.settings.organization_name,
@@ -263,11 +247,4 @@ impl DailyReport for DmarcReporting {
             Finish::Retry("not every destination took the report".into())
         }
     }
-}
-
-enum Lookup {
-    /// The domain asks for no aggregate reports.
-    NoReports(RecordError),
-    /// The lookup failed (try again later).
-    Dns(String),
 }

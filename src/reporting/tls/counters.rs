@@ -15,13 +15,10 @@ pub use crate::reporting::{day_name, day_of, parse_day_name, CountersError, Send
 use crate::tls_report::{ReportPolicy, ResultType, SessionResult, TlsReportSink};
 use serde::{Deserialize, Serialize};
 use std::net::IpAddr;
-use std::time::{Duration, SystemTime};
+use std::path::Path;
+use std::time::SystemTime;
 
-/// How often changed counters are written to disk: what a SIGKILL can lose at most.
-pub const FLUSH_INTERVAL: Duration = Duration::from_secs(10);
-
-/// Days kept on disk at most, sent or not (the sending job gives up on a report long before).
-pub const KEEP_DAYS: i64 = 7;
+pub use crate::reporting::days::{FLUSH_INTERVAL, KEEP_DAYS};
 
 /// Policy domains counted per day at most; sessions to further domains are not counted (a
 /// bound on memory and on the day file whatever the traffic).
@@ -76,21 +73,6 @@ pub struct DomainDay {
     pub report: SendState,
 }
 
-impl DomainCounts for DomainDay {
-    const NAME: &'static str = "TLS";
-    const FLUSH_INTERVAL: Duration = FLUSH_INTERVAL;
-    const KEEP_DAYS: i64 = KEEP_DAYS;
-    const MAX_DAY_FILE: u64 = MAX_DAY_FILE;
-
-    fn report(&self) -> &SendState {
-        &self.report
-    }
-
-    fn report_mut(&mut self) -> &mut SendState {
-        &mut self.report
-    }
-}
-
 /// One UTC day: the content of one day file, by policy domain.
 pub type Day = days::Day<DomainDay>;
 
@@ -99,6 +81,12 @@ pub type Day = days::Day<DomainDay>;
 pub type TlsCounters = DayStore<DomainDay>;
 
 impl TlsCounters {
+    /// Opens (creates) `dir` and reads the day files in it. A file that is not a day file
+    /// tlsgate wrote is skipped with a warning (kept for the administrator to look at).
+    pub fn open(dir: &Path) -> Result<TlsCounters, CountersError> {
+        DayStore::open_files(dir, "TLS", MAX_DAY_FILE)
+    }
+
     /// Counts `session` in the report of `day` (the sink counts in the current UTC day).
     pub fn record_on(&self, day: i64, session: SessionResult) {
         let domain = session.policy.policy_domain.clone();
@@ -157,6 +145,16 @@ impl TlsCounters {
                 "TLS reporting: too many policy domains today, further ones are not counted"
             );
         }
+    }
+}
+
+impl DomainCounts for DomainDay {
+    fn report(&self) -> &SendState {
+        &self.report
+    }
+
+    fn report_mut(&mut self) -> &mut SendState {
+        &mut self.report
     }
 }
 

@@ -10,21 +10,22 @@
 //! run; after [`MAX_TRIES`] runs the day's report for that domain is given up.
 
 use super::counters::{DomainDay, TlsCounters};
-use super::record::{parse_records, RecordError, Rua};
+use super::record::{parse_records, Rua};
 use super::report::{self, Reporter};
 use crate::auth::OutboundSigner;
 use crate::config::{Config, TlsReportingSection};
 use crate::dns::Resolver;
 use crate::metrics::Metrics;
 use crate::queue::Committer;
-use crate::reporting::{queue_report, DailyReport, DomainRun, Finish, ReportMail};
+use crate::reporting::{
+    queue_report, DomainRun, Finish, LookupError, ReportJob, ReportMail, ReportSender,
+};
 use crate::tls::client::ClientTls;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Daily runs that may fail to send a day's report before it is given up.
-pub const MAX_TRIES: u32 = 3;
+pub use crate::reporting::daily::MAX_TRIES;
 
 /// Bound of one HTTPS POST, connection included (RFC 8460 5.4 sets none; a minute is what a
 /// healthy collector needs at most).
@@ -33,9 +34,13 @@ const HTTPS_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub use crate::reporting::Sent;
 
-/// The relay's TLS reporting: the counters, and what sending needs.
-pub struct TlsReporting {
-    counters: Arc<TlsCounters>,
+/// The relay's TLS reporting: the counters, and the daily job that sends from them
+/// ([`ReportJob`]: `counters`, `flush`, `flush_loop`, `daily_loop`, `send_due`).
+pub type TlsReporting = ReportJob<TlsSender>;
+
+/// What sending TLS reports needs: the settings, the resolver for the records, the queue and
+/// the signer for `mailto:` reports, the HTTPS client for `https:` ones.
+pub struct TlsSender {
     settings: TlsReportingSection,
     hostname: String,
     resolver: Arc<dyn Resolver>,
@@ -43,8 +48,6 @@ pub struct TlsReporting {
     signer: Option<Arc<OutboundSigner>>,
     http: reqwest::Client,
     metrics: Arc<Metrics>,
-    /// One run at a time (the daily job and `tls-report send`): [`DailyReport::running`].
-    running: tokio::sync::Mutex<()>,
 }
 
 /// Why TLS reporting could not be set up.
@@ -152,29 +155,21 @@ impl TlsReporting {
                  not be sent"
             );
         }
-        Ok(TlsReporting {
-            counters,
+        let hostname = config.server.hostname.clone();
+        let sender = TlsSender {
             settings,
-            hostname: config.server.hostname.clone(),
+            hostname: hostname.clone(),
             resolver,
             committer,
             signer,
             http,
             metrics,
-            running: tokio::sync::Mutex::new(()),
-        })
+        };
+        Ok(ReportJob::with_sender(counters, hostname, sender))
     }
+}
 
-    async fn lookup(&self, domain: &str) -> Result<Vec<Rua>, Lookup> {
-        let name = format!("_smtp._tls.{domain}");
-        let records = self
-            .resolver
-            .txt(&name)
-            .await
-            .map_err(|e| Lookup::Dns(format!("{name}: {e}")))?;
-        parse_records(&records.value).map_err(Lookup::NoPolicy)
-    }
-
+impl TlsSender {
     /// RFC 8460 5.3: the report mail, DKIM-signed (section 3), into the queue from
     /// `tls_reporting.from` with NOTIFY=NEVER (a report that cannot be delivered makes no
     /// DSN: no mail loops between reporters).
@@ -244,40 +239,33 @@ impl TlsReporting {
     }
 }
 
-/// The daily job (RFC 8460 3): [`DailyReport::send_due`], `flush_loop`, `daily_loop`.
-impl DailyReport for TlsReporting {
+/// RFC 8460 3 and 5: what [`ReportJob`] needs to send TLS reports.
+impl ReportSender for TlsSender {
     type Counts = DomainDay;
 
-    const MAX_TRIES: u32 = MAX_TRIES;
+    type Request = Vec<Rua>;
 
-    fn counters(&self) -> &Arc<TlsCounters> {
-        &self.counters
+    /// RFC 8460 3: the TLSRPT record at `_smtp._tls.<domain>`.
+    async fn lookup(&self, domain: &str) -> Result<Vec<Rua>, LookupError> {
+        let name = format!("_smtp._tls.{domain}");
+        let records = self
+            .resolver
+            .txt(&name)
+            .await
+            .map_err(|e| LookupError::Dns(format!("{name}: {e}")))?;
+        // No usable TLSRPT record: the domain takes no reports (RFC 8460 3).
+        parse_records(&records.value).map_err(|e| LookupError::NoReports(e.to_string()))
     }
 
-    fn hostname(&self) -> &str {
-        &self.hostname
-    }
-
-    fn running(&self) -> &tokio::sync::Mutex<()> {
-        &self.running
-    }
-
-    /// RFC 8460 3 and 5: looks up the policy domain's TLSRPT record and sends the report to
-    /// every `rua` not served yet, `mailto:` through the queue and `https:` by POST.
-    async fn send_domain(&self, run: &mut DomainRun<'_, DomainDay>, counts: &DomainDay) -> Finish {
+    /// Builds the report and sends it to every `rua` not served yet, `mailto:` through the
+    /// queue and `https:` by POST.
+    async fn send(
+        &self,
+        run: &mut DomainRun<'_, DomainDay>,
+        counts: &DomainDay,
+        ruas: Vec<Rua>,
+    ) -> Finish {
         let domain = run.domain;
-        let ruas = match self.lookup(domain).await {
-            Ok(ruas) => ruas,
-            Err(Lookup::NoPolicy(e)) => {
-                // Nothing to send, ever: the domain takes no reports (RFC 8460 3).
-                run.push("", "no_record", e.to_string());
-                return Finish::NoReports(e.to_string());
-            }
-            Err(Lookup::Dns(e)) => {
-                run.push("", "failed", e.clone());
-                return Finish::Retry(e);
-            }
-        };
         let range = run.range();
         let reporter = Reporter {
             organization_name: &self.settings.organization_name,
@@ -345,13 +333,6 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     text
-}
-
-enum Lookup {
-    /// No usable TLSRPT record: the domain takes no reports.
-    NoPolicy(RecordError),
-    /// The lookup failed (try again later).
-    Dns(String),
 }
 
 struct SendError {
