@@ -3,12 +3,18 @@
 //!
 //! What both share lives here, once: the UTC day arithmetic (both count per UTC day), the
 //! durable day files ([`DayFiles`]: one JSON file per day, written atomically), where a day's
-//! report to one domain stands ([`SendState`]), the DKIM signer of a reporting domain
-//! ([`signer_for`]) and the hand-over of a report mail to tlsgate's own queue
-//! ([`queue_report`]).
+//! report to one domain stands ([`SendState`]), the counters kept per day and domain
+//! ([`DayStore`]), the daily job that sends the reports ([`ReportJob`]), the DKIM signer
+//! of a reporting domain ([`signer_for`]) and the hand-over of a report mail to tlsgate's
+//! own queue ([`queue_report`]).
 
+pub mod daily;
+pub mod days;
 pub mod dmarc;
 pub mod tls;
+
+pub use daily::{DomainRun, Finish, LookupError, ReportJob, ReportSender};
+pub use days::{Counted, Day, DayStore, DomainCounts, OncePerDay};
 
 use crate::auth::OutboundSigner;
 use crate::config::Role;

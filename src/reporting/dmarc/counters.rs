@@ -12,24 +12,19 @@
 //! report's `error` element.
 
 use crate::auth::{AuthAction, AuthOutcome, AuthResult, DmarcPolicy, SpfIdentity};
-use crate::reporting::{day_name, day_of, CountersError, DayFiles, SendState};
+use crate::reporting::days::{self, Counted, DayStore, DomainCounts};
+use crate::reporting::{day_of, CountersError, SendState};
 use mail_auth::report::{
     ActionDisposition, AuthResult as ReportAuthResults, DKIMAuthResult, DkimResult, DmarcResult,
     Identifier, PolicyEvaluated, PolicyOverride, PolicyOverrideReason, PolicyPublished, Record,
     Row, SPFAuthResult, SPFDomainScope, SpfResult,
 };
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::path::Path;
-use std::sync::{Mutex, MutexGuard};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
-/// How often changed counters are written to disk: what a SIGKILL can lose at most.
-pub const FLUSH_INTERVAL: Duration = Duration::from_secs(10);
-
-/// Days kept on disk at most, sent or not.
-pub const KEEP_DAYS: i64 = 7;
+pub use crate::reporting::days::{FLUSH_INTERVAL, KEEP_DAYS};
 
 /// Author domains counted per day at most; messages from further domains are not counted.
 pub const MAX_DOMAINS_PER_DAY: usize = 50_000;
@@ -56,37 +51,8 @@ pub struct DomainDay {
     pub report: SendState,
 }
 
-/// One UTC day: the content of one day file.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Day {
-    /// `YYYY-MM-DD`.
-    pub day: String,
-    /// By author domain.
-    pub domains: BTreeMap<String, DomainDay>,
-}
-
-struct State {
-    days: BTreeMap<i64, Day>,
-    /// Days changed since the last flush.
-    dirty: BTreeSet<i64>,
-    /// Days removed since the last flush (their files go).
-    removed: BTreeSet<i64>,
-    /// A bound was hit on this day (logged once a day).
-    warned: Option<i64>,
-}
-
-/// The recorder, with durable per-day counters.
-pub struct DmarcCounters {
-    files: DayFiles,
-    state: Mutex<State>,
-    /// Held for a whole flush, so that two flushes never write one file in the wrong order.
-    flushing: Mutex<()>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic while holding the lock leaves counters that are still consistent numbers.
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
+/// One UTC day: the content of one day file, by author domain.
+pub type Day = days::Day<DomainDay>;
 
 /// The disposition tlsgate applied (RFC 7489 7.2.1.1 `policy_evaluated/disposition`: what
 /// the receiver did, not what the domain asked): accepted as it is → `none`, accepted with
@@ -220,21 +186,25 @@ fn same_row(a: &Record, b: &Record) -> bool {
         && a.auth_results == b.auth_results
 }
 
+impl DomainCounts for DomainDay {
+    fn report(&self) -> &SendState {
+        &self.report
+    }
+
+    fn report_mut(&mut self) -> &mut SendState {
+        &mut self.report
+    }
+}
+
+/// The recorder, with durable per-day counters ([`DayStore`]: `days`, `update_report`,
+/// `prune`, `flush`); what it counts is [`DmarcCounters::record`]'s.
+pub type DmarcCounters = DayStore<DomainDay>;
+
 impl DmarcCounters {
     /// Opens (creates) `dir` and reads the day files in it; a file tlsgate did not write is
     /// skipped with a warning.
     pub fn open(dir: &Path) -> Result<DmarcCounters, CountersError> {
-        let (files, days) = DayFiles::open(dir, MAX_DAY_FILE, "DMARC report")?;
-        Ok(DmarcCounters {
-            files,
-            state: Mutex::new(State {
-                days,
-                dirty: BTreeSet::new(),
-                removed: BTreeSet::new(),
-                warned: None,
-            }),
-            flushing: Mutex::new(()),
-        })
+        DayStore::open_files(dir, "DMARC", MAX_DAY_FILE)
     }
 
     /// Counts one inbound message in today's report of its author domain ([`row_of`]); does
@@ -253,116 +223,30 @@ impl DmarcCounters {
 
     /// Counts `row` (count 1) for `domain` on `day`, under `policy`.
     pub fn record_on(&self, day: i64, domain: &str, policy: PolicyPublished, row: Record) {
-        let mut state = lock(&self.state);
-        let state = &mut *state;
-        let entry = state.days.entry(day).or_insert_with(|| Day {
-            day: day_name(day),
-            domains: BTreeMap::new(),
-        });
-        if !entry.domains.contains_key(domain) && entry.domains.len() >= MAX_DOMAINS_PER_DAY {
-            if state.warned != Some(day) {
-                state.warned = Some(day);
-                tracing::warn!(
-                    limit = MAX_DOMAINS_PER_DAY,
-                    "DMARC reporting: too many author domains today, further ones are not \
-                     counted"
-                );
-            }
-            return;
-        }
-        let domain_day = entry.domains.entry(domain.to_string()).or_default();
-        domain_day.policy = policy;
-        let rows = domain_day.records.len();
-        match domain_day.records.iter_mut().find(|r| same_row(r, &row)) {
-            Some(existing) => existing.row.count = existing.row.count.saturating_add(1),
-            None if rows < MAX_ROWS => domain_day.records.push(row),
-            None => {
-                domain_day.overflow += 1;
-                if state.warned != Some(day) {
-                    state.warned = Some(day);
-                    tracing::warn!(
-                        domain,
-                        limit = MAX_ROWS,
-                        "DMARC reporting: too many distinct rows for a domain today; further \
-                         messages are counted, not itemised"
-                    );
+        let counted = self.count(day, domain, MAX_DOMAINS_PER_DAY, |domain_day, once| {
+            domain_day.policy = policy;
+            let rows = domain_day.records.len();
+            match domain_day.records.iter_mut().find(|r| same_row(r, &row)) {
+                Some(existing) => existing.row.count = existing.row.count.saturating_add(1),
+                None if rows < MAX_ROWS => domain_day.records.push(row),
+                None => {
+                    domain_day.overflow += 1;
+                    if once.first() {
+                        tracing::warn!(
+                            domain,
+                            limit = MAX_ROWS,
+                            "DMARC reporting: too many distinct rows for a domain today; \
+                             further messages are counted, not itemised"
+                        );
+                    }
                 }
             }
-        }
-        state.dirty.insert(day);
-    }
-
-    /// A copy of every day kept (for `dmarc-report show` and the sending job).
-    pub fn days(&self) -> BTreeMap<i64, Day> {
-        lock(&self.state).days.clone()
-    }
-
-    /// Updates the report state of `domain` on `day`; written at the next flush.
-    pub fn update_report(&self, day: i64, domain: &str, update: impl FnOnce(&mut SendState)) {
-        let mut state = lock(&self.state);
-        let state = &mut *state;
-        if let Some(report) = state
-            .days
-            .get_mut(&day)
-            .and_then(|d| d.domains.get_mut(domain))
-            .map(|d| &mut d.report)
-        {
-            update(report);
-            state.dirty.insert(day);
-        }
-    }
-
-    /// Removes the days before `today` whose reports are all finished, and every day older
-    /// than [`KEEP_DAYS`].
-    pub fn prune(&self, today: i64) {
-        let mut state = lock(&self.state);
-        let state = &mut *state;
-        let gone: Vec<i64> = state
-            .days
-            .iter()
-            .filter(|(number, day)| {
-                **number < today - KEEP_DAYS
-                    || (**number < today && day.domains.values().all(|d| d.report.finished))
-            })
-            .map(|(number, _)| *number)
-            .collect();
-        for number in gone {
-            state.days.remove(&number);
-            state.dirty.remove(&number);
-            state.removed.insert(number);
-        }
-    }
-
-    /// Writes every changed day and removes the files of pruned days. Blocking. A day that
-    /// could not be written stays marked and is tried again at the next flush.
-    pub fn flush(&self) -> Result<(), CountersError> {
-        let _one_at_a_time = lock(&self.flushing);
-        let (changed, removed) = {
-            let mut state = lock(&self.state);
-            let dirty = std::mem::take(&mut state.dirty);
-            let removed = std::mem::take(&mut state.removed);
-            let changed: Vec<(i64, Day)> = dirty
-                .into_iter()
-                .filter_map(|n| state.days.get(&n).map(|d| (n, d.clone())))
-                .collect();
-            (changed, removed)
-        };
-        let mut first_error = None;
-        for (number, day) in &changed {
-            if let Err(e) = self.files.write(*number, day) {
-                lock(&self.state).dirty.insert(*number);
-                first_error.get_or_insert(e);
-            }
-        }
-        for number in removed {
-            if let Err(e) = self.files.remove(number) {
-                lock(&self.state).removed.insert(number);
-                first_error.get_or_insert(e);
-            }
-        }
-        match first_error {
-            Some(e) => Err(e),
-            None => Ok(()),
+        });
+        if counted == (Counted::TooManyDomains { first: true }) {
+            tracing::warn!(
+                limit = MAX_DOMAINS_PER_DAY,
+                "DMARC reporting: too many author domains today, further ones are not counted"
+            );
         }
     }
 }

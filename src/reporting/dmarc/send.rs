@@ -10,22 +10,21 @@
 //! mark is flushed at once; a destination that failed is tried at the next daily run, and
 //! after [`MAX_TRIES`] runs the day's report for that domain is given up.
 
-use super::counters::{DmarcCounters, DomainDay, FLUSH_INTERVAL};
+use super::counters::{DmarcCounters, DomainDay};
 use super::record::{self, Destination, RecordError, ReportRequest};
 use super::report::{self, MailParts, Reporter};
 use crate::auth::OutboundSigner;
 use crate::config::{Config, DmarcReportingSection};
 use crate::dns::{DnsError, Resolver};
 use crate::metrics::Metrics;
-use crate::queue::message::{unix_now, QueueId};
+use crate::queue::message::QueueId;
 use crate::queue::Committer;
-use crate::reporting::{day_name, day_of, queue_report, ReportMail, Sent};
+pub use crate::reporting::daily::MAX_TRIES;
+use crate::reporting::{
+    queue_report, DomainRun, Finish, LookupError, ReportJob, ReportMail, ReportSender,
+};
 use std::sync::Arc;
 use std::time::SystemTime;
-use tokio_util::sync::CancellationToken;
-
-/// Daily runs that may fail to send a day's report before it is given up.
-pub const MAX_TRIES: u32 = 3;
 
 /// The parts of the relay DMARC reporting uses.
 pub struct Parts {
@@ -41,17 +40,19 @@ pub struct Parts {
     pub metrics: Arc<Metrics>,
 }
 
-/// The relay's DMARC reporting: the counters, and what sending needs.
-pub struct DmarcReporting {
-    counters: Arc<DmarcCounters>,
+/// The relay's DMARC reporting: the counters, and the daily job that sends from them
+/// ([`ReportJob`]: `counters`, `flush`, `flush_loop`, `daily_loop`, `send_due`).
+pub type DmarcReporting = ReportJob<DmarcSender>;
+
+/// What sending DMARC reports needs: the settings, the resolver for the records, the queue
+/// and the signer for the report mails.
+pub struct DmarcSender {
     settings: DmarcReportingSection,
     hostname: String,
     resolver: Arc<dyn Resolver>,
     committer: Committer,
     signer: Option<Arc<OutboundSigner>>,
     metrics: Arc<Metrics>,
-    /// One run at a time (the daily job and `dmarc-report send`).
-    running: tokio::sync::Mutex<()>,
 }
 
 /// What happened to one destination.
@@ -73,198 +74,20 @@ impl DmarcReporting {
                 "no [[outbound.dkim]] key for the DMARC report domain: reports are sent unsigned"
             );
         }
-        DmarcReporting {
-            counters: parts.counters,
+        let hostname = config.server.hostname.clone();
+        let sender = DmarcSender {
             settings,
-            hostname: config.server.hostname.clone(),
+            hostname: hostname.clone(),
             resolver: parts.resolver,
             committer: parts.committer,
             signer: parts.signer,
             metrics: parts.metrics,
-            running: tokio::sync::Mutex::new(()),
-        }
-    }
-
-    /// The counters.
-    pub fn counters(&self) -> &Arc<DmarcCounters> {
-        &self.counters
-    }
-
-    /// Writes the counters to disk now (off the async threads).
-    pub async fn flush(&self) {
-        let counters = self.counters.clone();
-        match tokio::task::spawn_blocking(move || counters.flush()).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::error!(error = %e, "DMARC report counters not written"),
-            Err(e) => tracing::error!(error = %e, "DMARC report counters flush panicked"),
-        }
-    }
-
-    /// Flushes every [`FLUSH_INTERVAL`] until `shutdown`, then once more.
-    pub async fn flush_loop(self: Arc<Self>, shutdown: CancellationToken) {
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep(FLUSH_INTERVAL) => self.flush().await,
-                _ = shutdown.cancelled() => break,
-            }
-        }
-        self.flush().await;
-    }
-
-    /// Runs [`DmarcReporting::send_due`] a minute after start and then daily after midnight
-    /// UTC ([`crate::reporting::run_daily`]).
-    pub async fn daily_loop(self: Arc<Self>, shutdown: CancellationToken) {
-        let hostname = self.hostname.clone();
-        crate::reporting::run_daily(&hostname, shutdown, "DMARC", || {
-            let reporting = self.clone();
-            async move { reporting.send_due(false).await.len() }
-        })
-        .await;
-    }
-
-    /// Sends every due report: the finished days' reports not sent yet (and with
-    /// `include_today`, the running day's so far, without marking it: the full day's report
-    /// still goes out after midnight). Returns one line per destination tried.
-    pub async fn send_due(&self, include_today: bool) -> Vec<Sent> {
-        let _one_run = self.running.lock().await;
-        let today = day_of(SystemTime::now());
-        let mut out = Vec::new();
-        for (day, counts) in self.counters.days() {
-            let partial = day == today;
-            if day > today || (partial && !include_today) {
-                continue;
-            }
-            for (domain, domain_day) in &counts.domains {
-                if !partial && domain_day.report.finished {
-                    continue;
-                }
-                self.send_domain(day, partial, domain, domain_day, &mut out)
-                    .await;
-                if !partial {
-                    self.flush().await;
-                }
-            }
-        }
-        self.counters.prune(today);
-        self.flush().await;
-        out
-    }
-
-    async fn send_domain(
-        &self,
-        day: i64,
-        partial: bool,
-        domain: &str,
-        counts: &DomainDay,
-        out: &mut Vec<Sent>,
-    ) {
-        let day_text = day_name(day);
-        let line = |rua: &str, result: &str, detail: String| Sent {
-            day: day_text.clone(),
-            domain: domain.to_string(),
-            rua: rua.to_string(),
-            result: result.to_string(),
-            detail,
         };
-        let request = match self.lookup(domain).await {
-            Ok(request) => request,
-            Err(Lookup::NoReports(e)) => {
-                // Nothing to send, ever: the domain asks for no aggregate reports.
-                if !partial {
-                    self.counters.update_report(day, domain, |r| {
-                        r.finished = true;
-                        r.note = Some(e.to_string());
-                    });
-                }
-                out.push(line("", "no_record", e.to_string()));
-                return;
-            }
-            Err(Lookup::Dns(e)) => {
-                if !partial {
-                    self.give_up_or_retry(day, domain, e.clone());
-                }
-                out.push(line("", "failed", e));
-                return;
-            }
-        };
-        let start = day * 86_400;
-        let end = if partial {
-            i64::try_from(unix_now()).unwrap_or(start)
-        } else {
-            start + 86_399
-        };
-        let reporting_domain = self.settings.reporting_domain();
-        let reporter = Reporter {
-            organization_name: &self.settings.organization_name,
-            email: &self.settings.from,
-            contact_info: &self.settings.contact_info,
-            domain: &reporting_domain,
-        };
-        let built = report::build(reporter, domain, counts, (start, end));
-        let xml = report::to_xml(&built, request.pct);
-        let gzipped = match report::gzip(&xml) {
-            Ok(g) => g,
-            Err(e) => {
-                tracing::error!(error = %e, "gzip of a DMARC report failed");
-                return;
-            }
-        };
-        let mut all_done = true;
-        for destination in &request.rua {
-            if !partial && counts.report.sent_to.contains(&destination.uri) {
-                continue;
-            }
-            let outcome = self
-                .send_to(domain, destination, &built, &gzipped, &reporting_domain)
-                .await;
-            let (label, detail) = match outcome {
-                Outcome::Queued => {
-                    tracing::info!(domain, rua = %destination.uri,
-                        report_id = %built.report_id(), "DMARC report sent");
-                    ("mailto", built.report_id().to_string())
-                }
-                Outcome::Skipped(label, reason) => {
-                    tracing::warn!(domain, rua = %destination.uri, %reason,
-                        "DMARC report not sent to this destination");
-                    (label, reason)
-                }
-                Outcome::Failed(reason) => {
-                    all_done = false;
-                    tracing::warn!(domain, rua = %destination.uri, %reason,
-                        "DMARC report not sent");
-                    ("failed", reason)
-                }
-            };
-            self.metrics
-                .dmarc_reports_sent
-                .with_label_values(&[label])
-                .inc();
-            if !partial && label != "failed" {
-                // Sent, or never to be sent to this destination: either way done with it.
-                self.counters
-                    .update_report(day, domain, |r| r.sent_to.push(destination.uri.clone()));
-            }
-            out.push(line(&destination.uri, label, detail));
-        }
-        if request.rua.is_empty() {
-            out.push(line(
-                "",
-                "no_record",
-                "no mailto: destination in rua".into(),
-            ));
-        }
-        if !partial {
-            if all_done {
-                self.counters.update_report(day, domain, |r| {
-                    r.finished = true;
-                    r.note = None;
-                });
-            } else {
-                self.give_up_or_retry(day, domain, "not every destination took the report".into());
-            }
-        }
+        ReportJob::with_sender(parts.counters, hostname, sender)
     }
+}
 
+impl DmarcSender {
     async fn send_to(
         &self,
         domain: &str,
@@ -326,43 +149,102 @@ impl DmarcReporting {
             Err(e) => Outcome::Failed(e),
         }
     }
+}
 
-    fn give_up_or_retry(&self, day: i64, domain: &str, note: String) {
-        self.counters.update_report(day, domain, |r| {
-            r.tries += 1;
-            if r.tries >= MAX_TRIES {
-                r.finished = true;
-                tracing::warn!(domain, tries = r.tries, "DMARC report given up");
-            }
-            r.note = Some(note);
-        });
-    }
+/// RFC 7489 7.1 and 7.2: what [`ReportJob`] needs to send DMARC aggregate reports.
+impl ReportSender for DmarcSender {
+    type Counts = DomainDay;
+
+    type Request = ReportRequest;
 
     /// RFC 7489 6.6.3: the record at `_dmarc.<domain>`, else at the parent domains' (the
     /// organisational domain's record covers its subdomains), as far as two labels.
-    async fn lookup(&self, domain: &str) -> Result<ReportRequest, Lookup> {
+    async fn lookup(&self, domain: &str) -> Result<ReportRequest, LookupError> {
         let mut name = domain;
         loop {
             let query = format!("_dmarc.{name}");
             let found = match self.resolver.txt(&query).await {
                 Ok(txt) => record::parse_records(&txt.value),
                 Err(DnsError::NoSuchDomain(_)) => Err(RecordError::None),
-                Err(e) => return Err(Lookup::Dns(format!("{query}: {e}"))),
+                Err(e) => return Err(LookupError::Dns(format!("{query}: {e}"))),
             };
             match found {
                 Err(RecordError::None) => match name.split_once('.') {
                     Some((_, parent)) if parent.contains('.') => name = parent,
-                    _ => return Err(Lookup::NoReports(RecordError::None)),
+                    _ => return Err(LookupError::NoReports(RecordError::None.to_string())),
                 },
-                other => return other.map_err(Lookup::NoReports),
+                other => return other.map_err(|e| LookupError::NoReports(e.to_string())),
             }
         }
     }
-}
 
-enum Lookup {
-    /// The domain asks for no aggregate reports.
-    NoReports(RecordError),
-    /// The lookup failed (try again later).
-    Dns(String),
+    /// Builds the report and mails it to every `rua=mailto:` destination not served yet.
+    async fn send(
+        &self,
+        run: &mut DomainRun<'_, DomainDay>,
+        counts: &DomainDay,
+        request: ReportRequest,
+    ) -> Finish {
+        let domain = run.domain;
+        let reporting_domain = self.settings.reporting_domain();
+        let reporter = Reporter {
+            organization_name: &self.settings.organization_name,
+            email: &self.settings.from,
+            contact_info: &self.settings.contact_info,
+            domain: &reporting_domain,
+        };
+        let built = report::build(reporter, domain, counts, run.range());
+        let xml = report::to_xml(&built, request.pct);
+        let gzipped = match report::gzip(&xml) {
+            Ok(g) => g,
+            Err(e) => {
+                tracing::error!(error = %e, "gzip of a DMARC report failed");
+                return Finish::Unchanged;
+            }
+        };
+        let mut all_done = true;
+        for destination in &request.rua {
+            if run.already_sent(counts, &destination.uri) {
+                continue;
+            }
+            let outcome = self
+                .send_to(domain, destination, &built, &gzipped, &reporting_domain)
+                .await;
+            let (label, detail) = match outcome {
+                Outcome::Queued => {
+                    tracing::info!(domain, rua = %destination.uri,
+                        report_id = %built.report_id(), "DMARC report sent");
+                    ("mailto", built.report_id().to_string())
+                }
+                Outcome::Skipped(label, reason) => {
+                    tracing::warn!(domain, rua = %destination.uri, %reason,
+                        "DMARC report not sent to this destination");
+                    (label, reason)
+                }
+                Outcome::Failed(reason) => {
+                    all_done = false;
+                    tracing::warn!(domain, rua = %destination.uri, %reason,
+                        "DMARC report not sent");
+                    ("failed", reason)
+                }
+            };
+            self.metrics
+                .dmarc_reports_sent
+                .with_label_values(&[label])
+                .inc();
+            if label != "failed" {
+                // Sent, or never to be sent to this destination: either way done with it.
+                run.mark_sent(&destination.uri);
+            }
+            run.push(&destination.uri, label, detail);
+        }
+        if request.rua.is_empty() {
+            run.push("", "no_record", "no mailto: destination in rua".into());
+        }
+        if all_done {
+            Finish::Done
+        } else {
+            Finish::Retry("not every destination took the report".into())
+        }
+    }
 }

@@ -10,21 +10,15 @@
 //! which `rua` targets got the day's report; a day whose domains are all finished is removed,
 //! and so is any day older than [`KEEP_DAYS`].
 
-use crate::reporting::DayFiles;
+use crate::reporting::days::{self, Counted, DayStore, DomainCounts};
 pub use crate::reporting::{day_name, day_of, parse_day_name, CountersError, SendState};
 use crate::tls_report::{ReportPolicy, ResultType, SessionResult, TlsReportSink};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::path::Path;
-use std::sync::{Mutex, MutexGuard};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
-/// How often changed counters are written to disk: what a SIGKILL can lose at most.
-pub const FLUSH_INTERVAL: Duration = Duration::from_secs(10);
-
-/// Days kept on disk at most, sent or not (the sending job gives up on a report long before).
-pub const KEEP_DAYS: i64 = 7;
+pub use crate::reporting::days::{FLUSH_INTERVAL, KEEP_DAYS};
 
 /// Policy domains counted per day at most; sessions to further domains are not counted (a
 /// bound on memory and on the day file whatever the traffic).
@@ -79,199 +73,88 @@ pub struct DomainDay {
     pub report: SendState,
 }
 
-/// One UTC day: the content of one day file.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Day {
-    /// `YYYY-MM-DD`.
-    pub day: String,
-    /// By policy domain.
-    pub domains: BTreeMap<String, DomainDay>,
-}
+/// One UTC day: the content of one day file, by policy domain.
+pub type Day = days::Day<DomainDay>;
 
-struct State {
-    days: BTreeMap<i64, Day>,
-    /// Days changed since the last flush.
-    dirty: BTreeSet<i64>,
-    /// Days removed since the last flush (their files go).
-    removed: BTreeSet<i64>,
-    /// A bound was hit today (logged once a day).
-    warned: Option<i64>,
-}
-
-/// The recorder: a [`TlsReportSink`] with durable per-day counters.
-pub struct TlsCounters {
-    files: DayFiles,
-    state: Mutex<State>,
-    /// Held for a whole flush, so that two flushes never write one file in the wrong order.
-    flushing: Mutex<()>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic while holding the lock leaves counters that are still consistent numbers.
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
+/// The recorder: a [`TlsReportSink`] with durable per-day counters ([`DayStore`]: `days`,
+/// `update_report`, `prune`, `flush`).
+pub type TlsCounters = DayStore<DomainDay>;
 
 impl TlsCounters {
     /// Opens (creates) `dir` and reads the day files in it. A file that is not a day file
     /// tlsgate wrote is skipped with a warning (kept for the administrator to look at).
     pub fn open(dir: &Path) -> Result<TlsCounters, CountersError> {
-        let (files, days) = DayFiles::open(dir, MAX_DAY_FILE, "TLS report")?;
-        Ok(TlsCounters {
-            files,
-            state: Mutex::new(State {
-                days,
-                dirty: BTreeSet::new(),
-                removed: BTreeSet::new(),
-                warned: None,
-            }),
-            flushing: Mutex::new(()),
-        })
+        DayStore::open_files(dir, "TLS", MAX_DAY_FILE)
     }
 
     /// Counts `session` in the report of `day` (the sink counts in the current UTC day).
     pub fn record_on(&self, day: i64, session: SessionResult) {
-        let mut state = lock(&self.state);
-        let state = &mut *state;
-        let entry = state.days.entry(day).or_insert_with(|| Day {
-            day: day_name(day),
-            domains: BTreeMap::new(),
-        });
         let domain = session.policy.policy_domain.clone();
-        if !entry.domains.contains_key(&domain) && entry.domains.len() >= MAX_DOMAINS_PER_DAY {
-            if state.warned != Some(day) {
-                state.warned = Some(day);
-                tracing::warn!(
-                    limit = MAX_DOMAINS_PER_DAY,
-                    "TLS reporting: too many policy domains today, further ones are not counted"
-                );
-            }
-            return;
-        }
-        let domain_day = entry.domains.entry(domain).or_default();
-        let index = match domain_day
-            .policies
-            .iter()
-            .position(|p| p.policy == session.policy)
-        {
-            Some(i) => i,
-            None => {
-                domain_day.policies.push(PolicyCounts {
-                    policy: session.policy.clone(),
-                    successes: 0,
-                    failures: 0,
-                    failure_details: Vec::new(),
-                });
-                domain_day.policies.len() - 1
-            }
-        };
-        let counts = &mut domain_day.policies[index];
-        match session.result {
-            Ok(()) => counts.successes += 1,
-            Err(result_type) => {
-                counts.failures += 1;
-                let detail = session
-                    .detail
-                    .map(|d| d.chars().take(MAX_DETAIL).collect::<String>());
-                let row = FailureCount {
-                    result_type,
-                    sending_mta_ip: session.sending_mta_ip,
-                    receiving_mx_hostname: session.receiving_mx_hostname,
-                    receiving_ip: session.receiving_ip,
-                    detail,
-                    count: 1,
-                };
-                let same = |f: &FailureCount| {
-                    f.result_type == row.result_type
-                        && f.sending_mta_ip == row.sending_mta_ip
-                        && f.receiving_mx_hostname == row.receiving_mx_hostname
-                        && f.receiving_ip == row.receiving_ip
-                        && f.detail == row.detail
-                };
-                let rows = counts.failure_details.len();
-                match counts.failure_details.iter_mut().find(|f| same(f)) {
-                    Some(existing) => existing.count += 1,
-                    None if rows < MAX_FAILURE_ROWS => counts.failure_details.push(row),
-                    None => {}
+        let counted = self.count(day, &domain, MAX_DOMAINS_PER_DAY, |domain_day, _| {
+            let index = match domain_day
+                .policies
+                .iter()
+                .position(|p| p.policy == session.policy)
+            {
+                Some(i) => i,
+                None => {
+                    domain_day.policies.push(PolicyCounts {
+                        policy: session.policy.clone(),
+                        successes: 0,
+                        failures: 0,
+                        failure_details: Vec::new(),
+                    });
+                    domain_day.policies.len() - 1
+                }
+            };
+            let counts = &mut domain_day.policies[index];
+            match session.result {
+                Ok(()) => counts.successes += 1,
+                Err(result_type) => {
+                    counts.failures += 1;
+                    let detail = session
+                        .detail
+                        .map(|d| d.chars().take(MAX_DETAIL).collect::<String>());
+                    let row = FailureCount {
+                        result_type,
+                        sending_mta_ip: session.sending_mta_ip,
+                        receiving_mx_hostname: session.receiving_mx_hostname,
+                        receiving_ip: session.receiving_ip,
+                        detail,
+                        count: 1,
+                    };
+                    let same = |f: &FailureCount| {
+                        f.result_type == row.result_type
+                            && f.sending_mta_ip == row.sending_mta_ip
+                            && f.receiving_mx_hostname == row.receiving_mx_hostname
+                            && f.receiving_ip == row.receiving_ip
+                            && f.detail == row.detail
+                    };
+                    let rows = counts.failure_details.len();
+                    match counts.failure_details.iter_mut().find(|f| same(f)) {
+                        Some(existing) => existing.count += 1,
+                        None if rows < MAX_FAILURE_ROWS => counts.failure_details.push(row),
+                        None => {}
+                    }
                 }
             }
-        }
-        state.dirty.insert(day);
-    }
-
-    /// A copy of every day kept (for `tls-report show` and the sending job).
-    pub fn days(&self) -> BTreeMap<i64, Day> {
-        lock(&self.state).days.clone()
-    }
-
-    /// Updates the report state of `domain` on `day` (the sending job); written at the next
-    /// flush.
-    pub fn update_report(&self, day: i64, domain: &str, update: impl FnOnce(&mut SendState)) {
-        let mut state = lock(&self.state);
-        let state = &mut *state;
-        if let Some(report) = state
-            .days
-            .get_mut(&day)
-            .and_then(|d| d.domains.get_mut(domain))
-            .map(|d| &mut d.report)
-        {
-            update(report);
-            state.dirty.insert(day);
+        });
+        if counted == (Counted::TooManyDomains { first: true }) {
+            tracing::warn!(
+                limit = MAX_DOMAINS_PER_DAY,
+                "TLS reporting: too many policy domains today, further ones are not counted"
+            );
         }
     }
+}
 
-    /// Removes the days before `today` whose reports are all finished, and every day older
-    /// than [`KEEP_DAYS`].
-    pub fn prune(&self, today: i64) {
-        let mut state = lock(&self.state);
-        let state = &mut *state;
-        let gone: Vec<i64> = state
-            .days
-            .iter()
-            .filter(|(number, day)| {
-                **number < today - KEEP_DAYS
-                    || (**number < today && day.domains.values().all(|d| d.report.finished))
-            })
-            .map(|(number, _)| *number)
-            .collect();
-        for number in gone {
-            state.days.remove(&number);
-            state.dirty.remove(&number);
-            state.removed.insert(number);
-        }
+impl DomainCounts for DomainDay {
+    fn report(&self) -> &SendState {
+        &self.report
     }
 
-    /// Writes every changed day (atomically, fsynced) and removes the files of pruned days.
-    /// Blocking: run it off the async threads. A day that could not be written stays marked
-    /// and is tried again at the next flush.
-    pub fn flush(&self) -> Result<(), CountersError> {
-        let _one_at_a_time = lock(&self.flushing);
-        let (changed, removed) = {
-            let mut state = lock(&self.state);
-            let dirty = std::mem::take(&mut state.dirty);
-            let removed = std::mem::take(&mut state.removed);
-            let changed: Vec<(i64, Day)> = dirty
-                .into_iter()
-                .filter_map(|n| state.days.get(&n).map(|d| (n, d.clone())))
-                .collect();
-            (changed, removed)
-        };
-        let mut first_error = None;
-        for (number, day) in &changed {
-            if let Err(e) = self.files.write(*number, day) {
-                lock(&self.state).dirty.insert(*number);
-                first_error.get_or_insert(e);
-            }
-        }
-        for number in removed {
-            if let Err(e) = self.files.remove(number) {
-                lock(&self.state).removed.insert(number);
-                first_error.get_or_insert(e);
-            }
-        }
-        match first_error {
-            Some(e) => Err(e),
-            None => Ok(()),
-        }
+    fn report_mut(&mut self) -> &mut SendState {
+        &mut self.report
     }
 }
 

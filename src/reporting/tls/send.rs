@@ -9,24 +9,23 @@
 //! the duplicate) rather than lose it. A target that fails is tried again at the next daily
 //! run; after [`MAX_TRIES`] runs the day's report for that domain is given up.
 
-use super::counters::{day_of, DomainDay, TlsCounters};
-use super::record::{parse_records, RecordError, Rua};
+use super::counters::{DomainDay, TlsCounters};
+use super::record::{parse_records, Rua};
 use super::report::{self, Reporter};
 use crate::auth::OutboundSigner;
 use crate::config::{Config, TlsReportingSection};
 use crate::dns::Resolver;
 use crate::metrics::Metrics;
-use crate::queue::message::unix_now;
 use crate::queue::Committer;
-use crate::reporting::{queue_report, ReportMail};
+use crate::reporting::{
+    queue_report, DomainRun, Finish, LookupError, ReportJob, ReportMail, ReportSender,
+};
 use crate::tls::client::ClientTls;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
-use tokio_util::sync::CancellationToken;
+use std::time::Duration;
 
-/// Daily runs that may fail to send a day's report before it is given up.
-pub const MAX_TRIES: u32 = 3;
+pub use crate::reporting::daily::MAX_TRIES;
 
 /// Bound of one HTTPS POST, connection included (RFC 8460 5.4 sets none; a minute is what a
 /// healthy collector needs at most).
@@ -35,9 +34,13 @@ const HTTPS_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub use crate::reporting::Sent;
 
-/// The relay's TLS reporting: the counters, and what sending needs.
-pub struct TlsReporting {
-    counters: Arc<TlsCounters>,
+/// The relay's TLS reporting: the counters, and the daily job that sends from them
+/// ([`ReportJob`]: `counters`, `flush`, `flush_loop`, `daily_loop`, `send_due`).
+pub type TlsReporting = ReportJob<TlsSender>;
+
+/// What sending TLS reports needs: the settings, the resolver for the records, the queue and
+/// the signer for `mailto:` reports, the HTTPS client for `https:` ones.
+pub struct TlsSender {
     settings: TlsReportingSection,
     hostname: String,
     resolver: Arc<dyn Resolver>,
@@ -45,8 +48,6 @@ pub struct TlsReporting {
     signer: Option<Arc<OutboundSigner>>,
     http: reqwest::Client,
     metrics: Arc<Metrics>,
-    /// One run at a time (the daily job and `tls-report send`).
-    running: tokio::sync::Mutex<()>,
 }
 
 /// Why TLS reporting could not be set up.
@@ -154,212 +155,21 @@ impl TlsReporting {
                  not be sent"
             );
         }
-        Ok(TlsReporting {
-            counters,
+        let hostname = config.server.hostname.clone();
+        let sender = TlsSender {
             settings,
-            hostname: config.server.hostname.clone(),
+            hostname: hostname.clone(),
             resolver,
             committer,
             signer,
             http,
             metrics,
-            running: tokio::sync::Mutex::new(()),
-        })
-    }
-
-    /// The counters.
-    pub fn counters(&self) -> &Arc<TlsCounters> {
-        &self.counters
-    }
-
-    /// Writes the counters to disk now (off the async threads).
-    pub async fn flush(&self) {
-        let counters = self.counters.clone();
-        match tokio::task::spawn_blocking(move || counters.flush()).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::error!(error = %e, "TLS report counters not written"),
-            Err(e) => tracing::error!(error = %e, "TLS report counters flush panicked"),
-        }
-    }
-
-    /// Flushes every [`super::counters::FLUSH_INTERVAL`] until `shutdown`, then once more.
-    pub async fn flush_loop(self: Arc<Self>, shutdown: CancellationToken) {
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep(super::counters::FLUSH_INTERVAL) => self.flush().await,
-                _ = shutdown.cancelled() => break,
-            }
-        }
-        self.flush().await;
-    }
-
-    /// Runs [`TlsReporting::send_due`] a minute after start (catching up on days a stopped
-    /// relay missed) and then daily shortly after 00:00 UTC: at a fixed offset of 5 to 35
-    /// minutes derived from the host name, so that many relays do not all post at once.
-    pub async fn daily_loop(self: Arc<Self>, shutdown: CancellationToken) {
-        let hostname = self.hostname.clone();
-        crate::reporting::run_daily(&hostname, shutdown, "TLS", || {
-            let reporting = self.clone();
-            async move { reporting.send_due(false).await.len() }
-        })
-        .await;
-    }
-
-    /// Sends every due report: the finished days' reports not sent yet (and with
-    /// `include_today`, the running day's so far, without marking it: the full day's report
-    /// still goes out after midnight). Returns one line per target tried.
-    pub async fn send_due(&self, include_today: bool) -> Vec<Sent> {
-        let _one_run = self.running.lock().await;
-        let today = day_of(SystemTime::now());
-        let mut out = Vec::new();
-        for (day, counts) in self.counters.days() {
-            let partial = day == today;
-            if day > today || (partial && !include_today) {
-                continue;
-            }
-            for (domain, domain_day) in &counts.domains {
-                if !partial && domain_day.report.finished {
-                    continue;
-                }
-                self.send_domain(day, partial, domain, domain_day, &mut out)
-                    .await;
-                if !partial {
-                    self.flush().await;
-                }
-            }
-        }
-        self.counters.prune(today);
-        self.flush().await;
-        out
-    }
-
-    async fn send_domain(
-        &self,
-        day: i64,
-        partial: bool,
-        domain: &str,
-        counts: &DomainDay,
-        out: &mut Vec<Sent>,
-    ) {
-        let day_text = super::counters::day_name(day);
-        let line = |rua: &str, result: &str, detail: String| Sent {
-            day: day_text.clone(),
-            domain: domain.to_string(),
-            rua: rua.to_string(),
-            result: result.to_string(),
-            detail,
         };
-        let ruas = match self.lookup(domain).await {
-            Ok(ruas) => ruas,
-            Err(Lookup::NoPolicy(e)) => {
-                // Nothing to send, ever: the domain takes no reports (RFC 8460 3).
-                if !partial {
-                    self.counters.update_report(day, domain, |r| {
-                        r.finished = true;
-                        r.note = Some(e.to_string());
-                    });
-                }
-                out.push(line("", "no_record", e.to_string()));
-                return;
-            }
-            Err(Lookup::Dns(e)) => {
-                if !partial {
-                    self.give_up_or_retry(day, domain, e.clone());
-                }
-                out.push(line("", "failed", e));
-                return;
-            }
-        };
-        let start = day * 86_400;
-        let end = if partial {
-            i64::try_from(unix_now()).unwrap_or(start)
-        } else {
-            start + 86_399
-        };
-        let reporter = Reporter {
-            organization_name: &self.settings.organization_name,
-            contact_info: &self.settings.contact_info,
-            submitter: &self.settings.submitter,
-        };
-        let report = report::build(reporter, domain, counts, (start, end));
-        let gzipped = match report.gzipped() {
-            Ok(g) => g,
-            Err(e) => {
-                tracing::error!(error = %e, "gzip of a TLS report failed");
-                return;
-            }
-        };
-        let mut all_sent = true;
-        for rua in ruas {
-            let uri = rua.uri();
-            if !partial && counts.report.sent_to.contains(&uri) {
-                continue;
-            }
-            let result = match &rua {
-                Rua::Mailto(address) => self
-                    .send_mail(&report, domain, address, &gzipped, (start, end))
-                    .await
-                    .map(|()| "mailto"),
-                Rua::Https(url) => self.post(url, &gzipped).await.map(|()| "https"),
-            };
-            match result {
-                Ok(how) => {
-                    self.metrics
-                        .tls_reports_sent
-                        .with_label_values(&[how])
-                        .inc();
-                    tracing::info!(domain, rua = %uri, report_id = %report.report_id,
-                        "TLS report sent");
-                    if !partial {
-                        self.counters
-                            .update_report(day, domain, |r| r.sent_to.push(uri.clone()));
-                    }
-                    out.push(line(&uri, how, report.report_id.clone()));
-                }
-                Err(SendError { label, reason }) => {
-                    all_sent = false;
-                    self.metrics
-                        .tls_reports_sent
-                        .with_label_values(&[label])
-                        .inc();
-                    tracing::warn!(domain, rua = %uri, %reason, "TLS report not sent");
-                    out.push(line(&uri, label, reason));
-                }
-            }
-        }
-        if !partial {
-            if all_sent {
-                self.counters.update_report(day, domain, |r| {
-                    r.finished = true;
-                    r.note = None;
-                });
-            } else {
-                self.give_up_or_retry(day, domain, "not every rua took the report".into());
-            }
-        }
+        Ok(ReportJob::with_sender(counters, hostname, sender))
     }
+}
 
-    fn give_up_or_retry(&self, day: i64, domain: &str, note: String) {
-        self.counters.update_report(day, domain, |r| {
-            r.tries += 1;
-            if r.tries >= MAX_TRIES {
-                r.finished = true;
-                tracing::warn!(domain, tries = r.tries, "TLS report given up");
-            }
-            r.note = Some(note);
-        });
-    }
-
-    async fn lookup(&self, domain: &str) -> Result<Vec<Rua>, Lookup> {
-        let name = format!("_smtp._tls.{domain}");
-        let records = self
-            .resolver
-            .txt(&name)
-            .await
-            .map_err(|e| Lookup::Dns(format!("{name}: {e}")))?;
-        parse_records(&records.value).map_err(Lookup::NoPolicy)
-    }
-
+impl TlsSender {
     /// RFC 8460 5.3: the report mail, DKIM-signed (section 3), into the queue from
     /// `tls_reporting.from` with NOTIFY=NEVER (a report that cannot be delivered makes no
     /// DSN: no mail loops between reporters).
@@ -429,6 +239,90 @@ impl TlsReporting {
     }
 }
 
+/// RFC 8460 3 and 5: what [`ReportJob`] needs to send TLS reports.
+impl ReportSender for TlsSender {
+    type Counts = DomainDay;
+
+    type Request = Vec<Rua>;
+
+    /// RFC 8460 3: the TLSRPT record at `_smtp._tls.<domain>`.
+    async fn lookup(&self, domain: &str) -> Result<Vec<Rua>, LookupError> {
+        let name = format!("_smtp._tls.{domain}");
+        let records = self
+            .resolver
+            .txt(&name)
+            .await
+            .map_err(|e| LookupError::Dns(format!("{name}: {e}")))?;
+        // No usable TLSRPT record: the domain takes no reports (RFC 8460 3).
+        parse_records(&records.value).map_err(|e| LookupError::NoReports(e.to_string()))
+    }
+
+    /// Builds the report and sends it to every `rua` not served yet, `mailto:` through the
+    /// queue and `https:` by POST.
+    async fn send(
+        &self,
+        run: &mut DomainRun<'_, DomainDay>,
+        counts: &DomainDay,
+        ruas: Vec<Rua>,
+    ) -> Finish {
+        let domain = run.domain;
+        let range = run.range();
+        let reporter = Reporter {
+            organization_name: &self.settings.organization_name,
+            contact_info: &self.settings.contact_info,
+            submitter: &self.settings.submitter,
+        };
+        let report = report::build(reporter, domain, counts, range);
+        let gzipped = match report.gzipped() {
+            Ok(g) => g,
+            Err(e) => {
+                tracing::error!(error = %e, "gzip of a TLS report failed");
+                return Finish::Unchanged;
+            }
+        };
+        let mut all_sent = true;
+        for rua in ruas {
+            let uri = rua.uri();
+            if run.already_sent(counts, &uri) {
+                continue;
+            }
+            let result = match &rua {
+                Rua::Mailto(address) => self
+                    .send_mail(&report, domain, address, &gzipped, range)
+                    .await
+                    .map(|()| "mailto"),
+                Rua::Https(url) => self.post(url, &gzipped).await.map(|()| "https"),
+            };
+            match result {
+                Ok(how) => {
+                    self.metrics
+                        .tls_reports_sent
+                        .with_label_values(&[how])
+                        .inc();
+                    tracing::info!(domain, rua = %uri, report_id = %report.report_id,
+                        "TLS report sent");
+                    run.mark_sent(&uri);
+                    run.push(&uri, how, report.report_id.clone());
+                }
+                Err(SendError { label, reason }) => {
+                    all_sent = false;
+                    self.metrics
+                        .tls_reports_sent
+                        .with_label_values(&[label])
+                        .inc();
+                    tracing::warn!(domain, rua = %uri, %reason, "TLS report not sent");
+                    run.push(&uri, label, reason);
+                }
+            }
+        }
+        if all_sent {
+            Finish::Done
+        } else {
+            Finish::Retry("not every rua took the report".into())
+        }
+    }
+}
+
 /// reqwest's errors hide the cause (certificate, DNS) in their source chain.
 fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
@@ -439,13 +333,6 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     text
-}
-
-enum Lookup {
-    /// No usable TLSRPT record: the domain takes no reports.
-    NoPolicy(RecordError),
-    /// The lookup failed (try again later).
-    Dns(String),
 }
 
 struct SendError {
