@@ -776,9 +776,25 @@ async fn bulk(
                 .collect()
         }
     };
-    result.matched = targets.len();
-    for id in targets {
-        let qid = parse_id(&id)?;
+    // Every id is checked before anything is done: a bad id among good ones used to fail the
+    // request half way, after the ids before it had been acted on — and without the audit
+    // entry, which is written at the end (review finding; S1). The same id twice is one message.
+    let mut ids: Vec<QueueId> = Vec::with_capacity(targets.len());
+    let mut seen = std::collections::HashSet::with_capacity(targets.len());
+    for id in &targets {
+        let qid = QueueId::parse(id).ok_or_else(|| {
+            error(
+                StatusCode::BAD_REQUEST,
+                format!("{id:?} is not a queue id; nothing was done"),
+            )
+        })?;
+        if seen.insert(qid.clone()) {
+            ids.push(qid);
+        }
+    }
+    result.matched = ids.len();
+    for qid in ids {
+        let id = qid.to_string();
         match run_action(&state, &action, &qid).await {
             Ok(()) => result.done += 1,
             Err(AdminError::Busy) => result.busy.push(id),

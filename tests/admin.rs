@@ -568,6 +568,20 @@ async fn queue_tools_list_filter_summarise_show_headers_and_act_in_bulk() {
     let (ok, _, stderr) = tlsgate(&cli, &["queue", "delete"]).await;
     assert!(!ok && stderr.contains("without --all"), "{stderr}");
     assert_eq!(list(&config).await.len(), 3);
+    // A bad id among good ones: refused before anything is done (review finding: the good ids
+    // before it were deleted, and the request failed without an audit entry).
+    let (ok, _, stderr) = tlsgate(&cli, &["queue", "delete", &a, "BOGUS"]).await;
+    assert!(!ok, "{stderr}");
+    assert!(
+        stderr.contains("\"BOGUS\" is not a queue id; nothing was done"),
+        "{stderr}"
+    );
+    assert_eq!(list(&config).await.len(), 3, "nothing deleted");
+    // The same id twice is one message.
+    let (ok, stdout, stderr) = tlsgate(&cli, &["queue", "retry", &c, &c]).await;
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("retry: 1 of 1 messages"), "{stdout}");
+    wait_all_deferred(&config, 3).await;
 
     // An address filter reaches the audit log with its domain only (S1: no addresses).
     let (ok, stdout, stderr) = tlsgate(&cli, &["queue", "hold", "--to", "eva@other.test"]).await;
