@@ -127,8 +127,32 @@ pub fn check_key(dir: &Path, key: Option<&QueueKey>) -> Result<(), StoreError> {
 
 /// Writes the key check of `key` into `dir` (created if missing), durably: the file and the
 /// directory entry are synced before the engine writes its first sealed record there.
+/// Makes the queue directory `dir` exist with mode 0700 whatever the umask, and tightens an
+/// existing one that group or others could enter (with a warning): the queue holds mail, and
+/// no other local user may read it (S3, S4; Postfix keeps its queue directories 0700 too).
+/// Both engines create their files with the process's umask (0644 under the common 022), so
+/// the directory is what keeps them private when tlsgate runs outside the shipped unit (whose
+/// `UMask=0077` and `StateDirectoryMode=0700` do the same).
+pub(crate) fn private_dir(dir: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    let mode = std::fs::metadata(dir)?.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        tracing::warn!(
+            queue = %dir.display(),
+            mode = %format!("{mode:04o}"),
+            "the queue directory was open to other users; set to 0700"
+        );
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
+}
+
 pub(crate) fn write_key_check(dir: &Path, key: &QueueKey) -> Result<(), StoreError> {
-    std::fs::create_dir_all(dir)?;
+    private_dir(dir)?;
     let value = key.sealer().check_value().map_err(StoreError::from)?;
     let mut file = std::fs::OpenOptions::new()
         .write(true)

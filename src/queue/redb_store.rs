@@ -160,7 +160,7 @@ impl RedbStore {
                 write_key_check(dir, key)?;
             }
         }
-        std::fs::create_dir_all(dir)?;
+        super::engine::private_dir(dir)?;
         let db = Database::builder()
             .set_cache_size(CACHE_BYTES)
             .create(&file)

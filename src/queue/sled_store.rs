@@ -146,7 +146,7 @@ impl SledStore {
                 write_key_check(dir, key)?;
             }
         }
-        std::fs::create_dir_all(dir)?;
+        super::engine::private_dir(dir)?;
         let db = open_db(dir)?;
         let tree = db.open_tree("queue").map_err(engine)?;
         let data_file = File::open(dir.join("db"))?;
