@@ -410,6 +410,27 @@ fn load_serve_config(path: Option<&Path>) -> anyhow::Result<(Config, Option<Stri
     Ok((Config::load(&path)?, None))
 }
 
+/// The configuration of the commands that talk to a running relay (`queue …`, `domains
+/// status`, the report commands): the one `serve` would use, so that a relay started without
+/// a configuration file (the embedded development default, the README's quick start) is found
+/// by the same commands without one. Says so on standard error in that case; `check-config`
+/// and the offline commands keep refusing to run without a file ([`load_config`]).
+fn load_admin_config(path: Option<&Path>) -> anyhow::Result<Config> {
+    let (config, default_used) = load_serve_config(path)?;
+    if default_used.is_some() {
+        eprintln!(
+            "tlsgate: no configuration file; looking for the relay started with the embedded \
+             development default (admin socket {})",
+            config
+                .admin
+                .as_ref()
+                .and_then(|a| a.socket.as_ref())
+                .map_or_else(|| "none".to_string(), |p| p.display().to_string())
+        );
+    }
+    Ok(config)
+}
+
 fn init_logging(config: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log.level));
@@ -426,7 +447,37 @@ fn init_logging(config: &Config) {
     }
 }
 
+/// `tlsgate queue list | head`: when the reader of standard output goes away, end as a Unix
+/// filter does (killed by SIGPIPE, exit status 141 in the shell) instead of panicking in
+/// `println!` with a backtrace (review finding). SIGPIPE itself stays ignored, as Rust sets it,
+/// so that a socket whose peer went away (an MX host in `domains check`, the admin socket)
+/// is an error to handle, not the end of the process.
+fn end_quietly_when_stdout_closes() {
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        // std's message for a failed `print!`: "failed printing to stdout: <io error>".
+        if message.starts_with("failed printing to stdout")
+            && message.contains(&std::io::Error::from_raw_os_error(libc::EPIPE).to_string())
+        {
+            // SAFETY: restoring the default action of SIGPIPE and raising it has no
+            // preconditions; the process ends here as a filter killed by SIGPIPE does.
+            unsafe {
+                libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+                libc::raise(libc::SIGPIPE);
+            }
+        }
+        default_hook(info)
+    }));
+}
+
 fn main() -> ExitCode {
+    end_quietly_when_stdout_closes();
     let cli = Cli::parse();
     let result = match cli.command {
         Commands::Serve { config, grace } => serve(config.as_deref(), grace),
@@ -1003,7 +1054,7 @@ fn domains_status(path: Option<&Path>, json: bool) -> anyhow::Result<()> {
 }
 
 fn admin_request(path: Option<&Path>, method: &str, url: &str) -> anyhow::Result<String> {
-    let config = load_config(path)?;
+    let config = load_admin_config(path)?;
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     let (status, body) = runtime.block_on(tlsgate::admin::request(&config, method, url))?;
     if !(200..300).contains(&status) {

@@ -658,6 +658,17 @@ fn serve_without_config_runs_the_development_default() {
     assert_eq!(mode(&key), 0o600, "generated key mode");
     assert!(data.join("queue").is_dir(), "./data/queue was not created");
 
+    // The README's quick start: `tlsgate queue list` without a configuration file finds the
+    // relay started with the development default (its admin socket ./data/admin.sock; review
+    // finding: it failed with "no configuration at /etc/tlsgate/tlsgate.toml").
+    let run = tlsgate(dir.path(), "queue-dev", &["queue", "list"]);
+    assert!(run.status.success(), "{run:?}");
+    assert!(
+        run.stderr.contains("embedded development default"),
+        "{run:?}"
+    );
+    assert!(run.stdout.contains("empty"), "{run:?}");
+
     let pid = libc::pid_t::try_from(guard.0.id()).expect("pid fits pid_t");
     // SAFETY: plain kill(2) on our own child, which has not been reaped yet.
     let rc = unsafe { libc::kill(pid, libc::SIGTERM) };
@@ -819,4 +830,48 @@ fn show_config_prints_changed_or_all_settings_and_never_the_token() {
     assert!(!changed.stdout.contains("max_errors"), "{changed:?}");
     assert!(all.stdout.contains("max_errors = 20"), "{all:?}");
     assert!(all.stdout.contains("retry_schedule = ["), "{all:?}");
+}
+
+/// `tlsgate … | head`: a reader of standard output that has gone away ends the command as
+/// SIGPIPE ends a Unix filter, without a panic and backtrace on standard error (review
+/// finding: `queue list | head -1` panicked with "failed printing to stdout").
+#[test]
+fn a_closed_standard_output_ends_the_command_quietly() {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    use std::os::unix::process::ExitStatusExt;
+    let mut fds = [0; 2];
+    // SAFETY: `fds` is an array of two ints for pipe(2) to fill.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0, "pipe");
+    // SAFETY: both descriptors were just created and are owned by nothing else.
+    let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    // The reader is gone before the first byte is written.
+    drop(read);
+    // check-config prints its summary with `println!`, as the queue and domain commands do.
+    let (_dir, config, _cert, _key) = setup("", "127.0.0.1:0");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tlsgate"))
+        .arg("check-config")
+        .arg("--config")
+        .arg(&config)
+        .stdout(std::process::Stdio::from(write))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("tlsgate runs");
+    let deadline = std::time::Instant::now() + RUN_LIMIT;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(std::time::Instant::now() < deadline, "tlsgate did not end");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    use std::io::Read;
+    child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut stderr)
+        .expect("read stderr");
+    assert_eq!(status.signal(), Some(libc::SIGPIPE), "{status:?} {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
 }
