@@ -120,8 +120,11 @@ impl Session {
     /// Runs the session to its end. Never panics on client input; every exit path logs once.
     pub async fn run(mut self) {
         let limits = self.ctx.config.limits.clone();
+        // RFC 5321 4.2 / 4.3.1: the greeting is "220 <domain> [text]"; RFC 2034 3 leaves the
+        // enhanced code out of it, so a client that reads the host name from the banner gets
+        // the host name (review finding: it read "2.0.0").
         let banner = format!("{} ESMTP tlsgate", self.ctx.config.server.hostname);
-        self.reply(Reply::new(220, "2.0.0", banner));
+        self.reply(Reply::new(220, "", banner));
         let end = loop {
             let line = tokio::select! {
                 line = self.conn.read_line(limits.max_line_length, limits.command_timeout) => line,
