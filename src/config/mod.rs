@@ -256,11 +256,32 @@ pub struct InboundSection {
     pub next_hop_tls: TlsLevel,
 }
 
+/// A relay network that holds public address space wholesale (S6: never an open relay): an
+/// IPv4 prefix shorter than /8 (no private block is that large, so such a network always takes
+/// in public space: `0.0.0.0/1` + `128.0.0.0/1` is the whole internet as surely as `/0`), an
+/// IPv6 prefix shorter than /7 (fc00::/7, the unique local block, is the largest private one),
+/// or an IPv6 network holding as much of the IPv4-mapped space `::ffff:0:0/96` (clients of a
+/// dual-stack listener).
+pub fn opens_the_internet(net: &IpNet) -> bool {
+    match net {
+        IpNet::V4(v4) => v4.prefix_len() < 8,
+        IpNet::V6(v6) => {
+            let mapped: ipnet::Ipv6Net = match "::ffff:0:0/96".parse() {
+                Ok(mapped) => mapped,
+                Err(_) => return true,
+            };
+            v6.prefix_len() < 7
+                || (v6.contains(&mapped) || mapped.contains(v6)) && v6.prefix_len() < 96 + 8
+        }
+    }
+}
+
 /// `[outbound]`: the smarthost.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OutboundSection {
     /// Client networks allowed to relay through outbound listeners (S6); a bare address is a
-    /// host route, a `/0` network is refused (open relay).
+    /// host route; a network holding public space wholesale is refused (open relay,
+    /// [`opens_the_internet`]).
     pub relay_networks: Vec<IpNet>,
     /// TCP port of remote MX hosts (default 25; tests set their own; never 0).
     pub smtp_port: u16,
@@ -1133,10 +1154,13 @@ fn validate_all(c: &Checker<'_>, raw: raw::RawConfig) -> Result<Config, ConfigEr
             );
             continue;
         };
-        if parsed.prefix_len() == 0 {
+        if opens_the_internet(&parsed) {
             c.fail(
                 "outbound.relay_networks",
-                format!("{net:?} would let the whole internet relay (open relay)"),
+                format!(
+                    "{net:?} would let a large part of the internet relay (open relay); \
+                     list the networks of your own mail clients"
+                ),
             );
         }
         relay_networks.push(parsed.trunc());

@@ -77,11 +77,37 @@ fn bad_values_name_key_and_reason() {
     ));
     assert_eq!(key, "outbound.relay_networks");
 
-    let (key, reason) = invalid(&format!(
-        "{MINIMAL}\n[outbound]\nrelay_networks = [\"0.0.0.0/0\"]"
-    ));
-    assert_eq!(key, "outbound.relay_networks");
-    assert!(reason.contains("open relay"));
+    // S6: the whole internet, or large parts of it, in any spelling (review finding: only
+    // `/0` was refused, `0.0.0.0/1` + `128.0.0.0/1` passed).
+    for net in [
+        "0.0.0.0/0",
+        "0.0.0.0/1",
+        "128.0.0.0/1",
+        "64.0.0.0/3",
+        "::/0",
+        "2000::/3",
+        "::ffff:0:0/96",
+        "::ffff:0.0.0.0/100",
+        "::/64",
+    ] {
+        let (key, reason) = invalid(&format!(
+            "{MINIMAL}\n[outbound]\nrelay_networks = [\"{net}\"]"
+        ));
+        assert_eq!(key, "outbound.relay_networks", "{net}");
+        assert!(reason.contains("open relay"), "{net}: {reason}");
+    }
+    // Private and ordinary networks are fine.
+    for net in [
+        "10.0.0.0/8",
+        "192.168.0.0/16",
+        "fc00::/7",
+        "2001:db8::/32",
+        "::ffff:10.0.0.0/104",
+        "::1",
+    ] {
+        let text = format!("{MINIMAL}\n[outbound]\nrelay_networks = [\"{net}\"]");
+        assert!(Config::from_toml(&text, "t.toml").is_ok(), "{net}");
+    }
 
     let (key, _) = invalid(&format!("{MINIMAL}\n[limits]\ncommand_timeout = \"soon\""));
     assert_eq!(key, "limits.command_timeout");
