@@ -107,11 +107,23 @@ pub struct GeneratedCert {
 /// Generates a self-signed certificate for `hosts` (the first is the subject CN), valid for one
 /// year, with an ECDSA P-256 key. For tests and first start; production uses a CA-issued chain.
 pub fn generate_self_signed(hosts: &[String]) -> Result<GeneratedCert, KeyError> {
-    let cert = rcgen::generate_simple_self_signed(hosts.to_vec())
-        .map_err(|e| KeyError::Generate(e.to_string()))?;
+    let generate = |e: rcgen::Error| KeyError::Generate(e.to_string());
+    let mut params = rcgen::CertificateParams::new(hosts.to_vec()).map_err(generate)?;
+    // rcgen's defaults are the subject "rcgen self signed cert" and validity 1975–4096; the
+    // certificate says whom it is for and expires like a real one (review finding).
+    let mut subject = rcgen::DistinguishedName::new();
+    if let Some(first) = hosts.first() {
+        subject.push(rcgen::DnType::CommonName, first.as_str());
+    }
+    params.distinguished_name = subject;
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::hours(1);
+    params.not_after = now + time::Duration::days(365);
+    let key = rcgen::KeyPair::generate().map_err(generate)?;
+    let cert = params.self_signed(&key).map_err(generate)?;
     Ok(GeneratedCert {
-        cert_pem: cert.cert.pem(),
-        key_pem: cert.key_pair.serialize_pem(),
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
     })
 }
 
@@ -161,6 +173,34 @@ pub fn ensure_self_signed(dir: &Path, hostname: &str) -> Result<(PathBuf, PathBu
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The generated certificate names its first host as the subject and is valid for about
+    /// a year from now, as documented (not rcgen's "rcgen self signed cert", 1975–4096).
+    #[test]
+    fn a_generated_certificate_names_its_host_and_expires_in_a_year() {
+        let hosts = [
+            "mx.example.test".to_string(),
+            "other.example.test".to_string(),
+        ];
+        let generated = generate_self_signed(&hosts).unwrap();
+        let (_, pem) = x509_parser::pem::parse_x509_pem(generated.cert_pem.as_bytes()).unwrap();
+        let cert = pem.parse_x509().unwrap();
+        let cn: Vec<&str> = cert
+            .subject()
+            .iter_common_name()
+            .filter_map(|cn| cn.as_str().ok())
+            .collect();
+        assert_eq!(cn, vec!["mx.example.test"]);
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let not_after = cert.validity().not_after.timestamp();
+        let not_before = cert.validity().not_before.timestamp();
+        assert!(
+            not_before <= now && now - not_before < 2 * 3600,
+            "{not_before}"
+        );
+        let year = 365 * 24 * 3600;
+        assert!((not_after - now - year).abs() < 3600, "{not_after}");
+    }
 
     #[test]
     fn world_readable_key_is_refused() {
