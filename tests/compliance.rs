@@ -181,6 +181,17 @@ async fn domains_check_reports_every_listed_domain_and_fails_on_any_failure() {
     );
     assert!(host["cert_not_after"].as_str().is_some());
     assert_eq!(host["cert_sha256"].as_str().map(str::len), Some(64));
+    // The test CA is a root of outbound.extra_trust_roots, not a public one: the pass says so
+    // (Bits 5.1.2; review finding: the report did not), without making it a warning.
+    assert_eq!(host["private_root"], true, "{host}");
+    assert!(
+        host["reason"].as_str().is_some_and(|r| r.ends_with(
+            "(the certificate chains to a root from outbound.extra_trust_roots, not to a \
+             publicly trusted root)"
+        )),
+        "{host}"
+    );
+    assert_eq!(good["verdict"], "pass");
 
     let bad = by_name("bad.test");
     assert_eq!(bad["pass"], false);

@@ -108,6 +108,10 @@ pub struct HostReport {
     pub cert_not_after_unix: Option<i64>,
     /// Whole days from the check until the certificate expires; negative once it has.
     pub cert_expires_in_days: Option<i64>,
+    /// The host passes on a certificate that chains only to a root of
+    /// `outbound.extra_trust_roots`, not to a publicly trusted one (Bits 5.1.2; its reason
+    /// says so too, [`PRIVATE_ROOT_NOTE`]).
+    pub private_root: bool,
     /// What needs attention although the host passes (issue 15 item 1: a certificate that
     /// expires within [`EXPIRY_WARNING_DAYS`]).
     pub warnings: Vec<String>,
@@ -313,6 +317,7 @@ pub async fn check_domain(
             cert_sans: Vec::new(),
             cert_not_after_unix: None,
             cert_expires_in_days: None,
+            private_root: false,
             warnings: Vec::new(),
             verdict: Verdict::Fail,
         };
@@ -378,6 +383,10 @@ pub async fn check_domain(
                     if let Some(warning) = expiry_warning(&r) {
                         r.warnings.push(warning);
                     }
+                    if r.pass && tls.chains_only_to_extra_roots(&conn.peer_chain) {
+                        r.private_root = true;
+                        r.reason.push_str(PRIVATE_ROOT_NOTE);
+                    }
                     r.verdict = Verdict::of(r.pass, &r.warnings);
                     conn.quit().await;
                     r
@@ -419,6 +428,13 @@ pub async fn check_domain(
     report.verdict = Verdict::of(report.pass, &report.warnings);
     report
 }
+
+/// Added to the reason of a passing host whose certificate leads only to a root the relay was
+/// given in `outbound.extra_trust_roots` ([`ClientTls::chains_only_to_extra_roots`]): the
+/// auditor reading the report sees that the pass does not rest on a publicly trusted root
+/// (Bits 5.1.2). A mark, not a warning: a partner on a private CA agreed with the bank passes.
+pub const PRIVATE_ROOT_NOTE: &str = " (the certificate chains to a root from \
+     outbound.extra_trust_roots, not to a publicly trusted root)";
 
 /// The warning for a passing host whose certificate expires within [`EXPIRY_WARNING_DAYS`]
 /// (issue 15 item 1), or has expired where the level does not check it; `None` otherwise.

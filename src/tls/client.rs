@@ -347,6 +347,10 @@ pub struct ClientTls {
     /// Delivery's validating configurations, one per trust policy, so that their sessions
     /// resume (issue 16 item 8; see [`super::resumption`]).
     kept: Arc<ClientConfigs>,
+    /// The public roots alone, and the public roots with `outbound.extra_trust_roots` when any
+    /// are configured: [`ClientTls::chains_only_to_extra_roots`].
+    public_roots: Arc<RootCertStore>,
+    all_roots: Option<Arc<RootCertStore>>,
 }
 
 impl ClientTls {
@@ -355,6 +359,7 @@ impl ClientTls {
         let provider = super::crypto_provider();
         let mut roots = RootCertStore::empty();
         roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        let public_roots = Arc::new(roots.clone());
         for path in extra_roots {
             for cert in keys::load_cert_chain(path)? {
                 roots.add(cert).map_err(|e| KeyError::Rejected {
@@ -367,7 +372,9 @@ impl ClientTls {
             path: "<client TLS configuration>".into(),
             reason: e.to_string(),
         };
-        let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        let roots = Arc::new(roots);
+        let all_roots = (!extra_roots.is_empty()).then(|| roots.clone());
+        let webpki = WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
             .build()
             .map_err(|e| KeyError::Rejected {
                 path: "<trust roots>".into(),
@@ -388,7 +395,39 @@ impl ClientTls {
             webpki,
             provider,
             kept: Arc::new(ClientConfigs::default()),
+            public_roots,
+            all_roots,
         })
+    }
+
+    /// Whether `chain` (as presented, leaf first) leads to a root of
+    /// `outbound.extra_trust_roots` and to no public root, now; names are not looked at.
+    /// `domains check` warns then: Bits 5.1.2 asks partners for certificates from publicly
+    /// trusted roots, and a pass that rests on a locally added root is not that. False without
+    /// extra roots, and for a chain that leads to no root at all (self-signed, DANE-EE).
+    pub fn chains_only_to_extra_roots(&self, chain: &[CertificateDer<'_>]) -> bool {
+        let Some(all_roots) = &self.all_roots else {
+            return false;
+        };
+        let Some((leaf, intermediates)) = chain.split_first() else {
+            return false;
+        };
+        let Ok(leaf) = rustls::server::ParsedCertificate::try_from(leaf) else {
+            return false;
+        };
+        let now = UnixTime::now();
+        let algorithms = self.provider.signature_verification_algorithms.all;
+        let leads_to = |roots: &RootCertStore| {
+            rustls::client::verify_server_cert_signed_by_trust_anchor(
+                &leaf,
+                roots,
+                intermediates,
+                now,
+                algorithms,
+            )
+            .is_ok()
+        };
+        leads_to(all_roots) && !leads_to(&self.public_roots)
     }
 
     /// The configuration of an HTTPS client (TLS reports to `https:` targets, RFC 8460 5.4):
@@ -599,6 +638,43 @@ impl ServerCertVerifier for UnauthenticatedPeer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `domains check` marks a pass that rests on a root of `outbound.extra_trust_roots`
+    /// (Bits 5.1.2): true only for a chain that leads to such a root and to no public one.
+    #[test]
+    fn a_chain_to_an_extra_root_is_told_apart() {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+        let root_key = KeyPair::generate().unwrap();
+        let mut root_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        root_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        root_params
+            .distinguished_name
+            .push(DnType::CommonName, "private root");
+        let root = root_params.self_signed(&root_key).unwrap();
+        let leaf_key = KeyPair::generate().unwrap();
+        let leaf = CertificateParams::new(vec!["mx.partner.test".to_string()])
+            .unwrap()
+            .signed_by(&leaf_key, &root, &root_key)
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let root_file = dir.path().join("root.pem");
+        std::fs::write(&root_file, root.pem()).unwrap();
+        let chain = vec![leaf.der().clone()];
+
+        let with_extra = ClientTls::new(std::slice::from_ref(&root_file)).unwrap();
+        assert!(with_extra.chains_only_to_extra_roots(&chain));
+        assert!(!with_extra.chains_only_to_extra_roots(&[]));
+        // A self-signed leaf leads to no root at all (as with DANE-EE): not marked.
+        let other_key = KeyPair::generate().unwrap();
+        let self_signed = CertificateParams::new(vec!["mx.partner.test".to_string()])
+            .unwrap()
+            .self_signed(&other_key)
+            .unwrap();
+        assert!(!with_extra.chains_only_to_extra_roots(&[self_signed.der().clone()]));
+        // Without extra roots nothing is marked.
+        let public_only = ClientTls::new(&[]).unwrap();
+        assert!(!public_only.chains_only_to_extra_roots(&chain));
+    }
 
     fn tls_error(e: rustls::Error) -> io::Error {
         // What tokio-rustls hands back for a rustls error.
