@@ -624,7 +624,8 @@ pub fn render_table(reports: &[DomainReport]) -> String {
                 "FAIL",
                 r.reason.as_deref().unwrap_or("")
             );
-            continue;
+            // No `continue`: the domain's policy line below says which policy failed (review
+            // finding: with the MX lookup failed, only --json said it).
         }
         for h in &r.hosts {
             let cert = match (&h.cert_subject, &h.cert_issuer, &h.cert_not_after) {
@@ -706,4 +707,37 @@ pub fn summary_line(reports: &[DomainReport], took: Duration) -> String {
         count(Verdict::Warn),
         count(Verdict::Fail),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A domain whose MX lookup failed has no host rows; its policy line still says which
+    /// policy could not be met (review finding: only `--json` said it).
+    #[test]
+    fn a_domain_without_hosts_still_shows_its_policy() {
+        let report = DomainReport {
+            domain: "partner.test".into(),
+            listed: true,
+            level: "verify".into(),
+            policy_source: "tvungen TLS domain list".into(),
+            pass: false,
+            reason: Some("MX lookup failed: timed out".into()),
+            hosts: Vec::new(),
+            mta_sts: None,
+            tls_rpt: "no TLSRPT record".into(),
+            warnings: Vec::new(),
+            verdict: Verdict::Fail,
+        };
+        let table = render_table(&[report]);
+        assert!(
+            table.contains(
+                "policy verify (tvungen TLS domain list), listed: delivery would be deferred: \
+                 MX lookup failed: timed out"
+            ),
+            "{table}"
+        );
+        assert!(table.contains("FAIL"), "{table}");
+    }
 }
