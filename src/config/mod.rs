@@ -142,6 +142,10 @@ pub struct Limits {
     pub max_connections_per_ip: usize,
     /// Recipients per message (default 100); more get `452 4.5.3`.
     pub max_recipients: usize,
+    /// `Received:` header fields a message may arrive with (default 50, Postfix's
+    /// `hopcount_limit`); at this many it is refused after DATA with `554 5.4.6`, a mail loop
+    /// (RFC 5321 6.3, RFC 3463 X.4.6).
+    pub hop_count_limit: usize,
     /// Longest command line in bytes, CRLF included (512 ..= 65536, default 2048; RFC 5321
     /// 4.5.3.1.4); longer gets `500 5.5.6`.
     pub max_line_length: usize,
@@ -941,6 +945,7 @@ fn validate_all(c: &Checker<'_>, raw: raw::RawConfig) -> Result<Config, ConfigEr
         max_connections: l.max_connections.unwrap_or(1000),
         max_connections_per_ip: l.max_connections_per_ip.unwrap_or(50),
         max_recipients: l.max_recipients.unwrap_or(100),
+        hop_count_limit: l.hop_count_limit.unwrap_or(50),
         max_line_length: l.max_line_length.unwrap_or(2048),
         max_errors: l.max_errors.unwrap_or(20),
         soft_errors: l.soft_errors.unwrap_or(10),
@@ -972,6 +977,8 @@ fn validate_all(c: &Checker<'_>, raw: raw::RawConfig) -> Result<Config, ConfigEr
             limits.max_connections_per_ip,
         ),
         ("limits.max_recipients", limits.max_recipients),
+        // Zero would refuse every message, even one without a `Received:` field.
+        ("limits.hop_count_limit", limits.hop_count_limit),
     ] {
         if value == 0 {
             c.fail(key, "must be at least 1");

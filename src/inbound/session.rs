@@ -10,7 +10,7 @@
 
 use super::connection::{ConnError, Connection, Line};
 use super::received::{received_header, ReceivedFields};
-use super::{relay, tvungen, SessionContext};
+use super::{hops, relay, tvungen, SessionContext};
 use crate::audit::AuditEvent;
 use crate::config::{ListenerConfig, Role};
 use crate::domain::Domain;
@@ -489,6 +489,19 @@ impl Session {
                 ));
                 return Flow::Continue;
             }
+        }
+        let hop_limit = self.ctx.config.limits.hop_count_limit;
+        if let Err(refused) = hops::check(&body, hop_limit) {
+            // RFC 5321 6.3: never queued, so a loop ends here instead of going round again.
+            tracing::warn!(peer = %self.peer, listener = %self.listener.role,
+                from = tx.mail.sender.address().map(|a| a.to_string()).unwrap_or_default(),
+                received = refused.received, limit = hop_limit,
+                "message refused: too many hops (mail loop?)");
+            self.ctx
+                .metrics
+                .reject(self.role_label(), RejectReason::TooManyHops);
+            self.reply(refused.reply());
+            return Flow::Continue;
         }
         if let Some(domain) = self.listed_plaintext_header_from(&body) {
             self.count_plaintext_refusal(&domain, "header_from");
