@@ -31,6 +31,8 @@ pub enum RejectReason {
     TooLarge,
     /// Bare CR or LF in the data (SMTP smuggling).
     BareLineEnding,
+    /// `limits.hop_count_limit` or more `Received:` fields: a mail loop (RFC 5321 6.3).
+    TooManyHops,
     /// The queue could not commit the message (452).
     StoreError,
     /// Over `limits.max_recipients`.
@@ -49,6 +51,7 @@ impl RejectReason {
             RejectReason::TlsRequired => "tls_required",
             RejectReason::TooLarge => "too_large",
             RejectReason::BareLineEnding => "bare_line_ending",
+            RejectReason::TooManyHops => "too_many_hops",
             RejectReason::StoreError => "store_error",
             RejectReason::TooManyRecipients => "too_many_recipients",
             RejectReason::ClientCertRequired => "client_cert_required",

@@ -424,3 +424,62 @@ async fn shutdown_tells_idle_sessions_421() {
     assert_eq!((r.code, r.enhanced()), (421, "4.3.2"));
     assert!(c.is_closed().await);
 }
+
+/// A message with `n` `Received:` fields (every one folded, as real ones are) and one in the
+/// body, which never counts.
+fn with_received(n: usize) -> String {
+    let mut m = "Received: from relay.example.org ([192.0.2.1])\r\n\tby mx.example.org; \
+                 Thu, 1 Jan 2026 00:00:00 +0000\r\n"
+        .repeat(n);
+    m.push_str("Subject: hops\r\n\r\nReceived: not a header field\r\n");
+    m
+}
+
+/// RFC 5321 6.3 (mail loops), Postfix's `hopcount_limit`: a message that arrives with
+/// `limits.hop_count_limit` (default 50) `Received:` fields is refused after the final dot with
+/// `554 5.4.6` (RFC 3463 X.4.6, routing loop) and not queued; one with 49 is accepted. The
+/// session goes on after the refusal.
+#[tokio::test]
+async fn message_with_hop_count_limit_received_fields_is_refused_as_a_loop() {
+    let server = TestServer::start().await;
+    assert_eq!(server.config.limits.hop_count_limit, 50, "default");
+    let mut c = SmtpClient::connect_greeted(server.inbound()).await;
+    c.ehlo("c").await;
+    let r = c
+        .send_mail("a@example.org", &["b@example.no"], &with_received(50))
+        .await;
+    assert_eq!(
+        (r.code, r.enhanced(), r.text().as_str()),
+        (
+            554,
+            "5.4.6",
+            "5.4.6 Too many hops: 50 Received: header fields (mail loop?)"
+        ),
+        "{r:?}"
+    );
+    assert_eq!(server.queue_len(), 0, "a looping message is never queued");
+
+    let r = c
+        .send_mail("a@example.org", &["b@example.no"], &with_received(49))
+        .await;
+    assert_eq!((r.code, r.enhanced()), (250, "2.0.0"), "{r:?}");
+    assert_eq!(server.queue_len(), 1);
+}
+
+/// The limit is `limits.hop_count_limit`; a low one refuses early (0 is refused at start, see
+/// src/config/tests.rs).
+#[tokio::test]
+async fn hop_count_limit_is_configurable() {
+    let server = TestServer::start_with("[limits]\nhop_count_limit = 3").await;
+    let mut c = SmtpClient::connect_greeted(server.inbound()).await;
+    c.ehlo("c").await;
+    let r = c
+        .send_mail("a@example.org", &["b@example.no"], &with_received(2))
+        .await;
+    assert_eq!(r.code, 250, "{r:?}");
+    let r = c
+        .send_mail("a@example.org", &["b@example.no"], &with_received(3))
+        .await;
+    assert_eq!((r.code, r.enhanced()), (554, "5.4.6"), "{r:?}");
+    assert_eq!(server.queue_len(), 1);
+}

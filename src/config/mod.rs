@@ -140,8 +140,16 @@ pub struct Limits {
     pub max_connections: usize,
     /// Connections open at once from one client IP address (default 50).
     pub max_connections_per_ip: usize,
-    /// Recipients per message (default 100); more get `452 4.5.3`.
+    /// Recipients per message (default 100; RFC 5321 4.5.3.1.8); more get `452 4.5.3`, which
+    /// is not counted as an error: the client sends them in a later transaction (RFC 5321 3.3).
     pub max_recipients: usize,
+    /// RCPT commands past `max_recipients` one session may send (default 1000; Postfix's
+    /// `smtpd_recipient_overshoot_limit`); at this many the session is closed with `421 4.7.0`.
+    pub recipient_overshoot_limit: usize,
+    /// `Received:` header fields a message may arrive with (default 50, Postfix's
+    /// `hopcount_limit`); at this many it is refused after DATA with `554 5.4.6`, a mail loop
+    /// (RFC 5321 6.3, RFC 3463 X.4.6).
+    pub hop_count_limit: usize,
     /// Longest command line in bytes, CRLF included (512 ..= 65536, default 2048; RFC 5321
     /// 4.5.3.1.4); longer gets `500 5.5.6`.
     pub max_line_length: usize,
@@ -962,6 +970,8 @@ fn validate_all(c: &Checker<'_>, raw: raw::RawConfig) -> Result<Config, ConfigEr
         max_connections: l.max_connections.unwrap_or(1000),
         max_connections_per_ip: l.max_connections_per_ip.unwrap_or(50),
         max_recipients: l.max_recipients.unwrap_or(100),
+        recipient_overshoot_limit: l.recipient_overshoot_limit.unwrap_or(1000),
+        hop_count_limit: l.hop_count_limit.unwrap_or(50),
         max_line_length: l.max_line_length.unwrap_or(2048),
         max_errors: l.max_errors.unwrap_or(20),
         soft_errors: l.soft_errors.unwrap_or(10),
@@ -993,6 +1003,12 @@ fn validate_all(c: &Checker<'_>, raw: raw::RawConfig) -> Result<Config, ConfigEr
             limits.max_connections_per_ip,
         ),
         ("limits.max_recipients", limits.max_recipients),
+        (
+            "limits.recipient_overshoot_limit",
+            limits.recipient_overshoot_limit,
+        ),
+        // Zero would refuse every message, even one without a `Received:` field.
+        ("limits.hop_count_limit", limits.hop_count_limit),
     ] {
         if value == 0 {
             c.fail(key, "must be at least 1");

@@ -47,6 +47,8 @@ pub(super) struct RawLimits {
     pub max_connections: Option<usize>,
     pub max_connections_per_ip: Option<usize>,
     pub max_recipients: Option<usize>,
+    pub recipient_overshoot_limit: Option<usize>,
+    pub hop_count_limit: Option<usize>,
     pub max_line_length: Option<usize>,
     pub max_errors: Option<u32>,
     pub soft_errors: Option<u32>,

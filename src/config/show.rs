@@ -192,6 +192,11 @@ fn table(config: &Config) -> Table {
             ("max_connections", int(limits.max_connections)),
             ("max_connections_per_ip", int(limits.max_connections_per_ip)),
             ("max_recipients", int(limits.max_recipients)),
+            (
+                "recipient_overshoot_limit",
+                int(limits.recipient_overshoot_limit),
+            ),
+            ("hop_count_limit", int(limits.hop_count_limit)),
             ("max_line_length", int(limits.max_line_length)),
             ("max_errors", int(limits.max_errors)),
             ("soft_errors", int(limits.soft_errors)),

@@ -35,6 +35,11 @@ fn minimal_config_gets_defaults() {
         ),
         (20, 10, Duration::from_secs(1))
     );
+    // Postfix's hopcount_limit and smtpd_recipient_overshoot_limit.
+    assert_eq!(
+        (c.limits.hop_count_limit, c.limits.recipient_overshoot_limit),
+        (50, 1000)
+    );
     assert!(!c.inbound.allow_routed_local_parts);
     assert_eq!(c.outbound.smtp_port, 25);
     assert_eq!(c.domain_list.max_age_days, 92);
@@ -114,6 +119,13 @@ fn bad_values_name_key_and_reason() {
 
     let (key, _) = invalid(&format!("{MINIMAL}\n[limits]\nmax_errors = 0"));
     assert_eq!(key, "limits.max_errors");
+    // RFC 5321 6.3: a limit of 0 would refuse every message as a loop.
+    let (key, _) = invalid(&format!("{MINIMAL}\n[limits]\nhop_count_limit = 0"));
+    assert_eq!(key, "limits.hop_count_limit");
+    let (key, _) = invalid(&format!(
+        "{MINIMAL}\n[limits]\nrecipient_overshoot_limit = 0"
+    ));
+    assert_eq!(key, "limits.recipient_overshoot_limit");
     let (key, _) = invalid(&format!("{MINIMAL}\n[limits]\nerror_sleep_time = \"2m\""));
     assert_eq!(key, "limits.error_sleep_time");
 

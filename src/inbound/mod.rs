@@ -8,6 +8,7 @@
 pub mod client_override;
 pub mod connection;
 pub mod free_space;
+pub mod hops;
 pub mod limits;
 pub mod received;
 pub mod relay;

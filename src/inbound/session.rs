@@ -7,10 +7,17 @@
 //! `limits.error_sleep_time`, which slows down harvesters and brute force; at
 //! `limits.max_errors` the session ends with `421 4.7.0`. The defaults (10, 1s, 20) leave room
 //! for a relay audit such as nmap's smtp-open-relay (16 refused tries) to finish and report.
+//!
+//! One refusal is not an error: `452 4.5.3` to a RCPT past `limits.max_recipients`. RFC 5321
+//! 4.5.3.1.8 and 3.3 ask the client to send those recipients in a later transaction, and the
+//! transaction with the first `max_recipients` goes on to DATA; counting them would close a
+//! well-behaved client that pipelines 150 RCPTs as an error storm. As Postfix
+//! (`smtpd_recipient_overshoot_limit`) they are bounded on their own: at
+//! `limits.recipient_overshoot_limit` of them in a session, `421 4.7.0` and close.
 
 use super::connection::{ConnError, Connection, Line};
 use super::received::{received_header, ReceivedFields};
-use super::{relay, tvungen, SessionContext};
+use super::{hops, relay, tvungen, SessionContext};
 use crate::audit::AuditEvent;
 use crate::config::{ListenerConfig, Role};
 use crate::domain::Domain;
@@ -64,6 +71,9 @@ pub struct Session {
     errors: u32,
     /// An error reply past `limits.soft_errors` is waiting to be slowed down.
     error_delay_due: bool,
+    /// RCPTs refused for going past `limits.max_recipients` in this session (not errors;
+    /// bounded by `limits.recipient_overshoot_limit`).
+    recipient_overshoot: usize,
     accepted: u32,
 }
 
@@ -89,10 +99,12 @@ impl Session {
             transaction: None,
             errors: 0,
             error_delay_due: false,
+            recipient_overshoot: 0,
             accepted: 0,
         }
     }
 
+    /// Buffers `reply`; a 4xx or 5xx counts as an error (see the module doc).
     fn reply(&mut self, reply: Reply) {
         if reply.code >= 400 {
             self.errors += 1;
@@ -100,7 +112,34 @@ impl Session {
                 self.error_delay_due = true;
             }
         }
+        self.reply_not_an_error(reply);
+    }
+
+    /// Buffers a refusal that is not the client's error: it counts towards no error limit and
+    /// is never slowed down (only `452 4.5.3` past `limits.max_recipients`, see the module doc).
+    fn reply_not_an_error(&mut self, reply: Reply) {
         reply.write_to(self.conn.output());
+    }
+
+    /// The `421 4.7.0` that ends a session at one of its bounds, with the reason logged:
+    /// `limits.max_errors` errors (Postfix's `smtpd_hard_error_limit`) or
+    /// `limits.recipient_overshoot_limit` RCPTs past `limits.max_recipients` (Postfix's
+    /// `smtpd_recipient_overshoot_limit`). RFC 5321 3.8: 421 may answer any command.
+    fn session_bound_reached(&self) -> Option<(Reply, &'static str)> {
+        let limits = &self.ctx.config.limits;
+        if self.errors >= limits.max_errors {
+            let reply = Reply::new(421, "4.7.0", "Too many errors, closing connection");
+            return Some((reply, "too many errors"));
+        }
+        if self.recipient_overshoot >= limits.recipient_overshoot_limit {
+            let reply = Reply::new(
+                421,
+                "4.7.0",
+                "Too many recipients past the limit, closing connection",
+            );
+            return Some((reply, "too many recipients"));
+        }
+        None
     }
 
     /// Holds back an error reply past the soft limit (it is still buffered: replies are sent
@@ -176,13 +215,9 @@ impl Session {
                 break "closed";
             }
             self.slow_down_after_error().await;
-            if self.errors >= limits.max_errors {
-                self.reply(Reply::new(
-                    421,
-                    "4.7.0",
-                    "Too many errors, closing connection",
-                ));
-                break "too many errors";
+            if let Some((closing, end)) = self.session_bound_reached() {
+                self.reply(closing);
+                break end;
             }
         };
         self.conn.close(limits.command_timeout).await;
@@ -394,10 +429,13 @@ impl Session {
         };
         let (count, smtputf8) = (tx.recipients.len(), tx.mail.smtputf8);
         if count >= config.limits.max_recipients {
+            // RFC 5321 4.5.3.1.8: 452, and the client sends the rest in a later transaction;
+            // not an error (see the module doc).
+            self.recipient_overshoot += 1;
             self.ctx
                 .metrics
                 .reject(self.role_label(), RejectReason::TooManyRecipients);
-            return self.reply(Reply::new(452, "4.5.3", "Too many recipients"));
+            return self.reply_not_an_error(Reply::new(452, "4.5.3", "Too many recipients"));
         }
         // <Postmaster> without a domain means ours (RFC 5321 4.5.1).
         let default_domain = config
@@ -492,6 +530,19 @@ impl Session {
                 ));
                 return Flow::Continue;
             }
+        }
+        let hop_limit = self.ctx.config.limits.hop_count_limit;
+        if let Err(refused) = hops::check(&body, hop_limit) {
+            // RFC 5321 6.3: never queued, so a loop ends here instead of going round again.
+            tracing::warn!(peer = %self.peer, listener = %self.listener.role,
+                from = tx.mail.sender.address().map(|a| a.to_string()).unwrap_or_default(),
+                received = refused.received, limit = hop_limit,
+                "message refused: too many hops (mail loop?)");
+            self.ctx
+                .metrics
+                .reject(self.role_label(), RejectReason::TooManyHops);
+            self.reply(refused.reply());
+            return Flow::Continue;
         }
         if let Some(domain) = self.listed_plaintext_header_from(&body) {
             self.count_plaintext_refusal(&domain, "header_from");

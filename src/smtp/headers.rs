@@ -1,7 +1,8 @@
-//! The header section of a stored message (RFC 5322 2.1): where it ends, and the one field the
+//! The header section of a stored message (RFC 5322 2.1): where it ends, the one field the
 //! operations tools need from it, `Message-ID` (RFC 5322 3.6.4), so that an administrator can
 //! match a user's complaint to a queue entry (issue 14 item 3, Postfix's `cleanup:
-//! message-id=` line). Pure: no I/O.
+//! message-id=` line), and how many fields of a name it holds (the `Received:` count of mail
+//! loop detection, RFC 5321 6.3). Pure: no I/O.
 
 /// Longest header section looked at (a bound on input-derived data): a header section longer
 /// than this is cut there.
@@ -61,6 +62,17 @@ pub fn message_id(message: &[u8]) -> Option<String> {
     None
 }
 
+/// How many header fields named `name` (case-insensitive, RFC 5322 1.2.2) the header section
+/// of `message` holds. A folded field counts once: its continuation lines start with white
+/// space (RFC 5322 2.2.3) and are never a field of their own; the body is never looked at.
+pub fn count_fields(message: &[u8], name: &[u8]) -> usize {
+    header_section(message)
+        .split(|b| *b == b'\n')
+        .filter(|line| !line.starts_with(b" ") && !line.starts_with(b"\t"))
+        .filter(|line| strip_name(line, name).is_some())
+        .count()
+}
+
 /// The value after `name:` when `line` is that field (name case-insensitive, RFC 5322 1.2.2).
 fn strip_name<'a>(line: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
     let colon = line.iter().position(|b| *b == b':')?;
@@ -91,5 +103,14 @@ mod tests {
         assert_eq!(message_id(b"Subject: x\r\n\r\nMessage-ID: <b@x>\r\n"), None);
         assert_eq!(message_id(b"Message-ID:   \r\n\r\n"), None);
         assert_eq!(message_id(b"X-Message-ID: <no@x>\r\n\r\n"), None);
+    }
+
+    #[test]
+    fn fields_are_counted_once_when_folded_in_any_case_and_not_in_the_body() {
+        let m = b"Received: from a\r\n\tby b; Received: c\r\n received: d\r\nRECEIVED:e\r\n\
+                  X-Received: f\r\nSubject: Received: g\r\n\r\nReceived: body\r\n";
+        assert_eq!(count_fields(m, b"received"), 2);
+        assert_eq!(count_fields(b"\r\nReceived: body only\r\n", b"received"), 0);
+        assert_eq!(count_fields(b"Received: x\r\n", b"received"), 1);
     }
 }

@@ -112,15 +112,29 @@ pub async fn setup_next_hop(
 /// As [`setup`], with the inbound and outbound listeners bound to `inbound_bind` and
 /// `outbound_bind` (e.g. `"[::]:0"`: a dual-stack socket) instead of `127.0.0.1:0`.
 pub async fn setup_binds(inbound_bind: &str, outbound_bind: &str, extra: &str) -> Setup {
+    setup_plain(extra, None, (inbound_bind, outbound_bind)).await
+}
+
+/// As [`setup`], but `inbound.next_hop` is tlsgate's own inbound listener (127.0.0.1 at the
+/// shared port): mail for the local domains goes round (RFC 5321 6.3, a mail loop).
+pub async fn setup_next_hop_to_self(extra: &str) -> Setup {
+    setup_plain(extra, Some("127.0.0.1"), (SHARED_PORT, "127.0.0.1:0")).await
+}
+
+/// A bind address naming the shared port, filled in once that port is known.
+const SHARED_PORT: &str = "127.0.0.1:{port}";
+
+/// The harness's defaults apart from `extra`, the next hop's host and the listeners' binds.
+async fn setup_plain(extra: &str, next_hop_host: Option<&str>, binds: (&str, &str)) -> Setup {
     setup_on_dns_binds(
         TestDns::start().await,
         "",
         "",
         "",
         extra,
-        None,
+        next_hop_host,
         "may",
-        (inbound_bind, outbound_bind),
+        binds,
     )
     .await
 }
@@ -167,6 +181,7 @@ async fn setup_on_dns_binds(
         }
     }
     let (port, next_hop) = next_hop.expect("a free port for the next-hop sink in 200 tries");
+    let inbound_bind = inbound_bind.replace("{port}", &port.to_string());
     let dir = tempfile::tempdir().unwrap();
     let ca = TestCa::new();
     let (cert, key) = ca.write_server_files(dir.path(), &[HOSTNAME]);
