@@ -865,6 +865,13 @@ async fn get_domains(State(state): State<AdminState>, _caller: Caller) -> AdminR
     Ok(Json(names).into_response())
 }
 
+/// `GET /domains/entries`: every entry of the list in force (not the file, which may have
+/// changed since, or been refused), for the same callers as `GET /domains`.
+async fn get_domain_entries(State(state): State<AdminState>, _caller: Caller) -> AdminResult {
+    let entries = crate::ops::domain_list::DomainEntry::all(&state.domain_list.current());
+    Ok(Json(entries).into_response())
+}
+
 /// `GET /domains/status`: a read endpoint like `GET /domains`, for any allowed caller.
 async fn get_domains_status(State(state): State<AdminState>, _caller: Caller) -> AdminResult {
     Ok(Json((state.domains_status)()).into_response())
@@ -981,6 +988,7 @@ fn router(state: AdminState) -> axum::Router {
         .route("/queue/{id}/{action}", post(act))
         .route("/queue/bulk/{action}", post(bulk))
         .route("/domains", get(get_domains))
+        .route("/domains/entries", get(get_domain_entries))
         .route("/domains/reload", post(reload_domains))
         .route("/domains/status", get(get_domains_status))
         .route("/tls-report", get(get_tls_report))
@@ -1099,14 +1107,17 @@ pub async fn request(config: &Config, method: &str, path: &str) -> anyhow::Resul
                     }
                     _ => " (is tlsgate running with this config?)",
                 };
-                anyhow::anyhow!("admin socket {}: {e}{hint}", socket.display())
+                unreachable_or(&e, format!("admin socket {}: {e}{hint}", socket.display()))
             })?;
             send(stream, method, path, None).await
         } else if let Some(addr) = admin.bind {
             let token = admin.token_file.as_deref().map(read_token).transpose()?;
-            let stream = tokio::net::TcpStream::connect(addr)
-                .await
-                .map_err(|e| anyhow::anyhow!("admin API at {addr}: {e} (is tlsgate running?)"))?;
+            let stream = tokio::net::TcpStream::connect(addr).await.map_err(|e| {
+                unreachable_or(
+                    &e,
+                    format!("admin API at {addr}: {e} (is tlsgate running?)"),
+                )
+            })?;
             send(stream, method, path, token.as_deref()).await
         } else {
             anyhow::bail!("{}: [admin] has neither socket nor bind", config.source)
@@ -1115,6 +1126,23 @@ pub async fn request(config: &Config, method: &str, path: &str) -> anyhow::Resul
     tokio::time::timeout(limit, call)
         .await
         .map_err(|_| anyhow::anyhow!("the admin API did not answer within {limit:?}"))?
+}
+
+/// The admin API of the configured server could not be reached because nothing listens
+/// there (no socket, connection refused): the relay is not running. [`request`]'s error is
+/// this type then (`downcast_ref`), so that a reading command may fall back to the files.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct NotRunning(pub String);
+
+/// `message` as [`NotRunning`] when `e` says nothing listens, else as a plain error.
+fn unreachable_or(e: &std::io::Error, message: String) -> anyhow::Error {
+    match e.kind() {
+        std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
+            NotRunning(message).into()
+        }
+        _ => anyhow::anyhow!(message),
+    }
 }
 
 /// One HTTP/1.1 request over an open stream, with hyper's client connection.
