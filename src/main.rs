@@ -634,11 +634,10 @@ fn check_config(path: Option<&Path>) -> anyhow::Result<()> {
         anyhow::bail!("{} problems:\n{}", problems.len(), lines.join("\n"));
     }
     let files = tlsgate::startup::ConfigFiles::load(&config)?;
-    let list = &files.domain_list;
-    if list.path().is_some() {
-        println!("domain_list:       {} domains", list.current().len());
-    }
-    print!("{}", tlsgate::config::summary(&config));
+    print!(
+        "{}",
+        tlsgate::config::summary(&config, Some(&files.domain_list.current()))
+    );
     if let Some(warning) = tlsgate::reporting::tls::missing_key_warning(&config) {
         println!("warning: {warning}");
     }
