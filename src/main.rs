@@ -781,6 +781,10 @@ fn queue_rekey(path: Option<&Path>, new_key: &Path) -> anyhow::Result<()> {
     let dir = config.queue_dir();
     let done = tlsgate::queue::at_rest::rekey(&dir, config.queue.engine, current, Some(new))
         .map_err(|e| offline_error(&dir, "queue rekey", e))?;
+    // The path is to be copied into the config, where a relative one would be read from the
+    // config file's directory, not from where this ran: absolute, then (the key was just
+    // read, so it exists; the given path is the fallback all the same).
+    let new_key = std::fs::canonicalize(new_key).unwrap_or_else(|_| new_key.to_path_buf());
     println!(
         "re-sealed {} ({} records) in {} under {}. Now set queue.encryption_key = \"{}\" in {} \
          (or copy the file over the old key) before starting the relay; keep the old key only as \
