@@ -575,7 +575,9 @@ fn error(status: StatusCode, message: impl Into<String>) -> ApiError {
 fn admin_error(e: AdminError) -> ApiError {
     match e {
         AdminError::NotFound => error(StatusCode::NOT_FOUND, e.to_string()),
-        AdminError::Busy => error(StatusCode::CONFLICT, e.to_string()),
+        AdminError::Busy | AdminError::Held | AdminError::NotHeld => {
+            error(StatusCode::CONFLICT, e.to_string())
+        }
         AdminError::Store(_) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
@@ -705,6 +707,12 @@ pub struct BulkResult {
     pub missing: Vec<String>,
     /// Ids the store failed on, with the error.
     pub failed: Vec<String>,
+    /// `retry`: held ids, not retried (release them first).
+    #[serde(default)]
+    pub held: Vec<String>,
+    /// `release`: ids that were not held, so not released.
+    #[serde(default)]
+    pub not_held: Vec<String>,
 }
 
 /// Runs one queue action on one message.
@@ -760,8 +768,13 @@ async fn bulk(
             .split(',')
             .map(str::trim)
             .filter(|id| !id.is_empty())
-            .map(str::to_string)
-            .collect(),
+            // An id given twice is one message, acted on and counted once.
+            .fold(Vec::new(), |mut ids, id| {
+                if !ids.iter().any(|seen| seen == id) {
+                    ids.push(id.to_string());
+                }
+                ids
+            }),
         None => {
             // Only held mail can be released (postsuper -H): a condition picks among the held
             // messages, so the count says how many were released, not how many matched.
@@ -783,6 +796,8 @@ async fn bulk(
             Ok(()) => result.done += 1,
             Err(AdminError::Busy) => result.busy.push(id),
             Err(AdminError::NotFound) => result.missing.push(id),
+            Err(AdminError::Held) => result.held.push(id),
+            Err(AdminError::NotHeld) => result.not_held.push(id),
             Err(e) => result.failed.push(format!("{id}: {e}")),
         }
     }

@@ -1169,19 +1169,18 @@ fn queue_action(
         "{action}: {} of {} messages ({})",
         result.done, result.matched, result.selection
     );
-    let mut problems = Vec::new();
-    if !result.busy.is_empty() {
-        problems.push(format!(
-            "being delivered right now, try again: {}",
-            result.busy.join(", ")
-        ));
-    }
-    if !result.missing.is_empty() {
-        problems.push(format!("not in the queue: {}", result.missing.join(", ")));
-    }
-    if !result.failed.is_empty() {
-        problems.push(format!("failed: {}", result.failed.join("; ")));
-    }
+    // What was not done, and why.
+    let problems: Vec<String> = [
+        ("being delivered right now, try again", &result.busy, ", "),
+        ("not in the queue", &result.missing, ", "),
+        ("held: release it first", &result.held, ", "),
+        ("not held", &result.not_held, ", "),
+        ("failed", &result.failed, "; "),
+    ]
+    .into_iter()
+    .filter(|(_, ids, _)| !ids.is_empty())
+    .map(|(why, ids, separator)| format!("{why}: {}", ids.join(separator)))
+    .collect();
     if problems.is_empty() {
         Ok(())
     } else {
