@@ -575,7 +575,9 @@ fn error(status: StatusCode, message: impl Into<String>) -> ApiError {
 fn admin_error(e: AdminError) -> ApiError {
     match e {
         AdminError::NotFound => error(StatusCode::NOT_FOUND, e.to_string()),
-        AdminError::Busy => error(StatusCode::CONFLICT, e.to_string()),
+        AdminError::Busy | AdminError::Held | AdminError::NotHeld => {
+            error(StatusCode::CONFLICT, e.to_string())
+        }
         AdminError::Store(_) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
@@ -705,6 +707,12 @@ pub struct BulkResult {
     pub missing: Vec<String>,
     /// Ids the store failed on, with the error.
     pub failed: Vec<String>,
+    /// `retry`: held ids, not retried (release them first).
+    #[serde(default)]
+    pub held: Vec<String>,
+    /// `release`: ids that were not held, so not released.
+    #[serde(default)]
+    pub not_held: Vec<String>,
 }
 
 /// Runs one queue action on one message.
@@ -799,6 +807,8 @@ async fn bulk(
             Ok(()) => result.done += 1,
             Err(AdminError::Busy) => result.busy.push(id),
             Err(AdminError::NotFound) => result.missing.push(id),
+            Err(AdminError::Held) => result.held.push(id),
+            Err(AdminError::NotHeld) => result.not_held.push(id),
             Err(e) => result.failed.push(format!("{id}: {e}")),
         }
     }
@@ -879,6 +889,13 @@ async fn get_domains(State(state): State<AdminState>, _caller: Caller) -> AdminR
     let list = state.domain_list.current();
     let names: Vec<&str> = list.iter().map(|d| d.domain.as_str()).collect();
     Ok(Json(names).into_response())
+}
+
+/// `GET /domains/entries`: every entry of the list in force (not the file, which may have
+/// changed since, or been refused), for the same callers as `GET /domains`.
+async fn get_domain_entries(State(state): State<AdminState>, _caller: Caller) -> AdminResult {
+    let entries = crate::ops::domain_list::DomainEntry::all(&state.domain_list.current());
+    Ok(Json(entries).into_response())
 }
 
 /// `GET /domains/status`: a read endpoint like `GET /domains`, for any allowed caller.
@@ -997,6 +1014,7 @@ fn router(state: AdminState) -> axum::Router {
         .route("/queue/{id}/{action}", post(act))
         .route("/queue/bulk/{action}", post(bulk))
         .route("/domains", get(get_domains))
+        .route("/domains/entries", get(get_domain_entries))
         .route("/domains/reload", post(reload_domains))
         .route("/domains/status", get(get_domains_status))
         .route("/tls-report", get(get_tls_report))
@@ -1115,14 +1133,17 @@ pub async fn request(config: &Config, method: &str, path: &str) -> anyhow::Resul
                     }
                     _ => " (is tlsgate running with this config?)",
                 };
-                anyhow::anyhow!("admin socket {}: {e}{hint}", socket.display())
+                unreachable_or(&e, format!("admin socket {}: {e}{hint}", socket.display()))
             })?;
             send(stream, method, path, None).await
         } else if let Some(addr) = admin.bind {
             let token = admin.token_file.as_deref().map(read_token).transpose()?;
-            let stream = tokio::net::TcpStream::connect(addr)
-                .await
-                .map_err(|e| anyhow::anyhow!("admin API at {addr}: {e} (is tlsgate running?)"))?;
+            let stream = tokio::net::TcpStream::connect(addr).await.map_err(|e| {
+                unreachable_or(
+                    &e,
+                    format!("admin API at {addr}: {e} (is tlsgate running?)"),
+                )
+            })?;
             send(stream, method, path, token.as_deref()).await
         } else {
             anyhow::bail!("{}: [admin] has neither socket nor bind", config.source)
@@ -1131,6 +1152,23 @@ pub async fn request(config: &Config, method: &str, path: &str) -> anyhow::Resul
     tokio::time::timeout(limit, call)
         .await
         .map_err(|_| anyhow::anyhow!("the admin API did not answer within {limit:?}"))?
+}
+
+/// The admin API of the configured server could not be reached because nothing listens
+/// there (no socket, connection refused): the relay is not running. [`request`]'s error is
+/// this type then (`downcast_ref`), so that a reading command may fall back to the files.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct NotRunning(pub String);
+
+/// `message` as [`NotRunning`] when `e` says nothing listens, else as a plain error.
+fn unreachable_or(e: &std::io::Error, message: String) -> anyhow::Error {
+    match e.kind() {
+        std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
+            NotRunning(message).into()
+        }
+        _ => anyhow::anyhow!(message),
+    }
 }
 
 /// One HTTP/1.1 request over an open stream, with hyper's client connection.

@@ -685,11 +685,10 @@ fn check_config(path: Option<&Path>) -> anyhow::Result<()> {
         anyhow::bail!("{} problems:\n{}", problems.len(), lines.join("\n"));
     }
     let files = tlsgate::startup::ConfigFiles::load(&config)?;
-    let list = &files.domain_list;
-    if list.path().is_some() {
-        println!("domain_list:       {} domains", list.current().len());
-    }
-    print!("{}", tlsgate::config::summary(&config));
+    print!(
+        "{}",
+        tlsgate::config::summary(&config, Some(&files.domain_list.current()))
+    );
     if let Some(warning) = tlsgate::reporting::tls::missing_key_warning(&config) {
         println!("warning: {warning}");
     }
@@ -833,6 +832,10 @@ fn queue_rekey(path: Option<&Path>, new_key: &Path) -> anyhow::Result<()> {
     let dir = config.queue_dir();
     let done = tlsgate::queue::at_rest::rekey(&dir, config.queue.engine, current, Some(new))
         .map_err(|e| offline_error(&dir, "queue rekey", e))?;
+    // The path is to be copied into the config, where a relative one would be read from the
+    // config file's directory, not from where this ran: absolute, then (the key was just
+    // read, so it exists; the given path is the fallback all the same).
+    let new_key = std::fs::canonicalize(new_key).unwrap_or_else(|_| new_key.to_path_buf());
     println!(
         "re-sealed {} ({} records) in {} under {}. Now set queue.encryption_key = \"{}\" in {} \
          (or copy the file over the old key) before starting the relay; keep the old key only as \
@@ -847,55 +850,49 @@ fn queue_rekey(path: Option<&Path>, new_key: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `tlsgate domains list`: the list in force, as the running relay has it (it keeps the last
+/// good list when a changed file is refused). Only when no relay answers (or its admin API is
+/// off) the file as the relay would load it, and a line on standard error says so.
 fn domains_list(path: Option<&Path>, json: bool) -> anyhow::Result<()> {
+    use tlsgate::ops::domain_list::{render_entries, DomainEntry};
     let config = load_config(path)?;
-    let handle = tlsgate::startup::domain_list(&config)?;
-    let list = handle.current();
-    let joined = |d: &tlsgate::policy::domain_list::ListedDomain| {
-        d.joined.and_then(tlsgate::datetime::date_of_days)
+    let file = config.domain_list.path.clone();
+    let asked = match config.admin {
+        Some(_) => admin_request_to(&config, "GET", "/domains/entries").map(Some),
+        None => Ok(None),
+    };
+    let (entries, header): (Vec<DomainEntry>, Option<String>) = match asked {
+        Ok(Some(body)) => {
+            let entries = serde_json::from_str(&body)
+                .context("the server's answer to GET /domains/entries")?;
+            let header = match &file {
+                Some(file) => format!("in force in the running relay, from {}", file.display()),
+                None => "in force in the running relay".to_string(),
+            };
+            (entries, Some(header))
+        }
+        outcome => {
+            // Any other failure (refused access, a relay that does not answer) is said as it
+            // is: the file would be a guess at what a running relay has in force.
+            let note = match outcome {
+                Ok(_) => "admin API off",
+                Err(e) if e.downcast_ref::<tlsgate::admin::NotRunning>().is_some() => {
+                    "relay not running"
+                }
+                Err(e) => return Err(e),
+            };
+            eprintln!("{note}: showing the list file as it would load");
+            let handle = tlsgate::startup::domain_list(&config)?;
+            let header = handle.path().map(|p| p.display().to_string());
+            (DomainEntry::all(&handle.current()), header)
+        }
     };
     if json {
-        let rows: Vec<serde_json::Value> = list
-            .iter()
-            .map(|d| {
-                serde_json::json!({
-                    "domain": d.domain.as_str(),
-                    "company": d.company,
-                    "org_number": d.org_number,
-                    "joined": joined(d),
-                    "joined_days_since_epoch": d.joined,
-                    "supports_5_2_4": d.supports_5_2_4,
-                })
-            })
-            .collect();
-        println!("{}", serde_json::to_string_pretty(&rows)?);
-        return Ok(());
+        println!("{}", serde_json::to_string_pretty(&entries)?);
+    } else {
+        print!("{}", render_entries(header.as_deref(), &entries));
     }
-    // The file as the relay loads it; what a running relay has in force (it keeps the last
-    // good list when a new file is refused) is `tlsgate domains status`.
-    if let Some(path) = handle.path() {
-        println!("{} ({}):", path.display(), counted_domains(list.len()));
-    }
-    println!(
-        "{:<32} {:<32} {:<12} joined",
-        "domain", "company", "org number"
-    );
-    for d in list.iter() {
-        println!(
-            "{:<32} {:<32} {:<12} {}",
-            d.domain,
-            d.company,
-            d.org_number,
-            joined(d).unwrap_or_else(|| "-".into())
-        );
-    }
-    println!("{}", counted_domains(list.len()));
     Ok(())
-}
-
-/// `1 domain`, `2 domains`.
-fn counted_domains(n: usize) -> String {
-    tlsgate::admin::counted(u64::try_from(n).unwrap_or(u64::MAX), "domain")
 }
 
 /// `tlsgate domains check` (T7): the table or `--json` on standard output, the HTML report to
@@ -1054,9 +1051,14 @@ fn domains_status(path: Option<&Path>, json: bool) -> anyhow::Result<()> {
 }
 
 fn admin_request(path: Option<&Path>, method: &str, url: &str) -> anyhow::Result<String> {
-    let config = load_admin_config(path)?;
+    admin_request_to(&load_admin_config(path)?, method, url)
+}
+
+/// One admin API request to the relay `config` describes: the body of a 2xx answer, else the
+/// error (a [`tlsgate::admin::NotRunning`] when nothing listens).
+fn admin_request_to(config: &Config, method: &str, url: &str) -> anyhow::Result<String> {
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-    let (status, body) = runtime.block_on(tlsgate::admin::request(&config, method, url))?;
+    let (status, body) = runtime.block_on(tlsgate::admin::request(config, method, url))?;
     if !(200..300).contains(&status) {
         let message = serde_json::from_str::<serde_json::Value>(&body)
             .ok()
@@ -1218,19 +1220,18 @@ fn queue_action(
         "{action}: {} of {} messages ({})",
         result.done, result.matched, result.selection
     );
-    let mut problems = Vec::new();
-    if !result.busy.is_empty() {
-        problems.push(format!(
-            "being delivered right now, try again: {}",
-            result.busy.join(", ")
-        ));
-    }
-    if !result.missing.is_empty() {
-        problems.push(format!("not in the queue: {}", result.missing.join(", ")));
-    }
-    if !result.failed.is_empty() {
-        problems.push(format!("failed: {}", result.failed.join("; ")));
-    }
+    // What was not done, and why.
+    let problems: Vec<String> = [
+        ("being delivered right now, try again", &result.busy, ", "),
+        ("not in the queue", &result.missing, ", "),
+        ("held: release it first", &result.held, ", "),
+        ("not held", &result.not_held, ", "),
+        ("failed", &result.failed, "; "),
+    ]
+    .into_iter()
+    .filter(|(_, ids, _)| !ids.is_empty())
+    .map(|(why, ids, separator)| format!("{why}: {}", ids.join(separator)))
+    .collect();
     if problems.is_empty() {
         Ok(())
     } else {

@@ -432,10 +432,15 @@ async fn a_held_message_is_not_delivered_until_released() {
     let (ok, stdout, stderr) = tlsgate(&cli, &["queue", "hold", &id]).await;
     assert!(ok, "{stderr}");
     assert!(stdout.contains("hold: 1 message"), "{stdout}");
-    // The MX accepts now, and a retry asks for delivery: a held message still stays put.
+    // The MX accepts now, and a retry asks for delivery: a held message still stays put, and
+    // the retry says it was not done.
     mx.set_behaviour(Behaviour::default());
     let (ok, _, stderr) = tlsgate(&cli, &["queue", "retry", &id]).await;
-    assert!(ok, "{stderr}");
+    assert!(!ok, "a retry of a held message succeeded");
+    assert!(
+        stderr.contains("the message is held: release it first"),
+        "{stderr}"
+    );
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(mx.messages().is_empty(), "a held message was delivered");
     let (ok, stdout, stderr) = tlsgate(&cli, &["queue", "list", "--status", "held"]).await;
@@ -463,6 +468,69 @@ async fn a_held_message_is_not_delivered_until_released() {
     }
 }
 
+/// Two messages from example.no to partner.test: their queue ids.
+async fn submit_two(s: &Setup) -> (String, String) {
+    let a = s
+        .submit("kari@example.no", &["ola@partner.test"], "one")
+        .await;
+    let b = s
+        .submit("per@example.no", &["kim@partner.test"], "two")
+        .await;
+    (a, b)
+}
+
+/// Queue actions report what was done (review finding): an id given twice is one message; a
+/// retry of a held message and a release of one that is not held are not done, and said so
+/// (the command fails), one by one and in bulk; the bulk JSON keeps its fields and adds
+/// `held` and `not_held`.
+#[tokio::test]
+async fn queue_actions_report_what_was_done() {
+    let s = setup("retry_schedule = [\"1h\"]", "").await;
+    let _mx = s.single_mx(always("450 4.2.1 mailbox busy")).await;
+    let (a, b) = submit_two(&s).await;
+    let config = s.relay.config.clone();
+    wait_all_deferred(&config, 2).await;
+    let cli = cli_config(&s);
+
+    let (ok, stdout, stderr) = tlsgate(&cli, &["queue", "hold", &a, &a]).await;
+    assert!(ok, "{stderr}");
+    assert!(stdout.starts_with("hold: 1 of 1 messages"), "{stdout}");
+
+    let (ok, stdout, stderr) = tlsgate(&cli, &["queue", "retry", &a]).await;
+    assert!(!ok, "{stdout}");
+    assert!(
+        stderr.contains("the message is held: release it first"),
+        "{stderr}"
+    );
+    let (status, body) = request(&config, "POST", &format!("/queue/bulk/retry?ids={a},{a}"))
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    let result: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(result["matched"], 1, "{body}");
+    assert_eq!(result["done"], 0, "{body}");
+    assert_eq!(result["held"], serde_json::json!([a]), "{body}");
+    assert_eq!(result["not_held"], serde_json::json!([]), "{body}");
+    for field in ["action", "selection", "busy", "missing", "failed"] {
+        assert!(!result[field].is_null(), "{field}: {body}");
+    }
+    let entries = list(&config).await;
+    let held = entries.iter().find(|e| e.id == a).expect("a is queued");
+    assert_eq!(held.recipients[0].status, "held", "{entries:?}");
+
+    let (ok, stdout, stderr) = tlsgate(&cli, &["queue", "release", &b]).await;
+    assert!(!ok, "{stdout}");
+    assert!(stderr.contains("the message is not held"), "{stderr}");
+    let (ok, stdout, stderr) = tlsgate(&cli, &["queue", "release", &a, &b]).await;
+    assert!(!ok, "{stdout}");
+    assert!(stdout.starts_with("release: 1 of 2 messages"), "{stdout}");
+    assert!(stderr.contains(&format!("not held: {b}")), "{stderr}");
+    // `b` was left as it was: still deferred, not made due by the refused release.
+    let entries = list(&config).await;
+    let left = entries.iter().find(|e| e.id == b).expect("b is queued");
+    assert_eq!(left.recipients[0].status, "deferred", "{entries:?}");
+}
+
 /// Issue 14 item 2: `queue list` with a header row, UTC times, the enhanced status code of
 /// the last reply, filters and a summary line; `queue summary` (qshape); `queue show
 /// --headers` (postcat -hq, audited); bulk `delete` by `--domain` and with `--all`, and no
@@ -472,12 +540,7 @@ async fn queue_tools_list_filter_summarise_show_headers_and_act_in_bulk() {
     let s = setup("retry_schedule = [\"1h\"]", "").await;
     let _mx = s.single_mx(always("450 4.2.1 mailbox busy")).await;
     s.dns.add_mx("other.test", 10, "mx1.partner.test");
-    let a = s
-        .submit("kari@example.no", &["ola@partner.test"], "one")
-        .await;
-    let b = s
-        .submit("per@example.no", &["kim@partner.test"], "two")
-        .await;
+    let (a, b) = submit_two(&s).await;
     let c = s
         .submit("kari@example.no", &["eva@other.test"], "three")
         .await;

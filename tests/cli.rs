@@ -532,30 +532,76 @@ fn check_config_summary_names_the_domain_list_and_its_schedule() {
     let run = check_config(dir.path(), "no-list", &config);
     assert!(run.status.success(), "{run:?}");
     assert!(run.stdout.contains("domain_list:       none"), "{run:?}");
+    assert!(!run.stdout.contains("domains listed:"), "{run:?}");
     assert!(run.stdout.contains("partner check:     off"), "{run:?}");
+    // No next hop, auth on by default, the default schedule: each said in one line.
+    assert!(
+        run.stdout
+            .contains("next_hop:          none (mail for local domains waits in the queue)"),
+        "{run:?}"
+    );
+    assert!(run.stdout.contains("inbound auth:      on ("), "{run:?}");
+    let delivery = run
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("delivery:          retries after "))
+        .unwrap_or_else(|| panic!("no delivery line: {run:?}"));
+    assert!(delivery.contains("expires after 5days"), "{delivery}");
 
     let list = dir.path().join("domains.txt");
-    std::fs::write(&list, "partner.no\nother.no\n").expect("write the list");
+    let names: Vec<String> = (1..=12).map(|n| format!("partner{n:02}.no")).collect();
+    std::fs::write(&list, names.join("\n")).expect("write the list");
     let text = format!(
-        "{}\n[domain_list]\npath = \"{}\"\ncheck_interval = \"30s\"\ncheck_schedule = \"1day\"\n",
-        config_text(dir.path(), &cert, &key, "", "127.0.0.1:0"),
+        "{}\n[inbound.auth]\nenabled = false\n\n[domain_list]\npath = \"{}\"\ncheck_interval = \"30s\"\ncheck_schedule = \"1day\"\n\n[delivery]\nretry_schedule = [\"5m\", \"1h\"]\nexpiry = \"2days\"\n",
+        config_text(dir.path(), &cert, &key, "", "127.0.0.1:0")
+            .replace("[dns]", "next_hop = \"10.0.0.25:25\"\nnext_hop_tls = \"none\"\n\n[dns]"),
         list.display()
     );
     std::fs::write(&config, text).expect("write the configuration");
     let run = check_config(dir.path(), "list", &config);
     assert!(run.status.success(), "{run:?}");
+    // One `domain_list:` line, naming the file; the count and the first ten domains right
+    // after it.
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    let at: Vec<usize> = (0..lines.len())
+        .filter(|&i| lines[i].starts_with("domain_list:"))
+        .collect();
+    let [at] = at[..] else {
+        panic!("not exactly one domain_list line: {run:?}");
+    };
+    let line = lines[at];
     assert!(
-        run.stdout.contains("domain_list:       2 domains"),
+        line.contains(&list.display().to_string())
+            && line.contains("every 30s")
+            && line.contains("92 days"),
+        "{line}"
+    );
+    assert_eq!(
+        lines.get(at + 1).copied(),
+        Some(
+            format!(
+                "domains listed:    12 domains: {} and 2 more",
+                names[..10].join(", ")
+            )
+            .as_str()
+        ),
         "{run:?}"
     );
-    let line = run
-        .stdout
-        .lines()
-        .find(|l| l.starts_with("domain_list:       ") && l.contains(&list.display().to_string()))
-        .unwrap_or_else(|| panic!("no domain_list line naming the file: {run:?}"));
     assert!(
-        line.contains("every 30s") && line.contains("92 days"),
-        "{line}"
+        run.stdout
+            .contains("next_hop:          10.0.0.25:25 (TLS none)"),
+        "{run:?}"
+    );
+    assert!(
+        run.stdout
+            .contains("inbound auth:      off ([inbound.auth] enabled = false)"),
+        "{run:?}"
+    );
+    assert!(
+        run.stdout.contains(
+            "delivery:          retries after 5m, 1h (the last repeats), delay notice after"
+        ) && run.stdout.contains("expires after 2days"),
+        "{run:?}"
     );
     assert!(
         run.stdout.contains("partner check:     every 1day"),

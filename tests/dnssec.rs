@@ -334,7 +334,7 @@ fn dnssec_defaults_follow_the_nameservers() {
     // Written explicitly, off is no surprise: no warning.
     let off = config("nameservers = [\"192.0.2.53:53\"]\ndnssec = \"off\"").unwrap();
     assert!(off.dns.dnssec_warning().is_none());
-    let summary = tlsgate::config::summary(&far);
+    let summary = tlsgate::config::summary(&far, None);
     assert!(summary.contains("dnssec:            off"), "{summary}");
 }
 
@@ -577,7 +577,7 @@ fn dane_only_with_dnssec_off_is_warned_about() {
         warnings[0].contains("[[policy]] bank.test is \"dane-only\" but dns.dnssec is \"off\""),
         "{warnings:?}"
     );
-    assert!(tlsgate::config::summary(&off).contains("waits in the queue until it expires"));
+    assert!(tlsgate::config::summary(&off, None).contains("waits in the queue until it expires"));
     let on = tlsgate::config::Config::from_toml(
         &format!(
             "{CONFIG}\n[[policy]]\ndomain = \"bank.test\"\ntls = \"dane-only\"\n[dns]\nnameservers = [\"127.0.0.1:53\"]\n"

@@ -357,3 +357,68 @@ async fn fetched_list_replaces_the_list_and_a_failing_fetch_leaves_it() {
     assert!(out.contains("refused"), "{out}");
     assert!(out.contains("partner check: off"), "{out}");
 }
+
+/// `tlsgate domains list` shows the list in force (review finding): a file edited without a
+/// reload, or refused at reload, does not change what it prints while the relay runs; with
+/// the relay stopped it shows the file as it would load, and says so on standard error.
+#[tokio::test]
+async fn domains_list_shows_the_list_in_force_and_the_file_only_without_a_relay() {
+    let lists = tempfile::tempdir().unwrap();
+    let list = write_list(lists.path(), "a.test\nb.test\nc.test\n");
+    // The watcher looks once an hour: the edits below stay unloaded until asked.
+    let mut s = setup(
+        "",
+        &format!(
+            "[domain_list]\npath = \"{}\"\ncheck_interval = \"1h\"\n",
+            list.display()
+        ),
+    )
+    .await;
+    let names = |json: &str| -> Vec<String> {
+        let rows: Vec<serde_json::Value> = serde_json::from_str(json).expect("a JSON array");
+        rows.iter()
+            .map(|r| r["domain"].as_str().unwrap_or_default().to_string())
+            .collect()
+    };
+    let in_force = || async {
+        let (ok, out, err) = tlsgate(&s, &["domains", "list"]).await;
+        assert!(ok, "{err}");
+        assert!(err.is_empty(), "{err}");
+        let lines: Vec<&str> = out.lines().collect();
+        assert!(
+            lines[0].starts_with("in force in the running relay, from ")
+                && lines[0].ends_with("(3 domains):"),
+            "{out}"
+        );
+        assert_eq!(lines.last(), Some(&"3 domains"), "{out}");
+        let (ok, json, err) = tlsgate(&s, &["domains", "list", "--json"]).await;
+        assert!(ok, "{err}");
+        assert_eq!(names(&json), ["a.test", "b.test", "c.test"], "{json}");
+    };
+    in_force().await;
+
+    // Edited, not reloaded: still the three in force.
+    std::fs::write(&list, "a.test\n").unwrap();
+    in_force().await;
+    // A bad line: the reload is refused and the three stay in force, and are shown.
+    std::fs::write(&list, "a.test\nnot a domain!\n").unwrap();
+    let (ok, _, err) = tlsgate(&s, &["domains", "reload"]).await;
+    assert!(!ok, "a bad file was loaded: {err}");
+    in_force().await;
+
+    // No relay: the file as it would load, with the note.
+    std::fs::write(&list, "a.test\n").unwrap();
+    s.relay.stop().await;
+    let (ok, out, err) = tlsgate(&s, &["domains", "list"]).await;
+    assert!(ok, "{err}");
+    assert_eq!(
+        err.trim(),
+        "relay not running: showing the list file as it would load"
+    );
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], format!("{} (1 domain):", list.display()), "{out}");
+    assert!(lines[2].starts_with("a.test"), "{out}");
+    let (ok, json, err) = tlsgate(&s, &["domains", "list", "--json"]).await;
+    assert!(ok, "{err}");
+    assert_eq!(names(&json), ["a.test"], "{json}");
+}

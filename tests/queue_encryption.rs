@@ -288,8 +288,14 @@ async fn a_plaintext_queue_is_resealed_at_start(engine: &str) {
 }
 
 fn tlsgate(args: &[&str]) -> std::process::Output {
+    tlsgate_in(Path::new("."), args)
+}
+
+/// `tlsgate ARGS` run in `dir` (relative paths in ARGS are read from there).
+fn tlsgate_in(dir: &Path, args: &[&str]) -> std::process::Output {
     let mut child = Command::new(env!("CARGO_BIN_EXE_tlsgate"))
         .args(args)
+        .current_dir(dir)
         .env_remove("RUST_LOG")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -332,16 +338,18 @@ async fn gen_key_and_rekey(engine: &str) {
     assert!(tlsgate(&["gen-key", "--out", new.to_str().unwrap()])
         .status
         .success());
+    // The new key named relative to where the command runs, as an operator in /etc/tlsgate
+    // would.
     let rekey = [
         "queue",
         "rekey",
         "--config",
         config_file.to_str().unwrap(),
         "--new-key",
-        new.to_str().unwrap(),
+        "new.key",
     ];
     // While the relay runs, the engine's file lock refuses the rewrite.
-    let run = tlsgate(&rekey);
+    let run = tlsgate_in(keys.path(), &rekey);
     assert!(!run.status.success(), "{run:?}");
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert!(
@@ -351,11 +359,21 @@ async fn gen_key_and_rekey(engine: &str) {
     // What to do, not Rust's debug output of the lock error.
     assert!(!stderr.contains("Os {"), "{run:?}");
     s.relay.stop().await;
-    let run = tlsgate(&rekey);
+    let run = tlsgate_in(keys.path(), &rekey);
     assert!(run.status.success(), "{run:?}");
     // Messages counted as messages; records are what the engine wrote for them.
     let stdout = String::from_utf8_lossy(&run.stdout);
     assert!(stdout.starts_with("re-sealed 2 messages ("), "{stdout}");
+    // The key path to copy into the config is absolute: a relative one would be read from
+    // the config file's directory.
+    let absolute = new.canonicalize().unwrap();
+    assert!(
+        stdout.contains(&format!(
+            "Now set queue.encryption_key = \"{}\" in ",
+            absolute.display()
+        )),
+        "{stdout}"
+    );
     assert_eq!(files_holding(&data_dir(&s), &secrets()), vec![]);
 
     // `queue migrate` (issue 16 item 2) to the other engine, as the README says: the config

@@ -1555,8 +1555,12 @@ pub fn changed_sections(old: &Config, new: &Config) -> Vec<&'static str> {
 #[cfg(test)]
 mod tests;
 
-/// A human-readable summary of what a configuration does, for `tlsgate check-config`.
-pub fn summary(config: &Config) -> String {
+/// How many listed domains `tlsgate check-config` names before "and N more".
+const SUMMARY_DOMAINS: usize = 10;
+
+/// A human-readable summary of what a configuration does, for `tlsgate check-config`;
+/// `listed`, when loaded, is the domain list the file gives (its count and first domains).
+pub fn summary(config: &Config, listed: Option<&crate::policy::domain_list::DomainList>) -> String {
     use std::fmt::Write;
     let mut out = String::new();
     let _ = writeln!(out, "config:            {}", config.source);
@@ -1615,6 +1619,41 @@ pub fn summary(config: &Config) -> String {
         .map(Domain::as_str)
         .collect();
     let _ = writeln!(out, "local_domains:     {}", domains.join(", "));
+    let _ = match &config.inbound.next_hop {
+        // Plaintext (or unchecked TLS) to the internal system is a choice worth seeing.
+        Some(hop) => writeln!(
+            out,
+            "next_hop:          {hop} (TLS {})",
+            config.inbound.next_hop_tls
+        ),
+        None => writeln!(
+            out,
+            "next_hop:          none (mail for local domains waits in the queue)"
+        ),
+    };
+    let _ = match &config.inbound.auth {
+        Some(auth) => {
+            let action = |a: PolicyAction| match a {
+                PolicyAction::Accept => "accept",
+                PolicyAction::Tag => "tag",
+                PolicyAction::Reject => "reject",
+            };
+            writeln!(
+                out,
+                "inbound auth:      on (SPF, DKIM, DMARC, ARC within {}; DMARC reject → {}, \
+                 quarantine → {}, SPF fail without DMARC → {}; tag header {})",
+                humantime::format_duration(auth.timeout),
+                action(auth.policy.dmarc_reject),
+                action(auth.policy.dmarc_quarantine),
+                action(auth.policy.spf_fail_without_dmarc),
+                auth.policy.tag_header
+            )
+        }
+        None => writeln!(
+            out,
+            "inbound auth:      off ([inbound.auth] enabled = false)"
+        ),
+    };
     let nets: Vec<String> = config
         .outbound
         .relay_networks
@@ -1641,6 +1680,25 @@ pub fn summary(config: &Config) -> String {
             }
         ),
     };
+    if let (Some(_), Some(listed)) = (&list.path, listed) {
+        let names: Vec<&str> = listed
+            .iter()
+            .take(SUMMARY_DOMAINS)
+            .map(|d| d.domain.as_str())
+            .collect();
+        let more = listed.len().saturating_sub(names.len());
+        let more = if more > 0 {
+            format!(" and {more} more")
+        } else {
+            String::new()
+        };
+        let _ = writeln!(
+            out,
+            "domains listed:    {}: {}{more}",
+            crate::admin::counted(u64::try_from(listed.len()).unwrap_or(u64::MAX), "domain"),
+            names.join(", ")
+        );
+    }
     if let Some(url) = &list.url {
         let _ = writeln!(
             out,
@@ -1655,6 +1713,20 @@ pub fn summary(config: &Config) -> String {
             Some(every) => format!("every {}", humantime::format_duration(every)),
             None => "off (domain_list.check_schedule)".to_string(),
         }
+    );
+    let schedule: Vec<String> = config
+        .delivery
+        .retry_schedule
+        .iter()
+        .map(|d| humantime::format_duration(*d).to_string())
+        .collect();
+    let _ = writeln!(
+        out,
+        "delivery:          retries after {} (the last repeats), delay notice after {}, \
+         expires after {}",
+        schedule.join(", "),
+        humantime::format_duration(config.delivery.delay_warning),
+        humantime::format_duration(config.delivery.expiry)
     );
     for p in &config.policies {
         let target = match &p.target {

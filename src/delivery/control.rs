@@ -20,9 +20,25 @@ pub enum AdminError {
     /// A delivery attempt holds the message.
     #[error("the message is being delivered right now; try again in a moment")]
     Busy,
+    /// `retry` on a held message: it stays held (and not due) until released.
+    #[error("the message is held: release it first")]
+    Held,
+    /// `release` on a message that is not held: nothing to release.
+    #[error("the message is not held")]
+    NotHeld,
     /// The queue store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// What [`EngineHandle::change_open_states`] found among the open recipients.
+struct Open {
+    /// Recipients given a new state.
+    changed: usize,
+    /// Recipients held before the change.
+    held: usize,
+    /// The earliest next attempt among them before the change (when the message was due).
+    next_attempt: Option<u64>,
 }
 
 /// A cheap, cloneable handle for the admin API.
@@ -51,30 +67,30 @@ impl EngineHandle {
             .map_err(|schedule::Busy| AdminError::Busy)
     }
 
-    /// `tlsgate queue retry`: every undelivered recipient is due now.
+    /// `tlsgate queue retry`: every undelivered recipient is due now; a held message is not
+    /// ([`AdminError::Held`]: it stays held until released, as `postsuper -h` mail does).
     pub async fn retry_now(&self, id: &QueueId) -> Result<(), AdminError> {
         self.claim(id).await?;
         let now = unix_now();
-        let result = match self.engine.store.recipient_states(id).await {
-            Ok(states) => {
-                let updates: Vec<(usize, RecipientState)> = states
-                    .into_iter()
-                    .enumerate()
-                    .filter(|(_, s)| !s.status.is_final())
-                    .map(|(i, mut s)| {
-                        s.next_attempt = now;
-                        (i, s)
-                    })
-                    .collect();
-                self.engine
-                    .committer
-                    .update_states(id.clone(), updates)
-                    .await
-                    .map_err(AdminError::from)
-            }
-            Err(e) => Err(AdminError::from(e)),
-        };
-        self.engine.release(id, Some(now));
+        let result = self
+            .change_open_states(id, |s| {
+                (s.status != RecipientStatus::Held).then(|| RecipientState {
+                    next_attempt: now,
+                    ..s.clone()
+                })
+            })
+            .await
+            .and_then(|open| match open {
+                Open {
+                    changed: 0, held, ..
+                } if held > 0 => Err(AdminError::Held),
+                _ => Ok(()),
+            });
+        match result {
+            // Held: parked again as it was, not planned.
+            Err(AdminError::Held) => lock(&self.engine.timetable).park(id),
+            _ => self.engine.release(id, Some(now)),
+        }
         result
     }
 
@@ -109,16 +125,17 @@ impl EngineHandle {
             })
             .await;
         match result {
-            Ok(()) => lock(&self.engine.timetable).park(id),
+            Ok(_) => lock(&self.engine.timetable).park(id),
             // Not held after all: it stays due as it was.
             Err(_) => self.engine.release(id, Some(unix_now())),
         }
-        result
+        result.map(|_| ())
     }
 
     /// `tlsgate queue release` (Postfix's `postsuper -H`): held recipients are due now again,
     /// deferred when they had been tried, pending otherwise. Expiry counts from arrival as
-    /// always, so mail held past `delivery.expiry` fails at this attempt.
+    /// always, so mail held past `delivery.expiry` fails at this attempt. A message with no
+    /// held recipient is [`AdminError::NotHeld`].
     pub async fn release_held(&self, id: &QueueId) -> Result<(), AdminError> {
         self.claim(id).await?;
         let now = unix_now();
@@ -135,31 +152,56 @@ impl EngineHandle {
                 })
             })
             .await;
-        self.engine.release(id, Some(now));
-        result
+        match result {
+            // Nothing held: it stays planned as it was, not made due.
+            Ok(Open {
+                changed: 0,
+                next_attempt,
+                ..
+            }) => {
+                self.engine.release(id, Some(next_attempt.unwrap_or(now)));
+                Err(AdminError::NotHeld)
+            }
+            result => {
+                self.engine.release(id, Some(now));
+                result.map(|_| ())
+            }
+        }
     }
 
-    /// Writes `change`'s new state for every open recipient it returns one for.
+    /// Writes `change`'s new state for every open recipient it returns one for; says how many
+    /// it changed and how many were held before.
     async fn change_open_states(
         &self,
         id: &QueueId,
         change: impl Fn(&RecipientState) -> Option<RecipientState>,
-    ) -> Result<(), AdminError> {
+    ) -> Result<Open, AdminError> {
         let states = self.engine.store.recipient_states(id).await?;
-        let updates: Vec<(usize, RecipientState)> = states
-            .iter()
-            .enumerate()
-            .filter(|(_, s)| !s.status.is_final())
+        let open = || {
+            states
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| !s.status.is_final())
+        };
+        let held = open()
+            .filter(|(_, s)| s.status == RecipientStatus::Held)
+            .count();
+        let updates: Vec<(usize, RecipientState)> = open()
             .filter_map(|(i, s)| change(s).map(|new| (i, new)))
             .collect();
-        if updates.is_empty() {
-            return Ok(());
+        let next_attempt = open().map(|(_, s)| s.next_attempt).min();
+        let changed = updates.len();
+        if changed > 0 {
+            self.engine
+                .committer
+                .update_states(id.clone(), updates)
+                .await?;
         }
-        self.engine
-            .committer
-            .update_states(id.clone(), updates)
-            .await
-            .map_err(AdminError::from)
+        Ok(Open {
+            changed,
+            held,
+            next_attempt,
+        })
     }
 
     /// The blocking store, for the admin API's queue listing.

@@ -248,3 +248,119 @@ pub fn capped_names(domains: &[Domain]) -> String {
         shown.join(", ")
     }
 }
+
+/// One entry of the list, as `GET /domains/entries` answers it and `tlsgate domains list`
+/// prints it (the same shape whether the relay or the file was asked).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DomainEntry {
+    /// The listed domain.
+    pub domain: String,
+    /// "Selskapsnavn"; empty when the list has no such column.
+    pub company: String,
+    /// "Organisasjonsnummer" as written; empty when the list has no such column.
+    pub org_number: String,
+    /// "Dato innmeldt" as `YYYY-MM-DD`.
+    pub joined: Option<String>,
+    /// "Dato innmeldt" as days since 1970-01-01 (as the list keeps it).
+    pub joined_days_since_epoch: Option<i64>,
+    /// "Støtte for krav 5.2.4".
+    pub supports_5_2_4: Option<bool>,
+}
+
+impl DomainEntry {
+    /// The entry for one listed domain.
+    pub fn of(listed: &crate::policy::domain_list::ListedDomain) -> DomainEntry {
+        DomainEntry {
+            domain: listed.domain.as_str().to_string(),
+            company: listed.company.clone(),
+            org_number: listed.org_number.clone(),
+            joined: listed.joined.and_then(crate::datetime::date_of_days),
+            joined_days_since_epoch: listed.joined,
+            supports_5_2_4: listed.supports_5_2_4,
+        }
+    }
+
+    /// Every entry of `list`, in the list's order.
+    pub fn all(list: &crate::policy::domain_list::DomainList) -> Vec<DomainEntry> {
+        list.iter().map(DomainEntry::of).collect()
+    }
+}
+
+/// `tlsgate domains list` as text: `header` with the count (when given), a column header,
+/// one row per entry, the count. Columns are as wide as their longest value (in characters,
+/// so that `Bærum Bølgeskvulp AS` lines up too).
+pub fn render_entries(header: Option<&str>, entries: &[DomainEntry]) -> String {
+    use std::fmt::Write;
+    let count = crate::admin::counted(u64::try_from(entries.len()).unwrap_or(u64::MAX), "domain");
+    let width = |title: &str, value: fn(&DomainEntry) -> &str| {
+        entries
+            .iter()
+            .map(|e| value(e).chars().count())
+            .chain([title.chars().count()])
+            .max()
+            .unwrap_or(0)
+    };
+    let domain_w = width("domain", |e| &e.domain);
+    let company_w = width("company", |e| &e.company);
+    let org_w = width("org number", |e| &e.org_number);
+    let mut out = String::new();
+    if let Some(header) = header {
+        let _ = writeln!(out, "{header} ({count}):");
+    }
+    let _ = writeln!(
+        out,
+        "{:<domain_w$}  {:<company_w$}  {:<org_w$}  joined",
+        "domain", "company", "org number"
+    );
+    for e in entries {
+        let _ = writeln!(
+            out,
+            "{:<domain_w$}  {:<company_w$}  {:<org_w$}  {}",
+            e.domain,
+            e.company,
+            e.org_number,
+            e.joined.as_deref().unwrap_or("-")
+        );
+    }
+    let _ = writeln!(out, "{count}");
+    out
+}
+
+#[cfg(test)]
+mod entry_tests {
+    use super::*;
+
+    fn entry(domain: &str, company: &str) -> DomainEntry {
+        DomainEntry {
+            domain: domain.to_string(),
+            company: company.to_string(),
+            org_number: "987654321".to_string(),
+            joined: Some("2026-01-31".to_string()),
+            joined_days_since_epoch: Some(20_484),
+            supports_5_2_4: None,
+        }
+    }
+
+    #[test]
+    fn columns_are_as_wide_as_their_longest_value() {
+        let long = "Bærum Kommunale Eiendomsforvaltning og Bølgeskvulp AS";
+        let text = render_entries(
+            Some("/etc/tlsgate/domains.csv"),
+            &[entry("a.no", "Kort AS"), entry("b.no", long)],
+        );
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "/etc/tlsgate/domains.csv (2 domains):");
+        assert_eq!(lines.last(), Some(&"2 domains"));
+        // Every row's org number and date start in the same column as the header's.
+        let column = |line: &str, at: &str| line.find(at).map(|i| line[..i].chars().count());
+        let org = column(lines[1], "org number");
+        assert_eq!(column(lines[2], "987654321"), org, "{text}");
+        assert_eq!(column(lines[3], "987654321"), org, "{text}");
+        assert!(
+            lines[3].contains(long) && lines[3].ends_with("2026-01-31"),
+            "{text}"
+        );
+        // Without a source: no header line.
+        assert!(render_entries(None, &[]).starts_with("domain"));
+    }
+}
