@@ -894,7 +894,7 @@ async fn get_domains(State(state): State<AdminState>, _caller: Caller) -> AdminR
 /// `GET /domains/entries`: every entry of the list in force (not the file, which may have
 /// changed since, or been refused), for the same callers as `GET /domains`.
 async fn get_domain_entries(State(state): State<AdminState>, _caller: Caller) -> AdminResult {
-    let entries = crate::ops::domain_list::DomainEntry::all(&state.domain_list.current());
+    let entries = crate::policy::domain_list::DomainEntry::all(&state.domain_list.current());
     Ok(Json(entries).into_response())
 }
 
@@ -1375,7 +1375,7 @@ pub fn render_queue(entries: &[QueueEntry]) -> String {
                 "    {}  ({}, {}{}){}",
                 r.address,
                 r.status,
-                counted(u64::from(r.attempts), "attempt"),
+                crate::text::counted(u64::from(r.attempts), "attempt"),
                 next,
                 last
             );
@@ -1391,20 +1391,10 @@ pub fn summary_line(entries: &[QueueEntry]) -> String {
     let bytes: u64 = entries.iter().map(|e| e.size).sum();
     format!(
         "-- {}, {}, {} KiB",
-        counted(entries.len() as u64, "message"),
-        counted(recipients as u64, "recipient"),
+        crate::text::counted(entries.len() as u64, "message"),
+        crate::text::counted(recipients as u64, "recipient"),
         bytes.div_ceil(1024)
     )
-}
-
-/// `1 message`, `2 messages`: listings and the CLI's reports read as sentences (`noun` in the
-/// singular; the plural adds an `s`).
-pub fn counted(n: u64, noun: &str) -> String {
-    if n == 1 {
-        format!("1 {noun}")
-    } else {
-        format!("{n} {noun}s")
-    }
 }
 
 /// The age buckets of `queue summary`, in minutes: qshape's columns. A message falls in the

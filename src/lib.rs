@@ -36,5 +36,6 @@ pub mod reporting;
 pub mod server;
 pub mod smtp;
 pub mod startup;
+pub mod text;
 pub mod tls;
 pub mod tls_report;

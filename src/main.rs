@@ -813,7 +813,7 @@ fn queue_migrate(path: Option<&Path>) -> anyhow::Result<()> {
         None => println!("{}: the queue is already {}", dir.display(), engine.name()),
         Some(done) => println!(
             "moved {} ({} records) in {} to {}; start the relay with queue.engine = \"{}\"",
-            tlsgate::admin::counted(done.messages, "message"),
+            tlsgate::text::counted(done.messages, "message"),
             done.records,
             dir.display(),
             engine.name(),
@@ -840,7 +840,7 @@ fn queue_rekey(path: Option<&Path>, new_key: &Path) -> anyhow::Result<()> {
         "re-sealed {} ({} records) in {} under {}. Now set queue.encryption_key = \"{}\" in {} \
          (or copy the file over the old key) before starting the relay; keep the old key only as \
          long as backups sealed under it exist",
-        tlsgate::admin::counted(done.messages, "message"),
+        tlsgate::text::counted(done.messages, "message"),
         done.records,
         dir.display(),
         new_key.display(),
@@ -854,7 +854,8 @@ fn queue_rekey(path: Option<&Path>, new_key: &Path) -> anyhow::Result<()> {
 /// good list when a changed file is refused). Only when no relay answers (or its admin API is
 /// off) the file as the relay would load it, and a line on standard error says so.
 fn domains_list(path: Option<&Path>, json: bool) -> anyhow::Result<()> {
-    use tlsgate::ops::domain_list::{render_entries, DomainEntry};
+    use tlsgate::ops::domain_list::render_entries;
+    use tlsgate::policy::domain_list::DomainEntry;
     let config = load_config(path)?;
     let file = config.domain_list.path.clone();
     let asked = match config.admin {

@@ -21,7 +21,15 @@ const LAYERS: &[(&str, &[&str])] = &[
     // Nothing here knows the relay's machinery.
     (
         "protocol and policy",
-        &["domain", "datetime", "smtp", "policy", "dns", "tls_report"],
+        &[
+            "domain",
+            "datetime",
+            "text",
+            "smtp",
+            "policy",
+            "dns",
+            "tls_report",
+        ],
     ),
     // What the relay is built on: settings, TLS material, the durable queue, the audit log
     // and the metrics registry.

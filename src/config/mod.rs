@@ -1695,7 +1695,7 @@ pub fn summary(config: &Config, listed: Option<&crate::policy::domain_list::Doma
         let _ = writeln!(
             out,
             "domains listed:    {}: {}{more}",
-            crate::admin::counted(u64::try_from(listed.len()).unwrap_or(u64::MAX), "domain"),
+            crate::text::counted(u64::try_from(listed.len()).unwrap_or(u64::MAX), "domain"),
             names.join(", ")
         );
     }

@@ -10,7 +10,7 @@ use crate::audit::{AuditEvent, AuditLog};
 use crate::config::DomainListSection;
 use crate::domain::Domain;
 use crate::metrics::Metrics;
-use crate::policy::domain_list::{DomainListHandle, ListError, Reloaded};
+use crate::policy::domain_list::{DomainEntry, DomainListHandle, ListError, Reloaded};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio_util::sync::CancellationToken;
@@ -249,49 +249,12 @@ pub fn capped_names(domains: &[Domain]) -> String {
     }
 }
 
-/// One entry of the list, as `GET /domains/entries` answers it and `tlsgate domains list`
-/// prints it (the same shape whether the relay or the file was asked).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct DomainEntry {
-    /// The listed domain.
-    pub domain: String,
-    /// "Selskapsnavn"; empty when the list has no such column.
-    pub company: String,
-    /// "Organisasjonsnummer" as written; empty when the list has no such column.
-    pub org_number: String,
-    /// "Dato innmeldt" as `YYYY-MM-DD`.
-    pub joined: Option<String>,
-    /// "Dato innmeldt" as days since 1970-01-01 (as the list keeps it).
-    pub joined_days_since_epoch: Option<i64>,
-    /// "Støtte for krav 5.2.4".
-    pub supports_5_2_4: Option<bool>,
-}
-
-impl DomainEntry {
-    /// The entry for one listed domain.
-    pub fn of(listed: &crate::policy::domain_list::ListedDomain) -> DomainEntry {
-        DomainEntry {
-            domain: listed.domain.as_str().to_string(),
-            company: listed.company.clone(),
-            org_number: listed.org_number.clone(),
-            joined: listed.joined.and_then(crate::datetime::date_of_days),
-            joined_days_since_epoch: listed.joined,
-            supports_5_2_4: listed.supports_5_2_4,
-        }
-    }
-
-    /// Every entry of `list`, in the list's order.
-    pub fn all(list: &crate::policy::domain_list::DomainList) -> Vec<DomainEntry> {
-        list.iter().map(DomainEntry::of).collect()
-    }
-}
-
 /// `tlsgate domains list` as text: `header` with the count (when given), a column header,
 /// one row per entry, the count. Columns are as wide as their longest value (in characters,
 /// so that `Bærum Bølgeskvulp AS` lines up too).
 pub fn render_entries(header: Option<&str>, entries: &[DomainEntry]) -> String {
     use std::fmt::Write;
-    let count = crate::admin::counted(u64::try_from(entries.len()).unwrap_or(u64::MAX), "domain");
+    let count = crate::text::counted(u64::try_from(entries.len()).unwrap_or(u64::MAX), "domain");
     let width = |title: &str, value: fn(&DomainEntry) -> &str| {
         entries
             .iter()

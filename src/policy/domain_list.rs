@@ -42,6 +42,43 @@ pub struct ListedDomain {
     pub supports_5_2_4: Option<bool>,
 }
 
+/// One entry of the list, as `GET /domains/entries` answers it and `tlsgate domains list`
+/// prints it (the same shape whether the relay or the file was asked).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DomainEntry {
+    /// The listed domain.
+    pub domain: String,
+    /// "Selskapsnavn"; empty when the list has no such column.
+    pub company: String,
+    /// "Organisasjonsnummer" as written; empty when the list has no such column.
+    pub org_number: String,
+    /// "Dato innmeldt" as `YYYY-MM-DD`.
+    pub joined: Option<String>,
+    /// "Dato innmeldt" as days since 1970-01-01 (as the list keeps it).
+    pub joined_days_since_epoch: Option<i64>,
+    /// "Støtte for krav 5.2.4".
+    pub supports_5_2_4: Option<bool>,
+}
+
+impl DomainEntry {
+    /// The entry for one listed domain.
+    pub fn of(listed: &ListedDomain) -> DomainEntry {
+        DomainEntry {
+            domain: listed.domain.as_str().to_string(),
+            company: listed.company.clone(),
+            org_number: listed.org_number.clone(),
+            joined: listed.joined.and_then(crate::datetime::date_of_days),
+            joined_days_since_epoch: listed.joined,
+            supports_5_2_4: listed.supports_5_2_4,
+        }
+    }
+
+    /// Every entry of `list`, in the list's order.
+    pub fn all(list: &DomainList) -> Vec<DomainEntry> {
+        list.iter().map(DomainEntry::of).collect()
+    }
+}
+
 /// A parsed list.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DomainList {
