@@ -20,10 +20,14 @@
 #[allow(dead_code)]
 mod mx_sink;
 
+mod common;
+
+use common::dir_size;
+
 use mx_sink::{Behaviour, Sink};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -75,24 +79,17 @@ fn rss_mb(pid: u32) -> f64 {
     memory(pid).0 as f64 / MB
 }
 
-/// Bytes of the files under `dir` (allocated blocks, so a sparse file counts what it uses).
-fn dir_size(dir: &Path) -> u64 {
-    use std::os::unix::fs::MetadataExt;
-    let mut total = 0;
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            match entry.metadata() {
-                Ok(m) if m.is_dir() => stack.push(entry.path()),
-                Ok(m) => total += m.blocks() * 512,
-                Err(_) => {}
-            }
-        }
+/// Counts what the sink received into `delivered` until it reaches `target` (at most 600 s).
+fn wait_delivered(sink: &Sink, delivered: &mut usize, target: usize) {
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while *delivered < target {
+        assert!(
+            Instant::now() < deadline,
+            "only {delivered} of {target} delivered"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+        *delivered += sink.take_count();
     }
-    total
 }
 
 /// Raises this process's open-file limit to its hard limit; children inherit it (1,000 idle
@@ -766,15 +763,7 @@ fn disk() -> bool {
         submit(&rt, bed.smtp, 16, backlog, size, |_| {});
         let grown = dir_size(&bed.data_dir());
         sink.set_behaviour(Behaviour::default());
-        let deadline = Instant::now() + Duration::from_secs(600);
-        while delivered < backlog {
-            assert!(
-                Instant::now() < deadline,
-                "only {delivered} of the backlog of {backlog} delivered"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-            delivered += sink.take_count();
-        }
+        wait_delivered(&sink, &mut delivered, backlog);
         println!(
             "  backlog of {backlog} queued (data_dir {:.1} MB) and delivered",
             grown as f64 / MB
@@ -796,15 +785,7 @@ fn disk() -> bool {
             );
         }
     });
-    let deadline = Instant::now() + Duration::from_secs(600);
-    while delivered < n {
-        assert!(
-            Instant::now() < deadline,
-            "only {delivered} of {n} delivered"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-        delivered += sink.take_count();
-    }
+    wait_delivered(&sink, &mut delivered, n);
     let took = started.elapsed();
     // The queue is empty when the gauge says so (removal follows the sink's 250).
     let deadline = Instant::now() + Duration::from_secs(120);

@@ -21,6 +21,10 @@
 #[allow(dead_code)]
 mod mx_sink;
 
+mod common;
+
+use common::dir_size;
+
 use mx_sink::{Behaviour, Sink};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -183,26 +187,6 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     }
     let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[index.min(sorted.len() - 1)]
-}
-
-/// Bytes of the files under `dir` (allocated size, so sparse files count what they use).
-fn dir_size(dir: &std::path::Path) -> u64 {
-    use std::os::unix::fs::MetadataExt;
-    let mut total = 0;
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            match entry.metadata() {
-                Ok(m) if m.is_dir() => stack.push(entry.path()),
-                Ok(m) => total += m.blocks() * 512,
-                Err(_) => {}
-            }
-        }
-    }
-    total
 }
 
 fn main() {
